@@ -1,0 +1,670 @@
+//! Service configuration: one YAML file (`--config`), every key overridable from the environment
+//! as `EGRESS__SECTION__KEY` (e.g. `EGRESS__SERVER__LISTEN=0.0.0.0:7980`). The whole config is
+//! validated before any actor starts, and every error names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::EgressType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("config key '{key}': {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's identity.
+    #[serde(default)]
+    pub node: NodeConfig,
+    /// The HTTP admin API.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where recordings and the service's own state are kept.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Which source URIs are accepted.
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// Handler pipelines.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// CPU sampling and the admission budget.
+    #[serde(default)]
+    pub cpu: CpuConfig,
+    /// CPU cost per egress type, in cores (LiveKit-compatible defaults).
+    #[serde(default)]
+    pub cpu_cost: CpuCostConfig,
+    /// Hard per-type concurrency caps (0 = no limit).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Placement scoring and pending claims.
+    #[serde(default)]
+    pub affinity: AffinityConfig,
+    /// Fleet coordination over Redis.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    /// Overload escalation and drain.
+    #[serde(default)]
+    pub overload: OverloadConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id reported in every egress (`node_id`); empty = `ND_` + random, fixed per state_dir.
+    #[serde(default)]
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the admin API listens on; loopback unless an operator opens it up.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token required on every API call but the probes; required when not on loopback.
+    #[serde(default)]
+    pub api_token: String,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// HTTP worker threads.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Every output file is written under this directory.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// Egress records, handler logs and the node id live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// URI schemes a source may use; `file` only when listed here.
+    #[serde(default = "default_schemes")]
+    pub allowed_schemes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How long a graceful stop waits for EOS before the handler is killed.
+    #[serde(default = "default_eos_timeout")]
+    pub eos_timeout_s: f64,
+    /// How long a handler may take to reach PLAYING before its egress fails.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_s: f64,
+    /// x264 speed preset (ultrafast .. veryslow): the main CPU/quality dial.
+    #[serde(default = "default_x264_preset")]
+    pub x264_speed_preset: String,
+    /// How often a robust MP4 rewrites its index: at most this much media is lost to a kill.
+    #[serde(default = "default_moov_update")]
+    pub mp4_moov_update_period_s: f64,
+    /// Longest recording a robust MP4 reserves index space for; a longer one still finalizes on
+    /// a graceful stop but is not kill-safe past this length.
+    #[serde(default = "default_mp4_reserved")]
+    pub mp4_reserved_max_duration_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `term` for humans, `json` for log shippers.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// trace, debug, info, warning, error, critical.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuConfig {
+    /// How often CpuMonitor samples host and process CPU.
+    #[serde(default = "default_sample_interval")]
+    pub sample_interval_ms: u64,
+    /// Cores this node may use; 0 = cgroup v2 cpu.max quota if any, else the core count.
+    #[serde(default)]
+    pub capacity: f64,
+    /// Fraction of capacity that admission may commit.
+    #[serde(default = "default_max_utilization")]
+    pub max_utilization: f64,
+    /// How long a new job's estimated cost is held before its measured usage may replace it.
+    #[serde(default = "default_pending_hold")]
+    pub pending_hold_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuCostConfig {
+    /// Cores a room_composite egress is expected to use.
+    #[serde(default = "cost_room")]
+    pub room_composite: f64,
+    /// Cores a web egress is expected to use.
+    #[serde(default = "cost_web")]
+    pub web: f64,
+    /// Cores a participant egress is expected to use.
+    #[serde(default = "cost_participant")]
+    pub participant: f64,
+    /// Cores a track_composite egress is expected to use.
+    #[serde(default = "cost_track_composite")]
+    pub track_composite: f64,
+    /// Cores a track egress is expected to use.
+    #[serde(default = "cost_track")]
+    pub track: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most room_composite egresses at once (0 = no limit).
+    #[serde(default)]
+    pub max_concurrent_room_composite: u32,
+    /// Most web egresses at once (0 = no limit).
+    #[serde(default)]
+    pub max_concurrent_web: u32,
+    /// Most participant egresses at once (0 = no limit).
+    #[serde(default)]
+    pub max_concurrent_participant: u32,
+    /// Most track_composite egresses at once (0 = no limit).
+    #[serde(default)]
+    pub max_concurrent_track_composite: u32,
+    /// Most track egresses at once (0 = no limit).
+    #[serde(default)]
+    pub max_concurrent_track: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityConfig {
+    /// `pack` (alias `consolidate`), `spread` or `type_aware`.
+    #[serde(default = "default_mode", alias = "load_distribution")]
+    pub mode: String,
+    /// A claim taken by an affinity request is released after this long if never used.
+    #[serde(default = "default_claim_ttl")]
+    pub pending_claim_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `redis://host:port/db`; empty = a single node, nothing else to run.
+    #[serde(default)]
+    pub redis_url: String,
+    /// URL other nodes use to reach this node's API; empty = `http://` + server.listen.
+    #[serde(default)]
+    pub advertise_url: String,
+    /// How often this node refreshes its registration.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// A node whose registration is older than this is dead.
+    #[serde(default = "default_node_ttl")]
+    pub node_ttl_ms: u64,
+    /// How long placement waits for affinity answers before deciding with what it has.
+    #[serde(default = "default_affinity_timeout")]
+    pub affinity_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// Node load above which (for `sustain_samples` in a row) one egress is stopped gracefully.
+    #[serde(default = "default_soft")]
+    pub soft_threshold: f64,
+    /// Node load above which one egress is stopped gracefully at once.
+    #[serde(default = "default_hard")]
+    pub hard_threshold: f64,
+    /// Consecutive samples above the soft threshold before acting.
+    #[serde(default = "default_sustain")]
+    pub sustain_samples: u32,
+    /// After a graceful overload stop, kill the victim if load stays above hard this long.
+    #[serde(default = "default_kill_grace")]
+    pub kill_grace_s: f64,
+    /// On drain, stop the remaining egresses gracefully after this long (0 = wait forever).
+    #[serde(default)]
+    pub drain_timeout_s: f64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7980".into()
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("./recordings")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./state")
+}
+fn default_schemes() -> Vec<String> {
+    ["test", "rtsp", "rtmp", "srt", "http", "https"].iter().map(|s| s.to_string()).collect()
+}
+fn default_eos_timeout() -> f64 {
+    30.0
+}
+fn default_start_timeout() -> f64 {
+    20.0
+}
+fn default_x264_preset() -> String {
+    "veryfast".into()
+}
+fn default_moov_update() -> f64 {
+    1.0
+}
+fn default_mp4_reserved() -> f64 {
+    6.0 * 3600.0
+}
+fn default_log_format() -> String {
+    "term".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_sample_interval() -> u64 {
+    1000
+}
+fn default_max_utilization() -> f64 {
+    0.8
+}
+fn default_pending_hold() -> u64 {
+    5000
+}
+fn cost_room() -> f64 {
+    4.0
+}
+fn cost_web() -> f64 {
+    4.0
+}
+fn cost_participant() -> f64 {
+    2.0
+}
+fn cost_track_composite() -> f64 {
+    1.0
+}
+fn cost_track() -> f64 {
+    0.5
+}
+fn default_mode() -> String {
+    "spread".into()
+}
+fn default_claim_ttl() -> u64 {
+    2000
+}
+fn default_heartbeat() -> u64 {
+    1000
+}
+fn default_node_ttl() -> u64 {
+    3000
+}
+fn default_affinity_timeout() -> u64 {
+    200
+}
+fn default_soft() -> f64 {
+    0.85
+}
+fn default_hard() -> f64 {
+    0.95
+}
+fn default_sustain() -> u32 {
+    3
+}
+fn default_kill_grace() -> f64 {
+    30.0
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                serde_json::from_value(serde_json::json!({})).expect("all fields have defaults")
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    Config,
+    ServerConfig,
+    StorageConfig,
+    SourcesConfig,
+    PipelineConfig,
+    LogConfig,
+    CpuConfig,
+    CpuCostConfig,
+    AffinityConfig,
+    FleetConfig,
+    OverloadConfig
+);
+
+impl CpuCostConfig {
+    pub fn cost(&self, t: EgressType) -> f64 {
+        match t {
+            EgressType::RoomComposite => self.room_composite,
+            EgressType::Web => self.web,
+            EgressType::Participant => self.participant,
+            EgressType::TrackComposite => self.track_composite,
+            EgressType::Track => self.track,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The cap for a type; 0 = none.
+    pub fn limit(&self, t: EgressType) -> u32 {
+        match t {
+            EgressType::RoomComposite => self.max_concurrent_room_composite,
+            EgressType::Web => self.max_concurrent_web,
+            EgressType::Participant => self.max_concurrent_participant,
+            EgressType::TrackComposite => self.max_concurrent_track_composite,
+            EgressType::Track => self.max_concurrent_track,
+        }
+    }
+}
+
+/// Placement modes of the AffinityScorer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityMode {
+    Pack,
+    Spread,
+    TypeAware,
+}
+
+impl AffinityMode {
+    pub fn parse(s: &str) -> Option<AffinityMode> {
+        match s {
+            "pack" | "consolidate" => Some(AffinityMode::Pack),
+            "spread" => Some(AffinityMode::Spread),
+            "type_aware" => Some(AffinityMode::TypeAware),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (if any), applies `EGRESS__...` environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As `load`, with an explicit environment (tests use this instead of the process's).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(p) = path {
+            if !p.is_file() {
+                return Err(ConfigError::File {
+                    path: p.display().to_string(),
+                    message: "no such file".into(),
+                });
+            }
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Yaml));
+        }
+        let mut envsrc = config::Environment::with_prefix("EGRESS")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("sources.allowed_schemes");
+        if let Some(e) = env {
+            envsrc = envsrc.source(Some(e));
+        }
+        b = b.add_source(envsrc);
+        let raw = b.build().map_err(|e| ConfigError::File {
+            path: path.map(|p| p.display().to_string()).unwrap_or_else(|| "<env>".into()),
+            message: e.to_string(),
+        })?;
+        let cfg: Config = raw.try_deserialize().map_err(|e| describe_deser_error(&e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every rule a running service relies on; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr: SocketAddr = self
+            .server
+            .listen
+            .parse()
+            .map_err(|_| invalid("server.listen", format!("'{}' is not host:port", self.server.listen)))?;
+        if !addr.ip().is_loopback() && self.server.api_token.is_empty() {
+            return Err(invalid(
+                "server.api_token",
+                format!("required when server.listen ({addr}) is not a loopback address"),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 16 << 20 {
+            return Err(invalid("server.max_body_bytes", "must be in [1024, 16777216]"));
+        }
+        if self.server.workers == 0 || self.server.workers > 64 {
+            return Err(invalid("server.workers", "must be in [1, 64]"));
+        }
+        if self.storage.output_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.output_dir", "must not be empty"));
+        }
+        if self.storage.state_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.state_dir", "must not be empty"));
+        }
+        if self.sources.allowed_schemes.is_empty() {
+            return Err(invalid("sources.allowed_schemes", "must list at least one scheme"));
+        }
+        for s in &self.sources.allowed_schemes {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-') {
+                return Err(invalid("sources.allowed_schemes", format!("'{s}' is not a lowercase URI scheme")));
+            }
+        }
+        positive("pipeline.eos_timeout_s", self.pipeline.eos_timeout_s, 3600.0)?;
+        positive("pipeline.start_timeout_s", self.pipeline.start_timeout_s, 3600.0)?;
+        positive("pipeline.mp4_moov_update_period_s", self.pipeline.mp4_moov_update_period_s, 60.0)?;
+        positive("pipeline.mp4_reserved_max_duration_s", self.pipeline.mp4_reserved_max_duration_s, 7.0 * 86400.0)?;
+        const PRESETS: &[&str] = &[
+            "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+        ];
+        if !PRESETS.contains(&self.pipeline.x264_speed_preset.as_str()) {
+            return Err(invalid("pipeline.x264_speed_preset", format!("must be one of {}", PRESETS.join(", "))));
+        }
+        if !["term", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid("log.format", "must be term or json"));
+        }
+        if crate::logging::parse_level(&self.log.level).is_none() {
+            return Err(invalid("log.level", "must be trace, debug, info, warning, error or critical"));
+        }
+        if !(50..=60_000).contains(&self.cpu.sample_interval_ms) {
+            return Err(invalid("cpu.sample_interval_ms", "must be in [50, 60000]"));
+        }
+        if !(self.cpu.capacity.is_finite() && self.cpu.capacity >= 0.0 && self.cpu.capacity <= 4096.0) {
+            return Err(invalid("cpu.capacity", "must be a number of cores in [0, 4096] (0 = detect)"));
+        }
+        if !(self.cpu.max_utilization > 0.0 && self.cpu.max_utilization <= 1.0) {
+            return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
+        }
+        for t in EgressType::ALL {
+            let c = self.cpu_cost.cost(t);
+            if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
+                return Err(invalid(&format!("cpu_cost.{t}"), "must be a number of cores in [0, 256]"));
+            }
+        }
+        if AffinityMode::parse(&self.affinity.mode).is_none() {
+            return Err(invalid("affinity.mode", "must be pack (consolidate), spread or type_aware"));
+        }
+        if !(10..=600_000).contains(&self.affinity.pending_claim_ttl_ms) {
+            return Err(invalid("affinity.pending_claim_ttl_ms", "must be in [10, 600000]"));
+        }
+        if !self.fleet.redis_url.is_empty() && !self.fleet.redis_url.starts_with("redis://") {
+            return Err(invalid("fleet.redis_url", "must start with redis:// (or be empty for one node)"));
+        }
+        if !self.fleet.advertise_url.is_empty() && !self.fleet.advertise_url.starts_with("http://") {
+            return Err(invalid("fleet.advertise_url", "must start with http://"));
+        }
+        if !(50..=60_000).contains(&self.fleet.heartbeat_ms) {
+            return Err(invalid("fleet.heartbeat_ms", "must be in [50, 60000]"));
+        }
+        if self.fleet.node_ttl_ms <= self.fleet.heartbeat_ms {
+            return Err(invalid("fleet.node_ttl_ms", "must be larger than fleet.heartbeat_ms"));
+        }
+        if !(10..=10_000).contains(&self.fleet.affinity_timeout_ms) {
+            return Err(invalid("fleet.affinity_timeout_ms", "must be in [10, 10000]"));
+        }
+        let o = &self.overload;
+        if !(o.soft_threshold > 0.0 && o.soft_threshold <= 10.0) {
+            return Err(invalid("overload.soft_threshold", "must be in (0, 10]"));
+        }
+        if !(o.hard_threshold >= o.soft_threshold && o.hard_threshold <= 10.0) {
+            return Err(invalid("overload.hard_threshold", "must be >= overload.soft_threshold"));
+        }
+        if o.sustain_samples == 0 {
+            return Err(invalid("overload.sustain_samples", "must be at least 1"));
+        }
+        positive("overload.kill_grace_s", o.kill_grace_s, 86400.0)?;
+        if !(o.drain_timeout_s.is_finite() && o.drain_timeout_s >= 0.0) {
+            return Err(invalid("overload.drain_timeout_s", "must be >= 0 (0 = wait forever)"));
+        }
+        Ok(())
+    }
+
+    pub fn affinity_mode(&self) -> AffinityMode {
+        AffinityMode::parse(&self.affinity.mode).unwrap_or(AffinityMode::Spread)
+    }
+
+    pub fn listen_is_loopback(&self) -> bool {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or(false)
+    }
+
+    /// Per-type costs and limits as maps (for reports).
+    pub fn type_table(&self) -> BTreeMap<EgressType, (f64, u32)> {
+        EgressType::ALL
+            .into_iter()
+            .map(|t| (t, (self.cpu_cost.cost(t), self.limits.limit(t))))
+            .collect()
+    }
+}
+
+fn positive(key: &str, v: f64, max: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= max {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("must be a number in (0, {max}]")))
+    }
+}
+
+/// The config crate reports type errors with their key, but serde's unknown-field errors without
+/// the section; give both a key.
+fn describe_deser_error(e: &config::ConfigError) -> ConfigError {
+    let msg = e.to_string();
+    if let Some(rest) = msg.split("unknown field `").nth(1) {
+        let field = rest.split('`').next().unwrap_or("?");
+        let section = msg
+            .rsplit("for key `")
+            .next()
+            .filter(|_| msg.contains("for key `"))
+            .map(|s| s.trim_end_matches('`').trim_end_matches('`').split('`').next().unwrap_or(""))
+            .unwrap_or("");
+        let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+        return invalid(&key, format!("unknown key ({msg})"));
+    }
+    if let config::ConfigError::Type { key: Some(k), .. } = e {
+        return invalid(k, msg.clone());
+    }
+    if let Some(rest) = msg.split("for key `").nth(1) {
+        let key = rest.split('`').next().unwrap_or("?");
+        return invalid(key, msg.clone());
+    }
+    invalid("<config>", msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn load_yaml(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
+        let env: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_with_env(Some(f.path()), Some(env))
+    }
+
+    fn key_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = load_yaml("{}", &[]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7980");
+        assert_eq!(c.cpu_cost.cost(EgressType::Participant), 2.0);
+        assert!(c.listen_is_loopback());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load_yaml(
+            "server: { listen: \"127.0.0.1:1\" }\nlimits: { max_concurrent_participant: 1 }\n",
+            &[
+                ("EGRESS__SERVER__LISTEN", "127.0.0.1:2"),
+                ("EGRESS__LIMITS__MAX_CONCURRENT_PARTICIPANT", "3"),
+                ("EGRESS__SOURCES__ALLOWED_SCHEMES", "test,file"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.limits.max_concurrent_participant, 3);
+        assert_eq!(c.sources.allowed_schemes, vec!["test", "file"]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(key_of(load_yaml("server: { listen: nope }", &[]).unwrap_err()), "server.listen");
+        assert_eq!(
+            key_of(load_yaml("server: { listen: \"0.0.0.0:80\" }", &[]).unwrap_err()),
+            "server.api_token"
+        );
+        assert_eq!(key_of(load_yaml("affinity: { mode: random }", &[]).unwrap_err()), "affinity.mode");
+        assert_eq!(key_of(load_yaml("cpu: { max_utilization: 2 }", &[]).unwrap_err()), "cpu.max_utilization");
+        let k = key_of(load_yaml("server: { lisen: x }", &[]).unwrap_err());
+        assert!(k.contains("lisen"), "{k}");
+        let k = key_of(load_yaml("cpu: { capacity: lots }", &[]).unwrap_err());
+        assert!(k.contains("capacity"), "{k}");
+    }
+
+    #[test]
+    fn consolidate_is_pack() {
+        let c = load_yaml("affinity: { load_distribution: consolidate }", &[]).unwrap();
+        assert_eq!(c.affinity_mode(), AffinityMode::Pack);
+    }
+}

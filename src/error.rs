@@ -1,0 +1,163 @@
+//! Typed errors, one enum per domain, and the single place where they become HTTP responses.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::model::EgressType;
+
+/// A request that fails validation. Each variant is a 400 with its own code.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    UnknownType(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    SchemeNotAllowed(String),
+}
+
+impl RequestError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        RequestError::Invalid { field: field.to_string(), message: message.into() }
+    }
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            RequestError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Why the node refuses to take a job.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum AdmissionError {
+    #[error("not enough CPU for {egress_type}: needs {needed:.2} cores, {available:.2} available")]
+    Cpu { egress_type: EgressType, needed: f64, available: f64 },
+    #[error("{egress_type} is at its limit: {active} active or claimed, limit {limit}")]
+    TypeLimit { egress_type: EgressType, active: u32, limit: u32 },
+    #[error("the node is draining and takes no new egress")]
+    Draining,
+}
+
+impl AdmissionError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdmissionError::Cpu { .. } => "cpu",
+            AdmissionError::TypeLimit { .. } => "type_limit",
+            AdmissionError::Draining => "draining",
+        }
+    }
+}
+
+/// Errors of the HTTP admin API. `ResponseError` below is the only mapping to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(#[from] RequestError),
+    #[error("invalid JSON body: {0}")]
+    BadJson(String),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NoCapacity(#[from] AdmissionError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(RequestError::Invalid { .. }) => "invalid_field",
+            ApiError::BadRequest(RequestError::UnknownType(_)) => "unknown_type",
+            ApiError::BadRequest(RequestError::Unsupported(_)) => "unsupported",
+            ApiError::BadRequest(RequestError::SchemeNotAllowed(_)) => "scheme_not_allowed",
+            ApiError::BadJson(_) => "bad_json",
+            ApiError::BadQuery(_) => "bad_query",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::NoCapacity(AdmissionError::Draining) => "draining",
+            ApiError::NoCapacity(_) => "no_capacity",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut err = json!({ "code": self.code(), "message": self.to_string() });
+        if let ApiError::NoCapacity(a) = self {
+            err["reason"] = json!(a.reason());
+        }
+        if let ApiError::BadRequest(RequestError::Invalid { field, .. }) = self {
+            err["field"] = json!(field);
+        }
+        json!({ "error": err })
+    }
+
+    pub fn from_mailbox(e: actix::MailboxError) -> Self {
+        ApiError::Unavailable(format!("service is shutting down ({e})"))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::BadJson(_) | ApiError::BadQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        resp.json(self.body())
+    }
+}
+
+/// Errors building or running a GStreamer pipeline inside a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("missing GStreamer element '{0}': is the plugin installed? (scripts/setup)")]
+    MissingElement(String),
+    #[error("cannot build pipeline: {0}")]
+    Build(String),
+    #[error("cannot create output directory {path}: {source}")]
+    OutputDir { path: String, source: std::io::Error },
+    #[error("{element}: {message} ({debug})")]
+    Bus { element: String, message: String, debug: String },
+    #[error("pipeline state change failed: {0}")]
+    State(String),
+}
+
+impl From<gstreamer::glib::BoolError> for PipelineError {
+    fn from(e: gstreamer::glib::BoolError) -> Self {
+        PipelineError::Build(e.to_string())
+    }
+}

@@ -1,0 +1,33 @@
+//! egress-engine: a recording engine that runs live-media recording jobs ("egresses") as
+//! supervised GStreamer pipelines, one child process per job, controlled over an HTTP admin API.
+//!
+//! # Layout
+//! - `config`: the YAML/env configuration, validated before anything starts.
+//! - `model`: requests, validated specs and egress records; request validation.
+//! - `error`: typed errors per domain and their single HTTP mapping.
+//! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer).
+//!   `actors.md` at the top of the repository draws who sends what to whom.
+//! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload.
+//! - `pipeline/`: GStreamer graph building per egress type and per output.
+//! - `handler/`: the child process that runs one pipeline and its stdio protocol.
+//! - `media`: reading finished files back with Discoverer.
+//! - `api/`: the HTTP admin API, one file per resource.
+//! - `fleet/`: Redis coordination between nodes.
+//! - `store`: egress records persisted in `state_dir`.
+//! - `metrics`: every Prometheus metric.
+//! - `service`: the one function that wires everything and runs the service.
+
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod handler;
+pub mod logging;
+pub mod media;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod rules;
+pub mod service;
+pub mod store;

@@ -1,0 +1,73 @@
+//! The command line: `serve`, `check-config`, and `handler` (run by the service, one per egress).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use egress_engine::config::Config;
+
+#[derive(Parser)]
+#[command(name = "egress-engine", version, about = "Records live media into files")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: HTTP admin API, admission, one handler process per egress.
+    Serve {
+        /// YAML config file (keys can be overridden with EGRESS__SECTION__KEY).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config (file + environment) as JSON.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Internal: record one egress. Started by the service; the spec arrives on stdin.
+    Handler {
+        /// The egress this process records (on the command line so `ps` shows it).
+        #[arg(long)]
+        egress_id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(cfg) => {
+                println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("invalid config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("invalid config: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match egress_engine::service::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("egress-engine: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Handler { egress_id } => {
+            let log = egress_engine::logging::root("term", "info");
+            let log = log.new(slog::o!("egress_id" => egress_id.clone()));
+            ExitCode::from(egress_engine::handler::run(&egress_id, log).clamp(0, 255) as u8)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Reading finished output files back with gstreamer-pbutils' Discoverer.

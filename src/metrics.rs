@@ -1,0 +1,92 @@
+//! Every Prometheus metric the service exports, registered in one registry. Names carry the
+//! `egress_` prefix and base units; labels are low-cardinality (type, status, reason), never ids.
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Egresses this node holds, by type and status (final statuses included until restart).
+    pub egresses: IntGaugeVec,
+    /// Egresses that ended, by type and end reason.
+    pub results_total: IntCounterVec,
+    /// CPU used by the service and its handlers, in cores.
+    pub process_cpu_cores: GaugeVec,
+    /// Resident memory of the service and its handlers, in bytes.
+    pub process_memory_bytes: GaugeVec,
+    /// Node load: max(host busy fraction, node CPU / capacity).
+    pub node_load: Gauge,
+    /// CPU capacity of the node, in cores.
+    pub capacity_cores: Gauge,
+    /// CPU admission can still commit, in cores.
+    pub available_cpu_cores: Gauge,
+    /// Running egresses by type, as admission counts them.
+    pub type_active: IntGaugeVec,
+    /// Per-type concurrency limit (0 = none).
+    pub type_limit: IntGaugeVec,
+    /// Pending placement claims by type.
+    pub pending_claims: IntGaugeVec,
+    /// Admission decisions by type and outcome (admitted, cpu, type_limit, draining).
+    pub admissions_total: IntCounterVec,
+    /// Overload actions by action (stop, kill) and reason.
+    pub overload_actions_total: IntCounterVec,
+    /// Placement attempts by outcome (placed, retried, failed).
+    pub placements_total: IntCounterVec,
+    /// 1 while the node is draining.
+    pub draining: Gauge,
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            egresses: int_gauge_vec(&r, "egress_egresses", "Egresses on this node by type and status", &["type", "status"]),
+            results_total: counter_vec(&r, "egress_results_total", "Egresses ended, by type and end reason", &["type", "reason"]),
+            process_cpu_cores: gauge_vec(&r, "egress_process_cpu_cores", "CPU used, in cores (process = service | handlers)", &["process"]),
+            process_memory_bytes: gauge_vec(&r, "egress_process_memory_bytes", "Resident memory (process = service | handlers)", &["process"]),
+            node_load: gauge(&r, "egress_node_load", "Node load: max(host busy fraction, node CPU / capacity)"),
+            capacity_cores: gauge(&r, "egress_capacity_cores", "CPU capacity of this node in cores"),
+            available_cpu_cores: gauge(&r, "egress_available_cpu_cores", "CPU admission can still commit, in cores"),
+            type_active: int_gauge_vec(&r, "egress_type_active", "Running egresses by type", &["type"]),
+            type_limit: int_gauge_vec(&r, "egress_type_limit", "Concurrency limit by type (0 = none)", &["type"]),
+            pending_claims: int_gauge_vec(&r, "egress_pending_claims", "Pending placement claims by type", &["type"]),
+            admissions_total: counter_vec(&r, "egress_admissions_total", "Admission decisions by type and outcome", &["type", "outcome"]),
+            overload_actions_total: counter_vec(&r, "egress_overload_actions_total", "Overload stops and kills", &["action", "reason"]),
+            placements_total: counter_vec(&r, "egress_placements_total", "Fleet placements by outcome", &["outcome"]),
+            draining: gauge(&r, "egress_draining", "1 while the node is draining"),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

@@ -1,0 +1,758 @@
+//! The egress data model: what a client asks for (`EgressRequest`), what the node resolved it to
+//! after validation (`EgressSpec`, also what a handler process is given), and the record the API
+//! reports (`EgressInfo`). Validation lives here so the API, the fleet and the handler agree on it.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RequestError;
+
+/// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressType {
+    /// One source recorded as is where it is already encoded (remux), else encoded.
+    Track,
+    /// One video source and one audio source, encoded and muxed together.
+    TrackComposite,
+    /// One source carrying audio and video, transcoded.
+    Participant,
+    /// 1..16 sources composited into a grid with their audio mixed.
+    RoomComposite,
+    /// A web page recording. Known to admission (cost, limits) for LiveKit-compatible config, but
+    /// this engine has no browser pipeline: requests of this type are refused with 400.
+    Web,
+}
+
+impl EgressType {
+    pub const ALL: [EgressType; 5] = [
+        EgressType::Track,
+        EgressType::TrackComposite,
+        EgressType::Participant,
+        EgressType::RoomComposite,
+        EgressType::Web,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressType::Track => "track",
+            EgressType::TrackComposite => "track_composite",
+            EgressType::Participant => "participant",
+            EgressType::RoomComposite => "room_composite",
+            EgressType::Web => "web",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EgressType> {
+        EgressType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EgressType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an egress is in its life. The last four are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressStatus {
+    Starting,
+    Active,
+    Ending,
+    Complete,
+    Failed,
+    Aborted,
+    LimitReached,
+}
+
+impl EgressStatus {
+    pub const ALL: [EgressStatus; 7] = [
+        EgressStatus::Starting,
+        EgressStatus::Active,
+        EgressStatus::Ending,
+        EgressStatus::Complete,
+        EgressStatus::Failed,
+        EgressStatus::Aborted,
+        EgressStatus::LimitReached,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            EgressStatus::Complete
+                | EgressStatus::Failed
+                | EgressStatus::Aborted
+                | EgressStatus::LimitReached
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressStatus::Starting => "starting",
+            EgressStatus::Active => "active",
+            EgressStatus::Ending => "ending",
+            EgressStatus::Complete => "complete",
+            EgressStatus::Failed => "failed",
+            EgressStatus::Aborted => "aborted",
+            EgressStatus::LimitReached => "limit_reached",
+        }
+    }
+}
+
+/// End reasons, as strings users see in `end_reason`.
+pub mod reason {
+    pub const STOP_API: &str = "StopEgress API";
+    pub const KILL_API: &str = "KillEgress API";
+    pub const SOURCE_CLOSED: &str = "Source closed";
+    pub const SESSION_LIMIT: &str = "Session limit reached";
+    pub const PROCESS_KILLED: &str = "Process killed";
+    pub const FAILURE: &str = "Failure";
+    pub const CPU_LIMIT: &str = "CPU limit reached";
+    pub const CPU_EXHAUSTED: &str = "CPU exhausted";
+    pub const SERVICE_STOPPED: &str = "Service stopped";
+    pub const EOS_TIMEOUT: &str = "EOS timeout";
+    pub const DRAIN_TIMEOUT: &str = "Drain timeout";
+    pub const NODE_LOST: &str = "Node lost";
+}
+
+/// `POST /v1/egress` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRequest {
+    /// One of the egress types, as a string (kept raw so an unknown type gets its own error).
+    #[serde(rename = "type")]
+    pub egress_type: String,
+    /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms.
+    pub sources: Vec<SourceRequest>,
+    /// Where the recording goes.
+    pub output: OutputRequest,
+    /// Video encoding overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoRequest>,
+    /// Audio encoding overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioRequest>,
+    /// Stop the egress after this many seconds with status `limit_reached`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<f64>,
+    /// Overrides the type's configured CPU cost for admission, in cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_cpu: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRequest {
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileOutputRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutputRequest {
+    /// Relative to `storage.output_dir`; the extension picks the container.
+    pub filename: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoRequest {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+    pub bitrate_kbps: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioRequest {
+    /// `aac` or `opus`; defaults by container (aac for mp4/mkv, opus for webm/ogg).
+    pub codec: Option<String>,
+    pub bitrate_kbps: Option<u32>,
+}
+
+/// A source after validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// A synthetic live source: `test://video|audio|av?key=value...`.
+    Test {
+        /// What it carries.
+        media: TestMedia,
+        /// videotestsrc `pattern` (e.g. ball, snow, smpte).
+        pattern: String,
+        /// audiotestsrc `wave` (e.g. sine, white-noise).
+        wave: String,
+        /// audiotestsrc frequency in Hz.
+        freq: f64,
+        /// Source frame size and rate (the encoder scales to the egress's video settings).
+        width: u32,
+        height: u32,
+        fps: u32,
+    },
+    /// Anything GStreamer can open by URI.
+    Uri { uri: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestMedia {
+    Video,
+    Audio,
+    Av,
+}
+
+impl Source {
+    pub fn has_video(&self) -> Option<bool> {
+        match self {
+            Source::Test { media, .. } => Some(*media != TestMedia::Audio),
+            Source::Uri { .. } => None,
+        }
+    }
+    pub fn has_audio(&self) -> Option<bool> {
+        match self {
+            Source::Test { media, .. } => Some(*media != TestMedia::Video),
+            Source::Uri { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Container {
+    Mp4,
+    Mkv,
+    Webm,
+    Ogg,
+}
+
+impl Container {
+    fn from_extension(ext: &str) -> Option<Container> {
+        match ext.to_ascii_lowercase().as_str() {
+            "mp4" => Some(Container::Mp4),
+            "mkv" => Some(Container::Mkv),
+            "webm" => Some(Container::Webm),
+            "ogg" => Some(Container::Ogg),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioCodec {
+    Aac,
+    Opus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioSettings {
+    pub codec: AudioCodec,
+    pub bitrate_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileOutput {
+    /// As the client gave it (relative to the output directory).
+    pub filename: String,
+    /// Absolute path inside the output directory.
+    pub path: PathBuf,
+    pub container: Container,
+}
+
+/// A validated request: everything a handler needs to build its pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressSpec {
+    pub egress_id: String,
+    pub egress_type: EgressType,
+    pub sources: Vec<Source>,
+    pub video: VideoSettings,
+    pub audio: AudioSettings,
+    pub file: FileOutput,
+    /// Where the handler writes its own end-of-run result, read by a restarted service.
+    pub result_path: PathBuf,
+}
+
+/// Node-wide pipeline settings a handler needs besides the spec (from the `pipeline` config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineOptions {
+    /// x264 speed preset.
+    pub x264_speed_preset: String,
+    /// Robust MP4: how often the index is rewritten, in seconds.
+    pub mp4_moov_update_period_s: f64,
+    /// Robust MP4: longest duration the index has room for, in seconds.
+    pub mp4_reserved_max_duration_s: f64,
+}
+
+/// What a handler writes to `result_path` when it ends on its own terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerResult {
+    /// True when the pipeline reached EOS and the output was finalized.
+    pub finalized: bool,
+    /// Why the handler stopped: "stop", "parent_gone", "signal", "source_eos", "error".
+    pub cause: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub ended_at: u64,
+}
+
+/// One output file, described after it was closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub filename: String,
+    pub location: String,
+    pub size_bytes: u64,
+    /// Read back with Discoverer; absent when the file could not be read.
+    pub duration_s: Option<f64>,
+}
+
+/// The record the API reports for an egress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressInfo {
+    pub egress_id: String,
+    pub node_id: String,
+    #[serde(rename = "type")]
+    pub egress_type: EgressType,
+    pub status: EgressStatus,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    pub end_reason: Option<String>,
+    pub error: Option<String>,
+    pub request: EgressRequest,
+    pub files: Vec<FileInfo>,
+    /// The handler's process id while it runs (so operators can find it in `ps`).
+    #[serde(default)]
+    pub handler_pid: Option<u32>,
+    /// Admitted CPU cost in cores.
+    #[serde(default)]
+    pub cpu_cost: f64,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new egress id: `EG_` and 12 random alphanumerics.
+pub fn new_egress_id() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    let s: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect();
+    format!("EG_{s}")
+}
+
+/// True for ids this engine issues; ids arrive in URLs, so anything else is refused early.
+pub fn is_valid_egress_id(id: &str) -> bool {
+    id.len() == 15
+        && id.starts_with("EG_")
+        && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Node-level limits and defaults that validation needs.
+pub struct ValidationContext<'a> {
+    pub output_dir: &'a Path,
+    pub state_dir: &'a Path,
+    pub allowed_schemes: &'a [String],
+}
+
+const MAX_ROOM_SOURCES: usize = 16;
+
+impl EgressRequest {
+    /// Checks every field and resolves defaults. Errors name the field.
+    pub fn validate(
+        &self,
+        egress_id: &str,
+        ctx: &ValidationContext<'_>,
+    ) -> Result<EgressSpec, RequestError> {
+        let egress_type = EgressType::parse(&self.egress_type).ok_or_else(|| {
+            RequestError::UnknownType(format!(
+                "unknown type '{}': expected one of track, track_composite, participant, room_composite",
+                self.egress_type
+            ))
+        })?;
+        if egress_type == EgressType::Web {
+            return Err(RequestError::Unsupported(
+                "type 'web' needs a browser pipeline, which this node does not have".into(),
+            ));
+        }
+        let sources = self
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_source(&s.uri, ctx.allowed_schemes, &format!("sources[{i}].uri")))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_source_count(egress_type, &sources)?;
+
+        let file = match &self.output.file {
+            Some(f) => resolve_output(&f.filename, ctx.output_dir)?,
+            None => {
+                return Err(RequestError::invalid(
+                    "output",
+                    "an output is required: {\"file\": {\"filename\": \"name.mp4\"}}",
+                ));
+            }
+        };
+
+        let v = self.video.clone().unwrap_or_default();
+        let video = VideoSettings {
+            width: ranged("video.width", v.width.unwrap_or(1280), 16, 3840)? & !1,
+            height: ranged("video.height", v.height.unwrap_or(720), 16, 2160)? & !1,
+            fps: ranged("video.fps", v.fps.unwrap_or(30), 1, 60)?,
+            bitrate_kbps: ranged("video.bitrate_kbps", v.bitrate_kbps.unwrap_or(3000), 100, 50_000)?,
+        };
+        let a = self.audio.clone().unwrap_or_default();
+        let default_codec = match file.container {
+            Container::Mp4 | Container::Mkv => AudioCodec::Aac,
+            Container::Webm | Container::Ogg => AudioCodec::Opus,
+        };
+        let codec = match a.codec.as_deref() {
+            None => default_codec,
+            Some("aac") => AudioCodec::Aac,
+            Some("opus") => AudioCodec::Opus,
+            Some(other) => {
+                return Err(RequestError::invalid(
+                    "audio.codec",
+                    format!("unknown audio codec '{other}': expected aac or opus"),
+                ));
+            }
+        };
+        if matches!(file.container, Container::Webm | Container::Ogg) && codec == AudioCodec::Aac {
+            return Err(RequestError::invalid(
+                "audio.codec",
+                "aac cannot be stored in webm or ogg: use opus",
+            ));
+        }
+        let audio = AudioSettings {
+            codec,
+            bitrate_kbps: ranged("audio.bitrate_kbps", a.bitrate_kbps.unwrap_or(128), 8, 512)?,
+        };
+        if let Some(d) = self.max_duration_s {
+            if !(d.is_finite() && d > 0.0 && d <= 7.0 * 86400.0) {
+                return Err(RequestError::invalid(
+                    "max_duration_s",
+                    "must be a number of seconds in (0, 604800]",
+                ));
+            }
+        }
+        if let Some(c) = self.estimated_cpu {
+            if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
+                return Err(RequestError::invalid(
+                    "estimated_cpu",
+                    "must be a number of cores in [0, 256]",
+                ));
+            }
+        }
+        Ok(EgressSpec {
+            egress_id: egress_id.to_string(),
+            egress_type,
+            sources,
+            video,
+            audio,
+            file,
+            result_path: ctx.state_dir.join("egresses").join(format!("{egress_id}.result.json")),
+        })
+    }
+}
+
+fn ranged(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, RequestError> {
+    if v < lo || v > hi {
+        return Err(RequestError::invalid(field, format!("must be in [{lo}, {hi}], got {v}")));
+    }
+    Ok(v)
+}
+
+fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestError> {
+    let n = sources.len();
+    let ok = match t {
+        EgressType::Track | EgressType::Participant => n == 1,
+        EgressType::TrackComposite => n == 2 || n == 1,
+        EgressType::RoomComposite => (1..=MAX_ROOM_SOURCES).contains(&n),
+        EgressType::Web => false,
+    };
+    if !ok {
+        let want = match t {
+            EgressType::Track | EgressType::Participant => "exactly 1 source".to_string(),
+            EgressType::TrackComposite => "a video source and an audio source".to_string(),
+            _ => format!("1 to {MAX_ROOM_SOURCES} sources"),
+        };
+        return Err(RequestError::invalid(
+            "sources",
+            format!("type {t} takes {want}, got {n}"),
+        ));
+    }
+    if t == EgressType::TrackComposite {
+        if n == 1 && sources[0].has_video() == Some(true) && sources[0].has_audio() == Some(false) {
+            return Err(RequestError::invalid(
+                "sources",
+                "track_composite needs audio too: give a video source and an audio source",
+            ));
+        }
+        if n == 2 && (sources[0].has_video() == Some(false) || sources[1].has_audio() == Some(false)) {
+            return Err(RequestError::invalid(
+                "sources",
+                "track_composite takes the video source first and the audio source second",
+            ));
+        }
+    }
+    if t == EgressType::Participant
+        && (sources[0].has_video() == Some(false) || sources[0].has_audio() == Some(false))
+    {
+        return Err(RequestError::invalid(
+            "sources[0].uri",
+            "participant needs a source with audio and video (e.g. test://av)",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks a source URI against the scheme allow-list.
+pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source, RequestError> {
+    if uri.len() > 4096 || uri.chars().any(|c| c.is_control()) {
+        return Err(RequestError::invalid(field, "not a valid URI"));
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(RequestError::invalid(field, format!("'{uri}' is not a URI (scheme://...)")));
+    };
+    let scheme_lc = scheme.to_ascii_lowercase();
+    if scheme_lc.is_empty()
+        || !scheme_lc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+    {
+        return Err(RequestError::invalid(field, format!("'{uri}' has no valid scheme")));
+    }
+    if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&scheme_lc)) {
+        return Err(RequestError::SchemeNotAllowed(format!(
+            "{field}: scheme '{scheme_lc}' is not allowed (allowed: {})",
+            allowed.join(", ")
+        )));
+    }
+    if scheme_lc != "test" {
+        if rest.is_empty() {
+            return Err(RequestError::invalid(field, format!("'{uri}' has nothing after the scheme")));
+        }
+        return Ok(Source::Uri { uri: uri.to_string() });
+    }
+    let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let media = match kind.trim_end_matches('/') {
+        "video" => TestMedia::Video,
+        "audio" => TestMedia::Audio,
+        "av" => TestMedia::Av,
+        other => {
+            return Err(RequestError::invalid(
+                field,
+                format!("unknown test source '{other}': expected video, audio or av"),
+            ));
+        }
+    };
+    let mut params = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(k.to_string(), v.to_string());
+    }
+    let word = |k: &str, default: &str, known: &[&str]| -> Result<String, RequestError> {
+        let v = params.get(k).map(String::as_str).unwrap_or(default);
+        if known.contains(&v) {
+            Ok(v.to_string())
+        } else {
+            Err(RequestError::invalid(
+                field,
+                format!("test source {k}='{v}' is not one of {}", known.join(", ")),
+            ))
+        }
+    };
+    let num = |k: &str, default: u32, lo: u32, hi: u32| -> Result<u32, RequestError> {
+        match params.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| {
+                    RequestError::invalid(field, format!("test source {k}='{v}' must be in [{lo}, {hi}]"))
+                }),
+        }
+    };
+    for k in params.keys() {
+        if !["pattern", "wave", "freq", "width", "height", "fps"].contains(&k.as_str()) {
+            return Err(RequestError::invalid(field, format!("unknown test source parameter '{k}'")));
+        }
+    }
+    let freq = match params.get("freq") {
+        None => 440.0,
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && (1.0..=20_000.0).contains(f))
+            .ok_or_else(|| RequestError::invalid(field, format!("test source freq='{v}' must be in [1, 20000]")))?,
+    };
+    Ok(Source::Test {
+        media,
+        pattern: word("pattern", "ball", TEST_PATTERNS)?,
+        wave: word("wave", "sine", TEST_WAVES)?,
+        freq,
+        width: num("width", 1280, 16, 3840)? & !1,
+        height: num("height", 720, 16, 2160)? & !1,
+        fps: num("fps", 30, 1, 60)?,
+    })
+}
+
+/// videotestsrc patterns we accept (their GStreamer nicks).
+pub const TEST_PATTERNS: &[&str] = &[
+    "smpte", "snow", "black", "white", "red", "green", "blue", "checkers-1", "checkers-2",
+    "checkers-4", "checkers-8", "circular", "blink", "smpte75", "zone-plate", "gamut",
+    "chroma-zone-plate", "solid-color", "ball", "smpte100", "bar", "pinwheel", "spokes",
+    "gradient", "colors",
+];
+/// audiotestsrc waves we accept (their GStreamer nicks).
+pub const TEST_WAVES: &[&str] = &[
+    "sine", "square", "saw", "triangle", "silence", "white-noise", "pink-noise", "sine-table",
+    "ticks", "gaussian-noise", "red-noise", "blue-noise", "violet-noise",
+];
+
+/// Resolves a client filename inside `output_dir`, refusing anything that could escape it.
+pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, RequestError> {
+    let field = "output.file.filename";
+    if filename.is_empty() || filename.len() > 1024 || filename.chars().any(|c| c.is_control()) {
+        return Err(RequestError::invalid(field, "must be a non-empty relative path"));
+    }
+    let rel = Path::new(filename);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => {
+                return Err(RequestError::invalid(
+                    field,
+                    format!("'{filename}' must be a relative path inside the output directory"),
+                ));
+            }
+        }
+    }
+    let ext = rel.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let container = Container::from_extension(ext).ok_or_else(|| {
+        RequestError::invalid(field, format!("'{filename}': extension must be mp4, mkv, webm or ogg"))
+    })?;
+    Ok(FileOutput {
+        filename: filename.to_string(),
+        path: output_dir.join(rel),
+        container,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx_schemes() -> Vec<String> {
+        ["test", "rtsp", "http"].iter().map(|s| s.to_string()).collect()
+    }
+
+    fn req(t: &str, uris: &[&str], filename: &str) -> EgressRequest {
+        EgressRequest {
+            egress_type: t.into(),
+            sources: uris.iter().map(|u| SourceRequest { uri: u.to_string() }).collect(),
+            output: OutputRequest { file: Some(FileOutputRequest { filename: filename.into() }) },
+            video: None,
+            audio: None,
+            max_duration_s: None,
+            estimated_cpu: None,
+        }
+    }
+
+    fn validate(r: &EgressRequest) -> Result<EgressSpec, RequestError> {
+        let schemes = ctx_schemes();
+        let ctx = ValidationContext {
+            output_dir: Path::new("/rec"),
+            state_dir: Path::new("/state"),
+            allowed_schemes: &schemes,
+        };
+        r.validate("EG_abcdefghijkl", &ctx)
+    }
+
+    #[test]
+    fn valid_participant_resolves_defaults() {
+        let s = validate(&req("participant", &["test://av?pattern=snow"], "a/b.mp4")).unwrap();
+        assert_eq!(s.file.path, Path::new("/rec/a/b.mp4"));
+        assert_eq!(s.file.container, Container::Mp4);
+        assert_eq!(s.audio.codec, AudioCodec::Aac);
+        assert_eq!((s.video.width, s.video.height, s.video.fps), (1280, 720, 30));
+        assert!(matches!(&s.sources[0], Source::Test { pattern, .. } if pattern == "snow"));
+    }
+
+    #[test]
+    fn rejects_escaping_paths_and_bad_extensions() {
+        for f in ["../x.mp4", "/etc/x.mp4", "a/../../x.mp4", "x.avi", "", "x"] {
+            let e = validate(&req("track", &["test://video"], f)).unwrap_err();
+            assert_eq!(e.field(), Some("output.file.filename"), "{f}");
+        }
+    }
+
+    #[test]
+    fn rejects_schemes_not_allowed() {
+        let e = validate(&req("track", &["file:///etc/passwd"], "x.mp4")).unwrap_err();
+        assert!(matches!(e, RequestError::SchemeNotAllowed(_)));
+        let e = validate(&req("track", &["nouri"], "x.mp4")).unwrap_err();
+        assert_eq!(e.field(), Some("sources[0].uri"));
+    }
+
+    #[test]
+    fn rejects_unknown_types_and_wrong_source_counts() {
+        assert!(matches!(
+            validate(&req("bogus", &["test://video"], "x.mp4")).unwrap_err(),
+            RequestError::UnknownType(_)
+        ));
+        assert!(validate(&req("track", &[], "x.mp4")).is_err());
+        assert!(validate(&req("participant", &["test://video"], "x.mp4")).is_err());
+        let many: Vec<&str> = vec!["test://av"; 17];
+        assert!(validate(&req("room_composite", &many, "x.mp4")).is_err());
+        assert!(validate(&req("track_composite", &["test://video", "test://audio"], "x.mkv")).is_ok());
+        assert!(validate(&req("track_composite", &["test://audio", "test://video"], "x.mkv")).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_test_parameters() {
+        for u in ["test://video?pattern=nope", "test://video?width=0", "test://x", "test://audio?freq=abc", "test://video?foo=1"] {
+            assert!(validate(&req("track", &[u], "x.mp4")).is_err(), "{u}");
+        }
+    }
+
+    #[test]
+    fn aac_not_in_webm() {
+        let mut r = req("participant", &["test://av"], "x.webm");
+        r.audio = Some(AudioRequest { codec: Some("aac".into()), bitrate_kbps: None });
+        assert_eq!(validate(&r).unwrap_err().field(), Some("audio.codec"));
+    }
+
+    #[test]
+    fn egress_ids_round_trip() {
+        let id = new_egress_id();
+        assert!(is_valid_egress_id(&id), "{id}");
+        assert!(!is_valid_egress_id("EG_../../etc"));
+    }
+}

@@ -1,0 +1,1 @@
+//! GStreamer graph building per egress type and per output container.

@@ -1,0 +1,1 @@
+//! Pure decision rules that the actors wrap.

@@ -1,0 +1,1 @@
+//! Egress records in state_dir.
