@@ -1,2 +1,252 @@
-//! Wiring.
-pub fn run(cfg: crate::config::Config) -> std::io::Result<()> { let _ = cfg; Ok(()) }
+//! The one function that wires the service: actors, HTTP server, signals, drain and shutdown.
+//!
+//! ```text
+//!  signals / POST /v1/node/drain ──> control loop ──> Admission (draining), Supervisor (EndAll)
+//!  HTTP API ──> Admission ──> Supervisor ──> Pipeline (one per egress) ──> handler process
+//!  CpuMonitor ──CpuSample──> Admission, Supervisor
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{App, HttpServer, middleware, web};
+use slog::{Logger, info, warn};
+use tokio::sync::mpsc;
+
+use crate::actors::admission::{Admission, SetDraining};
+use crate::actors::affinity::AffinityScorer;
+use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
+use crate::actors::pipeline::{KillReason, StopReason};
+use crate::actors::supervisor::{CountRunning, EndAll, Supervisor};
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::metrics::METRICS;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot initialize GStreamer: {0}")]
+    Gstreamer(String),
+    #[error("storage: {path}: {source}")]
+    Storage { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("fleet: {0}")]
+    Fleet(String),
+}
+
+/// What the control loop reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGTERM or `POST /v1/node/drain`: take nothing new, exit when idle.
+    Drain,
+    /// SIGINT: stop everything gracefully now, then exit; a second one kills.
+    Interrupt,
+}
+
+/// Shared by every HTTP worker.
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub node_id: String,
+    /// `storage.output_dir`, absolute.
+    pub output_dir: PathBuf,
+    pub store: Store,
+    pub supervisor: Addr<Supervisor>,
+    pub admission: Addr<Admission>,
+    pub affinity: Addr<AffinityScorer>,
+    pub cpu: Addr<CpuMonitor>,
+    pub fleet: Option<Arc<Fleet>>,
+    pub control: mpsc::UnboundedSender<Control>,
+    pub log: Logger,
+}
+
+impl AppState {
+    pub fn start_drain(&self) {
+        let _ = self.control.send(Control::Drain);
+    }
+}
+
+fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceError + '_ {
+    move |source| ServiceError::Storage { path: path.display().to_string(), source }
+}
+
+/// Runs the service until it is told to exit.
+pub fn run(cfg: Config) -> Result<(), ServiceError> {
+    gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
+    let log = crate::logging::root(&cfg.log.format, &cfg.log.level);
+    std::fs::create_dir_all(&cfg.storage.output_dir).map_err(storage_err(&cfg.storage.output_dir))?;
+    let output_dir = cfg
+        .storage
+        .output_dir
+        .canonicalize()
+        .map_err(storage_err(&cfg.storage.output_dir))?;
+    let store = Store::open(&cfg.storage.state_dir).map_err(storage_err(&cfg.storage.state_dir))?;
+    let node_id = crate::store::node_id(&cfg.storage.state_dir, &cfg.node.id)
+        .map_err(storage_err(&cfg.storage.state_dir))?;
+    if !cfg.fleet.redis_url.is_empty() {
+        return Err(ServiceError::Fleet("fleet.redis_url is set but fleet mode is not built yet".into()));
+    }
+    let log = log.new(slog::o!("node_id" => node_id.clone()));
+    let system = actix_rt::System::new();
+    system.block_on(serve(cfg, log, node_id, output_dir, store))
+}
+
+async fn serve(
+    cfg: Config,
+    log: Logger,
+    node_id: String,
+    output_dir: PathBuf,
+    store: Store,
+) -> Result<(), ServiceError> {
+    let cfg = Arc::new(cfg);
+    let capacity = detect_capacity(cfg.cpu.capacity);
+    let cpu = CpuMonitor::new(
+        capacity,
+        Duration::from_millis(cfg.cpu.sample_interval_ms),
+        Box::new(SysinfoSource::new()),
+        log.new(slog::o!("actor" => "cpu_monitor")),
+    )
+    .start();
+    let admission =
+        Admission::new(&cfg, node_id.clone(), capacity, log.new(slog::o!("actor" => "admission"))).start();
+    let affinity =
+        AffinityScorer::new(cfg.affinity_mode(), admission.clone(), log.new(slog::o!("actor" => "affinity")))
+            .start();
+    let supervisor = Supervisor::new(
+        store.clone(),
+        admission.clone(),
+        cpu.clone(),
+        &cfg,
+        log.new(slog::o!("actor" => "supervisor")),
+    )
+    .start();
+    cpu.do_send(Subscribe(admission.clone().recipient()));
+    cpu.do_send(Subscribe(supervisor.clone().recipient()));
+
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let state = web::Data::new(AppState {
+        cfg: cfg.clone(),
+        node_id: node_id.clone(),
+        output_dir,
+        store,
+        supervisor: supervisor.clone(),
+        admission: admission.clone(),
+        affinity,
+        cpu,
+        fleet: None,
+        control: control_tx.clone(),
+        log: log.clone(),
+    });
+
+    let max_body = cfg.server.max_body_bytes;
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(middleware::from_fn(crate::api::auth))
+            .configure(|c| crate::api::configure(c, max_body))
+            .default_service(web::to(crate::api::not_found))
+    })
+    .workers(cfg.server.workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(&cfg.server.listen)
+    .map_err(|source| ServiceError::Bind { addr: cfg.server.listen.clone(), source })?;
+    let addrs = server.addrs();
+    let bound = addrs.first().map(|a| a.to_string()).unwrap_or_default();
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    // One line on stdout, for scripts and tests that start the service on port 0.
+    println!("{}", serde_json::json!({"listening": bound, "node_id": node_id}));
+    info!(log, "listening"; "addr" => &bound, "capacity_cores" => capacity,
+          "affinity_mode" => &cfg.affinity.mode, "auth" => !cfg.server.api_token.is_empty());
+
+    spawn_signal_listeners(control_tx, log.clone());
+    control_loop(control_rx, &state, &cfg, &log).await;
+    handle.stop(true).await;
+    info!(log, "exited");
+    Ok(())
+}
+
+fn spawn_signal_listeners(tx: mpsc::UnboundedSender<Control>, log: Logger) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for (kind, ctl) in [(SignalKind::terminate(), Control::Drain), (SignalKind::interrupt(), Control::Interrupt)] {
+        let tx = tx.clone();
+        let log = log.clone();
+        match signal(kind) {
+            Ok(mut s) => {
+                actix_rt::spawn(async move {
+                    while s.recv().await.is_some() {
+                        if tx.send(ctl).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(log, "cannot listen for a signal"; "error" => %e),
+        }
+    }
+}
+
+/// Waits for drain/interrupt, then for the node to become idle; returns when the service may exit.
+async fn control_loop(
+    mut rx: mpsc::UnboundedReceiver<Control>,
+    state: &AppState,
+    cfg: &Config,
+    log: &Logger,
+) {
+    let mut draining_since: Option<Instant> = None;
+    let mut drain_stop_sent = false;
+    let mut interrupts = 0u32;
+    let mut interrupted_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                if draining_since.is_none() {
+                    draining_since = Some(Instant::now());
+                    state.admission.do_send(SetDraining(true));
+                    METRICS.draining.set(1.0);
+                }
+                match ev {
+                    Control::Drain => info!(log, "draining: no new egress; exiting when idle";
+                        "drain_timeout_s" => cfg.overload.drain_timeout_s),
+                    Control::Interrupt => {
+                        interrupts += 1;
+                        if interrupts == 1 {
+                            info!(log, "interrupted: stopping every egress gracefully");
+                            interrupted_at = Some(Instant::now());
+                            state.supervisor.do_send(EndAll::Stop(StopReason::Shutdown));
+                        } else {
+                            warn!(log, "interrupted again: killing every egress");
+                            state.supervisor.do_send(EndAll::Kill(KillReason::Shutdown));
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let Some(since) = draining_since else { continue };
+        let running = state.supervisor.send(CountRunning).await.unwrap_or(0);
+        if running == 0 {
+            return;
+        }
+        let timeout = cfg.overload.drain_timeout_s;
+        if !drain_stop_sent && interrupts == 0 && timeout > 0.0 && since.elapsed().as_secs_f64() >= timeout {
+            info!(log, "drain timeout: stopping the remaining egresses"; "running" => running);
+            drain_stop_sent = true;
+            state.supervisor.do_send(EndAll::Stop(StopReason::DrainTimeout));
+        }
+        if let Some(at) = interrupted_at {
+            // The Pipeline actors kill after eos_timeout themselves; this is the last resort.
+            if at.elapsed().as_secs_f64() > cfg.pipeline.eos_timeout_s + 10.0 {
+                warn!(log, "egresses still running after the EOS timeout: exiting"; "running" => running);
+                return;
+            }
+        }
+    }
+}

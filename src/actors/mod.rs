@@ -1,1 +1,8 @@
-//! Actors.
+//! One file per actor: the actor, then each message it takes (with its doc line and result type),
+//! then its handler. `actors.md` at the top of the repository draws who sends what to whom.
+
+pub mod admission;
+pub mod affinity;
+pub mod cpu_monitor;
+pub mod pipeline;
+pub mod supervisor;

@@ -1,1 +1,12 @@
-//! Pure decision rules that the actors wrap.
+//! Pure decision rules that the actors wrap: no clocks, no I/O, no actors. Time is always an
+//! explicit `now_ms` argument, so every rule can be driven by a fake clock in table and property
+//! tests.
+//!
+//! - `admission`: the node's CPU and per-type ledger (running jobs, pending claims, drain) and
+//!   the admit / claim decisions (`Admission` actor).
+//! - `scoring`: how well a node suits a request under each affinity mode (`AffinityScorer`).
+//! - `overload`: the soft/hard escalation that picks one egress to stop, then kill (`Supervisor`).
+
+pub mod admission;
+pub mod overload;
+pub mod scoring;

@@ -1,0 +1,277 @@
+//! What every integration test needs: the real `egress-engine` binary started on a free loopback
+//! port with a temp config and temp directories, a small HTTP client, polling with deadlines, and
+//! checks that decode the outputs.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_egress-engine");
+
+/// Polls `f` until it returns Some or the deadline passes (then panics with `what`).
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Temp directories a service runs in; kept across restarts of the service.
+pub struct Dirs {
+    pub root: tempfile::TempDir,
+}
+
+impl Dirs {
+    pub fn new() -> Dirs {
+        Dirs { root: tempfile::Builder::new().prefix("egress-it-").tempdir().expect("tempdir") }
+    }
+    pub fn output(&self) -> PathBuf {
+        self.root.path().join("out")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+}
+
+/// A running `egress-engine serve`.
+pub struct Service {
+    pub child: Child,
+    pub base: String,
+    pub node_id: String,
+    pub token: Option<String>,
+    pub log_path: PathBuf,
+    agent: ureq::Agent,
+}
+
+/// A config for tests: loopback port 0, the given dirs, small defaults, plus `extra` YAML sections.
+pub fn test_config(dirs: &Dirs, extra: &str) -> String {
+    format!(
+        "server: {{ listen: \"127.0.0.1:0\" }}\nstorage: {{ output_dir: \"{}\", state_dir: \"{}\" }}\nlog: {{ level: debug }}\n{extra}\n",
+        dirs.output().display(),
+        dirs.state().display()
+    )
+}
+
+impl Service {
+    /// Starts the service with `test_config(dirs, extra)` and waits until it listens.
+    pub fn start(dirs: &Dirs, extra: &str) -> Service {
+        Self::start_with(dirs, &test_config(dirs, extra), &[])
+    }
+
+    pub fn start_with(dirs: &Dirs, config_yaml: &str, env: &[(&str, &str)]) -> Service {
+        let n = std::fs::read_dir(dirs.root.path()).map(|d| d.count()).unwrap_or(0);
+        let cfg_path = dirs.root.path().join(format!("config-{n}.yaml"));
+        std::fs::write(&cfg_path, config_yaml).expect("write config");
+        let log_path = dirs.root.path().join(format!("service-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn egress-engine");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("service did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+        };
+        let v: Value = serde_json::from_str(&line).expect("listening line");
+        let token = config_yaml
+            .lines()
+            .find_map(|l| l.split("api_token:").nth(1))
+            .map(|s| s.trim().trim_matches(|c| c == '"' || c == '}' || c == ' ').to_string())
+            .filter(|s| !s.is_empty());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Service {
+            child,
+            base: format!("http://{}", v["listening"].as_str().expect("addr")),
+            node_id: v["node_id"].as_str().unwrap_or_default().to_string(),
+            token,
+            log_path,
+            agent,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn auth(&self, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+        if let Some(t) = &self.token {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+                headers.push(("authorization".into(), format!("Bearer {t}")));
+            }
+        }
+        headers
+    }
+
+    /// Any request; returns status and body text.
+    pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> (u16, String) {
+        let url = format!("{}{}", self.base, path);
+        let headers = self.auth(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let result = match method {
+            "GET" => {
+                let mut r = self.agent.get(&url);
+                for (k, v) in &headers {
+                    r = r.header(k, v);
+                }
+                r.call()
+            }
+            "DELETE" => {
+                let mut r = self.agent.delete(&url);
+                for (k, v) in &headers {
+                    r = r.header(k, v);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = match method {
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                for (k, v) in &headers {
+                    r = r.header(k, v);
+                }
+                r.send(body.unwrap_or(b""))
+            }
+        };
+        match result {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                (status, text)
+            }
+            Err(e) => panic!("{method} {url}: {e}"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (s, t) = self.raw("GET", path, None, &[]);
+        (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let (s, t) = self.raw("POST", path, Some(&bytes), &[("content-type", "application/json")]);
+        (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+    }
+
+    /// Starts an egress and returns its id; panics unless the answer is 201.
+    pub fn start_egress(&self, body: &Value) -> String {
+        let (s, v) = self.post("/v1/egress", body);
+        assert_eq!(s, 201, "start failed: {v}\n{}", self.log());
+        v["egress_id"].as_str().expect("egress_id").to_string()
+    }
+
+    pub fn egress(&self, id: &str) -> Value {
+        let (s, v) = self.get(&format!("/v1/egress/{id}"));
+        assert_eq!(s, 200, "get {id}: {v}");
+        v
+    }
+
+    /// Waits until the egress has one of `statuses`; returns its record.
+    pub fn wait_status(&self, id: &str, statuses: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.egress(id);
+            if statuses.iter().any(|s| v["status"] == *s) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("egress {id} not in {statuses:?} after {timeout:?}: {v}\n--- service log ---\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for `active`; returns the instant it was seen.
+    pub fn wait_active(&self, id: &str) -> Instant {
+        self.wait_status(id, &["active"], Duration::from_secs(30));
+        Instant::now()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        wait_for(timeout, "service exit", || child.try_wait().ok().flatten()).code()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A request body for `type` from test sources at a small size (tests share 2 cores).
+pub fn request(egress_type: &str, uris: &[&str], filename: &str) -> Value {
+    json!({
+        "type": egress_type,
+        "sources": uris.iter().map(|u| json!({"uri": u})).collect::<Vec<_>>(),
+        "output": {"file": {"filename": filename}},
+        "video": {"width": 320, "height": 240, "fps": 15, "bitrate_kbps": 500},
+    })
+}
+
+/// The file's Discoverer duration in seconds (panics if it does not decode).
+pub fn discovered_duration(path: &Path) -> f64 {
+    let info = egress_engine::media::discover(path, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
+    info.duration_s.unwrap_or_else(|| panic!("{} has no duration", path.display()))
+}
+
+/// Decodes the whole file; returns the report (panics if it does not decode).
+pub fn decoded(path: &Path) -> egress_engine::media::DecodeReport {
+    egress_engine::media::decode(path, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()))
+}
+
+pub fn append_line(path: &Path, line: &str) {
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).expect("open");
+    writeln!(f, "{line}").expect("write");
+}

@@ -1,0 +1,418 @@
+//! The Pipeline actor: one per egress, owning that egress's handler process.
+//!
+//! It launches `egress-engine handler --egress-id EG_...` in its own process group (so a Ctrl-C
+//! on the service's terminal does not reach it), feeds it the spec over stdin, turns its stdout
+//! events into status changes, enforces the start timeout, `max_duration_s` and the EOS timeout,
+//! and when the process exits decides the final status, reads the files back with Discoverer and
+//! reports everything to the Supervisor as `UpdateEgress`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use actix::prelude::*;
+use slog::{Logger, info, warn};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::actors::supervisor::{Supervisor, UpdateEgress};
+use crate::handler::protocol::{HandlerCommand, HandlerEvent};
+use crate::model::{
+    EgressInfo, EgressSpec, EgressStatus, FileInfo, PipelineOptions, now_ms, reason,
+};
+
+/// Why a graceful stop was asked for; decides the final status when EOS completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `POST /v1/egress/{id}/stop`.
+    Api,
+    /// `max_duration_s` elapsed.
+    SessionLimit,
+    /// Overload supervision chose this egress.
+    CpuLimit,
+    /// The service is shutting down or draining past its timeout.
+    Shutdown,
+    /// Drain timeout elapsed.
+    DrainTimeout,
+}
+
+impl StopReason {
+    fn outcome(self) -> (EgressStatus, &'static str) {
+        match self {
+            StopReason::Api => (EgressStatus::Complete, reason::STOP_API),
+            StopReason::SessionLimit => (EgressStatus::LimitReached, reason::SESSION_LIMIT),
+            StopReason::CpuLimit => (EgressStatus::Complete, reason::CPU_LIMIT),
+            StopReason::Shutdown => (EgressStatus::Complete, reason::SERVICE_STOPPED),
+            StopReason::DrainTimeout => (EgressStatus::Complete, reason::DRAIN_TIMEOUT),
+        }
+    }
+}
+
+/// Why the handler was killed by us; decides the final status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// `POST /v1/egress/{id}/kill`.
+    Api,
+    /// A graceful stop did not reach EOS within `pipeline.eos_timeout_s`.
+    EosTimeout,
+    /// Overload stayed above the hard threshold after a graceful stop.
+    CpuExhausted,
+    /// The pipeline did not reach PLAYING within `pipeline.start_timeout_s`.
+    StartTimeout,
+    /// A second SIGINT: stop everything now.
+    Shutdown,
+}
+
+/// Everything a Pipeline actor needs to run one egress.
+pub struct PipelineSetup {
+    pub info: EgressInfo,
+    pub spec: EgressSpec,
+    pub options: PipelineOptions,
+    pub log_path: PathBuf,
+    pub eos_timeout: Duration,
+    pub start_timeout: Duration,
+    pub max_duration: Option<Duration>,
+}
+
+pub struct Pipeline {
+    /// The record as this actor last reported it.
+    info: EgressInfo,
+    /// Output file to read back at the end.
+    file: (String, PathBuf),
+    /// Commands to the handler's stdin; dropping it closes stdin (the handler then stops).
+    commands: Option<mpsc::UnboundedSender<HandlerCommand>>,
+    pid: u32,
+    supervisor: Addr<Supervisor>,
+    eos_timeout: Duration,
+    start_timeout: Duration,
+    max_duration: Option<Duration>,
+    stop_reason: Option<StopReason>,
+    kill_reason: Option<KillReason>,
+    /// The first pipeline error the handler reported.
+    error: Option<String>,
+    source_ended: bool,
+    finalized: bool,
+    log: Logger,
+}
+
+/// Launches the handler process for `spec`; returns it running (the caller makes the actor).
+pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::Child> {
+    let exe = std::env::current_exe()?;
+    let stderr = std::fs::File::create(&setup.log_path)?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("handler")
+        .arg("--egress-id")
+        .arg(&setup.spec.egress_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.spawn()
+}
+
+impl Pipeline {
+    /// Starts the actor for a handler that `spawn_handler` launched.
+    pub fn start_with(
+        setup: PipelineSetup,
+        mut child: tokio::process::Child,
+        supervisor: Addr<Supervisor>,
+        log: &Logger,
+    ) -> Addr<Pipeline> {
+        let pid = child.id().unwrap_or(0);
+        let log = log.new(slog::o!("egress_id" => setup.info.egress_id.clone(), "pid" => pid));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(HandlerCommand::Start {
+            spec: Box::new(setup.spec.clone()),
+            options: setup.options.clone(),
+        });
+        let actor = Pipeline {
+            file: (setup.spec.file.filename.clone(), setup.spec.file.path.clone()),
+            info: setup.info,
+            commands: Some(tx),
+            pid,
+            supervisor,
+            eos_timeout: setup.eos_timeout,
+            start_timeout: setup.start_timeout,
+            max_duration: setup.max_duration,
+            stop_reason: None,
+            kill_reason: None,
+            error: None,
+            source_ended: false,
+            finalized: false,
+            log,
+        };
+        Pipeline::create(move |ctx| {
+            let addr = ctx.address();
+            actix::spawn(write_commands(stdin, rx));
+            actix::spawn(read_events(stdout, child, addr));
+            actor
+        })
+    }
+
+    fn report(&self) {
+        self.supervisor.do_send(UpdateEgress(self.info.clone()));
+    }
+
+    fn send_signal(&self, sig: i32) {
+        if self.pid > 0 {
+            // SAFETY: kill(2) with a pid we spawned; the worst case is ESRCH if it already exited.
+            unsafe {
+                libc::kill(self.pid as i32, sig);
+            }
+        }
+    }
+
+    fn kill(&mut self, why: KillReason) {
+        if self.kill_reason.is_none() {
+            self.kill_reason = Some(why);
+        }
+        info!(self.log, "killing handler"; "why" => format!("{why:?}"));
+        self.send_signal(libc::SIGKILL);
+    }
+
+    fn stop(&mut self, why: StopReason, ctx: &mut Context<Self>) {
+        if self.stop_reason.is_some() || self.info.status.is_final() {
+            return;
+        }
+        self.stop_reason = Some(why);
+        info!(self.log, "stopping gracefully"; "why" => format!("{why:?}"));
+        if let Some(tx) = &self.commands {
+            let _ = tx.send(HandlerCommand::Stop);
+        }
+        self.info.status = EgressStatus::Ending;
+        self.report();
+        ctx.run_later(self.eos_timeout, |act, _| {
+            if !act.info.status.is_final() && act.kill_reason.is_none() {
+                warn!(act.log, "no EOS within the timeout"; "eos_timeout_s" => act.eos_timeout.as_secs_f64());
+                act.kill(KillReason::EosTimeout);
+            }
+        });
+    }
+
+    /// The final status, end reason and error once the handler has exited.
+    fn outcome(&self, exit: &ExitInfo) -> (EgressStatus, String, Option<String>) {
+        let eos_s = self.eos_timeout.as_secs_f64();
+        if let Some(k) = self.kill_reason {
+            return match k {
+                KillReason::Api => (EgressStatus::Aborted, reason::KILL_API.into(), None),
+                KillReason::Shutdown => (EgressStatus::Aborted, reason::SERVICE_STOPPED.into(), None),
+                KillReason::EosTimeout => (
+                    EgressStatus::Failed,
+                    reason::EOS_TIMEOUT.into(),
+                    Some(format!("no EOS within {eos_s} s; handler killed")),
+                ),
+                KillReason::CpuExhausted => (
+                    EgressStatus::Failed,
+                    reason::CPU_EXHAUSTED.into(),
+                    Some("killed: CPU load stayed above the hard threshold".into()),
+                ),
+                KillReason::StartTimeout => (
+                    EgressStatus::Failed,
+                    reason::FAILURE.into(),
+                    Some(format!(
+                        "pipeline did not start within {} s",
+                        self.start_timeout.as_secs_f64()
+                    )),
+                ),
+            };
+        }
+        if let Some(e) = &self.error {
+            return (EgressStatus::Failed, reason::FAILURE.into(), Some(e.clone()));
+        }
+        if exit.code == Some(0) && self.finalized {
+            if let Some(r) = self.stop_reason {
+                let (s, why) = r.outcome();
+                return (s, why.into(), None);
+            }
+            return (EgressStatus::Complete, reason::SOURCE_CLOSED.into(), None);
+        }
+        let error = match (exit.code, exit.signal) {
+            (_, Some(sig)) => format!("handler killed by signal {sig}{}", signal_name(sig)),
+            (Some(c), _) => format!("handler exited with code {c}"),
+            _ => "handler exited".to_string(),
+        };
+        (EgressStatus::Failed, reason::PROCESS_KILLED.into(), Some(error))
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGSEGV => " (SIGSEGV)",
+        libc::SIGABRT => " (SIGABRT)",
+        libc::SIGTERM => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+async fn write_commands(
+    stdin: Option<tokio::process::ChildStdin>,
+    mut rx: mpsc::UnboundedReceiver<HandlerCommand>,
+) {
+    let Some(mut stdin) = stdin else { return };
+    while let Some(cmd) = rx.recv().await {
+        let Ok(mut line) = serde_json::to_vec(&cmd) else { continue };
+        line.push(b'\n');
+        if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards each stdout event, then the exit status, in order: the actor sees every event
+/// before it learns that the process is gone.
+async fn read_events(
+    stdout: Option<tokio::process::ChildStdout>,
+    mut child: tokio::process::Child,
+    addr: Addr<Pipeline>,
+) {
+    if let Some(out) = stdout {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(ev) = serde_json::from_str::<HandlerEvent>(&line) {
+                addr.do_send(HandlerLine(ev));
+            }
+        }
+    }
+    let exit = match child.wait().await {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            ExitInfo { code: status.code(), signal: status.signal() }
+        }
+        Err(_) => ExitInfo { code: None, signal: None },
+    };
+    addr.do_send(HandlerExited(exit));
+}
+
+impl Actor for Pipeline {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
+        ctx.run_later(self.start_timeout, |act, _| {
+            if act.info.status == EgressStatus::Starting {
+                warn!(act.log, "pipeline did not start in time");
+                act.kill(KillReason::StartTimeout);
+            }
+        });
+    }
+}
+
+/// Ask for a graceful stop (EOS, finalize); the final status follows from `reason`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPipeline(pub StopReason);
+
+impl Handler<StopPipeline> for Pipeline {
+    type Result = ();
+    fn handle(&mut self, msg: StopPipeline, ctx: &mut Context<Self>) {
+        self.stop(msg.0, ctx);
+    }
+}
+
+/// Kill the handler at once (SIGKILL); the file stays readable up to the last index update.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KillPipeline(pub KillReason);
+
+impl Handler<KillPipeline> for Pipeline {
+    type Result = ();
+    fn handle(&mut self, msg: KillPipeline, _: &mut Context<Self>) {
+        if !self.info.status.is_final() {
+            self.kill(msg.0);
+        }
+    }
+}
+
+/// One event line from the handler's stdout.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HandlerLine(HandlerEvent);
+
+impl Handler<HandlerLine> for Pipeline {
+    type Result = ();
+    fn handle(&mut self, msg: HandlerLine, ctx: &mut Context<Self>) {
+        match msg.0 {
+            HandlerEvent::Started => {}
+            HandlerEvent::Playing => {
+                if self.info.status == EgressStatus::Starting {
+                    self.info.status = EgressStatus::Active;
+                    self.info.started_at = Some(now_ms());
+                    info!(self.log, "recording");
+                    self.report();
+                    if let Some(d) = self.max_duration {
+                        ctx.run_later(d, |act, ctx| act.stop(StopReason::SessionLimit, ctx));
+                    }
+                }
+            }
+            HandlerEvent::SourceEnded => {
+                self.source_ended = true;
+                if self.info.status.is_final() || self.info.status == EgressStatus::Ending {
+                    return;
+                }
+                self.info.status = EgressStatus::Ending;
+                self.report();
+            }
+            HandlerEvent::Eos => self.finalized = true,
+            HandlerEvent::Error { element, message, debug } => {
+                warn!(self.log, "pipeline error"; "element" => &element, "message" => &message, "debug" => &debug);
+                if self.error.is_none() {
+                    self.error = Some(format!("{element}: {message}"));
+                }
+            }
+            HandlerEvent::Exiting { finalized } => self.finalized |= finalized,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ExitInfo {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+/// The handler process has exited (after its last stdout line).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HandlerExited(ExitInfo);
+
+impl Handler<HandlerExited> for Pipeline {
+    type Result = ();
+    fn handle(&mut self, msg: HandlerExited, ctx: &mut Context<Self>) {
+        self.commands = None;
+        let (status, end_reason, error) = self.outcome(&msg.0);
+        info!(self.log, "handler exited"; "code" => msg.0.code, "signal" => msg.0.signal,
+              "status" => status.as_str(), "end_reason" => &end_reason);
+        let (filename, path) = self.file.clone();
+        let done = actix_web::rt::task::spawn_blocking(move || describe_file(&filename, &path));
+        ctx.wait(actix::fut::wrap_future(done).map(move |files, act: &mut Pipeline, ctx: &mut Context<Self>| {
+            act.info.files = files.unwrap_or_default();
+            act.info.status = status;
+            act.info.end_reason = Some(end_reason);
+            act.info.error = error;
+            act.info.ended_at = Some(now_ms());
+            act.info.handler_pid = None;
+            act.report();
+            ctx.stop();
+        }));
+    }
+}
+
+/// Size and Discoverer duration of a closed output file; no entry when nothing was written.
+pub fn describe_file(filename: &str, path: &std::path::Path) -> Vec<FileInfo> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let duration_s = crate::media::discover(path, Duration::from_secs(10))
+        .ok()
+        .and_then(|m| m.duration_s);
+    vec![FileInfo {
+        filename: filename.to_string(),
+        location: path.display().to_string(),
+        size_bytes: meta.len(),
+        duration_s,
+    }]
+}

@@ -1,0 +1,383 @@
+//! The Supervisor actor: the node's registry of egresses and the parent of every Pipeline actor.
+//!
+//! It launches handlers (`LaunchEgress`), keeps each egress's record current from the Pipeline
+//! actors' `UpdateEgress` reports, persists records in the store, answers list/get, routes
+//! stop/kill, tells Admission and CpuMonitor when a job ends, and on start-up settles the records
+//! that a previous run of the service left unfinished. On CPU overload it escalates from a graceful
+//! stop to a kill (see `rules::overload`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use slog::{Logger, info, warn};
+
+use crate::actors::admission::{Admission, EndJob};
+use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
+use crate::actors::pipeline::{
+    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, describe_file,
+    spawn_handler,
+};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::METRICS;
+use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
+use crate::rules::overload::{JobLoad, Overload, OverloadAction};
+use crate::store::{Store, handler_alive};
+
+pub struct Supervisor {
+    /// Every egress this node knows, running or finished.
+    egresses: HashMap<String, EgressInfo>,
+    /// The Pipeline actor of each egress that still runs.
+    pipelines: HashMap<String, Addr<Pipeline>>,
+    store: Store,
+    admission: Addr<Admission>,
+    cpu: Addr<CpuMonitor>,
+    /// Escalation from graceful stop to kill on CPU overload.
+    overload: Overload,
+    log: Logger,
+}
+
+impl Supervisor {
+    pub fn new(
+        store: Store,
+        admission: Addr<Admission>,
+        cpu: Addr<CpuMonitor>,
+        cfg: &Config,
+        log: Logger,
+    ) -> Self {
+        Supervisor {
+            egresses: HashMap::new(),
+            pipelines: HashMap::new(),
+            store,
+            admission,
+            cpu,
+            overload: Overload::new(&cfg.overload),
+            log,
+        }
+    }
+
+    fn count(info: &EgressInfo, delta: i64) {
+        METRICS
+            .egresses
+            .with_label_values(&[info.egress_type.as_str(), info.status.as_str()])
+            .add(delta);
+    }
+
+    /// Stores a new version of a record: metrics, disk, and the end-of-job bookkeeping.
+    fn put(&mut self, info: EgressInfo) {
+        let old = self.egresses.get(&info.egress_id).cloned();
+        if let Some(old) = &old {
+            if old.status.is_final() {
+                // A final record never changes again (late reports are ignored).
+                return;
+            }
+            Self::count(old, -1);
+        }
+        Self::count(&info, 1);
+        if let Err(e) = self.store.save(&info) {
+            warn!(self.log, "cannot persist egress record"; "egress_id" => &info.egress_id, "error" => %e);
+        }
+        let was_final = old.as_ref().map(|o| o.status.is_final()).unwrap_or(false);
+        if info.status.is_final() && !was_final {
+            self.pipelines.remove(&info.egress_id);
+            self.admission.do_send(EndJob { egress_id: info.egress_id.clone() });
+            self.cpu.do_send(UnwatchProcess { egress_id: info.egress_id.clone() });
+            let why = info.end_reason.clone().unwrap_or_default();
+            METRICS
+                .results_total
+                .with_label_values(&[info.egress_type.as_str(), &why])
+                .inc();
+            info!(self.log, "egress ended"; "egress_id" => &info.egress_id, "status" => info.status.as_str(),
+                  "end_reason" => &why, "error" => info.error.clone());
+        }
+        self.egresses.insert(info.egress_id.clone(), info);
+    }
+
+    fn lookup(&self, id: &str) -> Result<&EgressInfo, ApiError> {
+        self.egresses
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no egress {id} on this node")))
+    }
+
+    /// Settles records a previous run left unfinished: waits for a handler that still runs
+    /// (it is finalizing on its own after losing its parent), then reads its result and files.
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        let (records, problems) = self.store.load_all();
+        for p in problems {
+            warn!(self.log, "unreadable egress record"; "problem" => p);
+        }
+        for info in records {
+            let unfinished = !info.status.is_final();
+            self.egresses.insert(info.egress_id.clone(), info.clone());
+            Self::count(&info, 1);
+            if !unfinished {
+                continue;
+            }
+            info!(self.log, "settling an egress left by a previous run"; "egress_id" => &info.egress_id);
+            let store = self.store.clone();
+            let fut = async move { settle_orphan(info, store).await };
+            ctx.spawn(actix::fut::wrap_future(fut).map(|info, act: &mut Self, _| act.put(info)));
+        }
+    }
+}
+
+async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
+    if let Some(pid) = info.handler_pid {
+        // The handler saw its stdin close and is finalizing; give it the time it needs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while handler_alive(pid, &info.egress_id) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let result = store.read_result(&info.egress_id);
+    let file = info.request.output.file.clone();
+    let path = info.files.first().map(|f| f.location.clone());
+    let files = match (file, path) {
+        (Some(f), Some(loc)) => {
+            let name = f.filename.clone();
+            actix_web::rt::task::spawn_blocking(move || describe_file(&name, std::path::Path::new(&loc)))
+                .await
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    info.files = files;
+    info.handler_pid = None;
+    info.ended_at = Some(result.as_ref().map(|r| r.ended_at).unwrap_or_else(now_ms));
+    match result {
+        Some(r) if r.finalized => {
+            info.status = EgressStatus::Complete;
+            info.end_reason = Some(reason::SERVICE_STOPPED.into());
+        }
+        Some(r) => {
+            info.status = EgressStatus::Failed;
+            info.end_reason = Some(reason::FAILURE.into());
+            info.error = Some(r.error.unwrap_or_else(|| format!("handler ended: {}", r.cause)));
+        }
+        None => {
+            info.status = EgressStatus::Failed;
+            info.end_reason = Some(reason::PROCESS_KILLED.into());
+            info.error = Some("the service stopped and the handler left no result".into());
+        }
+    }
+    info
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.recover(ctx);
+    }
+}
+
+/// Launch a handler for an admitted egress; returns its record once the process runs.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, ApiError>")]
+pub struct LaunchEgress(pub Box<PipelineSetup>);
+
+impl Handler<LaunchEgress> for Supervisor {
+    type Result = Result<EgressInfo, ApiError>;
+    fn handle(&mut self, msg: LaunchEgress, ctx: &mut Context<Self>) -> Self::Result {
+        let mut setup = *msg.0;
+        let id = setup.info.egress_id.clone();
+        if self.egresses.contains_key(&id) {
+            return Err(ApiError::Conflict(format!("egress {id} exists already")));
+        }
+        if let Some(dir) = setup.spec.file.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ApiError::Internal(format!("cannot create the output directory: {e}"))
+            })?;
+        }
+        let child = spawn_handler(&setup)
+            .map_err(|e| ApiError::Internal(format!("cannot launch the handler process: {e}")))?;
+        let pid = child.id().unwrap_or(0);
+        setup.info.handler_pid = Some(pid);
+        // The file entry is there from the start, so a restarted service knows where to look.
+        setup.info.files = vec![crate::model::FileInfo {
+            filename: setup.spec.file.filename.clone(),
+            location: setup.spec.file.path.display().to_string(),
+            size_bytes: 0,
+            duration_s: None,
+        }];
+        let info = setup.info.clone();
+        self.put(info.clone());
+        self.cpu.do_send(WatchProcess { egress_id: id.clone(), pid });
+        let addr = Pipeline::start_with(setup, child, ctx.address(), &self.log);
+        self.pipelines.insert(id, addr);
+        Ok(info)
+    }
+}
+
+/// A Pipeline actor's new view of its egress (status, times, files).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateEgress(pub EgressInfo);
+
+impl Handler<UpdateEgress> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: UpdateEgress, _: &mut Context<Self>) {
+        let mut info = msg.0;
+        if info.status.is_final() {
+            // The files as the Pipeline actor read them back replace the placeholder.
+            info.handler_pid = None;
+        }
+        self.put(info);
+    }
+}
+
+/// Stop an egress gracefully; returns its record (status `ending`). 409 once it has ended.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, ApiError>")]
+pub struct StopEgress {
+    pub egress_id: String,
+    pub reason: StopReason,
+}
+
+impl Handler<StopEgress> for Supervisor {
+    type Result = Result<EgressInfo, ApiError>;
+    fn handle(&mut self, msg: StopEgress, _: &mut Context<Self>) -> Self::Result {
+        let info = self.lookup(&msg.egress_id)?.clone();
+        if info.status.is_final() {
+            return Err(ApiError::Conflict(format!(
+                "egress {} has already ended ({})",
+                info.egress_id,
+                info.status.as_str()
+            )));
+        }
+        let Some(p) = self.pipelines.get(&msg.egress_id) else {
+            return Err(ApiError::Conflict(format!("egress {} is being settled", info.egress_id)));
+        };
+        p.do_send(StopPipeline(msg.reason));
+        let mut shown = info;
+        if shown.status != EgressStatus::Ending {
+            shown.status = EgressStatus::Ending;
+        }
+        Ok(shown)
+    }
+}
+
+/// Kill an egress's handler at once; returns its record. 409 once it has ended.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, ApiError>")]
+pub struct KillEgress {
+    pub egress_id: String,
+    pub reason: KillReason,
+}
+
+impl Handler<KillEgress> for Supervisor {
+    type Result = Result<EgressInfo, ApiError>;
+    fn handle(&mut self, msg: KillEgress, _: &mut Context<Self>) -> Self::Result {
+        let info = self.lookup(&msg.egress_id)?.clone();
+        if info.status.is_final() {
+            return Err(ApiError::Conflict(format!(
+                "egress {} has already ended ({})",
+                info.egress_id,
+                info.status.as_str()
+            )));
+        }
+        let Some(p) = self.pipelines.get(&msg.egress_id) else {
+            return Err(ApiError::Conflict(format!("egress {} is being settled", info.egress_id)));
+        };
+        p.do_send(KillPipeline(msg.reason));
+        Ok(info)
+    }
+}
+
+/// One egress's record, if this node has it.
+#[derive(Message)]
+#[rtype(result = "Option<EgressInfo>")]
+pub struct GetEgress(pub String);
+
+impl Handler<GetEgress> for Supervisor {
+    type Result = Option<EgressInfo>;
+    fn handle(&mut self, msg: GetEgress, _: &mut Context<Self>) -> Self::Result {
+        self.egresses.get(&msg.0).cloned()
+    }
+}
+
+/// Records of this node's egresses, newest first, optionally only those in `statuses`.
+#[derive(Message)]
+#[rtype(result = "Vec<EgressInfo>")]
+pub struct ListEgresses {
+    pub statuses: Option<Vec<EgressStatus>>,
+}
+
+impl Handler<ListEgresses> for Supervisor {
+    type Result = Vec<EgressInfo>;
+    fn handle(&mut self, msg: ListEgresses, _: &mut Context<Self>) -> Self::Result {
+        let mut v: Vec<EgressInfo> = self
+            .egresses
+            .values()
+            .filter(|i| msg.statuses.as_ref().is_none_or(|s| s.contains(&i.status)))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.egress_id.cmp(&b.egress_id)));
+        v
+    }
+}
+
+/// Stop (gracefully) or kill every running egress; returns how many were running.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub enum EndAll {
+    Stop(StopReason),
+    Kill(KillReason),
+}
+
+impl Handler<EndAll> for Supervisor {
+    type Result = usize;
+    fn handle(&mut self, msg: EndAll, _: &mut Context<Self>) -> usize {
+        for p in self.pipelines.values() {
+            match msg {
+                EndAll::Stop(r) => p.do_send(StopPipeline(r)),
+                EndAll::Kill(r) => p.do_send(KillPipeline(r)),
+            }
+        }
+        self.pipelines.len()
+    }
+}
+
+/// How many egresses still have a running Pipeline actor.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountRunning;
+
+impl Handler<CountRunning> for Supervisor {
+    type Result = usize;
+    fn handle(&mut self, _: CountRunning, _: &mut Context<Self>) -> usize {
+        self.pipelines.len()
+    }
+}
+
+/// Each sample feeds overload escalation over the egresses whose handlers still run.
+impl Handler<CpuSample> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, sample: CpuSample, _: &mut Context<Self>) {
+        let jobs: Vec<JobLoad> = self
+            .pipelines
+            .keys()
+            .filter_map(|id| self.egresses.get(id))
+            .map(|i| JobLoad {
+                egress_id: i.egress_id.clone(),
+                cores_used: sample.jobs.get(&i.egress_id).map(|u| u.cores).unwrap_or(0.0),
+                admitted_cost: i.cpu_cost,
+                started_at_ms: i.started_at.unwrap_or(i.created_at),
+            })
+            .collect();
+        for action in self.overload.on_sample(sample.at_ms, sample.load, &jobs) {
+            let id = action.egress_id().to_string();
+            let used = sample.jobs.get(&id).map(|u| u.cores).unwrap_or(0.0);
+            warn!(self.log, "CPU overload"; "action" => action.action(), "egress_id" => &id,
+                  "load" => sample.load, "host_busy" => sample.host_busy, "node_cores" => sample.node_cores,
+                  "capacity_cores" => sample.capacity_cores, "victim_cores" => used, "running" => jobs.len());
+            METRICS.overload_actions_total.with_label_values(&[action.action(), action.reason()]).inc();
+            let Some(p) = self.pipelines.get(&id) else { continue };
+            match action {
+                OverloadAction::Stop { .. } => p.do_send(StopPipeline(StopReason::CpuLimit)),
+                OverloadAction::Kill { .. } => p.do_send(KillPipeline(KillReason::CpuExhausted)),
+            }
+        }
+    }
+}

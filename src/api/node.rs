@@ -1,0 +1,97 @@
+//! The node itself: probes, state, drain, affinity, metrics.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::actors::admission::GetNodeState;
+use crate::actors::affinity::GetAffinity;
+use crate::api::method_not_allowed;
+use crate::error::ApiError;
+use crate::metrics::METRICS;
+use crate::model::EgressType;
+use crate::service::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::resource("/v1/node")
+                .route(web::get().to(node))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/node/drain")
+                .route(web::post().to(drain))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/affinity")
+                .route(web::get().to(affinity))
+                .default_service(web::to(method_not_allowed)),
+        );
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// 200 while the node takes new egresses; 503 while draining or when its actors do not answer.
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let node = state.admission.send(GetNodeState).await.map_err(ApiError::from_mailbox)?;
+    if node.draining {
+        return Err(ApiError::Unavailable("the node is draining".into()));
+    }
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "node_id": node.node_id})))
+}
+
+async fn node(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let node = state.admission.send(GetNodeState).await.map_err(ApiError::from_mailbox)?;
+    Ok(HttpResponse::Ok().json(node))
+}
+
+async fn drain(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.start_drain();
+    let node = state.admission.send(GetNodeState).await.map_err(ApiError::from_mailbox)?;
+    Ok(HttpResponse::Accepted().json(node))
+}
+
+/// `?type=track[&estimated_cpu=1.5]`: this node's score for such a request (takes a claim).
+async fn affinity(
+    state: web::Data<AppState>,
+    q: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    for k in q.keys() {
+        if k != "type" && k != "estimated_cpu" {
+            return Err(ApiError::BadQuery(format!("unknown query parameter '{k}'")));
+        }
+    }
+    let t = q
+        .get("type")
+        .ok_or_else(|| ApiError::BadQuery("missing 'type'".into()))?;
+    let egress_type =
+        EgressType::parse(t).ok_or_else(|| ApiError::BadQuery(format!("unknown type '{t}'")))?;
+    let cost = match q.get("estimated_cpu") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<f64>()
+                .ok()
+                .filter(|c| c.is_finite() && (0.0..=256.0).contains(c))
+                .ok_or_else(|| ApiError::BadQuery("estimated_cpu must be a number in [0, 256]".into()))?,
+        ),
+    };
+    let a = state
+        .affinity
+        .send(GetAffinity { egress_type, cost })
+        .await
+        .map_err(ApiError::from_mailbox)?;
+    Ok(HttpResponse::Ok().json(a))
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(METRICS.render())
+}
