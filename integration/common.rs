@@ -7,11 +7,49 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_egress-engine");
+
+/// Tests that load the CPU on purpose take this exclusively; every other service start shares it,
+/// so a deliberate overload never skews another test's timing.
+static CPU_LOCK: RwLock<()> = RwLock::new(());
+
+pub enum CpuGuard {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+thread_local! {
+    /// Whether this test thread holds CPU_LOCK already: a second read on one thread could
+    /// deadlock behind a waiting writer.
+    static HOLDS_CPU: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A shared hold, unless this thread holds the lock already (then None).
+pub fn cpu_shared() -> Option<CpuGuard> {
+    if HOLDS_CPU.with(|h| h.get()) {
+        return None;
+    }
+    let g = CPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
+    HOLDS_CPU.with(|h| h.set(true));
+    Some(CpuGuard::Shared(g))
+}
+
+impl Drop for CpuGuard {
+    fn drop(&mut self) {
+        HOLDS_CPU.with(|h| h.set(false));
+    }
+}
+
+pub fn cpu_exclusive() -> CpuGuard {
+    let g = CPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    HOLDS_CPU.with(|h| h.set(true));
+    CpuGuard::Exclusive(g)
+}
 
 /// Polls `f` until it returns Some or the deadline passes (then panics with `what`).
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -52,6 +90,8 @@ pub struct Service {
     pub token: Option<String>,
     pub log_path: PathBuf,
     agent: ureq::Agent,
+    /// Held for the service's life (see CPU_LOCK); None when the test holds it itself.
+    _cpu: Option<CpuGuard>,
 }
 
 /// A config for tests: loopback port 0, the given dirs, small defaults, plus `extra` YAML sections.
@@ -70,6 +110,15 @@ impl Service {
     }
 
     pub fn start_with(dirs: &Dirs, config_yaml: &str, env: &[(&str, &str)]) -> Service {
+        Self::launch(dirs, config_yaml, env, cpu_shared())
+    }
+
+    /// For a test that holds `cpu_exclusive()` itself.
+    pub fn start_alone(dirs: &Dirs, extra: &str) -> Service {
+        Self::launch(dirs, &test_config(dirs, extra), &[], None)
+    }
+
+    fn launch(dirs: &Dirs, config_yaml: &str, env: &[(&str, &str)], cpu: Option<CpuGuard>) -> Service {
         let n = std::fs::read_dir(dirs.root.path()).map(|d| d.count()).unwrap_or(0);
         let cfg_path = dirs.root.path().join(format!("config-{n}.yaml"));
         std::fs::write(&cfg_path, config_yaml).expect("write config");
@@ -120,6 +169,7 @@ impl Service {
             token,
             log_path,
             agent,
+            _cpu: cpu,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The integration suite: every test starts the real `egress-engine` binary (and, for the fleet,
 //! a real redis-server) on free loopback ports, drives it over HTTP, and decodes what it recorded.
 
+mod admission;
 mod api;
 mod common;
 mod egress;
+mod overload;

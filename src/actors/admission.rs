@@ -29,7 +29,10 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(cfg: &Config, node_id: String, capacity_cores: f64, log: Logger) -> Self {
-        Admission { ledger: Ledger::from_config(cfg, node_id, capacity_cores), log }
+        Admission {
+            ledger: Ledger::from_config(cfg, node_id, capacity_cores),
+            log,
+        }
     }
 
     /// Expires claims at `now`, then refreshes every admission gauge.
@@ -40,9 +43,18 @@ impl Admission {
         METRICS.draining.set(if l.draining() { 1.0 } else { 0.0 });
         for t in EgressType::ALL {
             let name = t.as_str();
-            METRICS.type_active.with_label_values(&[name]).set(i64::from(l.active(t)));
-            METRICS.type_limit.with_label_values(&[name]).set(i64::from(l.limit_of(t)));
-            METRICS.pending_claims.with_label_values(&[name]).set(i64::from(l.pending(now, t)));
+            METRICS
+                .type_active
+                .with_label_values(&[name])
+                .set(i64::from(l.active(t)));
+            METRICS
+                .type_limit
+                .with_label_values(&[name])
+                .set(i64::from(l.limit_of(t)));
+            METRICS
+                .pending_claims
+                .with_label_values(&[name])
+                .set(i64::from(l.pending(now, t)));
         }
     }
 }
@@ -74,17 +86,30 @@ impl Handler<AdmitJob> for Admission {
 
     fn handle(&mut self, msg: AdmitJob, _: &mut Context<Self>) -> Self::Result {
         let now = now_ms();
-        let res = self.ledger.admit(now, &msg.egress_id, msg.egress_type, msg.cost, msg.claim_id.as_deref());
+        let res = self.ledger.admit(
+            now,
+            &msg.egress_id,
+            msg.egress_type,
+            msg.cost,
+            msg.claim_id.as_deref(),
+        );
         let outcome = match &res {
             Ok(()) => "admitted",
             Err(e) => e.reason(),
         };
-        METRICS.admissions_total.with_label_values(&[msg.egress_type.as_str(), outcome]).inc();
+        METRICS
+            .admissions_total
+            .with_label_values(&[msg.egress_type.as_str(), outcome])
+            .inc();
         match &res {
-            Ok(()) => debug!(self.log, "admitted"; "egress_id" => &msg.egress_id, "type" => msg.egress_type.as_str(),
-                             "cost" => msg.cost, "claim_id" => msg.claim_id.as_deref().unwrap_or("")),
-            Err(e) => info!(self.log, "refused"; "egress_id" => &msg.egress_id, "type" => msg.egress_type.as_str(),
-                            "reason" => e.reason(), "error" => %e),
+            Ok(()) => {
+                debug!(self.log, "admitted"; "egress_id" => &msg.egress_id, "type" => msg.egress_type.as_str(),
+                             "cost" => msg.cost, "claim_id" => msg.claim_id.as_deref().unwrap_or(""))
+            }
+            Err(e) => {
+                info!(self.log, "refused"; "egress_id" => &msg.egress_id, "type" => msg.egress_type.as_str(),
+                            "reason" => e.reason(), "error" => %e)
+            }
         }
         self.refresh(now);
         res
@@ -132,12 +157,17 @@ impl Handler<TakeClaim> for Admission {
 
     fn handle(&mut self, msg: TakeClaim, _: &mut Context<Self>) -> Self::Result {
         let now = now_ms();
-        let cost = msg.cost.unwrap_or_else(|| self.ledger.cost_of(msg.egress_type));
-        let res = self.ledger.take_claim(now, msg.egress_type, cost).map(|(claim_id, before)| Claim {
-            claim_id,
-            node_id: self.ledger.node_id().to_string(),
-            before,
-        });
+        let cost = msg
+            .cost
+            .unwrap_or_else(|| self.ledger.cost_of(msg.egress_type));
+        let res = self
+            .ledger
+            .take_claim(now, msg.egress_type, cost)
+            .map(|(claim_id, before)| Claim {
+                claim_id,
+                node_id: self.ledger.node_id().to_string(),
+                before,
+            });
         if let Ok(c) = &res {
             debug!(self.log, "claim taken"; "claim_id" => &c.claim_id, "type" => msg.egress_type.as_str(), "cost" => cost);
         }
@@ -231,69 +261,174 @@ mod tests {
     }
 
     fn admit(id: &str, t: EgressType, cost: f64, claim_id: Option<String>) -> AdmitJob {
-        AdmitJob { egress_id: id.into(), egress_type: t, cost, claim_id }
+        AdmitJob {
+            egress_id: id.into(),
+            egress_type: t,
+            cost,
+            claim_id,
+        }
     }
 
     #[actix_rt::test]
     async fn claim_then_admit_consumes_it() {
         let a = start();
-        let c = a.send(TakeClaim { egress_type: EgressType::RoomComposite, cost: None }).await.unwrap().unwrap();
+        let c = a
+            .send(TakeClaim {
+                egress_type: EgressType::RoomComposite,
+                cost: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(c.node_id, "ND_test");
         assert_eq!(c.before.available_cpu, 4.0);
         let s = a.send(GetNodeState).await.unwrap();
         assert_eq!(s.types["room_composite"].pending_claims, 1);
         assert_eq!(s.available_cpu, 0.0);
         // Without the claim there is no room (limit 1, and all 4 cores claimed).
-        let e = a.send(admit("EG_x", EgressType::RoomComposite, 4.0, None)).await.unwrap().unwrap_err();
+        let e = a
+            .send(admit("EG_x", EgressType::RoomComposite, 4.0, None))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e.reason(), "type_limit");
-        a.send(admit("EG_1", EgressType::RoomComposite, 4.0, Some(c.claim_id.clone()))).await.unwrap().unwrap();
+        a.send(admit(
+            "EG_1",
+            EgressType::RoomComposite,
+            4.0,
+            Some(c.claim_id.clone()),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
         let s = a.send(GetNodeState).await.unwrap();
-        assert_eq!((s.types["room_composite"].active, s.types["room_composite"].pending_claims), (1, 0));
+        assert_eq!(
+            (
+                s.types["room_composite"].active,
+                s.types["room_composite"].pending_claims
+            ),
+            (1, 0)
+        );
         // Consumed: it cannot be used again.
-        let e = a.send(admit("EG_2", EgressType::RoomComposite, 4.0, Some(c.claim_id))).await.unwrap().unwrap_err();
+        let e = a
+            .send(admit(
+                "EG_2",
+                EgressType::RoomComposite,
+                4.0,
+                Some(c.claim_id),
+            ))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e.reason(), "type_limit");
-        a.send(EndJob { egress_id: "EG_1".into() }).await.unwrap();
-        a.send(EndJob { egress_id: "EG_1".into() }).await.unwrap();
+        a.send(EndJob {
+            egress_id: "EG_1".into(),
+        })
+        .await
+        .unwrap();
+        a.send(EndJob {
+            egress_id: "EG_1".into(),
+        })
+        .await
+        .unwrap();
         assert_eq!(a.send(GetNodeState).await.unwrap().available_cpu, 4.0);
     }
 
     #[actix_rt::test]
     async fn claims_expire_after_their_ttl_and_can_be_released() {
         let a = start();
-        a.send(TakeClaim { egress_type: EgressType::Track, cost: Some(3.0) }).await.unwrap().unwrap();
+        a.send(TakeClaim {
+            egress_type: EgressType::Track,
+            cost: Some(3.0),
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(a.send(GetNodeState).await.unwrap().available_cpu, 1.0);
         actix_rt::time::sleep(Duration::from_millis(250)).await;
         let s = a.send(GetNodeState).await.unwrap();
         assert_eq!((s.available_cpu, s.types["track"].pending_claims), (4.0, 0));
 
-        let c = a.send(TakeClaim { egress_type: EgressType::Track, cost: Some(3.0) }).await.unwrap().unwrap();
-        a.send(ReleaseClaim { claim_id: c.claim_id.clone() }).await.unwrap();
-        a.send(ReleaseClaim { claim_id: c.claim_id }).await.unwrap();
+        let c = a
+            .send(TakeClaim {
+                egress_type: EgressType::Track,
+                cost: Some(3.0),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        a.send(ReleaseClaim {
+            claim_id: c.claim_id.clone(),
+        })
+        .await
+        .unwrap();
+        a.send(ReleaseClaim {
+            claim_id: c.claim_id,
+        })
+        .await
+        .unwrap();
         assert_eq!(a.send(GetNodeState).await.unwrap().available_cpu, 4.0);
     }
 
     #[actix_rt::test]
     async fn refusals_name_their_reason() {
         let a = start();
-        a.send(admit("EG_1", EgressType::RoomComposite, 1.0, None)).await.unwrap().unwrap();
-        let e = a.send(TakeClaim { egress_type: EgressType::RoomComposite, cost: None }).await.unwrap().unwrap_err();
-        assert_eq!(e, AdmissionError::TypeLimit { egress_type: EgressType::RoomComposite, active: 1, limit: 1 });
-        let e = a.send(admit("EG_2", EgressType::Participant, 3.5, None)).await.unwrap().unwrap_err();
+        a.send(admit("EG_1", EgressType::RoomComposite, 1.0, None))
+            .await
+            .unwrap()
+            .unwrap();
+        let e = a
+            .send(TakeClaim {
+                egress_type: EgressType::RoomComposite,
+                cost: None,
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            AdmissionError::TypeLimit {
+                egress_type: EgressType::RoomComposite,
+                active: 1,
+                limit: 1
+            }
+        );
+        let e = a
+            .send(admit("EG_2", EgressType::Participant, 3.5, None))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e.reason(), "cpu");
         a.send(SetDraining(true)).await.unwrap();
-        let e = a.send(admit("EG_3", EgressType::Track, 0.1, None)).await.unwrap().unwrap_err();
+        let e = a
+            .send(admit("EG_3", EgressType::Track, 0.1, None))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert_eq!(e, AdmissionError::Draining);
         assert!(a.send(GetNodeState).await.unwrap().draining);
         a.send(SetDraining(false)).await.unwrap();
-        a.send(admit("EG_3", EgressType::Track, 0.1, None)).await.unwrap().unwrap();
+        a.send(admit("EG_3", EgressType::Track, 0.1, None))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[actix_rt::test]
     async fn samples_feed_measurements_and_load() {
         let a = start();
-        a.send(admit("EG_1", EgressType::Track, 0.5, None)).await.unwrap().unwrap();
+        a.send(admit("EG_1", EgressType::Track, 0.5, None))
+            .await
+            .unwrap()
+            .unwrap();
         let mut jobs = HashMap::new();
-        jobs.insert("EG_1".to_string(), JobUsage { cores: 2.0, rss_bytes: 0 });
+        jobs.insert(
+            "EG_1".to_string(),
+            JobUsage {
+                cores: 2.0,
+                rss_bytes: 0,
+            },
+        );
         let sample = CpuSample {
             at_ms: 0,
             capacity_cores: 4.0,

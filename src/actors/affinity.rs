@@ -24,7 +24,11 @@ pub struct AffinityScorer {
 
 impl AffinityScorer {
     pub fn new(mode: AffinityMode, admission: Addr<Admission>, log: Logger) -> Self {
-        AffinityScorer { mode, admission, log }
+        AffinityScorer {
+            mode,
+            admission,
+            log,
+        }
     }
 }
 
@@ -70,7 +74,13 @@ impl Handler<GetAffinity> for AffinityScorer {
                 claim_id: None,
                 reason: Some(reason.to_string()),
             };
-            match admission.send(TakeClaim { egress_type, cost: msg.cost }).await {
+            match admission
+                .send(TakeClaim {
+                    egress_type,
+                    cost: msg.cost,
+                })
+                .await
+            {
                 Ok(Ok(claim)) => {
                     let s = score(mode, egress_type, &claim.before);
                     debug!(log, "affinity"; "type" => egress_type.as_str(), "score" => s, "claim_id" => &claim.claim_id);
@@ -84,7 +94,11 @@ impl Handler<GetAffinity> for AffinityScorer {
                 }
                 Ok(Err(e)) => {
                     debug!(log, "affinity refused"; "type" => egress_type.as_str(), "reason" => e.reason());
-                    let node_id = admission.send(GetNodeState).await.map(|s| s.node_id).unwrap_or_default();
+                    let node_id = admission
+                        .send(GetNodeState)
+                        .await
+                        .map(|s| s.node_id)
+                        .unwrap_or_default();
                     refused(node_id, e.reason())
                 }
                 Err(e) => {
@@ -118,31 +132,78 @@ mod tests {
     #[actix_rt::test]
     async fn concurrent_requests_see_each_others_claims() {
         let (admission, scorer) = start(AffinityMode::Spread);
-        let a = scorer.send(GetAffinity { egress_type: EgressType::Track, cost: Some(4.0) }).await.unwrap();
-        assert_eq!((a.node_id.as_str(), a.score, a.reason.as_deref()), ("ND_a", 1.0, None));
-        let b = scorer.send(GetAffinity { egress_type: EgressType::Track, cost: Some(4.0) }).await.unwrap();
+        let a = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Track,
+                cost: Some(4.0),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.node_id.as_str(), a.score, a.reason.as_deref()),
+            ("ND_a", 1.0, None)
+        );
+        let b = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Track,
+                cost: Some(4.0),
+            })
+            .await
+            .unwrap();
         assert_eq!(b.score, 0.5);
         assert_ne!(a.claim_id, b.claim_id);
         // Full: refused with the reason and no claim.
-        let c = scorer.send(GetAffinity { egress_type: EgressType::Track, cost: Some(1.0) }).await.unwrap();
-        assert_eq!((c.node_id.as_str(), c.score, c.claim_id, c.reason.as_deref()), ("ND_a", -1.0, None, Some("cpu")));
+        let c = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Track,
+                cost: Some(1.0),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.score, c.claim_id, c.reason.as_deref()),
+            ("ND_a", -1.0, None, Some("cpu"))
+        );
         // The claim is what the start request uses.
         admission
-            .send(AdmitJob { egress_id: "EG_1".into(), egress_type: EgressType::Track, cost: 4.0, claim_id: a.claim_id })
+            .send(AdmitJob {
+                egress_id: "EG_1".into(),
+                egress_type: EgressType::Track,
+                cost: 4.0,
+                claim_id: a.claim_id,
+            })
             .await
             .unwrap()
             .unwrap();
         let s = admission.send(GetNodeState).await.unwrap();
-        assert_eq!((s.types["track"].active, s.types["track"].pending_claims), (1, 1));
+        assert_eq!(
+            (s.types["track"].active, s.types["track"].pending_claims),
+            (1, 1)
+        );
     }
 
     #[actix_rt::test]
     async fn type_limit_refusal() {
         let (_, scorer) = start(AffinityMode::TypeAware);
-        let a = scorer.send(GetAffinity { egress_type: EgressType::Web, cost: None }).await.unwrap();
+        let a = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Web,
+                cost: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(a.score, 1.0);
-        let b = scorer.send(GetAffinity { egress_type: EgressType::Web, cost: None }).await.unwrap();
-        assert_eq!((b.score, b.reason.as_deref(), b.claim_id.as_deref()), (-1.0, Some("type_limit"), None));
+        let b = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Web,
+                cost: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.score, b.reason.as_deref(), b.claim_id.as_deref()),
+            (-1.0, Some("type_limit"), None)
+        );
         let json = serde_json::to_value(&b).unwrap();
         assert_eq!(json["egress_type"], "web");
     }
@@ -150,8 +211,20 @@ mod tests {
     #[actix_rt::test]
     async fn pack_prefers_the_busy_node() {
         let (_, scorer) = start(AffinityMode::Pack);
-        let idle = scorer.send(GetAffinity { egress_type: EgressType::Track, cost: Some(2.0) }).await.unwrap();
-        let busy = scorer.send(GetAffinity { egress_type: EgressType::Track, cost: Some(2.0) }).await.unwrap();
+        let idle = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Track,
+                cost: Some(2.0),
+            })
+            .await
+            .unwrap();
+        let busy = scorer
+            .send(GetAffinity {
+                egress_type: EgressType::Track,
+                cost: Some(2.0),
+            })
+            .await
+            .unwrap();
         assert!(busy.score > idle.score, "{} <= {}", busy.score, idle.score);
     }
 }

@@ -53,7 +53,10 @@ pub struct SysinfoSource {
 
 impl SysinfoSource {
     pub fn new() -> SysinfoSource {
-        SysinfoSource { system: System::new().ok(), me: sysinfo::get_current_pid().ok() }
+        SysinfoSource {
+            system: System::new().ok(),
+            me: sysinfo::get_current_pid().ok(),
+        }
     }
 }
 
@@ -65,12 +68,17 @@ impl Default for SysinfoSource {
 
 impl CpuSource for SysinfoSource {
     fn sample(&mut self, pids: &HashMap<String, u32>) -> RawSample {
-        let Some(sys) = self.system.as_mut() else { return RawSample::default() };
+        let Some(sys) = self.system.as_mut() else {
+            return RawSample::default();
+        };
         sys.refresh_cpu_usage();
         sys.refresh_processes_specifics(
             ProcessesToUpdate::All,
             true,
-            ProcessRefreshKind::nothing().with_cpu().with_memory().without_tasks(),
+            ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory()
+                .without_tasks(),
         );
         let procs = sys.processes();
         let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
@@ -127,7 +135,11 @@ pub fn detect_capacity(configured: f64) -> f64 {
     if configured > 0.0 {
         return configured;
     }
-    if let Some(q) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max").ok().as_deref().and_then(parse_cpu_max) {
+    if let Some(q) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+        .ok()
+        .as_deref()
+        .and_then(parse_cpu_max)
+    {
         return q;
     }
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
@@ -147,7 +159,15 @@ pub struct CpuMonitor {
 
 impl CpuMonitor {
     pub fn new(capacity: f64, interval: Duration, source: Box<dyn CpuSource>, log: Logger) -> Self {
-        CpuMonitor { capacity, interval, source, pids: HashMap::new(), subscribers: Vec::new(), last: None, log }
+        CpuMonitor {
+            capacity,
+            interval,
+            source,
+            pids: HashMap::new(),
+            subscribers: Vec::new(),
+            last: None,
+            log,
+        }
     }
 
     /// Takes one sample, publishes it and keeps it as the last one.
@@ -158,10 +178,22 @@ impl CpuMonitor {
         METRICS.capacity_cores.set(sample.capacity_cores);
         let handler_cores: f64 = sample.jobs.values().map(|j| j.cores).sum();
         let handler_rss: u64 = sample.jobs.values().map(|j| j.rss_bytes).sum();
-        METRICS.process_cpu_cores.with_label_values(&["service"]).set(sample.service_cores);
-        METRICS.process_cpu_cores.with_label_values(&["handlers"]).set(handler_cores);
-        METRICS.process_memory_bytes.with_label_values(&["service"]).set(sample.service_rss_bytes as f64);
-        METRICS.process_memory_bytes.with_label_values(&["handlers"]).set(handler_rss as f64);
+        METRICS
+            .process_cpu_cores
+            .with_label_values(&["service"])
+            .set(sample.service_cores);
+        METRICS
+            .process_cpu_cores
+            .with_label_values(&["handlers"])
+            .set(handler_cores);
+        METRICS
+            .process_memory_bytes
+            .with_label_values(&["service"])
+            .set(sample.service_rss_bytes as f64);
+        METRICS
+            .process_memory_bytes
+            .with_label_values(&["handlers"])
+            .set(handler_rss as f64);
         self.subscribers.retain(|s| s.connected());
         for s in &self.subscribers {
             s.do_send(sample.clone());
@@ -206,7 +238,11 @@ impl CpuSample {
     /// Derives node CPU and load from a raw measurement.
     pub fn from_raw(at_ms: u64, capacity_cores: f64, raw: RawSample) -> CpuSample {
         let node_cores = raw.service_cores + raw.jobs.values().map(|j| j.cores).sum::<f64>();
-        let load = if capacity_cores > 0.0 { raw.host_busy.max(node_cores / capacity_cores) } else { raw.host_busy };
+        let load = if capacity_cores > 0.0 {
+            raw.host_busy.max(node_cores / capacity_cores)
+        } else {
+            raw.host_busy
+        };
         CpuSample {
             at_ms,
             capacity_cores,
@@ -292,9 +328,22 @@ mod tests {
             self.seen.lock().unwrap().push(pids.clone());
             let jobs = pids
                 .keys()
-                .map(|id| (id.clone(), JobUsage { cores: 1.5, rss_bytes: 1000 }))
+                .map(|id| {
+                    (
+                        id.clone(),
+                        JobUsage {
+                            cores: 1.5,
+                            rss_bytes: 1000,
+                        },
+                    )
+                })
                 .collect();
-            RawSample { host_busy: 0.2, service_cores: 0.5, service_rss_bytes: 42, jobs }
+            RawSample {
+                host_busy: 0.2,
+                service_cores: 0.5,
+                service_rss_bytes: 42,
+                jobs,
+            }
         }
     }
 
@@ -317,12 +366,36 @@ mod tests {
     #[test]
     fn load_is_the_larger_of_host_busy_and_node_share() {
         let mut jobs = HashMap::new();
-        jobs.insert("EG_a".to_string(), JobUsage { cores: 2.0, rss_bytes: 1 });
-        jobs.insert("EG_b".to_string(), JobUsage { cores: 1.0, rss_bytes: 1 });
-        let raw = RawSample { host_busy: 0.1, service_cores: 1.0, service_rss_bytes: 0, jobs };
+        jobs.insert(
+            "EG_a".to_string(),
+            JobUsage {
+                cores: 2.0,
+                rss_bytes: 1,
+            },
+        );
+        jobs.insert(
+            "EG_b".to_string(),
+            JobUsage {
+                cores: 1.0,
+                rss_bytes: 1,
+            },
+        );
+        let raw = RawSample {
+            host_busy: 0.1,
+            service_cores: 1.0,
+            service_rss_bytes: 0,
+            jobs,
+        };
         let s = CpuSample::from_raw(7, 8.0, raw.clone());
         assert_eq!((s.node_cores, s.load, s.at_ms), (4.0, 0.5, 7));
-        let s = CpuSample::from_raw(7, 8.0, RawSample { host_busy: 0.9, ..raw });
+        let s = CpuSample::from_raw(
+            7,
+            8.0,
+            RawSample {
+                host_busy: 0.9,
+                ..raw
+            },
+        );
         assert_eq!(s.load, 0.9);
     }
 
@@ -357,18 +430,41 @@ mod tests {
         let mon = CpuMonitor::new(4.0, Duration::from_millis(10), source, log()).start();
         let collector = Collector(got.clone()).start();
         mon.send(Subscribe(collector.recipient())).await.unwrap();
-        mon.send(WatchProcess { egress_id: "EG_a".into(), pid: 11 }).await.unwrap();
-        mon.send(WatchProcess { egress_id: "EG_b".into(), pid: 12 }).await.unwrap();
+        mon.send(WatchProcess {
+            egress_id: "EG_a".into(),
+            pid: 11,
+        })
+        .await
+        .unwrap();
+        mon.send(WatchProcess {
+            egress_id: "EG_b".into(),
+            pid: 12,
+        })
+        .await
+        .unwrap();
         actix_rt::time::sleep(Duration::from_millis(60)).await;
         let last = mon.send(GetLastSample).await.unwrap().expect("a sample");
         assert_eq!(last.jobs.len(), 2);
         assert_eq!(last.node_cores, 3.5);
         assert_eq!(last.load, 3.5 / 4.0);
         assert_eq!(last.service_rss_bytes, 42);
-        assert!(got.lock().unwrap().iter().any(|s| s.jobs.len() == 2 && s.load == 0.875));
+        assert!(
+            got.lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.jobs.len() == 2 && s.load == 0.875)
+        );
 
-        mon.send(UnwatchProcess { egress_id: "EG_a".into() }).await.unwrap();
-        mon.send(UnwatchProcess { egress_id: "EG_a".into() }).await.unwrap();
+        mon.send(UnwatchProcess {
+            egress_id: "EG_a".into(),
+        })
+        .await
+        .unwrap();
+        mon.send(UnwatchProcess {
+            egress_id: "EG_a".into(),
+        })
+        .await
+        .unwrap();
         actix_rt::time::sleep(Duration::from_millis(40)).await;
         let last = mon.send(GetLastSample).await.unwrap().expect("a sample");
         assert_eq!(last.jobs.keys().collect::<Vec<_>>(), vec!["EG_b"]);

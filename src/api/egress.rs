@@ -113,7 +113,8 @@ pub async fn start_local(
         .await
         .map_err(ApiError::from_mailbox)
         .and_then(|r| r);
-    if launched.is_err() {
+    // A conflict means this id runs here already: its reservation is the running job's.
+    if matches!(&launched, Err(e) if !matches!(e, ApiError::Conflict(_))) {
         state.admission.do_send(EndJob { egress_id: id });
     }
     launched

@@ -106,7 +106,11 @@ pub struct Ledger {
 
 /// Negative, NaN or infinite cores count as nothing.
 fn sane(cores: f64) -> f64 {
-    if cores.is_finite() && cores > 0.0 { cores } else { 0.0 }
+    if cores.is_finite() && cores > 0.0 {
+        cores
+    } else {
+        0.0
+    }
 }
 
 impl Job {
@@ -204,11 +208,15 @@ impl Ledger {
     }
 
     fn live_claims(&self, now_ms: u64) -> impl Iterator<Item = (&String, &PendingClaim)> {
-        self.claims.iter().filter(move |(_, c)| now_ms < c.expires_at_ms)
+        self.claims
+            .iter()
+            .filter(move |(_, c)| now_ms < c.expires_at_ms)
     }
 
     fn live_claim(&self, now_ms: u64, claim_id: &str) -> Option<&PendingClaim> {
-        self.claims.get(claim_id).filter(|c| now_ms < c.expires_at_ms)
+        self.claims
+            .get(claim_id)
+            .filter(|c| now_ms < c.expires_at_ms)
     }
 
     /// Running jobs of a type.
@@ -218,12 +226,18 @@ impl Ledger {
 
     /// Live claims of a type.
     pub fn pending(&self, now_ms: u64, t: EgressType) -> u32 {
-        self.live_claims(now_ms).filter(|(_, c)| c.egress_type == t).count() as u32
+        self.live_claims(now_ms)
+            .filter(|(_, c)| c.egress_type == t)
+            .count() as u32
     }
 
     /// Cores committed at `now_ms`: running jobs' reservations plus live claims.
     pub fn committed(&self, now_ms: u64) -> f64 {
-        let jobs: f64 = self.jobs.values().map(|j| j.reserved(now_ms, self.pending_hold_ms)).sum();
+        let jobs: f64 = self
+            .jobs
+            .values()
+            .map(|j| j.reserved(now_ms, self.pending_hold_ms))
+            .sum();
         let claims: f64 = self.live_claims(now_ms).map(|(_, c)| c.cost).sum();
         jobs + claims
     }
@@ -251,12 +265,20 @@ impl Ledger {
             let same_type = excluded.filter(|c| c.egress_type == t).map_or(0, |_| 1);
             let active = (self.active(t) + self.pending(now_ms, t)).saturating_sub(same_type);
             if active >= limit {
-                return Err(AdmissionError::TypeLimit { egress_type: t, active, limit });
+                return Err(AdmissionError::TypeLimit {
+                    egress_type: t,
+                    active,
+                    limit,
+                });
             }
         }
         let available = self.available(now_ms) + excluded.map_or(0.0, |c| c.cost);
         if sane(cost) > available + EPS {
-            return Err(AdmissionError::Cpu { egress_type: t, needed: sane(cost), available: available.max(0.0) });
+            return Err(AdmissionError::Cpu {
+                egress_type: t,
+                needed: sane(cost),
+                available: available.max(0.0),
+            });
         }
         Ok(())
     }
@@ -277,14 +299,22 @@ impl Ledger {
         if self.jobs.contains_key(egress_id) {
             return Ok(());
         }
-        let claim = claim_id.filter(|id| self.live_claim(now_ms, id).is_some_and(|c| c.egress_type == t));
+        let claim = claim_id.filter(|id| {
+            self.live_claim(now_ms, id)
+                .is_some_and(|c| c.egress_type == t)
+        });
         self.check(now_ms, t, cost, claim)?;
         if let Some(id) = claim {
             self.claims.remove(id);
         }
         self.jobs.insert(
             egress_id.to_string(),
-            Job { egress_type: t, cost: sane(cost), started_at_ms: now_ms, measured_cores: None },
+            Job {
+                egress_type: t,
+                cost: sane(cost),
+                started_at_ms: now_ms,
+                measured_cores: None,
+            },
         );
         Ok(())
     }
@@ -304,7 +334,11 @@ impl Ledger {
         let id = format!("{}{}", self.claim_prefix, self.next_claim);
         self.claims.insert(
             id.clone(),
-            PendingClaim { egress_type: t, cost: sane(cost), expires_at_ms: now_ms.saturating_add(self.claim_ttl_ms) },
+            PendingClaim {
+                egress_type: t,
+                cost: sane(cost),
+                expires_at_ms: now_ms.saturating_add(self.claim_ttl_ms),
+            },
         );
         Ok((id, before))
     }
@@ -381,8 +415,19 @@ mod tests {
 
     /// 10 cores at 100%: a budget of 10. Every type costs 1 unless a test says otherwise.
     fn ledger(limits: LimitsConfig) -> Ledger {
-        let cpu = CpuConfig { capacity: 10.0, max_utilization: 1.0, pending_hold_ms: 1000, ..CpuConfig::default() };
-        let costs = CpuCostConfig { room_composite: 1.0, web: 1.0, participant: 1.0, track_composite: 1.0, track: 1.0 };
+        let cpu = CpuConfig {
+            capacity: 10.0,
+            max_utilization: 1.0,
+            pending_hold_ms: 1000,
+            ..CpuConfig::default()
+        };
+        let costs = CpuCostConfig {
+            room_composite: 1.0,
+            web: 1.0,
+            participant: 1.0,
+            track_composite: 1.0,
+            track: 1.0,
+        };
         Ledger::new("ND_test".into(), 10.0, &cpu, &costs, &limits, 500)
     }
 
@@ -398,7 +443,11 @@ mod tests {
 
     /// Another type than `t`, with no limit in the table test.
     fn other(t: EgressType) -> EgressType {
-        if t == EgressType::Track { EgressType::Web } else { EgressType::Track }
+        if t == EgressType::Track {
+            EgressType::Web
+        } else {
+            EgressType::Track
+        }
     }
 
     #[derive(Debug, Clone, Copy, PartialEq)]
@@ -416,11 +465,15 @@ mod tests {
                     for draining in [false, true] {
                         for via_claim in [false, true] {
                             let mut limits = LimitsConfig::default();
-                            set_limit(&mut limits, t, match limit {
-                                Limit::None => 0,
-                                Limit::Reached => 2,
-                                Limit::Free => 3,
-                            });
+                            set_limit(
+                                &mut limits,
+                                t,
+                                match limit {
+                                    Limit::None => 0,
+                                    Limit::Reached => 2,
+                                    Limit::Free => 3,
+                                },
+                            );
                             let mut l = ledger(limits);
                             let now = 10_000;
                             // Two of the type (one running, one claimed) except with a free limit.
@@ -432,7 +485,8 @@ mod tests {
                             let base = if limit == Limit::Free { 1 } else { 2 };
                             let fill = if cpu_full { 10 - base } else { 8 - base };
                             for i in 0..fill {
-                                l.admit(now, &format!("EG_f{i}"), other(t), 1.0, None).unwrap();
+                                l.admit(now, &format!("EG_f{i}"), other(t), 1.0, None)
+                                    .unwrap();
                             }
                             l.set_draining(draining);
                             let got = if via_claim {
@@ -440,17 +494,29 @@ mod tests {
                             } else {
                                 l.admit(now, "EG_new", t, 1.0, None)
                             };
-                            let case = format!("{t} {limit:?} cpu_full={cpu_full} draining={draining} claim={via_claim}");
+                            let case = format!(
+                                "{t} {limit:?} cpu_full={cpu_full} draining={draining} claim={via_claim}"
+                            );
                             match (draining, limit, cpu_full) {
-                                (true, _, _) => assert_eq!(got, Err(AdmissionError::Draining), "{case}"),
+                                (true, _, _) => {
+                                    assert_eq!(got, Err(AdmissionError::Draining), "{case}")
+                                }
                                 (false, Limit::Reached, _) => assert_eq!(
                                     got,
-                                    Err(AdmissionError::TypeLimit { egress_type: t, active: 2, limit: 2 }),
+                                    Err(AdmissionError::TypeLimit {
+                                        egress_type: t,
+                                        active: 2,
+                                        limit: 2
+                                    }),
                                     "{case}"
                                 ),
                                 (false, _, true) => assert_eq!(
                                     got,
-                                    Err(AdmissionError::Cpu { egress_type: t, needed: 1.0, available: 0.0 }),
+                                    Err(AdmissionError::Cpu {
+                                        egress_type: t,
+                                        needed: 1.0,
+                                        available: 0.0
+                                    }),
                                     "{case}"
                                 ),
                                 (false, _, false) => assert_eq!(got, Ok(()), "{case}"),
@@ -464,12 +530,15 @@ mod tests {
 
     #[test]
     fn a_claim_is_consumed_once_and_not_counted_twice() {
-        let mut limits = LimitsConfig::default();
-        limits.max_concurrent_room_composite = 1;
+        let limits = LimitsConfig {
+            max_concurrent_room_composite: 1,
+            ..LimitsConfig::default()
+        };
         let mut l = ledger(limits);
         // Leave exactly 4 cores, then claim them.
         for i in 0..6 {
-            l.admit(0, &format!("EG_f{i}"), EgressType::Track, 1.0, None).unwrap();
+            l.admit(0, &format!("EG_f{i}"), EgressType::Track, 1.0, None)
+                .unwrap();
         }
         let (id, before) = l.take_claim(0, EgressType::RoomComposite, 4.0).unwrap();
         assert_eq!(before.available_cpu, 4.0);
@@ -484,7 +553,8 @@ mod tests {
         assert!(l.admit(0, "EG_y", EgressType::Web, 1.0, Some(&id)).is_err());
         assert!(l.claims().contains_key(&id));
         // With it, the job takes its place: slot and CPU are not counted twice.
-        l.admit(0, "EG_room", EgressType::RoomComposite, 4.0, Some(&id)).unwrap();
+        l.admit(0, "EG_room", EgressType::RoomComposite, 4.0, Some(&id))
+            .unwrap();
         assert!(l.claims().is_empty());
         assert_eq!(l.available(0), 0.0);
         assert_eq!(l.active(EgressType::RoomComposite), 1);
@@ -492,7 +562,11 @@ mod tests {
         l.end_job("EG_f0");
         assert!(matches!(
             l.admit(0, "EG_room2", EgressType::RoomComposite, 1.0, Some(&id)),
-            Err(AdmissionError::TypeLimit { active: 1, limit: 1, .. })
+            Err(AdmissionError::TypeLimit {
+                active: 1,
+                limit: 1,
+                ..
+            })
         ));
     }
 
@@ -500,7 +574,8 @@ mod tests {
     fn a_claimed_job_costing_more_than_its_claim_needs_the_difference() {
         let mut l = ledger(LimitsConfig::default());
         for i in 0..7 {
-            l.admit(0, &format!("EG_f{i}"), EgressType::Track, 1.0, None).unwrap();
+            l.admit(0, &format!("EG_f{i}"), EgressType::Track, 1.0, None)
+                .unwrap();
         }
         let (id, _) = l.take_claim(0, EgressType::Participant, 2.0).unwrap();
         // 1 free + 2 claimed = 3 available to this job.
@@ -508,8 +583,12 @@ mod tests {
             l.admit(0, "EG_p", EgressType::Participant, 3.5, Some(&id)),
             Err(AdmissionError::Cpu { needed, available, .. }) if needed == 3.5 && available == 3.0
         ));
-        assert!(l.claims().contains_key(&id), "a refused admit changes nothing");
-        l.admit(0, "EG_p", EgressType::Participant, 3.0, Some(&id)).unwrap();
+        assert!(
+            l.claims().contains_key(&id),
+            "a refused admit changes nothing"
+        );
+        l.admit(0, "EG_p", EgressType::Participant, 3.0, Some(&id))
+            .unwrap();
         assert_eq!(l.available(0), 0.0);
     }
 
@@ -518,9 +597,14 @@ mod tests {
         let mut l = ledger(LimitsConfig::default());
         let (id, _) = l.take_claim(1000, EgressType::Track, 4.0).unwrap();
         assert_eq!(l.available(1499), 6.0);
-        assert_eq!(l.available(1500), 10.0, "an expired claim holds nothing even before a sweep");
+        assert_eq!(
+            l.available(1500),
+            10.0,
+            "an expired claim holds nothing even before a sweep"
+        );
         // An expired claim is not consumed: the job is checked like one without a claim.
-        l.admit(1500, "EG_1", EgressType::Track, 1.0, Some(&id)).unwrap();
+        l.admit(1500, "EG_1", EgressType::Track, 1.0, Some(&id))
+            .unwrap();
         assert!(l.claims().is_empty());
         assert_eq!(l.expire(2000), 0);
         let (_, _) = l.take_claim(2000, EgressType::Track, 1.0).unwrap();
@@ -532,7 +616,8 @@ mod tests {
     #[test]
     fn cost_is_held_then_measurements_count() {
         let mut l = ledger(LimitsConfig::default());
-        l.admit(0, "EG_1", EgressType::Participant, 2.0, None).unwrap();
+        l.admit(0, "EG_1", EgressType::Participant, 2.0, None)
+            .unwrap();
         assert_eq!(l.available(0), 8.0);
         // Held: max(cost, measured).
         l.measure("EG_1", 0.5);
@@ -551,7 +636,10 @@ mod tests {
         l.measure("EG_1", 20.0);
         assert!(l.available(5000) < 0.0);
         assert_eq!(l.state(5000).available_cpu, 0.0);
-        assert!(matches!(l.admit(5000, "EG_3", EgressType::Track, 0.1, None), Err(AdmissionError::Cpu { .. })));
+        assert!(matches!(
+            l.admit(5000, "EG_3", EgressType::Track, 0.1, None),
+            Err(AdmissionError::Cpu { .. })
+        ));
     }
 
     #[test]
@@ -568,17 +656,38 @@ mod tests {
 
     #[test]
     fn node_state_lists_every_type() {
-        let mut limits = LimitsConfig::default();
-        limits.max_concurrent_web = 2;
+        let limits = LimitsConfig {
+            max_concurrent_web: 2,
+            ..LimitsConfig::default()
+        };
         let mut l = ledger(limits);
         l.admit(0, "EG_1", EgressType::Web, 1.0, None).unwrap();
         l.take_claim(0, EgressType::Web, 1.0).unwrap();
         l.set_load(0.25);
         let s = l.state(0);
         assert_eq!(s.types.len(), 5);
-        assert_eq!(s.types["web"], TypeState { active: 1, limit: 2, cost: 1.0, pending_claims: 1 });
-        assert_eq!(s.types["track"], TypeState { active: 0, limit: 0, cost: 1.0, pending_claims: 0 });
-        assert_eq!((s.available_cpu, s.load, s.capacity_cores, s.draining), (8.0, 0.25, 10.0, false));
+        assert_eq!(
+            s.types["web"],
+            TypeState {
+                active: 1,
+                limit: 2,
+                cost: 1.0,
+                pending_claims: 1
+            }
+        );
+        assert_eq!(
+            s.types["track"],
+            TypeState {
+                active: 0,
+                limit: 0,
+                cost: 1.0,
+                pending_claims: 0
+            }
+        );
+        assert_eq!(
+            (s.available_cpu, s.load, s.capacity_cores, s.draining),
+            (8.0, 0.25, 10.0, false)
+        );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["types"]["web"]["pending_claims"], 1);
     }
@@ -587,7 +696,8 @@ mod tests {
     fn insane_costs_count_as_nothing() {
         let mut l = ledger(LimitsConfig::default());
         l.admit(0, "EG_1", EgressType::Track, -5.0, None).unwrap();
-        l.admit(0, "EG_2", EgressType::Track, f64::NAN, None).unwrap();
+        l.admit(0, "EG_2", EgressType::Track, f64::NAN, None)
+            .unwrap();
         assert_eq!(l.available(0), 10.0);
     }
 
@@ -636,7 +746,11 @@ mod tests {
     }
 
     fn pick<T: Clone>(v: &[T], i: usize) -> Option<T> {
-        if v.is_empty() { None } else { Some(v[i % v.len()].clone()) }
+        if v.is_empty() {
+            None
+        } else {
+            Some(v[i % v.len()].clone())
+        }
     }
 
     proptest! {

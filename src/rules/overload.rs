@@ -44,15 +44,25 @@ pub struct JobLoad {
 #[derive(Debug, Clone, PartialEq)]
 pub enum OverloadAction {
     /// Stop this egress gracefully (EOS); its end reason is `reason` ("CPU limit reached").
-    Stop { egress_id: String, reason: &'static str, load: f64 },
+    Stop {
+        egress_id: String,
+        reason: &'static str,
+        load: f64,
+    },
     /// Kill this egress's handler now; its end reason is `reason` ("CPU exhausted").
-    Kill { egress_id: String, reason: &'static str, load: f64 },
+    Kill {
+        egress_id: String,
+        reason: &'static str,
+        load: f64,
+    },
 }
 
 impl OverloadAction {
     pub fn egress_id(&self) -> &str {
         match self {
-            OverloadAction::Stop { egress_id, .. } | OverloadAction::Kill { egress_id, .. } => egress_id,
+            OverloadAction::Stop { egress_id, .. } | OverloadAction::Kill { egress_id, .. } => {
+                egress_id
+            }
         }
     }
 
@@ -144,14 +154,20 @@ impl Overload {
         if jobs.len() < 2 {
             return Vec::new();
         }
-        let Some(victim) = pick_victim(jobs) else { return Vec::new() };
+        let Some(victim) = pick_victim(jobs) else {
+            return Vec::new();
+        };
         self.above_soft = 0;
         self.victim = Some(Victim {
             egress_id: victim.egress_id.clone(),
             hard_since_ms: above_hard.then_some(now_ms),
             killed: false,
         });
-        vec![OverloadAction::Stop { egress_id: victim.egress_id.clone(), reason: reason::CPU_LIMIT, load }]
+        vec![OverloadAction::Stop {
+            egress_id: victim.egress_id.clone(),
+            reason: reason::CPU_LIMIT,
+            load,
+        }]
     }
 }
 
@@ -184,7 +200,12 @@ mod tests {
     }
 
     fn job(id: &str, used: f64, cost: f64, started: u64) -> JobLoad {
-        JobLoad { egress_id: id.into(), cores_used: used, admitted_cost: cost, started_at_ms: started }
+        JobLoad {
+            egress_id: id.into(),
+            cores_used: used,
+            admitted_cost: cost,
+            started_at_ms: started,
+        }
     }
 
     fn two() -> Vec<JobLoad> {
@@ -192,17 +213,29 @@ mod tests {
     }
 
     fn stop(id: &str, load: f64) -> Vec<OverloadAction> {
-        vec![OverloadAction::Stop { egress_id: id.into(), reason: "CPU limit reached", load }]
+        vec![OverloadAction::Stop {
+            egress_id: id.into(),
+            reason: "CPU limit reached",
+            load,
+        }]
     }
 
     fn kill(id: &str, load: f64) -> Vec<OverloadAction> {
-        vec![OverloadAction::Kill { egress_id: id.into(), reason: "CPU exhausted", load }]
+        vec![OverloadAction::Kill {
+            egress_id: id.into(),
+            reason: "CPU exhausted",
+            load,
+        }]
     }
 
     /// Runs (time s, load, jobs) rows and checks each row's actions.
     fn run(o: &mut Overload, rows: &[(u64, f64, &[JobLoad], Vec<OverloadAction>)]) {
         for (i, (t, load, jobs, want)) in rows.iter().enumerate() {
-            assert_eq!(&o.on_sample(t * 1000, *load, jobs), want, "row {i}: t={t}s load={load}");
+            assert_eq!(
+                &o.on_sample(t * 1000, *load, jobs),
+                want,
+                "row {i}: t={t}s load={load}"
+            );
         }
     }
 
@@ -210,16 +243,19 @@ mod tests {
     fn soft_needs_sustained_samples() {
         let j = two();
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.90, &j, vec![]),
-            (1, 0.90, &j, vec![]),
-            (2, 0.90, &j, stop("EG_b", 0.90)),
-            // Victim still finalizing: nothing more, however long.
-            (3, 0.90, &j, vec![]),
-            (4, 0.90, &j, vec![]),
-            (5, 0.90, &j, vec![]),
-            (60, 0.90, &j, vec![]),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.90, &j, vec![]),
+                (1, 0.90, &j, vec![]),
+                (2, 0.90, &j, stop("EG_b", 0.90)),
+                // Victim still finalizing: nothing more, however long.
+                (3, 0.90, &j, vec![]),
+                (4, 0.90, &j, vec![]),
+                (5, 0.90, &j, vec![]),
+                (60, 0.90, &j, vec![]),
+            ],
+        );
         assert_eq!(o.victim(), Some("EG_b"));
     }
 
@@ -234,101 +270,126 @@ mod tests {
     fn kill_after_grace_if_still_above_hard() {
         let j = two();
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.97, &j, stop("EG_b", 0.97)),
-            (5, 0.97, &j, vec![]),
-            (9, 0.99, &j, vec![]),
-            (10, 0.97, &j, kill("EG_b", 0.97)),
-            // Killed once only, even if the process lingers.
-            (11, 0.99, &j, vec![]),
-            (30, 0.99, &j, vec![]),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.97, &j, stop("EG_b", 0.97)),
+                (5, 0.97, &j, vec![]),
+                (9, 0.99, &j, vec![]),
+                (10, 0.97, &j, kill("EG_b", 0.97)),
+                // Killed once only, even if the process lingers.
+                (11, 0.99, &j, vec![]),
+                (30, 0.99, &j, vec![]),
+            ],
+        );
     }
 
     #[test]
     fn kill_grace_starts_when_load_goes_above_hard_after_a_soft_stop() {
         let j = two();
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.90, &j, vec![]),
-            (1, 0.90, &j, vec![]),
-            (2, 0.90, &j, stop("EG_b", 0.90)),
-            (5, 0.97, &j, vec![]),
-            (12, 0.97, &j, vec![]),
-            (15, 0.97, &j, kill("EG_b", 0.97)),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.90, &j, vec![]),
+                (1, 0.90, &j, vec![]),
+                (2, 0.90, &j, stop("EG_b", 0.90)),
+                (5, 0.97, &j, vec![]),
+                (12, 0.97, &j, vec![]),
+                (15, 0.97, &j, kill("EG_b", 0.97)),
+            ],
+        );
     }
 
     #[test]
     fn no_kill_if_load_drops_under_hard() {
         let j = two();
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.97, &j, stop("EG_b", 0.97)),
-            (5, 0.90, &j, vec![]),
-            (10, 0.90, &j, vec![]),
-            (20, 0.90, &j, vec![]),
-            // Back above hard: the grace starts again from here.
-            (21, 0.97, &j, vec![]),
-            (30, 0.97, &j, vec![]),
-            (31, 0.97, &j, kill("EG_b", 0.97)),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.97, &j, stop("EG_b", 0.97)),
+                (5, 0.90, &j, vec![]),
+                (10, 0.90, &j, vec![]),
+                (20, 0.90, &j, vec![]),
+                // Back above hard: the grace starts again from here.
+                (21, 0.97, &j, vec![]),
+                (30, 0.97, &j, vec![]),
+                (31, 0.97, &j, kill("EG_b", 0.97)),
+            ],
+        );
     }
 
     #[test]
     fn low_samples_reset_the_sustain_count() {
         let j = two();
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.90, &j, vec![]),
-            (1, 0.90, &j, vec![]),
-            (2, 0.85, &j, vec![]), // at soft: not above
-            (3, 0.90, &j, vec![]),
-            (4, 0.90, &j, vec![]),
-            (5, 0.50, &j, vec![]),
-            (6, 0.90, &j, vec![]),
-            (7, 0.90, &j, vec![]),
-            (8, 0.90, &j, stop("EG_b", 0.90)),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.90, &j, vec![]),
+                (1, 0.90, &j, vec![]),
+                (2, 0.85, &j, vec![]), // at soft: not above
+                (3, 0.90, &j, vec![]),
+                (4, 0.90, &j, vec![]),
+                (5, 0.50, &j, vec![]),
+                (6, 0.90, &j, vec![]),
+                (7, 0.90, &j, vec![]),
+                (8, 0.90, &j, stop("EG_b", 0.90)),
+            ],
+        );
     }
 
     #[test]
     fn one_victim_at_a_time_then_count_afresh() {
-        let three = vec![job("EG_a", 1.0, 1.0, 0), job("EG_b", 3.0, 1.0, 10), job("EG_c", 2.0, 1.0, 20)];
+        let three = vec![
+            job("EG_a", 1.0, 1.0, 0),
+            job("EG_b", 3.0, 1.0, 10),
+            job("EG_c", 2.0, 1.0, 20),
+        ];
         let after = vec![job("EG_a", 1.0, 1.0, 0), job("EG_c", 2.0, 1.0, 20)];
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.97, &three, stop("EG_b", 0.97)),
-            (1, 0.97, &three, vec![]),
-            (2, 0.97, &three, vec![]),
-            // EG_b is gone; a sample above hard acts at once on the next victim.
-            (3, 0.97, &after, stop("EG_c", 0.97)),
-            (4, 0.97, &after, vec![]),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.97, &three, stop("EG_b", 0.97)),
+                (1, 0.97, &three, vec![]),
+                (2, 0.97, &three, vec![]),
+                // EG_b is gone; a sample above hard acts at once on the next victim.
+                (3, 0.97, &after, stop("EG_c", 0.97)),
+                (4, 0.97, &after, vec![]),
+            ],
+        );
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.97, &three, stop("EG_b", 0.97)),
-            (1, 0.90, &three, vec![]),
-            (2, 0.90, &three, vec![]),
-            (3, 0.90, &three, vec![]),
-            // Gone: the soft count starts from zero with this sample.
-            (4, 0.90, &after, vec![]),
-            (5, 0.90, &after, vec![]),
-            (6, 0.90, &after, stop("EG_c", 0.90)),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.97, &three, stop("EG_b", 0.97)),
+                (1, 0.90, &three, vec![]),
+                (2, 0.90, &three, vec![]),
+                (3, 0.90, &three, vec![]),
+                // Gone: the soft count starts from zero with this sample.
+                (4, 0.90, &after, vec![]),
+                (5, 0.90, &after, vec![]),
+                (6, 0.90, &after, stop("EG_c", 0.90)),
+            ],
+        );
     }
 
     #[test]
     fn a_lone_job_is_never_stopped() {
         let one = vec![job("EG_a", 8.0, 1.0, 0)];
         let mut o = Overload::new(&cfg());
-        run(&mut o, &[
-            (0, 0.99, &one, vec![]),
-            (1, 0.99, &one, vec![]),
-            (2, 0.99, &one, vec![]),
-            (60, 0.99, &one, vec![]),
-            (61, 0.99, &[], vec![]),
-        ]);
+        run(
+            &mut o,
+            &[
+                (0, 0.99, &one, vec![]),
+                (1, 0.99, &one, vec![]),
+                (2, 0.99, &one, vec![]),
+                (60, 0.99, &one, vec![]),
+                (61, 0.99, &[], vec![]),
+            ],
+        );
         assert_eq!(o.victim(), None);
         // A second job joins while the node is still overloaded: act.
         let j = vec![job("EG_a", 8.0, 1.0, 0), job("EG_b", 1.0, 1.0, 62_000)];
@@ -337,12 +398,19 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_newest() {
-        let j = vec![job("EG_old", 2.0, 1.0, 100), job("EG_new", 3.0, 2.0, 200), job("EG_mid", 1.5, 0.5, 150)];
+        let j = vec![
+            job("EG_old", 2.0, 1.0, 100),
+            job("EG_new", 3.0, 2.0, 200),
+            job("EG_mid", 1.5, 0.5, 150),
+        ];
         let mut o = Overload::new(&cfg());
         run(&mut o, &[(0, 0.97, &j, stop("EG_new", 0.97))]);
         // Usage above cost wins over age.
         let j = vec![job("EG_old", 4.0, 1.0, 100), job("EG_new", 3.0, 2.0, 200)];
-        assert_eq!(pick_victim(&j).map(|j| j.egress_id.as_str()), Some("EG_old"));
+        assert_eq!(
+            pick_victim(&j).map(|j| j.egress_id.as_str()),
+            Some("EG_old")
+        );
         assert_eq!(pick_victim(&[]), None);
     }
 
@@ -350,7 +418,10 @@ mod tests {
     fn actions_name_their_labels() {
         let s = &stop("EG_a", 1.0)[0];
         let k = &kill("EG_a", 1.0)[0];
-        assert_eq!((s.action(), s.reason(), s.egress_id()), ("stop", reason::CPU_LIMIT, "EG_a"));
+        assert_eq!(
+            (s.action(), s.reason(), s.egress_id()),
+            ("stop", reason::CPU_LIMIT, "EG_a")
+        );
         assert_eq!((k.action(), k.reason()), ("kill", reason::CPU_EXHAUSTED));
     }
 }

@@ -84,16 +84,29 @@ mod tests {
     use proptest::prelude::*;
 
     fn node(available: f64, jobs: u32) -> ScoreInput {
-        ScoreInput { capacity_cores: 10.0, budget_cores: 8.0, available_cpu: available, jobs, can_admit: true }
+        ScoreInput {
+            capacity_cores: 10.0,
+            budget_cores: 8.0,
+            available_cpu: available,
+            jobs,
+            can_admit: true,
+        }
     }
 
-    const MODES: [AffinityMode; 3] = [AffinityMode::Pack, AffinityMode::Spread, AffinityMode::TypeAware];
+    const MODES: [AffinityMode; 3] = [
+        AffinityMode::Pack,
+        AffinityMode::Spread,
+        AffinityMode::TypeAware,
+    ];
 
     #[test]
     fn refused_nodes_score_minus_one_in_every_mode() {
         for mode in MODES {
             for t in EgressType::ALL {
-                let n = ScoreInput { can_admit: false, ..node(8.0, 0) };
+                let n = ScoreInput {
+                    can_admit: false,
+                    ..node(8.0, 0)
+                };
                 assert_eq!(score(mode, t, &n), -1.0, "{mode:?} {t}");
             }
         }
@@ -102,11 +115,21 @@ mod tests {
     #[test]
     fn spread_table() {
         // (available, jobs, expected)
-        let table = [(8.0, 0, 1.0), (4.0, 3, 0.5), (2.0, 1, 0.25), (0.0, 5, 0.0), (-1.0, 5, 0.0), (9.0, 0, 1.0)];
+        let table = [
+            (8.0, 0, 1.0),
+            (4.0, 3, 0.5),
+            (2.0, 1, 0.25),
+            (0.0, 5, 0.0),
+            (-1.0, 5, 0.0),
+            (9.0, 0, 1.0),
+        ];
         for (avail, jobs, want) in table {
             for t in EgressType::ALL {
                 let s = score(AffinityMode::Spread, t, &node(avail, jobs));
-                assert!((s - want).abs() < 1e-12, "avail {avail} jobs {jobs}: {s} != {want}");
+                assert!(
+                    (s - want).abs() < 1e-12,
+                    "avail {avail} jobs {jobs}: {s} != {want}"
+                );
             }
         }
     }
@@ -122,7 +145,10 @@ mod tests {
         ];
         for (avail, jobs, want) in table {
             let s = score(AffinityMode::Pack, EgressType::Track, &node(avail, jobs));
-            assert!((s - want).abs() < 1e-12, "avail {avail} jobs {jobs}: {s} != {want}");
+            assert!(
+                (s - want).abs() < 1e-12,
+                "avail {avail} jobs {jobs}: {s} != {want}"
+            );
         }
     }
 
@@ -135,7 +161,11 @@ mod tests {
             assert!((score(AffinityMode::TypeAware, t, &node(4.0, 1)) - 0.2).abs() < 1e-12);
         }
         // Light types spread by free CPU, idle or not.
-        for t in [EgressType::Track, EgressType::TrackComposite, EgressType::Participant] {
+        for t in [
+            EgressType::Track,
+            EgressType::TrackComposite,
+            EgressType::Participant,
+        ] {
             assert!((score(AffinityMode::TypeAware, t, &node(8.0, 0)) - 1.0).abs() < 1e-12);
             assert!((score(AffinityMode::TypeAware, t, &node(4.0, 1)) - 0.5).abs() < 1e-12);
             assert!((score(AffinityMode::TypeAware, t, &node(2.0, 3)) - 0.25).abs() < 1e-12);
@@ -146,7 +176,10 @@ mod tests {
     fn broken_budgets_do_not_produce_nan() {
         for mode in MODES {
             for budget in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-                let n = ScoreInput { budget_cores: budget, ..node(4.0, 1) };
+                let n = ScoreInput {
+                    budget_cores: budget,
+                    ..node(4.0, 1)
+                };
                 let s = score(mode, EgressType::Track, &n);
                 assert!((0.0..=1.0).contains(&s), "{mode:?} {budget}: {s}");
             }
@@ -160,15 +193,20 @@ mod tests {
         prop::sample::select(EgressType::ALL.to_vec())
     }
     fn any_node() -> impl Strategy<Value = ScoreInput> {
-        (0.1f64..64.0, 0.05f64..=1.0, -10.0f64..80.0, 0u32..20, any::<bool>()).prop_map(
-            |(cap, util, avail, jobs, can_admit)| ScoreInput {
+        (
+            0.1f64..64.0,
+            0.05f64..=1.0,
+            -10.0f64..80.0,
+            0u32..20,
+            any::<bool>(),
+        )
+            .prop_map(|(cap, util, avail, jobs, can_admit)| ScoreInput {
                 capacity_cores: cap,
                 budget_cores: cap * util,
                 available_cpu: avail,
                 jobs,
                 can_admit,
-            },
-        )
+            })
     }
 
     proptest! {
