@@ -163,6 +163,9 @@ fn openapi_lists_every_route_and_metrics_count_egresses() {
     }
 
     let id = svc.start_egress(&request("track", &["test://video"], "m.mkv"));
+    // Nothing recorded is overwritten: the same filename again is a conflict.
+    let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "m.mkv"));
+    assert_error(s, &v, 409, "output_exists");
     svc.wait_active(&id);
     let (s, _) = svc.post(&format!("/v1/egress/{id}/kill"), &Value::Null);
     assert_eq!(s, 200);

@@ -5,4 +5,5 @@ mod admission;
 mod api;
 mod common;
 mod egress;
+mod fleet;
 mod overload;

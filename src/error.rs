@@ -40,6 +40,9 @@ pub enum AdmissionError {
     TypeLimit { egress_type: EgressType, active: u32, limit: u32 },
     #[error("the node is draining and takes no new egress")]
     Draining,
+    /// Fleet placement: no live node could take the job; `reason` is the most common refusal.
+    #[error("no node of the fleet can take the {egress_type} egress: {detail}")]
+    NoNode { egress_type: EgressType, reason: &'static str, detail: String },
 }
 
 impl AdmissionError {
@@ -48,6 +51,7 @@ impl AdmissionError {
             AdmissionError::Cpu { .. } => "cpu",
             AdmissionError::TypeLimit { .. } => "type_limit",
             AdmissionError::Draining => "draining",
+            AdmissionError::NoNode { reason, .. } => reason,
         }
     }
 }
@@ -67,6 +71,11 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    OutputExists(String),
+    /// Fleet: another live node owns this egress id already (409 `already_placed`).
+    #[error("egress {egress_id} is already placed on node {owner}")]
+    AlreadyPlaced { egress_id: String, owner: String },
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
@@ -91,6 +100,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::OutputExists(_) => "output_exists",
+            ApiError::AlreadyPlaced { .. } => "already_placed",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NoCapacity(AdmissionError::Draining) => "draining",
@@ -104,6 +115,9 @@ impl ApiError {
         let mut err = json!({ "code": self.code(), "message": self.to_string() });
         if let ApiError::NoCapacity(a) = self {
             err["reason"] = json!(a.reason());
+        }
+        if let ApiError::AlreadyPlaced { owner, .. } = self {
+            err["owner"] = json!(owner);
         }
         if let ApiError::BadRequest(RequestError::Invalid { field, .. }) = self {
             err["field"] = json!(field);
@@ -124,7 +138,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::AlreadyPlaced { .. } | ApiError::OutputExists(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

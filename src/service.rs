@@ -85,9 +85,6 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
     let store = Store::open(&cfg.storage.state_dir).map_err(storage_err(&cfg.storage.state_dir))?;
     let node_id = crate::store::node_id(&cfg.storage.state_dir, &cfg.node.id)
         .map_err(storage_err(&cfg.storage.state_dir))?;
-    if !cfg.fleet.redis_url.is_empty() {
-        return Err(ServiceError::Fleet("fleet.redis_url is set but fleet mode is not built yet".into()));
-    }
     let log = log.new(slog::o!("node_id" => node_id.clone()));
     let system = actix_rt::System::new();
     system.block_on(serve(cfg, log, node_id, output_dir, store))
@@ -114,6 +111,16 @@ async fn serve(
     let affinity =
         AffinityScorer::new(cfg.affinity_mode(), admission.clone(), log.new(slog::o!("actor" => "affinity")))
             .start();
+    // Fleet mode: connected before the Supervisor starts, so every record it settles or creates
+    // is mirrored to Redis.
+    let (fleet, mirror) = if cfg.fleet.redis_url.is_empty() {
+        (None, None)
+    } else {
+        let (f, tx) = Fleet::connect(&cfg, &node_id, log.new(slog::o!("actor" => "fleet")))
+            .await
+            .map_err(ServiceError::Fleet)?;
+        (Some(f), Some(tx))
+    };
     let supervisor = Supervisor::new(
         store.clone(),
         admission.clone(),
@@ -121,6 +128,7 @@ async fn serve(
         &cfg,
         log.new(slog::o!("actor" => "supervisor")),
     )
+    .with_mirror(mirror)
     .start();
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
@@ -135,7 +143,7 @@ async fn serve(
         admission: admission.clone(),
         affinity,
         cpu,
-        fleet: None,
+        fleet: fleet.clone(),
         control: control_tx.clone(),
         log: log.clone(),
     });
@@ -159,6 +167,21 @@ async fn serve(
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
+    if let Some(f) = &fleet {
+        let url = if cfg.fleet.advertise_url.is_empty() {
+            if addrs.first().is_some_and(|a| a.ip().is_unspecified()) {
+                warn!(log, "listening on all interfaces without fleet.advertise_url: other nodes cannot reach this one";
+                      "addr" => &bound);
+            }
+            format!("http://{bound}")
+        } else {
+            cfg.fleet.advertise_url.trim_end_matches('/').to_string()
+        };
+        if let Err(e) = f.join(url, admission.clone()).await {
+            handle.stop(false).await;
+            return Err(ServiceError::Fleet(format!("cannot register this node: {e}")));
+        }
+    }
     // One line on stdout, for scripts and tests that start the service on port 0.
     println!("{}", serde_json::json!({"listening": bound, "node_id": node_id}));
     info!(log, "listening"; "addr" => &bound, "capacity_cores" => capacity,
@@ -166,6 +189,9 @@ async fn serve(
 
     spawn_signal_listeners(control_tx, log.clone());
     control_loop(control_rx, &state, &cfg, &log).await;
+    if let Some(f) = &fleet {
+        f.leave().await;
+    }
     handle.stop(true).await;
     info!(log, "exited");
     Ok(())

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{Logger, info, warn};
+use tokio::sync::mpsc;
 
 use crate::actors::admission::{Admission, EndJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
@@ -35,6 +36,10 @@ pub struct Supervisor {
     cpu: Addr<CpuMonitor>,
     /// Escalation from graceful stop to kill on CPU overload.
     overload: Overload,
+    /// `storage.output_dir`, canonical: no output may resolve outside it (symlinks included).
+    output_root: std::path::PathBuf,
+    /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
+    mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
     log: Logger,
 }
 
@@ -53,8 +58,20 @@ impl Supervisor {
             admission,
             cpu,
             overload: Overload::new(&cfg.overload),
+            output_root: cfg
+                .storage
+                .output_dir
+                .canonicalize()
+                .unwrap_or_else(|_| cfg.storage.output_dir.clone()),
+            mirror: None,
             log,
         }
+    }
+
+    /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
+    pub fn with_mirror(mut self, tx: Option<mpsc::UnboundedSender<EgressInfo>>) -> Self {
+        self.mirror = tx;
+        self
     }
 
     fn count(info: &EgressInfo, delta: i64) {
@@ -91,7 +108,34 @@ impl Supervisor {
             info!(self.log, "egress ended"; "egress_id" => &info.egress_id, "status" => info.status.as_str(),
                   "end_reason" => &why, "error" => info.error.clone());
         }
+        if let Some(m) = &self.mirror {
+            let _ = m.send(info.clone());
+        }
         self.egresses.insert(info.egress_id.clone(), info);
+    }
+
+    /// The output must not exist yet, nor be another running egress's, and must stay inside the
+    /// output directory once symlinks are resolved: nothing recorded is ever overwritten.
+    fn check_output(&self, path: &std::path::Path, filename: &str) -> Result<(), ApiError> {
+        let taken = self.pipelines.keys().filter_map(|id| self.egresses.get(id)).any(|i| {
+            i.files.iter().any(|f| std::path::Path::new(&f.location) == path)
+        });
+        if taken || path.exists() {
+            return Err(ApiError::OutputExists(format!(
+                "output file '{filename}' exists already: choose another filename"
+            )));
+        }
+        let dir = path.parent().unwrap_or(&self.output_root);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ApiError::Internal(format!("cannot create the output directory: {e}")))?;
+        let real = dir.canonicalize().map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !real.starts_with(&self.output_root) {
+            return Err(ApiError::BadRequest(crate::error::RequestError::invalid(
+                "output.file.filename",
+                format!("'{filename}' resolves outside the output directory"),
+            )));
+        }
+        Ok(())
     }
 
     fn lookup(&self, id: &str) -> Result<&EgressInfo, ApiError> {
@@ -185,11 +229,7 @@ impl Handler<LaunchEgress> for Supervisor {
         if self.egresses.contains_key(&id) {
             return Err(ApiError::Conflict(format!("egress {id} exists already")));
         }
-        if let Some(dir) = setup.spec.file.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ApiError::Internal(format!("cannot create the output directory: {e}"))
-            })?;
-        }
+        self.check_output(&setup.spec.file.path, &setup.spec.file.filename)?;
         let child = spawn_handler(&setup)
             .map_err(|e| ApiError::Internal(format!("cannot launch the handler process: {e}")))?;
         let pid = child.id().unwrap_or(0);

@@ -48,11 +48,13 @@ pub struct EgressList {
 
 async fn start(state: web::Data<AppState>, req: web::Json<EgressRequest>) -> Result<HttpResponse, ApiError> {
     let req = req.into_inner();
-    let info = match &state.fleet {
-        Some(fleet) => fleet.place(&state, req).await?,
-        None => start_local(&state, req, None, None).await?,
-    };
-    Ok(HttpResponse::Created().json(info))
+    match &state.fleet {
+        Some(fleet) => {
+            let p = fleet.place(&state, req).await?;
+            Ok(HttpResponse::Created().insert_header(("Server-Timing", p.server_timing())).json(p.info))
+        }
+        None => Ok(HttpResponse::Created().json(start_local(&state, req, None, None).await?)),
+    }
 }
 
 /// Validates, admits and launches an egress on this node. `egress_id` is given when the fleet
@@ -145,7 +147,7 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let statuses = parse_statuses(&q)?;
     let egresses = match &state.fleet {
-        Some(fleet) => fleet.list(statuses).await?,
+        Some(fleet) => fleet.list(&state, statuses).await?,
         None => list_local(&state, statuses).await?,
     };
     Ok(HttpResponse::Ok().json(EgressList { egresses }))

@@ -1,0 +1,342 @@
+//! The fleet through real processes: a real redis-server on a free loopback port and three nodes
+//! of the real binary pointing at it. Placement spreads jobs, any node lists and ends any job,
+//! and a node killed in the middle of a burst costs retries, never a lost or duplicated job.
+//!
+//! Jobs are cheap audio tracks (`test://audio` into Ogg/Opus, a few % of a core each) with an
+//! `estimated_cpu` of 0.5 on nodes of `cpu.capacity: 8`, so admission (12 per node) is the limit,
+//! not this machine. Overload escalation is switched off: the machine's real load is not what
+//! these tests are about.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// A throwaway `redis-server` on a free loopback port, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup)");
+        let r = Redis { child, port };
+        wait_for(Duration::from_secs(10), "redis-server to answer PING", || r.ping().then_some(()));
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node's YAML: spread placement, 8 cores, quick heartbeats, costs held at their estimate.
+fn node_config(redis: &Redis) -> String {
+    format!(
+        "cpu: {{ capacity: 8, pending_hold_ms: 600000 }}\n\
+         affinity: {{ mode: spread }}\n\
+         fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000, affinity_timeout_ms: 1000 }}\n\
+         overload: {{ soft_threshold: 10, hard_threshold: 10 }}",
+        redis.url()
+    )
+}
+
+/// Three nodes on one Redis, each in its own directories; returns when all see each other.
+fn start_fleet(redis: &Redis, dirs: &[Dirs]) -> Vec<Service> {
+    let nodes: Vec<Service> = dirs.iter().map(|d| Service::start(d, &node_config(redis))).collect();
+    for n in &nodes {
+        wait_for(Duration::from_secs(10), "every node to see the whole fleet", || {
+            let (s, v) = n.get("/v1/fleet/nodes");
+            (s == 200 && v["nodes"].as_array().is_some_and(|a| a.len() == nodes.len())).then_some(())
+        });
+    }
+    nodes
+}
+
+fn audio_job(filename: &str) -> Value {
+    json!({
+        "type": "track",
+        "sources": [{"uri": "test://audio?wave=sine"}],
+        "output": {"file": {"filename": filename}},
+        "estimated_cpu": 0.5,
+    })
+}
+
+/// Waits until no node holds a pending claim (losers' claims are released without waiting).
+fn wait_no_claims(nodes: &[&Service]) {
+    for n in nodes {
+        wait_for(Duration::from_secs(10), "claims to be released", || {
+            let (_, v) = n.get("/v1/node");
+            (v["types"]["track"]["pending_claims"] == 0).then_some(())
+        });
+    }
+}
+
+fn fleet_list(node: &Service, query: &str) -> Vec<Value> {
+    let (s, v) = node.get(&format!("/v1/egress{query}"));
+    assert_eq!(s, 200, "{v}");
+    v["egresses"].as_array().cloned().unwrap_or_default()
+}
+
+/// Live handler processes per egress id (from /proc command lines).
+fn handlers_running(ids: &[String]) -> HashMap<String, usize> {
+    let mut out: HashMap<String, usize> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains("handler") {
+            continue;
+        }
+        for id in ids {
+            if cmd.contains(id.as_str()) {
+                *out.entry(id.clone()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
+    let redis = Redis::start();
+    let dirs: Vec<Dirs> = (0..3).map(|_| Dirs::new()).collect();
+    let nodes = start_fleet(&redis, &dirs);
+    let all: Vec<&Service> = nodes.iter().collect();
+    let (_, v) = nodes[0].get("/v1/fleet/nodes");
+    for n in v["nodes"].as_array().unwrap() {
+        assert_eq!(n["capacity_cores"], 8.0, "{n}");
+        assert!(n["url"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{n}");
+        assert_eq!(n["draining"], false);
+    }
+
+    // A bad request is answered by the node it was sent to: 400, nothing fans out.
+    let (s, v) = nodes[1].post("/v1/egress", &json!({"type": "track", "sources": [], "output": {}}));
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_field")), "{v}");
+    wait_no_claims(&all);
+
+    // Six equal jobs, sent to the three nodes in turn: spread places two on each.
+    let mut placed: Vec<(String, String)> = Vec::new();
+    for i in 0..6 {
+        let via = &nodes[i % 3];
+        let (s, v) = via.post("/v1/egress", &audio_job(&format!("spread-{i}.ogg")));
+        assert_eq!(s, 201, "{v}\n{}", via.log());
+        placed.push((v["egress_id"].as_str().unwrap().to_string(), v["node_id"].as_str().unwrap().to_string()));
+        wait_no_claims(&all);
+    }
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for (_, n) in &placed {
+        *per_node.entry(n.as_str()).or_default() += 1;
+    }
+    for n in &nodes {
+        assert_eq!(per_node.get(n.node_id.as_str()), Some(&2), "spread: {per_node:?}");
+    }
+
+    // Every node sees the whole fleet's egresses, each on the node that runs it.
+    for n in &nodes {
+        let list = fleet_list(n, "");
+        let seen: HashMap<&str, &str> =
+            list.iter().map(|e| (e["egress_id"].as_str().unwrap(), e["node_id"].as_str().unwrap())).collect();
+        for (id, on) in &placed {
+            assert_eq!(seen.get(id.as_str()), Some(&on.as_str()), "{id} from {}: {list:?}", n.node_id);
+        }
+    }
+    // The registry reports each node's jobs (at its next heartbeat).
+    wait_for(Duration::from_secs(5), "the registry to count two tracks per node", || {
+        let (_, v) = nodes[2].get("/v1/fleet/nodes");
+        v["nodes"].as_array().unwrap().iter().all(|n| n["types"]["track"]["active"] == 2).then_some(())
+    });
+
+    // GET, stop and kill through nodes that do not run the egress.
+    let owner_of = |node_id: &str| nodes.iter().position(|n| n.node_id == node_id).unwrap();
+    let (stop_id, stop_on) = placed[0].clone();
+    let other = &nodes[(owner_of(&stop_on) + 1) % 3];
+    let third = &nodes[(owner_of(&stop_on) + 2) % 3];
+    other.wait_status(&stop_id, &["active"], Duration::from_secs(30));
+    let (s, v) = third.post(&format!("/v1/egress/{stop_id}/stop"), &Value::Null);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["node_id"], stop_on.as_str());
+    let done = other.wait_status(&stop_id, &["complete", "failed", "aborted"], Duration::from_secs(30));
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(done["end_reason"], "StopEgress API");
+    let file = done["files"][0]["location"].as_str().unwrap();
+    assert!(decoded(Path::new(file)).audio_samples > 0, "{done}");
+    // Stopping it again, through yet another node: the owner's 409 comes back.
+    let (s, v) = nodes[owner_of(&stop_on)].post(&format!("/v1/egress/{stop_id}/stop"), &Value::Null);
+    assert_eq!(s, 409, "{v}");
+
+    let (kill_id, kill_on) = placed[1].clone();
+    let via = &nodes[(owner_of(&kill_on) + 1) % 3];
+    let (s, v) = via.post(&format!("/v1/egress/{kill_id}/kill"), &Value::Null);
+    assert_eq!(s, 200, "{v}");
+    let done = via.wait_status(&kill_id, &["aborted", "failed", "complete"], Duration::from_secs(30));
+    assert_eq!((done["status"].as_str(), done["end_reason"].as_str()), (Some("aborted"), Some("KillEgress API")));
+
+    // Unknown ids are 404 everywhere.
+    let (s, v) = nodes[0].get("/v1/egress/EG_aaaaaaaaaaaa");
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, _) = nodes[0].post("/v1/egress/EG_aaaaaaaaaaaa/stop", &Value::Null);
+    assert_eq!(s, 404);
+
+    // A job no node can take: 503 no_capacity with the dominant reason, at once.
+    let mut huge = audio_job("huge.ogg");
+    huge["estimated_cpu"] = json!(7.0);
+    let t = Instant::now();
+    let (s, v) = nodes[2].post("/v1/egress", &huge);
+    assert_eq!((s, v["error"]["code"].as_str(), v["error"]["reason"].as_str()), (503, Some("no_capacity"), Some("cpu")), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(2), "a full fleet answers without retrying: {:?}", t.elapsed());
+
+    // Stop the rest through node 0; everything ends complete.
+    for (id, _) in &placed[2..] {
+        let (s, v) = nodes[0].post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+        assert_eq!(s, 200, "{v}");
+    }
+    for (id, _) in &placed[2..] {
+        assert_eq!(nodes[1].wait_status(id, &["complete", "failed", "aborted"], Duration::from_secs(30))["status"], "complete");
+    }
+    let (_, text) = nodes[0].raw("GET", "/metrics", None, &[]);
+    assert!(text.contains("egress_placements_total{outcome=\"placed\"}"), "{text}");
+    assert!(text.contains("egress_placements_total{outcome=\"failed\"}"), "{text}");
+}
+
+#[test]
+fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
+    let redis = Redis::start();
+    let dirs: Vec<Dirs> = (0..3).map(|_| Dirs::new()).collect();
+    let mut nodes = start_fleet(&redis, &dirs);
+    let victim_id = nodes[2].node_id.clone();
+    let survivors = [nodes[0].base.clone(), nodes[1].base.clone()];
+    let token = nodes[0].token.clone();
+
+    // 6 clients x 3 jobs, sent to the two nodes that survive; node 2 is killed after the 4th 201.
+    let (tx, rx) = mpsc::channel::<(u16, Value)>();
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let tx = tx.clone();
+        let base = survivors[c % 2].clone();
+        let token = token.clone();
+        clients.push(std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            for j in 0..3 {
+                let mut r = agent.post(format!("{base}/v1/egress"));
+                if let Some(t) = &token {
+                    r = r.header("authorization", format!("Bearer {t}"));
+                }
+                let body = audio_job(&format!("burst-{c}-{j}.ogg"));
+                let (s, v) = match r.send_json(&body) {
+                    Ok(mut resp) => {
+                        let s = resp.status().as_u16();
+                        (s, resp.body_mut().read_json::<Value>().unwrap_or(Value::Null))
+                    }
+                    Err(e) => (0, Value::String(e.to_string())),
+                };
+                let _ = tx.send((s, v));
+            }
+        }));
+    }
+    drop(tx);
+    let mut answers = Vec::new();
+    let mut killed = false;
+    for a in rx.iter() {
+        answers.push(a);
+        if !killed && answers.iter().filter(|(s, _)| *s == 201).count() >= 4 {
+            nodes[2].signal(libc::SIGKILL);
+            killed = true;
+        }
+    }
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    assert!(killed, "the burst ended before 4 jobs were placed: {answers:?}");
+    nodes[2].wait_exit(Duration::from_secs(10));
+
+    // Every request was placed, each under its own id.
+    for (s, v) in &answers {
+        assert_eq!(*s, 201, "{v}\n--- node 0 ---\n{}\n--- node 1 ---\n{}", nodes[0].log(), nodes[1].log());
+    }
+    let ids: Vec<String> = answers.iter().map(|(_, v)| v["egress_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "an egress id was given twice: {ids:?}");
+
+    // Once the dead node's registration has expired, the fleet is the two survivors...
+    wait_for(Duration::from_secs(10), "the killed node to leave the registry", || {
+        let (_, v) = nodes[0].get("/v1/fleet/nodes");
+        (v["nodes"].as_array().unwrap().len() == 2).then_some(())
+    });
+    // ...the orphaned handlers of the dead node have finished on their own...
+    wait_for(Duration::from_secs(60), "the dead node's handlers to exit", || {
+        let list = fleet_list(&nodes[0], "");
+        let theirs: Vec<String> = list
+            .iter()
+            .filter(|e| e["node_id"] == victim_id.as_str())
+            .map(|e| e["egress_id"].as_str().unwrap().to_string())
+            .collect();
+        handlers_running(&theirs).is_empty().then_some(())
+    });
+    // ...and every placed egress has exactly one record: live ones on a live node with exactly
+    // one handler, the dead node's ones reported aborted ("Node lost").
+    for via in [&nodes[0], &nodes[1]] {
+        let list = fleet_list(via, "");
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for e in &list {
+            *count.entry(e["egress_id"].as_str().unwrap()).or_default() += 1;
+        }
+        let running = handlers_running(&ids);
+        for id in &ids {
+            assert_eq!(count.get(id.as_str()), Some(&1), "{id} in the list of {}: {list:?}", via.node_id);
+            let e = list.iter().find(|e| e["egress_id"] == id.as_str()).unwrap();
+            if e["node_id"] == victim_id.as_str() {
+                assert_eq!((e["status"].as_str(), e["end_reason"].as_str()), (Some("aborted"), Some("Node lost")), "{e}");
+            } else {
+                assert!(["starting", "active"].contains(&e["status"].as_str().unwrap()), "{e}");
+                assert_eq!(running.get(id.as_str()), Some(&1), "{id} handlers: {running:?}");
+            }
+        }
+    }
+    // Admission on the survivors counts exactly the live jobs.
+    let live = fleet_list(&nodes[0], "?status=starting,active");
+    let admitted: u64 = nodes[..2].iter().map(|n| n.get("/v1/node").1["types"]["track"]["active"].as_u64().unwrap()).sum();
+    assert_eq!(admitted as usize, live.len(), "{live:?}");
+
+    for e in &live {
+        let id = e["egress_id"].as_str().unwrap();
+        let (s, v) = nodes[1].post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+        assert_eq!(s, 200, "{v}");
+    }
+    for e in &live {
+        let id = e["egress_id"].as_str().unwrap();
+        assert_eq!(nodes[0].wait_status(id, &["complete", "failed", "aborted"], Duration::from_secs(30))["status"], "complete");
+    }
+    nodes.truncate(2);
+}
