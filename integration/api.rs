@@ -167,6 +167,11 @@ fn openapi_lists_every_route_and_metrics_count_egresses() {
     let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "m.mkv"));
     assert_error(s, &v, 409, "output_exists");
     svc.wait_active(&id);
+    // Let some media reach the file first: a kill keeps what was written.
+    let path = dirs.output().join("m.mkv");
+    wait_for(Duration::from_secs(20), "media in the file", || {
+        (std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 20_000).then_some(())
+    });
     let (s, _) = svc.post(&format!("/v1/egress/{id}/kill"), &Value::Null);
     assert_eq!(s, 200);
     let done = svc.wait_status(&id, &["aborted", "failed"], Duration::from_secs(20));

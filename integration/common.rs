@@ -96,11 +96,25 @@ pub struct Service {
 
 /// A config for tests: loopback port 0, the given dirs, small defaults, plus `extra` YAML sections.
 pub fn test_config(dirs: &Dirs, extra: &str) -> String {
-    format!(
-        "server: {{ listen: \"127.0.0.1:0\" }}\nstorage: {{ output_dir: \"{}\", state_dir: \"{}\" }}\nlog: {{ level: debug }}\n{extra}\n",
-        dirs.output().display(),
-        dirs.state().display()
-    )
+    let mut cfg = format!("storage: {{ output_dir: \"{}\", state_dir: \"{}\" }}\n", dirs.output().display(), dirs.state().display());
+    // Defaults for sections the test does not set itself. A test machine has 2 cores, so a
+    // large nominal capacity keeps admission and overload out of tests that are not about them;
+    // a short reserved MP4 index keeps test files small.
+    let defaults = [
+        ("server:", "server: { listen: \"127.0.0.1:0\" }"),
+        ("log:", "log: { level: debug }"),
+        ("cpu:", "cpu: { capacity: 64 }"),
+        ("pipeline:", "pipeline: { mp4_reserved_max_duration_s: 600 }"),
+    ];
+    for (key, line) in defaults {
+        if !extra.lines().any(|l| l.starts_with(key)) {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+    }
+    cfg.push_str(extra);
+    cfg.push('\n');
+    cfg
 }
 
 impl Service {
