@@ -21,7 +21,13 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { egress_type: "participant".into(), ns: vec![1, 4, 8], seconds: 10, width: 1280, height: 720 };
+    let mut a = Args {
+        egress_type: "participant".into(),
+        ns: vec![1, 4, 8],
+        seconds: 10,
+        width: 1280,
+        height: 720,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -43,7 +49,11 @@ fn sources(t: &str) -> Vec<&'static str> {
     match t {
         "track" => vec!["test://video?pattern=ball"],
         "track_composite" => vec!["test://video?pattern=ball", "test://audio?wave=sine"],
-        "room_composite" => vec!["test://av?pattern=ball", "test://av?pattern=smpte", "test://av?pattern=snow"],
+        "room_composite" => vec![
+            "test://av?pattern=ball",
+            "test://av?pattern=smpte",
+            "test://av?pattern=snow",
+        ],
         _ => vec!["test://av?pattern=ball"],
     }
 }
@@ -59,10 +69,13 @@ fn request(a: &Args, filename: &str) -> Value {
 
 /// CPU seconds (user + system) of one process, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
     // SAFETY: sysconf is a plain query.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
@@ -70,8 +83,16 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
@@ -121,17 +142,34 @@ impl Engine {
             .spawn()
             .context("start egress-engine")?;
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().context("stdout")?), &mut line)?;
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
         let v: Value = serde_json::from_str(&line).context("listening line")?;
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        Ok(Engine { child, base: format!("http://{}", v["listening"].as_str().unwrap_or_default()), agent })
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Engine {
+            child,
+            base: format!("http://{}", v["listening"].as_str().unwrap_or_default()),
+            agent,
+        })
     }
 
     fn call(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
         let url = format!("{}{}", self.base, path);
-        let mut r = if method == "GET" { self.agent.get(&url).call()? } else { self.agent.post(&url).send_json(body)? };
+        let mut r = if method == "GET" {
+            self.agent.get(&url).call()?
+        } else {
+            self.agent.post(&url).send_json(body)?
+        };
         let s = r.status().as_u16();
-        Ok((s, serde_json::from_str(&r.body_mut().read_to_string()?).unwrap_or(Value::Null)))
+        Ok((
+            s,
+            serde_json::from_str(&r.body_mut().read_to_string()?).unwrap_or(Value::Null),
+        ))
     }
 }
 
@@ -152,7 +190,8 @@ fn run_engine(bin: &Path, a: &Args, n: usize) -> Result<(Vec<f64>, f64, f64)> {
                 let eng = &eng;
                 s.spawn(move || -> Result<(String, f64)> {
                     let t0 = Instant::now();
-                    let (st, v) = eng.call("POST", "/v1/egress", &request(a, &format!("e{i}.mp4")))?;
+                    let (st, v) =
+                        eng.call("POST", "/v1/egress", &request(a, &format!("e{i}.mp4")))?;
                     if st != 201 {
                         bail!("start answered {st}: {v}");
                     }
@@ -170,7 +209,10 @@ fn run_engine(bin: &Path, a: &Args, n: usize) -> Result<(Vec<f64>, f64, f64)> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("thread panicked"))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("thread panicked")))
+            .collect()
     });
     let mut ids = Vec::new();
     let mut lat = Vec::new();
@@ -196,7 +238,11 @@ fn run_engine(bin: &Path, a: &Args, n: usize) -> Result<(Vec<f64>, f64, f64)> {
 fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let schemes = vec!["test".to_string()];
-    let ctx = ValidationContext { output_dir: dir.path(), state_dir: dir.path(), allowed_schemes: &schemes };
+    let ctx = ValidationContext {
+        output_dir: dir.path(),
+        state_dir: dir.path(),
+        allowed_schemes: &schemes,
+    };
     let opts = PipelineOptions {
         x264_speed_preset: "veryfast".into(),
         mp4_moov_update_period_s: 1.0,
@@ -205,7 +251,9 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     let mut children = Vec::new();
     for i in 0..n {
         let req: EgressRequest = serde_json::from_value(request(a, &format!("g{i}.mp4")))?;
-        let spec = req.validate("EG_benchbaseline", &ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let spec = req
+            .validate("EG_benchbaseline", &ctx)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let line = egress_engine::pipeline::launch_line(&spec, &opts);
         let child = Command::new("sh")
             .arg("-c")
@@ -230,18 +278,30 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    let bin = PathBuf::from(std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()));
+    let bin = PathBuf::from(
+        std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()),
+    );
     println!(
         "bench: type={} {}x{}@30, {} s measured per run, {} cores on this machine",
         a.egress_type,
         a.width,
         a.height,
         a.seconds,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     println!(
         "{:>3} | {:>9} {:>9} | {:>11} {:>11} {:>7} | {:>10} {:>10} {:>7}",
-        "N", "start p50", "start p95", "engine cpu", "gst cpu", "ratio", "engine rss", "gst rss", "ratio"
+        "N",
+        "start p50",
+        "start p95",
+        "engine cpu",
+        "gst cpu",
+        "ratio",
+        "engine rss",
+        "gst rss",
+        "ratio"
     );
     for &n in &a.ns {
         let (mut lat, ecpu, erss) = run_engine(&bin, &a, n)?;

@@ -81,7 +81,16 @@ impl Drop for Proc {
 fn start_redis() -> Result<(Proc, u16)> {
     let port = free_port()?;
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -92,7 +101,10 @@ fn start_redis() -> Result<(Proc, u16)> {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let mut buf = [0u8; 16];
             s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read(&mut buf)
+                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            {
                 return Ok((p, port));
             }
         }
@@ -109,7 +121,14 @@ struct Node {
     node_id: String,
 }
 
-fn start_node(bin: &Path, dir: &Path, i: usize, mode: &str, redis_port: u16, capacity: f64) -> Result<Node> {
+fn start_node(
+    bin: &Path,
+    dir: &Path,
+    i: usize,
+    mode: &str,
+    redis_port: u16,
+    capacity: f64,
+) -> Result<Node> {
     let d = dir.join(format!("node{i}"));
     std::fs::create_dir_all(&d)?;
     let cfg = d.join("node.yaml");
@@ -137,8 +156,12 @@ fn start_node(bin: &Path, dir: &Path, i: usize, mode: &str, redis_port: u16, cap
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     let proc = Proc(child);
-    let v: Value = serde_json::from_str(&line)
-        .with_context(|| format!("node {i} did not start; see {}", d.join("node.log").display()))?;
+    let v: Value = serde_json::from_str(&line).with_context(|| {
+        format!(
+            "node {i} did not start; see {}",
+            d.join("node.log").display()
+        )
+    })?;
     Ok(Node {
         proc,
         base: format!("http://{}", v["listening"].as_str().unwrap_or_default()),
@@ -155,7 +178,10 @@ fn agent() -> ureq::Agent {
 }
 
 fn get(agent: &ureq::Agent, url: &str) -> Result<Value> {
-    Ok(serde_json::from_str(&agent.get(url).call()?.body_mut().read_to_string()?).unwrap_or(Value::Null))
+    Ok(
+        serde_json::from_str(&agent.get(url).call()?.body_mut().read_to_string()?)
+            .unwrap_or(Value::Null),
+    )
 }
 
 /// One start request as the client saw it.
@@ -174,7 +200,9 @@ fn server_timing(h: &str) -> (Option<f64>, Option<f64>) {
     let mut total = None;
     for part in h.split(',') {
         let mut it = part.trim().split(";dur=");
-        let (Some(name), Some(dur)) = (it.next(), it.next()) else { continue };
+        let (Some(name), Some(dur)) = (it.next(), it.next()) else {
+            continue;
+        };
         let v = dur.trim().parse::<f64>().ok();
         match name {
             "decide" => decide = v,
@@ -251,7 +279,10 @@ fn burst(a: &Args, nodes: &[Node]) -> Vec<Outcome> {
             })
         })
         .collect();
-    threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect()
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap_or_default())
+        .collect()
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -276,10 +307,15 @@ fn lat_line(name: &str, mut v: Vec<f64>) -> String {
 /// Stops every job on the node that runs it, then interrupts the nodes (they exit when idle).
 fn teardown(nodes: Vec<Node>, outcomes: &[Outcome]) {
     let agent = agent();
-    let by_id: BTreeMap<&str, &str> = nodes.iter().map(|n| (n.node_id.as_str(), n.base.as_str())).collect();
+    let by_id: BTreeMap<&str, &str> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.base.as_str()))
+        .collect();
     for o in outcomes.iter().filter(|o| o.status == 201) {
         if let Some(base) = by_id.get(o.node_id.as_str()) {
-            let _ = agent.post(format!("{base}/v1/egress/{}/stop", o.egress_id)).send_json(json!({}));
+            let _ = agent
+                .post(format!("{base}/v1/egress/{}/stop", o.egress_id))
+                .send_json(json!({}));
         }
     }
     for n in &nodes {
@@ -296,7 +332,9 @@ fn teardown(nodes: Vec<Node>, outcomes: &[Outcome]) {
 }
 
 fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("bench-placement-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-placement-")
+        .tempdir()?;
     let (_redis, port) = start_redis()?;
     let mut nodes = Vec::new();
     for i in 0..a.nodes {
@@ -320,21 +358,33 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
     let wall = t0.elapsed();
 
     let placed: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == 201).collect();
-    let mut per_node: BTreeMap<&str, usize> = nodes.iter().map(|n| (n.node_id.as_str(), 0)).collect();
+    let mut per_node: BTreeMap<&str, usize> =
+        nodes.iter().map(|n| (n.node_id.as_str(), 0)).collect();
     for o in &placed {
         *per_node.entry(o.node_id.as_str()).or_default() += 1;
     }
     let counts: Vec<usize> = per_node.values().copied().collect();
-    let (max, min) = (counts.iter().max().copied().unwrap_or(0), counts.iter().min().copied().unwrap_or(0));
+    let (max, min) = (
+        counts.iter().max().copied().unwrap_or(0),
+        counts.iter().min().copied().unwrap_or(0),
+    );
     let used = counts.iter().filter(|c| **c > 0).count();
     let budget = a.capacity * 0.8;
     let per_node_cap = ((budget + 1e-9) / a.cpu).floor().max(1.0) as usize;
-    let partly = counts.iter().filter(|c| **c > 0 && **c < per_node_cap).count();
+    let partly = counts
+        .iter()
+        .filter(|c| **c > 0 && **c < per_node_cap)
+        .count();
     let fewest = placed.len().div_ceil(per_node_cap);
     let mut sorted = counts.clone();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
 
-    println!("mode {mode}: {} of {} placed in {:.0} ms", placed.len(), a.jobs, wall.as_secs_f64() * 1000.0);
+    println!(
+        "mode {mode}: {} of {} placed in {:.0} ms",
+        placed.len(),
+        a.jobs,
+        wall.as_secs_f64() * 1000.0
+    );
     println!(
         "  jobs per node   {:?}  (max - min = {}, nodes used {}/{}, partly filled {}, fewest possible {}, {} fit per node)",
         sorted,
@@ -345,9 +395,24 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
         fewest,
         per_node_cap
     );
-    println!("  {}", lat_line("client POST", placed.iter().map(|o| o.client_ms).collect()));
-    println!("  {}", lat_line("placer decide", placed.iter().filter_map(|o| o.decide_ms).collect()));
-    println!("  {}", lat_line("placer total", placed.iter().filter_map(|o| o.total_ms).collect()));
+    println!(
+        "  {}",
+        lat_line("client POST", placed.iter().map(|o| o.client_ms).collect())
+    );
+    println!(
+        "  {}",
+        lat_line(
+            "placer decide",
+            placed.iter().filter_map(|o| o.decide_ms).collect()
+        )
+    );
+    println!(
+        "  {}",
+        lat_line(
+            "placer total",
+            placed.iter().filter_map(|o| o.total_ms).collect()
+        )
+    );
     let refused = outcomes.len() - placed.len();
     if refused > 0 {
         println!("  {refused} requests were not placed");
@@ -358,9 +423,14 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = parse_args()?;
-    let bin = PathBuf::from(std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()));
+    let bin = PathBuf::from(
+        std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()),
+    );
     if !bin.is_file() {
-        bail!("{} not found: build it with cargo build --release", bin.display());
+        bail!(
+            "{} not found: build it with cargo build --release",
+            bin.display()
+        );
     }
     println!(
         "bench-placement: {} nodes (cpu.capacity {}), burst of {} track jobs (estimated_cpu {}) from {} concurrent clients \
@@ -370,7 +440,9 @@ fn main() -> Result<()> {
         a.jobs,
         a.cpu,
         a.concurrency,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     for mode in a.modes.clone() {
         run_mode(&a, &bin, &mode)?;

@@ -8,7 +8,9 @@ use serde_json::Value;
 use crate::common::*;
 
 fn handler_processes(egress_ids: &[String]) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     dir.flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).to_string())
@@ -18,20 +20,30 @@ fn handler_processes(egress_ids: &[String]) -> usize {
 
 fn output_files(dirs: &Dirs) -> Vec<String> {
     std::fs::read_dir(dirs.output())
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 #[test]
 fn type_limit_refuses_a_third_participant_until_one_stops() {
     let dirs = Dirs::new();
-    let svc = Service::start(&dirs, "cpu: { capacity: 64 }\nlimits: { max_concurrent_participant: 2 }");
+    let svc = Service::start(
+        &dirs,
+        "cpu: { capacity: 64 }\nlimits: { max_concurrent_participant: 2 }",
+    );
     let a = svc.start_egress(&request("participant", &["test://av"], "a.mkv"));
     let b = svc.start_egress(&request("participant", &["test://av"], "b.mkv"));
     svc.wait_active(&a);
     svc.wait_active(&b);
 
-    let (s, v) = svc.post("/v1/egress", &request("participant", &["test://av"], "c.mkv"));
+    let (s, v) = svc.post(
+        "/v1/egress",
+        &request("participant", &["test://av"], "c.mkv"),
+    );
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "no_capacity");
     assert_eq!(v["error"]["reason"], "type_limit");
@@ -56,10 +68,16 @@ fn type_limit_refuses_a_third_participant_until_one_stops() {
         svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
     }
     for id in [&b, &c, &t] {
-        assert_eq!(svc.wait_status(id, &["complete", "failed"], Duration::from_secs(30))["status"], "complete");
+        assert_eq!(
+            svc.wait_status(id, &["complete", "failed"], Duration::from_secs(30))["status"],
+            "complete"
+        );
     }
     let text = svc.raw("GET", "/metrics", None, &[]).1;
-    assert!(text.contains("egress_admissions_total{outcome=\"type_limit\",type=\"participant\"} 1"), "{text}");
+    assert!(
+        text.contains("egress_admissions_total{outcome=\"type_limit\",type=\"participant\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -69,12 +87,24 @@ fn cpu_budget_refuses_once_costs_fill_it() {
     let svc = Service::start(&dirs, "cpu: { capacity: 1, pending_hold_ms: 60000 }");
     let (_, node) = svc.get("/v1/node");
     assert_eq!(node["capacity_cores"], 1.0, "{node}");
-    assert!((node["available_cpu"].as_f64().unwrap() - 0.8).abs() < 1e-9, "{node}");
+    assert!(
+        (node["available_cpu"].as_f64().unwrap() - 0.8).abs() < 1e-9,
+        "{node}"
+    );
 
-    let (s, v) = svc.post("/v1/egress", &request("participant", &["test://av"], "p.mkv"));
+    let (s, v) = svc.post(
+        "/v1/egress",
+        &request("participant", &["test://av"], "p.mkv"),
+    );
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["reason"], "cpu");
-    assert!(v["error"]["message"].as_str().unwrap().contains("participant"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("participant"),
+        "{v}"
+    );
 
     let first = svc.start_egress(&request("track", &["test://video"], "t1.mkv"));
     let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "t2.mkv"));
@@ -87,11 +117,19 @@ fn cpu_budget_refuses_once_costs_fill_it() {
     let third = svc.start_egress(&small);
 
     let (_, list) = svc.get("/v1/egress");
-    let ids: Vec<String> = list["egresses"].as_array().unwrap().iter().map(|e| e["egress_id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = list["egresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["egress_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 2, "{list}");
     assert_eq!(handler_processes(&ids), 2);
     let files = output_files(&dirs);
-    assert!(!files.contains(&"t2.mkv".to_string()) && !files.contains(&"p.mkv".to_string()), "{files:?}");
+    assert!(
+        !files.contains(&"t2.mkv".to_string()) && !files.contains(&"p.mkv".to_string()),
+        "{files:?}"
+    );
 
     svc.wait_active(&first);
     svc.post(&format!("/v1/egress/{first}/kill"), &Value::Null);

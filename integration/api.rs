@@ -11,7 +11,12 @@ use crate::common::*;
 fn assert_error(status: u16, v: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{v}");
     assert_eq!(v["error"]["code"], want_code, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
 }
 
 #[test]
@@ -20,7 +25,12 @@ fn bad_requests_get_clear_4xx_and_leave_nothing_behind() {
     let svc = Service::start(&dirs, "");
     let ok = request("track", &["test://video"], "x.mp4");
 
-    let (s, t) = svc.raw("POST", "/v1/egress", Some(b"{not json"), &[("content-type", "application/json")]);
+    let (s, t) = svc.raw(
+        "POST",
+        "/v1/egress",
+        Some(b"{not json"),
+        &[("content-type", "application/json")],
+    );
     assert_error(s, &serde_json::from_str(&t).unwrap(), 400, "bad_json");
     let (s, t) = svc.raw("POST", "/v1/egress", Some(b""), &[]);
     assert_error(s, &serde_json::from_str(&t).unwrap(), 400, "bad_json");
@@ -35,17 +45,32 @@ fn bad_requests_get_clear_4xx_and_leave_nothing_behind() {
     let (s, v) = svc.post("/v1/egress", &bad_type);
     assert_error(s, &v, 400, "unknown_type");
 
-    let (s, v) = svc.post("/v1/egress", &request("track", &["file:///etc/passwd"], "x.mp4"));
+    let (s, v) = svc.post(
+        "/v1/egress",
+        &request("track", &["file:///etc/passwd"], "x.mp4"),
+    );
     assert_error(s, &v, 400, "scheme_not_allowed");
 
-    for name in ["../escape.mp4", "/tmp/abs.mp4", "a/../../b.mp4", "noext", "x.avi"] {
+    for name in [
+        "../escape.mp4",
+        "/tmp/abs.mp4",
+        "a/../../b.mp4",
+        "noext",
+        "x.avi",
+    ] {
         let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], name));
         assert_error(s, &v, 400, "invalid_field");
         assert_eq!(v["error"]["field"], "output.file.filename", "{name}: {v}");
     }
-    let (s, v) = svc.post("/v1/egress", &request("participant", &["test://video"], "x.mp4"));
+    let (s, v) = svc.post(
+        "/v1/egress",
+        &request("participant", &["test://video"], "x.mp4"),
+    );
     assert_error(s, &v, 400, "invalid_field");
-    let (s, v) = svc.post("/v1/egress", &request("track", &["test://video?pattern=nope"], "x.mp4"));
+    let (s, v) = svc.post(
+        "/v1/egress",
+        &request("track", &["test://video?pattern=nope"], "x.mp4"),
+    );
     assert_error(s, &v, 400, "invalid_field");
     let mut bad_video = ok.clone();
     bad_video["video"]["width"] = json!(100000);
@@ -57,8 +82,18 @@ fn bad_requests_get_clear_4xx_and_leave_nothing_behind() {
     assert_error(s, &v, 400, "bad_json");
 
     let big = vec![b' '; 70 * 1024];
-    let (s, t) = svc.raw("POST", "/v1/egress", Some(&big), &[("content-type", "application/json")]);
-    assert_error(s, &serde_json::from_str(&t).unwrap(), 413, "payload_too_large");
+    let (s, t) = svc.raw(
+        "POST",
+        "/v1/egress",
+        Some(&big),
+        &[("content-type", "application/json")],
+    );
+    assert_error(
+        s,
+        &serde_json::from_str(&t).unwrap(),
+        413,
+        "payload_too_large",
+    );
 
     let (s, v) = svc.get("/v1/egress/EG_doesnotexist");
     assert_error(s, &v, 404, "not_found");
@@ -69,39 +104,77 @@ fn bad_requests_get_clear_4xx_and_leave_nothing_behind() {
     let (s, v) = svc.get("/v1/nothing-here");
     assert_error(s, &v, 404, "not_found");
     let (s, t) = svc.raw("DELETE", "/v1/egress", None, &[]);
-    assert_error(s, &serde_json::from_str(&t).unwrap(), 405, "method_not_allowed");
+    assert_error(
+        s,
+        &serde_json::from_str(&t).unwrap(),
+        405,
+        "method_not_allowed",
+    );
     let (s, v) = svc.get("/v1/egress?status=dancing");
     assert_error(s, &v, 400, "bad_query");
 
     // Malformed bodies of every shape: never a 5xx, and the service stays up.
     let junk: [&[u8]; 8] = [
-        b"null", b"[]", b"42", b"\"s\"", b"{\"type\": null}", b"{\"sources\": {}}",
-        b"\xff\xfe\x00", b"{\"type\":\"track\",\"sources\":[{\"uri\":\"test://video\"}],\"output\":{}}",
+        b"null",
+        b"[]",
+        b"42",
+        b"\"s\"",
+        b"{\"type\": null}",
+        b"{\"sources\": {}}",
+        b"\xff\xfe\x00",
+        b"{\"type\":\"track\",\"sources\":[{\"uri\":\"test://video\"}],\"output\":{}}",
     ];
     for body in junk {
-        let (s, _) = svc.raw("POST", "/v1/egress", Some(body), &[("content-type", "application/json")]);
-        assert!((400..500).contains(&s), "{:?} -> {s}", String::from_utf8_lossy(body));
+        let (s, _) = svc.raw(
+            "POST",
+            "/v1/egress",
+            Some(body),
+            &[("content-type", "application/json")],
+        );
+        assert!(
+            (400..500).contains(&s),
+            "{:?} -> {s}",
+            String::from_utf8_lossy(body)
+        );
     }
     assert_eq!(svc.get("/healthz").0, 200);
 
     // Nothing was left behind: no record, no file.
     let (_, list) = svc.get("/v1/egress");
     assert_eq!(list["egresses"].as_array().unwrap().len(), 0, "{list}");
-    let files: Vec<_> = std::fs::read_dir(dirs.output()).map(|d| d.flatten().collect()).unwrap_or_default();
+    let files: Vec<_> = std::fs::read_dir(dirs.output())
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(files.is_empty(), "{files:?}");
 }
 
 #[test]
 fn token_protects_the_api_but_not_the_probes() {
     let dirs = Dirs::new();
-    let svc = Service::start(&dirs, "server: { listen: \"127.0.0.1:0\", api_token: \"s3cret\" }");
-    let (s, t) = svc.raw("GET", "/v1/egress", None, &[("authorization", "Bearer wrong")]);
+    let svc = Service::start(
+        &dirs,
+        "server: { listen: \"127.0.0.1:0\", api_token: \"s3cret\" }",
+    );
+    let (s, t) = svc.raw(
+        "GET",
+        "/v1/egress",
+        None,
+        &[("authorization", "Bearer wrong")],
+    );
     assert_error(s, &serde_json::from_str(&t).unwrap(), 401, "unauthorized");
     let (s, t) = svc.raw("GET", "/metrics", None, &[("authorization", "Basic x")]);
     assert_eq!(s, 401, "{t}");
     assert_eq!(svc.get("/v1/egress").0, 200);
-    assert_eq!(svc.raw("GET", "/healthz", None, &[("authorization", "nope")]).0, 200);
-    assert_eq!(svc.raw("GET", "/readyz", None, &[("authorization", "nope")]).0, 200);
+    assert_eq!(
+        svc.raw("GET", "/healthz", None, &[("authorization", "nope")])
+            .0,
+        200
+    );
+    assert_eq!(
+        svc.raw("GET", "/readyz", None, &[("authorization", "nope")])
+            .0,
+        200
+    );
 }
 
 #[test]
@@ -115,7 +188,11 @@ fn invalid_config_fails_at_start_naming_the_key() {
         ("storage: { output_dirr: x }", "output_dirr"),
     ] {
         std::fs::write(&cfg, yaml).unwrap();
-        let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{yaml}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{yaml}: {err}");
@@ -134,7 +211,11 @@ fn invalid_config_fails_at_start_naming_the_key() {
         .env("EGRESS__SERVER__LISTEN", "127.0.0.1:9999")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["server"]["listen"], "127.0.0.1:9999");
     assert_eq!(v["limits"]["max_concurrent_track"], 3);
@@ -149,17 +230,36 @@ fn openapi_lists_every_route_and_metrics_count_egresses() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for p in [
-        "/v1/egress", "/v1/egress/{id}", "/v1/egress/{id}/stop", "/v1/egress/{id}/kill", "/v1/node",
-        "/v1/node/drain", "/v1/affinity", "/v1/fleet/nodes", "/healthz", "/readyz", "/metrics",
+        "/v1/egress",
+        "/v1/egress/{id}",
+        "/v1/egress/{id}/stop",
+        "/v1/egress/{id}/kill",
+        "/v1/node",
+        "/v1/node/drain",
+        "/v1/affinity",
+        "/v1/fleet/nodes",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
-        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
         let concrete = p.replace("{id}", "EG_aaaaaaaaaaaa");
-        let method = if paths[p].get("get").is_some() { "GET" } else { "POST" };
+        let method = if paths[p].get("get").is_some() {
+            "GET"
+        } else {
+            "POST"
+        };
         if p == "/v1/node/drain" {
             continue; // answering it would drain this node
         }
         let (s, t) = svc.raw(method, &concrete, Some(b"{}"), &[]);
-        assert!(s != 405 && !(s == 404 && t.contains("no route")), "{method} {p} -> {s} {t}");
+        assert!(
+            s != 405 && !(s == 404 && t.contains("no route")),
+            "{method} {p} -> {s} {t}"
+        );
     }
 
     let id = svc.start_egress(&request("track", &["test://video"], "m.mkv"));
@@ -177,10 +277,25 @@ fn openapi_lists_every_route_and_metrics_count_egresses() {
     let done = svc.wait_status(&id, &["aborted", "failed"], Duration::from_secs(20));
     assert_eq!(done["status"], "aborted");
     assert_eq!(done["end_reason"], "KillEgress API");
-    assert!(decoded(std::path::Path::new(done["files"][0]["location"].as_str().unwrap())).video_frames > 0);
+    assert!(
+        decoded(std::path::Path::new(
+            done["files"][0]["location"].as_str().unwrap()
+        ))
+        .video_frames
+            > 0
+    );
     let (s, text) = svc.raw("GET", "/metrics", None, &[]);
     assert_eq!(s, 200);
-    assert!(text.contains("egress_egresses{status=\"aborted\",type=\"track\"} 1"), "{text}");
-    assert!(text.contains("egress_results_total{reason=\"KillEgress API\",type=\"track\"} 1"), "{text}");
-    assert!(text.contains("egress_process_memory_bytes{process=\"service\"}"), "{text}");
+    assert!(
+        text.contains("egress_egresses{status=\"aborted\",type=\"track\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("egress_results_total{reason=\"KillEgress API\",type=\"track\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("egress_process_memory_bytes{process=\"service\"}"),
+        "{text}"
+    );
 }

@@ -72,7 +72,12 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
-        Dirs { root: tempfile::Builder::new().prefix("egress-it-").tempdir().expect("tempdir") }
+        Dirs {
+            root: tempfile::Builder::new()
+                .prefix("egress-it-")
+                .tempdir()
+                .expect("tempdir"),
+        }
     }
     pub fn output(&self) -> PathBuf {
         self.root.path().join("out")
@@ -96,7 +101,11 @@ pub struct Service {
 
 /// A config for tests: loopback port 0, the given dirs, small defaults, plus `extra` YAML sections.
 pub fn test_config(dirs: &Dirs, extra: &str) -> String {
-    let mut cfg = format!("storage: {{ output_dir: \"{}\", state_dir: \"{}\" }}\n", dirs.output().display(), dirs.state().display());
+    let mut cfg = format!(
+        "storage: {{ output_dir: \"{}\", state_dir: \"{}\" }}\n",
+        dirs.output().display(),
+        dirs.state().display()
+    );
     // Defaults for sections the test does not set itself. A test machine has 2 cores, so a
     // large nominal capacity keeps admission and overload out of tests that are not about them;
     // a short reserved MP4 index keeps test files small.
@@ -104,7 +113,10 @@ pub fn test_config(dirs: &Dirs, extra: &str) -> String {
         ("server:", "server: { listen: \"127.0.0.1:0\" }"),
         ("log:", "log: { level: debug }"),
         ("cpu:", "cpu: { capacity: 64 }"),
-        ("pipeline:", "pipeline: { mp4_reserved_max_duration_s: 600 }"),
+        (
+            "pipeline:",
+            "pipeline: { mp4_reserved_max_duration_s: 600 }",
+        ),
     ];
     for (key, line) in defaults {
         if !extra.lines().any(|l| l.starts_with(key)) {
@@ -132,8 +144,15 @@ impl Service {
         Self::launch(dirs, &test_config(dirs, extra), &[], None)
     }
 
-    fn launch(dirs: &Dirs, config_yaml: &str, env: &[(&str, &str)], cpu: Option<CpuGuard>) -> Service {
-        let n = std::fs::read_dir(dirs.root.path()).map(|d| d.count()).unwrap_or(0);
+    fn launch(
+        dirs: &Dirs,
+        config_yaml: &str,
+        env: &[(&str, &str)],
+        cpu: Option<CpuGuard>,
+    ) -> Service {
+        let n = std::fs::read_dir(dirs.root.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let cfg_path = dirs.root.path().join(format!("config-{n}.yaml"));
         std::fs::write(&cfg_path, config_yaml).expect("write config");
         let log_path = dirs.root.path().join(format!("service-{n}.log"));
@@ -162,14 +181,21 @@ impl Service {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!("service did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                panic!(
+                    "service did not start: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
         };
         let v: Value = serde_json::from_str(&line).expect("listening line");
         let token = config_yaml
             .lines()
             .find_map(|l| l.split("api_token:").nth(1))
-            .map(|s| s.trim().trim_matches(|c| c == '"' || c == '}' || c == ' ').to_string())
+            .map(|s| {
+                s.trim()
+                    .trim_matches(|c| c == '"' || c == '}' || c == ' ')
+                    .to_string()
+            })
             .filter(|s| !s.is_empty());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -196,18 +222,31 @@ impl Service {
     }
 
     fn auth(&self, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
-        if let Some(t) = &self.token {
-            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
-                headers.push(("authorization".into(), format!("Bearer {t}")));
-            }
+        if let Some(t) = &self.token
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
         }
         headers
     }
 
     /// Any request; returns status and body text.
-    pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> (u16, String) {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let url = format!("{}{}", self.base, path);
-        let headers = self.auth(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let headers = self.auth(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         let result = match method {
             "GET" => {
                 let mut r = self.agent.get(&url);
@@ -251,7 +290,12 @@ impl Service {
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let bytes = serde_json::to_vec(body).expect("json");
-        let (s, t) = self.raw("POST", path, Some(&bytes), &[("content-type", "application/json")]);
+        let (s, t) = self.raw(
+            "POST",
+            path,
+            Some(&bytes),
+            &[("content-type", "application/json")],
+        );
         (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
     }
 
@@ -277,7 +321,10 @@ impl Service {
                 return v;
             }
             if Instant::now() > deadline {
-                panic!("egress {id} not in {statuses:?} after {timeout:?}: {v}\n--- service log ---\n{}", self.log());
+                panic!(
+                    "egress {id} not in {statuses:?} after {timeout:?}: {v}\n--- service log ---\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -326,7 +373,8 @@ pub fn request(egress_type: &str, uris: &[&str], filename: &str) -> Value {
 pub fn discovered_duration(path: &Path) -> f64 {
     let info = egress_engine::media::discover(path, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
-    info.duration_s.unwrap_or_else(|| panic!("{} has no duration", path.display()))
+    info.duration_s
+        .unwrap_or_else(|| panic!("{} has no duration", path.display()))
 }
 
 /// Decodes the whole file; returns the report (panics if it does not decode).
@@ -336,6 +384,10 @@ pub fn decoded(path: &Path) -> egress_engine::media::DecodeReport {
 }
 
 pub fn append_line(path: &Path, line: &str) {
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open");
     writeln!(f, "{line}").expect("write");
 }

@@ -9,11 +9,18 @@ use serde_json::Value;
 use crate::common::*;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn file_path(v: &Value) -> PathBuf {
-    PathBuf::from(v["files"][0]["location"].as_str().unwrap_or_else(|| panic!("no file in {v}")))
+    PathBuf::from(
+        v["files"][0]["location"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no file in {v}")),
+    )
 }
 
 /// Records ~3 s, stops, and checks `complete`, the end reason, and the decoded duration.
@@ -28,14 +35,24 @@ fn record_and_check(egress_type: &str, uris: &[&str], filename: &str) {
     let stop_at = now_ms();
     let (s, v) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
     assert_eq!(s, 200, "{v}");
-    let done = svc.wait_status(&id, &["complete", "failed", "aborted"], Duration::from_secs(40));
+    let done = svc.wait_status(
+        &id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(40),
+    );
     assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
     assert_eq!(done["end_reason"], "StopEgress API");
     let recorded = (stop_at - started_at) as f64 / 1000.0;
     let path = file_path(&done);
-    assert!(path.starts_with(dirs.output().canonicalize().unwrap()), "{path:?}");
+    assert!(
+        path.starts_with(dirs.output().canonicalize().unwrap()),
+        "{path:?}"
+    );
     let d = discovered_duration(&path);
-    assert!((d - recorded).abs() <= 0.5, "{egress_type}: file lasts {d:.2} s, recorded {recorded:.2} s");
+    assert!(
+        (d - recorded).abs() <= 0.5,
+        "{egress_type}: file lasts {d:.2} s, recorded {recorded:.2} s"
+    );
     let reported = done["files"][0]["duration_s"].as_f64().expect("duration_s");
     assert!((reported - d).abs() < 0.01);
     assert!(done["files"][0]["size_bytes"].as_u64().unwrap() > 1000);
@@ -52,7 +69,10 @@ fn records_track() {
 fn records_track_composite() {
     record_and_check(
         "track_composite",
-        &["test://video?pattern=smpte", "test://audio?wave=sine&freq=440"],
+        &[
+            "test://video?pattern=smpte",
+            "test://audio?wave=sine&freq=440",
+        ],
         "tc.mkv",
     );
 }
@@ -64,14 +84,22 @@ fn records_participant() {
 
 #[test]
 fn records_participant_webm() {
-    record_and_check("participant", &["test://av?pattern=ball&freq=440"], "p.webm");
+    record_and_check(
+        "participant",
+        &["test://av?pattern=ball&freq=440"],
+        "p.webm",
+    );
 }
 
 #[test]
 fn records_room_composite() {
     record_and_check(
         "room_composite",
-        &["test://av?pattern=ball", "test://video?pattern=smpte", "test://av?pattern=snow&freq=220"],
+        &[
+            "test://av?pattern=ball",
+            "test://video?pattern=smpte",
+            "test://av?pattern=snow&freq=220",
+        ],
         "rooms/r.mp4",
     );
 }
@@ -93,14 +121,24 @@ fn killed_handler_fails_alone_and_its_file_still_decodes() {
     let killed_at = now_ms();
     // SAFETY: killing the handler the service launched for us.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let done = svc.wait_status(&a, &["failed", "complete", "aborted"], Duration::from_secs(20));
+    let done = svc.wait_status(
+        &a,
+        &["failed", "complete", "aborted"],
+        Duration::from_secs(20),
+    );
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["end_reason"], "Process killed");
-    assert!(done["error"].as_str().unwrap().contains("signal 9"), "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("signal 9"),
+        "{done}"
+    );
     let elapsed = (killed_at - started_at) as f64 / 1000.0;
     let report = decoded(&file_path(&done));
     let last = report.last_pts_s.expect("decoded media");
-    assert!(last >= elapsed - 2.0, "killed file decodes {last:.2} s of {elapsed:.2} s");
+    assert!(
+        last >= elapsed - 2.0,
+        "killed file decodes {last:.2} s of {elapsed:.2} s"
+    );
     // The other egress records on.
     assert_eq!(svc.egress(&b)["status"], "active");
     std::thread::sleep(Duration::from_millis(500));
@@ -118,7 +156,11 @@ fn max_duration_ends_as_limit_reached() {
     let mut req = request("track", &["test://video"], "limited.mp4");
     req["max_duration_s"] = Value::from(2.0);
     let id = svc.start_egress(&req);
-    let done = svc.wait_status(&id, &["limit_reached", "complete", "failed"], Duration::from_secs(30));
+    let done = svc.wait_status(
+        &id,
+        &["limit_reached", "complete", "failed"],
+        Duration::from_secs(30),
+    );
     assert_eq!(done["status"], "limit_reached", "{done}");
     assert_eq!(done["end_reason"], "Session limit reached");
     let d = discovered_duration(&file_path(&done));
@@ -147,7 +189,10 @@ fn records_survive_a_restart_and_a_killed_service_loses_nothing() {
     svc.wait_exit(Duration::from_secs(10));
 
     let svc2 = Service::start(&dirs, "");
-    assert_eq!(svc2.node_id, svc.node_id, "the node keeps its id across restarts");
+    assert_eq!(
+        svc2.node_id, svc.node_id,
+        "the node keeps its id across restarts"
+    );
     let done = svc2.egress(&done_id);
     assert_eq!(done["status"], "complete");
     assert_eq!(done["end_reason"], "StopEgress API");
@@ -156,7 +201,10 @@ fn records_survive_a_restart_and_a_killed_service_loses_nothing() {
     assert_eq!(live["end_reason"], "Service stopped");
     let d = discovered_duration(&file_path(&live));
     let elapsed = (killed_at - started_at) as f64 / 1000.0;
-    assert!(d >= elapsed - 0.5, "finalized file lasts {d:.2} s of {elapsed:.2} s");
+    assert!(
+        d >= elapsed - 0.5,
+        "finalized file lasts {d:.2} s of {elapsed:.2} s"
+    );
     let (_, list) = svc2.get("/v1/egress");
     assert_eq!(list["egresses"].as_array().unwrap().len(), 2);
     let (_, active) = svc2.get("/v1/egress?status=active");

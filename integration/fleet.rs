@@ -27,15 +27,31 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/setup)");
         let r = Redis { child, port };
-        wait_for(Duration::from_secs(10), "redis-server to answer PING", || r.ping().then_some(()));
+        wait_for(
+            Duration::from_secs(10),
+            "redis-server to answer PING",
+            || r.ping().then_some(()),
+        );
         r
     }
 
@@ -44,10 +60,14 @@ impl Redis {
     }
 
     fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 }
 
@@ -63,7 +83,7 @@ fn node_config(redis: &Redis) -> String {
     format!(
         "cpu: {{ capacity: 8, pending_hold_ms: 600000 }}\n\
          affinity: {{ mode: spread }}\n\
-         fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000, affinity_timeout_ms: 1000 }}\n\
+         fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000, affinity_timeout_ms: 1000, decision_lock_ms: 3000 }}\n\
          overload: {{ soft_threshold: 10, hard_threshold: 10 }}",
         redis.url()
     )
@@ -71,12 +91,23 @@ fn node_config(redis: &Redis) -> String {
 
 /// Three nodes on one Redis, each in its own directories; returns when all see each other.
 fn start_fleet(redis: &Redis, dirs: &[Dirs]) -> Vec<Service> {
-    let nodes: Vec<Service> = dirs.iter().map(|d| Service::start(d, &node_config(redis))).collect();
+    let nodes: Vec<Service> = dirs
+        .iter()
+        .map(|d| Service::start(d, &node_config(redis)))
+        .collect();
     for n in &nodes {
-        wait_for(Duration::from_secs(10), "every node to see the whole fleet", || {
-            let (s, v) = n.get("/v1/fleet/nodes");
-            (s == 200 && v["nodes"].as_array().is_some_and(|a| a.len() == nodes.len())).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "every node to see the whole fleet",
+            || {
+                let (s, v) = n.get("/v1/fleet/nodes");
+                (s == 200
+                    && v["nodes"]
+                        .as_array()
+                        .is_some_and(|a| a.len() == nodes.len()))
+                .then_some(())
+            },
+        );
     }
     nodes
 }
@@ -109,9 +140,13 @@ fn fleet_list(node: &Service, query: &str) -> Vec<Value> {
 /// Live handler processes per egress id (from /proc command lines).
 fn handlers_running(ids: &[String]) -> HashMap<String, usize> {
     let mut out: HashMap<String, usize> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
         if !cmd.contains("handler") {
             continue;
@@ -134,13 +169,23 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
     let (_, v) = nodes[0].get("/v1/fleet/nodes");
     for n in v["nodes"].as_array().unwrap() {
         assert_eq!(n["capacity_cores"], 8.0, "{n}");
-        assert!(n["url"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{n}");
+        assert!(
+            n["url"].as_str().unwrap().starts_with("http://127.0.0.1:"),
+            "{n}"
+        );
         assert_eq!(n["draining"], false);
     }
 
     // A bad request is answered by the node it was sent to: 400, nothing fans out.
-    let (s, v) = nodes[1].post("/v1/egress", &json!({"type": "track", "sources": [], "output": {}}));
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_field")), "{v}");
+    let (s, v) = nodes[1].post(
+        "/v1/egress",
+        &json!({"type": "track", "sources": [], "output": {}}),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_field")),
+        "{v}"
+    );
     wait_no_claims(&all);
 
     // Six equal jobs, sent to the three nodes in turn: spread places two on each.
@@ -149,7 +194,10 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
         let via = &nodes[i % 3];
         let (s, v) = via.post("/v1/egress", &audio_job(&format!("spread-{i}.ogg")));
         assert_eq!(s, 201, "{v}\n{}", via.log());
-        placed.push((v["egress_id"].as_str().unwrap().to_string(), v["node_id"].as_str().unwrap().to_string()));
+        placed.push((
+            v["egress_id"].as_str().unwrap().to_string(),
+            v["node_id"].as_str().unwrap().to_string(),
+        ));
         wait_no_claims(&all);
     }
     let mut per_node: HashMap<&str, usize> = HashMap::new();
@@ -157,23 +205,48 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
         *per_node.entry(n.as_str()).or_default() += 1;
     }
     for n in &nodes {
-        assert_eq!(per_node.get(n.node_id.as_str()), Some(&2), "spread: {per_node:?}");
+        assert_eq!(
+            per_node.get(n.node_id.as_str()),
+            Some(&2),
+            "spread: {per_node:?}"
+        );
     }
 
     // Every node sees the whole fleet's egresses, each on the node that runs it.
     for n in &nodes {
         let list = fleet_list(n, "");
-        let seen: HashMap<&str, &str> =
-            list.iter().map(|e| (e["egress_id"].as_str().unwrap(), e["node_id"].as_str().unwrap())).collect();
+        let seen: HashMap<&str, &str> = list
+            .iter()
+            .map(|e| {
+                (
+                    e["egress_id"].as_str().unwrap(),
+                    e["node_id"].as_str().unwrap(),
+                )
+            })
+            .collect();
         for (id, on) in &placed {
-            assert_eq!(seen.get(id.as_str()), Some(&on.as_str()), "{id} from {}: {list:?}", n.node_id);
+            assert_eq!(
+                seen.get(id.as_str()),
+                Some(&on.as_str()),
+                "{id} from {}: {list:?}",
+                n.node_id
+            );
         }
     }
     // The registry reports each node's jobs (at its next heartbeat).
-    wait_for(Duration::from_secs(5), "the registry to count two tracks per node", || {
-        let (_, v) = nodes[2].get("/v1/fleet/nodes");
-        v["nodes"].as_array().unwrap().iter().all(|n| n["types"]["track"]["active"] == 2).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "the registry to count two tracks per node",
+        || {
+            let (_, v) = nodes[2].get("/v1/fleet/nodes");
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["types"]["track"]["active"] == 2)
+                .then_some(())
+        },
+    );
 
     // GET, stop and kill through nodes that do not run the egress.
     let owner_of = |node_id: &str| nodes.iter().position(|n| n.node_id == node_id).unwrap();
@@ -184,21 +257,33 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
     let (s, v) = third.post(&format!("/v1/egress/{stop_id}/stop"), &Value::Null);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["node_id"], stop_on.as_str());
-    let done = other.wait_status(&stop_id, &["complete", "failed", "aborted"], Duration::from_secs(30));
+    let done = other.wait_status(
+        &stop_id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(30),
+    );
     assert_eq!(done["status"], "complete", "{done}");
     assert_eq!(done["end_reason"], "StopEgress API");
     let file = done["files"][0]["location"].as_str().unwrap();
     assert!(decoded(Path::new(file)).audio_samples > 0, "{done}");
     // Stopping it again, through yet another node: the owner's 409 comes back.
-    let (s, v) = nodes[owner_of(&stop_on)].post(&format!("/v1/egress/{stop_id}/stop"), &Value::Null);
+    let (s, v) =
+        nodes[owner_of(&stop_on)].post(&format!("/v1/egress/{stop_id}/stop"), &Value::Null);
     assert_eq!(s, 409, "{v}");
 
     let (kill_id, kill_on) = placed[1].clone();
     let via = &nodes[(owner_of(&kill_on) + 1) % 3];
     let (s, v) = via.post(&format!("/v1/egress/{kill_id}/kill"), &Value::Null);
     assert_eq!(s, 200, "{v}");
-    let done = via.wait_status(&kill_id, &["aborted", "failed", "complete"], Duration::from_secs(30));
-    assert_eq!((done["status"].as_str(), done["end_reason"].as_str()), (Some("aborted"), Some("KillEgress API")));
+    let done = via.wait_status(
+        &kill_id,
+        &["aborted", "failed", "complete"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        (done["status"].as_str(), done["end_reason"].as_str()),
+        (Some("aborted"), Some("KillEgress API"))
+    );
 
     // Unknown ids are 404 everywhere.
     let (s, v) = nodes[0].get("/v1/egress/EG_aaaaaaaaaaaa");
@@ -211,8 +296,20 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
     huge["estimated_cpu"] = json!(7.0);
     let t = Instant::now();
     let (s, v) = nodes[2].post("/v1/egress", &huge);
-    assert_eq!((s, v["error"]["code"].as_str(), v["error"]["reason"].as_str()), (503, Some("no_capacity"), Some("cpu")), "{v}");
-    assert!(t.elapsed() < Duration::from_secs(2), "a full fleet answers without retrying: {:?}", t.elapsed());
+    assert_eq!(
+        (
+            s,
+            v["error"]["code"].as_str(),
+            v["error"]["reason"].as_str()
+        ),
+        (503, Some("no_capacity"), Some("cpu")),
+        "{v}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a full fleet answers without retrying: {:?}",
+        t.elapsed()
+    );
 
     // Stop the rest through node 0; everything ends complete.
     for (id, _) in &placed[2..] {
@@ -220,12 +317,25 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
         assert_eq!(s, 200, "{v}");
     }
     for (id, _) in &placed[2..] {
-        assert_eq!(nodes[1].wait_status(id, &["complete", "failed", "aborted"], Duration::from_secs(30))["status"], "complete");
+        assert_eq!(
+            nodes[1].wait_status(
+                id,
+                &["complete", "failed", "aborted"],
+                Duration::from_secs(30)
+            )["status"],
+            "complete"
+        );
     }
     // The node that placed the huge job counts its failure; every placing node counts placements.
     let (_, text) = nodes[2].raw("GET", "/metrics", None, &[]);
-    assert!(text.contains("egress_placements_total{outcome=\"placed\"}"), "{text}");
-    assert!(text.contains("egress_placements_total{outcome=\"failed\"} 1"), "{text}");
+    assert!(
+        text.contains("egress_placements_total{outcome=\"placed\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("egress_placements_total{outcome=\"failed\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -259,7 +369,10 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
                 let (s, v) = match r.send_json(&body) {
                     Ok(mut resp) => {
                         let s = resp.status().as_u16();
-                        (s, resp.body_mut().read_json::<Value>().unwrap_or(Value::Null))
+                        (
+                            s,
+                            resp.body_mut().read_json::<Value>().unwrap_or(Value::Null),
+                        )
                     }
                     Err(e) => (0, Value::String(e.to_string())),
                 };
@@ -280,31 +393,55 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
     for c in clients {
         c.join().expect("client thread");
     }
-    assert!(killed, "the burst ended before 4 jobs were placed: {answers:?}");
+    assert!(
+        killed,
+        "the burst ended before 4 jobs were placed: {answers:?}"
+    );
     nodes[2].wait_exit(Duration::from_secs(10));
 
     // Every request was placed, each under its own id.
     for (s, v) in &answers {
-        assert_eq!(*s, 201, "{v}\n--- node 0 ---\n{}\n--- node 1 ---\n{}", nodes[0].log(), nodes[1].log());
+        assert_eq!(
+            *s,
+            201,
+            "{v}\n--- node 0 ---\n{}\n--- node 1 ---\n{}",
+            nodes[0].log(),
+            nodes[1].log()
+        );
     }
-    let ids: Vec<String> = answers.iter().map(|(_, v)| v["egress_id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "an egress id was given twice: {ids:?}");
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|(_, v)| v["egress_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "an egress id was given twice: {ids:?}"
+    );
 
     // Once the dead node's registration has expired, the fleet is the two survivors...
-    wait_for(Duration::from_secs(10), "the killed node to leave the registry", || {
-        let (_, v) = nodes[0].get("/v1/fleet/nodes");
-        (v["nodes"].as_array().unwrap().len() == 2).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the killed node to leave the registry",
+        || {
+            let (_, v) = nodes[0].get("/v1/fleet/nodes");
+            (v["nodes"].as_array().unwrap().len() == 2).then_some(())
+        },
+    );
     // ...the orphaned handlers of the dead node have finished on their own...
-    wait_for(Duration::from_secs(60), "the dead node's handlers to exit", || {
-        let list = fleet_list(&nodes[0], "");
-        let theirs: Vec<String> = list
-            .iter()
-            .filter(|e| e["node_id"] == victim_id.as_str())
-            .map(|e| e["egress_id"].as_str().unwrap().to_string())
-            .collect();
-        handlers_running(&theirs).is_empty().then_some(())
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the dead node's handlers to exit",
+        || {
+            let list = fleet_list(&nodes[0], "");
+            let theirs: Vec<String> = list
+                .iter()
+                .filter(|e| e["node_id"] == victim_id.as_str())
+                .map(|e| e["egress_id"].as_str().unwrap().to_string())
+                .collect();
+            handlers_running(&theirs).is_empty().then_some(())
+        },
+    );
     // ...and every placed egress has exactly one record: live ones on a live node with exactly
     // one handler, the dead node's ones reported aborted ("Node lost").
     for via in [&nodes[0], &nodes[1]] {
@@ -315,19 +452,42 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
         }
         let running = handlers_running(&ids);
         for id in &ids {
-            assert_eq!(count.get(id.as_str()), Some(&1), "{id} in the list of {}: {list:?}", via.node_id);
+            assert_eq!(
+                count.get(id.as_str()),
+                Some(&1),
+                "{id} in the list of {}: {list:?}",
+                via.node_id
+            );
             let e = list.iter().find(|e| e["egress_id"] == id.as_str()).unwrap();
             if e["node_id"] == victim_id.as_str() {
-                assert_eq!((e["status"].as_str(), e["end_reason"].as_str()), (Some("aborted"), Some("Node lost")), "{e}");
+                assert_eq!(
+                    (e["status"].as_str(), e["end_reason"].as_str()),
+                    (Some("aborted"), Some("Node lost")),
+                    "{e}"
+                );
             } else {
-                assert!(["starting", "active"].contains(&e["status"].as_str().unwrap()), "{e}");
-                assert_eq!(running.get(id.as_str()), Some(&1), "{id} handlers: {running:?}");
+                assert!(
+                    ["starting", "active"].contains(&e["status"].as_str().unwrap()),
+                    "{e}"
+                );
+                assert_eq!(
+                    running.get(id.as_str()),
+                    Some(&1),
+                    "{id} handlers: {running:?}"
+                );
             }
         }
     }
     // Admission on the survivors counts exactly the live jobs.
     let live = fleet_list(&nodes[0], "?status=starting,active");
-    let admitted: u64 = nodes[..2].iter().map(|n| n.get("/v1/node").1["types"]["track"]["active"].as_u64().unwrap()).sum();
+    let admitted: u64 = nodes[..2]
+        .iter()
+        .map(|n| {
+            n.get("/v1/node").1["types"]["track"]["active"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
     assert_eq!(admitted as usize, live.len(), "{live:?}");
 
     for e in &live {
@@ -337,7 +497,14 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
     }
     for e in &live {
         let id = e["egress_id"].as_str().unwrap();
-        assert_eq!(nodes[0].wait_status(id, &["complete", "failed", "aborted"], Duration::from_secs(30))["status"], "complete");
+        assert_eq!(
+            nodes[0].wait_status(
+                id,
+                &["complete", "failed", "aborted"],
+                Duration::from_secs(30)
+            )["status"],
+            "complete"
+        );
     }
     nodes.truncate(2);
 }

@@ -9,7 +9,11 @@ use serde_json::Value;
 use crate::common::*;
 
 fn location(v: &Value) -> &Path {
-    Path::new(v["files"][0]["location"].as_str().unwrap_or_else(|| panic!("no file: {v}")))
+    Path::new(
+        v["files"][0]["location"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no file: {v}")),
+    )
 }
 
 #[test]
@@ -26,7 +30,11 @@ fn overload_stops_one_egress_gracefully_and_the_others_record_on() {
     );
     let mut ids = Vec::new();
     for i in 0..3 {
-        let mut req = request("participant", &["test://av?pattern=snow&width=1280&height=720"], &format!("load{i}.mp4"));
+        let mut req = request(
+            "participant",
+            &["test://av?pattern=snow&width=1280&height=720"],
+            &format!("load{i}.mp4"),
+        );
         req["video"] = serde_json::json!({"width": 1280, "height": 720, "fps": 30});
         ids.push(svc.start_egress(&req));
     }
@@ -45,9 +53,13 @@ fn overload_stops_one_egress_gracefully_and_the_others_record_on() {
     assert_eq!(done["status"], "complete", "{done}");
     assert_eq!(done["end_reason"], "CPU limit reached");
     // Its file was finalized: it decodes for its whole recorded length.
-    let recorded = (done["ended_at"].as_u64().unwrap() - done["started_at"].as_u64().unwrap()) as f64 / 1000.0;
+    let recorded =
+        (done["ended_at"].as_u64().unwrap() - done["started_at"].as_u64().unwrap()) as f64 / 1000.0;
     let d = discovered_duration(location(&done));
-    assert!(d >= recorded - 1.5 && d <= recorded + 0.5, "file {d:.2} s, recorded {recorded:.2} s");
+    assert!(
+        d >= recorded - 1.5 && d <= recorded + 0.5,
+        "file {d:.2} s, recorded {recorded:.2} s"
+    );
     assert!(decoded(location(&done)).video_frames > 0);
     // The others were still recording when the victim completed.
     let others: Vec<&String> = ids.iter().filter(|id| **id != vid).collect();
@@ -59,7 +71,12 @@ fn overload_stops_one_egress_gracefully_and_the_others_record_on() {
     assert!(ended_at.elapsed() < Duration::from_secs(30));
     // At least one keeps recording to the end (a lone job is never an overload victim).
     let text = svc.raw("GET", "/metrics", None, &[]).1;
-    assert!(text.contains("egress_overload_actions_total{action=\"stop\",reason=\"CPU limit reached\"}"), "{text}");
+    assert!(
+        text.contains(
+            "egress_overload_actions_total{action=\"stop\",reason=\"CPU limit reached\"}"
+        ),
+        "{text}"
+    );
     assert!(!text.contains("action=\"kill\""), "{text}");
     for id in &others {
         svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
@@ -74,7 +91,10 @@ fn overload_stops_one_egress_gracefully_and_the_others_record_on() {
         assert!(decoded(location(&v)).video_frames > 0);
     }
     assert!(survivors >= 1);
-    assert!(svc.log().contains("CPU overload"), "the stop is logged with its load figures");
+    assert!(
+        svc.log().contains("CPU overload"),
+        "the stop is logged with its load figures"
+    );
 }
 
 #[test]
@@ -83,7 +103,11 @@ fn sigterm_drains_then_exits_with_every_file_complete() {
     let mut svc = Service::start(&dirs, "");
     let mut ids = Vec::new();
     for (i, t) in ["track", "participant"].iter().enumerate() {
-        let uri = if *t == "track" { "test://video" } else { "test://av" };
+        let uri = if *t == "track" {
+            "test://video"
+        } else {
+            "test://av"
+        };
         let mut req = request(t, &[uri], &format!("d{i}.mp4"));
         req["max_duration_s"] = Value::from(4.0);
         ids.push(svc.start_egress(&req));
@@ -92,8 +116,13 @@ fn sigterm_drains_then_exits_with_every_file_complete() {
         svc.wait_active(id);
     }
     svc.signal(libc::SIGTERM);
-    wait_for(Duration::from_secs(5), "readyz 503", || (svc.get("/readyz").0 == 503).then_some(()));
-    let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "late.mp4"));
+    wait_for(Duration::from_secs(5), "readyz 503", || {
+        (svc.get("/readyz").0 == 503).then_some(())
+    });
+    let (s, v) = svc.post(
+        "/v1/egress",
+        &request("track", &["test://video"], "late.mp4"),
+    );
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "draining");
     let (_, a) = svc.get("/v1/affinity?type=track");
@@ -118,7 +147,11 @@ fn sigint_stops_everything_gracefully_and_exits() {
     let dirs = Dirs::new();
     let mut svc = Service::start(&dirs, "");
     let a = svc.start_egress(&request("participant", &["test://av"], "a.mp4"));
-    let b = svc.start_egress(&request("room_composite", &["test://av", "test://video"], "b.mp4"));
+    let b = svc.start_egress(&request(
+        "room_composite",
+        &["test://av", "test://video"],
+        "b.mp4",
+    ));
     svc.wait_active(&a);
     svc.wait_active(&b);
     std::thread::sleep(Duration::from_secs(2));

@@ -19,7 +19,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +228,11 @@ pub struct FleetConfig {
     /// How long placement waits for affinity answers before deciding with what it has.
     #[serde(default = "default_affinity_timeout")]
     pub affinity_timeout_ms: u64,
+    /// Placement decisions (affinity round, ranking, release of the losers' claims) run one at a
+    /// time fleet-wide under a Redis lock that expires after this long; 0 = no lock (decisions
+    /// overlap: faster under a burst, less even).
+    #[serde(default = "default_decision_lock")]
+    pub decision_lock_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,7 +271,10 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("./state")
 }
 fn default_schemes() -> Vec<String> {
-    ["test", "rtsp", "rtmp", "srt", "http", "https"].iter().map(|s| s.to_string()).collect()
+    ["test", "rtsp", "rtmp", "srt", "http", "https"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_eos_timeout() -> f64 {
     30.0
@@ -324,6 +335,9 @@ fn default_node_ttl() -> u64 {
 }
 fn default_affinity_timeout() -> u64 {
     200
+}
+fn default_decision_lock() -> u64 {
+    1000
 }
 fn default_soft() -> f64 {
     0.85
@@ -438,21 +452,26 @@ impl Config {
         }
         b = b.add_source(envsrc);
         let raw = b.build().map_err(|e| ConfigError::File {
-            path: path.map(|p| p.display().to_string()).unwrap_or_else(|| "<env>".into()),
+            path: path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<env>".into()),
             message: e.to_string(),
         })?;
-        let cfg: Config = raw.try_deserialize().map_err(|e| describe_deser_error(&e))?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| describe_deser_error(&e))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Every rule a running service relies on; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let addr: SocketAddr = self
-            .server
-            .listen
-            .parse()
-            .map_err(|_| invalid("server.listen", format!("'{}' is not host:port", self.server.listen)))?;
+        let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("'{}' is not host:port", self.server.listen),
+            )
+        })?;
         if !addr.ip().is_loopback() && self.server.api_token.is_empty() {
             return Err(invalid(
                 "server.api_token",
@@ -460,7 +479,10 @@ impl Config {
             ));
         }
         if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 16 << 20 {
-            return Err(invalid("server.max_body_bytes", "must be in [1024, 16777216]"));
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be in [1024, 16777216]",
+            ));
         }
         if self.server.workers == 0 || self.server.workers > 64 {
             return Err(invalid("server.workers", "must be in [1, 64]"));
@@ -472,34 +494,80 @@ impl Config {
             return Err(invalid("storage.state_dir", "must not be empty"));
         }
         if self.sources.allowed_schemes.is_empty() {
-            return Err(invalid("sources.allowed_schemes", "must list at least one scheme"));
+            return Err(invalid(
+                "sources.allowed_schemes",
+                "must list at least one scheme",
+            ));
         }
         for s in &self.sources.allowed_schemes {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-') {
-                return Err(invalid("sources.allowed_schemes", format!("'{s}' is not a lowercase URI scheme")));
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-')
+            {
+                return Err(invalid(
+                    "sources.allowed_schemes",
+                    format!("'{s}' is not a lowercase URI scheme"),
+                ));
             }
         }
-        positive("pipeline.eos_timeout_s", self.pipeline.eos_timeout_s, 3600.0)?;
-        positive("pipeline.start_timeout_s", self.pipeline.start_timeout_s, 3600.0)?;
-        positive("pipeline.mp4_moov_update_period_s", self.pipeline.mp4_moov_update_period_s, 60.0)?;
-        positive("pipeline.mp4_reserved_max_duration_s", self.pipeline.mp4_reserved_max_duration_s, 7.0 * 86400.0)?;
+        positive(
+            "pipeline.eos_timeout_s",
+            self.pipeline.eos_timeout_s,
+            3600.0,
+        )?;
+        positive(
+            "pipeline.start_timeout_s",
+            self.pipeline.start_timeout_s,
+            3600.0,
+        )?;
+        positive(
+            "pipeline.mp4_moov_update_period_s",
+            self.pipeline.mp4_moov_update_period_s,
+            60.0,
+        )?;
+        positive(
+            "pipeline.mp4_reserved_max_duration_s",
+            self.pipeline.mp4_reserved_max_duration_s,
+            7.0 * 86400.0,
+        )?;
         const PRESETS: &[&str] = &[
-            "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
         ];
         if !PRESETS.contains(&self.pipeline.x264_speed_preset.as_str()) {
-            return Err(invalid("pipeline.x264_speed_preset", format!("must be one of {}", PRESETS.join(", "))));
+            return Err(invalid(
+                "pipeline.x264_speed_preset",
+                format!("must be one of {}", PRESETS.join(", ")),
+            ));
         }
         if !["term", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be term or json"));
         }
         if crate::logging::parse_level(&self.log.level).is_none() {
-            return Err(invalid("log.level", "must be trace, debug, info, warning, error or critical"));
+            return Err(invalid(
+                "log.level",
+                "must be trace, debug, info, warning, error or critical",
+            ));
         }
         if !(50..=60_000).contains(&self.cpu.sample_interval_ms) {
             return Err(invalid("cpu.sample_interval_ms", "must be in [50, 60000]"));
         }
-        if !(self.cpu.capacity.is_finite() && self.cpu.capacity >= 0.0 && self.cpu.capacity <= 4096.0) {
-            return Err(invalid("cpu.capacity", "must be a number of cores in [0, 4096] (0 = detect)"));
+        if !(self.cpu.capacity.is_finite()
+            && self.cpu.capacity >= 0.0
+            && self.cpu.capacity <= 4096.0)
+        {
+            return Err(invalid(
+                "cpu.capacity",
+                "must be a number of cores in [0, 4096] (0 = detect)",
+            ));
         }
         if !(self.cpu.max_utilization > 0.0 && self.cpu.max_utilization <= 1.0) {
             return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
@@ -507,43 +575,77 @@ impl Config {
         for t in EgressType::ALL {
             let c = self.cpu_cost.cost(t);
             if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
-                return Err(invalid(&format!("cpu_cost.{t}"), "must be a number of cores in [0, 256]"));
+                return Err(invalid(
+                    &format!("cpu_cost.{t}"),
+                    "must be a number of cores in [0, 256]",
+                ));
             }
         }
         if AffinityMode::parse(&self.affinity.mode).is_none() {
-            return Err(invalid("affinity.mode", "must be pack (consolidate), spread or type_aware"));
+            return Err(invalid(
+                "affinity.mode",
+                "must be pack (consolidate), spread or type_aware",
+            ));
         }
         if !(10..=600_000).contains(&self.affinity.pending_claim_ttl_ms) {
-            return Err(invalid("affinity.pending_claim_ttl_ms", "must be in [10, 600000]"));
+            return Err(invalid(
+                "affinity.pending_claim_ttl_ms",
+                "must be in [10, 600000]",
+            ));
         }
         if !self.fleet.redis_url.is_empty() && !self.fleet.redis_url.starts_with("redis://") {
-            return Err(invalid("fleet.redis_url", "must start with redis:// (or be empty for one node)"));
+            return Err(invalid(
+                "fleet.redis_url",
+                "must start with redis:// (or be empty for one node)",
+            ));
         }
-        if !self.fleet.advertise_url.is_empty() && !self.fleet.advertise_url.starts_with("http://") {
+        if !self.fleet.advertise_url.is_empty() && !self.fleet.advertise_url.starts_with("http://")
+        {
             return Err(invalid("fleet.advertise_url", "must start with http://"));
         }
         if !(50..=60_000).contains(&self.fleet.heartbeat_ms) {
             return Err(invalid("fleet.heartbeat_ms", "must be in [50, 60000]"));
         }
         if self.fleet.node_ttl_ms <= self.fleet.heartbeat_ms {
-            return Err(invalid("fleet.node_ttl_ms", "must be larger than fleet.heartbeat_ms"));
+            return Err(invalid(
+                "fleet.node_ttl_ms",
+                "must be larger than fleet.heartbeat_ms",
+            ));
         }
         if !(10..=10_000).contains(&self.fleet.affinity_timeout_ms) {
-            return Err(invalid("fleet.affinity_timeout_ms", "must be in [10, 10000]"));
+            return Err(invalid(
+                "fleet.affinity_timeout_ms",
+                "must be in [10, 10000]",
+            ));
+        }
+        if self.fleet.decision_lock_ms > 10_000
+            || (self.fleet.decision_lock_ms > 0
+                && self.fleet.decision_lock_ms <= self.fleet.affinity_timeout_ms)
+        {
+            return Err(invalid(
+                "fleet.decision_lock_ms",
+                "must be 0 (off) or longer than fleet.affinity_timeout_ms, at most 10000",
+            ));
         }
         let o = &self.overload;
         if !(o.soft_threshold > 0.0 && o.soft_threshold <= 10.0) {
             return Err(invalid("overload.soft_threshold", "must be in (0, 10]"));
         }
         if !(o.hard_threshold >= o.soft_threshold && o.hard_threshold <= 10.0) {
-            return Err(invalid("overload.hard_threshold", "must be >= overload.soft_threshold"));
+            return Err(invalid(
+                "overload.hard_threshold",
+                "must be >= overload.soft_threshold",
+            ));
         }
         if o.sustain_samples == 0 {
             return Err(invalid("overload.sustain_samples", "must be at least 1"));
         }
         positive("overload.kill_grace_s", o.kill_grace_s, 86400.0)?;
         if !(o.drain_timeout_s.is_finite() && o.drain_timeout_s >= 0.0) {
-            return Err(invalid("overload.drain_timeout_s", "must be >= 0 (0 = wait forever)"));
+            return Err(invalid(
+                "overload.drain_timeout_s",
+                "must be >= 0 (0 = wait forever)",
+            ));
         }
         Ok(())
     }
@@ -587,9 +689,19 @@ fn describe_deser_error(e: &config::ConfigError) -> ConfigError {
             .rsplit("for key `")
             .next()
             .filter(|_| msg.contains("for key `"))
-            .map(|s| s.trim_end_matches('`').trim_end_matches('`').split('`').next().unwrap_or(""))
+            .map(|s| {
+                s.trim_end_matches('`')
+                    .trim_end_matches('`')
+                    .split('`')
+                    .next()
+                    .unwrap_or("")
+            })
             .unwrap_or("");
-        let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+        let key = if section.is_empty() {
+            field.to_string()
+        } else {
+            format!("{section}.{field}")
+        };
         return invalid(&key, format!("unknown key ({msg})"));
     }
     if let config::ConfigError::Type { key: Some(k), .. } = e {
@@ -611,8 +723,10 @@ mod tests {
     fn load_yaml(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         f.write_all(yaml.as_bytes()).unwrap();
-        let env: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load_with_env(Some(f.path()), Some(env))
     }
 
@@ -649,13 +763,22 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        assert_eq!(key_of(load_yaml("server: { listen: nope }", &[]).unwrap_err()), "server.listen");
+        assert_eq!(
+            key_of(load_yaml("server: { listen: nope }", &[]).unwrap_err()),
+            "server.listen"
+        );
         assert_eq!(
             key_of(load_yaml("server: { listen: \"0.0.0.0:80\" }", &[]).unwrap_err()),
             "server.api_token"
         );
-        assert_eq!(key_of(load_yaml("affinity: { mode: random }", &[]).unwrap_err()), "affinity.mode");
-        assert_eq!(key_of(load_yaml("cpu: { max_utilization: 2 }", &[]).unwrap_err()), "cpu.max_utilization");
+        assert_eq!(
+            key_of(load_yaml("affinity: { mode: random }", &[]).unwrap_err()),
+            "affinity.mode"
+        );
+        assert_eq!(
+            key_of(load_yaml("cpu: { max_utilization: 2 }", &[]).unwrap_err()),
+            "cpu.max_utilization"
+        );
         let k = key_of(load_yaml("server: { lisen: x }", &[]).unwrap_err());
         assert!(k.contains("lisen"), "{k}");
         let k = key_of(load_yaml("cpu: { capacity: lots }", &[]).unwrap_err());

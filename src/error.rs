@@ -21,7 +21,10 @@ pub enum RequestError {
 
 impl RequestError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        RequestError::Invalid { field: field.to_string(), message: message.into() }
+        RequestError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
     pub fn field(&self) -> Option<&str> {
         match self {
@@ -35,14 +38,26 @@ impl RequestError {
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum AdmissionError {
     #[error("not enough CPU for {egress_type}: needs {needed:.2} cores, {available:.2} available")]
-    Cpu { egress_type: EgressType, needed: f64, available: f64 },
+    Cpu {
+        egress_type: EgressType,
+        needed: f64,
+        available: f64,
+    },
     #[error("{egress_type} is at its limit: {active} active or claimed, limit {limit}")]
-    TypeLimit { egress_type: EgressType, active: u32, limit: u32 },
+    TypeLimit {
+        egress_type: EgressType,
+        active: u32,
+        limit: u32,
+    },
     #[error("the node is draining and takes no new egress")]
     Draining,
     /// Fleet placement: no live node could take the job; `reason` is the most common refusal.
     #[error("no node of the fleet can take the {egress_type} egress: {detail}")]
-    NoNode { egress_type: EgressType, reason: &'static str, detail: String },
+    NoNode {
+        egress_type: EgressType,
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 impl AdmissionError {
@@ -165,9 +180,16 @@ pub enum PipelineError {
     #[error("cannot build pipeline: {0}")]
     Build(String),
     #[error("cannot create output directory {path}: {source}")]
-    OutputDir { path: String, source: std::io::Error },
+    OutputDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{element}: {message} ({debug})")]
-    Bus { element: String, message: String, debug: String },
+    Bus {
+        element: String,
+        message: String,
+        debug: String,
+    },
     #[error("pipeline state change failed: {0}")]
     State(String),
 }

@@ -22,12 +22,18 @@ pub fn root(format: &str, level: &str) -> Logger {
             .add_default_keys()
             .build()
             .fuse();
-        let drain = slog_async::Async::new(drain).build().filter_level(level).fuse();
+        let drain = slog_async::Async::new(drain)
+            .build()
+            .filter_level(level)
+            .fuse();
         Logger::root(drain, o!())
     } else {
         let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
         let drain = slog_term::FullFormat::new(decorator).build().fuse();
-        let drain = slog_async::Async::new(drain).build().filter_level(level).fuse();
+        let drain = slog_async::Async::new(drain)
+            .build()
+            .filter_level(level)
+            .fuse();
         Logger::root(drain, o!())
     }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use egress_engine::config::Config;
 
 #[derive(Parser)]
-#[command(name = "egress-engine", version, about = "Records live media into files")]
+#[command(
+    name = "egress-engine",
+    version,
+    about = "Records live media into files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

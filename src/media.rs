@@ -27,7 +27,9 @@ pub struct MediaInfo {
 /// Runs Discoverer on a local file.
 pub fn discover(path: &Path, timeout: Duration) -> Result<MediaInfo, String> {
     gst::init().map_err(|e| e.to_string())?;
-    let abs = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+    let abs = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| e.to_string())?;
     let d = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))
         .map_err(|e| e.to_string())?;
@@ -58,17 +60,29 @@ pub struct DecodeReport {
 /// Decodes every stream of a local file as fast as possible; fails on a decode error.
 pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
     gst::init().map_err(|e| e.to_string())?;
-    let abs = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+    let abs = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| e.to_string())?;
     let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("uridecodebin").property("uri", uri.as_str()).build().map_err(|e| e.to_string())?;
+    let src = gst::ElementFactory::make("uridecodebin")
+        .property("uri", uri.as_str())
+        .build()
+        .map_err(|e| e.to_string())?;
     pipeline.add(&src).map_err(|e| e.to_string())?;
     let report = Arc::new(Mutex::new(DecodeReport::default()));
     let weak = pipeline.downgrade();
     let r = report.clone();
     src.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else { return };
-        let Ok(sink) = gst::ElementFactory::make("fakesink").property("sync", false).build() else { return };
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let Ok(sink) = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+        else {
+            return;
+        };
         if pipeline.add(&sink).is_err() {
             return;
         }
@@ -78,9 +92,14 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
         }
         let r = r.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-            let Some(buf) = info.buffer() else { return gst::PadProbeReturn::Ok };
+            let Some(buf) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
             let caps = pad.current_caps();
-            let s = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.name().to_string())).unwrap_or_default();
+            let s = caps
+                .as_ref()
+                .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+                .unwrap_or_default();
             let mut rep = r.lock().unwrap_or_else(|p| p.into_inner());
             if s.starts_with("video/") {
                 rep.video_frames += 1;
@@ -91,21 +110,29 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
                 }
             }
             if let Some(pts) = buf.pts() {
-                let end = (pts + buf.duration().unwrap_or(gst::ClockTime::ZERO)).nseconds() as f64 / 1e9;
+                let end =
+                    (pts + buf.duration().unwrap_or(gst::ClockTime::ZERO)).nseconds() as f64 / 1e9;
                 rep.last_pts_s = Some(rep.last_pts_s.map_or(end, |l: f64| l.max(end)));
             }
             gst::PadProbeReturn::Ok
         });
     });
-    pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot play {}: {e}", path.display()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("cannot play {}: {e}", path.display()))?;
     let bus = pipeline.bus().ok_or("pipeline without a bus")?;
     let deadline = std::time::Instant::now() + timeout;
     let outcome = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            break Err(format!("decoding {} took longer than {timeout:?}", path.display()));
+            break Err(format!(
+                "decoding {} took longer than {timeout:?}",
+                path.display()
+            ));
         }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis().min(200) as u64)) else {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(
+            left.as_millis().min(200) as u64
+        )) else {
             continue;
         };
         match msg.view() {
@@ -141,10 +168,19 @@ pub fn probe(uri: &str, timeout: Duration) -> Result<SourceStreams, String> {
     gst::init().map_err(|e| e.to_string())?;
     let d = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))
         .map_err(|e| e.to_string())?;
-    let info = d.discover_uri(uri).map_err(|e| format!("cannot open source {uri}: {e}"))?;
+    let info = d
+        .discover_uri(uri)
+        .map_err(|e| format!("cannot open source {uri}: {e}"))?;
     let video = info.video_streams().first().map(|v| {
-        let h264 = v.caps().and_then(|c| c.structure(0).map(|s| s.name() == "video/x-h264")).unwrap_or(false);
-        if h264 { VideoInput::H264 } else { VideoInput::Raw }
+        let h264 = v
+            .caps()
+            .and_then(|c| c.structure(0).map(|s| s.name() == "video/x-h264"))
+            .unwrap_or(false);
+        if h264 {
+            VideoInput::H264
+        } else {
+            VideoInput::Raw
+        }
     });
     let audio = !info.audio_streams().is_empty();
     if video.is_none() && !audio {

@@ -3,7 +3,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -62,19 +64,81 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         Metrics {
-            egresses: int_gauge_vec(&r, "egress_egresses", "Egresses on this node by type and status", &["type", "status"]),
-            results_total: counter_vec(&r, "egress_results_total", "Egresses ended, by type and end reason", &["type", "reason"]),
-            process_cpu_cores: gauge_vec(&r, "egress_process_cpu_cores", "CPU used, in cores (process = service | handlers)", &["process"]),
-            process_memory_bytes: gauge_vec(&r, "egress_process_memory_bytes", "Resident memory (process = service | handlers)", &["process"]),
-            node_load: gauge(&r, "egress_node_load", "Node load: max(host busy fraction, node CPU / capacity)"),
-            capacity_cores: gauge(&r, "egress_capacity_cores", "CPU capacity of this node in cores"),
-            available_cpu_cores: gauge(&r, "egress_available_cpu_cores", "CPU admission can still commit, in cores"),
-            type_active: int_gauge_vec(&r, "egress_type_active", "Running egresses by type", &["type"]),
-            type_limit: int_gauge_vec(&r, "egress_type_limit", "Concurrency limit by type (0 = none)", &["type"]),
-            pending_claims: int_gauge_vec(&r, "egress_pending_claims", "Pending placement claims by type", &["type"]),
-            admissions_total: counter_vec(&r, "egress_admissions_total", "Admission decisions by type and outcome", &["type", "outcome"]),
-            overload_actions_total: counter_vec(&r, "egress_overload_actions_total", "Overload stops and kills", &["action", "reason"]),
-            placements_total: counter_vec(&r, "egress_placements_total", "Fleet placements by outcome", &["outcome"]),
+            egresses: int_gauge_vec(
+                &r,
+                "egress_egresses",
+                "Egresses on this node by type and status",
+                &["type", "status"],
+            ),
+            results_total: counter_vec(
+                &r,
+                "egress_results_total",
+                "Egresses ended, by type and end reason",
+                &["type", "reason"],
+            ),
+            process_cpu_cores: gauge_vec(
+                &r,
+                "egress_process_cpu_cores",
+                "CPU used, in cores (process = service | handlers)",
+                &["process"],
+            ),
+            process_memory_bytes: gauge_vec(
+                &r,
+                "egress_process_memory_bytes",
+                "Resident memory (process = service | handlers)",
+                &["process"],
+            ),
+            node_load: gauge(
+                &r,
+                "egress_node_load",
+                "Node load: max(host busy fraction, node CPU / capacity)",
+            ),
+            capacity_cores: gauge(
+                &r,
+                "egress_capacity_cores",
+                "CPU capacity of this node in cores",
+            ),
+            available_cpu_cores: gauge(
+                &r,
+                "egress_available_cpu_cores",
+                "CPU admission can still commit, in cores",
+            ),
+            type_active: int_gauge_vec(
+                &r,
+                "egress_type_active",
+                "Running egresses by type",
+                &["type"],
+            ),
+            type_limit: int_gauge_vec(
+                &r,
+                "egress_type_limit",
+                "Concurrency limit by type (0 = none)",
+                &["type"],
+            ),
+            pending_claims: int_gauge_vec(
+                &r,
+                "egress_pending_claims",
+                "Pending placement claims by type",
+                &["type"],
+            ),
+            admissions_total: counter_vec(
+                &r,
+                "egress_admissions_total",
+                "Admission decisions by type and outcome",
+                &["type", "outcome"],
+            ),
+            overload_actions_total: counter_vec(
+                &r,
+                "egress_overload_actions_total",
+                "Overload stops and kills",
+                &["action", "reason"],
+            ),
+            placements_total: counter_vec(
+                &r,
+                "egress_placements_total",
+                "Fleet placements by outcome",
+                &["outcome"],
+            ),
             draining: gauge(&r, "egress_draining", "1 while the node is draining"),
             registry: r,
         }

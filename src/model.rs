@@ -369,9 +369,7 @@ pub fn new_egress_id() -> String {
 
 /// True for ids this engine issues; ids arrive in URLs, so anything else is refused early.
 pub fn is_valid_egress_id(id: &str) -> bool {
-    id.len() == 15
-        && id.starts_with("EG_")
-        && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+    id.len() == 15 && id.starts_with("EG_") && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Node-level limits and defaults that validation needs.
@@ -424,7 +422,12 @@ impl EgressRequest {
             width: ranged("video.width", v.width.unwrap_or(1280), 16, 3840)? & !1,
             height: ranged("video.height", v.height.unwrap_or(720), 16, 2160)? & !1,
             fps: ranged("video.fps", v.fps.unwrap_or(30), 1, 60)?,
-            bitrate_kbps: ranged("video.bitrate_kbps", v.bitrate_kbps.unwrap_or(3000), 100, 50_000)?,
+            bitrate_kbps: ranged(
+                "video.bitrate_kbps",
+                v.bitrate_kbps.unwrap_or(3000),
+                100,
+                50_000,
+            )?,
         };
         let a = self.audio.clone().unwrap_or_default();
         let default_codec = match file.container {
@@ -452,21 +455,21 @@ impl EgressRequest {
             codec,
             bitrate_kbps: ranged("audio.bitrate_kbps", a.bitrate_kbps.unwrap_or(128), 8, 512)?,
         };
-        if let Some(d) = self.max_duration_s {
-            if !(d.is_finite() && d > 0.0 && d <= 7.0 * 86400.0) {
-                return Err(RequestError::invalid(
-                    "max_duration_s",
-                    "must be a number of seconds in (0, 604800]",
-                ));
-            }
+        if let Some(d) = self.max_duration_s
+            && !(d.is_finite() && d > 0.0 && d <= 7.0 * 86400.0)
+        {
+            return Err(RequestError::invalid(
+                "max_duration_s",
+                "must be a number of seconds in (0, 604800]",
+            ));
         }
-        if let Some(c) = self.estimated_cpu {
-            if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
-                return Err(RequestError::invalid(
-                    "estimated_cpu",
-                    "must be a number of cores in [0, 256]",
-                ));
-            }
+        if let Some(c) = self.estimated_cpu
+            && !(c.is_finite() && (0.0..=256.0).contains(&c))
+        {
+            return Err(RequestError::invalid(
+                "estimated_cpu",
+                "must be a number of cores in [0, 256]",
+            ));
         }
         Ok(EgressSpec {
             egress_id: egress_id.to_string(),
@@ -475,14 +478,20 @@ impl EgressRequest {
             video,
             audio,
             file,
-            result_path: ctx.state_dir.join("egresses").join(format!("{egress_id}.result.json")),
+            result_path: ctx
+                .state_dir
+                .join("egresses")
+                .join(format!("{egress_id}.result.json")),
         })
     }
 }
 
 fn ranged(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, RequestError> {
     if v < lo || v > hi {
-        return Err(RequestError::invalid(field, format!("must be in [{lo}, {hi}], got {v}")));
+        return Err(RequestError::invalid(
+            field,
+            format!("must be in [{lo}, {hi}], got {v}"),
+        ));
     }
     Ok(v)
 }
@@ -513,7 +522,9 @@ fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestEr
                 "track_composite needs audio too: give a video source and an audio source",
             ));
         }
-        if n == 2 && (sources[0].has_video() == Some(false) || sources[1].has_audio() == Some(false)) {
+        if n == 2
+            && (sources[0].has_video() == Some(false) || sources[1].has_audio() == Some(false))
+        {
             return Err(RequestError::invalid(
                 "sources",
                 "track_composite takes the video source first and the audio source second",
@@ -537,7 +548,10 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
         return Err(RequestError::invalid(field, "not a valid URI"));
     }
     let Some((scheme, rest)) = uri.split_once("://") else {
-        return Err(RequestError::invalid(field, format!("'{uri}' is not a URI (scheme://...)")));
+        return Err(RequestError::invalid(
+            field,
+            format!("'{uri}' is not a URI (scheme://...)"),
+        ));
     };
     let scheme_lc = scheme.to_ascii_lowercase();
     if scheme_lc.is_empty()
@@ -545,7 +559,10 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
     {
-        return Err(RequestError::invalid(field, format!("'{uri}' has no valid scheme")));
+        return Err(RequestError::invalid(
+            field,
+            format!("'{uri}' has no valid scheme"),
+        ));
     }
     if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&scheme_lc)) {
         return Err(RequestError::SchemeNotAllowed(format!(
@@ -555,9 +572,14 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
     }
     if scheme_lc != "test" {
         if rest.is_empty() {
-            return Err(RequestError::invalid(field, format!("'{uri}' has nothing after the scheme")));
+            return Err(RequestError::invalid(
+                field,
+                format!("'{uri}' has nothing after the scheme"),
+            ));
         }
-        return Ok(Source::Uri { uri: uri.to_string() });
+        return Ok(Source::Uri {
+            uri: uri.to_string(),
+        });
     }
     let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
     let media = match kind.trim_end_matches('/') {
@@ -595,13 +617,19 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
                 .ok()
                 .filter(|n| (lo..=hi).contains(n))
                 .ok_or_else(|| {
-                    RequestError::invalid(field, format!("test source {k}='{v}' must be in [{lo}, {hi}]"))
+                    RequestError::invalid(
+                        field,
+                        format!("test source {k}='{v}' must be in [{lo}, {hi}]"),
+                    )
                 }),
         }
     };
     for k in params.keys() {
         if !["pattern", "wave", "freq", "width", "height", "fps"].contains(&k.as_str()) {
-            return Err(RequestError::invalid(field, format!("unknown test source parameter '{k}'")));
+            return Err(RequestError::invalid(
+                field,
+                format!("unknown test source parameter '{k}'"),
+            ));
         }
     }
     let freq = match params.get("freq") {
@@ -610,7 +638,12 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
             .parse::<f64>()
             .ok()
             .filter(|f| f.is_finite() && (1.0..=20_000.0).contains(f))
-            .ok_or_else(|| RequestError::invalid(field, format!("test source freq='{v}' must be in [1, 20000]")))?,
+            .ok_or_else(|| {
+                RequestError::invalid(
+                    field,
+                    format!("test source freq='{v}' must be in [1, 20000]"),
+                )
+            })?,
     };
     Ok(Source::Test {
         media,
@@ -625,22 +658,57 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
 
 /// videotestsrc patterns we accept (their GStreamer nicks).
 pub const TEST_PATTERNS: &[&str] = &[
-    "smpte", "snow", "black", "white", "red", "green", "blue", "checkers-1", "checkers-2",
-    "checkers-4", "checkers-8", "circular", "blink", "smpte75", "zone-plate", "gamut",
-    "chroma-zone-plate", "solid-color", "ball", "smpte100", "bar", "pinwheel", "spokes",
-    "gradient", "colors",
+    "smpte",
+    "snow",
+    "black",
+    "white",
+    "red",
+    "green",
+    "blue",
+    "checkers-1",
+    "checkers-2",
+    "checkers-4",
+    "checkers-8",
+    "circular",
+    "blink",
+    "smpte75",
+    "zone-plate",
+    "gamut",
+    "chroma-zone-plate",
+    "solid-color",
+    "ball",
+    "smpte100",
+    "bar",
+    "pinwheel",
+    "spokes",
+    "gradient",
+    "colors",
 ];
 /// audiotestsrc waves we accept (their GStreamer nicks).
 pub const TEST_WAVES: &[&str] = &[
-    "sine", "square", "saw", "triangle", "silence", "white-noise", "pink-noise", "sine-table",
-    "ticks", "gaussian-noise", "red-noise", "blue-noise", "violet-noise",
+    "sine",
+    "square",
+    "saw",
+    "triangle",
+    "silence",
+    "white-noise",
+    "pink-noise",
+    "sine-table",
+    "ticks",
+    "gaussian-noise",
+    "red-noise",
+    "blue-noise",
+    "violet-noise",
 ];
 
 /// Resolves a client filename inside `output_dir`, refusing anything that could escape it.
 pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, RequestError> {
     let field = "output.file.filename";
     if filename.is_empty() || filename.len() > 1024 || filename.chars().any(|c| c.is_control()) {
-        return Err(RequestError::invalid(field, "must be a non-empty relative path"));
+        return Err(RequestError::invalid(
+            field,
+            "must be a non-empty relative path",
+        ));
     }
     let rel = Path::new(filename);
     for c in rel.components() {
@@ -656,7 +724,10 @@ pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, R
     }
     let ext = rel.extension().and_then(|e| e.to_str()).unwrap_or("");
     let container = Container::from_extension(ext).ok_or_else(|| {
-        RequestError::invalid(field, format!("'{filename}': extension must be mp4, mkv, webm or ogg"))
+        RequestError::invalid(
+            field,
+            format!("'{filename}': extension must be mp4, mkv, webm or ogg"),
+        )
     })?;
     Ok(FileOutput {
         filename: filename.to_string(),
@@ -670,14 +741,24 @@ mod tests {
     use super::*;
 
     fn ctx_schemes() -> Vec<String> {
-        ["test", "rtsp", "http"].iter().map(|s| s.to_string()).collect()
+        ["test", "rtsp", "http"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn req(t: &str, uris: &[&str], filename: &str) -> EgressRequest {
         EgressRequest {
             egress_type: t.into(),
-            sources: uris.iter().map(|u| SourceRequest { uri: u.to_string() }).collect(),
-            output: OutputRequest { file: Some(FileOutputRequest { filename: filename.into() }) },
+            sources: uris
+                .iter()
+                .map(|u| SourceRequest { uri: u.to_string() })
+                .collect(),
+            output: OutputRequest {
+                file: Some(FileOutputRequest {
+                    filename: filename.into(),
+                }),
+            },
             video: None,
             audio: None,
             max_duration_s: None,
@@ -701,7 +782,10 @@ mod tests {
         assert_eq!(s.file.path, Path::new("/rec/a/b.mp4"));
         assert_eq!(s.file.container, Container::Mp4);
         assert_eq!(s.audio.codec, AudioCodec::Aac);
-        assert_eq!((s.video.width, s.video.height, s.video.fps), (1280, 720, 30));
+        assert_eq!(
+            (s.video.width, s.video.height, s.video.fps),
+            (1280, 720, 30)
+        );
         assert!(matches!(&s.sources[0], Source::Test { pattern, .. } if pattern == "snow"));
     }
 
@@ -731,13 +815,33 @@ mod tests {
         assert!(validate(&req("participant", &["test://video"], "x.mp4")).is_err());
         let many: Vec<&str> = vec!["test://av"; 17];
         assert!(validate(&req("room_composite", &many, "x.mp4")).is_err());
-        assert!(validate(&req("track_composite", &["test://video", "test://audio"], "x.mkv")).is_ok());
-        assert!(validate(&req("track_composite", &["test://audio", "test://video"], "x.mkv")).is_err());
+        assert!(
+            validate(&req(
+                "track_composite",
+                &["test://video", "test://audio"],
+                "x.mkv"
+            ))
+            .is_ok()
+        );
+        assert!(
+            validate(&req(
+                "track_composite",
+                &["test://audio", "test://video"],
+                "x.mkv"
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn rejects_bad_test_parameters() {
-        for u in ["test://video?pattern=nope", "test://video?width=0", "test://x", "test://audio?freq=abc", "test://video?foo=1"] {
+        for u in [
+            "test://video?pattern=nope",
+            "test://video?width=0",
+            "test://x",
+            "test://audio?freq=abc",
+            "test://video?foo=1",
+        ] {
             assert!(validate(&req("track", &[u], "x.mp4")).is_err(), "{u}");
         }
     }
@@ -745,7 +849,10 @@ mod tests {
     #[test]
     fn aac_not_in_webm() {
         let mut r = req("participant", &["test://av"], "x.webm");
-        r.audio = Some(AudioRequest { codec: Some("aac".into()), bitrate_kbps: None });
+        r.audio = Some(AudioRequest {
+            codec: Some("aac".into()),
+            bitrate_kbps: None,
+        });
         assert_eq!(validate(&r).unwrap_err().field(), Some("audio.codec"));
     }
 

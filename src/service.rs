@@ -30,9 +30,15 @@ pub enum ServiceError {
     #[error("cannot initialize GStreamer: {0}")]
     Gstreamer(String),
     #[error("storage: {path}: {source}")]
-    Storage { path: String, source: std::io::Error },
+    Storage {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("fleet: {0}")]
     Fleet(String),
 }
@@ -69,14 +75,18 @@ impl AppState {
 }
 
 fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceError + '_ {
-    move |source| ServiceError::Storage { path: path.display().to_string(), source }
+    move |source| ServiceError::Storage {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Runs the service until it is told to exit.
 pub fn run(cfg: Config) -> Result<(), ServiceError> {
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
     let log = crate::logging::root(&cfg.log.format, &cfg.log.level);
-    std::fs::create_dir_all(&cfg.storage.output_dir).map_err(storage_err(&cfg.storage.output_dir))?;
+    std::fs::create_dir_all(&cfg.storage.output_dir)
+        .map_err(storage_err(&cfg.storage.output_dir))?;
     let output_dir = cfg
         .storage
         .output_dir
@@ -106,11 +116,19 @@ async fn serve(
         log.new(slog::o!("actor" => "cpu_monitor")),
     )
     .start();
-    let admission =
-        Admission::new(&cfg, node_id.clone(), capacity, log.new(slog::o!("actor" => "admission"))).start();
-    let affinity =
-        AffinityScorer::new(cfg.affinity_mode(), admission.clone(), log.new(slog::o!("actor" => "affinity")))
-            .start();
+    let admission = Admission::new(
+        &cfg,
+        node_id.clone(),
+        capacity,
+        log.new(slog::o!("actor" => "admission")),
+    )
+    .start();
+    let affinity = AffinityScorer::new(
+        cfg.affinity_mode(),
+        admission.clone(),
+        log.new(slog::o!("actor" => "affinity")),
+    )
+    .start();
     // Fleet mode: connected before the Supervisor starts, so every record it settles or creates
     // is mirrored to Redis.
     let (fleet, mirror) = if cfg.fleet.redis_url.is_empty() {
@@ -161,7 +179,10 @@ async fn serve(
     .disable_signals()
     .shutdown_timeout(5)
     .bind(&cfg.server.listen)
-    .map_err(|source| ServiceError::Bind { addr: cfg.server.listen.clone(), source })?;
+    .map_err(|source| ServiceError::Bind {
+        addr: cfg.server.listen.clone(),
+        source,
+    })?;
     let addrs = server.addrs();
     let bound = addrs.first().map(|a| a.to_string()).unwrap_or_default();
     let server = server.run();
@@ -179,11 +200,16 @@ async fn serve(
         };
         if let Err(e) = f.join(url, admission.clone()).await {
             handle.stop(false).await;
-            return Err(ServiceError::Fleet(format!("cannot register this node: {e}")));
+            return Err(ServiceError::Fleet(format!(
+                "cannot register this node: {e}"
+            )));
         }
     }
     // One line on stdout, for scripts and tests that start the service on port 0.
-    println!("{}", serde_json::json!({"listening": bound, "node_id": node_id}));
+    println!(
+        "{}",
+        serde_json::json!({"listening": bound, "node_id": node_id})
+    );
     info!(log, "listening"; "addr" => &bound, "capacity_cores" => capacity,
           "affinity_mode" => &cfg.affinity.mode, "auth" => !cfg.server.api_token.is_empty());
 
@@ -199,7 +225,10 @@ async fn serve(
 
 fn spawn_signal_listeners(tx: mpsc::UnboundedSender<Control>, log: Logger) {
     use tokio::signal::unix::{SignalKind, signal};
-    for (kind, ctl) in [(SignalKind::terminate(), Control::Drain), (SignalKind::interrupt(), Control::Interrupt)] {
+    for (kind, ctl) in [
+        (SignalKind::terminate(), Control::Drain),
+        (SignalKind::interrupt(), Control::Interrupt),
+    ] {
         let tx = tx.clone();
         let log = log.clone();
         match signal(kind) {
@@ -256,16 +285,24 @@ async fn control_loop(
             }
             _ = tick.tick() => {}
         }
-        let Some(since) = draining_since else { continue };
+        let Some(since) = draining_since else {
+            continue;
+        };
         let running = state.supervisor.send(CountRunning).await.unwrap_or(0);
         if running == 0 {
             return;
         }
         let timeout = cfg.overload.drain_timeout_s;
-        if !drain_stop_sent && interrupts == 0 && timeout > 0.0 && since.elapsed().as_secs_f64() >= timeout {
+        if !drain_stop_sent
+            && interrupts == 0
+            && timeout > 0.0
+            && since.elapsed().as_secs_f64() >= timeout
+        {
             info!(log, "drain timeout: stopping the remaining egresses"; "running" => running);
             drain_stop_sent = true;
-            state.supervisor.do_send(EndAll::Stop(StopReason::DrainTimeout));
+            state
+                .supervisor
+                .do_send(EndAll::Stop(StopReason::DrainTimeout));
         }
         if let Some(at) = interrupted_at {
             // The Pipeline actors kill after eos_timeout themselves; this is the last resort.

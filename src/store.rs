@@ -29,7 +29,10 @@ impl Store {
         let log_dir = state_dir.join("logs");
         fs::create_dir_all(&egress_dir)?;
         fs::create_dir_all(&log_dir)?;
-        Ok(Store { egress_dir, log_dir })
+        Ok(Store {
+            egress_dir,
+            log_dir,
+        })
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -65,7 +68,9 @@ impl Store {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(id) = name.strip_suffix(".json") else { continue };
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
             if !is_valid_egress_id(id) {
                 continue;
             }
@@ -113,7 +118,11 @@ pub fn handler_alive(pid: u32, egress_id: &str) -> bool {
     };
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // A zombie has exited; it only waits for its (dead) parent to reap it.
-    let zombie = stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(false);
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .map(|s| s.trim_start().starts_with('Z'))
+        .unwrap_or(false);
     let cmd = String::from_utf8_lossy(&cmdline);
     !zombie && cmd.contains("handler") && cmd.contains(egress_id)
 }
@@ -136,8 +145,14 @@ mod tests {
             error: None,
             request: EgressRequest {
                 egress_type: "track".into(),
-                sources: vec![SourceRequest { uri: "test://video".into() }],
-                output: OutputRequest { file: Some(FileOutputRequest { filename: "a.mp4".into() }) },
+                sources: vec![SourceRequest {
+                    uri: "test://video".into(),
+                }],
+                output: OutputRequest {
+                    file: Some(FileOutputRequest {
+                        filename: "a.mp4".into(),
+                    }),
+                },
                 video: None,
                 audio: None,
                 max_duration_s: None,
@@ -157,7 +172,10 @@ mod tests {
         s.save(&info("EG_aaaaaaaaaaaa", 1)).unwrap();
         fs::write(dir.path().join("egresses/EG_cccccccccccc.json"), b"{broken").unwrap();
         let (all, problems) = s.load_all();
-        assert_eq!(all.iter().map(|i| i.egress_id.as_str()).collect::<Vec<_>>(), ["EG_aaaaaaaaaaaa", "EG_bbbbbbbbbbbb"]);
+        assert_eq!(
+            all.iter().map(|i| i.egress_id.as_str()).collect::<Vec<_>>(),
+            ["EG_aaaaaaaaaaaa", "EG_bbbbbbbbbbbb"]
+        );
         assert_eq!(problems.len(), 1);
     }
 

@@ -129,7 +129,10 @@ impl Pipeline {
             options: setup.options.clone(),
         });
         let actor = Pipeline {
-            file: (setup.spec.file.filename.clone(), setup.spec.file.path.clone()),
+            file: (
+                setup.spec.file.filename.clone(),
+                setup.spec.file.path.clone(),
+            ),
             info: setup.info,
             commands: Some(tx),
             pid,
@@ -198,7 +201,9 @@ impl Pipeline {
         if let Some(k) = self.kill_reason {
             return match k {
                 KillReason::Api => (EgressStatus::Aborted, reason::KILL_API.into(), None),
-                KillReason::Shutdown => (EgressStatus::Aborted, reason::SERVICE_STOPPED.into(), None),
+                KillReason::Shutdown => {
+                    (EgressStatus::Aborted, reason::SERVICE_STOPPED.into(), None)
+                }
                 KillReason::EosTimeout => (
                     EgressStatus::Failed,
                     reason::EOS_TIMEOUT.into(),
@@ -220,7 +225,11 @@ impl Pipeline {
             };
         }
         if let Some(e) = &self.error {
-            return (EgressStatus::Failed, reason::FAILURE.into(), Some(e.clone()));
+            return (
+                EgressStatus::Failed,
+                reason::FAILURE.into(),
+                Some(e.clone()),
+            );
         }
         if exit.code == Some(0) && self.finalized {
             if let Some(r) = self.stop_reason {
@@ -234,7 +243,11 @@ impl Pipeline {
             (Some(c), _) => format!("handler exited with code {c}"),
             _ => "handler exited".to_string(),
         };
-        (EgressStatus::Failed, reason::PROCESS_KILLED.into(), Some(error))
+        (
+            EgressStatus::Failed,
+            reason::PROCESS_KILLED.into(),
+            Some(error),
+        )
     }
 }
 
@@ -254,7 +267,9 @@ async fn write_commands(
 ) {
     let Some(mut stdin) = stdin else { return };
     while let Some(cmd) = rx.recv().await {
-        let Ok(mut line) = serde_json::to_vec(&cmd) else { continue };
+        let Ok(mut line) = serde_json::to_vec(&cmd) else {
+            continue;
+        };
         line.push(b'\n');
         if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
             return;
@@ -280,9 +295,15 @@ async fn read_events(
     let exit = match child.wait().await {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
-            ExitInfo { code: status.code(), signal: status.signal() }
+            ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+            }
         }
-        Err(_) => ExitInfo { code: None, signal: None },
+        Err(_) => ExitInfo {
+            code: None,
+            signal: None,
+        },
     };
     addr.do_send(HandlerExited(exit));
 }
@@ -357,7 +378,11 @@ impl Handler<HandlerLine> for Pipeline {
                 self.report();
             }
             HandlerEvent::Eos => self.finalized = true,
-            HandlerEvent::Error { element, message, debug } => {
+            HandlerEvent::Error {
+                element,
+                message,
+                debug,
+            } => {
                 warn!(self.log, "pipeline error"; "element" => &element, "message" => &message, "debug" => &debug);
                 if self.error.is_none() {
                     self.error = Some(format!("{element}: {message}"));
@@ -388,16 +413,18 @@ impl Handler<HandlerExited> for Pipeline {
               "status" => status.as_str(), "end_reason" => &end_reason);
         let (filename, path) = self.file.clone();
         let done = actix_web::rt::task::spawn_blocking(move || describe_file(&filename, &path));
-        ctx.wait(actix::fut::wrap_future(done).map(move |files, act: &mut Pipeline, ctx: &mut Context<Self>| {
-            act.info.files = files.unwrap_or_default();
-            act.info.status = status;
-            act.info.end_reason = Some(end_reason);
-            act.info.error = error;
-            act.info.ended_at = Some(now_ms());
-            act.info.handler_pid = None;
-            act.report();
-            ctx.stop();
-        }));
+        ctx.wait(actix::fut::wrap_future(done).map(
+            move |files, act: &mut Pipeline, ctx: &mut Context<Self>| {
+                act.info.files = files.unwrap_or_default();
+                act.info.status = status;
+                act.info.end_reason = Some(end_reason);
+                act.info.error = error;
+                act.info.ended_at = Some(now_ms());
+                act.info.handler_pid = None;
+                act.report();
+                ctx.stop();
+            },
+        ));
     }
 }
 

@@ -98,8 +98,12 @@ impl Supervisor {
         let was_final = old.as_ref().map(|o| o.status.is_final()).unwrap_or(false);
         if info.status.is_final() && !was_final {
             self.pipelines.remove(&info.egress_id);
-            self.admission.do_send(EndJob { egress_id: info.egress_id.clone() });
-            self.cpu.do_send(UnwatchProcess { egress_id: info.egress_id.clone() });
+            self.admission.do_send(EndJob {
+                egress_id: info.egress_id.clone(),
+            });
+            self.cpu.do_send(UnwatchProcess {
+                egress_id: info.egress_id.clone(),
+            });
             let why = info.end_reason.clone().unwrap_or_default();
             METRICS
                 .results_total
@@ -117,9 +121,15 @@ impl Supervisor {
     /// The output must not exist yet, nor be another running egress's, and must stay inside the
     /// output directory once symlinks are resolved: nothing recorded is ever overwritten.
     fn check_output(&self, path: &std::path::Path, filename: &str) -> Result<(), ApiError> {
-        let taken = self.pipelines.keys().filter_map(|id| self.egresses.get(id)).any(|i| {
-            i.files.iter().any(|f| std::path::Path::new(&f.location) == path)
-        });
+        let taken = self
+            .pipelines
+            .keys()
+            .filter_map(|id| self.egresses.get(id))
+            .any(|i| {
+                i.files
+                    .iter()
+                    .any(|f| std::path::Path::new(&f.location) == path)
+            });
         if taken || path.exists() {
             return Err(ApiError::OutputExists(format!(
                 "output file '{filename}' exists already: choose another filename"
@@ -128,7 +138,9 @@ impl Supervisor {
         let dir = path.parent().unwrap_or(&self.output_root);
         std::fs::create_dir_all(dir)
             .map_err(|e| ApiError::Internal(format!("cannot create the output directory: {e}")))?;
-        let real = dir.canonicalize().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let real = dir
+            .canonicalize()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         if !real.starts_with(&self.output_root) {
             return Err(ApiError::BadRequest(crate::error::RequestError::invalid(
                 "output.file.filename",
@@ -180,9 +192,11 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
     let files = match (file, path) {
         (Some(f), Some(loc)) => {
             let name = f.filename.clone();
-            actix_web::rt::task::spawn_blocking(move || describe_file(&name, std::path::Path::new(&loc)))
-                .await
-                .unwrap_or_default()
+            actix_web::rt::task::spawn_blocking(move || {
+                describe_file(&name, std::path::Path::new(&loc))
+            })
+            .await
+            .unwrap_or_default()
         }
         _ => Vec::new(),
     };
@@ -197,7 +211,10 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
         Some(r) => {
             info.status = EgressStatus::Failed;
             info.end_reason = Some(reason::FAILURE.into());
-            info.error = Some(r.error.unwrap_or_else(|| format!("handler ended: {}", r.cause)));
+            info.error = Some(
+                r.error
+                    .unwrap_or_else(|| format!("handler ended: {}", r.cause)),
+            );
         }
         None => {
             info.status = EgressStatus::Failed;
@@ -243,7 +260,10 @@ impl Handler<LaunchEgress> for Supervisor {
         }];
         let info = setup.info.clone();
         self.put(info.clone());
-        self.cpu.do_send(WatchProcess { egress_id: id.clone(), pid });
+        self.cpu.do_send(WatchProcess {
+            egress_id: id.clone(),
+            pid,
+        });
         let addr = Pipeline::start_with(setup, child, ctx.address(), &self.log);
         self.pipelines.insert(id, addr);
         Ok(info)
@@ -287,7 +307,10 @@ impl Handler<StopEgress> for Supervisor {
             )));
         }
         let Some(p) = self.pipelines.get(&msg.egress_id) else {
-            return Err(ApiError::Conflict(format!("egress {} is being settled", info.egress_id)));
+            return Err(ApiError::Conflict(format!(
+                "egress {} is being settled",
+                info.egress_id
+            )));
         };
         p.do_send(StopPipeline(msg.reason));
         let mut shown = info;
@@ -318,7 +341,10 @@ impl Handler<KillEgress> for Supervisor {
             )));
         }
         let Some(p) = self.pipelines.get(&msg.egress_id) else {
-            return Err(ApiError::Conflict(format!("egress {} is being settled", info.egress_id)));
+            return Err(ApiError::Conflict(format!(
+                "egress {} is being settled",
+                info.egress_id
+            )));
         };
         p.do_send(KillPipeline(msg.reason));
         Ok(info)
@@ -353,7 +379,11 @@ impl Handler<ListEgresses> for Supervisor {
             .filter(|i| msg.statuses.as_ref().is_none_or(|s| s.contains(&i.status)))
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.egress_id.cmp(&b.egress_id)));
+        v.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(a.egress_id.cmp(&b.egress_id))
+        });
         v
     }
 }
@@ -401,7 +431,11 @@ impl Handler<CpuSample> for Supervisor {
             .filter_map(|id| self.egresses.get(id))
             .map(|i| JobLoad {
                 egress_id: i.egress_id.clone(),
-                cores_used: sample.jobs.get(&i.egress_id).map(|u| u.cores).unwrap_or(0.0),
+                cores_used: sample
+                    .jobs
+                    .get(&i.egress_id)
+                    .map(|u| u.cores)
+                    .unwrap_or(0.0),
                 admitted_cost: i.cpu_cost,
                 started_at_ms: i.started_at.unwrap_or(i.created_at),
             })
@@ -412,8 +446,13 @@ impl Handler<CpuSample> for Supervisor {
             warn!(self.log, "CPU overload"; "action" => action.action(), "egress_id" => &id,
                   "load" => sample.load, "host_busy" => sample.host_busy, "node_cores" => sample.node_cores,
                   "capacity_cores" => sample.capacity_cores, "victim_cores" => used, "running" => jobs.len());
-            METRICS.overload_actions_total.with_label_values(&[action.action(), action.reason()]).inc();
-            let Some(p) = self.pipelines.get(&id) else { continue };
+            METRICS
+                .overload_actions_total
+                .with_label_values(&[action.action(), action.reason()])
+                .inc();
+            let Some(p) = self.pipelines.get(&id) else {
+                continue;
+            };
             match action {
                 OverloadAction::Stop { .. } => p.do_send(StopPipeline(StopReason::CpuLimit)),
                 OverloadAction::Kill { .. } => p.do_send(KillPipeline(KillReason::CpuExhausted)),

@@ -12,8 +12,8 @@ use crate::actors::supervisor::{GetEgress, KillEgress, LaunchEgress, ListEgresse
 use crate::api::method_not_allowed;
 use crate::error::ApiError;
 use crate::model::{
-    EgressInfo, EgressRequest, EgressStatus, PipelineOptions, ValidationContext, is_valid_egress_id,
-    new_egress_id, now_ms,
+    EgressInfo, EgressRequest, EgressStatus, PipelineOptions, ValidationContext,
+    is_valid_egress_id, new_egress_id, now_ms,
 };
 use crate::service::AppState;
 
@@ -46,12 +46,17 @@ pub struct EgressList {
     pub egresses: Vec<EgressInfo>,
 }
 
-async fn start(state: web::Data<AppState>, req: web::Json<EgressRequest>) -> Result<HttpResponse, ApiError> {
+async fn start(
+    state: web::Data<AppState>,
+    req: web::Json<EgressRequest>,
+) -> Result<HttpResponse, ApiError> {
     let req = req.into_inner();
     match &state.fleet {
         Some(fleet) => {
             let p = fleet.place(&state, req).await?;
-            Ok(HttpResponse::Created().insert_header(("Server-Timing", p.server_timing())).json(p.info))
+            Ok(HttpResponse::Created()
+                .insert_header(("Server-Timing", p.server_timing()))
+                .json(p.info))
         }
         None => Ok(HttpResponse::Created().json(start_local(&state, req, None, None).await?)),
     }
@@ -75,10 +80,17 @@ pub async fn start_local(
     };
     let mut spec = req.validate(&id, &ctx)?;
     spec.result_path = state.store.result_path(&id);
-    let cost = req.estimated_cpu.unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
+    let cost = req
+        .estimated_cpu
+        .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
     state
         .admission
-        .send(AdmitJob { egress_id: id.clone(), egress_type: spec.egress_type, cost, claim_id })
+        .send(AdmitJob {
+            egress_id: id.clone(),
+            egress_type: spec.egress_type,
+            cost,
+            claim_id,
+        })
         .await
         .map_err(ApiError::from_mailbox)??;
     let info = EgressInfo {
@@ -129,7 +141,9 @@ pub fn parse_statuses(q: &HashMap<String, String>) -> Result<Option<Vec<EgressSt
             return Err(ApiError::BadQuery(format!("unknown query parameter '{k}'")));
         }
     }
-    let Some(s) = q.get("status") else { return Ok(None) };
+    let Some(s) = q.get("status") else {
+        return Ok(None);
+    };
     s.split(',')
         .map(|w| {
             EgressStatus::ALL
@@ -157,7 +171,11 @@ pub async fn list_local(
     state: &AppState,
     statuses: Option<Vec<EgressStatus>>,
 ) -> Result<Vec<EgressInfo>, ApiError> {
-    state.supervisor.send(ListEgresses { statuses }).await.map_err(ApiError::from_mailbox)
+    state
+        .supervisor
+        .send(ListEgresses { statuses })
+        .await
+        .map_err(ApiError::from_mailbox)
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -170,13 +188,18 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     check_id(&id)?;
-    if let Some(info) = state.supervisor.send(GetEgress(id.clone())).await.map_err(ApiError::from_mailbox)? {
+    if let Some(info) = state
+        .supervisor
+        .send(GetEgress(id.clone()))
+        .await
+        .map_err(ApiError::from_mailbox)?
+    {
         return Ok(HttpResponse::Ok().json(info));
     }
-    if let Some(fleet) = &state.fleet {
-        if let Some(info) = fleet.get(&id).await? {
-            return Ok(HttpResponse::Ok().json(info));
-        }
+    if let Some(fleet) = &state.fleet
+        && let Some(info) = fleet.get(&id).await?
+    {
+        return Ok(HttpResponse::Ok().json(info));
     }
     Err(ApiError::NotFound(format!("no egress {id}")))
 }
@@ -190,16 +213,26 @@ pub enum EndAction {
 }
 
 /// Stops or kills an egress that runs on this node.
-pub async fn end_local(state: &AppState, id: &str, action: EndAction) -> Result<Option<EgressInfo>, ApiError> {
+pub async fn end_local(
+    state: &AppState,
+    id: &str,
+    action: EndAction,
+) -> Result<Option<EgressInfo>, ApiError> {
     let r = match action {
         EndAction::Stop => state
             .supervisor
-            .send(StopEgress { egress_id: id.to_string(), reason: StopReason::Api })
+            .send(StopEgress {
+                egress_id: id.to_string(),
+                reason: StopReason::Api,
+            })
             .await
             .map_err(ApiError::from_mailbox)?,
         EndAction::Kill => state
             .supervisor
-            .send(KillEgress { egress_id: id.to_string(), reason: KillReason::Api })
+            .send(KillEgress {
+                egress_id: id.to_string(),
+                reason: KillReason::Api,
+            })
             .await
             .map_err(ApiError::from_mailbox)?,
     };
@@ -215,10 +248,10 @@ async fn end(state: &AppState, id: &str, action: EndAction) -> Result<HttpRespon
     if let Some(info) = end_local(state, id, action).await? {
         return Ok(HttpResponse::Ok().json(info));
     }
-    if let Some(fleet) = &state.fleet {
-        if let Some(info) = fleet.end_remote(id, action).await? {
-            return Ok(HttpResponse::Ok().json(info));
-        }
+    if let Some(fleet) = &state.fleet
+        && let Some(info) = fleet.end_remote(id, action).await?
+    {
+        return Ok(HttpResponse::Ok().json(info));
     }
     Err(ApiError::NotFound(format!("no egress {id}")))
 }

@@ -32,10 +32,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn fleet(state: &AppState) -> Result<&Fleet, ApiError> {
-    state
-        .fleet
-        .as_deref()
-        .ok_or_else(|| ApiError::NotFound("this node runs alone: no fleet.redis_url is configured".into()))
+    state.fleet.as_deref().ok_or_else(|| {
+        ApiError::NotFound("this node runs alone: no fleet.redis_url is configured".into())
+    })
 }
 
 /// Live nodes with their load and per-type counts, as their last heartbeat reported them.
@@ -45,8 +44,13 @@ async fn nodes(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 /// Internal (placement): start this placed egress here, and only here.
-async fn node_egress(state: web::Data<AppState>, body: web::Json<NodeStart>) -> Result<HttpResponse, ApiError> {
-    let info = fleet(&state)?.start_owned(&state, body.into_inner()).await?;
+async fn node_egress(
+    state: web::Data<AppState>,
+    body: web::Json<NodeStart>,
+) -> Result<HttpResponse, ApiError> {
+    let info = fleet(&state)?
+        .start_owned(&state, body.into_inner())
+        .await?;
     Ok(HttpResponse::Created().json(info))
 }
 
@@ -57,10 +61,15 @@ struct Release {
 }
 
 /// Gives back a claim that `GET /v1/affinity` took (idempotent; unknown claims are ignored).
-async fn release(state: web::Data<AppState>, body: web::Json<Release>) -> Result<HttpResponse, ApiError> {
+async fn release(
+    state: web::Data<AppState>,
+    body: web::Json<Release>,
+) -> Result<HttpResponse, ApiError> {
     state
         .admission
-        .send(ReleaseClaim { claim_id: body.into_inner().claim_id })
+        .send(ReleaseClaim {
+            claim_id: body.into_inner().claim_id,
+        })
         .await
         .map_err(ApiError::from_mailbox)?;
     Ok(HttpResponse::NoContent().finish())

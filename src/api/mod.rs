@@ -25,8 +25,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     )
     .app_data(web::PayloadConfig::default().limit(max_body))
     .app_data(
-        web::QueryConfig::default()
-            .error_handler(|err: QueryPayloadError, _req| ApiError::BadQuery(err.to_string()).into()),
+        web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
+            ApiError::BadQuery(err.to_string()).into()
+        }),
     );
     egress::configure(cfg);
     node::configure(cfg);
@@ -46,7 +47,11 @@ fn json_error(err: JsonPayloadError, max_body: usize) -> ApiError {
 
 /// Unknown paths.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// Known paths with a method they do not take.

@@ -40,7 +40,11 @@ async fn healthz() -> HttpResponse {
 
 /// 200 while the node takes new egresses; 503 while draining or when its actors do not answer.
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let node = state.admission.send(GetNodeState).await.map_err(ApiError::from_mailbox)?;
+    let node = state
+        .admission
+        .send(GetNodeState)
+        .await
+        .map_err(ApiError::from_mailbox)?;
     if node.draining {
         return Err(ApiError::Unavailable("the node is draining".into()));
     }
@@ -48,13 +52,21 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn node(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let node = state.admission.send(GetNodeState).await.map_err(ApiError::from_mailbox)?;
+    let node = state
+        .admission
+        .send(GetNodeState)
+        .await
+        .map_err(ApiError::from_mailbox)?;
     Ok(HttpResponse::Ok().json(node))
 }
 
 async fn drain(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.start_drain();
-    let node = state.admission.send(GetNodeState).await.map_err(ApiError::from_mailbox)?;
+    let node = state
+        .admission
+        .send(GetNodeState)
+        .await
+        .map_err(ApiError::from_mailbox)?;
     Ok(HttpResponse::Accepted().json(node))
 }
 
@@ -79,7 +91,9 @@ async fn affinity(
             v.parse::<f64>()
                 .ok()
                 .filter(|c| c.is_finite() && (0.0..=256.0).contains(c))
-                .ok_or_else(|| ApiError::BadQuery("estimated_cpu must be a number in [0, 256]".into()))?,
+                .ok_or_else(|| {
+                    ApiError::BadQuery("estimated_cpu must be a number in [0, 256]".into())
+                })?,
         ),
     };
     let a = state

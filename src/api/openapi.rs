@@ -26,7 +26,15 @@ fn id_param() -> Value {
 
 pub fn document() -> Value {
     let egress_types = json!(["track", "track_composite", "participant", "room_composite"]);
-    let statuses = json!(["starting", "active", "ending", "complete", "failed", "aborted", "limit_reached"]);
+    let statuses = json!([
+        "starting",
+        "active",
+        "ending",
+        "complete",
+        "failed",
+        "aborted",
+        "limit_reached"
+    ]);
     json!({
         "openapi": "3.0.3",
         "info": {"title": "egress-engine admin API", "version": env!("CARGO_PKG_VERSION")},

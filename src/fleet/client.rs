@@ -88,7 +88,8 @@ impl RemoteError {
         RemoteError {
             status,
             code: s("code").unwrap_or_default(),
-            message: s("message").unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
+            message: s("message")
+                .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
             reason: s("reason"),
             owner: s("owner"),
             field: s("field"),
@@ -104,7 +105,7 @@ pub enum CallError {
     /// No answer before the deadline (the node may be alive but slow).
     Timeout(String),
     /// An answer with an error status.
-    Remote(RemoteError),
+    Remote(Box<RemoteError>),
     /// An answer that does not parse.
     Garbled(String),
 }
@@ -135,7 +136,11 @@ async fn call(
     }
     let fut = async move {
         let mut resp = match body {
-            Some(b) => req.insert_header(("content-type", "application/json")).send_body(b).await,
+            Some(b) => {
+                req.insert_header(("content-type", "application/json"))
+                    .send_body(b)
+                    .await
+            }
             None => req.send().await,
         }
         .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))?;
@@ -157,9 +162,15 @@ async fn call(
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(status: u16, body: &[u8], ok: &[u16]) -> Result<T, CallError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    status: u16,
+    body: &[u8],
+    ok: &[u16],
+) -> Result<T, CallError> {
     if !ok.contains(&status) {
-        return Err(CallError::Remote(RemoteError::parse(status, body)));
+        return Err(CallError::Remote(Box::new(RemoteError::parse(
+            status, body,
+        ))));
     }
     serde_json::from_slice(body).map_err(|e| CallError::Garbled(e.to_string()))
 }
@@ -180,20 +191,44 @@ pub async fn affinity(
 }
 
 /// `POST /v1/affinity/release`: gives a claim back (idempotent on the node).
-pub async fn release(target: Target<'_>, claim_id: &str, timeout: Duration) -> Result<(), CallError> {
+pub async fn release(
+    target: Target<'_>,
+    claim_id: &str,
+    timeout: Duration,
+) -> Result<(), CallError> {
     let body = serde_json::to_vec(&serde_json::json!({ "claim_id": claim_id })).unwrap_or_default();
-    let (status, body) = call(awc::http::Method::POST, &target, "/v1/affinity/release", Some(body), timeout).await?;
+    let (status, body) = call(
+        awc::http::Method::POST,
+        &target,
+        "/v1/affinity/release",
+        Some(body),
+        timeout,
+    )
+    .await?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(CallError::Remote(RemoteError::parse(status, &body)))
+        Err(CallError::Remote(Box::new(RemoteError::parse(
+            status, &body,
+        ))))
     }
 }
 
 /// `POST /v1/node/egress`: starts the egress on that node only.
-pub async fn start(target: Target<'_>, start: &NodeStart, timeout: Duration) -> Result<EgressInfo, CallError> {
+pub async fn start(
+    target: Target<'_>,
+    start: &NodeStart,
+    timeout: Duration,
+) -> Result<EgressInfo, CallError> {
     let body = serde_json::to_vec(start).map_err(|e| CallError::Garbled(e.to_string()))?;
-    let (status, body) = call(awc::http::Method::POST, &target, "/v1/node/egress", Some(body), timeout).await?;
+    let (status, body) = call(
+        awc::http::Method::POST,
+        &target,
+        "/v1/node/egress",
+        Some(body),
+        timeout,
+    )
+    .await?;
     parse(status, &body, &[201])
 }
 
@@ -204,9 +239,21 @@ pub async fn node_state(target: Target<'_>, timeout: Duration) -> Result<Value, 
 }
 
 /// `POST /v1/egress/{id}/stop|kill` on the node that runs it.
-pub async fn end(target: Target<'_>, egress_id: &str, action: &str, timeout: Duration) -> Result<EgressInfo, CallError> {
+pub async fn end(
+    target: Target<'_>,
+    egress_id: &str,
+    action: &str,
+    timeout: Duration,
+) -> Result<EgressInfo, CallError> {
     let path = format!("/v1/egress/{egress_id}/{action}");
-    let (status, body) = call(awc::http::Method::POST, &target, &path, Some(b"{}".to_vec()), timeout).await?;
+    let (status, body) = call(
+        awc::http::Method::POST,
+        &target,
+        &path,
+        Some(b"{}".to_vec()),
+        timeout,
+    )
+    .await?;
     parse(status, &body, &[200])
 }
 
@@ -220,8 +267,14 @@ mod tests {
             409,
             br#"{"error":{"code":"already_placed","message":"m","owner":"ND_b"}}"#,
         );
-        assert_eq!((e.status, e.code.as_str(), e.owner.as_deref()), (409, "already_placed", Some("ND_b")));
-        let e = RemoteError::parse(503, br#"{"error":{"code":"no_capacity","message":"m","reason":"cpu"}}"#);
+        assert_eq!(
+            (e.status, e.code.as_str(), e.owner.as_deref()),
+            (409, "already_placed", Some("ND_b"))
+        );
+        let e = RemoteError::parse(
+            503,
+            br#"{"error":{"code":"no_capacity","message":"m","reason":"cpu"}}"#,
+        );
         assert_eq!(e.reason.as_deref(), Some("cpu"));
         let e = RemoteError::parse(502, b"bad gateway");
         assert_eq!((e.code.as_str(), e.message.as_str()), ("", "bad gateway"));

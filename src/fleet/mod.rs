@@ -41,8 +41,12 @@ use crate::config::{Config, FleetConfig};
 use crate::error::ApiError;
 use crate::fleet::client::{CallError, NodeStart, Target};
 use crate::fleet::placement::Placement;
-use crate::fleet::records::{CLAIM_OWNER, DISOWN, OWNER_TTL_MS, PUT_RECORD, RECORDS_KEY, owner_key};
-use crate::fleet::registry::{FleetNode, LIVE_NODES, NODE_KEY_PREFIX, NODES_KEY, NodeRecord, node_key, parse_nodes};
+use crate::fleet::records::{
+    CLAIM_OWNER, DISOWN, OWNER_TTL_MS, PUT_RECORD, RECORDS_KEY, owner_key,
+};
+use crate::fleet::registry::{
+    FleetNode, LIVE_NODES, NODE_KEY_PREFIX, NODES_KEY, NodeRecord, node_key, parse_nodes,
+};
 use crate::model::{EgressInfo, EgressRequest, EgressStatus, is_valid_egress_id, now_ms};
 use crate::service::AppState;
 
@@ -88,7 +92,8 @@ impl Fleet {
         log: Logger,
     ) -> Result<(Arc<Fleet>, mpsc::UnboundedSender<EgressInfo>), String> {
         let url = &cfg.fleet.redis_url;
-        let client = redis::Client::open(url.as_str()).map_err(|e| format!("fleet.redis_url '{url}': {e}"))?;
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| format!("fleet.redis_url '{url}': {e}"))?;
         let mcfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
@@ -130,7 +135,11 @@ impl Fleet {
 
     /// Registers the node under `url` and starts the heartbeat and the record writer. Call once,
     /// from the service's arbiter, when the HTTP server is bound.
-    pub async fn join(self: &Arc<Self>, url: String, admission: Addr<Admission>) -> Result<(), String> {
+    pub async fn join(
+        self: &Arc<Self>,
+        url: String,
+        admission: Addr<Admission>,
+    ) -> Result<(), String> {
         let _ = self.url.set(url);
         if let Some(rx) = self.records_rx.lock().ok().and_then(|mut g| g.take()) {
             let flush = self.flush_rx.lock().ok().and_then(|mut g| g.take());
@@ -202,8 +211,13 @@ impl Fleet {
             h.abort();
         }
         let (ack_tx, ack_rx) = oneshot::channel();
-        if self.flush_tx.send(ack_tx).is_ok() && tokio::time::timeout(FLUSH_TIMEOUT, ack_rx).await.is_err() {
-            warn!(self.log, "the last egress records did not reach Redis in time");
+        if self.flush_tx.send(ack_tx).is_ok()
+            && tokio::time::timeout(FLUSH_TIMEOUT, ack_rx).await.is_err()
+        {
+            warn!(
+                self.log,
+                "the last egress records did not reach Redis in time"
+            );
         }
         let mut con = self.redis.clone();
         let res = redis::pipe()
@@ -218,7 +232,9 @@ impl Fleet {
             .await;
         match res {
             Ok(()) => info!(self.log, "left the fleet"),
-            Err(e) => warn!(self.log, "cannot remove this node's registration (it expires on its own)"; "error" => %e),
+            Err(e) => {
+                warn!(self.log, "cannot remove this node's registration (it expires on its own)"; "error" => %e)
+            }
         }
     }
 
@@ -301,7 +317,12 @@ impl Fleet {
 
     /// `GET /v1/fleet/nodes`.
     pub async fn nodes(&self) -> Result<Vec<FleetNode>, ApiError> {
-        Ok(self.live_nodes().await?.into_iter().map(FleetNode::from).collect())
+        Ok(self
+            .live_nodes()
+            .await?
+            .into_iter()
+            .map(FleetNode::from)
+            .collect())
     }
 
     /// Places a new egress on the best node of the fleet (see `placement`).
@@ -310,14 +331,25 @@ impl Fleet {
     }
 
     /// `POST /v1/node/egress`: starts a placed egress on this node, once it owns the id.
-    pub async fn start_owned(&self, state: &AppState, start: NodeStart) -> Result<EgressInfo, ApiError> {
+    pub async fn start_owned(
+        &self,
+        state: &AppState,
+        start: NodeStart,
+    ) -> Result<EgressInfo, ApiError> {
         let id = start.egress_id;
         if !is_valid_egress_id(&id) {
             return Err(ApiError::BadQuery(format!("'{id}' is not an egress id")));
         }
-        let here = state.supervisor.send(GetEgress(id.clone())).await.map_err(ApiError::from_mailbox)?;
+        let here = state
+            .supervisor
+            .send(GetEgress(id.clone()))
+            .await
+            .map_err(ApiError::from_mailbox)?;
         if here.is_some() {
-            return Err(ApiError::AlreadyPlaced { egress_id: id, owner: self.node_id.clone() });
+            return Err(ApiError::AlreadyPlaced {
+                egress_id: id,
+                owner: self.node_id.clone(),
+            });
         }
         let mut con = self.redis.clone();
         let owner: String = CLAIM_OWNER
@@ -330,7 +362,10 @@ impl Fleet {
             .map_err(redis_err)?;
         if owner != self.node_id {
             debug!(self.log, "egress owned elsewhere"; "egress_id" => &id, "owner" => &owner);
-            return Err(ApiError::AlreadyPlaced { egress_id: id, owner });
+            return Err(ApiError::AlreadyPlaced {
+                egress_id: id,
+                owner,
+            });
         }
         match start_local(state, start.request, Some(id.clone()), start.claim_id).await {
             Ok(info) => {
@@ -344,7 +379,11 @@ impl Fleet {
                 // "exists already" means it runs here: keep the id. Otherwise give it back, so a
                 // retry on another node can take it.
                 if !matches!(e, ApiError::Conflict(_)) {
-                    let r: Result<i64, _> = DISOWN.key(owner_key(&id)).arg(&self.node_id).invoke_async(&mut con).await;
+                    let r: Result<i64, _> = DISOWN
+                        .key(owner_key(&id))
+                        .arg(&self.node_id)
+                        .invoke_async(&mut con)
+                        .await;
                     if let Err(de) = r {
                         warn!(self.log, "cannot give an egress id back (it stays blocked until this node dies)";
                               "egress_id" => &id, "error" => %de);
@@ -356,7 +395,10 @@ impl Fleet {
     }
 
     /// The record, whether its owner lives, and the owner key: what `resolve_owner` decides on.
-    async fn ownership(&self, egress_id: &str) -> Result<(Option<EgressInfo>, Option<String>, bool), ApiError> {
+    async fn ownership(
+        &self,
+        egress_id: &str,
+    ) -> Result<(Option<EgressInfo>, Option<String>, bool), ApiError> {
         let mut con = self.redis.clone();
         let (record, owner): (Option<String>, Option<String>) = redis::pipe()
             .cmd("HGET")
@@ -369,12 +411,14 @@ impl Fleet {
             .map_err(redis_err)?;
         let live = match &owner {
             Some(o) if o == &self.node_id => true,
-            Some(o) => redis::cmd("EXISTS")
-                .arg(node_key(o))
-                .query_async::<i64>(&mut con)
-                .await
-                .map_err(redis_err)?
-                == 1,
+            Some(o) => {
+                redis::cmd("EXISTS")
+                    .arg(node_key(o))
+                    .query_async::<i64>(&mut con)
+                    .await
+                    .map_err(redis_err)?
+                    == 1
+            }
             None => false,
         };
         let record = record.and_then(|r| serde_json::from_str::<EgressInfo>(&r).ok());
@@ -383,11 +427,23 @@ impl Fleet {
 
     /// `GET /v1/egress` fleet-wide: stored records with the dead-node rule, this node's own
     /// records as they are now.
-    pub async fn list(&self, state: &AppState, statuses: Option<Vec<EgressStatus>>) -> Result<Vec<EgressInfo>, ApiError> {
+    pub async fn list(
+        &self,
+        state: &AppState,
+        statuses: Option<Vec<EgressStatus>>,
+    ) -> Result<Vec<EgressInfo>, ApiError> {
         let mut con = self.redis.clone();
-        let stored: std::collections::HashMap<String, String> =
-            redis::cmd("HGETALL").arg(RECORDS_KEY).query_async(&mut con).await.map_err(redis_err)?;
-        let mut live: HashSet<String> = self.live_nodes().await?.into_iter().map(|n| n.node_id).collect();
+        let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(RECORDS_KEY)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
+        let mut live: HashSet<String> = self
+            .live_nodes()
+            .await?
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect();
         live.insert(self.node_id.clone());
         let local = list_local(state, None).await?;
         let (list, bad) = records::merge(stored, local, &live, statuses.as_deref());
@@ -412,19 +468,33 @@ impl Fleet {
                 .map_err(redis_err)?
                 == 1
         };
-        let live_set: HashSet<String> = if live { [info.node_id.clone()].into() } else { HashSet::new() };
+        let live_set: HashSet<String> = if live {
+            [info.node_id.clone()].into()
+        } else {
+            HashSet::new()
+        };
         Ok(Some(records::as_seen(info, &live_set)))
     }
 
     /// Stop or kill forwarded to the node that runs the egress. None when no other node has it.
-    pub async fn end_remote(&self, id: &str, action: EndAction) -> Result<Option<EgressInfo>, ApiError> {
+    pub async fn end_remote(
+        &self,
+        id: &str,
+        action: EndAction,
+    ) -> Result<Option<EgressInfo>, ApiError> {
         let (record, owner, _) = self.ownership(id).await?;
-        let Some(node) = record.as_ref().map(|r| r.node_id.clone()).or(owner) else { return Ok(None) };
+        let Some(node) = record.as_ref().map(|r| r.node_id.clone()).or(owner) else {
+            return Ok(None);
+        };
         if node == self.node_id {
             return Ok(None);
         }
         let mut con = self.redis.clone();
-        let reg: Option<String> = redis::cmd("GET").arg(node_key(&node)).query_async(&mut con).await.map_err(redis_err)?;
+        let reg: Option<String> = redis::cmd("GET")
+            .arg(node_key(&node))
+            .query_async(&mut con)
+            .await
+            .map_err(redis_err)?;
         let Some(reg) = reg.and_then(|r| serde_json::from_str::<NodeRecord>(&r).ok()) else {
             return Err(ApiError::Conflict(format!(
                 "egress {id} ran on node {node}, which is no longer live: it ended (aborted, \"Node lost\")"
@@ -434,7 +504,17 @@ impl Fleet {
             EndAction::Stop => "stop",
             EndAction::Kill => "kill",
         };
-        match client::end(Target { url: &reg.url, token: &self.token }, id, action_name, END_TIMEOUT).await {
+        match client::end(
+            Target {
+                url: &reg.url,
+                token: &self.token,
+            },
+            id,
+            action_name,
+            END_TIMEOUT,
+        )
+        .await
+        {
             Ok(info) => Ok(Some(info)),
             Err(CallError::Remote(r)) if r.status == 404 => Ok(None),
             Err(CallError::Remote(r)) if r.status == 409 => Err(ApiError::Conflict(r.message)),

@@ -9,7 +9,9 @@
 //!    │ live nodes (Redis) ──GET /v1/affinity──► every node at once (each takes a claim)  │
 //!    │ wait for every answer or fleet.affinity_timeout_ms                               │
 //!    │ rank: score >= 0, descending, equal scores in random order                       │
-//!    │ POST /v1/affinity/release to every loser at once (fire and forget)               │
+//!    │ POST /v1/affinity/release to every loser at once                                 │
+//!    │ (all of the above under the fleet's decision lock in Redis, so decisions do not   │
+//!    │ overlap: the next one sees only this one's winning claim)                         │
 //!    │ POST /v1/node/egress {egress_id, claim_id} to the best; refused/unreachable:     │
 //!    │   next best without a claim (admission checks again there)                       │
 //!    └─ nobody placed it: retry the round after a few random ms if refusals were due to ┘
@@ -29,11 +31,16 @@ use slog::debug;
 use crate::error::{AdmissionError, ApiError, RequestError};
 use crate::fleet::Fleet;
 use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
+use crate::fleet::records::DISOWN;
 use crate::fleet::registry::{NodeRecord, NodeReport};
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressRequest, EgressType, ValidationContext, new_egress_id};
 use crate::service::AppState;
 
+/// The fleet's placement decision lock (see `fleet.decision_lock_ms`).
+pub const DECISION_LOCK_KEY: &str = "egress:placement:lock";
+/// Longest pause between two tries for the decision lock, in microseconds (plus as much jitter).
+const MAX_LOCK_PAUSE_US: u64 = 2000;
 /// Most rounds one placement runs.
 pub const ROUND_LIMIT: u32 = 16;
 /// A new round is not started past this (from the start of the placement).
@@ -101,7 +108,11 @@ pub fn dominant(refusals: &[Refusal]) -> Option<Refusal> {
         *counts.entry(*r).or_default() += 1;
     }
     // max_by_key keeps the last maximum; iterate in reverse order of preference.
-    counts.into_iter().rev().max_by_key(|(_, n)| *n).map(|(r, _)| r)
+    counts
+        .into_iter()
+        .rev()
+        .max_by_key(|(_, n)| *n)
+        .map(|(r, _)| r)
 }
 
 /// "2 nodes refused (cpu: 1, draining: 1)".
@@ -112,7 +123,11 @@ pub fn describe(refusals: &[Refusal]) -> String {
     }
     let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     let n = refusals.len();
-    format!("{n} node{} refused ({})", if n == 1 { "" } else { "s" }, parts.join(", "))
+    format!(
+        "{n} node{} refused ({})",
+        if n == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
 }
 
 /// What a round that placed nothing saw, for the retry decision.
@@ -132,17 +147,22 @@ pub struct RoundReport {
 /// refusing node holds claims of other placements (they are released or consumed within
 /// milliseconds); a fleet that is simply full, or draining, is answered at once.
 /// `jitter` is uniform in [0, 1): concurrent placers must not retry in lockstep.
-pub fn retry_after(report: &RoundReport, round: u32, elapsed: Duration, jitter: f64) -> Option<Duration> {
-    let claims_in_the_way = report
-        .refused
-        .iter()
-        .any(|(why, pending)| matches!(why, Refusal::Cpu | Refusal::TypeLimit) && pending.unwrap_or(0) > 0);
+pub fn retry_after(
+    report: &RoundReport,
+    round: u32,
+    elapsed: Duration,
+    jitter: f64,
+) -> Option<Duration> {
+    let claims_in_the_way = report.refused.iter().any(|(why, pending)| {
+        matches!(why, Refusal::Cpu | Refusal::TypeLimit) && pending.unwrap_or(0) > 0
+    });
     let may_pass = claims_in_the_way || report.transient_failures > 0 || report.timeouts > 0;
     if !may_pass || round >= ROUND_LIMIT {
         return None;
     }
     let base_us = 1000.0 + 4000.0 * jitter.clamp(0.0, 1.0);
-    let backoff = Duration::from_micros((base_us * f64::from(round.max(1))) as u64).min(MAX_BACKOFF);
+    let backoff =
+        Duration::from_micros((base_us * f64::from(round.max(1))) as u64).min(MAX_BACKOFF);
     (elapsed + backoff <= RETRY_BUDGET).then_some(backoff)
 }
 
@@ -177,7 +197,11 @@ enum StartOutcome {
     Refused(Refusal),
     /// `client_error`: a 4xx the client should see if no node takes the job (the node's config
     /// differs from the placer's, e.g. its allowed schemes, or its output file exists).
-    Failed { transient: bool, message: String, client_error: Option<RemoteError> },
+    Failed {
+        transient: bool,
+        message: String,
+        client_error: Option<RemoteError>,
+    },
     /// Stop the whole placement with this answer.
     Fatal(ApiError),
 }
@@ -185,14 +209,18 @@ enum StartOutcome {
 /// Who owns an egress id that a node refused as `already_placed`.
 enum Owner {
     /// It runs there: this is its record.
-    Placed(EgressInfo),
+    Placed(Box<EgressInfo>),
     /// Nobody live holds it any more: start it again.
     Free,
 }
 
 impl Fleet {
     /// See the module doc.
-    pub(crate) async fn place_egress(&self, state: &AppState, req: EgressRequest) -> Result<Placement, ApiError> {
+    pub(crate) async fn place_egress(
+        &self,
+        state: &AppState,
+        req: EgressRequest,
+    ) -> Result<Placement, ApiError> {
         let t0 = Instant::now();
         let egress_id = new_egress_id();
         let cfg = &state.cfg;
@@ -208,11 +236,22 @@ impl Fleet {
         let mut round = 0u32;
         loop {
             round += 1;
-            let nodes = self.live_nodes().await?;
-            if nodes.is_empty() {
-                METRICS.placements_total.with_label_values(&["failed"]).inc();
-                return Err(ApiError::Unavailable("no live node is registered in the fleet".into()));
-            }
+            // One decision at a time fleet-wide: the winner's claim is the only one left when
+            // the next placement asks, so a burst is placed as evenly as one request at a time.
+            let lock = self.lock_decisions().await;
+            let nodes = match self.live_nodes().await {
+                Ok(n) if !n.is_empty() => n,
+                other => {
+                    self.unlock_decisions(lock).await;
+                    METRICS
+                        .placements_total
+                        .with_label_values(&["failed"])
+                        .inc();
+                    return Err(other.err().unwrap_or_else(|| {
+                        ApiError::Unavailable("no live node is registered in the fleet".into())
+                    }));
+                }
+            };
             let answers = futures_util::future::join_all(nodes.iter().map(|n| {
                 client::affinity(
                     Target { url: &n.url, token },
@@ -242,10 +281,20 @@ impl Fleet {
                 }
             }
             let ranked = rank(cands, &mut rand::rng());
-            for loser in ranked.iter().skip(1) {
-                self.release_later(loser);
+            if lock.is_some() {
+                // Released before the lock is: the next decision must not see them.
+                futures_util::future::join_all(ranked.iter().skip(1).map(|l| self.release_now(l)))
+                    .await;
+            } else {
+                for loser in ranked.iter().skip(1) {
+                    self.release_later(loser);
+                }
             }
-            let mut report = RoundReport { timeouts, ..RoundReport::default() };
+            self.unlock_decisions(lock).await;
+            let mut report = RoundReport {
+                timeouts,
+                ..RoundReport::default()
+            };
             let mut start_refusals = Vec::new();
             let mut failures: Vec<String> = Vec::new();
             let mut client_errors: Vec<RemoteError> = Vec::new();
@@ -254,12 +303,24 @@ impl Fleet {
                 let claim = if i == 0 { cand.claim_id.clone() } else { None };
                 attempts += 1;
                 if attempts > 1 {
-                    METRICS.placements_total.with_label_values(&["retried"]).inc();
+                    METRICS
+                        .placements_total
+                        .with_label_values(&["retried"])
+                        .inc();
                 }
                 match self.start_on(cand, &egress_id, claim, &req).await {
                     StartOutcome::Placed(info) => {
-                        let p = Placement { info, decide, total: t0.elapsed(), rounds: round, attempts };
-                        METRICS.placements_total.with_label_values(&["placed"]).inc();
+                        let p = Placement {
+                            info,
+                            decide,
+                            total: t0.elapsed(),
+                            rounds: round,
+                            attempts,
+                        };
+                        METRICS
+                            .placements_total
+                            .with_label_values(&["placed"])
+                            .inc();
                         debug!(self.log, "placed"; "egress_id" => &egress_id, "on" => &p.info.node_id,
                                "score" => cand.score, "decide_ms" => p.decide.as_secs_f64() * 1000.0,
                                "total_ms" => p.total.as_secs_f64() * 1000.0, "rounds" => round,
@@ -270,13 +331,20 @@ impl Fleet {
                         start_refusals.push(why);
                         report.transient_failures += 1;
                     }
-                    StartOutcome::Failed { transient, message, client_error } => {
+                    StartOutcome::Failed {
+                        transient,
+                        message,
+                        client_error,
+                    } => {
                         failures.push(format!("{}: {message}", cand.node_id));
                         report.transient_failures += u32::from(transient);
                         client_errors.extend(client_error);
                     }
                     StartOutcome::Fatal(e) => {
-                        METRICS.placements_total.with_label_values(&["failed"]).inc();
+                        METRICS
+                            .placements_total
+                            .with_label_values(&["failed"])
+                            .inc();
                         return Err(e);
                     }
                 }
@@ -286,22 +354,29 @@ impl Fleet {
                 }
             }
             // Nobody took it. Were the refusals due to other placements' pending claims?
-            let states = futures_util::future::join_all(refused.iter().map(|(why, n)| async move {
-                match why {
-                    Refusal::Cpu | Refusal::TypeLimit => client::node_state(Target { url: &n.url, token }, SMALL_CALL_TIMEOUT)
-                        .await
-                        .ok()
-                        .and_then(|v| serde_json::from_value::<NodeReport>(v).ok()),
-                    _ => None,
-                }
-            }))
-            .await;
+            let states =
+                futures_util::future::join_all(refused.iter().map(|(why, n)| async move {
+                    match why {
+                        Refusal::Cpu | Refusal::TypeLimit => {
+                            client::node_state(Target { url: &n.url, token }, SMALL_CALL_TIMEOUT)
+                                .await
+                                .ok()
+                                .and_then(|v| serde_json::from_value::<NodeReport>(v).ok())
+                        }
+                        _ => None,
+                    }
+                }))
+                .await;
             report.refused = refused
                 .iter()
                 .zip(states)
                 .map(|((why, _), st)| {
                     let pending = st.map(|s| match why {
-                        Refusal::TypeLimit => s.types.get(egress_type.as_str()).map(|t| t.pending_claims).unwrap_or(0),
+                        Refusal::TypeLimit => s
+                            .types
+                            .get(egress_type.as_str())
+                            .map(|t| t.pending_claims)
+                            .unwrap_or(0),
                         _ => s.pending_claims(),
                     });
                     (*why, pending)
@@ -309,7 +384,10 @@ impl Fleet {
                 .collect();
             let jitter: f64 = rand::rng().random();
             if let Some(backoff) = retry_after(&report, round, t0.elapsed(), jitter) {
-                METRICS.placements_total.with_label_values(&["retried"]).inc();
+                METRICS
+                    .placements_total
+                    .with_label_values(&["retried"])
+                    .inc();
                 debug!(self.log, "placement round placed nothing: retrying"; "egress_id" => &egress_id,
                        "round" => round, "backoff_ms" => backoff.as_secs_f64() * 1000.0,
                        "refused" => describe(&report.refused.iter().map(|r| r.0).collect::<Vec<_>>()),
@@ -317,18 +395,27 @@ impl Fleet {
                 tokio::time::sleep(backoff).await;
                 continue;
             }
-            METRICS.placements_total.with_label_values(&["failed"]).inc();
+            METRICS
+                .placements_total
+                .with_label_values(&["failed"])
+                .inc();
             let mut all: Vec<Refusal> = refused.iter().map(|r| r.0).collect();
             all.extend(start_refusals);
             debug!(self.log, "placement failed"; "egress_id" => &egress_id, "rounds" => round,
                    "ms" => t0.elapsed().as_secs_f64() * 1000.0, "refused" => describe(&all),
                    "failures" => failures.join("; "), "silent" => silent.join("; "));
-            if all.is_empty() {
-                if let Some(r) = client_errors.pop() {
-                    return Err(client_error(r));
-                }
+            if all.is_empty()
+                && let Some(r) = client_errors.pop()
+            {
+                return Err(client_error(r));
             }
-            return Err(final_error(egress_type, &all, &failures, &silent, nodes.len()));
+            return Err(final_error(
+                egress_type,
+                &all,
+                &failures,
+                &silent,
+                nodes.len(),
+            ));
         }
     }
 
@@ -340,15 +427,25 @@ impl Fleet {
         mut claim_id: Option<String>,
         req: &EgressRequest,
     ) -> StartOutcome {
-        let target = Target { url: &cand.url, token: &self.token };
+        let target = Target {
+            url: &cand.url,
+            token: &self.token,
+        };
         // An owner that vanished lets the id be started again; twice is plenty.
         for _ in 0..3 {
-            let body = NodeStart { egress_id: egress_id.to_string(), claim_id: claim_id.take(), request: req.clone() };
+            let body = NodeStart {
+                egress_id: egress_id.to_string(),
+                claim_id: claim_id.take(),
+                request: req.clone(),
+            };
             match client::start(target, &body, START_TIMEOUT).await {
                 Ok(info) => return StartOutcome::Placed(info),
                 Err(CallError::Remote(r)) if r.code == "already_placed" => {
-                    match self.resolve_owner(egress_id, r.owner.as_deref().unwrap_or("")).await {
-                        Ok(Owner::Placed(info)) => return StartOutcome::Placed(info),
+                    match self
+                        .resolve_owner(egress_id, r.owner.as_deref().unwrap_or(""))
+                        .await
+                    {
+                        Ok(Owner::Placed(info)) => return StartOutcome::Placed(*info),
                         Ok(Owner::Free) => continue,
                         Err(e) => return StartOutcome::Fatal(e),
                     }
@@ -361,11 +458,15 @@ impl Fleet {
                     return StartOutcome::Failed {
                         transient: r.status >= 500,
                         message: format!("{} {}: {}", r.status, r.code, r.message),
-                        client_error: (400..500).contains(&r.status).then_some(r),
+                        client_error: (400..500).contains(&r.status).then_some(*r),
                     };
                 }
                 Err(e) => {
-                    return StartOutcome::Failed { transient: true, message: e.to_string(), client_error: None };
+                    return StartOutcome::Failed {
+                        transient: true,
+                        message: e.to_string(),
+                        client_error: None,
+                    };
                 }
             }
         }
@@ -380,18 +481,21 @@ impl Fleet {
     /// (its record appears), or it gives the id up (refused, or stops being live): wait for one
     /// of the two, at most until a dead owner's registration has expired.
     async fn resolve_owner(&self, egress_id: &str, owner_hint: &str) -> Result<Owner, ApiError> {
-        let limit = Duration::from_millis(self.cfg.node_ttl_ms + self.cfg.heartbeat_ms) + Duration::from_secs(1);
+        let limit = Duration::from_millis(self.cfg.node_ttl_ms + self.cfg.heartbeat_ms)
+            + Duration::from_secs(1);
         let deadline = Instant::now() + limit;
         debug!(self.log, "egress id held by another node: waiting for it to start or give it up";
                "egress_id" => egress_id, "owner" => owner_hint);
         loop {
             let (record, owner, owner_live) = self.ownership(egress_id).await?;
-            if let (Some(info), Some(o)) = (&record, &owner) {
-                if &info.node_id == o {
-                    return Ok(Owner::Placed(info.clone()));
-                }
+            if let (Some(info), Some(o)) = (&record, &owner)
+                && &info.node_id == o
+            {
+                return Ok(Owner::Placed(Box::new(info.clone())));
             }
-            let Some(owner) = owner.filter(|_| owner_live) else { return Ok(Owner::Free) };
+            let Some(owner) = owner.filter(|_| owner_live) else {
+                return Ok(Owner::Free);
+            };
             if Instant::now() >= deadline {
                 return Err(ApiError::Unavailable(format!(
                     "egress {egress_id} is held by node {owner}, which neither starts it nor gives it up; \
@@ -402,14 +506,99 @@ impl Fleet {
         }
     }
 
+    /// Takes the fleet's decision lock (`fleet.decision_lock_ms`); None when it is off, or when
+    /// Redis does not grant it within the retry budget (then decisions overlap, nothing fails).
+    async fn lock_decisions(&self) -> Option<String> {
+        if self.cfg.decision_lock_ms == 0 {
+            return None;
+        }
+        let token = format!("{}:{}", self.node_id, rand::rng().random::<u64>());
+        let deadline = Instant::now() + RETRY_BUDGET;
+        let mut redis = self.redis.clone();
+        let mut pause_us = 500u64;
+        loop {
+            let got: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(DECISION_LOCK_KEY)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.cfg.decision_lock_ms)
+                .query_async(&mut redis)
+                .await;
+            match got {
+                Ok(Some(_)) => return Some(token),
+                Ok(None) if Instant::now() < deadline => {}
+                Ok(None) => {
+                    debug!(
+                        self.log,
+                        "decision lock busy past the retry budget: deciding without it"
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    debug!(self.log, "decision lock unavailable: deciding without it"; "error" => %e);
+                    return None;
+                }
+            }
+            // Short, growing, jittered pauses: waiters neither hammer Redis nor queue in lockstep.
+            let jitter = rand::rng().random_range(0..=pause_us);
+            tokio::time::sleep(Duration::from_micros(pause_us + jitter)).await;
+            pause_us = (pause_us * 2).min(MAX_LOCK_PAUSE_US);
+        }
+    }
+
+    async fn unlock_decisions(&self, token: Option<String>) {
+        let Some(token) = token else { return };
+        let mut redis = self.redis.clone();
+        let r: redis::RedisResult<i64> = DISOWN
+            .key(DECISION_LOCK_KEY)
+            .arg(&token)
+            .invoke_async(&mut redis)
+            .await;
+        if let Err(e) = r {
+            // It expires on its own after fleet.decision_lock_ms.
+            debug!(self.log, "cannot release the decision lock"; "error" => %e);
+        }
+    }
+
+    /// Gives a loser's claim back and waits for the answer (under the decision lock).
+    async fn release_now(&self, cand: &Candidate) {
+        let Some(claim) = cand.claim_id.as_deref() else {
+            return;
+        };
+        if let Err(e) = client::release(
+            Target {
+                url: &cand.url,
+                token: &self.token,
+            },
+            claim,
+            SMALL_CALL_TIMEOUT,
+        )
+        .await
+        {
+            debug!(self.log, "cannot release a claim"; "claim_id" => claim, "url" => &cand.url, "error" => %e);
+        }
+    }
+
     /// Gives a loser's (or a failed winner's) claim back without waiting for the answer.
     fn release_later(&self, cand: &Candidate) {
-        let Some(claim) = cand.claim_id.clone() else { return };
+        let Some(claim) = cand.claim_id.clone() else {
+            return;
+        };
         let url = cand.url.clone();
         let token = self.token.clone();
         let log = self.log.clone();
         actix_rt::spawn(async move {
-            if let Err(e) = client::release(Target { url: &url, token: &token }, &claim, SMALL_CALL_TIMEOUT).await {
+            if let Err(e) = client::release(
+                Target {
+                    url: &url,
+                    token: &token,
+                },
+                &claim,
+                SMALL_CALL_TIMEOUT,
+            )
+            .await
+            {
                 // It expires on its own after affinity.pending_claim_ttl_ms.
                 debug!(log, "cannot release a claim"; "claim_id" => &claim, "url" => &url, "error" => %e);
             }
@@ -428,10 +617,15 @@ fn client_error(r: RemoteError) -> ApiError {
         }
         (400, "unknown_type") => ApiError::BadRequest(RequestError::UnknownType(r.message)),
         (400, "unsupported") => ApiError::BadRequest(RequestError::Unsupported(r.message)),
-        (400, "scheme_not_allowed") => ApiError::BadRequest(RequestError::SchemeNotAllowed(r.message)),
+        (400, "scheme_not_allowed") => {
+            ApiError::BadRequest(RequestError::SchemeNotAllowed(r.message))
+        }
         (409, "output_exists") => ApiError::OutputExists(r.message),
         (409, _) => ApiError::Conflict(r.message),
-        (s, code) => ApiError::Unavailable(format!("the chosen node answered {s} {code}: {}", r.message)),
+        (s, code) => ApiError::Unavailable(format!(
+            "the chosen node answered {s} {code}: {}",
+            r.message
+        )),
     }
 }
 
@@ -447,16 +641,27 @@ fn final_error(
         Some(reason) if reason != Refusal::Other => {
             let mut detail = format!("{} of {nodes} live", describe(refusals));
             if !silent.is_empty() || !failures.is_empty() {
-                detail.push_str(&format!(", {} did not answer or failed", silent.len() + failures.len()));
+                detail.push_str(&format!(
+                    ", {} did not answer or failed",
+                    silent.len() + failures.len()
+                ));
             }
-            ApiError::NoCapacity(AdmissionError::NoNode { egress_type, reason: reason.as_str(), detail })
+            ApiError::NoCapacity(AdmissionError::NoNode {
+                egress_type,
+                reason: reason.as_str(),
+                detail,
+            })
         }
         _ => {
             let mut why: Vec<String> = failures.to_vec();
             why.extend(silent.iter().cloned());
             ApiError::Unavailable(format!(
                 "no node of the fleet ({nodes} live) could start the egress: {}",
-                if why.is_empty() { describe(refusals) } else { why.join("; ") }
+                if why.is_empty() {
+                    describe(refusals)
+                } else {
+                    why.join("; ")
+                }
             ))
         }
     }
@@ -470,14 +675,26 @@ mod tests {
     use std::collections::HashMap;
 
     fn cand(id: &str, score: f64) -> Candidate {
-        Candidate { node_id: id.into(), url: format!("http://{id}"), score, claim_id: Some(format!("CL_{id}")) }
+        Candidate {
+            node_id: id.into(),
+            url: format!("http://{id}"),
+            score,
+            claim_id: Some(format!("CL_{id}")),
+        }
     }
 
     #[test]
     fn rank_orders_by_score_and_drops_refusals() {
         let mut rng = StdRng::seed_from_u64(7);
         let ranked = rank(
-            vec![cand("a", 0.2), cand("b", -1.0), cand("c", 0.9), cand("d", f64::NAN), cand("e", 0.5), cand("f", 0.0)],
+            vec![
+                cand("a", 0.2),
+                cand("b", -1.0),
+                cand("c", 0.9),
+                cand("d", f64::NAN),
+                cand("e", 0.5),
+                cand("f", 0.0),
+            ],
             &mut rng,
         );
         let ids: Vec<_> = ranked.iter().map(|c| c.node_id.as_str()).collect();
@@ -492,14 +709,23 @@ mod tests {
         let mut wins: HashMap<String, u32> = HashMap::new();
         let n = 8000;
         for _ in 0..n {
-            let answers = vec![cand("a", 0.5), cand("b", 0.5), cand("low", 0.25), cand("c", 0.5), cand("d", 0.5)];
+            let answers = vec![
+                cand("a", 0.5),
+                cand("b", 0.5),
+                cand("low", 0.25),
+                cand("c", 0.5),
+                cand("d", 0.5),
+            ];
             let ranked = rank(answers, &mut rng);
             assert_eq!(ranked[4].node_id, "low");
             *wins.entry(ranked[0].node_id.clone()).or_default() += 1;
         }
         for id in ["a", "b", "c", "d"] {
             let share = f64::from(wins[id]) / f64::from(n);
-            assert!((share - 0.25).abs() < 0.03, "{id} won {share:.3} of the time: {wins:?}");
+            assert!(
+                (share - 0.25).abs() < 0.03,
+                "{id} won {share:.3} of the time: {wins:?}"
+            );
         }
     }
 
@@ -531,7 +757,10 @@ mod tests {
         assert_eq!(dominant(&[Draining, Cpu, Draining]), Some(Draining));
         assert_eq!(dominant(&[TypeLimit, Cpu]), Some(Cpu));
         assert_eq!(dominant(&[Draining, TypeLimit]), Some(TypeLimit));
-        assert_eq!(describe(&[Cpu, Draining, Cpu]), "3 nodes refused (cpu: 2, draining: 1)");
+        assert_eq!(
+            describe(&[Cpu, Draining, Cpu]),
+            "3 nodes refused (cpu: 2, draining: 1)"
+        );
     }
 
     #[test]
@@ -546,29 +775,54 @@ mod tests {
         // (report, round, elapsed, retries?)
         let table = [
             // A full fleet with no claims in the way: answer at once.
-            (report(vec![(Cpu, Some(0)), (TypeLimit, Some(0))], 0), 1, ms(0), false),
+            (
+                report(vec![(Cpu, Some(0)), (TypeLimit, Some(0))], 0),
+                1,
+                ms(0),
+                false,
+            ),
             // Unknown pending claims (the node did not answer): no retry on that alone.
             (report(vec![(Cpu, None)], 0), 1, ms(0), false),
             // Draining never passes, claims or not.
             (report(vec![(Draining, Some(3))], 0), 1, ms(0), false),
             // Other placements hold claims: a burst.
-            (report(vec![(Cpu, Some(0)), (Cpu, Some(2))], 0), 1, ms(0), true),
+            (
+                report(vec![(Cpu, Some(0)), (Cpu, Some(2))], 0),
+                1,
+                ms(0),
+                true,
+            ),
             (report(vec![(TypeLimit, Some(1))], 0), 3, ms(100), true),
             // A start that failed but may pass (refused without a claim, node unreachable).
             (report(vec![], 1), 1, ms(0), true),
             // A node that did not answer in time may answer the next round.
-            (RoundReport { timeouts: 1, ..report(vec![(Cpu, Some(0))], 0) }, 1, ms(0), true),
+            (
+                RoundReport {
+                    timeouts: 1,
+                    ..report(vec![(Cpu, Some(0))], 0)
+                },
+                1,
+                ms(0),
+                true,
+            ),
             // Bounded in rounds and time.
             (report(vec![(Cpu, Some(2))], 0), ROUND_LIMIT, ms(0), false),
             (report(vec![(Cpu, Some(2))], 0), 2, RETRY_BUDGET, false),
         ];
         for (i, (r, round, elapsed, want)) in table.into_iter().enumerate() {
-            assert_eq!(retry_after(&r, round, elapsed, 0.5).is_some(), want, "case {i}: {r:?}");
+            assert_eq!(
+                retry_after(&r, round, elapsed, 0.5).is_some(),
+                want,
+                "case {i}: {r:?}"
+            );
         }
         // Backoff: a few random ms, growing with the round, capped.
         let r = report(vec![(Cpu, Some(1))], 0);
         assert_eq!(retry_after(&r, 1, ms(0), 0.0), Some(ms(1)));
-        assert_eq!(retry_after(&r, 1, ms(0), 0.999_999), Some(Duration::from_micros(4999)));
+        assert_eq!(
+            retry_after(&r, 1, ms(0), 0.999_999),
+            Some(Duration::from_micros(4999))
+        );
         assert_eq!(retry_after(&r, 2, ms(0), 0.0), Some(ms(2)));
         assert_eq!(retry_after(&r, 15, ms(0), 1.0), Some(MAX_BACKOFF));
     }
@@ -583,20 +837,52 @@ mod tests {
             ..Default::default()
         };
         let e = client_error(r);
-        assert_eq!((e.code(), e.body()["error"]["field"].as_str()), ("invalid_field", Some("sources[0].uri")));
-        assert_eq!(e.to_string(), "sources[0].uri: scheme 'rtsp' is not allowed");
-        let e = client_error(RemoteError { status: 409, code: "output_exists".into(), ..Default::default() });
+        assert_eq!(
+            (e.code(), e.body()["error"]["field"].as_str()),
+            ("invalid_field", Some("sources[0].uri"))
+        );
+        assert_eq!(
+            e.to_string(),
+            "sources[0].uri: scheme 'rtsp' is not allowed"
+        );
+        let e = client_error(RemoteError {
+            status: 409,
+            code: "output_exists".into(),
+            ..Default::default()
+        });
         assert_eq!(e.code(), "output_exists");
     }
 
     #[test]
     fn final_errors_name_the_dominant_reason() {
-        let e = final_error(EgressType::Track, &[Refusal::Cpu, Refusal::Cpu, Refusal::Draining], &[], &[], 3);
-        assert_eq!((e.code(), e.body()["error"]["reason"].as_str()), ("no_capacity", Some("cpu")));
-        assert!(e.to_string().contains("3 nodes refused (cpu: 2, draining: 1) of 3 live"), "{e}");
+        let e = final_error(
+            EgressType::Track,
+            &[Refusal::Cpu, Refusal::Cpu, Refusal::Draining],
+            &[],
+            &[],
+            3,
+        );
+        assert_eq!(
+            (e.code(), e.body()["error"]["reason"].as_str()),
+            ("no_capacity", Some("cpu"))
+        );
+        assert!(
+            e.to_string()
+                .contains("3 nodes refused (cpu: 2, draining: 1) of 3 live"),
+            "{e}"
+        );
         let e = final_error(EgressType::Track, &[Refusal::Draining], &[], &[], 1);
-        assert_eq!((e.code(), e.body()["error"]["reason"].as_str()), ("no_capacity", Some("draining")));
-        let e = final_error(EgressType::Track, &[], &["ND_a: unreachable".into()], &[], 1);
+        assert_eq!(
+            (e.code(), e.body()["error"]["reason"].as_str()),
+            ("no_capacity", Some("draining"))
+        );
+        let e = final_error(
+            EgressType::Track,
+            &[],
+            &["ND_a: unreachable".into()],
+            &[],
+            1,
+        );
         assert_eq!(e.code(), "unavailable");
         assert!(e.to_string().contains("ND_a: unreachable"), "{e}");
     }

@@ -92,7 +92,10 @@ pub fn as_seen(mut info: EgressInfo, live: &HashSet<String>) -> EgressInfo {
     if !info.status.is_final() && !live.contains(&info.node_id) {
         info.status = EgressStatus::Aborted;
         info.end_reason = Some(reason::NODE_LOST.to_string());
-        info.error = Some(format!("node {} stopped answering while the egress ran", info.node_id));
+        info.error = Some(format!(
+            "node {} stopped answering while the egress ran",
+            info.node_id
+        ));
         info.handler_pid = None;
     }
     info
@@ -129,7 +132,11 @@ pub fn merge(
         .into_values()
         .filter(|i| statuses.is_none_or(|s| s.contains(&i.status)))
         .collect();
-    v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.egress_id.cmp(&b.egress_id)));
+    v.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(a.egress_id.cmp(&b.egress_id))
+    });
     (v, bad)
 }
 
@@ -180,13 +187,21 @@ mod tests {
             ("ND_b", EgressStatus::Ending, EgressStatus::Aborted),
             ("ND_b", EgressStatus::Complete, EgressStatus::Complete),
             ("ND_b", EgressStatus::Failed, EgressStatus::Failed),
-            ("ND_b", EgressStatus::LimitReached, EgressStatus::LimitReached),
+            (
+                "ND_b",
+                EgressStatus::LimitReached,
+                EgressStatus::LimitReached,
+            ),
         ];
         for (node, status, want) in table {
             let seen = as_seen(info("EG_x", node, status, 1), &alive);
             assert_eq!(seen.status, want, "{node} {status:?}");
             let lost = want == EgressStatus::Aborted;
-            assert_eq!(seen.end_reason.as_deref() == Some(reason::NODE_LOST), lost, "{node} {status:?}");
+            assert_eq!(
+                seen.end_reason.as_deref() == Some(reason::NODE_LOST),
+                lost,
+                "{node} {status:?}"
+            );
             assert_eq!(seen.handler_pid.is_none(), lost);
         }
     }
@@ -199,7 +214,10 @@ mod tests {
         };
         put(&mut stored, info("EG_1", "ND_a", EgressStatus::Starting, 1));
         put(&mut stored, info("EG_2", "ND_b", EgressStatus::Active, 2));
-        put(&mut stored, info("EG_3", "ND_gone", EgressStatus::Active, 3));
+        put(
+            &mut stored,
+            info("EG_3", "ND_gone", EgressStatus::Active, 3),
+        );
         // Taken over by ND_b after ND_a was presumed dead: ND_a's stale copy must not win.
         put(&mut stored, info("EG_4", "ND_b", EgressStatus::Active, 4));
         stored.insert("EG_bad".into(), "{".into());
@@ -211,7 +229,10 @@ mod tests {
         let alive = live(&["ND_a", "ND_b"]);
         let (all, bad) = merge(stored.clone(), local.clone(), &alive, None);
         assert_eq!(bad.len(), 1);
-        let ids: Vec<_> = all.iter().map(|i| (i.egress_id.as_str(), i.node_id.as_str(), i.status)).collect();
+        let ids: Vec<_> = all
+            .iter()
+            .map(|i| (i.egress_id.as_str(), i.node_id.as_str(), i.status))
+            .collect();
         assert_eq!(
             ids,
             vec![

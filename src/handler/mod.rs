@@ -50,7 +50,9 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
         return 2;
     }
     let (spec, options) = match serde_json::from_str::<HandlerCommand>(&first) {
-        Ok(HandlerCommand::Start { spec, options }) if spec.egress_id == egress_id => (spec, options),
+        Ok(HandlerCommand::Start { spec, options }) if spec.egress_id == egress_id => {
+            (spec, options)
+        }
         Ok(_) => {
             error!(log, "first command is not Start for this egress");
             return 2;
@@ -65,7 +67,10 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
     let tx = ctl_tx.clone();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
-            match line.ok().and_then(|l| serde_json::from_str::<HandlerCommand>(&l).ok()) {
+            match line
+                .ok()
+                .and_then(|l| serde_json::from_str::<HandlerCommand>(&l).ok())
+            {
                 Some(HandlerCommand::Stop) => {
                     let _ = tx.send(Cause::Stop);
                 }
@@ -90,7 +95,12 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
         Ok(cause) => (true, cause.clone(), None),
         Err(e) => (false, "error".to_string(), Some(e.to_string())),
     };
-    let result = HandlerResult { finalized, cause, error: err, ended_at: now_ms() };
+    let result = HandlerResult {
+        finalized,
+        cause,
+        error: err,
+        ended_at: now_ms(),
+    };
     if let Ok(json) = serde_json::to_vec(&result) {
         // Written before the last event so a restarted service finds it even if we die next.
         if let Err(e) = std::fs::write(&spec.result_path, json) {
@@ -123,21 +133,29 @@ fn record(
 ) -> Result<String, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
     let streams = source_streams(spec)?;
-    let pipeline = pipeline::build(spec, options, &streams).inspect_err(|e| fail(e))?;
+    let pipeline = pipeline::build(spec, options, &streams).inspect_err(fail)?;
     info!(log, "pipeline built"; "line" => pipeline::describe(spec, options, &streams).gst());
     emit(&HandlerEvent::Started);
     let result = drive(&pipeline, ctl, log);
     // Null closes the sink; with robust mp4 the file is readable even without EOS.
     let _ = pipeline.set_state(gst::State::Null);
-    result.inspect_err(|e| fail(e))
+    result.inspect_err(fail)
 }
 
 fn fail(e: &PipelineError) {
     let (element, message, debug) = match e {
-        PipelineError::Bus { element, message, debug } => (element.clone(), message.clone(), debug.clone()),
+        PipelineError::Bus {
+            element,
+            message,
+            debug,
+        } => (element.clone(), message.clone(), debug.clone()),
         other => (String::new(), other.to_string(), String::new()),
     };
-    emit(&HandlerEvent::Error { element, message, debug });
+    emit(&HandlerEvent::Error {
+        element,
+        message,
+        debug,
+    });
 }
 
 /// What each source carries: known for test sources, probed for URIs.
@@ -161,8 +179,14 @@ fn source_streams(spec: &EgressSpec) -> Result<Vec<SourceStreams>, PipelineError
 }
 
 /// Runs the bus until EOS (Ok with the cause) or an error.
-fn drive(pipeline: &gst::Pipeline, ctl: &Receiver<Cause>, log: &Logger) -> Result<String, PipelineError> {
-    let bus = pipeline.bus().ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
+fn drive(
+    pipeline: &gst::Pipeline,
+    ctl: &Receiver<Cause>,
+    log: &Logger,
+) -> Result<String, PipelineError> {
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
     let (bus_tx, bus_rx) = crossbeam_channel::unbounded::<gst::Message>();
     let stop_bus = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = stop_bus.clone();
@@ -176,7 +200,9 @@ fn drive(pipeline: &gst::Pipeline, ctl: &Receiver<Cause>, log: &Logger) -> Resul
         }
     });
     let result = (|| {
-        pipeline.set_state(gst::State::Playing).map_err(|e| PipelineError::State(e.to_string()))?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| PipelineError::State(e.to_string()))?;
         let mut playing = false;
         let mut stopping: Option<(Cause, Instant)> = None;
         loop {

@@ -13,7 +13,10 @@ use crate::model::{EgressSpec, PipelineOptions};
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum HandlerCommand {
     /// Build the pipeline for this spec and start it. Always the first line.
-    Start { spec: Box<EgressSpec>, options: PipelineOptions },
+    Start {
+        spec: Box<EgressSpec>,
+        options: PipelineOptions,
+    },
     /// Stop gracefully: send EOS, wait for it, finalize the output, exit.
     Stop,
 }
@@ -31,7 +34,11 @@ pub enum HandlerEvent {
     /// EOS went through the whole pipeline; the output is finalized.
     Eos,
     /// A pipeline error; the handler finalizes what it can and exits non-zero.
-    Error { element: String, message: String, debug: String },
+    Error {
+        element: String,
+        message: String,
+        debug: String,
+    },
     /// Last line before exit.
     Exiting { finalized: bool },
 }

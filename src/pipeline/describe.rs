@@ -7,7 +7,9 @@
 //! - `room_composite`: every source's video scaled into a grid cell of one `compositor`, every
 //!   source's audio into one `audiomixer`, then encoded once.
 
-use crate::model::{AudioCodec, Container, EgressSpec, EgressType, PipelineOptions, Source, TestMedia};
+use crate::model::{
+    AudioCodec, Container, EgressSpec, EgressType, PipelineOptions, Source, TestMedia,
+};
 
 /// How a source's video arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,10 @@ pub struct SourceStreams {
 }
 
 impl SourceStreams {
-    pub const AV_RAW: SourceStreams = SourceStreams { video: Some(VideoInput::Raw), audio: true };
+    pub const AV_RAW: SourceStreams = SourceStreams {
+        video: Some(VideoInput::Raw),
+        audio: true,
+    };
 
     /// Known without opening the source for test sources; `None` for URIs (probe them).
     pub fn of_source(s: &Source) -> Option<SourceStreams> {
@@ -48,7 +53,10 @@ struct Elem {
 }
 
 fn el(name: impl Into<String>) -> Elem {
-    Elem { name: name.into(), props: Vec::new() }
+    Elem {
+        name: name.into(),
+        props: Vec::new(),
+    }
 }
 
 impl Elem {
@@ -115,7 +123,8 @@ impl Desc {
 }
 
 fn plain(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./:-+=,".contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_./:-+=,".contains(&b))
 }
 
 /// `key=value` with the value double-quoted when it needs it (gst_parse syntax).
@@ -124,21 +133,37 @@ fn gst_quote(word: &str) -> String {
         return word.to_string();
     }
     match word.split_once('=') {
-        Some((k, v)) if plain(k) => format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+        Some((k, v)) if plain(k) => {
+            format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+        }
         _ => word.to_string(),
     }
 }
 
 fn shell_quote(word: &str) -> String {
-    if plain(word) { word.to_string() } else { format!("'{}'", word.replace('\'', "'\\''")) }
+    if plain(word) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Where a branch's media comes from: the head of a chain.
 fn video_head(spec: &EgressSpec, i: usize) -> Vec<Elem> {
     match &spec.sources[i] {
-        Source::Test { pattern, width, height, fps, .. } => vec![
-            el("videotestsrc").p("is-live", "true").p("pattern", pattern),
-            el(format!("video/x-raw,width={width},height={height},framerate={fps}/1")),
+        Source::Test {
+            pattern,
+            width,
+            height,
+            fps,
+            ..
+        } => vec![
+            el("videotestsrc")
+                .p("is-live", "true")
+                .p("pattern", pattern),
+            el(format!(
+                "video/x-raw,width={width},height={height},framerate={fps}/1"
+            )),
         ],
         Source::Uri { .. } => vec![el(format!("s{i}.")), el("video/x-raw")],
     }
@@ -147,7 +172,10 @@ fn video_head(spec: &EgressSpec, i: usize) -> Vec<Elem> {
 fn audio_head(spec: &EgressSpec, i: usize) -> Vec<Elem> {
     match &spec.sources[i] {
         Source::Test { wave, freq, .. } => vec![
-            el("audiotestsrc").p("is-live", "true").p("wave", wave).p("freq", freq),
+            el("audiotestsrc")
+                .p("is-live", "true")
+                .p("wave", wave)
+                .p("freq", freq),
             el("audio/x-raw,rate=48000,channels=2"),
         ],
         Source::Uri { .. } => vec![el(format!("s{i}.")), el("audio/x-raw")],
@@ -221,15 +249,26 @@ fn muxer(spec: &EgressSpec, opts: &PipelineOptions) -> Vec<Elem> {
         // recording stays playable up to the last update.
         Container::Mp4 => el("mp4mux")
             .p("name", "mux")
-            .p("reserved-max-duration", ns(opts.mp4_reserved_max_duration_s))
-            .p("reserved-moov-update-period", ns(opts.mp4_moov_update_period_s)),
+            .p(
+                "reserved-max-duration",
+                ns(opts.mp4_reserved_max_duration_s),
+            )
+            .p(
+                "reserved-moov-update-period",
+                ns(opts.mp4_moov_update_period_s),
+            ),
         Container::Mkv => el("matroskamux").p("name", "mux"),
         Container::Webm => el("webmmux").p("name", "mux"),
         Container::Ogg => el("oggmux").p("name", "mux"),
     };
     // Unbuffered: what the muxer wrote is on disk at once, so a killed process loses nothing
     // beyond the muxer's own index period.
-    vec![mux, el("filesink").p("location", spec.file.path.display()).p("buffer-mode", "unbuffered")]
+    vec![
+        mux,
+        el("filesink")
+            .p("location", spec.file.path.display())
+            .p("buffer-mode", "unbuffered"),
+    ]
 }
 
 fn concat(mut a: Vec<Elem>, b: Vec<Elem>) -> Vec<Elem> {
@@ -251,8 +290,14 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
         EgressType::RoomComposite => ((0..n).collect(), (0..n).collect()),
         _ => (vec![0], vec![0]),
     };
-    let video_from: Vec<usize> = video_from.into_iter().filter(|&i| streams[i].video.is_some()).collect();
-    let audio_from: Vec<usize> = audio_from.into_iter().filter(|&i| streams[i].audio).collect();
+    let video_from: Vec<usize> = video_from
+        .into_iter()
+        .filter(|&i| streams[i].video.is_some())
+        .collect();
+    let audio_from: Vec<usize> = audio_from
+        .into_iter()
+        .filter(|&i| streams[i].audio)
+        .collect();
 
     for (i, s) in spec.sources.iter().enumerate() {
         if let Source::Uri { uri } = s {
@@ -264,10 +309,20 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
             // Streams this graph does not record still need a sink, or they stall the source.
             let st = streams[i];
             if st.video.is_some() && !video_from.contains(&i) {
-                d.push(vec![el(format!("s{i}.")), el("video/x-raw"), el("queue"), el("fakesink").p("sync", "false")]);
+                d.push(vec![
+                    el(format!("s{i}.")),
+                    el("video/x-raw"),
+                    el("queue"),
+                    el("fakesink").p("sync", "false"),
+                ]);
             }
             if st.audio && !audio_from.contains(&i) {
-                d.push(vec![el(format!("s{i}.")), el("audio/x-raw"), el("queue"), el("fakesink").p("sync", "false")]);
+                d.push(vec![
+                    el(format!("s{i}.")),
+                    el("audio/x-raw"),
+                    el("queue"),
+                    el("fakesink").p("sync", "false"),
+                ]);
             }
         }
     }
@@ -278,7 +333,14 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     }
     if let Some(&i) = video_from.first() {
         if remux_h264 {
-            d.push(vec![el("s0."), el("video/x-h264"), el("queue"), el("h264parse"), el("queue"), el("mux.")]);
+            d.push(vec![
+                el("s0."),
+                el("video/x-h264"),
+                el("queue"),
+                el("h264parse"),
+                el("queue"),
+                el("mux."),
+            ]);
         } else {
             d.push(concat(video_head(spec, i), video_tail(spec, opts)));
         }
@@ -297,31 +359,55 @@ pub fn grid(n: usize, w: u32, h: u32) -> (u32, u32, u32) {
     (cols, (w / cols) & !1, (h / rows) & !1)
 }
 
-fn room_composite(d: &mut Desc, spec: &EgressSpec, opts: &PipelineOptions, video: &[usize], audio: &[usize]) {
+fn room_composite(
+    d: &mut Desc,
+    spec: &EgressSpec,
+    opts: &PipelineOptions,
+    video: &[usize],
+    audio: &[usize],
+) {
     let v = &spec.video;
     if !video.is_empty() {
         let (cols, cw, ch) = grid(video.len(), v.width, v.height);
         let mut comp = el("compositor").p("name", "comp").p("background", "black");
         for (slot, _) in video.iter().enumerate() {
             let (x, y) = ((slot as u32 % cols) * cw, (slot as u32 / cols) * ch);
-            comp = comp.p(&format!("sink_{slot}::xpos"), x).p(&format!("sink_{slot}::ypos"), y);
+            comp = comp
+                .p(&format!("sink_{slot}::xpos"), x)
+                .p(&format!("sink_{slot}::ypos"), y);
         }
         d.push(concat(vec![comp], video_tail(spec, opts)));
         for (slot, &i) in video.iter().enumerate() {
-            let cell = format!("video/x-raw,format=I420,width={cw},height={ch},pixel-aspect-ratio=1/1");
+            let cell =
+                format!("video/x-raw,format=I420,width={cw},height={ch},pixel-aspect-ratio=1/1");
             let chain = concat(
                 video_head(spec, i),
-                vec![el("queue"), el("videoconvert"), el("videoscale"), el(cell), el(format!("comp.sink_{slot}"))],
+                vec![
+                    el("queue"),
+                    el("videoconvert"),
+                    el("videoscale"),
+                    el(cell),
+                    el(format!("comp.sink_{slot}")),
+                ],
             );
             d.push(chain);
         }
     }
     if !audio.is_empty() {
-        d.push(concat(vec![el("audiomixer").p("name", "amix")], audio_tail(spec)));
+        d.push(concat(
+            vec![el("audiomixer").p("name", "amix")],
+            audio_tail(spec),
+        ));
         for &i in audio {
             let chain = concat(
                 audio_head(spec, i),
-                vec![el("queue"), el("audioconvert"), el("audioresample"), el("audio/x-raw,rate=48000,channels=2"), el("amix.")],
+                vec![
+                    el("queue"),
+                    el("audioconvert"),
+                    el("audioresample"),
+                    el("audio/x-raw,rate=48000,channels=2"),
+                    el("amix."),
+                ],
             );
             d.push(chain);
         }
@@ -337,12 +423,20 @@ mod tests {
         let req: EgressRequest = serde_json::from_value(json).unwrap();
         let schemes = vec!["test".to_string(), "rtsp".to_string()];
         let dir = std::path::Path::new("/rec");
-        let ctx = ValidationContext { output_dir: dir, state_dir: dir, allowed_schemes: &schemes };
+        let ctx = ValidationContext {
+            output_dir: dir,
+            state_dir: dir,
+            allowed_schemes: &schemes,
+        };
         req.validate("EG_test", &ctx).unwrap()
     }
 
     fn opts() -> PipelineOptions {
-        PipelineOptions { x264_speed_preset: "veryfast".into(), mp4_moov_update_period_s: 1.0, mp4_reserved_max_duration_s: 60.0 }
+        PipelineOptions {
+            x264_speed_preset: "veryfast".into(),
+            mp4_moov_update_period_s: 1.0,
+            mp4_reserved_max_duration_s: 60.0,
+        }
     }
 
     fn line(j: serde_json::Value, streams: &[SourceStreams]) -> String {
@@ -351,23 +445,41 @@ mod tests {
 
     #[test]
     fn participant_mp4_is_i420_h264_and_aac_in_robust_mp4() {
-        let s = spec(serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
-            "output": {"file": {"filename": "a b.mp4"}}}));
+        let s = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
+            "output": {"file": {"filename": "a b.mp4"}}}),
+        );
         let l = describe(&s, &opts(), &[SourceStreams::AV_RAW]).gst();
-        assert!(l.contains("format=I420") && l.contains("x264enc") && l.contains("voaacenc"), "{l}");
+        assert!(
+            l.contains("format=I420") && l.contains("x264enc") && l.contains("voaacenc"),
+            "{l}"
+        );
         assert!(l.contains("reserved-moov-update-period=1000000000"), "{l}");
         assert!(l.contains("location=\"/rec/a b.mp4\""), "{l}");
-        assert!(describe(&s, &opts(), &[SourceStreams::AV_RAW]).shell().contains("'location=/rec/a b.mp4'"));
+        assert!(
+            describe(&s, &opts(), &[SourceStreams::AV_RAW])
+                .shell()
+                .contains("'location=/rec/a b.mp4'")
+        );
     }
 
     #[test]
     fn track_remuxes_h264_from_a_uri_but_encodes_raw() {
         let j = serde_json::json!({"type": "track", "sources": [{"uri": "rtsp://cam/1"}],
             "output": {"file": {"filename": "t.mkv"}}});
-        let h264 = SourceStreams { video: Some(VideoInput::H264), audio: false };
+        let h264 = SourceStreams {
+            video: Some(VideoInput::H264),
+            audio: false,
+        };
         let l = line(j.clone(), &[h264]);
-        assert!(l.contains("caps=\"video/x-h264;audio/x-raw\"") && !l.contains("x264enc"), "{l}");
-        let raw = SourceStreams { video: Some(VideoInput::Raw), audio: false };
+        assert!(
+            l.contains("caps=\"video/x-h264;audio/x-raw\"") && !l.contains("x264enc"),
+            "{l}"
+        );
+        let raw = SourceStreams {
+            video: Some(VideoInput::Raw),
+            audio: false,
+        };
         let l = line(j, &[raw]);
         assert!(l.contains("x264enc") && !l.contains("audio"), "{l}");
     }
@@ -378,11 +490,23 @@ mod tests {
             "sources": [{"uri": "test://av"}, {"uri": "test://video"}, {"uri": "test://audio"}],
             "output": {"file": {"filename": "r.webm"}}});
         let s = spec(j);
-        let streams: Vec<SourceStreams> = s.sources.iter().map(|x| SourceStreams::of_source(x).unwrap()).collect();
+        let streams: Vec<SourceStreams> = s
+            .sources
+            .iter()
+            .map(|x| SourceStreams::of_source(x).unwrap())
+            .collect();
         let l = describe(&s, &opts(), &streams).gst();
-        assert!(l.contains("sink_1::xpos=640") && l.contains("comp.sink_1") && !l.contains("comp.sink_2"), "{l}");
+        assert!(
+            l.contains("sink_1::xpos=640")
+                && l.contains("comp.sink_1")
+                && !l.contains("comp.sink_2"),
+            "{l}"
+        );
         assert_eq!(l.matches("amix.").count(), 2, "{l}");
-        assert!(l.contains("vp8enc") && l.contains("opusenc") && l.contains("webmmux"), "{l}");
+        assert!(
+            l.contains("vp8enc") && l.contains("opusenc") && l.contains("webmmux"),
+            "{l}"
+        );
     }
 
     #[test]

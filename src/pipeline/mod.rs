@@ -22,8 +22,10 @@ pub fn known_streams(spec: &EgressSpec) -> Vec<Option<SourceStreams>> {
 /// The graph for `spec` as a shell-quoted `gst-launch-1.0 -e` argument list (test sources only;
 /// URI sources are assumed to carry raw-decodable audio and video).
 pub fn launch_line(spec: &EgressSpec, opts: &PipelineOptions) -> String {
-    let streams: Vec<SourceStreams> =
-        known_streams(spec).into_iter().map(|s| s.unwrap_or(SourceStreams::AV_RAW)).collect();
+    let streams: Vec<SourceStreams> = known_streams(spec)
+        .into_iter()
+        .map(|s| s.unwrap_or(SourceStreams::AV_RAW))
+        .collect();
     describe(spec, opts, &streams).shell()
 }
 
@@ -42,11 +44,14 @@ pub fn build(
         }
     }
     if let Some(dir) = spec.file.path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| PipelineError::OutputDir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| PipelineError::OutputDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let line = desc.gst();
-    let element = gst::parse::launch(&line).map_err(|e| PipelineError::Build(format!("{e}: {line}")))?;
+    let element =
+        gst::parse::launch(&line).map_err(|e| PipelineError::Build(format!("{e}: {line}")))?;
     element
         .downcast::<gst::Pipeline>()
         .map_err(|_| PipelineError::Build("launch description is not a pipeline".into()))
