@@ -5,7 +5,7 @@
 //! and total time (from the `Server-Timing` header of each 201).
 //!
 //! Usage: bench_placement [--nodes 8] [--jobs 64] [--concurrency 64] [--modes pack,spread,type_aware]
-//!                        [--cpu 0.5] [--capacity 8]
+//!                        [--cpu 0.5] [--capacity 8] [--decision-lock-ms 1000]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,6 +27,8 @@ struct Args {
     modes: Vec<String>,
     cpu: f64,
     capacity: f64,
+    /// `fleet.decision_lock_ms` of every node (0 = decisions overlap).
+    decision_lock_ms: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -37,6 +39,7 @@ fn parse_args() -> Result<Args> {
         modes: vec!["pack".into(), "spread".into(), "type_aware".into()],
         cpu: 0.5,
         capacity: 8.0,
+        decision_lock_ms: 1000,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Args> {
             "--modes" => a.modes = v.split(',').map(str::to_string).collect(),
             "--cpu" => a.cpu = v.parse()?,
             "--capacity" => a.capacity = v.parse()?,
+            "--decision-lock-ms" => a.decision_lock_ms = v.parse()?,
             other => bail!("unknown argument {other}"),
         }
         i += 2;
@@ -127,8 +131,9 @@ fn start_node(
     i: usize,
     mode: &str,
     redis_port: u16,
-    capacity: f64,
+    a: &Args,
 ) -> Result<Node> {
+    let (capacity, lock) = (a.capacity, a.decision_lock_ms);
     let d = dir.join(format!("node{i}"));
     std::fs::create_dir_all(&d)?;
     let cfg = d.join("node.yaml");
@@ -140,7 +145,7 @@ fn start_node(
              log: {{ level: warning }}\n\
              cpu: {{ capacity: {capacity}, pending_hold_ms: 600000 }}\n\
              affinity: {{ mode: {mode} }}\n\
-             fleet: {{ redis_url: \"redis://127.0.0.1:{redis_port}/0\", heartbeat_ms: 200, node_ttl_ms: 1000 }}\n\
+             fleet: {{ redis_url: \"redis://127.0.0.1:{redis_port}/0\", heartbeat_ms: 200, node_ttl_ms: 1000, decision_lock_ms: {lock} }}\n\
              overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n",
             d.display()
         ),
@@ -338,7 +343,7 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
     let (_redis, port) = start_redis()?;
     let mut nodes = Vec::new();
     for i in 0..a.nodes {
-        nodes.push(start_node(bin, dir.path(), i, mode, port, a.capacity)?);
+        nodes.push(start_node(bin, dir.path(), i, mode, port, a)?);
     }
     let agent = agent();
     let deadline = Instant::now() + Duration::from_secs(20);

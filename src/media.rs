@@ -24,13 +24,20 @@ pub struct MediaInfo {
     pub height: Option<u32>,
 }
 
-/// Runs Discoverer on a local file.
-pub fn discover(path: &Path, timeout: Duration) -> Result<MediaInfo, String> {
+/// `file://` URI of a local file (GStreamer initialized).
+fn file_uri(path: &Path) -> Result<String, String> {
     gst::init().map_err(|e| e.to_string())?;
     let abs = path
         .canonicalize()
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| e.to_string())?;
+    gst::glib::filename_to_uri(&abs, None)
+        .map(|u| u.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Runs Discoverer on a local file.
+pub fn discover(path: &Path, timeout: Duration) -> Result<MediaInfo, String> {
+    let uri = file_uri(path)?;
     let d = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))
         .map_err(|e| e.to_string())?;
     let info = d.discover_uri(&uri).map_err(|e| e.to_string())?;
@@ -59,11 +66,7 @@ pub struct DecodeReport {
 
 /// Decodes every stream of a local file as fast as possible; fails on a decode error.
 pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
-    gst::init().map_err(|e| e.to_string())?;
-    let abs = path
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| e.to_string())?;
+    let uri = file_uri(path)?;
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("uridecodebin")
         .property("uri", uri.as_str())

@@ -287,6 +287,28 @@ impl Handler<UpdateEgress> for Supervisor {
     }
 }
 
+impl Supervisor {
+    /// A running egress's record and Pipeline actor: 404 when unknown, 409 once it has ended
+    /// (or while its end is being settled).
+    fn running(&self, egress_id: &str) -> Result<(EgressInfo, Addr<Pipeline>), ApiError> {
+        let info = self.lookup(egress_id)?.clone();
+        if info.status.is_final() {
+            return Err(ApiError::Conflict(format!(
+                "egress {} has already ended ({})",
+                info.egress_id,
+                info.status.as_str()
+            )));
+        }
+        let Some(p) = self.pipelines.get(egress_id).cloned() else {
+            return Err(ApiError::Conflict(format!(
+                "egress {} is being settled",
+                info.egress_id
+            )));
+        };
+        Ok((info, p))
+    }
+}
+
 /// Stop an egress gracefully; returns its record (status `ending`). 409 once it has ended.
 #[derive(Message)]
 #[rtype(result = "Result<EgressInfo, ApiError>")]
@@ -298,20 +320,7 @@ pub struct StopEgress {
 impl Handler<StopEgress> for Supervisor {
     type Result = Result<EgressInfo, ApiError>;
     fn handle(&mut self, msg: StopEgress, _: &mut Context<Self>) -> Self::Result {
-        let info = self.lookup(&msg.egress_id)?.clone();
-        if info.status.is_final() {
-            return Err(ApiError::Conflict(format!(
-                "egress {} has already ended ({})",
-                info.egress_id,
-                info.status.as_str()
-            )));
-        }
-        let Some(p) = self.pipelines.get(&msg.egress_id) else {
-            return Err(ApiError::Conflict(format!(
-                "egress {} is being settled",
-                info.egress_id
-            )));
-        };
+        let (info, p) = self.running(&msg.egress_id)?;
         p.do_send(StopPipeline(msg.reason));
         let mut shown = info;
         if shown.status != EgressStatus::Ending {
@@ -332,20 +341,7 @@ pub struct KillEgress {
 impl Handler<KillEgress> for Supervisor {
     type Result = Result<EgressInfo, ApiError>;
     fn handle(&mut self, msg: KillEgress, _: &mut Context<Self>) -> Self::Result {
-        let info = self.lookup(&msg.egress_id)?.clone();
-        if info.status.is_final() {
-            return Err(ApiError::Conflict(format!(
-                "egress {} has already ended ({})",
-                info.egress_id,
-                info.status.as_str()
-            )));
-        }
-        let Some(p) = self.pipelines.get(&msg.egress_id) else {
-            return Err(ApiError::Conflict(format!(
-                "egress {} is being settled",
-                info.egress_id
-            )));
-        };
+        let (info, p) = self.running(&msg.egress_id)?;
         p.do_send(KillPipeline(msg.reason));
         Ok(info)
     }
