@@ -2,7 +2,7 @@
 //! same pipelines run by `gst-launch-1.0` side by side. Prints start latency (POST to `active`)
 //! and CPU and RSS of the engine's processes (service + handlers) against the baseline's, as ratios.
 //!
-//! Usage: bench [--type participant] [--n 1,4,8] [--seconds 10] [--width 1280 --height 720]
+//! Usage: bench [--type participant] [--n 1,4,8] [--seconds 10] [--width 1280 --height 720] [--repeat 3]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,12 +12,15 @@ use anyhow::{Context, Result, bail};
 use egress_engine::model::{EgressRequest, PipelineOptions, ValidationContext};
 use serde_json::{Value, json};
 
+#[derive(Clone)]
 struct Args {
     egress_type: String,
     ns: Vec<usize>,
     seconds: u64,
     width: u32,
     height: u32,
+    /// Measured engine/baseline pairs per N (medians are printed).
+    repeat: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -27,6 +30,7 @@ fn parse_args() -> Result<Args> {
         seconds: 10,
         width: 1280,
         height: 720,
+        repeat: 3,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -38,6 +42,7 @@ fn parse_args() -> Result<Args> {
             "--seconds" => a.seconds = v.parse()?,
             "--width" => a.width = v.parse()?,
             "--height" => a.height = v.parse()?,
+            "--repeat" => a.repeat = v.parse::<usize>()?.max(1),
             other => bail!("unknown argument {other}"),
         }
         i += 2;
@@ -303,20 +308,54 @@ fn main() -> Result<()> {
         "gst rss",
         "ratio"
     );
+    // An unmeasured round of each first: the first run on a quiet machine measured ~15% more
+    // CPU than the same run repeated (binary and libraries paged in, caches cold), whichever
+    // side it was.
+    let warm = Args {
+        seconds: 3,
+        ..a.clone()
+    };
+    run_engine(&bin, &warm, 1)?;
+    run_baseline(&warm, 1)?;
     for &n in &a.ns {
-        let (mut lat, ecpu, erss) = run_engine(&bin, &a, n)?;
-        let (gcpu, grss) = run_baseline(&a, n)?;
+        // `--repeat` pairs, the side that goes first alternating; the median of each figure.
+        let (mut lat, mut ecpu, mut erss, mut gcpu, mut grss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in 0..a.repeat {
+            let baseline_first = r % 2 == 1;
+            let g = if baseline_first {
+                Some(run_baseline(&a, n)?)
+            } else {
+                None
+            };
+            let (l, c, m) = run_engine(&bin, &a, n)?;
+            let (gc, gm) = match g {
+                Some(g) => g,
+                None => run_baseline(&a, n)?,
+            };
+            lat.extend(l);
+            ecpu.push(c);
+            erss.push(m);
+            gcpu.push(gc);
+            grss.push(gm);
+        }
+        let (ec, er, gc, gr) = (
+            percentile(&mut ecpu, 0.5),
+            percentile(&mut erss, 0.5),
+            percentile(&mut gcpu, 0.5),
+            percentile(&mut grss, 0.5),
+        );
         println!(
             "{:>3} | {:>7.0}ms {:>7.0}ms | {:>6.2} cores {:>6.2} cores {:>7.3} | {:>7.1} MB {:>7.1} MB {:>7.3}",
             n,
             percentile(&mut lat, 0.5),
             percentile(&mut lat, 0.95),
-            ecpu,
-            gcpu,
-            ecpu / gcpu,
-            erss / 1e6,
-            grss / 1e6,
-            erss / grss
+            ec,
+            gc,
+            ec / gc,
+            er / 1e6,
+            gr / 1e6,
+            er / gr
         );
     }
     Ok(())

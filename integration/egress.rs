@@ -221,7 +221,11 @@ fn uri_sources_remux_h264_and_end_with_the_source() {
     let mut req = request("participant", &["test://av"], "src.mkv");
     req["max_duration_s"] = serde_json::json!(2.0);
     let id = svc.start_egress(&req);
-    let src = svc.wait_status(&id, &["limit_reached", "complete", "failed"], Duration::from_secs(40));
+    let src = svc.wait_status(
+        &id,
+        &["limit_reached", "complete", "failed"],
+        Duration::from_secs(40),
+    );
     assert_eq!(src["status"], "limit_reached", "{src}");
     let src_path = file_path(&src);
     let src_d = discovered_duration(&src_path);
@@ -230,20 +234,45 @@ fn uri_sources_remux_h264_and_end_with_the_source() {
     let remux = svc.start_egress(&request("track", &[&uri], "remux.mp4"));
     let transcode = svc.start_egress(&request("participant", &[&uri], "transcode.webm"));
     for (id, name) in [(&remux, "remux"), (&transcode, "transcode")] {
-        let done = svc.wait_status(id, &["complete", "failed", "aborted"], Duration::from_secs(60));
-        assert_eq!((done["status"].as_str(), done["end_reason"].as_str()), (Some("complete"), Some("Source closed")), "{done}");
+        let done = svc.wait_status(
+            id,
+            &["complete", "failed", "aborted"],
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            (done["status"].as_str(), done["end_reason"].as_str()),
+            (Some("complete"), Some("Source closed")),
+            "{done}"
+        );
         let d = discovered_duration(&file_path(&done));
-        assert!((d - src_d).abs() <= 0.3, "{name}: {d:.2} s from a {src_d:.2} s source");
+        assert!(
+            (d - src_d).abs() <= 0.3,
+            "{name}: {d:.2} s from a {src_d:.2} s source"
+        );
         let r = decoded(&file_path(&done));
         assert!(r.video_frames > 0 && r.audio_samples > 0, "{name}: {r:?}");
     }
     // The handler's log shows the graph it ran: the track copied the H.264 stream.
-    let log = std::fs::read_to_string(dirs.state().join("logs").join(format!("{remux}.log"))).unwrap();
-    assert!(log.contains("video/x-h264") && !log.contains("x264enc"), "{log}");
+    let log =
+        std::fs::read_to_string(dirs.state().join("logs").join(format!("{remux}.log"))).unwrap();
+    assert!(
+        log.contains("video/x-h264") && !log.contains("x264enc"),
+        "{log}"
+    );
 
     let missing = format!("file://{}/nope.mkv", dirs.output().display());
     let id = svc.start_egress(&request("track", &[&missing], "never.mkv"));
-    let done = svc.wait_status(&id, &["complete", "failed", "aborted"], Duration::from_secs(40));
+    let done = svc.wait_status(
+        &id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(40),
+    );
     assert_eq!(done["status"], "failed", "{done}");
-    assert!(done["error"].as_str().unwrap_or("").contains("cannot open source"), "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot open source"),
+        "{done}"
+    );
 }
