@@ -108,8 +108,12 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
                 rep.video_frames += 1;
             } else if s.starts_with("audio/") {
                 rep.audio_buffers += 1;
-                if let Some(info) = caps.as_ref().and_then(|c| gstreamer_audio_bpf(c)) {
-                    rep.audio_samples += buf.size() as u64 / info;
+                let bpf = caps
+                    .as_ref()
+                    .and_then(|c| gstreamer_audio::AudioInfo::from_caps(c).ok())
+                    .map(|i| i.bpf());
+                if let Some(bpf) = bpf.filter(|b| *b > 0) {
+                    rep.audio_samples += buf.size() as u64 / u64::from(bpf);
                 }
             }
             if let Some(pts) = buf.pts() {
@@ -148,21 +152,6 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
     outcome?;
     let rep = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(rep)
-}
-
-/// Bytes per frame (all channels) of raw audio caps.
-fn gstreamer_audio_bpf(caps: &gst::CapsRef) -> Option<u64> {
-    let s = caps.structure(0)?;
-    let channels = s.get::<i32>("channels").ok()? as u64;
-    let format = s.get::<&str>("format").ok()?;
-    let bytes = match format {
-        f if f.starts_with("S8") || f.starts_with("U8") => 1,
-        f if f.starts_with("S16") || f.starts_with("U16") => 2,
-        f if f.starts_with("S24") && !f.starts_with("S24_32") => 3,
-        f if f.starts_with("F64") => 8,
-        _ => 4,
-    };
-    Some((bytes * channels).max(1))
 }
 
 /// Opens a source URI with Discoverer and tells whether it has video (raw-decodable or H.264)

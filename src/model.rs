@@ -736,6 +736,40 @@ pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, R
     })
 }
 
+/// A plausible record for unit tests of code that stores, merges or shows records.
+#[cfg(test)]
+pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) -> EgressInfo {
+    EgressInfo {
+        egress_id: id.into(),
+        node_id: node.into(),
+        egress_type: EgressType::Track,
+        status,
+        created_at,
+        started_at: None,
+        ended_at: None,
+        end_reason: None,
+        error: None,
+        request: EgressRequest {
+            egress_type: "track".into(),
+            sources: vec![SourceRequest {
+                uri: "test://video".into(),
+            }],
+            output: OutputRequest {
+                file: Some(FileOutputRequest {
+                    filename: "a.mp4".into(),
+                }),
+            },
+            video: None,
+            audio: None,
+            max_duration_s: None,
+            estimated_cpu: None,
+        },
+        files: vec![],
+        handler_pid: Some(42),
+        cpu_cost: 0.5,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

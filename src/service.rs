@@ -69,7 +69,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn start_drain(&self) {
+    /// Admission refuses new work before this returns (so the caller's answer, and any start
+    /// after it, see the node draining); the control loop then waits for idle.
+    pub async fn start_drain(&self) {
+        let _ = self.admission.send(SetDraining(true)).await;
         let _ = self.control.send(Control::Drain);
     }
 }

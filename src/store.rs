@@ -133,35 +133,7 @@ mod tests {
     use crate::model::*;
 
     fn info(id: &str, created: u64) -> EgressInfo {
-        EgressInfo {
-            egress_id: id.into(),
-            node_id: "ND_x".into(),
-            egress_type: EgressType::Track,
-            status: EgressStatus::Active,
-            created_at: created,
-            started_at: None,
-            ended_at: None,
-            end_reason: None,
-            error: None,
-            request: EgressRequest {
-                egress_type: "track".into(),
-                sources: vec![SourceRequest {
-                    uri: "test://video".into(),
-                }],
-                output: OutputRequest {
-                    file: Some(FileOutputRequest {
-                        filename: "a.mp4".into(),
-                    }),
-                },
-                video: None,
-                audio: None,
-                max_duration_s: None,
-                estimated_cpu: None,
-            },
-            files: vec![],
-            handler_pid: None,
-            cpu_cost: 0.5,
-        }
+        sample_info(id, "ND_x", EgressStatus::Active, created)
     }
 
     #[test]

@@ -61,7 +61,7 @@ async fn node(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn drain(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.start_drain();
+    state.start_drain().await;
     let node = state
         .admission
         .send(GetNodeState)

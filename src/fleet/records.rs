@@ -143,32 +143,9 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EgressRequest, EgressType, OutputRequest};
 
     fn info(id: &str, node: &str, status: EgressStatus, created_at: u64) -> EgressInfo {
-        EgressInfo {
-            egress_id: id.into(),
-            node_id: node.into(),
-            egress_type: EgressType::Track,
-            status,
-            created_at,
-            started_at: None,
-            ended_at: None,
-            end_reason: None,
-            error: None,
-            request: EgressRequest {
-                egress_type: "track".into(),
-                sources: vec![],
-                output: OutputRequest { file: None },
-                video: None,
-                audio: None,
-                max_duration_s: None,
-                estimated_cpu: None,
-            },
-            files: vec![],
-            handler_pid: Some(42),
-            cpu_cost: 0.5,
-        }
+        crate::model::sample_info(id, node, status, created_at)
     }
 
     fn live(ids: &[&str]) -> HashSet<String> {

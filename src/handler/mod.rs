@@ -8,18 +8,20 @@ pub mod protocol;
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::Receiver;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use slog::{Logger, error, info, warn};
 
 use crate::error::PipelineError;
 use crate::model::{EgressSpec, HandlerResult, PipelineOptions, now_ms};
-use crate::pipeline::{self, SourceStreams};
+use crate::pipeline;
 use protocol::{HandlerCommand, HandlerEvent};
 
 /// How long a URI source may take to answer the probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one wait on the bus lasts before stop commands are looked at again.
+const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(100);
 /// Without a parent to enforce `eos_timeout_s`, the handler gives EOS this long on its own.
 const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -124,22 +126,34 @@ fn emit(ev: &HandlerEvent) {
     }
 }
 
-/// Builds and runs the pipeline until it is finalized; Ok(cause) once EOS went through.
+/// Builds and runs the pipeline until it is finalized; Ok(cause) once EOS went through. Every
+/// error is reported to the service once, here.
 fn record(
     spec: &EgressSpec,
     options: &PipelineOptions,
     ctl: &Receiver<Cause>,
     log: &Logger,
 ) -> Result<String, PipelineError> {
+    run_pipeline(spec, options, ctl, log).inspect_err(fail)
+}
+
+fn run_pipeline(
+    spec: &EgressSpec,
+    options: &PipelineOptions,
+    ctl: &Receiver<Cause>,
+    log: &Logger,
+) -> Result<String, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
-    let streams = source_streams(spec)?;
-    let pipeline = pipeline::build(spec, options, &streams).inspect_err(fail)?;
-    info!(log, "pipeline built"; "line" => pipeline::describe(spec, options, &streams).gst());
+    let streams = pipeline::streams_of(spec, |uri| crate::media::probe(uri, PROBE_TIMEOUT))
+        .map_err(PipelineError::Build)?;
+    let desc = pipeline::describe(spec, options, &streams);
+    let pipeline = pipeline::build(spec, &desc)?;
+    info!(log, "pipeline built"; "line" => desc.gst());
     emit(&HandlerEvent::Started);
     let result = drive(&pipeline, ctl, log);
     // Null closes the sink; with robust mp4 the file is readable even without EOS.
     let _ = pipeline.set_state(gst::State::Null);
-    result.inspect_err(fail)
+    result
 }
 
 fn fail(e: &PipelineError) {
@@ -158,26 +172,6 @@ fn fail(e: &PipelineError) {
     });
 }
 
-/// What each source carries: known for test sources, probed for URIs.
-fn source_streams(spec: &EgressSpec) -> Result<Vec<SourceStreams>, PipelineError> {
-    let mut out = Vec::new();
-    for (known, source) in pipeline::known_streams(spec).into_iter().zip(&spec.sources) {
-        match (known, source) {
-            (Some(s), _) => out.push(s),
-            (None, crate::model::Source::Uri { uri }) => {
-                let s = crate::media::probe(uri, PROBE_TIMEOUT).map_err(|e| {
-                    let e = PipelineError::Build(e);
-                    fail(&e);
-                    e
-                })?;
-                out.push(s);
-            }
-            (None, _) => out.push(SourceStreams::AV_RAW),
-        }
-    }
-    Ok(out)
-}
-
 /// Runs the bus until EOS (Ok with the cause) or an error.
 fn drive(
     pipeline: &gst::Pipeline,
@@ -187,79 +181,59 @@ fn drive(
     let bus = pipeline
         .bus()
         .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
-    let (bus_tx, bus_rx) = crossbeam_channel::unbounded::<gst::Message>();
-    let stop_bus = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = stop_bus.clone();
-    let bus_thread = std::thread::spawn(move || {
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(m) = bus.timed_pop(gst::ClockTime::from_mseconds(100))
-                && bus_tx.send(m).is_err()
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| PipelineError::State(e.to_string()))?;
+    let mut playing = false;
+    let mut stopping: Option<(Cause, Instant)> = None;
+    loop {
+        // A stop is seen within one bus poll: fast enough, and one thread does it all.
+        if let Ok(cause) = ctl.try_recv()
+            && stopping.is_none()
+        {
+            info!(log, "stopping: sending EOS"; "cause" => cause.as_str());
+            stopping = Some((cause, Instant::now()));
+            pipeline.send_event(gst::event::Eos::new());
+        }
+        if let Some((Cause::ParentGone, since)) = stopping
+            && since.elapsed() > ORPHAN_EOS_TIMEOUT
+        {
+            return Err(PipelineError::Build(
+                "no EOS after the service went away".into(),
+            ));
+        }
+        let Some(msg) = bus.timed_pop(BUS_POLL) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::StateChanged(s)
+                if !playing
+                    && s.current() == gst::State::Playing
+                    && msg.src() == Some(pipeline.upcast_ref::<gst::Object>()) =>
             {
-                break;
+                playing = true;
+                emit(&HandlerEvent::Playing);
             }
-        }
-    });
-    let result = (|| {
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| PipelineError::State(e.to_string()))?;
-        let mut playing = false;
-        let mut stopping: Option<(Cause, Instant)> = None;
-        loop {
-            let tick = crossbeam_channel::after(Duration::from_millis(500));
-            select! {
-                recv(bus_rx) -> msg => {
-                    let Ok(msg) = msg else { return Err(PipelineError::Build("bus closed".into())) };
-                    match msg.view() {
-                        gst::MessageView::StateChanged(s)
-                            if !playing && s.current() == gst::State::Playing
-                                && msg.src().map(|o| o == pipeline.upcast_ref::<gst::Object>()).unwrap_or(false) =>
-                        {
-                            playing = true;
-                            emit(&HandlerEvent::Playing);
-                        }
-                        gst::MessageView::Eos(_) => {
-                            return Ok(match stopping {
-                                Some((c, _)) => c.as_str().to_string(),
-                                None => {
-                                    emit(&HandlerEvent::SourceEnded);
-                                    "source_eos".to_string()
-                                }
-                            });
-                        }
-                        gst::MessageView::Error(e) => {
-                            return Err(PipelineError::Bus {
-                                element: e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                                message: e.error().to_string(),
-                                debug: e.debug().map(|d| d.to_string()).unwrap_or_default(),
-                            });
-                        }
-                        gst::MessageView::Warning(w) => {
-                            warn!(log, "pipeline warning"; "warning" => %w.error());
-                        }
-                        _ => {}
+            gst::MessageView::Eos(_) => {
+                return Ok(match stopping {
+                    Some((c, _)) => c.as_str().to_string(),
+                    None => {
+                        emit(&HandlerEvent::SourceEnded);
+                        "source_eos".to_string()
                     }
-                }
-                recv(ctl) -> cause => {
-                    let cause = cause.unwrap_or(Cause::ParentGone);
-                    if stopping.is_none() {
-                        info!(log, "stopping: sending EOS"; "cause" => cause.as_str());
-                        stopping = Some((cause, Instant::now()));
-                        pipeline.send_event(gst::event::Eos::new());
-                    }
-                }
-                recv(tick) -> _ => {
-                    if let Some((Cause::ParentGone, since)) = stopping
-                        && since.elapsed() > ORPHAN_EOS_TIMEOUT
-                    {
-                        return Err(PipelineError::Build("no EOS after the service went away".into()));
-                    }
-                }
+                });
             }
+            gst::MessageView::Error(e) => {
+                return Err(PipelineError::Bus {
+                    element: e.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                    message: e.error().to_string(),
+                    debug: e.debug().map(|d| d.to_string()).unwrap_or_default(),
+                });
+            }
+            gst::MessageView::Warning(w) => {
+                warn!(log, "pipeline warning"; "warning" => %w.error());
+            }
+            _ => {}
         }
-    })();
-    stop_bus.store(true, std::sync::atomic::Ordering::Relaxed);
-    drop(bus_rx);
-    let _ = bus_thread.join();
-    result
+    }
 }

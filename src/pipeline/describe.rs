@@ -33,14 +33,11 @@ impl SourceStreams {
         audio: true,
     };
 
-    /// Known without opening the source for test sources; `None` for URIs (probe them).
-    pub fn of_source(s: &Source) -> Option<SourceStreams> {
-        match s {
-            Source::Test { media, .. } => Some(SourceStreams {
-                video: (*media != TestMedia::Audio).then_some(VideoInput::Raw),
-                audio: *media != TestMedia::Video,
-            }),
-            Source::Uri { .. } => None,
+    /// What a test source of this kind carries.
+    pub fn of_test(media: TestMedia) -> SourceStreams {
+        SourceStreams {
+            video: (media != TestMedia::Audio).then_some(VideoInput::Raw),
+            audio: media != TestMedia::Video,
         }
     }
 }
@@ -66,7 +63,8 @@ impl Elem {
     }
     /// A pad reference (`mux.`) or caps (`video/x-raw,...`), not a factory.
     fn is_factory(&self) -> bool {
-        !self.name.contains('/') && !self.name.ends_with('.') && !self.name.contains(".sink_")
+        // Factory names have neither; caps have a '/', pad references a '.'.
+        !self.name.contains('/') && !self.name.contains('.')
     }
 }
 
@@ -490,11 +488,8 @@ mod tests {
             "sources": [{"uri": "test://av"}, {"uri": "test://video"}, {"uri": "test://audio"}],
             "output": {"file": {"filename": "r.webm"}}});
         let s = spec(j);
-        let streams: Vec<SourceStreams> = s
-            .sources
-            .iter()
-            .map(|x| SourceStreams::of_source(x).unwrap())
-            .collect();
+        let Ok(streams) =
+            crate::pipeline::streams_of::<std::convert::Infallible>(&s, |_| unreachable!());
         let l = describe(&s, &opts(), &streams).gst();
         assert!(
             l.contains("sink_1::xpos=640")

@@ -10,33 +10,36 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use crate::error::PipelineError;
-use crate::model::{EgressSpec, PipelineOptions};
+use std::convert::Infallible;
+
+use crate::model::{EgressSpec, PipelineOptions, Source};
 
 pub use describe::{Desc, SourceStreams, VideoInput, describe, grid};
 
-/// The streams each source carries: known for test sources, probed with Discoverer for URIs.
-pub fn known_streams(spec: &EgressSpec) -> Vec<Option<SourceStreams>> {
-    spec.sources.iter().map(SourceStreams::of_source).collect()
+/// What each source carries: known for test sources, asked of `probe` for URIs.
+pub fn streams_of<E>(
+    spec: &EgressSpec,
+    mut probe: impl FnMut(&str) -> Result<SourceStreams, E>,
+) -> Result<Vec<SourceStreams>, E> {
+    spec.sources
+        .iter()
+        .map(|s| match s {
+            Source::Test { media, .. } => Ok(SourceStreams::of_test(*media)),
+            Source::Uri { uri } => probe(uri),
+        })
+        .collect()
 }
 
-/// The graph for `spec` as a shell-quoted `gst-launch-1.0 -e` argument list (test sources only;
-/// URI sources are assumed to carry raw-decodable audio and video).
+/// The graph for `spec` as a shell-quoted `gst-launch-1.0 -e` argument list (URI sources are
+/// assumed to carry raw-decodable audio and video).
 pub fn launch_line(spec: &EgressSpec, opts: &PipelineOptions) -> String {
-    let streams: Vec<SourceStreams> = known_streams(spec)
-        .into_iter()
-        .map(|s| s.unwrap_or(SourceStreams::AV_RAW))
-        .collect();
+    let Ok(streams) = streams_of::<Infallible>(spec, |_| Ok(SourceStreams::AV_RAW));
     describe(spec, opts, &streams).shell()
 }
 
-/// Builds the pipeline for `spec` given what its sources carry. Creates the output's directory.
-pub fn build(
-    spec: &EgressSpec,
-    opts: &PipelineOptions,
-    streams: &[SourceStreams],
-) -> Result<gst::Pipeline, PipelineError> {
+/// Builds the pipeline `desc` describes for `spec`. Creates the output's directory.
+pub fn build(spec: &EgressSpec, desc: &Desc) -> Result<gst::Pipeline, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
-    let desc = describe(spec, opts, streams);
     // Checked up front so a missing plugin is a clear error, not a parse failure.
     for name in desc.factories() {
         if gst::ElementFactory::find(&name).is_none() {
