@@ -5,7 +5,8 @@
 //! and total time (from the `Server-Timing` header of each 201).
 //!
 //! Usage: bench_placement [--nodes 8] [--jobs 64] [--concurrency 64] [--modes pack,spread,type_aware]
-//!                        [--cpu 0.5] [--capacity 8] [--decision-lock-ms 1000]
+//!                        [--cpu 0.5] [--capacity 8] [--repeat 1] [--handler-nice N]
+//!                        [--redis-nice 0]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -27,8 +28,13 @@ struct Args {
     modes: Vec<String>,
     cpu: f64,
     capacity: f64,
-    /// `fleet.decision_lock_ms` of every node (0 = decisions overlap).
-    decision_lock_ms: u64,
+    /// Bursts per mode, each on a fresh fleet; latencies are pooled.
+    repeat: usize,
+    /// `pipeline.handler_nice` of every node (None = the default).
+    handler_nice: Option<i32>,
+    /// Niceness of redis-server; below 0 (root or CAP_SYS_NICE) stands in for a Redis with CPU
+    /// of its own, as in production, instead of sharing this machine's cores with every node.
+    redis_nice: i32,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,7 +45,9 @@ fn parse_args() -> Result<Args> {
         modes: vec!["pack".into(), "spread".into(), "type_aware".into()],
         cpu: 0.5,
         capacity: 8.0,
-        decision_lock_ms: 1000,
+        repeat: 1,
+        handler_nice: None,
+        redis_nice: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -52,7 +60,9 @@ fn parse_args() -> Result<Args> {
             "--modes" => a.modes = v.split(',').map(str::to_string).collect(),
             "--cpu" => a.cpu = v.parse()?,
             "--capacity" => a.capacity = v.parse()?,
-            "--decision-lock-ms" => a.decision_lock_ms = v.parse()?,
+            "--repeat" => a.repeat = v.parse::<usize>()?.max(1),
+            "--handler-nice" => a.handler_nice = Some(v.parse()?),
+            "--redis-nice" => a.redis_nice = v.parse()?,
             other => bail!("unknown argument {other}"),
         }
         i += 2;
@@ -82,9 +92,10 @@ impl Drop for Proc {
     }
 }
 
-fn start_redis() -> Result<(Proc, u16)> {
+fn start_redis(nice: i32) -> Result<(Proc, u16)> {
     let port = free_port()?;
-    let child = Command::new("redis-server")
+    let child = Command::new("nice")
+        .args(["-n", &nice.to_string(), "redis-server"])
         .args([
             "--port",
             &port.to_string(),
@@ -119,6 +130,23 @@ fn start_redis() -> Result<(Proc, u16)> {
     }
 }
 
+/// EVALSHA in `INFO commandstats`: (calls, microseconds per call inside Redis).
+fn script_stats(port: u16) -> Result<(u64, f64)> {
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?.get_connection()?;
+    let text: String = redis::cmd("INFO").arg("commandstats").query(&mut con)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or_default();
+    let field = |k: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((field("calls") as u64, field("usec_per_call")))
+}
+
 struct Node {
     proc: Proc,
     base: String,
@@ -133,7 +161,11 @@ fn start_node(
     redis_port: u16,
     a: &Args,
 ) -> Result<Node> {
-    let (capacity, lock) = (a.capacity, a.decision_lock_ms);
+    let capacity = a.capacity;
+    let nice = a
+        .handler_nice
+        .map(|n| format!("pipeline: {{ handler_nice: {n} }}\n"))
+        .unwrap_or_default();
     let d = dir.join(format!("node{i}"));
     std::fs::create_dir_all(&d)?;
     let cfg = d.join("node.yaml");
@@ -145,8 +177,8 @@ fn start_node(
              log: {{ level: warning }}\n\
              cpu: {{ capacity: {capacity}, pending_hold_ms: 600000 }}\n\
              affinity: {{ mode: {mode} }}\n\
-             fleet: {{ redis_url: \"redis://127.0.0.1:{redis_port}/0\", heartbeat_ms: 200, node_ttl_ms: 1000, decision_lock_ms: {lock} }}\n\
-             overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n",
+             fleet: {{ redis_url: \"redis://127.0.0.1:{redis_port}/0\", heartbeat_ms: 200, node_ttl_ms: 1000 }}\n\
+             overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n{nice}",
             d.display()
         ),
     )?;
@@ -195,14 +227,15 @@ struct Outcome {
     node_id: String,
     egress_id: String,
     client_ms: f64,
+    script_ms: Option<f64>,
     decide_ms: Option<f64>,
     total_ms: Option<f64>,
 }
 
 /// `decide;dur=0.840, total;dur=3.100` -> (0.84, 3.1).
-fn server_timing(h: &str) -> (Option<f64>, Option<f64>) {
-    let mut decide = None;
-    let mut total = None;
+/// `script;dur=0.21, decide;dur=0.84, total;dur=3.10` -> (script, decide, total) in ms.
+fn server_timing(h: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let mut out = (None, None, None);
     for part in h.split(',') {
         let mut it = part.trim().split(";dur=");
         let (Some(name), Some(dur)) = (it.next(), it.next()) else {
@@ -210,12 +243,13 @@ fn server_timing(h: &str) -> (Option<f64>, Option<f64>) {
         };
         let v = dur.trim().parse::<f64>().ok();
         match name {
-            "decide" => decide = v,
-            "total" => total = v,
+            "script" => out.0 = v,
+            "decide" => out.1 = v,
+            "total" => out.2 = v,
             _ => {}
         }
     }
-    (decide, total)
+    out
 }
 
 fn burst(a: &Args, nodes: &[Node]) -> Vec<Outcome> {
@@ -248,12 +282,12 @@ fn burst(a: &Args, nodes: &[Node]) -> Vec<Outcome> {
                     let o = match r {
                         Ok(mut resp) => {
                             let status = resp.status().as_u16();
-                            let (decide_ms, total_ms) = resp
+                            let (script_ms, decide_ms, total_ms) = resp
                                 .headers()
                                 .get("server-timing")
                                 .and_then(|h| h.to_str().ok())
                                 .map(server_timing)
-                                .unwrap_or((None, None));
+                                .unwrap_or((None, None, None));
                             let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
                             if status != 201 {
                                 eprintln!("  start answered {status}: {v}");
@@ -263,6 +297,7 @@ fn burst(a: &Args, nodes: &[Node]) -> Vec<Outcome> {
                                 node_id: v["node_id"].as_str().unwrap_or_default().to_string(),
                                 egress_id: v["egress_id"].as_str().unwrap_or_default().to_string(),
                                 client_ms,
+                                script_ms,
                                 decide_ms,
                                 total_ms,
                             }
@@ -274,6 +309,7 @@ fn burst(a: &Args, nodes: &[Node]) -> Vec<Outcome> {
                                 node_id: String::new(),
                                 egress_id: String::new(),
                                 client_ms,
+                                script_ms: None,
                                 decide_ms: None,
                                 total_ms: None,
                             }
@@ -336,11 +372,26 @@ fn teardown(nodes: Vec<Node>, outcomes: &[Outcome]) {
     }
 }
 
-fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
+/// What one burst gave.
+struct Run {
+    placed: usize,
+    wall: Duration,
+    /// Jobs per node, most first.
+    counts: Vec<usize>,
+    client_ms: Vec<f64>,
+    script_ms: Vec<f64>,
+    decide_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    script_calls: u64,
+    script_us: f64,
+}
+
+/// A fresh redis-server and fleet, one burst, everything stopped again.
+fn run_once(a: &Args, bin: &Path, mode: &str) -> Result<Run> {
     let dir = tempfile::Builder::new()
         .prefix("bench-placement-")
         .tempdir()?;
-    let (_redis, port) = start_redis()?;
+    let (_redis, port) = start_redis(a.redis_nice)?;
     let mut nodes = Vec::new();
     for i in 0..a.nodes {
         nodes.push(start_node(bin, dir.path(), i, mode, port, a)?);
@@ -357,10 +408,11 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-
+    let before = script_stats(port)?;
     let t0 = Instant::now();
     let outcomes = burst(a, &nodes);
     let wall = t0.elapsed();
+    let after = script_stats(port)?;
 
     let placed: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == 201).collect();
     let mut per_node: BTreeMap<&str, usize> =
@@ -368,61 +420,72 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
     for o in &placed {
         *per_node.entry(o.node_id.as_str()).or_default() += 1;
     }
-    let counts: Vec<usize> = per_node.values().copied().collect();
-    let (max, min) = (
-        counts.iter().max().copied().unwrap_or(0),
-        counts.iter().min().copied().unwrap_or(0),
-    );
-    let used = counts.iter().filter(|c| **c > 0).count();
+    let mut counts: Vec<usize> = per_node.values().copied().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let run = Run {
+        placed: placed.len(),
+        wall,
+        counts,
+        client_ms: placed.iter().map(|o| o.client_ms).collect(),
+        script_ms: placed.iter().filter_map(|o| o.script_ms).collect(),
+        decide_ms: placed.iter().filter_map(|o| o.decide_ms).collect(),
+        total_ms: placed.iter().filter_map(|o| o.total_ms).collect(),
+        script_calls: after.0 - before.0,
+        script_us: after.1,
+    };
+    teardown(nodes, &outcomes);
+    Ok(run)
+}
+
+fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
     let budget = a.capacity * 0.8;
     let per_node_cap = ((budget + 1e-9) / a.cpu).floor().max(1.0) as usize;
-    let partly = counts
-        .iter()
-        .filter(|c| **c > 0 && **c < per_node_cap)
-        .count();
-    let fewest = placed.len().div_ceil(per_node_cap);
-    let mut sorted = counts.clone();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-
-    println!(
-        "mode {mode}: {} of {} placed in {:.0} ms",
-        placed.len(),
-        a.jobs,
-        wall.as_secs_f64() * 1000.0
-    );
-    println!(
-        "  jobs per node   {:?}  (max - min = {}, nodes used {}/{}, partly filled {}, fewest possible {}, {} fit per node)",
-        sorted,
-        max - min,
-        used,
-        a.nodes,
-        partly,
-        fewest,
-        per_node_cap
-    );
-    println!(
-        "  {}",
-        lat_line("client POST", placed.iter().map(|o| o.client_ms).collect())
-    );
-    println!(
-        "  {}",
-        lat_line(
-            "placer decide",
-            placed.iter().filter_map(|o| o.decide_ms).collect()
-        )
-    );
-    println!(
-        "  {}",
-        lat_line(
-            "placer total",
-            placed.iter().filter_map(|o| o.total_ms).collect()
-        )
-    );
-    let refused = outcomes.len() - placed.len();
-    if refused > 0 {
-        println!("  {refused} requests were not placed");
+    println!("mode {mode}:");
+    let (mut client, mut script, mut decide, mut total) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 1..=a.repeat {
+        let run = run_once(a, bin, mode)?;
+        let (max, min) = (
+            run.counts.first().copied().unwrap_or(0),
+            run.counts.last().copied().unwrap_or(0),
+        );
+        let used = run.counts.iter().filter(|c| **c > 0).count();
+        let partly = run
+            .counts
+            .iter()
+            .filter(|c| **c > 0 && **c < per_node_cap)
+            .count();
+        println!(
+            "  burst {r}: {} of {} placed in {:.0} ms; jobs per node {:?} (max - min {}, nodes used {}/{}, \
+             partly filled {}, fewest possible {}, {} fit per node); decide p50 {:.1} / p99 {:.1} ms; \
+             {} Redis scripts, {:.1} µs each in Redis",
+            run.placed,
+            a.jobs,
+            run.wall.as_secs_f64() * 1000.0,
+            run.counts,
+            max - min,
+            used,
+            a.nodes,
+            partly,
+            run.placed.div_ceil(per_node_cap),
+            per_node_cap,
+            percentile(&mut run.decide_ms.clone(), 0.5),
+            percentile(&mut run.decide_ms.clone(), 0.99),
+            run.script_calls,
+            run.script_us,
+        );
+        if run.placed < a.jobs {
+            println!("  {} requests were not placed", a.jobs - run.placed);
+        }
+        client.extend(run.client_ms);
+        script.extend(run.script_ms);
+        decide.extend(run.decide_ms);
+        total.extend(run.total_ms);
     }
-    teardown(nodes, &outcomes);
+    println!("  {}", lat_line("client POST", client));
+    println!("  {}", lat_line("placer decide", decide));
+    println!("  {}", lat_line("  of it: script", script));
+    println!("  {}", lat_line("placer total", total));
     Ok(())
 }
 
@@ -439,7 +502,7 @@ fn main() -> Result<()> {
     }
     println!(
         "bench-placement: {} nodes (cpu.capacity {}), burst of {} track jobs (estimated_cpu {}) from {} concurrent clients \
-         to random nodes; {} cores on this machine",
+         to random nodes; {} cores on this machine; {} bursts per mode; redis-server nice {}, handlers nice {}",
         a.nodes,
         a.capacity,
         a.jobs,
@@ -447,7 +510,11 @@ fn main() -> Result<()> {
         a.concurrency,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        a.repeat,
+        a.redis_nice,
+        a.handler_nice
+            .map_or("as configured (default 10)".to_string(), |n| n.to_string()),
     );
     for mode in a.modes.clone() {
         run_mode(&a, &bin, &mode)?;

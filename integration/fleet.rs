@@ -8,10 +8,7 @@
 //! these tests are about.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,71 +16,12 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// A throwaway `redis-server` on a free loopback port, killed on drop.
-pub struct Redis {
-    child: Child,
-    pub port: u16,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/setup)");
-        let r = Redis { child, port };
-        wait_for(
-            Duration::from_secs(10),
-            "redis-server to answer PING",
-            || r.ping().then_some(()),
-        );
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One node's YAML: spread placement, 8 cores, quick heartbeats, costs held at their estimate.
 fn node_config(redis: &Redis) -> String {
     format!(
         "cpu: {{ capacity: 8, pending_hold_ms: 600000 }}\n\
          affinity: {{ mode: spread }}\n\
-         fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000, affinity_timeout_ms: 1000, decision_lock_ms: 3000 }}\n\
+         fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000 }}\n\
          overload: {{ soft_threshold: 10, hard_threshold: 10 }}",
         redis.url()
     )
@@ -121,14 +59,20 @@ fn audio_job(filename: &str) -> Value {
     })
 }
 
-/// Waits until no node holds a pending claim (losers' claims are released without waiting).
-fn wait_no_claims(nodes: &[&Service]) {
-    for n in nodes {
-        wait_for(Duration::from_secs(10), "claims to be released", || {
-            let (_, v) = n.get("/v1/node");
-            (v["types"]["track"]["pending_claims"] == 0).then_some(())
-        });
-    }
+/// Placement reservations left in Redis, per node id.
+fn reservations(redis: &Redis) -> HashMap<String, usize> {
+    let mut con = redis.connect();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("egress:reserved:*")
+        .query(&mut con)
+        .unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let n: usize = redis::cmd("HLEN").arg(&k).query(&mut con).unwrap();
+            (k.trim_start_matches("egress:reserved:").to_string(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn fleet_list(node: &Service, query: &str) -> Vec<Value> {
@@ -165,7 +109,6 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
     let redis = Redis::start();
     let dirs: Vec<Dirs> = (0..3).map(|_| Dirs::new()).collect();
     let nodes = start_fleet(&redis, &dirs);
-    let all: Vec<&Service> = nodes.iter().collect();
     let (_, v) = nodes[0].get("/v1/fleet/nodes");
     for n in v["nodes"].as_array().unwrap() {
         assert_eq!(n["capacity_cores"], 8.0, "{n}");
@@ -186,7 +129,7 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
         (400, Some("invalid_field")),
         "{v}"
     );
-    wait_no_claims(&all);
+    assert!(reservations(&redis).is_empty(), "a 400 reserves nothing");
 
     // Six equal jobs, sent to the three nodes in turn: spread places two on each.
     let mut placed: Vec<(String, String)> = Vec::new();
@@ -198,7 +141,6 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
             v["egress_id"].as_str().unwrap().to_string(),
             v["node_id"].as_str().unwrap().to_string(),
         ));
-        wait_no_claims(&all);
     }
     let mut per_node: HashMap<&str, usize> = HashMap::new();
     for (_, n) in &placed {

@@ -7,3 +7,4 @@ mod common;
 mod egress;
 mod fleet;
 mod overload;
+mod placement;

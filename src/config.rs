@@ -129,6 +129,10 @@ pub struct PipelineConfig {
     /// a graceful stop but is not kill-safe past this length.
     #[serde(default = "default_mp4_reserved")]
     pub mp4_reserved_max_duration_s: f64,
+    /// Niceness of handler processes (0-19): above 0, the service's API, placement and overload
+    /// supervision keep answering promptly while recordings saturate the CPU.
+    #[serde(default = "default_handler_nice")]
+    pub handler_nice: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,14 +229,10 @@ pub struct FleetConfig {
     /// A node whose registration is older than this is dead.
     #[serde(default = "default_node_ttl")]
     pub node_ttl_ms: u64,
-    /// How long placement waits for affinity answers before deciding with what it has.
-    #[serde(default = "default_affinity_timeout")]
-    pub affinity_timeout_ms: u64,
-    /// Placement decisions (affinity round, ranking, release of the losers' claims) run one at a
-    /// time fleet-wide under a Redis lock that expires after this long; 0 = no lock (decisions
-    /// overlap: faster under a burst, less even).
-    #[serde(default = "default_decision_lock")]
-    pub decision_lock_ms: u64,
+    /// How long a placement's reservation holds CPU and a slot on the chosen node while the
+    /// job starts there (it ends sooner: when the node reports the job, or refuses it).
+    #[serde(default = "default_reservation_ttl")]
+    pub reservation_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,11 +333,11 @@ fn default_heartbeat() -> u64 {
 fn default_node_ttl() -> u64 {
     3000
 }
-fn default_affinity_timeout() -> u64 {
-    200
+fn default_handler_nice() -> i32 {
+    10
 }
-fn default_decision_lock() -> u64 {
-    1000
+fn default_reservation_ttl() -> u64 {
+    10_000
 }
 fn default_soft() -> f64 {
     0.85
@@ -531,6 +531,9 @@ impl Config {
             self.pipeline.mp4_reserved_max_duration_s,
             7.0 * 86400.0,
         )?;
+        if !(0..=19).contains(&self.pipeline.handler_nice) {
+            return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
+        }
         const PRESETS: &[&str] = &[
             "ultrafast",
             "superfast",
@@ -612,19 +615,11 @@ impl Config {
                 "must be larger than fleet.heartbeat_ms",
             ));
         }
-        if !(10..=10_000).contains(&self.fleet.affinity_timeout_ms) {
+        // Longer than the placer waits for a start, so a slow start stays reserved.
+        if !(5_000..=600_000).contains(&self.fleet.reservation_ttl_ms) {
             return Err(invalid(
-                "fleet.affinity_timeout_ms",
-                "must be in [10, 10000]",
-            ));
-        }
-        if self.fleet.decision_lock_ms > 10_000
-            || (self.fleet.decision_lock_ms > 0
-                && self.fleet.decision_lock_ms <= self.fleet.affinity_timeout_ms)
-        {
-            return Err(invalid(
-                "fleet.decision_lock_ms",
-                "must be 0 (off) or longer than fleet.affinity_timeout_ms, at most 10000",
+                "fleet.reservation_ttl_ms",
+                "must be in [5000, 600000]",
             ));
         }
         let o = &self.overload;
@@ -779,6 +774,17 @@ mod tests {
             key_of(load_yaml("cpu: { max_utilization: 2 }", &[]).unwrap_err()),
             "cpu.max_utilization"
         );
+        assert_eq!(
+            key_of(load_yaml("fleet: { reservation_ttl_ms: 100 }", &[]).unwrap_err()),
+            "fleet.reservation_ttl_ms"
+        );
+        assert_eq!(
+            key_of(load_yaml("pipeline: { handler_nice: 20 }", &[]).unwrap_err()),
+            "pipeline.handler_nice"
+        );
+        // Keys of earlier versions are named, not ignored.
+        let k = key_of(load_yaml("fleet: { decision_lock_ms: 1000 }", &[]).unwrap_err());
+        assert!(k.contains("decision_lock_ms"), "{k}");
         let k = key_of(load_yaml("server: { lisen: x }", &[]).unwrap_err());
         assert!(k.contains("lisen"), "{k}");
         let k = key_of(load_yaml("cpu: { capacity: lots }", &[]).unwrap_err());

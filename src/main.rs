@@ -36,6 +36,9 @@ enum Command {
         /// The egress this process records (on the command line so `ps` shows it).
         #[arg(long)]
         egress_id: String,
+        /// Lower this process's CPU priority by this much (0-19) before anything else runs.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+        nice: i32,
     },
 }
 
@@ -68,7 +71,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Handler { egress_id } => {
+        Command::Handler { egress_id, nice } => {
+            if nice > 0 {
+                // First, while this is the only thread: every thread started later inherits it.
+                // SAFETY: nice(2) has no memory-safety preconditions. Failing (-1) leaves the
+                // handler at the service's priority, which is harmless.
+                unsafe { libc::nice(nice) };
+            }
             let log = egress_engine::logging::root("term", "info");
             let log = log.new(slog::o!("egress_id" => egress_id.clone()));
             ExitCode::from(egress_engine::handler::run(&egress_id, log).clamp(0, 255) as u8)

@@ -172,6 +172,11 @@ async fn serve(
     let max_body = cfg.server.max_body_bytes;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
+        // Runs on each worker thread as it starts: its placement connection is ready before
+        // the first request needs it.
+        if let Some(f) = app_state.fleet.clone() {
+            actix_rt::spawn(async move { f.open_worker_connection().await });
+        }
         App::new()
             .app_data(app_state.clone())
             .wrap(middleware::from_fn(crate::api::auth))

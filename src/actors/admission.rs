@@ -6,10 +6,12 @@
 //! Being one actor, every decision is atomic: two affinity requests or two admissions never see
 //! the same free CPU.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{Logger, debug, info};
+use tokio::sync::Notify;
 
 use crate::actors::cpu_monitor::CpuSample;
 use crate::config::Config;
@@ -24,6 +26,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct Admission {
     ledger: Ledger,
+    /// Woken on every change of the ledger (the fleet publishes the node's state then).
+    watcher: Option<Arc<Notify>>,
     log: Logger,
 }
 
@@ -31,13 +35,21 @@ impl Admission {
     pub fn new(cfg: &Config, node_id: String, capacity_cores: f64, log: Logger) -> Self {
         Admission {
             ledger: Ledger::from_config(cfg, node_id, capacity_cores),
+            watcher: None,
             log,
         }
     }
 
-    /// Expires claims at `now`, then refreshes every admission gauge.
-    fn refresh(&mut self, now: u64) {
-        self.ledger.expire(now);
+    /// Expires claims at `now`, refreshes every admission gauge, and wakes the watcher when the
+    /// ledger `changed` (or a claim expired).
+    fn refresh(&mut self, now: u64, changed: bool) {
+        let expired = self.ledger.expire(now) > 0;
+        if (changed || expired)
+            && let Some(w) = &self.watcher
+        {
+            // Stores one permit when nobody waits: changes coalesce, none is missed.
+            w.notify_one();
+        }
         let l = &self.ledger;
         METRICS.available_cpu_cores.set(l.available(now).max(0.0));
         METRICS.draining.set(if l.draining() { 1.0 } else { 0.0 });
@@ -65,8 +77,8 @@ impl Actor for Admission {
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "admission ready"; "capacity_cores" => self.ledger.capacity_cores(),
               "budget_cores" => self.ledger.budget());
-        self.refresh(now_ms());
-        ctx.run_interval(SWEEP_INTERVAL, |act, _| act.refresh(now_ms()));
+        self.refresh(now_ms(), false);
+        ctx.run_interval(SWEEP_INTERVAL, |act, _| act.refresh(now_ms(), false));
     }
 }
 
@@ -111,7 +123,7 @@ impl Handler<AdmitJob> for Admission {
                             "reason" => e.reason(), "error" => %e)
             }
         }
-        self.refresh(now);
+        self.refresh(now, res.is_ok());
         res
     }
 }
@@ -127,10 +139,11 @@ impl Handler<EndJob> for Admission {
     type Result = ();
 
     fn handle(&mut self, msg: EndJob, _: &mut Context<Self>) {
-        if self.ledger.end_job(&msg.egress_id) {
+        let ended = self.ledger.end_job(&msg.egress_id);
+        if ended {
             debug!(self.log, "job ended"; "egress_id" => &msg.egress_id);
         }
-        self.refresh(now_ms());
+        self.refresh(now_ms(), ended);
     }
 }
 
@@ -171,7 +184,7 @@ impl Handler<TakeClaim> for Admission {
         if let Ok(c) = &res {
             debug!(self.log, "claim taken"; "claim_id" => &c.claim_id, "type" => msg.egress_type.as_str(), "cost" => cost);
         }
-        self.refresh(now);
+        self.refresh(now, res.is_ok());
         res
     }
 }
@@ -187,8 +200,8 @@ impl Handler<ReleaseClaim> for Admission {
     type Result = ();
 
     fn handle(&mut self, msg: ReleaseClaim, _: &mut Context<Self>) {
-        self.ledger.release_claim(&msg.claim_id);
-        self.refresh(now_ms());
+        let released = self.ledger.release_claim(&msg.claim_id);
+        self.refresh(now_ms(), released);
     }
 }
 
@@ -204,8 +217,9 @@ impl Handler<SetDraining> for Admission {
         if msg.0 != self.ledger.draining() {
             info!(self.log, "draining"; "draining" => msg.0);
         }
+        let changed = msg.0 != self.ledger.draining();
         self.ledger.set_draining(msg.0);
-        self.refresh(now_ms());
+        self.refresh(now_ms(), changed);
     }
 }
 
@@ -231,7 +245,21 @@ impl Handler<CpuSample> for Admission {
             self.ledger.measure(id, usage.cores);
         }
         self.ledger.set_load(sample.load);
-        self.refresh(now_ms());
+        self.refresh(now_ms(), true);
+    }
+}
+
+/// Wakes `0` on every later change of the ledger (admit, end, claims, draining, measurements).
+/// Returns nothing.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WatchState(pub Arc<Notify>);
+
+impl Handler<WatchState> for Admission {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchState, _: &mut Context<Self>) {
+        self.watcher = Some(msg.0);
     }
 }
 
@@ -267,6 +295,47 @@ mod tests {
             cost,
             claim_id,
         }
+    }
+
+    #[actix_rt::test]
+    async fn every_change_wakes_the_watcher_and_reads_do_not() {
+        let a = start();
+        let w = Arc::new(Notify::new());
+        a.send(WatchState(w.clone())).await.unwrap();
+        let woken = || async {
+            tokio::time::timeout(Duration::from_millis(500), w.notified())
+                .await
+                .is_ok()
+        };
+        a.send(admit("EG_1", EgressType::Track, 0.5, None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(woken().await, "admit");
+        let s = a.send(GetNodeState).await.unwrap();
+        assert_eq!(
+            (s.egress_ids, s.budget_cores),
+            (vec!["EG_1".to_string()], 4.0)
+        );
+        // A refusal and a read change nothing: no wake-up.
+        a.send(admit("EG_2", EgressType::Track, 99.0, None))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(150), w.notified())
+                .await
+                .is_err(),
+            "a refusal woke the watcher"
+        );
+        a.send(EndJob {
+            egress_id: "EG_1".into(),
+        })
+        .await
+        .unwrap();
+        assert!(woken().await, "end");
+        a.send(SetDraining(true)).await.unwrap();
+        assert!(woken().await, "draining");
     }
 
     #[actix_rt::test]

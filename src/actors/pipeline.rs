@@ -69,6 +69,8 @@ pub struct PipelineSetup {
     pub spec: EgressSpec,
     pub options: PipelineOptions,
     pub log_path: PathBuf,
+    /// `pipeline.handler_nice`.
+    pub nice: i32,
     pub eos_timeout: Duration,
     pub start_timeout: Duration,
     pub max_duration: Option<Duration>,
@@ -103,6 +105,8 @@ pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::C
     cmd.arg("handler")
         .arg("--egress-id")
         .arg(&setup.spec.egress_id)
+        .arg("--nice")
+        .arg(setup.nice.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))

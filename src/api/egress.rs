@@ -111,6 +111,7 @@ pub async fn start_local(
     let setup = PipelineSetup {
         info,
         log_path: state.store.log_path(&id),
+        nice: cfg.pipeline.handler_nice,
         options: PipelineOptions {
             x264_speed_preset: cfg.pipeline.x264_speed_preset.clone(),
             mp4_moov_update_period_s: cfg.pipeline.mp4_moov_update_period_s,

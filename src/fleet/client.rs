@@ -1,5 +1,5 @@
-//! Node-to-node calls over the admin API: affinity, claim release, start on a chosen node, and
-//! stop/kill forwarded to the node that runs an egress.
+//! Node-to-node calls over the admin API: start on the chosen node, and stop/kill forwarded to
+//! the node that runs an egress.
 //!
 //! The HTTP client is awc, which is `!Send`: each worker thread keeps its own (`thread_local!`),
 //! with a connection pool whose idle connections are dropped before the server's keep-alive
@@ -42,25 +42,14 @@ pub struct Target<'a> {
     pub token: &'a str,
 }
 
-/// A node's answer to `GET /v1/affinity` (the fields placement uses).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct AffinityAnswer {
-    #[serde(default)]
-    pub node_id: String,
-    pub score: f64,
-    #[serde(default)]
-    pub claim_id: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
 /// `POST /v1/node/egress` body: start this placed egress on the node that receives it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeStart {
     /// Chosen by the placer, kept across retries on other nodes.
     pub egress_id: String,
-    /// The claim this node gave in its affinity answer (absent on a retry).
+    /// A claim from this node's `GET /v1/affinity`, for clients that place jobs themselves
+    /// (fleet placement reserves in Redis and sends none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_id: Option<String>,
     pub request: EgressRequest,
@@ -175,45 +164,6 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|e| CallError::Garbled(e.to_string()))
 }
 
-/// `GET /v1/affinity?type=..[&estimated_cpu=..]`: the node's score; takes a claim there.
-pub async fn affinity(
-    target: Target<'_>,
-    egress_type: &str,
-    estimated_cpu: Option<f64>,
-    timeout: Duration,
-) -> Result<AffinityAnswer, CallError> {
-    let mut q = format!("/v1/affinity?type={egress_type}");
-    if let Some(c) = estimated_cpu {
-        q.push_str(&format!("&estimated_cpu={c}"));
-    }
-    let (status, body) = call(awc::http::Method::GET, &target, &q, None, timeout).await?;
-    parse(status, &body, &[200])
-}
-
-/// `POST /v1/affinity/release`: gives a claim back (idempotent on the node).
-pub async fn release(
-    target: Target<'_>,
-    claim_id: &str,
-    timeout: Duration,
-) -> Result<(), CallError> {
-    let body = serde_json::to_vec(&serde_json::json!({ "claim_id": claim_id })).unwrap_or_default();
-    let (status, body) = call(
-        awc::http::Method::POST,
-        &target,
-        "/v1/affinity/release",
-        Some(body),
-        timeout,
-    )
-    .await?;
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(CallError::Remote(Box::new(RemoteError::parse(
-            status, &body,
-        ))))
-    }
-}
-
 /// `POST /v1/node/egress`: starts the egress on that node only.
 pub async fn start(
     target: Target<'_>,
@@ -230,12 +180,6 @@ pub async fn start(
     )
     .await?;
     parse(status, &body, &[201])
-}
-
-/// `GET /v1/node`: the node's admission state, as JSON.
-pub async fn node_state(target: Target<'_>, timeout: Duration) -> Result<Value, CallError> {
-    let (status, body) = call(awc::http::Method::GET, &target, "/v1/node", None, timeout).await?;
-    parse(status, &body, &[200])
 }
 
 /// `POST /v1/egress/{id}/stop|kill` on the node that runs it.

@@ -6,24 +6,29 @@
 //!   set of live nodes.
 //! - `records`: egress records (`egress:records`), egress ownership (`egress:owner:{id}`) and the
 //!   rule that reports a dead node's unfinished egresses as aborted.
-//! - `placement`: `POST /v1/egress` fleet-wide: affinity from every live node, rank, start on the
-//!   best, fall back, retry a burst.
+//! - `reservations`: the placement decision as one Redis script (score every live node from its
+//!   published state, reserve the best).
+//! - `placement`: `POST /v1/egress` fleet-wide: decide, start on the chosen node, fall back,
+//!   retry a burst.
 //! - `client`: node-to-node calls over the admin API.
 //!
 //! Coordination is Redis plus each node's own admin API: no gossip, no consensus. Every decision
 //! that must be atomic is one Redis command or one Lua script (taking an egress id, writing a
-//! record only as its owner) or one actor message on the node concerned (claims, admission).
+//! record only as its owner, choosing and reserving a node) or one actor message on the node
+//! concerned (admission).
 //!
 //! ```text
 //!   Supervisor ──EgressInfo (channel)──► record writer ──HSET──► egress:records
-//!   heartbeat (every heartbeat_ms) ──GetNodeState──► Admission; SET egress:node:{id} PX node_ttl_ms
-//!   HTTP placement ──► Redis (live nodes) ──► other nodes' /v1/affinity, /v1/node/egress
+//!   publisher (every change, else every heartbeat_ms) ──GetNodeState──► Admission;
+//!       SET egress:node:{id} PX node_ttl_ms
+//!   HTTP placement ──EVALSHA place──► Redis ──► chosen node's /v1/node/egress
 //! ```
 
 pub mod client;
 pub mod placement;
 pub mod records;
 pub mod registry;
+pub mod reservations;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,9 +37,9 @@ use std::time::Duration;
 use actix::Addr;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use slog::{Logger, debug, info, warn};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::actors::admission::{Admission, GetNodeState};
+use crate::actors::admission::{Admission, GetNodeState, WatchState};
 use crate::actors::supervisor::GetEgress;
 use crate::api::egress::{EndAction, list_local, start_local};
 use crate::config::{Config, FleetConfig};
@@ -52,8 +57,8 @@ use crate::service::AppState;
 
 /// Redis must answer a command within this (a node that cannot reach Redis leaves the fleet
 /// when its registration expires).
-const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Stop and kill forwarded to another node.
 const END_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful exit waits for the last records to reach Redis.
@@ -63,6 +68,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Fleet {
     /// One multiplexed connection, shared by every worker thread (it reconnects on its own).
     redis: ConnectionManager,
+    /// For the per-worker placement connections (`placement::decide`).
+    client: redis::Client,
     node_id: String,
     /// `server.api_token`: the nodes of a fleet share it and send it to each other.
     token: String,
@@ -79,8 +86,44 @@ pub struct Fleet {
     log: Logger,
 }
 
-fn redis_err(e: redis::RedisError) -> ApiError {
+pub(crate) fn redis_err(e: redis::RedisError) -> ApiError {
     ApiError::Unavailable(format!("the fleet's Redis does not answer: {e}"))
+}
+
+/// Opens the connection on a thread of its own, which then does nothing but Redis I/O. The
+/// connection's driver runs where it was created; on the service's arbiter it would wait behind
+/// the actors (handler launches, CPU sampling), and every placement decision with it.
+async fn connect_on_own_thread(
+    client: redis::Client,
+    cfg: ConnectionManagerConfig,
+) -> Result<ConnectionManager, String> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("fleet-redis".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot start the Redis I/O thread: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let r = client.get_connection_manager_with_config(cfg).await;
+                let failed = r.is_err();
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+                if !failed {
+                    // Lives as long as the process: the connection's driver runs here.
+                    std::future::pending::<()>().await;
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the Redis I/O thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the Redis I/O thread ended".to_string())?
 }
 
 impl Fleet {
@@ -99,8 +142,7 @@ impl Fleet {
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let mut redis = client
-            .get_connection_manager_with_config(mcfg)
+        let mut redis = connect_on_own_thread(client.clone(), mcfg)
             .await
             .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
         let _: String = redis::cmd("PING")
@@ -111,6 +153,7 @@ impl Fleet {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let fleet = Fleet {
             redis,
+            client,
             node_id: node_id.to_string(),
             token: cfg.server.api_token.clone(),
             cfg: cfg.fleet.clone(),
@@ -146,6 +189,13 @@ impl Fleet {
             let me = self.clone();
             actix_rt::spawn(async move { me.write_records(rx, flush).await });
         }
+        // Every change of the node's admission state is published at once (placement reads it
+        // from Redis); the heartbeat refreshes it when nothing changes.
+        let changed = Arc::new(Notify::new());
+        admission
+            .send(WatchState(changed.clone()))
+            .await
+            .map_err(|e| format!("admission does not answer: {e}"))?;
         self.register(&admission).await?;
         info!(self.log, "joined the fleet"; "url" => self.url(), "heartbeat_ms" => self.cfg.heartbeat_ms,
               "node_ttl_ms" => self.cfg.node_ttl_ms);
@@ -157,7 +207,10 @@ impl Fleet {
             tick.tick().await;
             let mut failing = false;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = changed.notified() => tick.reset(),
+                }
                 match me.register(&admission).await {
                     Ok(()) if failing => {
                         info!(me.log, "heartbeat works again");

@@ -2,7 +2,8 @@
 //! live nodes as any node reads it.
 //!
 //! ```text
-//!   SET  egress:node:{node_id} {node_id, url, state, updated_at_ms}  PX node_ttl_ms  (every heartbeat_ms)
+//!   SET  egress:node:{node_id} {node_id, url, state, updated_at_ms}  PX node_ttl_ms
+//!        (on every change of the node's admission state, else every heartbeat_ms)
 //!   SADD egress:nodes {node_id}
 //!   live = SMEMBERS egress:nodes whose egress:node:{id} still exists (the others are SREMed)
 //! ```

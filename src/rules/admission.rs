@@ -72,6 +72,8 @@ pub struct TypeState {
 pub struct NodeState {
     pub node_id: String,
     pub capacity_cores: f64,
+    /// Cores admission may commit: capacity * max_utilization.
+    pub budget_cores: f64,
     /// Last node load from CpuMonitor: max(host busy, node CPU / capacity).
     pub load: f64,
     /// Cores admission can still commit (clamped at 0).
@@ -79,6 +81,9 @@ pub struct NodeState {
     pub draining: bool,
     /// Every egress type, by name.
     pub types: BTreeMap<String, TypeState>,
+    /// The egresses admission counts as running, sorted (fleet placement drops its reservation
+    /// for a job once the node reports it here).
+    pub egress_ids: Vec<String>,
 }
 
 /// The node's admission state.
@@ -396,13 +401,17 @@ impl Ledger {
                 (t.as_str().to_string(), ts)
             })
             .collect();
+        let mut egress_ids: Vec<String> = self.jobs.keys().cloned().collect();
+        egress_ids.sort();
         NodeState {
             node_id: self.node_id.clone(),
             capacity_cores: self.capacity_cores,
+            budget_cores: self.budget(),
             load: self.load,
             available_cpu: self.available(now_ms).max(0.0),
             draining: self.draining,
             types,
+            egress_ids,
         }
     }
 }

@@ -51,31 +51,74 @@ pub fn is_heavy(t: EgressType) -> bool {
     matches!(t, EgressType::RoomComposite | EgressType::Web)
 }
 
+/// A straight line over the free ratio: `base + slope * free`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Line {
+    pub base: f64,
+    pub slope: f64,
+}
+
+impl Line {
+    pub fn at(self, free: f64) -> f64 {
+        self.base + self.slope * free
+    }
+}
+
+/// How a mode scores one type: one line for an idle node, one for a busy node. Fleet placement
+/// hands these lines to the Redis script that ranks nodes, so both score with the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Curve {
+    pub idle: Line,
+    pub busy: Line,
+}
+
+const FREE: Line = Line {
+    base: 0.0,
+    slope: 1.0,
+};
+
+/// The table in the module doc, as lines.
+pub fn curve(mode: AffinityMode, egress_type: EgressType) -> Curve {
+    match mode {
+        AffinityMode::Spread => Curve {
+            idle: FREE,
+            busy: FREE,
+        },
+        AffinityMode::Pack => Curve {
+            idle: Line {
+                base: 0.0,
+                slope: 0.4,
+            },
+            busy: Line {
+                base: 1.0,
+                slope: -0.5,
+            },
+        },
+        AffinityMode::TypeAware if is_heavy(egress_type) => Curve {
+            idle: Line {
+                base: 0.5,
+                slope: 0.5,
+            },
+            busy: Line {
+                base: 0.0,
+                slope: 0.4,
+            },
+        },
+        AffinityMode::TypeAware => Curve {
+            idle: FREE,
+            busy: FREE,
+        },
+    }
+}
+
 /// The node's score for a request of `egress_type`: `-1` if it cannot admit, else in `[0, 1]`.
 pub fn score(mode: AffinityMode, egress_type: EgressType, node: &ScoreInput) -> f64 {
     if !node.can_admit {
         return REFUSED;
     }
-    let free = free_ratio(node);
-    let idle = node.jobs == 0;
-    match mode {
-        AffinityMode::Spread => free,
-        AffinityMode::Pack => {
-            if idle {
-                0.4 * free
-            } else {
-                0.5 + 0.5 * (1.0 - free)
-            }
-        }
-        AffinityMode::TypeAware if is_heavy(egress_type) => {
-            if idle {
-                0.5 + 0.5 * free
-            } else {
-                0.4 * free
-            }
-        }
-        AffinityMode::TypeAware => free,
-    }
+    let c = curve(mode, egress_type);
+    let line = if node.jobs == 0 { c.idle } else { c.busy };
+    line.at(free_ratio(node))
 }
 
 #[cfg(test)]
