@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use egress_engine::config::{AffinityMode, Config, LimitsConfig};
 use egress_engine::fleet::placement::Refusal;
-use egress_engine::fleet::reservations::{self, Answer, Ask, Decision, reserved_key};
+use egress_engine::fleet::reservations::{self, Answer, Ask, Decision, SHORTEN, reserved_key};
 use egress_engine::model::{EgressType, now_ms};
 use egress_engine::rules::admission::Ledger;
 use egress_engine::rules::scoring::{curve, score};
@@ -140,7 +140,7 @@ fn the_script_chooses_what_the_rust_rules_choose() {
     let redis = Redis::start();
     let mut con = redis.connect();
     let mut rng = StdRng::seed_from_u64(20261122);
-    let (mut reserved, mut refused) = (0, 0);
+    let (mut reserved, mut refused, mut zero_over_budget) = (0, 0, 0);
     for case in 0..300 {
         flush(&mut con);
         let now = now_ms();
@@ -152,7 +152,15 @@ fn the_script_chooses_what_the_rust_rules_choose() {
         }
         let mode = MODES[rng.random_range(0..3)];
         let t = any_type(&mut rng);
-        let cost = rng.random_bool(0.5).then(|| rng.random_range(0.05..4.0));
+        // A request's own estimate, sometimes 0: a node over its budget refuses even that.
+        let cost = match rng.random_range(0..4) {
+            0 | 1 => None,
+            2 => Some(0.0),
+            _ => Some(rng.random_range(0.05..4.0)),
+        };
+        if cost == Some(0.0) {
+            zero_over_budget += nodes.iter().filter(|l| l.available(now) < 0.0).count();
+        }
         // What each node's own rules say.
         let expected: Vec<(f64, Option<&'static str>)> = nodes
             .iter()
@@ -204,6 +212,10 @@ fn the_script_chooses_what_the_rust_rules_choose() {
     }
     // Both outcomes were exercised, plenty of times.
     assert!(reserved > 50 && refused > 20, "{reserved} / {refused}");
+    assert!(
+        zero_over_budget > 10,
+        "{zero_over_budget} zero-cost asks of over-budget nodes"
+    );
 }
 
 #[test]
@@ -374,6 +386,48 @@ fn reservations_end_when_the_node_reports_the_job_or_they_expire() {
             .live,
         0
     );
+}
+
+#[test]
+fn a_short_reservation_never_expires_a_longer_one() {
+    let redis = Redis::start();
+    let mut con = redis.connect();
+    let l = ledger("ND_0", 8.0, LimitsConfig::default());
+    publish(&mut con, &l, now_ms());
+    let mut placer = Placer {
+        con: &mut con,
+        mode: AffinityMode::Spread,
+        rng: StdRng::seed_from_u64(3),
+    };
+    let key = reserved_key("ND_0");
+    let pttl =
+        |con: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(&key).query(con).unwrap() };
+    // Placers with different reservation_ttl_ms: the hash lives as long as the longest.
+    placer.reserved_on("EG_long", EgressType::Track, Some(1.0));
+    match placer
+        .place("EG_short", EgressType::Track, Some(1.0), 300, &[])
+        .decision
+    {
+        Decision::Reserved(_) => {}
+        d => panic!("{d:?}"),
+    }
+    let left = pttl(placer.con);
+    assert!(
+        left > 50_000,
+        "the hash expires in {left} ms, before EG_long's 60 s"
+    );
+    let shorten = |con: &mut redis::Connection, id: &str, ttl_ms: u64| -> i64 {
+        SHORTEN.key(&key).arg(id).arg(ttl_ms).invoke(con).unwrap()
+    };
+    // Shortening EG_short to a node TTL longer than the hash's own lifetime extends the hash.
+    assert_eq!(shorten(placer.con, "EG_short", 90_000), 1);
+    let left = pttl(placer.con);
+    assert!(
+        left > 80_000,
+        "the hash expires in {left} ms, before EG_short's 90 s"
+    );
+    // Shortening a reservation that is gone does nothing.
+    assert_eq!(shorten(placer.con, "EG_gone", 1), 0);
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// Shortest `fleet.reservation_ttl_ms`: a second longer than the placer waits for a start
+/// (`fleet::placement::START_TIMEOUT`), so a slow start keeps its reservation until it answers.
+pub const MIN_RESERVATION_TTL_MS: u64 = 6_000;
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -230,7 +234,8 @@ pub struct FleetConfig {
     #[serde(default = "default_node_ttl")]
     pub node_ttl_ms: u64,
     /// How long a placement's reservation holds CPU and a slot on the chosen node while the
-    /// job starts there (it ends sooner: when the node reports the job, or refuses it).
+    /// job starts there (it ends sooner: when the node reports the job, or refuses it); at least
+    /// `MIN_RESERVATION_TTL_MS`.
     #[serde(default = "default_reservation_ttl")]
     pub reservation_ttl_ms: u64,
 }
@@ -615,11 +620,10 @@ impl Config {
                 "must be larger than fleet.heartbeat_ms",
             ));
         }
-        // Longer than the placer waits for a start, so a slow start stays reserved.
-        if !(5_000..=600_000).contains(&self.fleet.reservation_ttl_ms) {
+        if !(MIN_RESERVATION_TTL_MS..=600_000).contains(&self.fleet.reservation_ttl_ms) {
             return Err(invalid(
                 "fleet.reservation_ttl_ms",
-                "must be in [5000, 600000]",
+                format!("must be in [{MIN_RESERVATION_TTL_MS}, 600000]"),
             ));
         }
         let o = &self.overload;
@@ -778,6 +782,13 @@ mod tests {
             key_of(load_yaml("fleet: { reservation_ttl_ms: 100 }", &[]).unwrap_err()),
             "fleet.reservation_ttl_ms"
         );
+        // As long as the placer waits for a start is not long enough: a slow start would lose
+        // its reservation while it still counts on the node.
+        assert_eq!(
+            key_of(load_yaml("fleet: { reservation_ttl_ms: 5000 }", &[]).unwrap_err()),
+            "fleet.reservation_ttl_ms"
+        );
+        assert!(load_yaml("fleet: { reservation_ttl_ms: 6000 }", &[]).is_ok());
         assert_eq!(
             key_of(load_yaml("pipeline: { handler_nice: 20 }", &[]).unwrap_err()),
             "pipeline.handler_nice"

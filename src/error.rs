@@ -91,6 +91,13 @@ pub enum ApiError {
     /// Fleet: another live node owns this egress id already (409 `already_placed`).
     #[error("egress {egress_id} is already placed on node {owner}")]
     AlreadyPlaced { egress_id: String, owner: String },
+    /// Fleet: the node that holds this egress id neither started it nor gave it up in time. The
+    /// job may still start there, so a client should look it up before it retries.
+    #[error(
+        "egress {egress_id} is held by node {owner}, which neither started it nor gave it up in time; \
+         GET /v1/egress/{egress_id} before retrying: a new request could record it twice"
+    )]
+    StartPending { egress_id: String, owner: String },
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
@@ -117,6 +124,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::OutputExists(_) => "output_exists",
             ApiError::AlreadyPlaced { .. } => "already_placed",
+            ApiError::StartPending { .. } => "start_pending",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NoCapacity(AdmissionError::Draining) => "draining",
@@ -132,6 +140,10 @@ impl ApiError {
             err["reason"] = json!(a.reason());
         }
         if let ApiError::AlreadyPlaced { owner, .. } = self {
+            err["owner"] = json!(owner);
+        }
+        if let ApiError::StartPending { egress_id, owner } = self {
+            err["egress_id"] = json!(egress_id);
             err["owner"] = json!(owner);
         }
         if let ApiError::BadRequest(RequestError::Invalid { field, .. }) = self {
@@ -159,6 +171,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StartPending { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -197,5 +210,29 @@ pub enum PipelineError {
 impl From<gstreamer::glib::BoolError> for PipelineError {
     fn from(e: gstreamer::glib::BoolError) -> Self {
         PipelineError::Build(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_start_names_the_egress_to_look_up_before_a_retry() {
+        let e = ApiError::StartPending {
+            egress_id: "EG_x".into(),
+            owner: "ND_b".into(),
+        };
+        assert_eq!(e.status_code(), StatusCode::GATEWAY_TIMEOUT);
+        let body = e.body();
+        assert_eq!(body["error"]["code"], "start_pending");
+        assert_eq!(body["error"]["egress_id"], "EG_x");
+        assert_eq!(body["error"]["owner"], "ND_b");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("GET /v1/egress/EG_x")
+        );
     }
 }

@@ -72,7 +72,7 @@ pub fn document() -> Value {
                 "EgressList": {"type": "object", "properties": {"egresses": {"type": "array", "items": {"$ref": "#/components/schemas/EgressInfo"}}}},
                 "NodeState": {"type": "object", "properties": {
                     "node_id": {"type": "string"}, "capacity_cores": {"type": "number"}, "load": {"type": "number"},
-                    "available_cpu": {"type": "number"}, "draining": {"type": "boolean"},
+                    "available_cpu": {"type": "number"}, "headroom_cpu": {"type": "number", "description": "available_cpu unclamped: negative when over budget"}, "draining": {"type": "boolean"},
                     "types": {"type": "object", "additionalProperties": {"type": "object", "properties": {
                         "active": {"type": "integer"}, "limit": {"type": "integer"}, "cost": {"type": "number"}, "pending_claims": {"type": "integer"}}}}}},
                 "Affinity": {"type": "object", "properties": {"node_id": {"type": "string"}, "egress_type": {"type": "string"},
@@ -86,7 +86,8 @@ pub fn document() -> Value {
             "/v1/egress": {
                 "post": {"summary": "Start an egress", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EgressRequest"}}}},
                     "responses": {"201": ok("admitted and launched", "EgressInfo"), "400": err("invalid request"), "401": err("missing or wrong token"),
-                        "413": err("body too large"), "503": err("no capacity (reason cpu | type_limit) or draining")}},
+                        "413": err("body too large"), "503": err("no capacity (reason cpu | type_limit) or draining"),
+                        "504": err("start_pending: the node holding the egress id neither started it nor gave it up in time; GET the egress_id in the error before retrying")}},
                 "get": {"summary": "List egresses", "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}, "description": "comma-separated statuses"}],
                     "responses": {"200": ok("egresses, newest first", "EgressList"), "400": err("bad query")}}
             },

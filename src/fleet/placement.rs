@@ -29,6 +29,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use slog::debug;
 
+use crate::config::MIN_RESERVATION_TTL_MS;
 use crate::error::{AdmissionError, ApiError, RequestError};
 use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
 use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN, reserved_key};
@@ -51,8 +52,9 @@ pub const RETRY_BUDGET: Duration = Duration::from_secs(2);
 /// Longest pause between rounds.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// How long the chosen node may take to admit and launch the egress (the reservation lives
-/// longer: `fleet.reservation_ttl_ms` >= 5 s).
-const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// longer: `fleet.reservation_ttl_ms` >= `MIN_RESERVATION_TTL_MS`).
+pub const START_TIMEOUT: Duration = Duration::from_secs(5);
+const _: () = assert!(START_TIMEOUT.as_millis() as u64 + 1_000 <= MIN_RESERVATION_TTL_MS);
 
 /// Why a node would not take the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -350,22 +352,24 @@ impl Fleet {
         let reply: Vec<String> = match self.worker_connection().await {
             Some(mut con) => match ask.invocation().invoke_async(&mut con).await {
                 Ok(r) => r,
-                Err(e) => {
+                // Only the connection failed: the shared one reconnects on its own.
+                Err(e) if e.is_io_error() => {
                     debug!(self.log, "placement connection failed: using the shared one"; "error" => %e);
                     PLACER.with(|p| p.borrow_mut().take());
                     let mut con = self.redis.clone();
                     ask.invocation()
                         .invoke_async(&mut con)
                         .await
-                        .map_err(redis_err)?
+                        .map_err(script_err)?
                 }
+                Err(e) => return Err(script_err(e)),
             },
             None => {
                 let mut con = self.redis.clone();
                 ask.invocation()
                     .invoke_async(&mut con)
                     .await
-                    .map_err(redis_err)?
+                    .map_err(script_err)?
             }
         };
         reservations::parse(&reply).ok_or_else(|| {
@@ -502,22 +506,44 @@ impl Fleet {
                "egress_id" => egress_id, "owner" => owner_hint);
         loop {
             let (record, owner, owner_live) = self.ownership(egress_id).await?;
-            if let (Some(info), Some(o)) = (&record, &owner)
-                && &info.node_id == o
-            {
-                return Ok(Owner::Placed(Box::new(info.clone())));
-            }
-            let Some(owner) = owner.filter(|_| owner_live) else {
-                return Ok(Owner::Free);
+            let owner = match settle(record, owner, owner_live) {
+                Ok(settled) => return Ok(settled),
+                Err(live_owner) => live_owner,
             };
             if Instant::now() >= deadline {
-                return Err(ApiError::Unavailable(format!(
-                    "egress {egress_id} is held by node {owner}, which neither starts it nor gives it up; \
-                     GET /v1/egress/{egress_id} later"
-                )));
+                return Err(ApiError::StartPending {
+                    egress_id: egress_id.to_string(),
+                    owner,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// What the stored record and owner key of an egress id say: it runs on its live owner, or the
+/// id is free (no owner, or a dead one: a job lost with its node is started again), or it is
+/// still up to the live owner `Err(owner)` to start it or give it up.
+fn settle(
+    record: Option<EgressInfo>,
+    owner: Option<String>,
+    owner_live: bool,
+) -> Result<Owner, String> {
+    match (record, owner) {
+        (_, None) => Ok(Owner::Free),
+        (_, Some(_)) if !owner_live => Ok(Owner::Free),
+        (Some(info), Some(o)) if info.node_id == o => Ok(Owner::Placed(Box::new(info))),
+        (_, Some(o)) => Err(o),
+    }
+}
+
+/// A failed placement script: Redis unreachable, loading or busy is 503 (try again); an error
+/// the script itself raised would fail every retry the same way, so it is a 500.
+fn script_err(e: redis::RedisError) -> ApiError {
+    if e.is_io_error() || !matches!(e.retry_method(), redis::RetryMethod::NoRetry) {
+        redis_err(e)
+    } else {
+        ApiError::Internal(format!("the placement script failed in Redis: {e}"))
     }
 }
 
@@ -577,6 +603,53 @@ fn final_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::ResponseError;
+
+    #[test]
+    fn an_egress_id_is_settled_only_by_its_live_owner() {
+        use crate::model::{EgressStatus, sample_info};
+        let on = |node: &str| Some(sample_info("EG_x", node, EgressStatus::Active, 1));
+        let b = || Some("ND_b".to_string());
+        let placed = |r: Result<Owner, String>| match r {
+            Ok(Owner::Placed(i)) => format!("placed on {}", i.node_id),
+            Ok(Owner::Free) => "free".into(),
+            Err(o) => format!("wait for {o}"),
+        };
+        let table = [
+            (on("ND_b"), b(), true, "placed on ND_b"),
+            // Its node died: the job went with it, the id may be started again.
+            (on("ND_b"), b(), false, "free"),
+            (None, b(), true, "wait for ND_b"),
+            (None, b(), false, "free"),
+            // An older record of another node: the live owner has not written its own yet.
+            (on("ND_a"), b(), true, "wait for ND_b"),
+            (on("ND_a"), b(), false, "free"),
+            (on("ND_b"), None, false, "free"),
+            (None, None, false, "free"),
+        ];
+        for (record, owner, live, want) in table {
+            let ctx = format!("{:?} {owner:?} {live}", record.as_ref().map(|r| &r.node_id));
+            assert_eq!(placed(settle(record, owner, live)), want, "{ctx}");
+        }
+    }
+
+    #[test]
+    fn a_script_error_is_a_500_and_an_unreachable_redis_a_503() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let status = |e: RedisError| script_err(e).status_code().as_u16();
+        let raised = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "user_script:1: boom",
+        ));
+        assert_eq!(status(raised), 500);
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(status(RedisError::from(reset)), 503);
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        assert_eq!(status(RedisError::from(timeout)), 503);
+        let loading =
+            RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
+        assert_eq!(status(loading), 503);
+    }
 
     #[test]
     fn dominant_reason_and_its_ties() {

@@ -78,6 +78,9 @@ pub struct NodeState {
     pub load: f64,
     /// Cores admission can still commit (clamped at 0).
     pub available_cpu: f64,
+    /// The same figure unclamped: negative when measured load has pushed the node over its
+    /// budget, where even a job estimated at 0 cores is refused. Fleet placement checks this.
+    pub headroom_cpu: f64,
     pub draining: bool,
     /// Every egress type, by name.
     pub types: BTreeMap<String, TypeState>,
@@ -409,6 +412,7 @@ impl Ledger {
             budget_cores: self.budget(),
             load: self.load,
             available_cpu: self.available(now_ms).max(0.0),
+            headroom_cpu: self.available(now_ms),
             draining: self.draining,
             types,
             egress_ids,
