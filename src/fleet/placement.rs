@@ -53,7 +53,7 @@ pub const RETRY_BUDGET: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// How long the chosen node may take to admit and launch the egress (the reservation lives
 /// longer: `fleet.reservation_ttl_ms` >= `MIN_RESERVATION_TTL_MS`).
-pub const START_TIMEOUT: Duration = Duration::from_secs(5);
+const START_TIMEOUT: Duration = Duration::from_secs(5);
 const _: () = assert!(START_TIMEOUT.as_millis() as u64 + 1_000 <= MIN_RESERVATION_TTL_MS);
 
 /// Why a node would not take the job.
@@ -349,21 +349,20 @@ impl Fleet {
     /// Running the script twice for one egress is harmless: it drops the egress's earlier
     /// reservation before it reserves again.
     async fn decide(&self, ask: &Ask<'_>) -> Result<reservations::Answer, ApiError> {
-        let reply: Vec<String> = match self.worker_connection().await {
-            Some(mut con) => match ask.invocation().invoke_async(&mut con).await {
-                Ok(r) => r,
+        let mut reply: Option<Vec<String>> = None;
+        if let Some(mut con) = self.worker_connection().await {
+            match ask.invocation().invoke_async(&mut con).await {
+                Ok(r) => reply = Some(r),
                 // Only the connection failed: the shared one reconnects on its own.
                 Err(e) if e.is_io_error() => {
                     debug!(self.log, "placement connection failed: using the shared one"; "error" => %e);
                     PLACER.with(|p| p.borrow_mut().take());
-                    let mut con = self.redis.clone();
-                    ask.invocation()
-                        .invoke_async(&mut con)
-                        .await
-                        .map_err(script_err)?
                 }
                 Err(e) => return Err(script_err(e)),
-            },
+            }
+        }
+        let reply = match reply {
+            Some(r) => r,
             None => {
                 let mut con = self.redis.clone();
                 ask.invocation()

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   egress:node:{node_id}       the node's registration: url + NodeState (published on every change)
-//!   egress:reserved:{node_id}   hash egress_id -> "type cost until_ms"   (PEXPIREAT: the latest until_ms)
+//!   egress:reserved:{node_id}   hash egress_id -> "type cost until_ms"   (expiry: the latest reservation's)
 //! ```
 //!
 //! A reservation counts on its node until the node reports the job among its `egress_ids` (the
@@ -93,7 +93,7 @@ local excluded = {}
 for id in string.gmatch(ARGV[12], '%S+') do excluded[id] = true end
 local function num(v) local n = tonumber(v); if n == nil or n ~= n then return 0 end; return n end
 local live, refused = 0, {}
-local best, best_key, best_score, best_url, best_cost, best_last
+local best, best_key, best_score, best_url, best_cost
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local raw = redis.call('GET', ARGV[1] .. id)
   if not raw then
@@ -112,7 +112,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         -- expired, or that an earlier round of this placement left, are dropped.
         local rkey = ARGV[2] .. id
         local res = redis.call('HGETALL', rkey)
-        local rcost, rjobs, rsame, rlast = 0, 0, 0, 0
+        local rcost, rjobs, rsame = 0, 0, 0
         for i = 1, #res, 2 do
           local eid = res[i]
           local rt, rc, untl = string.match(res[i + 1], '^(%S+) (%S+) (%S+)$')
@@ -122,7 +122,6 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
             rcost = rcost + num(rc)
             rjobs = rjobs + 1
             if rt == want then rsame = rsame + 1 end
-            rlast = math.max(rlast, num(untl))
           end
         end
         local jobs, claims = rjobs, rjobs
@@ -134,10 +133,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         local cost = ask_cost
         if cost == nil and type(ts) == 'table' then cost = num(ts.cost) end
         if cost == nil or cost ~= cost or cost < 0 or cost == math.huge then cost = 0 end
-        -- headroom_cpu is available_cpu unclamped (absent on nodes of an older version).
-        local head = st.headroom_cpu
-        if head == nil then head = st.available_cpu end
-        local avail = num(head) - rcost
+        local avail = num(st.headroom_cpu) - rcost
         local why, pending = nil, claims
         if st.draining == true then
           why = 'draining'
@@ -157,7 +153,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
           if jobs == 0 then score = ib + is * free else score = bb + bs * free end
           local key = redis.sha1hex(ARGV[6] .. id)
           if best == nil or score > best_score or (score == best_score and key < best_key) then
-            best, best_key, best_score, best_url, best_cost, best_last = id, key, score, rec.url, cost, rlast
+            best, best_key, best_score, best_url, best_cost = id, key, score, rec.url, cost
           end
         end
       end
@@ -167,8 +163,8 @@ end
 if best then
   local rkey = ARGV[2] .. best
   redis.call('HSET', rkey, ARGV[3], want .. ' ' .. best_cost .. ' ' .. (now + ttl))
-  -- The hash lives as long as its latest reservation: placers may use different TTLs.
-  redis.call('PEXPIREAT', rkey, math.max(best_last, now + ttl))
+  -- The hash's expiry only ever moves later: placers may use different TTLs.
+  if redis.call('PTTL', rkey) < ttl then redis.call('PEXPIRE', rkey, ttl) end
   return {'reserved', tostring(live), best, tostring(best_url), string.format('%.17g', best_score)}
 end
 local out = {'nobody', tostring(live)}
@@ -189,12 +185,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rt, rc = string.match(v, '^(%S+) (%S+) ')
 if not rt then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-local untl = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], rt .. ' ' .. rc .. ' ' .. untl)
--- Shortening to node_ttl_ms may still be later than the hash's expiry (a short
--- reservation_ttl_ms): the hash must not take the reservation with it early.
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl >= 0 and now + pttl < untl then redis.call('PEXPIREAT', KEYS[1], untl) end
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], rt .. ' ' .. rc .. ' ' .. (now + ttl))
+-- node_ttl_ms may be longer than a short reservation_ttl_ms: as in PLACE, only ever later.
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 "#,
     )

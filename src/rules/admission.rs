@@ -406,13 +406,14 @@ impl Ledger {
             .collect();
         let mut egress_ids: Vec<String> = self.jobs.keys().cloned().collect();
         egress_ids.sort();
+        let available = self.available(now_ms);
         NodeState {
             node_id: self.node_id.clone(),
             capacity_cores: self.capacity_cores,
             budget_cores: self.budget(),
             load: self.load,
-            available_cpu: self.available(now_ms).max(0.0),
-            headroom_cpu: self.available(now_ms),
+            available_cpu: available.max(0.0),
+            headroom_cpu: available,
             draining: self.draining,
             types,
             egress_ids,
