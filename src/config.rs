@@ -139,6 +139,17 @@ pub struct PipelineConfig {
     pub handler_nice: i32,
 }
 
+impl PipelineConfig {
+    /// The node-wide settings a handler is started with.
+    pub fn options(&self) -> crate::model::PipelineOptions {
+        crate::model::PipelineOptions {
+            x264_speed_preset: self.x264_speed_preset.clone(),
+            mp4_moov_update_period_s: self.mp4_moov_update_period_s,
+            mp4_reserved_max_duration_s: self.mp4_reserved_max_duration_s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {

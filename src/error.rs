@@ -157,6 +157,17 @@ impl ApiError {
     }
 }
 
+impl From<crate::outputs::OutputError> for ApiError {
+    fn from(e: crate::outputs::OutputError) -> Self {
+        use crate::outputs::OutputError as O;
+        match e {
+            O::Exists(_) => ApiError::OutputExists(e.to_string()),
+            O::Io { .. } => ApiError::Internal(e.to_string()),
+            _ => ApiError::BadRequest(RequestError::invalid("output.file.filename", e.to_string())),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

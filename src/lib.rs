@@ -11,9 +11,13 @@
 //! - `pipeline/`: GStreamer graph building per egress type and per output.
 //! - `handler/`: the child process that runs one pipeline and its stdio protocol.
 //! - `media`: reading finished files back with Discoverer.
-//! - `api/`: the HTTP admin API, one file per resource.
+//! - `node`: the node layer: start, list, get, stop, kill, state, drain over the actors. The
+//!   API and the fleet call it; it calls neither (requests flow api -> fleet -> node -> actors).
+//! - `outputs`: output files confined to `storage.output_dir`, created before a handler starts.
+//! - `api/`: the HTTP admin API, one file per resource; routes parse, call the node, render.
 //! - `fleet/`: Redis coordination between nodes.
-//! - `store`: egress records persisted in `state_dir`.
+//! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
+//!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
 //! - `service`: the one function that wires everything and runs the service.
 
@@ -27,6 +31,8 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod model;
+pub mod node;
+pub mod outputs;
 pub mod pipeline;
 pub mod rules;
 pub mod service;

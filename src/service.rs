@@ -1,8 +1,9 @@
 //! The one function that wires the service: actors, HTTP server, signals, drain and shutdown.
 //!
 //! ```text
-//!  signals / POST /v1/node/drain ──> control loop ──> Admission (draining), Supervisor (EndAll)
-//!  HTTP API ──> Admission ──> Supervisor ──> Pipeline (one per egress) ──> handler process
+//!  signals / POST /v1/node/drain ──> control loop ──> Node (draining, EndAll, CountRunning)
+//!  HTTP API (api/) ──> [Fleet (fleet/) ──>] Node (node.rs) ──> Admission, Supervisor, AffinityScorer
+//!  Supervisor ──> Pipeline (one per egress) ──> handler process
 //!  CpuMonitor ──CpuSample──> Admission, Supervisor
 //! ```
 
@@ -15,14 +16,17 @@ use actix_web::{App, HttpServer, middleware, web};
 use slog::{Logger, info, warn};
 use tokio::sync::mpsc;
 
-use crate::actors::admission::{Admission, SetDraining};
+use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::pipeline::{KillReason, StopReason};
-use crate::actors::supervisor::{CountRunning, EndAll, Supervisor};
+use crate::actors::supervisor::{EndAll, Supervisor};
+use crate::api::AppState;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::metrics::METRICS;
+use crate::model::EgressInfo;
+use crate::node::{Control, Node, Parts};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,40 +45,8 @@ pub enum ServiceError {
     },
     #[error("fleet: {0}")]
     Fleet(String),
-}
-
-/// What the control loop reacts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// SIGTERM or `POST /v1/node/drain`: take nothing new, exit when idle.
-    Drain,
-    /// SIGINT: stop everything gracefully now, then exit; a second one kills.
-    Interrupt,
-}
-
-/// Shared by every HTTP worker.
-pub struct AppState {
-    pub cfg: Arc<Config>,
-    pub node_id: String,
-    /// `storage.output_dir`, absolute.
-    pub output_dir: PathBuf,
-    pub store: Store,
-    pub supervisor: Addr<Supervisor>,
-    pub admission: Addr<Admission>,
-    pub affinity: Addr<AffinityScorer>,
-    pub cpu: Addr<CpuMonitor>,
-    pub fleet: Option<Arc<Fleet>>,
-    pub control: mpsc::UnboundedSender<Control>,
-    pub log: Logger,
-}
-
-impl AppState {
-    /// Admission refuses new work before this returns (so the caller's answer, and any start
-    /// after it, see the node draining); the control loop then waits for idle.
-    pub async fn start_drain(&self) {
-        let _ = self.admission.send(SetDraining(true)).await;
-        let _ = self.control.send(Control::Drain);
-    }
+    #[error("{0}")]
+    StateLocked(String),
 }
 
 fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceError + '_ {
@@ -88,6 +60,9 @@ fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceErro
 pub fn run(cfg: Config) -> Result<(), ServiceError> {
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
     let log = crate::logging::root(&cfg.log.format, &cfg.log.level);
+    // First: a second service on this state_dir must stop before it touches anything in it.
+    let _lock =
+        crate::store::lock_state_dir(&cfg.storage.state_dir).map_err(ServiceError::StateLocked)?;
     std::fs::create_dir_all(&cfg.storage.output_dir)
         .map_err(storage_err(&cfg.storage.output_dir))?;
     let output_dir = cfg
@@ -95,12 +70,32 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
         .output_dir
         .canonicalize()
         .map_err(storage_err(&cfg.storage.output_dir))?;
-    let store = Store::open(&cfg.storage.state_dir).map_err(storage_err(&cfg.storage.state_dir))?;
+    let mut store =
+        Store::open(&cfg.storage.state_dir).map_err(storage_err(&cfg.storage.state_dir))?;
+    store
+        .start_writer(log.new(slog::o!("task" => "store_writer")))
+        .map_err(storage_err(&cfg.storage.state_dir))?;
     let node_id = crate::store::node_id(&cfg.storage.state_dir, &cfg.node.id)
         .map_err(storage_err(&cfg.storage.state_dir))?;
     let log = log.new(slog::o!("node_id" => node_id.clone()));
+    // Records of earlier runs are read here, before any actor runs (the disk is not theirs).
+    let (records, problems) = store.load_all();
+    for p in problems {
+        warn!(log, "unreadable egress record"; "problem" => p);
+    }
     let system = actix_rt::System::new();
-    system.block_on(serve(cfg, log, node_id, output_dir, store))
+    let r = system.block_on(serve(
+        cfg,
+        log.clone(),
+        node_id,
+        output_dir,
+        store.clone(),
+        records,
+    ));
+    if !store.flush(Duration::from_secs(5)) {
+        warn!(log, "the last egress records may not be on disk");
+    }
+    r
 }
 
 async fn serve(
@@ -109,6 +104,7 @@ async fn serve(
     node_id: String,
     output_dir: PathBuf,
     store: Store,
+    records: Vec<EgressInfo>,
 ) -> Result<(), ServiceError> {
     let cfg = Arc::new(cfg);
     let capacity = detect_capacity(cfg.cpu.capacity);
@@ -143,10 +139,12 @@ async fn serve(
         (Some(f), Some(tx))
     };
     let supervisor = Supervisor::new(
-        store.clone(),
+        store,
+        records,
         admission.clone(),
         cpu.clone(),
         &cfg,
+        output_dir.clone(),
         log.new(slog::o!("actor" => "supervisor")),
     )
     .with_mirror(mirror)
@@ -155,18 +153,21 @@ async fn serve(
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let node = Node::new(
+        cfg.clone(),
+        node_id.clone(),
+        output_dir,
+        Parts {
+            supervisor,
+            admission: admission.clone(),
+            affinity,
+            control: control_tx.clone(),
+        },
+    );
     let state = web::Data::new(AppState {
         cfg: cfg.clone(),
-        node_id: node_id.clone(),
-        output_dir,
-        store,
-        supervisor: supervisor.clone(),
-        admission: admission.clone(),
-        affinity,
-        cpu,
+        node: node.clone(),
         fleet: fleet.clone(),
-        control: control_tx.clone(),
-        log: log.clone(),
     });
 
     let max_body = cfg.server.max_body_bytes;
@@ -222,7 +223,7 @@ async fn serve(
           "affinity_mode" => &cfg.affinity.mode, "auth" => !cfg.server.api_token.is_empty());
 
     spawn_signal_listeners(control_tx, log.clone());
-    control_loop(control_rx, &state, &cfg, &log).await;
+    control_loop(control_rx, &node, &cfg, &log).await;
     if let Some(f) = &fleet {
         f.leave().await;
     }
@@ -257,7 +258,7 @@ fn spawn_signal_listeners(tx: mpsc::UnboundedSender<Control>, log: Logger) {
 /// Waits for drain/interrupt, then for the node to become idle; returns when the service may exit.
 async fn control_loop(
     mut rx: mpsc::UnboundedReceiver<Control>,
-    state: &AppState,
+    node: &Node,
     cfg: &Config,
     log: &Logger,
 ) {
@@ -272,7 +273,7 @@ async fn control_loop(
                 let Some(ev) = ev else { return };
                 if draining_since.is_none() {
                     draining_since = Some(Instant::now());
-                    state.admission.do_send(SetDraining(true));
+                    node.set_draining().await;
                     METRICS.draining.set(1.0);
                 }
                 match ev {
@@ -283,10 +284,10 @@ async fn control_loop(
                         if interrupts == 1 {
                             info!(log, "interrupted: stopping every egress gracefully");
                             interrupted_at = Some(Instant::now());
-                            state.supervisor.do_send(EndAll::Stop(StopReason::Shutdown));
+                            node.end_all(EndAll::Stop(StopReason::Shutdown)).await;
                         } else {
                             warn!(log, "interrupted again: killing every egress");
-                            state.supervisor.do_send(EndAll::Kill(KillReason::Shutdown));
+                            node.end_all(EndAll::Kill(KillReason::Shutdown)).await;
                         }
                     }
                 }
@@ -296,7 +297,7 @@ async fn control_loop(
         let Some(since) = draining_since else {
             continue;
         };
-        let running = state.supervisor.send(CountRunning).await.unwrap_or(0);
+        let running = node.count_running().await;
         if running == 0 {
             return;
         }
@@ -308,9 +309,7 @@ async fn control_loop(
         {
             info!(log, "drain timeout: stopping the remaining egresses"; "running" => running);
             drain_stop_sent = true;
-            state
-                .supervisor
-                .do_send(EndAll::Stop(StopReason::DrainTimeout));
+            node.end_all(EndAll::Stop(StopReason::DrainTimeout)).await;
         }
         if let Some(at) = interrupted_at {
             // The Pipeline actors kill after eos_timeout themselves; this is the last resort.

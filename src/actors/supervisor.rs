@@ -1,6 +1,6 @@
 //! The Supervisor actor: the node's registry of egresses and the parent of every Pipeline actor.
 //!
-//! It launches handlers (`LaunchEgress`), keeps each egress's record current from the Pipeline
+//! It admits and launches egresses (`StartEgress`), keeps each egress's record current from the Pipeline
 //! actors' `UpdateEgress` reports, persists records in the store, answers list/get, routes
 //! stop/kill, tells Admission and CpuMonitor when a job ends, and on start-up settles the records
 //! that a previous run of the service left unfinished. On CPU overload it escalates from a graceful
@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{Logger, info, warn};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::admission::{Admission, EndJob};
+use crate::actors::admission::{Admission, AdmitJob, EndJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
     KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, describe_file,
@@ -40,15 +40,25 @@ pub struct Supervisor {
     output_root: std::path::PathBuf,
     /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
     mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
+    /// Records a previous run left, settled once the actor starts (see `recover`).
+    loaded: Vec<EgressInfo>,
+    /// Callers waiting for an egress's final record (a kill answers with it).
+    waiters: HashMap<String, Vec<oneshot::Sender<EgressInfo>>>,
     log: Logger,
 }
 
+/// How long a kill waits for the killed handler's final record before it answers.
+const KILL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Supervisor {
+    /// `output_root` is `storage.output_dir`, canonical; `loaded` the records in the store.
     pub fn new(
         store: Store,
+        loaded: Vec<EgressInfo>,
         admission: Addr<Admission>,
         cpu: Addr<CpuMonitor>,
         cfg: &Config,
+        output_root: std::path::PathBuf,
         log: Logger,
     ) -> Self {
         Supervisor {
@@ -58,12 +68,10 @@ impl Supervisor {
             admission,
             cpu,
             overload: Overload::new(&cfg.overload),
-            output_root: cfg
-                .storage
-                .output_dir
-                .canonicalize()
-                .unwrap_or_else(|_| cfg.storage.output_dir.clone()),
+            output_root,
             mirror: None,
+            loaded,
+            waiters: HashMap::new(),
             log,
         }
     }
@@ -82,7 +90,7 @@ impl Supervisor {
     }
 
     /// Stores a new version of a record: metrics, disk, and the end-of-job bookkeeping.
-    fn put(&mut self, info: EgressInfo) {
+    fn put(&mut self, mut info: EgressInfo) {
         let old = self.egresses.get(&info.egress_id).cloned();
         if let Some(old) = &old {
             if old.status.is_final() {
@@ -91,10 +99,23 @@ impl Supervisor {
             }
             Self::count(old, -1);
         }
-        Self::count(&info, 1);
-        if let Err(e) = self.store.save(&info) {
-            warn!(self.log, "cannot persist egress record"; "egress_id" => &info.egress_id, "error" => %e);
+        if info.status.is_final() {
+            // The file the service created for a handler that never wrote to it (a failed
+            // start, a crash before the first frame) is no recording, and must not block its
+            // name.
+            let (empty, kept) = info.files.drain(..).partition(|f| f.size_bytes == 0);
+            info.files = kept;
+            let empty: Vec<crate::model::FileInfo> = empty;
+            if !empty.is_empty() {
+                actix_web::rt::task::spawn_blocking(move || {
+                    for f in empty {
+                        crate::outputs::remove_if_empty(std::path::Path::new(&f.location));
+                    }
+                });
+            }
         }
+        Self::count(&info, 1);
+        self.store.save_later(&info);
         let was_final = old.as_ref().map(|o| o.status.is_final()).unwrap_or(false);
         if info.status.is_final() && !was_final {
             self.pipelines.remove(&info.egress_id);
@@ -111,43 +132,14 @@ impl Supervisor {
                 .inc();
             info!(self.log, "egress ended"; "egress_id" => &info.egress_id, "status" => info.status.as_str(),
                   "end_reason" => &why, "error" => info.error.clone());
+            for w in self.waiters.remove(&info.egress_id).unwrap_or_default() {
+                let _ = w.send(info.clone());
+            }
         }
         if let Some(m) = &self.mirror {
             let _ = m.send(info.clone());
         }
         self.egresses.insert(info.egress_id.clone(), info);
-    }
-
-    /// The output must not exist yet, nor be another running egress's, and must stay inside the
-    /// output directory once symlinks are resolved: nothing recorded is ever overwritten.
-    fn check_output(&self, path: &std::path::Path, filename: &str) -> Result<(), ApiError> {
-        let taken = self
-            .pipelines
-            .keys()
-            .filter_map(|id| self.egresses.get(id))
-            .any(|i| {
-                i.files
-                    .iter()
-                    .any(|f| std::path::Path::new(&f.location) == path)
-            });
-        if taken || path.exists() {
-            return Err(ApiError::OutputExists(format!(
-                "output file '{filename}' exists already: choose another filename"
-            )));
-        }
-        let dir = path.parent().unwrap_or(&self.output_root);
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ApiError::Internal(format!("cannot create the output directory: {e}")))?;
-        let real = dir
-            .canonicalize()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if !real.starts_with(&self.output_root) {
-            return Err(ApiError::BadRequest(crate::error::RequestError::invalid(
-                "output.file.filename",
-                format!("'{filename}' resolves outside the output directory"),
-            )));
-        }
-        Ok(())
     }
 
     fn lookup(&self, id: &str) -> Result<&EgressInfo, ApiError> {
@@ -159,11 +151,7 @@ impl Supervisor {
     /// Settles records a previous run left unfinished: waits for a handler that still runs
     /// (it is finalizing on its own after losing its parent), then reads its result and files.
     fn recover(&mut self, ctx: &mut Context<Self>) {
-        let (records, problems) = self.store.load_all();
-        for p in problems {
-            warn!(self.log, "unreadable egress record"; "problem" => p);
-        }
-        for info in records {
+        for info in std::mem::take(&mut self.loaded) {
             let unfinished = !info.status.is_final();
             self.egresses.insert(info.egress_id.clone(), info.clone());
             Self::count(&info, 1);
@@ -233,22 +221,86 @@ impl Actor for Supervisor {
     }
 }
 
-/// Launch a handler for an admitted egress; returns its record once the process runs.
+/// Start an egress: admit it (Admission, consuming `claim_id`), create its output file, spawn its
+/// handler and Pipeline actor, all in one turn of this actor (no other message is handled in
+/// between, so two starts never race for one filename or one slot). Returns its record, or why
+/// not: 409 for an id or an output that exists, 400 for an output path that cannot be, 503 when
+/// admission refuses. A refused start leaves no record, file or admitted cost behind.
 #[derive(Message)]
 #[rtype(result = "Result<EgressInfo, ApiError>")]
-pub struct LaunchEgress(pub Box<PipelineSetup>);
+pub struct StartEgress {
+    pub setup: Box<PipelineSetup>,
+    pub claim_id: Option<String>,
+}
 
-impl Handler<LaunchEgress> for Supervisor {
-    type Result = Result<EgressInfo, ApiError>;
-    fn handle(&mut self, msg: LaunchEgress, ctx: &mut Context<Self>) -> Self::Result {
-        let mut setup = *msg.0;
+impl Handler<StartEgress> for Supervisor {
+    type Result = AtomicResponse<Self, Result<EgressInfo, ApiError>>;
+
+    fn handle(&mut self, msg: StartEgress, _: &mut Context<Self>) -> Self::Result {
+        let mut setup = *msg.setup;
         let id = setup.info.egress_id.clone();
         if self.egresses.contains_key(&id) {
-            return Err(ApiError::Conflict(format!("egress {id} exists already")));
+            let e = ApiError::Conflict(format!("egress {id} exists already"));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
         }
-        self.check_output(&setup.spec.file.path, &setup.spec.file.filename)?;
-        let child = spawn_handler(&setup)
-            .map_err(|e| ApiError::Internal(format!("cannot launch the handler process: {e}")))?;
+        let admit = self.admission.send(AdmitJob {
+            egress_id: id.clone(),
+            egress_type: setup.spec.egress_type,
+            cost: setup.info.cpu_cost,
+            claim_id: msg.claim_id,
+        });
+        let root = self.output_root.clone();
+        let store = self.store.clone();
+        let filename = setup.spec.file.filename.clone();
+        let admission = self.admission.clone();
+        let work = async move {
+            admit.await.map_err(ApiError::from_mailbox)??;
+            // Disk work off the actor thread; the actor still takes no other message meanwhile.
+            let prepared = actix_web::rt::task::spawn_blocking(move || {
+                store
+                    .ensure_dirs()
+                    .map_err(|e| ApiError::Unavailable(format!("state_dir: {e}")))?;
+                crate::outputs::prepare_file(&root, &filename).map_err(ApiError::from)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("output check failed: {e}")))
+            .and_then(|r| r);
+            if prepared.is_err() {
+                admission.do_send(EndJob {
+                    egress_id: id.clone(),
+                });
+            }
+            prepared
+        };
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(work).map(
+            move |prepared: Result<std::path::PathBuf, ApiError>, act: &mut Self, ctx| {
+                setup.spec.file.path = prepared?;
+                act.launch(setup, ctx)
+            },
+        )))
+    }
+}
+
+impl Supervisor {
+    /// Spawns the handler of an admitted egress whose output file exists (empty).
+    fn launch(
+        &mut self,
+        mut setup: PipelineSetup,
+        ctx: &mut Context<Self>,
+    ) -> Result<EgressInfo, ApiError> {
+        let id = setup.info.egress_id.clone();
+        setup.log_path = self.store.log_path(&id);
+        let child = match spawn_handler(&setup) {
+            Ok(c) => c,
+            Err(e) => {
+                self.admission.do_send(EndJob { egress_id: id });
+                let path = setup.spec.file.path.clone();
+                actix_web::rt::task::spawn_blocking(move || crate::outputs::remove_if_empty(&path));
+                return Err(ApiError::Internal(format!(
+                    "cannot launch the handler process: {e}"
+                )));
+            }
+        };
         let pid = child.id().unwrap_or(0);
         setup.info.handler_pid = Some(pid);
         // The file entry is there from the start, so a restarted service knows where to look.
@@ -339,11 +391,27 @@ pub struct KillEgress {
 }
 
 impl Handler<KillEgress> for Supervisor {
-    type Result = Result<EgressInfo, ApiError>;
+    type Result = ResponseFuture<Result<EgressInfo, ApiError>>;
     fn handle(&mut self, msg: KillEgress, _: &mut Context<Self>) -> Self::Result {
-        let (info, p) = self.running(&msg.egress_id)?;
+        let (info, p) = match self.running(&msg.egress_id) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .entry(msg.egress_id.clone())
+            .or_default()
+            .push(tx);
         p.do_send(KillPipeline(msg.reason));
-        Ok(info)
+        // The answer shows the killed status once the handler is gone; a handler slow to be
+        // reaped answers with the record as it is.
+        Box::pin(async move {
+            Ok(tokio::time::timeout(KILL_ANSWER_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or(info))
+        })
     }
 }
 

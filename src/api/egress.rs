@@ -1,21 +1,14 @@
 //! `/v1/egress`: start, list, get, stop and kill egresses.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use crate::actors::admission::{AdmitJob, EndJob};
-use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
-use crate::actors::supervisor::{GetEgress, KillEgress, LaunchEgress, ListEgresses, StopEgress};
-use crate::api::method_not_allowed;
+use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
-use crate::model::{
-    EgressInfo, EgressRequest, EgressStatus, PipelineOptions, ValidationContext,
-    is_valid_egress_id, new_egress_id, now_ms,
-};
-use crate::service::AppState;
+use crate::model::{EgressInfo, EgressRequest, EgressStatus, is_valid_egress_id};
+use crate::node::EndAction;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -53,86 +46,13 @@ async fn start(
     let req = req.into_inner();
     match &state.fleet {
         Some(fleet) => {
-            let p = fleet.place(&state, req).await?;
+            let p = fleet.place(&state.node, req).await?;
             Ok(HttpResponse::Created()
                 .insert_header(("Server-Timing", p.server_timing()))
                 .json(p.info))
         }
-        None => Ok(HttpResponse::Created().json(start_local(&state, req, None, None).await?)),
+        None => Ok(HttpResponse::Created().json(state.node.start(req, None, None).await?)),
     }
-}
-
-/// Validates, admits and launches an egress on this node. `egress_id` is given when the fleet
-/// placed the job (so a retry elsewhere keeps its id); `claim_id` is the claim this node gave when
-/// asked for its affinity.
-pub async fn start_local(
-    state: &AppState,
-    req: EgressRequest,
-    egress_id: Option<String>,
-    claim_id: Option<String>,
-) -> Result<EgressInfo, ApiError> {
-    let id = egress_id.unwrap_or_else(new_egress_id);
-    let cfg = &state.cfg;
-    let ctx = ValidationContext {
-        output_dir: &state.output_dir,
-        state_dir: &cfg.storage.state_dir,
-        allowed_schemes: &cfg.sources.allowed_schemes,
-    };
-    let mut spec = req.validate(&id, &ctx)?;
-    spec.result_path = state.store.result_path(&id);
-    let cost = req
-        .estimated_cpu
-        .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
-    state
-        .admission
-        .send(AdmitJob {
-            egress_id: id.clone(),
-            egress_type: spec.egress_type,
-            cost,
-            claim_id,
-        })
-        .await
-        .map_err(ApiError::from_mailbox)??;
-    let info = EgressInfo {
-        egress_id: id.clone(),
-        node_id: state.node_id.clone(),
-        egress_type: spec.egress_type,
-        status: EgressStatus::Starting,
-        created_at: now_ms(),
-        started_at: None,
-        ended_at: None,
-        end_reason: None,
-        error: None,
-        request: req.clone(),
-        files: Vec::new(),
-        handler_pid: None,
-        cpu_cost: cost,
-    };
-    let setup = PipelineSetup {
-        info,
-        log_path: state.store.log_path(&id),
-        nice: cfg.pipeline.handler_nice,
-        options: PipelineOptions {
-            x264_speed_preset: cfg.pipeline.x264_speed_preset.clone(),
-            mp4_moov_update_period_s: cfg.pipeline.mp4_moov_update_period_s,
-            mp4_reserved_max_duration_s: cfg.pipeline.mp4_reserved_max_duration_s,
-        },
-        spec,
-        eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
-        start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),
-        max_duration: req.max_duration_s.map(Duration::from_secs_f64),
-    };
-    let launched = state
-        .supervisor
-        .send(LaunchEgress(Box::new(setup)))
-        .await
-        .map_err(ApiError::from_mailbox)
-        .and_then(|r| r);
-    // A conflict means this id runs here already: its reservation is the running job's.
-    if matches!(&launched, Err(e) if !matches!(e, ApiError::Conflict(_))) {
-        state.admission.do_send(EndJob { egress_id: id });
-    }
-    launched
 }
 
 /// `?status=active` or `?status=active,ending`.
@@ -162,21 +82,10 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let statuses = parse_statuses(&q)?;
     let egresses = match &state.fleet {
-        Some(fleet) => fleet.list(&state, statuses).await?,
-        None => list_local(&state, statuses).await?,
+        Some(fleet) => fleet.list(&state.node, statuses).await?,
+        None => state.node.list(statuses).await?,
     };
     Ok(HttpResponse::Ok().json(EgressList { egresses }))
-}
-
-pub async fn list_local(
-    state: &AppState,
-    statuses: Option<Vec<EgressStatus>>,
-) -> Result<Vec<EgressInfo>, ApiError> {
-    state
-        .supervisor
-        .send(ListEgresses { statuses })
-        .await
-        .map_err(ApiError::from_mailbox)
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -189,12 +98,7 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 
 async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     check_id(&id)?;
-    if let Some(info) = state
-        .supervisor
-        .send(GetEgress(id.clone()))
-        .await
-        .map_err(ApiError::from_mailbox)?
-    {
+    if let Some(info) = state.node.get(&id).await? {
         return Ok(HttpResponse::Ok().json(info));
     }
     if let Some(fleet) = &state.fleet
@@ -205,48 +109,10 @@ async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpRe
     Err(ApiError::NotFound(format!("no egress {id}")))
 }
 
-/// Which of stop/kill a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndAction {
-    Stop,
-    Kill,
-}
-
-/// Stops or kills an egress that runs on this node.
-pub async fn end_local(
-    state: &AppState,
-    id: &str,
-    action: EndAction,
-) -> Result<Option<EgressInfo>, ApiError> {
-    let r = match action {
-        EndAction::Stop => state
-            .supervisor
-            .send(StopEgress {
-                egress_id: id.to_string(),
-                reason: StopReason::Api,
-            })
-            .await
-            .map_err(ApiError::from_mailbox)?,
-        EndAction::Kill => state
-            .supervisor
-            .send(KillEgress {
-                egress_id: id.to_string(),
-                reason: KillReason::Api,
-            })
-            .await
-            .map_err(ApiError::from_mailbox)?,
-    };
-    match r {
-        Ok(info) => Ok(Some(info)),
-        Err(ApiError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
+/// Stop or kill: on this node if it runs here, else on the node of the fleet that runs it.
 async fn end(state: &AppState, id: &str, action: EndAction) -> Result<HttpResponse, ApiError> {
     check_id(id)?;
-    if let Some(info) = end_local(state, id, action).await? {
+    if let Some(info) = state.node.end(id, action).await? {
         return Ok(HttpResponse::Ok().json(info));
     }
     if let Some(fleet) = &state.fleet

@@ -6,12 +6,10 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::actors::admission::ReleaseClaim;
-use crate::api::method_not_allowed;
+use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::fleet::client::NodeStart;
-use crate::service::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -49,7 +47,7 @@ async fn node_egress(
     body: web::Json<NodeStart>,
 ) -> Result<HttpResponse, ApiError> {
     let info = fleet(&state)?
-        .start_owned(&state, body.into_inner())
+        .start_owned(&state.node, body.into_inner())
         .await?;
     Ok(HttpResponse::Created().json(info))
 }
@@ -65,12 +63,6 @@ async fn release(
     state: web::Data<AppState>,
     body: web::Json<Release>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .admission
-        .send(ReleaseClaim {
-            claim_id: body.into_inner().claim_id,
-        })
-        .await
-        .map_err(ApiError::from_mailbox)?;
+    state.node.release_claim(body.into_inner().claim_id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -12,8 +12,18 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::config::Config;
 use crate::error::ApiError;
-use crate::service::AppState;
+use crate::fleet::Fleet;
+use crate::node::Node;
+
+/// What every HTTP worker shares: the node, and the fleet when there is one. Routes parse,
+/// call one of them, and render.
+pub struct AppState {
+    pub cfg: std::sync::Arc<Config>,
+    pub node: Node,
+    pub fleet: Option<std::sync::Arc<Fleet>>,
+}
 
 /// Routes, extractor error handlers and the JSON 404/405 answers.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {

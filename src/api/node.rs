@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::actors::admission::GetNodeState;
 use crate::actors::affinity::GetAffinity;
-use crate::api::method_not_allowed;
+use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
 use crate::metrics::METRICS;
 use crate::model::EgressType;
-use crate::service::AppState;
+use crate::node::Readiness;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
@@ -38,36 +37,24 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// 200 while the node takes new egresses; 503 while draining or when its actors do not answer.
+/// 200 while the node takes new egresses; 503 (with the reason) while draining, while the state
+/// or output directory cannot be written or is full, or when its actors do not answer.
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let node = state
-        .admission
-        .send(GetNodeState)
-        .await
-        .map_err(ApiError::from_mailbox)?;
-    if node.draining {
-        return Err(ApiError::Unavailable("the node is draining".into()));
+    match state.node.readiness().await? {
+        Readiness::Ready => {
+            Ok(HttpResponse::Ok().json(json!({"status": "ready", "node_id": state.node.id()})))
+        }
+        Readiness::NotReady(why) => Err(ApiError::Unavailable(why)),
     }
-    Ok(HttpResponse::Ok().json(json!({"status": "ready", "node_id": node.node_id})))
 }
 
 async fn node(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let node = state
-        .admission
-        .send(GetNodeState)
-        .await
-        .map_err(ApiError::from_mailbox)?;
-    Ok(HttpResponse::Ok().json(node))
+    Ok(HttpResponse::Ok().json(state.node.state().await?))
 }
 
 async fn drain(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.start_drain().await;
-    let node = state
-        .admission
-        .send(GetNodeState)
-        .await
-        .map_err(ApiError::from_mailbox)?;
-    Ok(HttpResponse::Accepted().json(node))
+    state.node.drain().await;
+    Ok(HttpResponse::Accepted().json(state.node.state().await?))
 }
 
 /// `?type=track[&estimated_cpu=1.5]`: this node's score for such a request (takes a claim).
@@ -97,10 +84,9 @@ async fn affinity(
         ),
     };
     let a = state
-        .affinity
-        .send(GetAffinity { egress_type, cost })
-        .await
-        .map_err(ApiError::from_mailbox)?;
+        .node
+        .affinity(GetAffinity { egress_type, cost })
+        .await?;
     Ok(HttpResponse::Ok().json(a))
 }
 

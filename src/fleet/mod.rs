@@ -40,8 +40,6 @@ use slog::{Logger, debug, info, warn};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::actors::admission::{Admission, GetNodeState, WatchState};
-use crate::actors::supervisor::GetEgress;
-use crate::api::egress::{EndAction, list_local, start_local};
 use crate::config::{Config, FleetConfig};
 use crate::error::ApiError;
 use crate::fleet::client::{CallError, NodeStart, Target};
@@ -53,7 +51,7 @@ use crate::fleet::registry::{
     FleetNode, LIVE_NODES, NODE_KEY_PREFIX, NODES_KEY, NodeRecord, node_key, parse_nodes,
 };
 use crate::model::{EgressInfo, EgressRequest, EgressStatus, is_valid_egress_id, now_ms};
-use crate::service::AppState;
+use crate::node::{EndAction, Node};
 
 /// Redis must answer a command within this (a node that cannot reach Redis leaves the fleet
 /// when its registration expires).
@@ -165,10 +163,6 @@ impl Fleet {
             log,
         };
         Ok((Arc::new(fleet), records_tx))
-    }
-
-    pub fn node_id(&self) -> &str {
-        &self.node_id
     }
 
     /// The URL other nodes reach this one at (empty before `join`).
@@ -379,26 +373,17 @@ impl Fleet {
     }
 
     /// Places a new egress on the best node of the fleet (see `placement`).
-    pub async fn place(&self, state: &AppState, req: EgressRequest) -> Result<Placement, ApiError> {
-        self.place_egress(state, req).await
+    pub async fn place(&self, node: &Node, req: EgressRequest) -> Result<Placement, ApiError> {
+        self.place_egress(node, req).await
     }
 
     /// `POST /v1/node/egress`: starts a placed egress on this node, once it owns the id.
-    pub async fn start_owned(
-        &self,
-        state: &AppState,
-        start: NodeStart,
-    ) -> Result<EgressInfo, ApiError> {
+    pub async fn start_owned(&self, node: &Node, start: NodeStart) -> Result<EgressInfo, ApiError> {
         let id = start.egress_id;
         if !is_valid_egress_id(&id) {
             return Err(ApiError::BadQuery(format!("'{id}' is not an egress id")));
         }
-        let here = state
-            .supervisor
-            .send(GetEgress(id.clone()))
-            .await
-            .map_err(ApiError::from_mailbox)?;
-        if here.is_some() {
+        if node.get(&id).await?.is_some() {
             return Err(ApiError::AlreadyPlaced {
                 egress_id: id,
                 owner: self.node_id.clone(),
@@ -420,7 +405,10 @@ impl Fleet {
                 owner,
             });
         }
-        match start_local(state, start.request, Some(id.clone()), start.claim_id).await {
+        match node
+            .start(start.request, Some(id.clone()), start.claim_id)
+            .await
+        {
             Ok(info) => {
                 // Readable fleet-wide before the placer answers (the mirror follows at once).
                 if let Err(e) = self.put_record(&info, "start").await {
@@ -482,7 +470,7 @@ impl Fleet {
     /// records as they are now.
     pub async fn list(
         &self,
-        state: &AppState,
+        node: &Node,
         statuses: Option<Vec<EgressStatus>>,
     ) -> Result<Vec<EgressInfo>, ApiError> {
         let mut con = self.redis.clone();
@@ -498,7 +486,7 @@ impl Fleet {
             .map(|n| n.node_id)
             .collect();
         live.insert(self.node_id.clone());
-        let local = list_local(state, None).await?;
+        let local = node.list(None).await?;
         let (list, bad) = records::merge(stored, local, &live, statuses.as_deref());
         for b in bad {
             warn!(self.log, "unreadable egress record in Redis"; "problem" => b);
@@ -553,10 +541,7 @@ impl Fleet {
                 "egress {id} ran on node {node}, which is no longer live: it ended (aborted, \"Node lost\")"
             )));
         };
-        let action_name = match action {
-            EndAction::Stop => "stop",
-            EndAction::Kill => "kill",
-        };
+        let action_name = action.as_str();
         match client::end(
             Target {
                 url: &reg.url,

@@ -35,9 +35,9 @@ use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
 use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN, reserved_key};
 use crate::fleet::{Fleet, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT, redis_err};
 use crate::metrics::METRICS;
-use crate::model::{EgressInfo, EgressRequest, EgressType, ValidationContext, new_egress_id};
+use crate::model::{EgressInfo, EgressRequest, EgressType, new_egress_id};
+use crate::node::Node;
 use crate::rules::scoring::curve;
-use crate::service::AppState;
 
 thread_local! {
     /// Each HTTP worker's own Redis connection for placement decisions; its driver runs on the
@@ -207,18 +207,14 @@ impl Fleet {
     /// See the module doc.
     pub(crate) async fn place_egress(
         &self,
-        state: &AppState,
+        node: &Node,
         req: EgressRequest,
     ) -> Result<Placement, ApiError> {
         let t0 = Instant::now();
         let egress_id = new_egress_id();
-        let cfg = &state.cfg;
-        let ctx = ValidationContext {
-            output_dir: &state.output_dir,
-            state_dir: &cfg.storage.state_dir,
-            allowed_schemes: &cfg.sources.allowed_schemes,
-        };
-        let egress_type = req.validate(&egress_id, &ctx)?.egress_type;
+        let cfg = node.config();
+        // A request this node finds invalid is answered here: a 400 never fans out.
+        let egress_type = node.validate(&req, &egress_id)?.egress_type;
         let lines = curve(cfg.affinity_mode(), egress_type);
         let mut attempts = 0u32;
         let mut round = 0u32;

@@ -1,0 +1,317 @@
+//! The node layer: what this node can do, as plain async methods over its actors. Both the HTTP
+//! API (`api/`) and fleet placement (`fleet/`) call it; it calls neither, so requests flow one
+//! way:
+//!
+//! ```text
+//!   api/ ──────────────┐
+//!     └──► fleet/ ──► Node ──► Supervisor (StartEgress: admit, create the output, spawn: one turn)
+//!                         ├──► Admission (state, draining, claims)
+//!                         └──► AffinityScorer
+//! ```
+//!
+//! A `Node` is cheap to clone (addresses and an `Arc`); the service makes one in its wiring
+//! function and hands it to the HTTP app and to the fleet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use tokio::sync::mpsc;
+
+use crate::actors::admission::{Admission, GetNodeState, ReleaseClaim, SetDraining};
+use crate::actors::affinity::{Affinity, AffinityScorer, GetAffinity};
+use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
+use crate::actors::supervisor::{
+    CountRunning, EndAll, GetEgress, KillEgress, ListEgresses, StartEgress, StopEgress, Supervisor,
+};
+use crate::config::Config;
+use crate::error::{ApiError, RequestError};
+use crate::model::{
+    EgressInfo, EgressRequest, EgressSpec, EgressStatus, ValidationContext, new_egress_id, now_ms,
+};
+use crate::rules::admission::NodeState;
+
+/// Free bytes below which `/readyz` calls a directory full (issue-13's disk admission will
+/// refine this with `storage.min_free_bytes`).
+pub const READY_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What the service's control loop reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGTERM or `POST /v1/node/drain`: take nothing new, exit when idle.
+    Drain,
+    /// SIGINT: stop everything gracefully now, then exit; a second one kills.
+    Interrupt,
+}
+
+/// Which of stop/kill a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndAction {
+    Stop,
+    Kill,
+}
+
+impl EndAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndAction::Stop => "stop",
+            EndAction::Kill => "kill",
+        }
+    }
+}
+
+/// Whether the node can take work now (`GET /readyz`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    Ready,
+    /// Why not: draining, a directory that cannot be written, a full disk.
+    NotReady(String),
+}
+
+/// A handle on this node: its id, config and actors.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Arc<Config>,
+    id: String,
+    /// `storage.output_dir`, canonical.
+    output_dir: PathBuf,
+    supervisor: Addr<Supervisor>,
+    admission: Addr<Admission>,
+    affinity: Addr<AffinityScorer>,
+    /// To the control loop (drain).
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// The actors a node is made of (see `service::serve`).
+pub struct Parts {
+    pub supervisor: Addr<Supervisor>,
+    pub admission: Addr<Admission>,
+    pub affinity: Addr<AffinityScorer>,
+    pub control: mpsc::UnboundedSender<Control>,
+}
+
+impl Node {
+    pub fn new(cfg: Arc<Config>, id: String, output_dir: PathBuf, parts: Parts) -> Node {
+        Node {
+            inner: Arc::new(Inner {
+                cfg,
+                id,
+                output_dir,
+                supervisor: parts.supervisor,
+                admission: parts.admission,
+                affinity: parts.affinity,
+                control: parts.control,
+            }),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Checks a request as this node would before starting it (no side effect).
+    pub fn validate(
+        &self,
+        req: &EgressRequest,
+        egress_id: &str,
+    ) -> Result<EgressSpec, RequestError> {
+        let cfg = &self.inner.cfg;
+        let ctx = ValidationContext {
+            output_dir: &self.inner.output_dir,
+            state_dir: &cfg.storage.state_dir,
+            allowed_schemes: &cfg.sources.allowed_schemes,
+        };
+        req.validate(egress_id, &ctx)
+    }
+
+    /// Validates, admits and launches an egress here. `egress_id` is given when the fleet placed
+    /// the job (a retry elsewhere keeps its id); `claim_id` is a claim this node gave earlier.
+    pub async fn start(
+        &self,
+        req: EgressRequest,
+        egress_id: Option<String>,
+        claim_id: Option<String>,
+    ) -> Result<EgressInfo, ApiError> {
+        let id = egress_id.unwrap_or_else(new_egress_id);
+        let spec = self.validate(&req, &id)?;
+        let cfg = &self.inner.cfg;
+        let cost = req
+            .estimated_cpu
+            .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
+        let info = EgressInfo {
+            egress_id: id,
+            node_id: self.inner.id.clone(),
+            egress_type: spec.egress_type,
+            status: EgressStatus::Starting,
+            created_at: now_ms(),
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            error: None,
+            request: req.clone(),
+            files: Vec::new(),
+            handler_pid: None,
+            cpu_cost: cost,
+        };
+        let setup = PipelineSetup {
+            info,
+            log_path: PathBuf::new(),
+            nice: cfg.pipeline.handler_nice,
+            options: cfg.pipeline.options(),
+            spec,
+            eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
+            start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),
+            max_duration: req.max_duration_s.map(Duration::from_secs_f64),
+        };
+        self.inner
+            .supervisor
+            .send(StartEgress {
+                setup: Box::new(setup),
+                claim_id,
+            })
+            .await
+            .map_err(ApiError::from_mailbox)?
+    }
+
+    /// This node's egresses, newest first, optionally only those in `statuses`.
+    pub async fn list(
+        &self,
+        statuses: Option<Vec<EgressStatus>>,
+    ) -> Result<Vec<EgressInfo>, ApiError> {
+        self.inner
+            .supervisor
+            .send(ListEgresses { statuses })
+            .await
+            .map_err(ApiError::from_mailbox)
+    }
+
+    /// One egress, if this node has it.
+    pub async fn get(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
+        self.inner
+            .supervisor
+            .send(GetEgress(id.to_string()))
+            .await
+            .map_err(ApiError::from_mailbox)
+    }
+
+    /// Stops (gracefully) or kills an egress of this node: its record (a kill's shows the killed
+    /// status once the handler is gone), None when this node does not have it, 409 once ended.
+    pub async fn end(&self, id: &str, action: EndAction) -> Result<Option<EgressInfo>, ApiError> {
+        let sup = &self.inner.supervisor;
+        let r = match action {
+            EndAction::Stop => sup
+                .send(StopEgress {
+                    egress_id: id.to_string(),
+                    reason: StopReason::Api,
+                })
+                .await
+                .map_err(ApiError::from_mailbox)?,
+            EndAction::Kill => sup
+                .send(KillEgress {
+                    egress_id: id.to_string(),
+                    reason: KillReason::Api,
+                })
+                .await
+                .map_err(ApiError::from_mailbox)?,
+        };
+        match r {
+            Ok(info) => Ok(Some(info)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
+        self.end(id, EndAction::Stop).await
+    }
+
+    pub async fn kill(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
+        self.end(id, EndAction::Kill).await
+    }
+
+    /// Stops or kills every running egress (SIGINT, drain timeout); returns how many ran.
+    pub async fn end_all(&self, all: EndAll) -> usize {
+        self.inner.supervisor.send(all).await.unwrap_or(0)
+    }
+
+    /// Egresses whose handlers still run.
+    pub async fn count_running(&self) -> usize {
+        self.inner.supervisor.send(CountRunning).await.unwrap_or(0)
+    }
+
+    /// Capacity, load and per-type counts (`GET /v1/node`).
+    pub async fn state(&self) -> Result<NodeState, ApiError> {
+        self.inner
+            .admission
+            .send(GetNodeState)
+            .await
+            .map_err(ApiError::from_mailbox)
+    }
+
+    /// Takes nothing new from now on (Admission refuses before this returns, so the caller's
+    /// answer and every start after it see the node draining); the service exits when idle.
+    pub async fn drain(&self) {
+        self.set_draining().await;
+        let _ = self.inner.control.send(Control::Drain);
+    }
+
+    /// Admission refuses everything from now on (the control loop's side of a drain).
+    pub async fn set_draining(&self) {
+        let _ = self.inner.admission.send(SetDraining(true)).await;
+    }
+
+    /// This node's placement score for a request (see `AffinityScorer`).
+    pub async fn affinity(&self, ask: GetAffinity) -> Result<Affinity, ApiError> {
+        self.inner
+            .affinity
+            .send(ask)
+            .await
+            .map_err(ApiError::from_mailbox)
+    }
+
+    /// Gives back a claim before its expiry (idempotent).
+    pub async fn release_claim(&self, claim_id: String) -> Result<(), ApiError> {
+        self.inner
+            .admission
+            .send(ReleaseClaim { claim_id })
+            .await
+            .map_err(ApiError::from_mailbox)
+    }
+
+    /// Ready when not draining and both the state and the output directory take writes and
+    /// have room (directories removed under the service are recreated here).
+    pub async fn readiness(&self) -> Result<Readiness, ApiError> {
+        let state = self.state().await?;
+        if state.draining {
+            return Ok(Readiness::NotReady("the node is draining".into()));
+        }
+        let dirs: Vec<PathBuf> = vec![
+            self.inner.cfg.storage.state_dir.clone(),
+            self.inner.output_dir.clone(),
+        ];
+        let checked = actix_web::rt::task::spawn_blocking(move || {
+            dirs.iter()
+                .try_for_each(|d| crate::store::dir_ready(d, READY_MIN_FREE_BYTES))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("readiness check failed: {e}")))?;
+        Ok(match checked {
+            Ok(()) => Readiness::Ready,
+            Err(why) => Readiness::NotReady(why),
+        })
+    }
+
+    /// `storage.output_dir`, canonical.
+    pub fn output_dir(&self) -> &Path {
+        &self.inner.output_dir
+    }
+}

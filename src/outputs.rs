@@ -1,0 +1,252 @@
+//! Output files are confined to `storage.output_dir` and never overwrite anything.
+//!
+//! `prepare_file` is the one place an output file comes into being: the service creates it
+//! (empty) before the handler starts, walking the client's relative path one component at a
+//! time from the canonical output directory:
+//!
+//! ```text
+//!  output_dir/            canonical, resolved once at start
+//!    a/                   exists: a real directory, or a symlink whose target stays inside
+//!      b/                 missing: created with mkdir (never through a symlink)
+//!        rec.mp4          created with O_CREAT|O_EXCL|O_NOFOLLOW: fails if anything is there,
+//!                         a dangling symlink included
+//! ```
+//!
+//! The handler then opens that very file with `O_NOFOLLOW`. So a symlink planted in the output
+//! directory (dangling or not) can never make a recording land outside it, two requests for one
+//! name cannot both win, and a refused request creates no directory outside `output_dir`.
+//! Everything here blocks (it touches the disk): call it from `spawn_blocking`, never from an
+//! actor's thread.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Longest name one path component may have on Linux file systems.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why an output file cannot be created. `Exists` is a 409; what the client can fix by choosing
+/// another name, or the operator by fixing the directory, a 400 with the reason (`error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("output file '{0}' exists already: choose another filename")]
+    Exists(String),
+    #[error("'{name}': '{component}' is a file, not a directory")]
+    UnderAFile { name: String, component: String },
+    #[error("'{name}': the name '{component}' is longer than {MAX_NAME_BYTES} bytes")]
+    NameTooLong { name: String, component: String },
+    #[error("'{name}': '{component}' is a symbolic link that leads outside the output directory")]
+    LeavesOutputDir { name: String, component: String },
+    #[error(
+        "'{name}': '{component}' is a symbolic link, and outputs are never written through one"
+    )]
+    Symlink { name: String, component: String },
+    #[error("'{name}' is not a relative path inside the output directory")]
+    NotRelative { name: String },
+    #[error("the output directory is not writable ({path}): {source}")]
+    NotWritable { path: String, source: io::Error },
+    #[error("cannot create the output file '{name}': {source}")]
+    Io { name: String, source: io::Error },
+}
+
+/// Creates `root/rel` as a new empty file, confined to `root` (which must be canonical).
+/// Returns its path. See the module doc for the rules.
+pub fn prepare_file(root: &Path, rel: &str) -> Result<PathBuf, OutputError> {
+    let name = rel.to_string();
+    let parts: Vec<&std::ffi::OsStr> = Path::new(rel)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(Ok(s)),
+            Component::CurDir => None,
+            _ => Some(Err(())),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|_| OutputError::NotRelative { name: name.clone() })?;
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(OutputError::NotRelative { name });
+    };
+    for c in &parts {
+        if c.len() > MAX_NAME_BYTES {
+            return Err(OutputError::NameTooLong {
+                name,
+                component: c.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    let mut cur = root.to_path_buf();
+    for c in dirs {
+        let component = c.to_string_lossy().into_owned();
+        let p = cur.join(c);
+        cur = match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                // A link to a directory inside the output directory is a layout choice; one
+                // that leads outside (or nowhere) is refused.
+                let real = p.canonicalize().ok().filter(|r| r.starts_with(root));
+                match real {
+                    Some(r) if r.is_dir() => r,
+                    Some(_) => return Err(OutputError::UnderAFile { name, component }),
+                    None => return Err(OutputError::LeavesOutputDir { name, component }),
+                }
+            }
+            Ok(m) if m.is_dir() => p,
+            Ok(_) => return Err(OutputError::UnderAFile { name, component }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match fs::create_dir(&p) {
+                    Ok(()) => {}
+                    // Made by a concurrent request: check it like any existing one.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let m = fs::symlink_metadata(&p).map_err(|source| io_err(&name, source))?;
+                        if !m.is_dir() {
+                            return Err(OutputError::UnderAFile { name, component });
+                        }
+                    }
+                    Err(source) => return Err(classify(&name, &cur, source)),
+                }
+                p
+            }
+            Err(source) => return Err(classify(&name, &cur, source)),
+        };
+    }
+    let path = cur.join(last);
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(OutputError::Symlink {
+            name,
+            component: last.to_string_lossy().into_owned(),
+        });
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => OutputError::Exists(name.clone()),
+            _ => classify(&name, &cur, source),
+        })?;
+    Ok(path)
+}
+
+/// Removes an output file that `prepare_file` made and nothing wrote to (a start that failed,
+/// a stop before the first frame), so it does not block its name. Anything with content stays.
+pub fn remove_if_empty(path: &Path) {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+fn io_err(name: &str, source: io::Error) -> OutputError {
+    OutputError::Io {
+        name: name.to_string(),
+        source,
+    }
+}
+
+fn classify(name: &str, dir: &Path, source: io::Error) -> OutputError {
+    match source.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => OutputError::NotWritable {
+            path: dir.display().to_string(),
+            source,
+        },
+        Some(libc::ENOTDIR) => OutputError::UnderAFile {
+            name: name.to_string(),
+            component: dir.display().to_string(),
+        },
+        _ => io_err(name, source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("out");
+        let elsewhere = t.path().join("elsewhere");
+        fs::create_dir_all(&out).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        let out = out.canonicalize().unwrap();
+        (t, out, elsewhere)
+    }
+
+    #[test]
+    fn creates_the_file_and_its_directories_once() {
+        let (_t, out, _) = root();
+        let p = prepare_file(&out, "a/b/./c.mp4").unwrap();
+        assert_eq!(p, out.join("a/b/c.mp4"));
+        assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+        assert!(matches!(
+            prepare_file(&out, "a/b/c.mp4"),
+            Err(OutputError::Exists(_))
+        ));
+        remove_if_empty(&p);
+        assert!(prepare_file(&out, "a/b/c.mp4").is_ok());
+    }
+
+    #[test]
+    fn a_dangling_symlink_is_never_followed() {
+        let (_t, out, elsewhere) = root();
+        symlink(elsewhere.join("x.mp4"), out.join("d.mp4")).unwrap();
+        let e = prepare_file(&out, "d.mp4").unwrap_err();
+        assert!(matches!(e, OutputError::Symlink { .. }), "{e}");
+        assert!(!elsewhere.join("x.mp4").exists());
+    }
+
+    #[test]
+    fn a_directory_symlink_leaving_the_root_is_refused_and_nothing_is_created_outside() {
+        let (_t, out, elsewhere) = root();
+        symlink(&elsewhere, out.join("link")).unwrap();
+        symlink(elsewhere.join("missing"), out.join("dangling")).unwrap();
+        for name in ["link/x.mp4", "link/new/x.mp4", "dangling/x.mp4"] {
+            let e = prepare_file(&out, name).unwrap_err();
+            assert!(
+                matches!(e, OutputError::LeavesOutputDir { .. }),
+                "{name}: {e}"
+            );
+        }
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // A link that stays inside is fine.
+        fs::create_dir(out.join("real")).unwrap();
+        symlink(out.join("real"), out.join("inside")).unwrap();
+        assert_eq!(
+            prepare_file(&out, "inside/y.mp4").unwrap(),
+            out.join("real/y.mp4")
+        );
+    }
+
+    #[test]
+    fn client_mistakes_are_named() {
+        let (_t, out, _) = root();
+        prepare_file(&out, "f.mp4").unwrap();
+        let e = prepare_file(&out, "f.mp4/g.mp4").unwrap_err();
+        assert!(matches!(e, OutputError::UnderAFile { .. }), "{e}");
+        let long = format!("{}/x.mp4", "d".repeat(256));
+        let e = prepare_file(&out, &long).unwrap_err();
+        assert!(matches!(e, OutputError::NameTooLong { .. }), "{e}");
+        assert!(!out.join("d".repeat(256)).exists());
+        for bad in ["../x.mp4", "/etc/x.mp4", ""] {
+            assert!(matches!(
+                prepare_file(&out, bad),
+                Err(OutputError::NotRelative { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_read_only_directory_is_reported_as_such() {
+        // As root (CI) permission bits do not stop writes, so the mapping itself is checked:
+        // a read-only mount (EROFS) or a directory we may not write (EACCES).
+        for errno in [libc::EROFS, libc::EACCES] {
+            let e = classify(
+                "x.mp4",
+                Path::new("/rec"),
+                io::Error::from_raw_os_error(errno),
+            );
+            assert!(matches!(e, OutputError::NotWritable { .. }), "{e}");
+            assert!(e.to_string().contains("not writable"), "{e}");
+        }
+    }
+}
