@@ -33,7 +33,7 @@ use crate::config::MIN_RESERVATION_TTL_MS;
 use crate::error::{AdmissionError, ApiError, RequestError};
 use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
 use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN, reserved_key};
-use crate::fleet::{Fleet, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT, redis_err};
+use crate::fleet::{Fleet, FleetError, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT};
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressRequest, EgressType, new_egress_id};
 use crate::node::Node;
@@ -209,16 +209,19 @@ impl Fleet {
         &self,
         node: &Node,
         req: EgressRequest,
-    ) -> Result<Placement, ApiError> {
+    ) -> Result<Placement, FleetError> {
         let t0 = Instant::now();
         let egress_id = new_egress_id();
         let cfg = node.config();
         // A request this node finds invalid is answered here: a 400 never fans out.
-        let egress_type = node.validate(&req, &egress_id)?.egress_type;
+        let egress_type = node
+            .validate(&req, &egress_id)
+            .map_err(ApiError::from)?
+            .egress_type;
         let lines = curve(cfg.affinity_mode(), egress_type);
         let mut attempts = 0u32;
         let mut round = 0u32;
-        let failed = |e: ApiError| {
+        let failed = |e: FleetError| {
             METRICS
                 .placements_total
                 .with_label_values(&["failed"])
@@ -298,7 +301,7 @@ impl Fleet {
                     }
                     StartOutcome::Fatal(e) => {
                         self.drop_reservation(&chosen.node_id, &egress_id).await;
-                        return Err(failed(e));
+                        return Err(failed(e.into()));
                     }
                 }
                 // Given back at once, so the next decision (this one's or anyone's) sees it.
@@ -306,9 +309,9 @@ impl Fleet {
                 excluded.push(chosen.node_id);
             };
             if live == 0 {
-                return Err(failed(ApiError::Unavailable(
-                    "no live node is registered in the fleet".into(),
-                )));
+                return Err(failed(
+                    ApiError::Unavailable("no live node is registered in the fleet".into()).into(),
+                ));
             }
             // Nobody took it. Were the refusals due to other placements' claims?
             report.refused = refused.iter().map(|r| (r.why, r.pending)).collect();
@@ -333,9 +336,11 @@ impl Fleet {
             if all.is_empty()
                 && let Some(r) = client_errors.pop()
             {
-                return Err(failed(client_error(r)));
+                return Err(failed(client_error(r).into()));
             }
-            return Err(failed(final_error(egress_type, &all, &failures, live)));
+            return Err(failed(
+                final_error(egress_type, &all, &failures, live).into(),
+            ));
         }
     }
 
@@ -344,7 +349,7 @@ impl Fleet {
     /// connection's other traffic or another thread's wake-up; the shared one is the fallback.
     /// Running the script twice for one egress is harmless: it drops the egress's earlier
     /// reservation before it reserves again.
-    async fn decide(&self, ask: &Ask<'_>) -> Result<reservations::Answer, ApiError> {
+    async fn decide(&self, ask: &Ask<'_>) -> Result<reservations::Answer, FleetError> {
         let mut reply: Option<Vec<String>> = None;
         if let Some(mut con) = self.worker_connection().await {
             match ask.invocation().invoke_async(&mut con).await {
@@ -354,24 +359,18 @@ impl Fleet {
                     debug!(self.log, "placement connection failed: using the shared one"; "error" => %e);
                     PLACER.with(|p| p.borrow_mut().take());
                 }
-                Err(e) => return Err(script_err(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         let reply = match reply {
             Some(r) => r,
             None => {
                 let mut con = self.redis.clone();
-                ask.invocation()
-                    .invoke_async(&mut con)
-                    .await
-                    .map_err(script_err)?
+                ask.invocation().invoke_async(&mut con).await?
             }
         };
-        reservations::parse(&reply).ok_or_else(|| {
-            ApiError::Internal(format!(
-                "the fleet's Redis gave an unexpected placement answer: {reply:?}"
-            ))
-        })
+        reservations::parse(&reply)
+            .ok_or_else(|| FleetError::Reply(format!("to the placement script: {reply:?}")))
     }
 
     /// Opens this worker thread's placement connection ahead of its first placement.
@@ -460,7 +459,7 @@ impl Fleet {
                     {
                         Ok(Owner::Placed(info)) => return StartOutcome::Placed(*info),
                         Ok(Owner::Free) => continue,
-                        Err(e) => return StartOutcome::Fatal(e),
+                        Err(e) => return StartOutcome::Fatal(e.into()),
                     }
                 }
                 Err(CallError::Remote(r)) if r.status == 503 && r.reason.is_some() => {
@@ -493,7 +492,7 @@ impl Fleet {
     /// A node refused to start `egress_id` because `owner` holds it. Either the owner runs it
     /// (its record appears), or it gives the id up (refused, or stops being live): wait for one
     /// of the two, at most until a dead owner's registration has expired.
-    async fn resolve_owner(&self, egress_id: &str, owner_hint: &str) -> Result<Owner, ApiError> {
+    async fn resolve_owner(&self, egress_id: &str, owner_hint: &str) -> Result<Owner, FleetError> {
         let limit = Duration::from_millis(self.cfg.node_ttl_ms + self.cfg.heartbeat_ms)
             + Duration::from_secs(1);
         let deadline = Instant::now() + limit;
@@ -509,7 +508,8 @@ impl Fleet {
                 return Err(ApiError::StartPending {
                     egress_id: egress_id.to_string(),
                     owner,
-                });
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -529,16 +529,6 @@ fn settle(
         (_, Some(_)) if !owner_live => Ok(Owner::Free),
         (Some(info), Some(o)) if info.node_id == o => Ok(Owner::Placed(Box::new(info))),
         (_, Some(o)) => Err(o),
-    }
-}
-
-/// A failed placement script: Redis unreachable, loading or busy is 503 (try again); an error
-/// the script itself raised would fail every retry the same way, so it is a 500.
-fn script_err(e: redis::RedisError) -> ApiError {
-    if e.is_io_error() || !matches!(e.retry_method(), redis::RetryMethod::NoRetry) {
-        redis_err(e)
-    } else {
-        ApiError::Internal(format!("the placement script failed in Redis: {e}"))
     }
 }
 
@@ -631,7 +621,7 @@ mod tests {
     #[test]
     fn a_script_error_is_a_500_and_an_unreachable_redis_a_503() {
         use redis::{ErrorKind, RedisError, ServerErrorKind};
-        let status = |e: RedisError| script_err(e).status_code().as_u16();
+        let status = |e: RedisError| ApiError::from(FleetError::Redis(e)).status_code().as_u16();
         let raised = RedisError::from((
             ErrorKind::Server(ServerErrorKind::ResponseError),
             "user_script:1: boom",

@@ -18,6 +18,18 @@
 //! not live and whose status is not final is reported `aborted` / "Node lost". If the node comes
 //! back, it settles the record itself and the real outcome replaces the computed one.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use slog::{debug, warn};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::fleet::client::{self, CallError, NodeStart, Target};
+use crate::fleet::registry::{NODE_KEY_PREFIX, NodeRecord, node_key};
+use crate::fleet::{END_TIMEOUT, Fleet, FleetError};
+use crate::model::is_valid_egress_id;
+use crate::node::{EndAction, Node};
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
@@ -138,6 +150,263 @@ pub fn merge(
             .then(a.egress_id.cmp(&b.egress_id))
     });
     (v, bad)
+}
+
+// ---- I/O: mirroring records, starting an owned egress, reading the fleet's records ----
+
+impl Fleet {
+    /// Mirrors every record change to Redis, in order.
+    pub(crate) async fn write_records(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<EgressInfo>,
+        mut flush: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                info = rx.recv() => match info {
+                    Some(info) => self.put_record_retrying(&info).await,
+                    None => return,
+                },
+                ack = async { match flush.as_mut() { Some(f) => f.recv().await, None => std::future::pending().await } } => {
+                    match ack {
+                        Some(ack) => {
+                            while let Ok(info) = rx.try_recv() {
+                                self.put_record_retrying(&info).await;
+                            }
+                            let _ = ack.send(());
+                        }
+                        None => flush = None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn put_record_retrying(&self, info: &EgressInfo) {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match self.put_record(info, "mirror").await {
+                Ok(_) => return,
+                Err(e) if attempt == 4 => {
+                    warn!(self.log, "cannot mirror an egress record to Redis"; "egress_id" => &info.egress_id,
+                          "status" => info.status.as_str(), "error" => %e);
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+
+    /// Writes this node's record of an egress it owns (see `records::PUT_RECORD` for `mode`).
+    async fn put_record(&self, info: &EgressInfo, mode: &str) -> Result<bool, redis::RedisError> {
+        let json = serde_json::to_string(info).unwrap_or_default();
+        let mut con = self.redis.clone();
+        let written: i64 = PUT_RECORD
+            .key(RECORDS_KEY)
+            .key(owner_key(&info.egress_id))
+            .arg(&info.egress_id)
+            .arg(&self.node_id)
+            .arg(json)
+            .arg(mode)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// `POST /v1/node/egress`: starts a placed egress on this node, once it owns the id.
+    pub async fn start_owned(
+        &self,
+        node: &Node,
+        start: NodeStart,
+    ) -> Result<EgressInfo, FleetError> {
+        let id = start.egress_id;
+        if !is_valid_egress_id(&id) {
+            return Err(ApiError::BadQuery(format!("'{id}' is not an egress id")).into());
+        }
+        if node.get(&id).await?.is_some() {
+            return Err(ApiError::AlreadyPlaced {
+                egress_id: id,
+                owner: self.node_id.clone(),
+            }
+            .into());
+        }
+        let mut con = self.redis.clone();
+        let owner: String = CLAIM_OWNER
+            .key(owner_key(&id))
+            .arg(&self.node_id)
+            .arg(OWNER_TTL_MS)
+            .arg(NODE_KEY_PREFIX)
+            .invoke_async(&mut con)
+            .await?;
+        if owner != self.node_id {
+            debug!(self.log, "egress owned elsewhere"; "egress_id" => &id, "owner" => &owner);
+            return Err(ApiError::AlreadyPlaced {
+                egress_id: id,
+                owner,
+            }
+            .into());
+        }
+        match node
+            .start(start.request, Some(id.clone()), start.claim_id)
+            .await
+        {
+            Ok(info) => {
+                // Readable fleet-wide before the placer answers (the mirror follows at once).
+                if let Err(e) = self.put_record(&info, "start").await {
+                    warn!(self.log, "cannot write the new egress record"; "egress_id" => &id, "error" => %e);
+                }
+                Ok(info)
+            }
+            Err(e) => {
+                // "exists already" means it runs here: keep the id. Otherwise give it back, so a
+                // retry on another node can take it.
+                if !matches!(e, ApiError::Conflict(_)) {
+                    let r: Result<i64, _> = DISOWN
+                        .key(owner_key(&id))
+                        .arg(&self.node_id)
+                        .invoke_async(&mut con)
+                        .await;
+                    if let Err(de) = r {
+                        warn!(self.log, "cannot give an egress id back (it stays blocked until this node dies)";
+                              "egress_id" => &id, "error" => %de);
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The record, whether its owner lives, and the owner key: what `resolve_owner` decides on.
+    pub(crate) async fn ownership(
+        &self,
+        egress_id: &str,
+    ) -> Result<(Option<EgressInfo>, Option<String>, bool), FleetError> {
+        let mut con = self.redis.clone();
+        let (record, owner): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("HGET")
+            .arg(RECORDS_KEY)
+            .arg(egress_id)
+            .cmd("GET")
+            .arg(owner_key(egress_id))
+            .query_async(&mut con)
+            .await?;
+        let live = match &owner {
+            Some(o) if o == &self.node_id => true,
+            Some(o) => {
+                redis::cmd("EXISTS")
+                    .arg(node_key(o))
+                    .query_async::<i64>(&mut con)
+                    .await?
+                    == 1
+            }
+            None => false,
+        };
+        let record = record.and_then(|r| serde_json::from_str::<EgressInfo>(&r).ok());
+        Ok((record, owner, live))
+    }
+
+    /// `GET /v1/egress` fleet-wide: stored records with the dead-node rule, this node's own
+    /// records as they are now.
+    pub async fn list(
+        &self,
+        node: &Node,
+        statuses: Option<Vec<EgressStatus>>,
+    ) -> Result<Vec<EgressInfo>, FleetError> {
+        let mut con = self.redis.clone();
+        let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(RECORDS_KEY)
+            .query_async(&mut con)
+            .await?;
+        let mut live: HashSet<String> = self
+            .live_nodes()
+            .await?
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect();
+        live.insert(self.node_id.clone());
+        let local = node.list(None).await?;
+        let (list, bad) = merge(stored, local, &live, statuses.as_deref());
+        for b in bad {
+            warn!(self.log, "unreadable egress record in Redis"; "problem" => b);
+        }
+        Ok(list)
+    }
+
+    /// One egress from the fleet's records (the caller looked on this node first).
+    pub async fn get(&self, id: &str) -> Result<Option<EgressInfo>, FleetError> {
+        let (record, _, _) = self.ownership(id).await?;
+        let Some(info) = record else { return Ok(None) };
+        let live = if info.node_id == self.node_id {
+            true
+        } else {
+            let mut con = self.redis.clone();
+            redis::cmd("EXISTS")
+                .arg(node_key(&info.node_id))
+                .query_async::<i64>(&mut con)
+                .await?
+                == 1
+        };
+        let live_set: HashSet<String> = if live {
+            [info.node_id.clone()].into()
+        } else {
+            HashSet::new()
+        };
+        Ok(Some(as_seen(info, &live_set)))
+    }
+
+    /// Stop or kill forwarded to the node that runs the egress. None when no other node has it.
+    pub async fn end_remote(
+        &self,
+        id: &str,
+        action: EndAction,
+    ) -> Result<Option<EgressInfo>, FleetError> {
+        let (record, owner, _) = self.ownership(id).await?;
+        let Some(node) = record.as_ref().map(|r| r.node_id.clone()).or(owner) else {
+            return Ok(None);
+        };
+        if node == self.node_id {
+            return Ok(None);
+        }
+        let mut con = self.redis.clone();
+        let reg: Option<String> = redis::cmd("GET")
+            .arg(node_key(&node))
+            .query_async(&mut con)
+            .await?;
+        let Some(reg) = reg.and_then(|r| serde_json::from_str::<NodeRecord>(&r).ok()) else {
+            return Err(ApiError::Conflict(format!(
+                "egress {id} ran on node {node}, which is no longer live: it ended (aborted, \"Node lost\")"
+            ))
+            .into());
+        };
+        let action_name = action.as_str();
+        let answer: Result<Option<EgressInfo>, ApiError> = match client::end(
+            Target {
+                url: &reg.url,
+                token: &self.token,
+            },
+            id,
+            action_name,
+            END_TIMEOUT,
+        )
+        .await
+        {
+            Ok(info) => Ok(Some(info)),
+            Err(CallError::Remote(r)) if r.status == 404 => Ok(None),
+            Err(CallError::Remote(r)) if r.status == 409 => Err(ApiError::Conflict(r.message)),
+            Err(CallError::Remote(r)) => Err(ApiError::Unavailable(format!(
+                "node {node} that runs egress {id} answered {} {}: {}",
+                r.status, r.code, r.message
+            ))),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "cannot reach node {node} ({}) that runs egress {id} to {action_name} it: {e}",
+                reg.url
+            ))),
+        };
+        Ok(answer?)
+    }
 }
 
 #[cfg(test)]

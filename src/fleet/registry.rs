@@ -11,6 +11,16 @@
 //! A node is live exactly while its key exists: a node that stops heartbeating (killed, frozen,
 //! cut off from Redis) is dead `node_ttl_ms` after its last heartbeat, with nothing to clean up.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use slog::{info, warn};
+use tokio::sync::{Notify, oneshot};
+
+use crate::actors::admission::{Admission, GetNodeState, WatchState};
+use crate::fleet::{FLUSH_TIMEOUT, Fleet, FleetError};
+use crate::model::now_ms;
 use std::collections::BTreeMap;
 
 use redis::Script;
@@ -125,6 +135,150 @@ pub fn parse_nodes(raw: Vec<String>) -> (Vec<NodeRecord>, Vec<String>) {
     }
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     (nodes, bad)
+}
+
+// ---- I/O: this node's registration and the live nodes ----
+
+impl Fleet {
+    /// Registers the node under `url` and starts the heartbeat and the record writer. Call once,
+    /// from the service's arbiter, when the HTTP server is bound.
+    pub async fn join(
+        self: &Arc<Self>,
+        url: String,
+        admission: Addr<Admission>,
+    ) -> Result<(), String> {
+        let _ = self.url.set(url);
+        if let Some(rx) = self.records_rx.lock().ok().and_then(|mut g| g.take()) {
+            let flush = self.flush_rx.lock().ok().and_then(|mut g| g.take());
+            let me = self.clone();
+            actix_rt::spawn(async move { me.write_records(rx, flush).await });
+        }
+        // Every change of the node's admission state is published at once (placement reads it
+        // from Redis); the heartbeat refreshes it when nothing changes.
+        let changed = Arc::new(Notify::new());
+        admission
+            .send(WatchState(changed.clone()))
+            .await
+            .map_err(|e| format!("admission does not answer: {e}"))?;
+        self.register(&admission).await?;
+        info!(self.log, "joined the fleet"; "url" => self.url(), "heartbeat_ms" => self.cfg.heartbeat_ms,
+              "node_ttl_ms" => self.cfg.node_ttl_ms);
+        let me = self.clone();
+        let every = Duration::from_millis(self.cfg.heartbeat_ms);
+        let handle = actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = changed.notified() => tick.reset(),
+                }
+                match me.register(&admission).await {
+                    Ok(()) if failing => {
+                        info!(me.log, "heartbeat works again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        warn!(me.log, "heartbeat failed: other nodes will see this node as dead"; "error" => e);
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        if let Ok(mut g) = self.heartbeat.lock() {
+            *g = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// One heartbeat: this node's state under its key, with expiry, and its id in the set.
+    async fn register(&self, admission: &Addr<Admission>) -> Result<(), String> {
+        let state = admission
+            .send(GetNodeState)
+            .await
+            .map_err(|e| format!("admission does not answer: {e}"))?;
+        let record = serde_json::json!({
+            "node_id": &self.node_id, "url": self.url(), "state": state, "updated_at_ms": now_ms(),
+        });
+        let mut con = self.redis.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(node_key(&self.node_id))
+            .arg(record.to_string())
+            .arg("PX")
+            .arg(self.cfg.node_ttl_ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(NODES_KEY)
+            .arg(&self.node_id)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Graceful exit: no more heartbeats, the last records written, the registration removed.
+    pub async fn leave(&self) {
+        if let Some(h) = self.heartbeat.lock().ok().and_then(|mut g| g.take()) {
+            h.abort();
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if self.flush_tx.send(ack_tx).is_ok()
+            && tokio::time::timeout(FLUSH_TIMEOUT, ack_rx).await.is_err()
+        {
+            warn!(
+                self.log,
+                "the last egress records did not reach Redis in time"
+            );
+        }
+        let mut con = self.redis.clone();
+        let res = redis::pipe()
+            .cmd("DEL")
+            .arg(node_key(&self.node_id))
+            .ignore()
+            .cmd("SREM")
+            .arg(NODES_KEY)
+            .arg(&self.node_id)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await;
+        match res {
+            Ok(()) => info!(self.log, "left the fleet"),
+            Err(e) => {
+                warn!(self.log, "cannot remove this node's registration (it expires on its own)"; "error" => %e)
+            }
+        }
+    }
+
+    /// Every live node's registration, sorted by node id.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeRecord>, FleetError> {
+        let mut con = self.redis.clone();
+        let raw: Vec<String> = LIVE_NODES
+            .key(NODES_KEY)
+            .arg(NODE_KEY_PREFIX)
+            .invoke_async(&mut con)
+            .await?;
+        let (nodes, bad) = parse_nodes(raw);
+        for b in bad {
+            warn!(self.log, "unreadable node registration"; "problem" => b);
+        }
+        Ok(nodes)
+    }
+
+    /// `GET /v1/fleet/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<FleetNode>, FleetError> {
+        Ok(self
+            .live_nodes()
+            .await?
+            .into_iter()
+            .map(FleetNode::from)
+            .collect())
+    }
 }
 
 #[cfg(test)]
