@@ -8,3 +8,4 @@ mod egress;
 mod fleet;
 mod overload;
 mod placement;
+mod safety;
