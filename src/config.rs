@@ -2,7 +2,6 @@
 //! as `EGRESS__SECTION__KEY` (e.g. `EGRESS__SERVER__LISTEN=0.0.0.0:7980`). The whole config is
 //! validated before any actor starts, and every error names its key.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -670,14 +669,6 @@ impl Config {
             .parse::<SocketAddr>()
             .map(|a| a.ip().is_loopback())
             .unwrap_or(false)
-    }
-
-    /// Per-type costs and limits as maps (for reports).
-    pub fn type_table(&self) -> BTreeMap<EgressType, (f64, u32)> {
-        EgressType::ALL
-            .into_iter()
-            .map(|t| (t, (self.cpu_cost.cost(t), self.limits.limit(t))))
-            .collect()
     }
 }
 
