@@ -11,20 +11,20 @@
 //! A node is live exactly while its key exists: a node that stops heartbeating (killed, frozen,
 //! cut off from Redis) is dead `node_ttl_ms` after its last heartbeat, with nothing to clean up.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use redis::Script;
+use serde::{Deserialize, Serialize};
 use slog::{info, warn};
 use tokio::sync::{Notify, oneshot};
 
 use crate::actors::admission::{Admission, GetNodeState, WatchState};
 use crate::fleet::{FLUSH_TIMEOUT, Fleet, FleetError};
 use crate::model::now_ms;
-use std::collections::BTreeMap;
-
-use redis::Script;
-use serde::{Deserialize, Serialize};
+use crate::rules::admission::NodeState;
 
 /// The set of every node that ever registered (pruned lazily).
 pub const NODES_KEY: &str = "egress:nodes";
@@ -33,6 +33,29 @@ pub const NODE_KEY_PREFIX: &str = "egress:node:";
 
 pub fn node_key(node_id: &str) -> String {
     format!("{NODE_KEY_PREFIX}{node_id}")
+}
+
+/// The commands that publish a node's registration: its record under its key with expiry
+/// `ttl_ms`, and its id in the set of nodes. Nodes run it on every change and at each
+/// heartbeat; the scale benchmark and the placement tests publish simulated nodes with it, so
+/// they see exactly what real nodes write.
+pub fn publish(node_id: &str, url: &str, state: &NodeState, ttl_ms: u64) -> redis::Pipeline {
+    let record = serde_json::json!({
+        "node_id": node_id, "url": url, "state": state, "updated_at_ms": now_ms(),
+    });
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("SET")
+        .arg(node_key(node_id))
+        .arg(record.to_string())
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore()
+        .cmd("SADD")
+        .arg(NODES_KEY)
+        .arg(node_id)
+        .ignore();
+    p
 }
 
 /// One type's counts in a node's report (as `GET /v1/node` gives them).
@@ -201,22 +224,8 @@ impl Fleet {
             .send(GetNodeState)
             .await
             .map_err(|e| format!("admission does not answer: {e}"))?;
-        let record = serde_json::json!({
-            "node_id": &self.node_id, "url": self.url(), "state": state, "updated_at_ms": now_ms(),
-        });
         let mut con = self.redis.clone();
-        redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(node_key(&self.node_id))
-            .arg(record.to_string())
-            .arg("PX")
-            .arg(self.cfg.node_ttl_ms)
-            .ignore()
-            .cmd("SADD")
-            .arg(NODES_KEY)
-            .arg(&self.node_id)
-            .ignore()
+        publish(&self.node_id, self.url(), &state, self.cfg.node_ttl_ms)
             .query_async::<()>(&mut con)
             .await
             .map_err(|e| e.to_string())
