@@ -495,13 +495,15 @@ mod tests {
         assert_eq!((k.action(), k.reason()), ("kill", reason::CPU_EXHAUSTED));
     }
 
-    /// (jobs, now s, above hard) -> the victim `pick_victim` must choose.
+    /// (name, jobs, row time s, above hard, the victim `pick_victim` must choose).
+    type PickCase = (&'static str, Vec<JobLoad>, u64, bool, Option<&'static str>);
+
     #[test]
     fn settling_jobs_are_spared_while_a_settled_one_can_be_picked() {
         let settled = job("EG_settled", 1.2, 1.0, 0);
         let starting_hog = young("EG_starting", 6.0, 9, None);
         let held_hog = young("EG_held", 6.0, 5, Some(6));
-        let cases: Vec<(&str, Vec<JobLoad>, u64, bool, Option<&str>)> = vec![
+        let cases: Vec<PickCase> = vec![
             (
                 "a starting hog is spared, soft",
                 vec![settled.clone(), starting_hog.clone()],
