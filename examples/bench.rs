@@ -4,50 +4,40 @@
 //!
 //! Usage: bench [--type participant] [--n 1,4,8] [--seconds 10] [--width 1280 --height 720] [--repeat 3]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use egress_engine::model::{EgressRequest, PipelineOptions, ValidationContext};
 use serde_json::{Value, json};
 
-#[derive(Clone)]
+// The benches use part of the test harness (no Redis, no decoding here).
+#[allow(dead_code)]
+#[path = "../integration/common.rs"]
+mod common;
+
+use common::{Dirs, Service};
+
+/// N concurrent recordings through the service against the same pipelines under gst-launch-1.0.
+#[derive(Clone, Parser)]
 struct Args {
+    /// Egress type to record.
+    #[arg(long = "type", default_value = "participant")]
     egress_type: String,
+    /// Concurrent recordings, one measured round per value.
+    #[arg(long = "n", value_delimiter = ',', default_values_t = vec![1, 4, 8])]
     ns: Vec<usize>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    #[arg(long, default_value_t = 1280)]
     width: u32,
+    #[arg(long, default_value_t = 720)]
     height: u32,
     /// Measured engine/baseline pairs per N (medians are printed).
-    repeat: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        egress_type: "participant".into(),
-        ns: vec![1, 4, 8],
-        seconds: 10,
-        width: 1280,
-        height: 720,
-        repeat: 3,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let v = argv.get(i + 1).cloned().unwrap_or_default();
-        match argv[i].as_str() {
-            "--type" => a.egress_type = v,
-            "--n" => a.ns = v.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
-            "--seconds" => a.seconds = v.parse()?,
-            "--width" => a.width = v.parse()?,
-            "--height" => a.height = v.parse()?,
-            "--repeat" => a.repeat = v.parse::<usize>()?.max(1),
-            other => bail!("unknown argument {other}"),
-        }
-        i += 2;
-    }
-    Ok(a)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
 }
 
 fn sources(t: &str) -> Vec<&'static str> {
@@ -122,87 +112,29 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.get(i).copied().unwrap_or(f64::NAN)
 }
 
-struct Engine {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Engine {
-    fn start(bin: &Path, dir: &Path) -> Result<Engine> {
-        let cfg = dir.join("bench.yaml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "server: {{ listen: \"127.0.0.1:0\" }}\nstorage: {{ output_dir: \"{0}/out\", state_dir: \"{0}/state\" }}\n\
-                 log: {{ level: warning }}\ncpu: {{ capacity: 64 }}\noverload: {{ soft_threshold: 10, hard_threshold: 10 }}\n",
-                dir.display()
-            ),
-        )?;
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start egress-engine")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
-            &mut line,
-        )?;
-        let v: Value = serde_json::from_str(&line).context("listening line")?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Ok(Engine {
-            child,
-            base: format!("http://{}", v["listening"].as_str().unwrap_or_default()),
-            agent,
-        })
-    }
-
-    fn call(&self, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let url = format!("{}{}", self.base, path);
-        let mut r = if method == "GET" {
-            self.agent.get(&url).call()?
-        } else {
-            self.agent.post(&url).send_json(body)?
-        };
-        let s = r.status().as_u16();
-        Ok((
-            s,
-            serde_json::from_str(&r.body_mut().read_to_string()?).unwrap_or(Value::Null),
-        ))
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The service as the bench runs it: quiet, out of admission's and overload's way, with the
+/// service's own pipeline defaults (the baseline uses the same).
+const ENGINE_CONFIG: &str = "log: { level: warning }\ncpu: { capacity: 64 }\n\
+                             overload: { soft_threshold: 10, hard_threshold: 10 }\npipeline: {}";
 
 /// Runs N egresses in the engine: (start latencies in ms, cores, rss bytes).
-fn run_engine(bin: &Path, a: &Args, n: usize) -> Result<(Vec<f64>, f64, f64)> {
-    let dir = tempfile::tempdir()?;
-    let eng = Engine::start(bin, dir.path())?;
+fn run_engine(a: &Args, n: usize) -> Result<(Vec<f64>, f64, f64)> {
+    let dirs = Dirs::new();
+    let eng = Service::start(&dirs, ENGINE_CONFIG);
     let latencies: Vec<Result<(String, f64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {
                 let eng = &eng;
                 s.spawn(move || -> Result<(String, f64)> {
                     let t0 = Instant::now();
-                    let (st, v) =
-                        eng.call("POST", "/v1/egress", &request(a, &format!("e{i}.mp4")))?;
+                    let (st, v) = eng.post("/v1/egress", &request(a, &format!("e{i}.mp4")));
                     if st != 201 {
                         bail!("start answered {st}: {v}");
                     }
                     let id = v["egress_id"].as_str().unwrap_or_default().to_string();
+                    // Polled every 5 ms (not the harness's 50): this loop is the measurement.
                     loop {
-                        let (_, v) = eng.call("GET", &format!("/v1/egress/{id}"), &Value::Null)?;
+                        let v = eng.egress(&id);
                         if v["status"] == "active" {
                             return Ok((id, t0.elapsed().as_secs_f64() * 1000.0));
                         }
@@ -226,15 +158,17 @@ fn run_engine(bin: &Path, a: &Args, n: usize) -> Result<(Vec<f64>, f64, f64)> {
         ids.push(id);
         lat.push(ms);
     }
+    // Settle before measuring: the first seconds of a pipeline (start-up, encoder ramp) are not
+    // its steady cost. Time passing by design, not a wait for a condition.
     std::thread::sleep(Duration::from_secs(2));
     let mut pids = vec![eng.child.id()];
     for id in &ids {
-        let (_, v) = eng.call("GET", &format!("/v1/egress/{id}"), &Value::Null)?;
+        let v = eng.egress(id);
         pids.push(v["handler_pid"].as_u64().context("handler_pid")? as u32);
     }
     let (cores, rss) = measure(&pids, a.seconds);
     for id in &ids {
-        eng.call("POST", &format!("/v1/egress/{id}/stop"), &Value::Null)?;
+        eng.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
     }
     Ok((lat, cores, rss))
 }
@@ -268,6 +202,7 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
             .spawn()?;
         children.push(child);
     }
+    // The same settling time as the engine's runs.
     std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
     let (cores, rss) = measure(&pids, a.seconds);
@@ -282,10 +217,14 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
 }
 
 fn main() -> Result<()> {
-    let a = parse_args()?;
-    let bin = PathBuf::from(
-        std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()),
-    );
+    let a = Args::parse();
+    let bin = common::bin();
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it with cargo build --release",
+            bin.display()
+        );
+    }
     println!(
         "bench: type={} {}x{}@30, {} s measured per run, {} cores on this machine",
         a.egress_type,
@@ -315,7 +254,7 @@ fn main() -> Result<()> {
         seconds: 3,
         ..a.clone()
     };
-    run_engine(&bin, &warm, 1)?;
+    run_engine(&warm, 1)?;
     run_baseline(&warm, 1)?;
     for &n in &a.ns {
         // `--repeat` pairs, the side that goes first alternating; the median of each figure.
@@ -328,7 +267,7 @@ fn main() -> Result<()> {
             } else {
                 None
             };
-            let (l, c, m) = run_engine(&bin, &a, n)?;
+            let (l, c, m) = run_engine(&a, n)?;
             let (gc, gm) = match g {
                 Some(g) => g,
                 None => run_baseline(&a, n)?,

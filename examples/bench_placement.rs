@@ -9,130 +9,68 @@
 //!                        [--redis-nice 0]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use clap::Parser;
 use rand::Rng;
 use serde_json::{Value, json};
 
+// The benches use part of the test harness (no decoding here).
+#[allow(dead_code)]
+#[path = "../integration/common.rs"]
+mod common;
+
+use common::{Dirs, Redis, Service, wait_for};
+
+/// Fleet placement under a burst of concurrent start requests, per affinity mode.
+#[derive(Parser)]
 struct Args {
+    /// Nodes in the fleet (at least 1).
+    #[arg(long, default_value_t = 8)]
     nodes: usize,
+    /// Start requests in the burst (at least 1).
+    #[arg(long, default_value_t = 64)]
     jobs: usize,
+    /// Concurrent clients (0 = one per job).
+    #[arg(long, default_value_t = 0)]
     concurrency: usize,
+    /// Affinity modes to run, one fleet each.
+    #[arg(long, value_delimiter = ',', default_values_t = ["pack".to_string(), "spread".into(), "type_aware".into()])]
     modes: Vec<String>,
+    /// `estimated_cpu` of every job.
+    #[arg(long, default_value_t = 0.5)]
     cpu: f64,
+    /// `cpu.capacity` of every node.
+    #[arg(long, default_value_t = 8.0)]
     capacity: f64,
     /// Bursts per mode, each on a fresh fleet; latencies are pooled.
-    repeat: usize,
-    /// `pipeline.handler_nice` of every node (None = the default).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// `pipeline.handler_nice` of every node (default: the service's).
+    #[arg(long, allow_negative_numbers = true)]
     handler_nice: Option<i32>,
     /// Niceness of redis-server; below 0 (root or CAP_SYS_NICE) stands in for a Redis with CPU
     /// of its own, as in production, instead of sharing this machine's cores with every node.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     redis_nice: i32,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        nodes: 8,
-        jobs: 64,
-        concurrency: 0,
-        modes: vec!["pack".into(), "spread".into(), "type_aware".into()],
-        cpu: 0.5,
-        capacity: 8.0,
-        repeat: 1,
-        handler_nice: None,
-        redis_nice: 0,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let v = argv.get(i + 1).cloned().unwrap_or_default();
-        match argv[i].as_str() {
-            "--nodes" => a.nodes = v.parse()?,
-            "--jobs" => a.jobs = v.parse()?,
-            "--concurrency" => a.concurrency = v.parse()?,
-            "--modes" => a.modes = v.split(',').map(str::to_string).collect(),
-            "--cpu" => a.cpu = v.parse()?,
-            "--capacity" => a.capacity = v.parse()?,
-            "--repeat" => a.repeat = v.parse::<usize>()?.max(1),
-            "--handler-nice" => a.handler_nice = Some(v.parse()?),
-            "--redis-nice" => a.redis_nice = v.parse()?,
-            other => bail!("unknown argument {other}"),
+impl Args {
+    fn concurrency(&self) -> usize {
+        if self.concurrency == 0 {
+            self.jobs
+        } else {
+            self.concurrency
         }
-        i += 2;
-    }
-    if a.concurrency == 0 {
-        a.concurrency = a.jobs;
-    }
-    if a.nodes == 0 || a.jobs == 0 {
-        bail!("--nodes and --jobs must be at least 1");
-    }
-    Ok(a)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Kills the child on drop (redis-server, or a node that did not exit in time).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn start_redis(nice: i32) -> Result<(Proc, u16)> {
-    let port = free_port()?;
-    let child = Command::new("nice")
-        .args(["-n", &nice.to_string(), "redis-server"])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start redis-server (is it installed? scripts/setup)")?;
-    let p = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut buf = [0u8; 16];
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-            {
-                return Ok((p, port));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("redis-server on port {port} does not answer");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// EVALSHA in `INFO commandstats`: (calls, microseconds per call inside Redis).
-fn script_stats(port: u16) -> Result<(u64, f64)> {
-    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))?.get_connection()?;
+fn script_stats(redis: &Redis) -> Result<(u64, f64)> {
+    let mut con = redis.connect();
     let text: String = redis::cmd("INFO").arg("commandstats").query(&mut con)?;
     let line = text
         .lines()
@@ -147,78 +85,35 @@ fn script_stats(port: u16) -> Result<(u64, f64)> {
     Ok((field("calls") as u64, field("usec_per_call")))
 }
 
-struct Node {
-    proc: Proc,
-    base: String,
-    node_id: String,
-}
-
-fn start_node(
-    bin: &Path,
-    dir: &Path,
-    i: usize,
-    mode: &str,
-    redis_port: u16,
-    a: &Args,
-) -> Result<Node> {
-    let capacity = a.capacity;
-    let nice = a
-        .handler_nice
-        .map(|n| format!("pipeline: {{ handler_nice: {n} }}\n"))
-        .unwrap_or_default();
-    let d = dir.join(format!("node{i}"));
-    std::fs::create_dir_all(&d)?;
-    let cfg = d.join("node.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server: {{ listen: \"127.0.0.1:0\" }}\n\
-             storage: {{ output_dir: \"{0}/out\", state_dir: \"{0}/state\" }}\n\
-             log: {{ level: warning }}\n\
-             cpu: {{ capacity: {capacity}, pending_hold_ms: 600000 }}\n\
+/// One node of the release binary in the fleet: quiet, overload off, quick heartbeats.
+/// Returns the node first, so that it is dropped (killed if still running) before its directories.
+fn start_node(mode: &str, redis: &Redis, a: &Args) -> (Service, Dirs) {
+    let dirs = Dirs::new();
+    let pipeline = a.handler_nice.map_or("pipeline: {}".to_string(), |n| {
+        format!("pipeline: {{ handler_nice: {n} }}")
+    });
+    let node = Service::start(
+        &dirs,
+        &format!(
+            "log: {{ level: warning }}\n\
+             cpu: {{ capacity: {}, pending_hold_ms: 600000 }}\n\
              affinity: {{ mode: {mode} }}\n\
-             fleet: {{ redis_url: \"redis://127.0.0.1:{redis_port}/0\", heartbeat_ms: 200, node_ttl_ms: 1000 }}\n\
-             overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n{nice}",
-            d.display()
+             fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000 }}\n\
+             overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n{pipeline}",
+            a.capacity,
+            redis.url()
         ),
-    )?;
-    let log = std::fs::File::create(d.join("node.log"))?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let proc = Proc(child);
-    let v: Value = serde_json::from_str(&line).with_context(|| {
-        format!(
-            "node {i} did not start; see {}",
-            d.join("node.log").display()
-        )
-    })?;
-    Ok(Node {
-        proc,
-        base: format!("http://{}", v["listening"].as_str().unwrap_or_default()),
-        node_id: v["node_id"].as_str().unwrap_or_default().to_string(),
-    })
+    );
+    (node, dirs)
 }
 
+/// A client of its own per burst thread, as a real client would have.
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into()
-}
-
-fn get(agent: &ureq::Agent, url: &str) -> Result<Value> {
-    Ok(
-        serde_json::from_str(&agent.get(url).call()?.body_mut().read_to_string()?)
-            .unwrap_or(Value::Null),
-    )
 }
 
 /// One start request as the client saw it.
@@ -252,11 +147,14 @@ fn server_timing(h: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
     out
 }
 
-fn burst(a: &Args, nodes: &[Node]) -> Vec<Outcome> {
+/// The burst: every client thread takes the next job and POSTs it to a random node with its own
+/// HTTP client, timing the call and reading the placer's `Server-Timing` (what is measured, so
+/// not the harness's `Service::post`).
+fn burst(a: &Args, nodes: &[&Service]) -> Vec<Outcome> {
     let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let barrier = Arc::new(Barrier::new(a.concurrency));
-    let threads: Vec<_> = (0..a.concurrency)
+    let barrier = Arc::new(Barrier::new(a.concurrency()));
+    let threads: Vec<_> = (0..a.concurrency())
         .map(|_| {
             let (bases, next, barrier) = (bases.clone(), next.clone(), barrier.clone());
             let (jobs, cpu) = (a.jobs, a.cpu);
@@ -346,28 +244,21 @@ fn lat_line(name: &str, mut v: Vec<f64>) -> String {
 }
 
 /// Stops every job on the node that runs it, then interrupts the nodes (they exit when idle).
-fn teardown(nodes: Vec<Node>, outcomes: &[Outcome]) {
-    let agent = agent();
-    let by_id: BTreeMap<&str, &str> = nodes
-        .iter()
-        .map(|n| (n.node_id.as_str(), n.base.as_str()))
-        .collect();
+fn teardown(nodes: Vec<(Service, Dirs)>, outcomes: &[Outcome]) {
+    let by_id: BTreeMap<&str, &Service> =
+        nodes.iter().map(|(n, _)| (n.node_id.as_str(), n)).collect();
     for o in outcomes.iter().filter(|o| o.status == 201) {
-        if let Some(base) = by_id.get(o.node_id.as_str()) {
-            let _ = agent
-                .post(format!("{base}/v1/egress/{}/stop", o.egress_id))
-                .send_json(json!({}));
+        if let Some(node) = by_id.get(o.node_id.as_str()) {
+            node.post(&format!("/v1/egress/{}/stop", o.egress_id), &json!({}));
         }
     }
-    for n in &nodes {
-        // SAFETY: interrupting our own child: it stops what still runs and exits.
-        unsafe { libc::kill(n.proc.0.id() as i32, libc::SIGINT) };
+    for (n, _) in &nodes {
+        // It stops what still runs and exits.
+        n.signal(libc::SIGINT);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    for mut n in nodes {
-        while Instant::now() < deadline && matches!(n.proc.0.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    for (mut n, _dirs) in nodes {
+        n.exited_within(deadline.saturating_duration_since(Instant::now()));
         // Dropped here: killed if it has not exited by the deadline.
     }
 }
@@ -387,36 +278,26 @@ struct Run {
 }
 
 /// A fresh redis-server and fleet, one burst, everything stopped again.
-fn run_once(a: &Args, bin: &Path, mode: &str) -> Result<Run> {
-    let dir = tempfile::Builder::new()
-        .prefix("bench-placement-")
-        .tempdir()?;
-    let (_redis, port) = start_redis(a.redis_nice)?;
-    let mut nodes = Vec::new();
-    for i in 0..a.nodes {
-        nodes.push(start_node(bin, dir.path(), i, mode, port, a)?);
-    }
-    let agent = agent();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = get(&agent, &format!("{}/v1/fleet/nodes", nodes[0].base))?;
-        if v["nodes"].as_array().is_some_and(|n| n.len() == a.nodes) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the fleet did not form: {v}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let before = script_stats(port)?;
+fn run_once(a: &Args, mode: &str) -> Result<Run> {
+    let redis = Redis::start_niced(a.redis_nice);
+    let nodes: Vec<(Service, Dirs)> = (0..a.nodes).map(|_| start_node(mode, &redis, a)).collect();
+    wait_for(Duration::from_secs(20), "the fleet to form", || {
+        let (_, v) = nodes[0].0.get("/v1/fleet/nodes");
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == a.nodes)
+            .then_some(())
+    });
+    let services: Vec<&Service> = nodes.iter().map(|(n, _)| n).collect();
+    let before = script_stats(&redis)?;
     let t0 = Instant::now();
-    let outcomes = burst(a, &nodes);
+    let outcomes = burst(a, &services);
     let wall = t0.elapsed();
-    let after = script_stats(port)?;
+    let after = script_stats(&redis)?;
 
     let placed: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == 201).collect();
     let mut per_node: BTreeMap<&str, usize> =
-        nodes.iter().map(|n| (n.node_id.as_str(), 0)).collect();
+        services.iter().map(|n| (n.node_id.as_str(), 0)).collect();
     for o in &placed {
         *per_node.entry(o.node_id.as_str()).or_default() += 1;
     }
@@ -437,14 +318,14 @@ fn run_once(a: &Args, bin: &Path, mode: &str) -> Result<Run> {
     Ok(run)
 }
 
-fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
+fn run_mode(a: &Args, mode: &str) -> Result<()> {
     let budget = a.capacity * 0.8;
     let per_node_cap = ((budget + 1e-9) / a.cpu).floor().max(1.0) as usize;
     println!("mode {mode}:");
     let (mut client, mut script, mut decide, mut total) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 1..=a.repeat {
-        let run = run_once(a, bin, mode)?;
+        let run = run_once(a, mode)?;
         let (max, min) = (
             run.counts.first().copied().unwrap_or(0),
             run.counts.last().copied().unwrap_or(0),
@@ -490,10 +371,11 @@ fn run_mode(a: &Args, bin: &Path, mode: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let a = parse_args()?;
-    let bin = PathBuf::from(
-        std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()),
-    );
+    let a = Args::parse();
+    if a.nodes == 0 || a.jobs == 0 {
+        bail!("--nodes and --jobs must be at least 1");
+    }
+    let bin = common::bin();
     if !bin.is_file() {
         bail!(
             "{} not found: build it with cargo build --release",
@@ -507,7 +389,7 @@ fn main() -> Result<()> {
         a.capacity,
         a.jobs,
         a.cpu,
-        a.concurrency,
+        a.concurrency(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
@@ -517,7 +399,7 @@ fn main() -> Result<()> {
             .map_or("as configured (default 10)".to_string(), |n| n.to_string()),
     );
     for mode in a.modes.clone() {
-        run_mode(&a, &bin, &mode)?;
+        run_mode(&a, &mode)?;
     }
     Ok(())
 }

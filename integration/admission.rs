@@ -1,7 +1,7 @@
 //! Admission through the real service: per-type limits, the CPU budget, refusals that leave
 //! nothing behind, and the node report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -145,28 +145,46 @@ fn cpu_budget_refuses_once_costs_fill_it() {
 
 #[test]
 fn affinity_takes_a_claim_that_counts_until_it_expires() {
+    // The claim must outlive the three calls that check it holds the slot, on a loaded machine:
+    // a TTL far above what they take, then its expiry polled for with a deadline.
+    const TTL: Duration = Duration::from_secs(4);
     let dirs = Dirs::new();
     let svc = Service::start(
         &dirs,
-        "cpu: { capacity: 64 }\nlimits: { max_concurrent_track: 1 }\naffinity: { pending_claim_ttl_ms: 500 }",
+        &format!(
+            "cpu: {{ capacity: 64 }}\nlimits: {{ max_concurrent_track: 1 }}\n\
+             affinity: {{ pending_claim_ttl_ms: {} }}",
+            TTL.as_millis()
+        ),
     );
+    let asked = Instant::now();
     let (s, a) = svc.get("/v1/affinity?type=track");
     assert_eq!(s, 200, "{a}");
     assert!(a["score"].as_f64().unwrap() >= 0.0, "{a}");
     assert!(a["claim_id"].is_string(), "{a}");
     // The claim holds the only track slot: a second ask and a start are refused.
     let (_, b) = svc.get("/v1/affinity?type=track");
-    assert_eq!(b["score"], -1.0, "{b}");
+    assert_eq!(b["score"], -1.0, "{b} after {:?}", asked.elapsed());
     let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "x.mkv"));
-    assert_eq!(s, 503, "{v}");
+    assert_eq!(s, 503, "{v} after {:?}", asked.elapsed());
     assert_eq!(v["error"]["reason"], "type_limit");
     let (_, node) = svc.get("/v1/node");
-    assert_eq!(node["types"]["track"]["pending_claims"], 1, "{node}");
-    // Unused, it expires and the slot is free again.
-    wait_for(Duration::from_secs(5), "claim expiry", || {
+    assert_eq!(
+        node["types"]["track"]["pending_claims"],
+        1,
+        "{node} after {:?}",
+        asked.elapsed()
+    );
+    // Unused, it expires (not before its TTL) and the slot is free again.
+    wait_for(TTL + Duration::from_secs(10), "claim expiry", || {
         let (_, node) = svc.get("/v1/node");
         (node["types"]["track"]["pending_claims"] == 0).then_some(())
     });
+    assert!(
+        asked.elapsed() >= TTL,
+        "expired after {:?}",
+        asked.elapsed()
+    );
     let id = svc.start_egress(&request("track", &["test://video"], "x.mkv"));
     svc.post(&format!("/v1/egress/{id}/kill"), &Value::Null);
     let (s, v) = svc.get("/v1/affinity?type=hologram");

@@ -1,8 +1,9 @@
 //! What every integration test needs: the real `egress-engine` binary started on a free loopback
-//! port with a temp config and temp directories, a small HTTP client, polling with deadlines, and
-//! checks that decode the outputs.
-
-#![allow(dead_code)]
+//! port with a temp config and temp directories, a small HTTP client, polling with deadlines, a
+//! throwaway redis-server, and checks that decode the outputs.
+//!
+//! The benches (`examples/bench*.rs`) include this file too (`#[path]`), so they start the
+//! service, Redis and their HTTP calls exactly as the tests do.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,15 +14,29 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_egress-engine");
+/// The binary under test: the one Cargo built for this test run. Examples get no such path
+/// from Cargo; for them it is the release build (see `bin`).
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_egress-engine") {
+    Some(p) => p,
+    None => "target/release/egress-engine",
+};
+
+/// The binary to start: `BIN` in the tests; in the benches `EGRESS_BIN` if set, else `BIN`.
+pub fn bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_egress-engine") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("EGRESS_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from),
+    }
+}
 
 /// Tests that load the CPU on purpose take this exclusively; every other service start shares it,
 /// so a deliberate overload never skews another test's timing.
 static CPU_LOCK: RwLock<()> = RwLock::new(());
 
-pub enum CpuGuard {
-    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
-    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+/// A hold on CPU_LOCK, shared or exclusive; released on drop.
+pub struct CpuGuard {
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+    _exclusive: Option<RwLockWriteGuard<'static, ()>>,
 }
 
 thread_local! {
@@ -37,7 +52,10 @@ pub fn cpu_shared() -> Option<CpuGuard> {
     }
     let g = CPU_LOCK.read().unwrap_or_else(|e| e.into_inner());
     HOLDS_CPU.with(|h| h.set(true));
-    Some(CpuGuard::Shared(g))
+    Some(CpuGuard {
+        _shared: Some(g),
+        _exclusive: None,
+    })
 }
 
 impl Drop for CpuGuard {
@@ -49,21 +67,38 @@ impl Drop for CpuGuard {
 pub fn cpu_exclusive() -> CpuGuard {
     let g = CPU_LOCK.write().unwrap_or_else(|e| e.into_inner());
     HOLDS_CPU.with(|h| h.set(true));
-    CpuGuard::Exclusive(g)
+    CpuGuard {
+        _shared: None,
+        _exclusive: Some(g),
+    }
 }
 
-/// Polls `f` until it returns Some or the deadline passes (then panics with `what`).
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every 50 ms until it returns Some, or returns None once `timeout` has passed.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `f` until it returns Some or the deadline passes (then panics with `what`).
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// A free TCP port on the loopback interface (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// Temp directories a service runs in; kept across restarts of the service.
@@ -108,12 +143,17 @@ pub fn test_config(dirs: &Dirs, extra: &str) -> String {
         dirs.state().display()
     );
     // Defaults for sections the test does not set itself. A test machine has 2 cores, so a
-    // large nominal capacity keeps admission and overload out of tests that are not about them;
-    // a short reserved MP4 index keeps test files small.
+    // large nominal capacity keeps admission out of tests that are not about it, and overload is
+    // off: the node load counts the whole host's CPU, and a busy machine (builds, other tests)
+    // must not stop a test's egresses. A short reserved MP4 index keeps test files small.
     let defaults = [
         ("server:", "server: { listen: \"127.0.0.1:0\" }"),
         ("log:", "log: { level: debug }"),
         ("cpu:", "cpu: { capacity: 64 }"),
+        (
+            "overload:",
+            "overload: { soft_threshold: 10, hard_threshold: 10 }",
+        ),
         (
             "pipeline:",
             "pipeline: { mp4_reserved_max_duration_s: 600 }",
@@ -158,7 +198,7 @@ impl Service {
         std::fs::write(&cfg_path, config_yaml).expect("write config");
         let log_path = dirs.root.path().join(format!("service-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg_path)
@@ -344,10 +384,18 @@ impl Service {
         }
     }
 
+    /// Waits for the process to exit; returns its exit status, or None if it still runs after
+    /// `timeout`.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = &mut self.child;
+        poll_until(timeout, || child.try_wait().ok().flatten())
+    }
+
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let child = &mut self.child;
-        wait_for(timeout, "service exit", || child.try_wait().ok().flatten()).code()
+        self.exited_within(timeout)
+            .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for service exit"))
+            .code()
     }
 }
 
@@ -384,15 +432,6 @@ pub fn decoded(path: &Path) -> egress_engine::media::DecodeReport {
         .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()))
 }
 
-pub fn append_line(path: &Path, line: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .expect("open");
-    writeln!(f, "{line}").expect("write");
-}
-
 /// A throwaway `redis-server` on a free loopback port, killed on drop.
 pub struct Redis {
     child: Child,
@@ -401,11 +440,19 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
+        Self::start_niced(0)
+    }
+
+    /// A redis-server at niceness `nice` (a bench below 0 stands in for a Redis with CPU of its
+    /// own; that takes root or CAP_SYS_NICE).
+    pub fn start_niced(nice: i32) -> Redis {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        if nice != 0 {
+            cmd = Command::new("nice");
+            cmd.args(["-n", &nice.to_string(), "redis-server"]);
+        }
+        let child = cmd
             .args([
                 "--port",
                 &port.to_string(),

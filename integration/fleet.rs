@@ -10,21 +10,36 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// One node's YAML: spread placement, 8 cores, quick heartbeats, costs held at their estimate.
+/// A live node's registration lives this long after its last heartbeat: many heartbeats, so a
+/// node whose arbiter or Redis calls are slowed by a loaded machine never drops out; the killed
+/// node's expiry is polled for with a deadline above it.
+const NODE_TTL: Duration = Duration::from_secs(5);
+
+/// One node's YAML: spread placement, 8 cores, heartbeats every 250 ms, costs held at their
+/// estimate.
 fn node_config(redis: &Redis) -> String {
     format!(
         "cpu: {{ capacity: 8, pending_hold_ms: 600000 }}\n\
          affinity: {{ mode: spread }}\n\
-         fleet: {{ redis_url: \"{}\", heartbeat_ms: 200, node_ttl_ms: 1000 }}\n\
+         fleet: {{ redis_url: \"{}\", heartbeat_ms: 250, node_ttl_ms: {} }}\n\
          overload: {{ soft_threshold: 10, hard_threshold: 10 }}",
-        redis.url()
+        redis.url(),
+        NODE_TTL.as_millis()
     )
+}
+
+/// The value of one sample line of `/metrics` (`name{labels}` exactly as rendered), 0 if absent.
+fn metric(node: &Service, series: &str) -> f64 {
+    let (_, text) = node.raw("GET", "/metrics", None, &[]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Three nodes on one Redis, each in its own directories; returns when all see each other.
@@ -236,7 +251,8 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
     // A job no node can take: 503 no_capacity with the dominant reason, at once.
     let mut huge = audio_job("huge.ogg");
     huge["estimated_cpu"] = json!(7.0);
-    let t = Instant::now();
+    let retried = r#"egress_placements_total{outcome="retried"}"#;
+    let retries = metric(&nodes[2], retried);
     let (s, v) = nodes[2].post("/v1/egress", &huge);
     assert_eq!(
         (
@@ -247,10 +263,10 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
         (503, Some("no_capacity"), Some("cpu")),
         "{v}"
     );
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "a full fleet answers without retrying: {:?}",
-        t.elapsed()
+    assert_eq!(
+        metric(&nodes[2], retried),
+        retries,
+        "a full fleet answers without retrying"
     );
 
     // Stop the rest through node 0; everything ends complete.
@@ -363,7 +379,7 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
 
     // Once the dead node's registration has expired, the fleet is the two survivors...
     wait_for(
-        Duration::from_secs(10),
+        NODE_TTL + Duration::from_secs(20),
         "the killed node to leave the registry",
         || {
             let (_, v) = nodes[0].get("/v1/fleet/nodes");

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use egress_engine::model::now_ms;
 use serde_json::Value;
 
 use crate::common::*;
@@ -21,10 +22,12 @@ fn overload_stops_one_egress_gracefully_and_the_others_record_on() {
     let _alone = cpu_exclusive();
     let dirs = Dirs::new();
     // One core of capacity, so a few 720p encodes of noise overload it for sure; costs small
-    // enough that admission lets them all in; hard threshold out of reach (no kill here).
+    // enough that admission lets them all in; hard threshold out of reach (no kill here). A
+    // start hold of 1 s: a victim is picked soon after it settles, before the encoders, behind
+    // real time under this load, make its file much shorter than its recording time.
     let svc = Service::start_alone(
         &dirs,
-        "cpu: { capacity: 1, sample_interval_ms: 250, max_utilization: 1 }\n\
+        "cpu: { capacity: 1, sample_interval_ms: 250, max_utilization: 1, pending_hold_ms: 1000 }\n\
          cpu_cost: { participant: 0.1 }\n\
          overload: { soft_threshold: 0.6, hard_threshold: 9, sustain_samples: 3, kill_grace_s: 30 }",
     );
@@ -154,7 +157,17 @@ fn sigint_stops_everything_gracefully_and_exits() {
     ));
     svc.wait_active(&a);
     svc.wait_active(&b);
-    std::thread::sleep(Duration::from_secs(2));
+    // Each has recorded 2 s by its own `started_at` (the service's clock is this machine's).
+    wait_for(Duration::from_secs(30), "2 s recorded by each", || {
+        [&a, &b]
+            .iter()
+            .all(|id| {
+                svc.egress(id)["started_at"]
+                    .as_u64()
+                    .is_some_and(|t| now_ms() >= t + 2000)
+            })
+            .then_some(())
+    });
     svc.signal(libc::SIGINT);
     assert_eq!(svc.wait_exit(Duration::from_secs(40)), Some(0));
     let svc2 = Service::start(&dirs, "");
@@ -169,7 +182,10 @@ fn sigint_stops_everything_gracefully_and_exits() {
 #[test]
 fn drain_api_with_timeout_stops_the_rest() {
     let dirs = Dirs::new();
-    let mut svc = Service::start(&dirs, "overload: { drain_timeout_s: 2 }");
+    let mut svc = Service::start(
+        &dirs,
+        "overload: { drain_timeout_s: 2, soft_threshold: 10, hard_threshold: 10 }",
+    );
     let id = svc.start_egress(&request("track", &["test://video"], "long.mkv"));
     svc.wait_active(&id);
     let (s, node) = svc.post("/v1/node/drain", &Value::Null);

@@ -2,154 +2,34 @@
 //! its descendants) each `cpu.sample_interval_ms`, publishes the result as a `CpuSample` to its
 //! subscribers (Admission for measurements, the Supervisor for overload) and to the metrics.
 //!
-//! Sampling goes through the `CpuSource` trait so tests can feed exact numbers; `SysinfoSource`
-//! is the real one. `detect_capacity` decides how many cores the node has.
+//! Sampling goes through the `CpuSource` trait (`source.rs`) so tests can feed exact numbers;
+//! `SysinfoSource` is the real one. A sample scans every process in `/proc` (tens of ms on a busy host), so it
+//! runs on a blocking-pool thread, never on the arbiter thread that runs every actor: the
+//! source moves to that thread for the scan and comes back with the result. A tick that finds
+//! the previous scan still running is skipped rather than queued. `detect_capacity` decides how
+//! many cores the node has.
 
-use std::collections::{HashMap, HashSet};
+mod source;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
-use slog::{Logger, debug, warn};
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use slog::{Logger, debug, error, warn};
 
 use crate::metrics::METRICS;
 use crate::model::now_ms;
 
-/// Usage of one job's handler process and its descendants.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct JobUsage {
-    /// CPU in cores (1.0 = one core fully busy).
-    pub cores: f64,
-    /// Resident memory, in bytes.
-    pub rss_bytes: u64,
-}
-
-/// One raw measurement from a `CpuSource`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RawSample {
-    /// Busy fraction of all host cores, 0..1.
-    pub host_busy: f64,
-    /// CPU of the service process itself, in cores.
-    pub service_cores: f64,
-    pub service_rss_bytes: u64,
-    /// Each watched egress whose handler still exists, by egress id.
-    pub jobs: HashMap<String, JobUsage>,
-}
-
-/// Where CPU numbers come from.
-pub trait CpuSource: Send + 'static {
-    /// Measures the host, this process and each handler `pids[egress_id]` with its descendants.
-    fn sample(&mut self, pids: &HashMap<String, u32>) -> RawSample;
-}
-
-/// The real source, reading `/proc` through sysinfo. CPU usage is the difference since the
-/// previous call, so the first sample of a process reads 0.
-pub struct SysinfoSource {
-    /// None when sysinfo could not initialize; every sample is then zero.
-    system: Option<System>,
-    me: Option<Pid>,
-}
-
-impl SysinfoSource {
-    pub fn new() -> SysinfoSource {
-        SysinfoSource {
-            system: System::new().ok(),
-            me: sysinfo::get_current_pid().ok(),
-        }
-    }
-}
-
-impl Default for SysinfoSource {
-    fn default() -> Self {
-        SysinfoSource::new()
-    }
-}
-
-impl CpuSource for SysinfoSource {
-    fn sample(&mut self, pids: &HashMap<String, u32>) -> RawSample {
-        let Some(sys) = self.system.as_mut() else {
-            return RawSample::default();
-        };
-        sys.refresh_cpu_usage();
-        sys.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing()
-                .with_cpu()
-                .with_memory()
-                .without_tasks(),
-        );
-        let procs = sys.processes();
-        let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
-        for (pid, p) in procs {
-            if p.thread_kind().is_some() {
-                continue;
-            }
-            if let Some(parent) = p.parent() {
-                children.entry(parent).or_default().push(*pid);
-            }
-        }
-        let usage = |root: Pid| -> Option<JobUsage> {
-            procs.get(&root)?;
-            let mut total = JobUsage::default();
-            let mut seen = HashSet::new();
-            let mut stack = vec![root];
-            while let Some(pid) = stack.pop() {
-                if !seen.insert(pid) {
-                    continue;
-                }
-                if let Some(p) = procs.get(&pid) {
-                    total.cores += f64::from(p.cpu_usage()) / 100.0;
-                    total.rss_bytes += p.memory();
-                }
-                stack.extend(children.get(&pid).into_iter().flatten().copied());
-            }
-            Some(total)
-        };
-        let jobs = pids
-            .iter()
-            .filter_map(|(id, pid)| usage(Pid::from_u32(*pid)).map(|u| (id.clone(), u)))
-            .collect();
-        let me = self.me.and_then(|pid| procs.get(&pid));
-        RawSample {
-            host_busy: (f64::from(sys.global_cpu_usage()) / 100.0).clamp(0.0, 1.0),
-            service_cores: me.map_or(0.0, |p| f64::from(p.cpu_usage()) / 100.0),
-            service_rss_bytes: me.map_or(0, |p| p.memory()),
-            jobs,
-        }
-    }
-}
-
-/// Cores of a cgroup v2 `cpu.max` ("quota period" or "max period"); None when unlimited.
-pub fn parse_cpu_max(text: &str) -> Option<f64> {
-    let mut parts = text.split_whitespace();
-    let quota: f64 = parts.next()?.parse().ok()?;
-    let period: f64 = parts.next().map_or(Some(100_000.0), |p| p.parse().ok())?;
-    (quota > 0.0 && period > 0.0).then(|| quota / period)
-}
-
-/// The node's CPU capacity in cores: `configured` if > 0, else the cgroup v2 quota if the service
-/// is limited, else the number of logical cores.
-pub fn detect_capacity(configured: f64) -> f64 {
-    if configured > 0.0 {
-        return configured;
-    }
-    if let Some(q) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
-        .ok()
-        .as_deref()
-        .and_then(parse_cpu_max)
-    {
-        return q;
-    }
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
+pub use source::{CpuSource, JobUsage, RawSample, SysinfoSource, detect_capacity, parse_cpu_max};
 
 pub struct CpuMonitor {
     /// Cores the node has (load is measured against this).
     capacity: f64,
     interval: Duration,
-    source: Box<dyn CpuSource>,
+    /// None while a sample is being taken on the blocking pool (the scan owns it meanwhile).
+    source: Option<Box<dyn CpuSource>>,
     /// Handler pid of each running egress.
     pids: HashMap<String, u32>,
     subscribers: Vec<Recipient<CpuSample>>,
@@ -162,7 +42,7 @@ impl CpuMonitor {
         CpuMonitor {
             capacity,
             interval,
-            source,
+            source: Some(source),
             pids: HashMap::new(),
             subscribers: Vec::new(),
             last: None,
@@ -170,9 +50,40 @@ impl CpuMonitor {
         }
     }
 
-    /// Takes one sample, publishes it and keeps it as the last one.
-    fn tick(&mut self) {
-        let raw = self.source.sample(&self.pids);
+    /// Starts one sample on the blocking pool, unless the previous one is still running.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut source) = self.source.take() else {
+            debug!(
+                self.log,
+                "CPU sample skipped: the previous one is still running"
+            );
+            return;
+        };
+        let pids = self.pids.clone();
+        let scan = actix_rt::task::spawn_blocking(move || {
+            // A panicking source costs one sample, not the monitor: the source comes back.
+            let raw = std::panic::catch_unwind(AssertUnwindSafe(|| source.sample(&pids)));
+            (source, raw)
+        });
+        ctx.spawn(
+            actix::fut::wrap_future(scan).map(|done, act: &mut Self, _| match done {
+                Ok((source, raw)) => {
+                    act.source = Some(source);
+                    match raw {
+                        Ok(raw) => act.publish(raw),
+                        Err(_) => error!(act.log, "CPU sample panicked; skipped"),
+                    }
+                }
+                // Only a runtime shutting down cancels a blocking task.
+                Err(e) => error!(act.log, "CPU sample task lost; sampling stops"; "error" => %e),
+            }),
+        );
+    }
+
+    /// Publishes a sample to the metrics and the subscribers and keeps it as the last one.
+    fn publish(&mut self, mut raw: RawSample) {
+        // An egress unwatched while the scan ran has ended: leave it out.
+        raw.jobs.retain(|id, _| self.pids.contains_key(id));
         let sample = CpuSample::from_raw(now_ms(), self.capacity, raw);
         METRICS.node_load.set(sample.load);
         METRICS.capacity_cores.set(sample.capacity_cores);
@@ -212,7 +123,7 @@ impl Actor for CpuMonitor {
         }
         METRICS.capacity_cores.set(self.capacity);
         debug!(self.log, "sampling CPU"; "capacity_cores" => self.capacity, "interval_ms" => self.interval.as_millis() as u64);
-        ctx.run_interval(self.interval, |act, _| act.tick());
+        ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
     }
 }
 
@@ -399,27 +310,25 @@ mod tests {
         assert_eq!(s.load, 0.9);
     }
 
-    #[test]
-    fn cpu_max_parses_quota_and_unlimited() {
-        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2.0));
-        assert_eq!(parse_cpu_max("150000 100000"), Some(1.5));
-        assert_eq!(parse_cpu_max("max 100000"), None);
-        assert_eq!(parse_cpu_max(""), None);
-        assert_eq!(detect_capacity(3.5), 3.5);
-        assert!(detect_capacity(0.0) > 0.0);
-    }
-
-    #[test]
-    fn the_real_source_sees_this_process() {
-        let mut src = SysinfoSource::new();
-        let mut pids = HashMap::new();
-        pids.insert("EG_me".to_string(), std::process::id());
-        pids.insert("EG_gone".to_string(), u32::MAX - 1);
-        let s = src.sample(&pids);
-        assert!(s.service_rss_bytes > 0);
-        assert!(s.jobs.contains_key("EG_me"));
-        assert!(!s.jobs.contains_key("EG_gone"));
-        assert!((0.0..=1.0).contains(&s.host_busy));
+    /// Polls the monitor's last sample until `done` holds (panics after 10 s).
+    async fn wait_sample(
+        mon: &Addr<CpuMonitor>,
+        what: &str,
+        done: impl Fn(&CpuSample) -> bool,
+    ) -> CpuSample {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = mon.send(GetLastSample).await.unwrap()
+                && done(&s)
+            {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for a sample with {what}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[actix_rt::test]
@@ -430,44 +339,120 @@ mod tests {
         let mon = CpuMonitor::new(4.0, Duration::from_millis(10), source, log()).start();
         let collector = Collector(got.clone()).start();
         mon.send(Subscribe(collector.recipient())).await.unwrap();
-        mon.send(WatchProcess {
-            egress_id: "EG_a".into(),
-            pid: 11,
-        })
-        .await
-        .unwrap();
-        mon.send(WatchProcess {
-            egress_id: "EG_b".into(),
-            pid: 12,
-        })
-        .await
-        .unwrap();
-        actix_rt::time::sleep(Duration::from_millis(60)).await;
-        let last = mon.send(GetLastSample).await.unwrap().expect("a sample");
-        assert_eq!(last.jobs.len(), 2);
+        for (id, pid) in [("EG_a", 11), ("EG_b", 12)] {
+            mon.send(WatchProcess {
+                egress_id: id.into(),
+                pid,
+            })
+            .await
+            .unwrap();
+        }
+        let last = wait_sample(&mon, "both jobs", |s| s.jobs.len() == 2).await;
         assert_eq!(last.node_cores, 3.5);
         assert_eq!(last.load, 3.5 / 4.0);
         assert_eq!(last.service_rss_bytes, 42);
-        assert!(
-            got.lock()
-                .unwrap()
-                .iter()
-                .any(|s| s.jobs.len() == 2 && s.load == 0.875)
-        );
+        // The subscriber gets it too, through its own mailbox.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.jobs.len() == 2 && s.load == 0.875)
+        {
+            assert!(std::time::Instant::now() < deadline, "no sample delivered");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
 
-        mon.send(UnwatchProcess {
-            egress_id: "EG_a".into(),
-        })
-        .await
-        .unwrap();
-        mon.send(UnwatchProcess {
-            egress_id: "EG_a".into(),
-        })
-        .await
-        .unwrap();
-        actix_rt::time::sleep(Duration::from_millis(40)).await;
-        let last = mon.send(GetLastSample).await.unwrap().expect("a sample");
+        for _ in 0..2 {
+            mon.send(UnwatchProcess {
+                egress_id: "EG_a".into(),
+            })
+            .await
+            .unwrap();
+        }
+        let last = wait_sample(&mon, "EG_b alone", |s| s.jobs.len() == 1).await;
         assert_eq!(last.jobs.keys().collect::<Vec<_>>(), vec!["EG_b"]);
         assert_eq!(seen.lock().unwrap().last().unwrap().get("EG_b"), Some(&12));
+    }
+
+    /// Blocks in `sample` until the test opens the gate; counts scans in flight.
+    struct GatedSource {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        most_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl CpuSource for GatedSource {
+        fn sample(&mut self, pids: &HashMap<String, u32>) -> RawSample {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most_in_flight.fetch_max(n, SeqCst);
+            let (open, cv) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.in_flight.fetch_sub(1, SeqCst);
+            let jobs = pids
+                .keys()
+                .map(|id| (id.clone(), JobUsage::default()))
+                .collect();
+            RawSample {
+                jobs,
+                ..RawSample::default()
+            }
+        }
+    }
+
+    /// Counts the "skipped" debug lines of ticks that found a scan still running.
+    struct CountSkips(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl slog::Drain for CountSkips {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, r: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            if r.msg().to_string().contains("skipped") {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_slow_scan_blocks_neither_the_actor_nor_overlaps_the_next() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let skips = Arc::new(AtomicUsize::new(0));
+        let log = Logger::root(CountSkips(skips.clone()), slog::o!());
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let source = Box::new(GatedSource {
+            gate: gate.clone(),
+            in_flight: in_flight.clone(),
+            most_in_flight: most.clone(),
+        });
+        let mon = CpuMonitor::new(1.0, Duration::from_millis(5), source, log).start();
+        // The first scan is stuck; the actor still answers, and the ticks meanwhile are skipped.
+        mon.send(WatchProcess {
+            egress_id: "EG_a".into(),
+            pid: 1,
+        })
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while skips.load(SeqCst) < 3 {
+            assert!(std::time::Instant::now() < deadline, "no tick was skipped");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(mon.send(GetLastSample).await.unwrap(), None);
+        assert_eq!(most.load(SeqCst), 1, "scans overlapped");
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        // The source came back: later scans see the watched job.
+        wait_sample(&mon, "EG_a", |s| s.jobs.contains_key("EG_a")).await;
+        assert_eq!(most.load(SeqCst), 1, "scans overlapped");
     }
 }

@@ -67,7 +67,7 @@ impl Supervisor {
             store,
             admission,
             cpu,
-            overload: Overload::new(&cfg.overload),
+            overload: Overload::new(&cfg.overload, cfg.cpu.pending_hold_ms),
             output_root,
             mirror: None,
             loaded,
@@ -501,7 +501,8 @@ impl Handler<CpuSample> for Supervisor {
                     .map(|u| u.cores)
                     .unwrap_or(0.0),
                 admitted_cost: i.cpu_cost,
-                started_at_ms: i.started_at.unwrap_or(i.created_at),
+                launched_at_ms: i.created_at,
+                active_since_ms: i.started_at,
             })
             .collect();
         for action in self.overload.on_sample(sample.at_ms, sample.load, &jobs) {

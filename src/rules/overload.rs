@@ -12,9 +12,18 @@
 //!                                                                            v   (once)
 //! ```
 //!
-//! - **Victim**: the job using the most CPU above its admitted cost (`cores_used -
-//!   admitted_cost`); ties go to the newest (largest `started_at_ms`), then to the largest id so
-//!   the choice is deterministic.
+//! - **Settling jobs are spared**: a job still `starting`, or active for less than the start hold
+//!   (`cpu.pending_hold_ms`, the time admission also holds a new job's estimate), is never the
+//!   victim while a settled job can be picked. Its CPU is not yet its steady cost (the first
+//!   sample of a process reads 0, encoders ramp up), and stopping it before its first frames
+//!   leaves nothing worth keeping.
+//! - **Victim**: among settled jobs, the one using the most CPU above its admitted cost
+//!   (`cores_used - admitted_cost`); ties go to the newest (largest `launched_at_ms`), then to the
+//!   largest id so the choice is deterministic.
+//! - **Every job settling**: above `hard` the node must still be relieved, so the oldest job
+//!   (smallest `launched_at_ms`, the one likeliest to have recorded something; ties to the
+//!   smallest id) is stopped. Above `soft` only, nothing is stopped yet; the sustained count is
+//!   kept, so the first sample on which a job has settled acts on it.
 //! - **One victim at a time**: while a stopped victim is still in `jobs` (finalizing), no new
 //!   victim is chosen and samples do not count towards the sustain count.
 //! - **Kill**: when the load has stayed above `hard` for `kill_grace_s` since the stop (every
@@ -37,7 +46,19 @@ pub struct JobLoad {
     pub cores_used: f64,
     /// Cost it was admitted with, in cores.
     pub admitted_cost: f64,
-    pub started_at_ms: u64,
+    /// When it was launched (its record's `created_at`): orders jobs by age.
+    pub launched_at_ms: u64,
+    /// When its media started flowing (its record's `started_at`, set on `active`); None while
+    /// it is still `starting`. Its start hold runs from here.
+    pub active_since_ms: Option<u64>,
+}
+
+impl JobLoad {
+    /// Whether the job has run long enough for its CPU to be its steady cost (see the module doc).
+    pub fn settled(&self, now_ms: u64, start_hold_ms: u64) -> bool {
+        self.active_since_ms
+            .is_some_and(|t| now_ms >= t.saturating_add(start_hold_ms))
+    }
 }
 
 /// What the caller must do.
@@ -97,18 +118,22 @@ pub struct Overload {
     hard: f64,
     sustain_samples: u32,
     kill_grace_ms: u64,
+    /// How long after becoming active a job is spared (`cpu.pending_hold_ms`).
+    start_hold_ms: u64,
     /// Consecutive samples above `soft` while watching.
     above_soft: u32,
     victim: Option<Victim>,
 }
 
 impl Overload {
-    pub fn new(cfg: &OverloadConfig) -> Overload {
+    /// `start_hold_ms`: how long a job that just became active is spared (`cpu.pending_hold_ms`).
+    pub fn new(cfg: &OverloadConfig, start_hold_ms: u64) -> Overload {
         Overload {
             soft: cfg.soft_threshold,
             hard: cfg.hard_threshold,
             sustain_samples: cfg.sustain_samples.max(1),
             kill_grace_ms: (cfg.kill_grace_s.max(0.0) * 1000.0) as u64,
+            start_hold_ms,
             above_soft: 0,
             victim: None,
         }
@@ -154,7 +179,8 @@ impl Overload {
         if jobs.len() < 2 {
             return Vec::new();
         }
-        let Some(victim) = pick_victim(jobs) else {
+        let Some(victim) = pick_victim(jobs, now_ms, self.start_hold_ms, above_hard) else {
+            // Every job is settling and the load is only above soft: the count is kept.
             return Vec::new();
         };
         self.above_soft = 0;
@@ -171,16 +197,33 @@ impl Overload {
     }
 }
 
-/// The job using the most CPU above its admitted cost; ties to the newest, then the largest id.
-pub fn pick_victim(jobs: &[JobLoad]) -> Option<&JobLoad> {
+/// The victim among `jobs` at `now_ms` (see the module doc): the settled job using the most CPU
+/// above its admitted cost; if none has settled, the oldest when `above_hard`, else None.
+pub fn pick_victim(
+    jobs: &[JobLoad],
+    now_ms: u64,
+    start_hold_ms: u64,
+    above_hard: bool,
+) -> Option<&JobLoad> {
     let excess = |j: &JobLoad| {
         let e = j.cores_used - j.admitted_cost;
         if e.is_nan() { f64::NEG_INFINITY } else { e }
     };
-    jobs.iter().max_by(|a, b| {
-        excess(a)
-            .total_cmp(&excess(b))
-            .then(a.started_at_ms.cmp(&b.started_at_ms))
+    let settled = jobs
+        .iter()
+        .filter(|j| j.settled(now_ms, start_hold_ms))
+        .max_by(|a, b| {
+            excess(a)
+                .total_cmp(&excess(b))
+                .then(a.launched_at_ms.cmp(&b.launched_at_ms))
+                .then(a.egress_id.cmp(&b.egress_id))
+        });
+    if settled.is_some() || !above_hard {
+        return settled;
+    }
+    jobs.iter().min_by(|a, b| {
+        a.launched_at_ms
+            .cmp(&b.launched_at_ms)
             .then(a.egress_id.cmp(&b.egress_id))
     })
 }
@@ -199,12 +242,39 @@ mod tests {
         }
     }
 
+    /// The start hold of these tests.
+    const HOLD_MS: u64 = 5_000;
+    /// Row times count from here, so that the jobs of `job()` have settled by row 0.
+    const T0_MS: u64 = 100_000;
+
+    /// Row time `s` (seconds) in ms.
+    fn at(s: u64) -> u64 {
+        T0_MS + s * 1000
+    }
+
+    fn overload() -> Overload {
+        Overload::new(&cfg(), HOLD_MS)
+    }
+
+    /// A job active since it launched at `started` ms (long settled at row 0).
     fn job(id: &str, used: f64, cost: f64, started: u64) -> JobLoad {
         JobLoad {
             egress_id: id.into(),
             cores_used: used,
             admitted_cost: cost,
-            started_at_ms: started,
+            launched_at_ms: started,
+            active_since_ms: Some(started),
+        }
+    }
+
+    /// A job launched at row time `launched` s, active from row time `active` s (None: starting).
+    fn young(id: &str, used: f64, launched: u64, active: Option<u64>) -> JobLoad {
+        JobLoad {
+            egress_id: id.into(),
+            cores_used: used,
+            admitted_cost: 1.0,
+            launched_at_ms: at(launched),
+            active_since_ms: active.map(at),
         }
     }
 
@@ -232,7 +302,7 @@ mod tests {
     fn run(o: &mut Overload, rows: &[(u64, f64, &[JobLoad], Vec<OverloadAction>)]) {
         for (i, (t, load, jobs, want)) in rows.iter().enumerate() {
             assert_eq!(
-                &o.on_sample(t * 1000, *load, jobs),
+                &o.on_sample(at(*t), *load, jobs),
                 want,
                 "row {i}: t={t}s load={load}"
             );
@@ -242,7 +312,7 @@ mod tests {
     #[test]
     fn soft_needs_sustained_samples() {
         let j = two();
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -262,14 +332,14 @@ mod tests {
     #[test]
     fn hard_stops_at_once() {
         let j = two();
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(&mut o, &[(0, 0.97, &j, stop("EG_b", 0.97))]);
     }
 
     #[test]
     fn kill_after_grace_if_still_above_hard() {
         let j = two();
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -287,7 +357,7 @@ mod tests {
     #[test]
     fn kill_grace_starts_when_load_goes_above_hard_after_a_soft_stop() {
         let j = two();
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -304,7 +374,7 @@ mod tests {
     #[test]
     fn no_kill_if_load_drops_under_hard() {
         let j = two();
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -323,7 +393,7 @@ mod tests {
     #[test]
     fn low_samples_reset_the_sustain_count() {
         let j = two();
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -348,7 +418,7 @@ mod tests {
             job("EG_c", 2.0, 1.0, 20),
         ];
         let after = vec![job("EG_a", 1.0, 1.0, 0), job("EG_c", 2.0, 1.0, 20)];
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -360,7 +430,7 @@ mod tests {
                 (4, 0.97, &after, vec![]),
             ],
         );
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -379,7 +449,7 @@ mod tests {
     #[test]
     fn a_lone_job_is_never_stopped() {
         let one = vec![job("EG_a", 8.0, 1.0, 0)];
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(
             &mut o,
             &[
@@ -403,15 +473,15 @@ mod tests {
             job("EG_new", 3.0, 2.0, 200),
             job("EG_mid", 1.5, 0.5, 150),
         ];
-        let mut o = Overload::new(&cfg());
+        let mut o = overload();
         run(&mut o, &[(0, 0.97, &j, stop("EG_new", 0.97))]);
         // Usage above cost wins over age.
         let j = vec![job("EG_old", 4.0, 1.0, 100), job("EG_new", 3.0, 2.0, 200)];
         assert_eq!(
-            pick_victim(&j).map(|j| j.egress_id.as_str()),
+            pick_victim(&j, at(0), HOLD_MS, false).map(|j| j.egress_id.as_str()),
             Some("EG_old")
         );
-        assert_eq!(pick_victim(&[]), None);
+        assert_eq!(pick_victim(&[], at(0), HOLD_MS, true), None);
     }
 
     #[test]
@@ -423,5 +493,189 @@ mod tests {
             ("stop", reason::CPU_LIMIT, "EG_a")
         );
         assert_eq!((k.action(), k.reason()), ("kill", reason::CPU_EXHAUSTED));
+    }
+
+    /// (name, jobs, row time s, above hard, the victim `pick_victim` must choose).
+    type PickCase = (&'static str, Vec<JobLoad>, u64, bool, Option<&'static str>);
+
+    #[test]
+    fn settling_jobs_are_spared_while_a_settled_one_can_be_picked() {
+        let settled = job("EG_settled", 1.2, 1.0, 0);
+        let starting_hog = young("EG_starting", 6.0, 9, None);
+        let held_hog = young("EG_held", 6.0, 5, Some(6));
+        let cases: Vec<PickCase> = vec![
+            (
+                "a starting hog is spared, soft",
+                vec![settled.clone(), starting_hog.clone()],
+                10,
+                false,
+                Some("EG_settled"),
+            ),
+            (
+                "a starting hog is spared, hard",
+                vec![settled.clone(), starting_hog.clone()],
+                10,
+                true,
+                Some("EG_settled"),
+            ),
+            (
+                "a hog inside its hold is spared",
+                vec![settled.clone(), held_hog.clone()],
+                10,
+                true,
+                Some("EG_settled"),
+            ),
+            (
+                "the hold ends HOLD_MS after it became active",
+                vec![settled.clone(), held_hog.clone()],
+                11,
+                false,
+                Some("EG_held"),
+            ),
+            (
+                "everyone settling, soft: nobody",
+                vec![starting_hog.clone(), held_hog.clone()],
+                10,
+                false,
+                None,
+            ),
+            (
+                "everyone settling, hard: the oldest",
+                vec![starting_hog.clone(), held_hog.clone()],
+                10,
+                true,
+                Some("EG_held"),
+            ),
+            (
+                "everyone settling, hard: the oldest, even if it is still starting",
+                vec![young("EG_slow", 0.1, 2, None), held_hog.clone()],
+                10,
+                true,
+                Some("EG_slow"),
+            ),
+            (
+                "equal ages: the smallest id",
+                vec![young("EG_b", 3.0, 2, None), young("EG_a", 0.1, 2, Some(3))],
+                4,
+                true,
+                Some("EG_a"),
+            ),
+            (
+                "a job launched long ago that only just became active is held",
+                vec![settled.clone(), young("EG_late", 6.0, 0, Some(9))],
+                10,
+                false,
+                Some("EG_settled"),
+            ),
+        ];
+        for (name, jobs, now, hard, want) in cases {
+            assert_eq!(
+                pick_victim(&jobs, at(now), HOLD_MS, hard).map(|j| j.egress_id.as_str()),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sustained_soft_overload_waits_for_a_job_to_settle() {
+        // Both jobs launched at row 0; EG_a active at 1 s, EG_b at 3 s: EG_a settles at 6 s.
+        let starting = vec![young("EG_a", 3.0, 0, None), young("EG_b", 2.0, 0, None)];
+        let active = vec![
+            young("EG_a", 3.0, 0, Some(1)),
+            young("EG_b", 2.0, 0, Some(3)),
+        ];
+        let mut o = overload();
+        run(
+            &mut o,
+            &[
+                (0, 0.90, &starting, vec![]),
+                (1, 0.90, &starting, vec![]),
+                (2, 0.90, &starting, vec![]),
+                (3, 0.90, &active, vec![]),
+                (5, 0.90, &active, vec![]),
+                // EG_a's hold is over: the count was kept, so this sample acts.
+                (6, 0.90, &active, stop("EG_a", 0.90)),
+            ],
+        );
+        // Above hard with everyone settling: the oldest at once.
+        let j = vec![
+            young("EG_new", 5.0, 2, Some(3)),
+            young("EG_old", 1.0, 1, None),
+        ];
+        let mut o = overload();
+        run(&mut o, &[(4, 0.97, &j, stop("EG_old", 0.97))]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// (cores used, admitted cost, launched at s, became active after s or never).
+        fn any_job() -> impl Strategy<Value = (f64, f64, u64, Option<u64>)> {
+            (
+                0.0f64..4.0,
+                0.0f64..2.0,
+                0u64..20,
+                prop::option::weighted(0.7, 0u64..10),
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Samples every second over jobs of random ages; each victim is gone by the next
+            /// sample. Whenever a job is stopped: if a settled job ran, a settled job was chosen;
+            /// otherwise the load was above hard and the oldest job was chosen.
+            #[test]
+            fn never_picks_a_starting_or_held_job_when_an_eligible_one_exists(
+                specs in prop::collection::vec(any_job(), 2..7),
+                loads in prop::collection::vec(0.5f64..1.2, 1..40),
+            ) {
+                let mut jobs: Vec<JobLoad> = specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (used, cost, launched, active))| JobLoad {
+                        egress_id: format!("EG_{i}"),
+                        cores_used: *used,
+                        admitted_cost: *cost,
+                        launched_at_ms: at(*launched),
+                        active_since_ms: active.map(|a| at(launched + a)),
+                    })
+                    .collect();
+                let mut o = overload();
+                for (t, load) in loads.iter().enumerate() {
+                    let now = at(t as u64);
+                    // Jobs exist from their launch on; starting jobs stay starting.
+                    let running: Vec<JobLoad> = jobs
+                        .iter()
+                        .filter(|j| j.launched_at_ms <= now)
+                        .cloned()
+                        .map(|mut j| {
+                            j.active_since_ms = j.active_since_ms.filter(|a| *a <= now);
+                            j
+                        })
+                        .collect();
+                    for action in o.on_sample(now, *load, &running) {
+                        let OverloadAction::Stop { egress_id, .. } = &action else {
+                            continue;
+                        };
+                        prop_assert!(running.len() >= 2, "a lone job was stopped");
+                        let victim = running.iter().find(|j| &j.egress_id == egress_id).unwrap();
+                        if running.iter().any(|j| j.settled(now, HOLD_MS)) {
+                            prop_assert!(
+                                victim.settled(now, HOLD_MS),
+                                "stopped settling {victim:?} at {now} among {running:?}"
+                            );
+                        } else {
+                            prop_assert!(*load > cfg().hard_threshold, "soft stop of {victim:?}");
+                            let oldest = running.iter().map(|j| j.launched_at_ms).min();
+                            prop_assert_eq!(Some(victim.launched_at_ms), oldest);
+                        }
+                        jobs.retain(|j| &j.egress_id != egress_id);
+                    }
+                }
+            }
+        }
     }
 }
