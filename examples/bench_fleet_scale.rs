@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use egress_engine::config::{AffinityMode, Config, LimitsConfig};
 use egress_engine::fleet::registry::publish;
-use egress_engine::fleet::reservations::{self, Ask, Decision, reserved_key};
+use egress_engine::fleet::reservations::{self, Ask, Decision};
 use egress_engine::model::{EgressType, now_ms};
 use egress_engine::rules::admission::Ledger;
 use egress_engine::rules::scoring::curve;
@@ -65,7 +65,13 @@ pub fn simulated_node(rng: &mut StdRng, i: usize, now: u64) -> Ledger {
     );
     for j in 0..rng.random_range(0..7) {
         let t = EgressType::ALL[rng.random_range(0..4)];
-        let _ = l.admit(now, &format!("EG_{i}_{j}"), t, rng.random_range(0.1..1.5), None);
+        let _ = l.admit(
+            now,
+            &format!("EG_{i}_{j}"),
+            t,
+            rng.random_range(0.1..1.5),
+            None,
+        );
     }
     l
 }
@@ -87,8 +93,8 @@ fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -
     for i in 0..n {
         let l = simulated_node(&mut rng, i, now);
         let id = l.node_id().to_string();
-        let () = publish(&id, &format!("http://{id}.invalid"), &l.state(now), 600_000)
-            .query(con)?;
+        let _: i64 =
+            publish(&id, &format!("http://{id}.invalid"), &l.state(now), 600_000).invoke(con)?;
     }
     let decisions = args.decisions.min((200_000 / n.max(1)).max(50));
     let () = redis::cmd("CONFIG")
@@ -104,6 +110,8 @@ fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -
     let () = redis::cmd("SLOWLOG").arg("RESET").query(con)?;
     let mut in_flight: std::collections::VecDeque<(String, String)> = Default::default();
     let t = EgressType::Track;
+    // A small fleet cannot hold a large window of starting jobs (4 cores a node at least).
+    let window = args.in_flight.min(6 * n);
     let t0 = Instant::now();
     for k in 0..decisions {
         let egress_id = format!("EG_{k:012}");
@@ -117,29 +125,31 @@ fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -
             excluded: &[],
         };
         let reply: Vec<String> = ask.invocation().invoke(con)?;
-        match reservations::parse(&reply).context("unreadable answer")?.decision {
+        match reservations::parse(&reply)
+            .context("unreadable answer")?
+            .decision
+        {
             Decision::Reserved(c) => in_flight.push_back((c.node_id, egress_id)),
             Decision::Nobody(_) => anyhow::bail!("a fleet of {n} nodes placed nothing at {k}"),
         }
-        if in_flight.len() > args.in_flight
+        if in_flight.len() > window
             && let Some((node, id)) = in_flight.pop_front()
         {
-            let _: i64 = redis::cmd("HDEL").arg(reserved_key(&node)).arg(id).query(con)?;
+            let _: i64 = reservations::drop_reservation(&node, &id).invoke(con)?;
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
     // SLOWLOG entries: [id, timestamp, duration_us, [command, args...], ...].
-    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(-1)
-        .query(con)?;
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(con)?;
     let mut script_us: Vec<u64> = log
         .iter()
         .filter_map(|e| match e {
             redis::Value::Array(f) if f.len() >= 4 => {
                 let cmd = match &f[3] {
                     redis::Value::Array(a) => a.first().and_then(|c| match c {
-                        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).to_lowercase()),
+                        redis::Value::BulkString(b) => {
+                            Some(String::from_utf8_lossy(b).to_lowercase())
+                        }
                         _ => None,
                     }),
                     _ => None,
@@ -180,7 +190,9 @@ fn main() -> Result<()> {
         "placement scale, mode {}, track jobs of 0.5 cores, {} in flight",
         args.mode, args.in_flight
     );
-    println!("| nodes | decisions | decisions/s (1 client) | script p50 | script p99 | script max | Redis capacity (1/mean) |");
+    println!(
+        "| nodes | decisions | decisions/s (1 client) | script p50 | script p99 | script max | Redis capacity (1/mean) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let mut first: Option<f64> = None;
     for &n in &args.nodes {

@@ -18,7 +18,6 @@ use egress_engine::rules::admission::Ledger;
 use egress_engine::rules::scoring::{curve, score};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 use crate::common::*;
 
@@ -43,19 +42,14 @@ fn ledger(id: &str, capacity: f64, limits: LimitsConfig) -> Ledger {
 /// Writes the node's registration as its heartbeat does.
 fn publish(con: &mut redis::Connection, l: &Ledger, now: u64) {
     let id = l.node_id();
-    let rec = json!({"node_id": id, "url": format!("http://{id}.invalid"), "state": l.state(now),
-                     "updated_at_ms": now});
-    let () = redis::pipe()
-        .cmd("SET")
-        .arg(format!("egress:node:{id}"))
-        .arg(rec.to_string())
-        .ignore()
-        .cmd("SADD")
-        .arg("egress:nodes")
-        .arg(id)
-        .ignore()
-        .query(con)
-        .unwrap();
+    let _: i64 = egress_engine::fleet::registry::publish(
+        id,
+        &format!("http://{id}.invalid"),
+        &l.state(now),
+        600_000,
+    )
+    .invoke(con)
+    .unwrap();
 }
 
 struct Placer<'a> {
@@ -146,87 +140,123 @@ fn random_node(rng: &mut StdRng, i: usize, now: u64) -> Ledger {
     l
 }
 
-#[test]
-fn the_script_chooses_what_the_rust_rules_choose() {
+/// Random fleets of `sizes` nodes, `cases` asks each: the script must choose a node with the
+/// best score by the Rust rules, or refuse exactly where every node's rules refuse. Each
+/// reservation is dropped (and the node re-indexed) after the ask, so every ask sees exactly the
+/// published states. Returns (reserved, refused, zero-cost asks of over-budget nodes).
+fn differential(
+    seed: u64,
+    sizes: std::ops::Range<usize>,
+    fleets: usize,
+    asks: usize,
+) -> (u32, u32, usize) {
     let redis = Redis::start();
     let mut con = redis.connect();
-    let mut rng = StdRng::seed_from_u64(20261122);
+    let mut rng = StdRng::seed_from_u64(seed);
     let (mut reserved, mut refused, mut zero_over_budget) = (0, 0, 0);
-    for case in 0..300 {
+    for fleet in 0..fleets {
         flush(&mut con);
         let now = now_ms();
-        let nodes: Vec<Ledger> = (0..rng.random_range(1..7))
+        let nodes: Vec<Ledger> = (0..rng.random_range(sizes.clone()))
             .map(|i| random_node(&mut rng, i, now))
             .collect();
         for l in &nodes {
             publish(&mut con, l, now);
         }
-        let mode = MODES[rng.random_range(0..3)];
-        let t = any_type(&mut rng);
-        // A request's own estimate, sometimes 0: a node over its budget refuses even that.
-        let cost = match rng.random_range(0..4) {
-            0 | 1 => None,
-            2 => Some(0.0),
-            _ => Some(rng.random_range(0.05..4.0)),
-        };
-        if cost == Some(0.0) {
-            zero_over_budget += nodes.iter().filter(|l| l.available(now) < 0.0).count();
-        }
-        // What each node's own rules say.
-        let expected: Vec<(f64, Option<&'static str>)> = nodes
-            .iter()
-            .map(|l| {
-                let c = cost.unwrap_or_else(|| l.cost_of(t));
-                let check = l.check(now, t, c, None);
-                let s = score(mode, t, &l.score_input(now, check.is_ok()));
-                (s, check.err().map(|e| e.reason()))
-            })
-            .collect();
-        let best = expected.iter().map(|e| e.0).fold(-1.0, f64::max);
-        let seed = rng.random();
-        let mut placer = Placer {
-            con: &mut con,
-            mode,
-            rng: StdRng::seed_from_u64(seed),
-        };
-        let answer = placer.place("EG_new", t, cost, 60_000, &[]);
-        let ctx = format!("case {case}: {mode:?} {t} cost {cost:?} expected {expected:?}");
-        assert_eq!(answer.live, nodes.len(), "{ctx}");
-        match answer.decision {
-            Decision::Reserved(c) => {
-                reserved += 1;
-                let i: usize = c.node_id[3..].parse().unwrap();
-                assert!(best >= 0.0, "{ctx}: reserved {c:?}");
-                assert!(
-                    (expected[i].0 - best).abs() < 1e-12 && (c.score - best).abs() < 1e-12,
-                    "{ctx}: chose {c:?}"
-                );
-                let held: HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(reserved_key(&c.node_id))
-                    .query(&mut con)
-                    .unwrap();
-                assert!(
-                    held["EG_new"].starts_with(&format!("{t} ")),
-                    "{ctx}: {held:?}"
-                );
+        for case in 0..asks {
+            let mode = MODES[rng.random_range(0..3)];
+            let t = any_type(&mut rng);
+            // A request's own estimate, sometimes 0: a node over its budget refuses even that.
+            let cost = match rng.random_range(0..4) {
+                0 | 1 => None,
+                2 => Some(0.0),
+                _ => Some(rng.random_range(0.05..4.0)),
+            };
+            if cost == Some(0.0) {
+                zero_over_budget += nodes.iter().filter(|l| l.available(now) < 0.0).count();
             }
-            Decision::Nobody(why) => {
-                refused += 1;
-                assert!(best < 0.0, "{ctx}: nobody {why:?}");
-                assert_eq!(why.len(), nodes.len(), "{ctx}");
-                for r in why {
-                    let i: usize = r.node_id[3..].parse().unwrap();
-                    assert_eq!(Some(r.why.as_str()), expected[i].1, "{ctx}: {}", r.node_id);
+            // What each node's own rules say.
+            let expected: Vec<(f64, Option<&'static str>)> = nodes
+                .iter()
+                .map(|l| {
+                    let c = cost.unwrap_or_else(|| l.cost_of(t));
+                    let check = l.check(now, t, c, None);
+                    let s = score(mode, t, &l.score_input(now, check.is_ok()));
+                    (s, check.err().map(|e| e.reason()))
+                })
+                .collect();
+            let best = expected.iter().map(|e| e.0).fold(-1.0, f64::max);
+            let seed = rng.random();
+            let mut placer = Placer {
+                con: &mut con,
+                mode,
+                rng: StdRng::seed_from_u64(seed),
+            };
+            let answer = placer.place("EG_new", t, cost, 60_000, &[]);
+            let ctx = format!(
+                "fleet {fleet} ({} nodes) case {case}: {mode:?} {t} cost {cost:?} best {best}",
+                nodes.len()
+            );
+            assert_eq!(answer.live, nodes.len(), "{ctx}");
+            match answer.decision {
+                Decision::Reserved(c) => {
+                    reserved += 1;
+                    let i: usize = c.node_id[3..].parse().unwrap();
+                    assert!(best >= 0.0, "{ctx}: reserved {c:?}");
+                    assert!(
+                        (expected[i].0 - best).abs() < 1e-12 && (c.score - best).abs() < 1e-12,
+                        "{ctx}: chose {c:?} scoring {:?}",
+                        expected[i]
+                    );
+                    let held: HashMap<String, String> = redis::cmd("HGETALL")
+                        .arg(reserved_key(&c.node_id))
+                        .query(&mut con)
+                        .unwrap();
+                    assert!(
+                        held["EG_new"].starts_with(&format!("{t} ")),
+                        "{ctx}: {held:?}"
+                    );
+                    let _: i64 = reservations::drop_reservation(&c.node_id, "EG_new")
+                        .invoke(&mut con)
+                        .unwrap();
+                }
+                Decision::Nobody(why) => {
+                    refused += 1;
+                    assert!(best < 0.0, "{ctx}: nobody {why:?}");
+                    assert_eq!(why.len(), nodes.len(), "{ctx}");
+                    for r in why {
+                        let i: usize = r.node_id[3..].parse().unwrap();
+                        assert_eq!(Some(r.why.as_str()), expected[i].1, "{ctx}: {}", r.node_id);
+                    }
                 }
             }
         }
     }
+    (reserved, refused, zero_over_budget)
+}
+
+#[test]
+fn the_script_chooses_what_the_rust_rules_choose() {
+    let (reserved, refused, zero_over_budget) = differential(20261122, 1..7, 300, 1);
     // Both outcomes were exercised, plenty of times.
     assert!(reserved > 50 && refused > 20, "{reserved} / {refused}");
     assert!(
         zero_over_budget > 10,
         "{zero_over_budget} zero-cost asks of over-budget nodes"
     );
+}
+
+/// The scale benchmark's fleets (`scripts/bench-fleet-scale`), small enough for a test: the
+/// candidate index must pick what a look at every node would.
+#[test]
+fn at_fleet_scale_the_indexed_script_chooses_what_the_rust_rules_choose() {
+    for (sizes, fleets) in [(10..11, 6), (100..101, 3), (300..301, 1)] {
+        let (reserved, refused, _) = differential(7 + fleets as u64, sizes.clone(), fleets, 60);
+        assert!(
+            reserved > 20 * fleets as u32,
+            "{sizes:?}: {reserved} / {refused}"
+        );
+    }
 }
 
 #[test]

@@ -405,10 +405,8 @@ impl Fleet {
     /// Drops this placement's reservation on a node that did not take the job.
     async fn drop_reservation(&self, node_id: &str, egress_id: &str) {
         let mut con = self.redis.clone();
-        let r: redis::RedisResult<i64> = redis::cmd("HDEL")
-            .arg(reserved_key(node_id))
-            .arg(egress_id)
-            .query_async(&mut con)
+        let r: redis::RedisResult<i64> = reservations::drop_reservation(node_id, egress_id)
+            .invoke_async(&mut con)
             .await;
         if let Err(e) = r {
             // It expires on its own after fleet.reservation_ttl_ms.

@@ -35,27 +35,21 @@ pub fn node_key(node_id: &str) -> String {
     format!("{NODE_KEY_PREFIX}{node_id}")
 }
 
-/// The commands that publish a node's registration: its record under its key with expiry
-/// `ttl_ms`, and its id in the set of nodes. Nodes run it on every change and at each
-/// heartbeat; the scale benchmark and the placement tests publish simulated nodes with it, so
-/// they see exactly what real nodes write.
-pub fn publish(node_id: &str, url: &str, state: &NodeState, ttl_ms: u64) -> redis::Pipeline {
+/// Publishes a node's registration: its record under its key with expiry `ttl_ms`, its id in
+/// the set of nodes, and its place in the candidate index placement reads
+/// (`reservations::PUBLISH`). Nodes run it on every change and at each heartbeat; the scale
+/// benchmark and the placement tests publish simulated nodes with it, so they see exactly what
+/// real nodes write.
+pub fn publish(
+    node_id: &str,
+    url: &str,
+    state: &NodeState,
+    ttl_ms: u64,
+) -> redis::ScriptInvocation<'static> {
     let record = serde_json::json!({
         "node_id": node_id, "url": url, "state": state, "updated_at_ms": now_ms(),
     });
-    let mut p = redis::pipe();
-    p.atomic()
-        .cmd("SET")
-        .arg(node_key(node_id))
-        .arg(record.to_string())
-        .arg("PX")
-        .arg(ttl_ms)
-        .ignore()
-        .cmd("SADD")
-        .arg(NODES_KEY)
-        .arg(node_id)
-        .ignore();
-    p
+    crate::fleet::reservations::publish(node_id, Some(&record.to_string()), ttl_ms)
 }
 
 /// One type's counts in a node's report (as `GET /v1/node` gives them).
@@ -226,8 +220,9 @@ impl Fleet {
             .map_err(|e| format!("admission does not answer: {e}"))?;
         let mut con = self.redis.clone();
         publish(&self.node_id, self.url(), &state, self.cfg.node_ttl_ms)
-            .query_async::<()>(&mut con)
+            .invoke_async::<i64>(&mut con)
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
@@ -246,18 +241,11 @@ impl Fleet {
             );
         }
         let mut con = self.redis.clone();
-        let res = redis::pipe()
-            .cmd("DEL")
-            .arg(node_key(&self.node_id))
-            .ignore()
-            .cmd("SREM")
-            .arg(NODES_KEY)
-            .arg(&self.node_id)
-            .ignore()
-            .query_async::<()>(&mut con)
+        let res = crate::fleet::reservations::publish(&self.node_id, None, 0)
+            .invoke_async::<i64>(&mut con)
             .await;
         match res {
-            Ok(()) => info!(self.log, "left the fleet"),
+            Ok(_) => info!(self.log, "left the fleet"),
             Err(e) => {
                 warn!(self.log, "cannot remove this node's registration (it expires on its own)"; "error" => %e)
             }
