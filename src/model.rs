@@ -202,15 +202,19 @@ pub struct FileOutputRequest {
 #[serde(deny_unknown_fields)]
 pub struct VideoRequest {
     /// Default 1280; odd values are rounded down to even.
+    #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 16, maximum = 3840)]
     pub width: Option<u32>,
     /// Default 720; odd values are rounded down to even.
+    #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 16, maximum = 2160)]
     pub height: Option<u32>,
     /// Default 30.
+    #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 1, maximum = 60)]
     pub fps: Option<u32>,
     /// Default 3000.
+    #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 100, maximum = 50000)]
     pub bitrate_kbps: Option<u32>,
 }
@@ -223,8 +227,25 @@ pub struct AudioRequest {
     #[schema(pattern = "^(aac|opus)$")]
     pub codec: Option<String>,
     /// Default 128.
+    #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 8, maximum = 512)]
     pub bitrate_kbps: Option<u32>,
+}
+
+/// An optional whole number written `30` or `30.0`: JSON Schema's `integer` (and so the OpenAPI
+/// document) allows both, and Python's `json` writes floats with `.0`.
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(x) if x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&x) => {
+            Ok(Some(x as u32))
+        }
+        Some(x) => Err(D::Error::custom(format!(
+            "expected a whole number in [0, {}], got {x}",
+            u32::MAX
+        ))),
+    }
 }
 
 /// A source after validation.
@@ -934,6 +955,22 @@ mod tests {
             bitrate_kbps: None,
         });
         assert_eq!(validate(&r).unwrap_err().field(), Some("audio.codec"));
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        let v: VideoRequest = serde_json::from_str(r#"{"fps": 30.0, "width": 640}"#).unwrap();
+        assert_eq!((v.fps, v.width, v.height), (Some(30), Some(640), None));
+        for bad in [
+            r#"{"fps": 30.5}"#,
+            r#"{"fps": -1}"#,
+            r#"{"fps": 1e20}"#,
+            r#"{"fps": "30"}"#,
+        ] {
+            assert!(serde_json::from_str::<VideoRequest>(bad).is_err(), "{bad}");
+        }
+        let a: AudioRequest = serde_json::from_str(r#"{"bitrate_kbps": null}"#).unwrap();
+        assert_eq!(a.bitrate_kbps, None);
     }
 
     #[test]
