@@ -143,13 +143,18 @@ fn check_origin(
         return Ok(None);
     };
     let origin = value.to_str().unwrap_or("");
-    if let Some(host) = request_host(req)
-        && ["http://", "https://"].iter().any(|s| {
-            origin.len() == s.len() + host.len()
-                && origin[..s.len()].eq_ignore_ascii_case(s)
-                && origin[s.len()..].eq_ignore_ascii_case(host)
+    // https too: behind a TLS-terminating proxy that passes Host on, the page's origin is https.
+    let same_origin = request_host(req).is_some_and(|host| {
+        ["http://", "https://"].iter().any(|scheme| {
+            origin
+                .get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                && origin
+                    .get(scheme.len()..)
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
         })
-    {
+    });
+    if same_origin {
         return Ok(None);
     }
     if server
