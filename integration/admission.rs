@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -158,11 +158,13 @@ fn affinity_takes_a_claim_that_counts_until_it_expires() {
         ),
     );
     let asked = Instant::now();
-    let (s, a) = svc.get("/v1/affinity?type=track");
+    let (s, a) = svc.post("/v1/affinity", &json!({"type": "track"}));
     assert_eq!(s, 200, "{a}");
     assert!(a["score"].as_f64().unwrap() >= 0.0, "{a}");
     assert!(a["claim_id"].is_string(), "{a}");
     // The claim holds the only track slot: a second ask and a start are refused.
+    let (_, b) = svc.post("/v1/affinity", &json!({"type": "track"}));
+    assert_eq!(b["score"], -1.0, "{b}");
     let (_, b) = svc.get("/v1/affinity?type=track");
     assert_eq!(b["score"], -1.0, "{b} after {:?}", asked.elapsed());
     let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "x.mkv"));
@@ -189,4 +191,10 @@ fn affinity_takes_a_claim_that_counts_until_it_expires() {
     svc.post(&format!("/v1/egress/{id}/kill"), &Value::Null);
     let (s, v) = svc.get("/v1/affinity?type=hologram");
     assert_eq!(s, 400, "{v}");
+    let (s, v) = svc.post("/v1/affinity", &json!({"type": "hologram"}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("bad_json")),
+        "{v}"
+    );
 }

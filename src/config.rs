@@ -92,6 +92,10 @@ pub struct ServerConfig {
     /// HTTP worker threads.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the API from a browser; any
+    /// other cross-origin request (one with a foreign `Origin` header) is refused with 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -461,7 +465,8 @@ impl Config {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("sources.allowed_schemes");
+            .with_list_parse_key("sources.allowed_schemes")
+            .with_list_parse_key("server.allowed_origins");
         if let Some(e) = env {
             envsrc = envsrc.source(Some(e));
         }
@@ -492,6 +497,31 @@ impl Config {
                 "server.api_token",
                 format!("required when server.listen ({addr}) is not a loopback address"),
             ));
+        }
+        let token = &self.server.api_token;
+        if !token.is_empty() && token.trim().is_empty() {
+            // A blank token looks set but protects nothing a client cannot guess.
+            return Err(invalid(
+                "server.api_token",
+                "is only whitespace: set a real token or leave it empty",
+            ));
+        }
+        if token.trim() != token || token.chars().any(|c| c.is_control()) {
+            // HTTP trims header values, so such a token could never be presented.
+            return Err(invalid(
+                "server.api_token",
+                "must not start or end with whitespace or contain control characters",
+            ));
+        }
+        for o in &self.server.allowed_origins {
+            if !is_origin(o) {
+                return Err(invalid(
+                    "server.allowed_origins",
+                    format!(
+                        "'{o}' is not an origin: scheme://host[:port] with no path, e.g. https://dash.example.com"
+                    ),
+                ));
+            }
         }
         if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 16 << 20 {
             return Err(invalid(
@@ -672,6 +702,33 @@ impl Config {
     }
 }
 
+/// `http(s)://host[:port]` exactly as a browser sends it in `Origin` (no path, no trailing `/`).
+fn is_origin(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    // An IPv6 literal is bracketed: `[::1]:8080`.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, tail)) => (addr, tail),
+            None => return false,
+        },
+        None => rest.split_at(rest.find(':').unwrap_or(rest.len())),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    host_ok && port_ok
+}
+
 fn positive(key: &str, v: f64, max: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v > 0.0 && v <= max {
         Ok(())
@@ -729,6 +786,47 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load_with_env(Some(f.path()), Some(env))
+    }
+
+    #[test]
+    fn blank_tokens_and_malformed_origins_are_refused_naming_the_key() {
+        for yaml in [
+            "server: { api_token: \"   \" }",
+            "server: { api_token: \" x\" }",
+        ] {
+            assert_eq!(
+                key_of(load_yaml(yaml, &[]).unwrap_err()),
+                "server.api_token"
+            );
+        }
+        for bad in [
+            "*",
+            "https://a.example/",
+            "a.example",
+            "https://a.example/x",
+            "ftp://a",
+        ] {
+            let yaml = format!("server: {{ allowed_origins: [\"{bad}\"] }}");
+            assert_eq!(
+                key_of(load_yaml(&yaml, &[]).unwrap_err()),
+                "server.allowed_origins",
+                "{bad}"
+            );
+        }
+        let ok = "server: { allowed_origins: [\"https://a.example\", \"http://127.0.0.1:3000\", \"http://[::1]:8080\"] }";
+        assert_eq!(load_yaml(ok, &[]).unwrap().server.allowed_origins.len(), 3);
+        let env = load_yaml(
+            "",
+            &[(
+                "EGRESS__SERVER__ALLOWED_ORIGINS",
+                "https://a.example,https://b.example",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            env.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     fn key_of(e: ConfigError) -> String {

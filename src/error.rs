@@ -100,8 +100,24 @@ pub enum ApiError {
     StartPending { egress_id: String, owner: String },
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// A body (or a declared content type) that is not `application/json`: what a cross-site
+    /// form or `fetch` without a preflight would send (415 `unsupported_media_type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A request from a web page of another origin not listed in `server.allowed_origins`
+    /// (403 `origin_not_allowed`).
+    #[error("{0}")]
+    OriginNotAllowed(String),
+    /// A `Host` that is not this loopback listener (DNS rebinding; 403 `bad_host`).
+    #[error("{0}")]
+    BadHost(String),
+    /// A known path asked with a method it does not take; `allow` lists those it takes (405).
+    #[error("{method} is not allowed on {path} (allowed: {allow})")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
     #[error("{0}")]
     NoCapacity(#[from] AdmissionError),
     #[error("{0}")]
@@ -127,6 +143,9 @@ impl ApiError {
             ApiError::StartPending { .. } => "start_pending",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::BadHost(_) => "bad_host",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NoCapacity(AdmissionError::Draining) => "draining",
             ApiError::NoCapacity(_) => "no_capacity",
             ApiError::Unavailable(_) => "unavailable",
@@ -181,6 +200,8 @@ impl ResponseError for ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::OriginNotAllowed(_) | ApiError::BadHost(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StartPending { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -191,6 +212,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            resp.insert_header(("Allow", allow.as_str()));
         }
         resp.json(self.body())
     }

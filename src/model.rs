@@ -10,7 +10,19 @@ use serde::{Deserialize, Serialize};
 use crate::error::RequestError;
 
 /// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressType {
     /// One source recorded as is where it is already encoded (remux), else encoded.
@@ -57,7 +69,7 @@ impl std::fmt::Display for EgressType {
 }
 
 /// Where an egress is in its life. The last four are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressStatus {
     Starting,
@@ -120,13 +132,18 @@ pub mod reason {
 }
 
 /// `POST /v1/egress` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EgressRequest {
     /// One of the egress types, as a string (kept raw so an unknown type gets its own error).
     #[serde(rename = "type")]
+    #[schema(
+        pattern = "^(track|track_composite|participant|room_composite)$",
+        example = "track"
+    )]
     pub egress_type: String,
     /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms.
+    #[schema(min_items = 1, max_items = 16)]
     pub sources: Vec<SourceRequest>,
     /// Where the recording goes.
     pub output: OutputRequest,
@@ -138,47 +155,97 @@ pub struct EgressRequest {
     pub audio: Option<AudioRequest>,
     /// Stop the egress after this many seconds with status `limit_reached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 604800)]
     pub max_duration_s: Option<f64>,
     /// Overrides the type's configured CPU cost for admission, in cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 256)]
     pub estimated_cpu: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceRequest {
+    /// `scheme://...` with a scheme in `sources.allowed_schemes`; `test://video|audio|av?pattern=
+    /// ball&wave=sine&freq=440&width=1280&height=720&fps=30` is a synthetic live source.
+    #[schema(
+        max_length = 4096,
+        pattern = "^[A-Za-z0-9+.-]+://[^\\x00-\\x1f\\x7f-\\x9f]+$",
+        example = "test://av?pattern=ball&freq=440"
+    )]
     pub uri: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
+    /// Required: the only output kind today.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(required, nullable = false)]
     pub file: Option<FileOutputRequest>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileOutputRequest {
-    /// Relative to `storage.output_dir`; the extension picks the container.
+    /// Relative to `storage.output_dir` (no `..`, no leading `/`); the extension picks the
+    /// container: mp4, mkv, webm or ogg. An existing file is never overwritten (409).
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.([Mm][Pp]4|[Mm][Kk][Vv]|[Ww][Ee][Bb][Mm]|[Oo][Gg][Gg])$",
+        example = "rec/a.mp4"
+    )]
     pub filename: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VideoRequest {
+    /// Default 1280; odd values are rounded down to even.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 16, maximum = 3840)]
     pub width: Option<u32>,
+    /// Default 720; odd values are rounded down to even.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 16, maximum = 2160)]
     pub height: Option<u32>,
+    /// Default 30.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 1, maximum = 60)]
     pub fps: Option<u32>,
+    /// Default 3000.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 100, maximum = 50000)]
     pub bitrate_kbps: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AudioRequest {
-    /// `aac` or `opus`; defaults by container (aac for mp4/mkv, opus for webm/ogg).
+    /// `aac` or `opus`; defaults by container (aac for mp4/mkv, opus for webm/ogg); webm and
+    /// ogg take opus only.
+    #[schema(pattern = "^(aac|opus)$")]
     pub codec: Option<String>,
+    /// Default 128.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 8, maximum = 512)]
     pub bitrate_kbps: Option<u32>,
+}
+
+/// An optional whole number written `30` or `30.0`: JSON Schema's `integer` (and so the OpenAPI
+/// document) allows both, and Python's `json` writes floats with `.0`.
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(x) if x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&x) => {
+            Ok(Some(x as u32))
+        }
+        Some(x) => Err(D::Error::custom(format!(
+            "expected a whole number in [0, {}], got {x}",
+            u32::MAX
+        ))),
+    }
 }
 
 /// A source after validation.
@@ -315,7 +382,7 @@ pub struct HandlerResult {
 }
 
 /// One output file, described after it was closed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileInfo {
     pub filename: String,
     pub location: String,
@@ -325,7 +392,7 @@ pub struct FileInfo {
 }
 
 /// The record the API reports for an egress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EgressInfo {
     pub egress_id: String,
     pub node_id: String,
@@ -888,6 +955,22 @@ mod tests {
             bitrate_kbps: None,
         });
         assert_eq!(validate(&r).unwrap_err().field(), Some("audio.codec"));
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        let v: VideoRequest = serde_json::from_str(r#"{"fps": 30.0, "width": 640}"#).unwrap();
+        assert_eq!((v.fps, v.width, v.height), (Some(30), Some(640), None));
+        for bad in [
+            r#"{"fps": 30.5}"#,
+            r#"{"fps": -1}"#,
+            r#"{"fps": 1e20}"#,
+            r#"{"fps": "30"}"#,
+        ] {
+            assert!(serde_json::from_str::<VideoRequest>(bad).is_err(), "{bad}");
+        }
+        let a: AudioRequest = serde_json::from_str(r#"{"bitrate_kbps": null}"#).unwrap();
+        assert_eq!(a.bitrate_kbps, None);
     }
 
     #[test]

@@ -180,7 +180,7 @@ async fn serve(
         }
         App::new()
             .app_data(app_state.clone())
-            .wrap(middleware::from_fn(crate::api::auth))
+            .wrap(middleware::from_fn(crate::api::guard))
             .configure(|c| crate::api::configure(c, max_body))
             .default_service(web::to(crate::api::not_found))
     })

@@ -189,6 +189,32 @@ impl Handler<TakeClaim> for Admission {
     }
 }
 
+/// Asks whether a request of `egress_type` and `cost` cores (None = the type's configured cost)
+/// would be admitted now, holding nothing. Returns the node's id and the node as scoring sees it,
+/// or why the node refuses.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(String, ScoreInput), AdmissionError>")]
+pub struct CheckRequest {
+    pub egress_type: EgressType,
+    pub cost: Option<f64>,
+}
+
+impl Handler<CheckRequest> for Admission {
+    type Result = Result<(String, ScoreInput), AdmissionError>;
+
+    fn handle(&mut self, msg: CheckRequest, _: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        let cost = msg
+            .cost
+            .unwrap_or_else(|| self.ledger.cost_of(msg.egress_type));
+        self.ledger.check(now, msg.egress_type, cost, None)?;
+        Ok((
+            self.ledger.node_id().to_string(),
+            self.ledger.score_input(now, true),
+        ))
+    }
+}
+
 /// Gives a claim back before its expiry (idempotent). Returns nothing.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

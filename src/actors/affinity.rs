@@ -1,8 +1,8 @@
 //! The AffinityScorer actor: answers "how well would this node take a request of type T?"
-//! (`GET /v1/affinity`) for fleet placement.
+//! (`GET /v1/affinity` scores only; `POST /v1/affinity` also takes a claim) for placement.
 //!
-//! It takes a claim through Admission, so concurrent affinity requests each see the others'
-//! claims, and scores the node as it was in the same atomic step (`rules::scoring`). A node that
+//! A claim is taken through Admission, so concurrent affinity requests each see the others'
+//! claims, and the node is scored as it was in the same atomic step (`rules::scoring`). A node that
 //! refuses scores -1 with the reason (`cpu`, `type_limit`, `draining`) and holds no claim. Equal
 //! scores across nodes are broken at random by the fleet, not here.
 
@@ -10,7 +10,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use slog::{Logger, debug, warn};
 
-use crate::actors::admission::{Admission, GetNodeState, TakeClaim};
+use crate::actors::admission::{Admission, CheckRequest, GetNodeState, TakeClaim};
 use crate::config::AffinityMode;
 use crate::model::EgressType;
 use crate::rules::scoring::{REFUSED, score};
@@ -37,25 +37,30 @@ impl Actor for AffinityScorer {
 }
 
 /// This node's answer to an affinity request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Affinity {
     pub node_id: String,
     pub egress_type: EgressType,
     /// -1 when the node cannot take the request, else in [0, 1] (higher is better).
+    #[schema(minimum = -1, maximum = 1)]
     pub score: f64,
-    /// The claim holding the slot and CPU for the request; pass it with the start request.
+    /// The claim holding the slot and CPU for the request (`POST` only); pass it with the start
+    /// request.
     pub claim_id: Option<String>,
     /// Why the score is -1: `cpu`, `type_limit`, `draining` (or `unavailable`).
     pub reason: Option<String>,
 }
 
 /// Asks for this node's score for a request of `egress_type` costing `cost` cores (None = the
-/// type's configured cost); takes a claim when the node can admit it. Returns an `Affinity`.
+/// type's configured cost); with `take_claim`, also takes a claim when the node can admit it.
+/// Returns an `Affinity`.
 #[derive(Debug, Message)]
 #[rtype(result = "Affinity")]
 pub struct GetAffinity {
     pub egress_type: EgressType,
     pub cost: Option<f64>,
+    /// Hold a slot and CPU for the request (`POST /v1/affinity`), or only score (`GET`).
+    pub take_claim: bool,
 }
 
 impl Handler<GetAffinity> for AffinityScorer {
@@ -74,21 +79,27 @@ impl Handler<GetAffinity> for AffinityScorer {
                 claim_id: None,
                 reason: Some(reason.to_string()),
             };
-            match admission
-                .send(TakeClaim {
-                    egress_type,
-                    cost: msg.cost,
-                })
-                .await
-            {
-                Ok(Ok(claim)) => {
-                    let s = score(mode, egress_type, &claim.before);
-                    debug!(log, "affinity"; "type" => egress_type.as_str(), "score" => s, "claim_id" => &claim.claim_id);
+            let cost = msg.cost;
+            let answer = if msg.take_claim {
+                admission
+                    .send(TakeClaim { egress_type, cost })
+                    .await
+                    .map(|r| r.map(|c| (c.node_id, c.before, Some(c.claim_id))))
+            } else {
+                admission
+                    .send(CheckRequest { egress_type, cost })
+                    .await
+                    .map(|r| r.map(|(node_id, before)| (node_id, before, None)))
+            };
+            match answer {
+                Ok(Ok((node_id, before, claim_id))) => {
+                    let s = score(mode, egress_type, &before);
+                    debug!(log, "affinity"; "type" => egress_type.as_str(), "score" => s, "claim_id" => &claim_id);
                     Affinity {
-                        node_id: claim.node_id,
+                        node_id,
                         egress_type,
                         score: s,
-                        claim_id: Some(claim.claim_id),
+                        claim_id,
                         reason: None,
                     }
                 }
@@ -136,6 +147,7 @@ mod tests {
             .send(GetAffinity {
                 egress_type: EgressType::Track,
                 cost: Some(4.0),
+                take_claim: true,
             })
             .await
             .unwrap();
@@ -147,6 +159,7 @@ mod tests {
             .send(GetAffinity {
                 egress_type: EgressType::Track,
                 cost: Some(4.0),
+                take_claim: true,
             })
             .await
             .unwrap();
@@ -157,6 +170,7 @@ mod tests {
             .send(GetAffinity {
                 egress_type: EgressType::Track,
                 cost: Some(1.0),
+                take_claim: true,
             })
             .await
             .unwrap();
@@ -183,12 +197,31 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn scoring_without_a_claim_holds_nothing() {
+        let (admission, scorer) = start(AffinityMode::TypeAware);
+        for _ in 0..3 {
+            let a = scorer
+                .send(GetAffinity {
+                    egress_type: EgressType::Web,
+                    cost: None,
+                    take_claim: false,
+                })
+                .await
+                .unwrap();
+            assert_eq!((a.score, a.claim_id.as_deref()), (1.0, None));
+        }
+        let s = admission.send(GetNodeState).await.unwrap();
+        assert_eq!(s.types["web"].pending_claims, 0);
+    }
+
+    #[actix_rt::test]
     async fn type_limit_refusal() {
         let (_, scorer) = start(AffinityMode::TypeAware);
         let a = scorer
             .send(GetAffinity {
                 egress_type: EgressType::Web,
                 cost: None,
+                take_claim: true,
             })
             .await
             .unwrap();
@@ -197,6 +230,7 @@ mod tests {
             .send(GetAffinity {
                 egress_type: EgressType::Web,
                 cost: None,
+                take_claim: true,
             })
             .await
             .unwrap();
@@ -215,6 +249,7 @@ mod tests {
             .send(GetAffinity {
                 egress_type: EgressType::Track,
                 cost: Some(2.0),
+                take_claim: true,
             })
             .await
             .unwrap();
@@ -222,6 +257,7 @@ mod tests {
             .send(GetAffinity {
                 egress_type: EgressType::Track,
                 cost: Some(2.0),
+                take_claim: true,
             })
             .await
             .unwrap();

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use actix_web::{HttpResponse, web};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::actors::affinity::GetAffinity;
 use crate::api::{AppState, method_not_allowed};
-use crate::error::ApiError;
+use crate::error::{ApiError, RequestError};
 use crate::metrics::METRICS;
 use crate::model::EgressType;
 use crate::node::Readiness;
@@ -29,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/affinity")
                 .route(web::get().to(affinity))
+                .route(web::post().to(claim))
                 .default_service(web::to(method_not_allowed)),
         );
 }
@@ -57,7 +59,8 @@ async fn drain(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(state.node.state().await?))
 }
 
-/// `?type=track[&estimated_cpu=1.5]`: this node's score for such a request (takes a claim).
+/// `?type=track[&estimated_cpu=1.5]`: this node's score for such a request. Takes no claim: a
+/// GET is what an `<img>` tag on any web page can send.
 async fn affinity(
     state: web::Data<AppState>,
     q: web::Query<HashMap<String, String>>,
@@ -85,7 +88,53 @@ async fn affinity(
     };
     let a = state
         .node
-        .affinity(GetAffinity { egress_type, cost })
+        .affinity(GetAffinity {
+            egress_type,
+            cost,
+            take_claim: false,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(a))
+}
+
+/// `POST /v1/affinity` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityRequest {
+    #[serde(rename = "type")]
+    pub egress_type: EgressType,
+    /// Cores the request would cost; defaults to the type's configured cost.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 256)]
+    pub estimated_cpu: Option<f64>,
+}
+
+/// This node's score for a request, and a claim holding its slot and CPU for
+/// `affinity.pending_claim_ttl_ms` (pass `claim_id` with the start; `/v1/affinity/release` frees it).
+async fn claim(
+    state: web::Data<AppState>,
+    body: web::Json<AffinityRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let AffinityRequest {
+        egress_type,
+        estimated_cpu,
+    } = body.into_inner();
+    if let Some(c) = estimated_cpu
+        && !(c.is_finite() && (0.0..=256.0).contains(&c))
+    {
+        return Err(RequestError::invalid(
+            "estimated_cpu",
+            "must be a number of cores in [0, 256]",
+        )
+        .into());
+    }
+    let a = state
+        .node
+        .affinity(GetAffinity {
+            egress_type,
+            cost: estimated_cpu,
+            take_claim: true,
+        })
         .await?;
     Ok(HttpResponse::Ok().json(a))
 }

@@ -43,7 +43,7 @@ pub struct Target<'a> {
 }
 
 /// `POST /v1/node/egress` body: start this placed egress on the node that receives it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeStart {
     /// Chosen by the placer, kept across retries on other nodes.

@@ -53,7 +53,7 @@ pub fn publish(
 }
 
 /// One type's counts in a node's report (as `GET /v1/node` gives them).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct TypeReport {
     pub active: u32,
@@ -93,7 +93,7 @@ pub struct NodeRecord {
 }
 
 /// One line of `GET /v1/fleet/nodes`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FleetNode {
     pub node_id: String,
     pub url: String,

@@ -55,7 +55,7 @@ pub struct PendingClaim {
 }
 
 /// One type's line in `NodeState`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TypeState {
     /// Running jobs of this type.
     pub active: u32,
@@ -68,7 +68,7 @@ pub struct TypeState {
 }
 
 /// What `GET /v1/node` reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NodeState {
     pub node_id: String,
     pub capacity_cores: f64,
