@@ -446,23 +446,40 @@ impl Redis {
     /// A redis-server at niceness `nice` (a bench below 0 stands in for a Redis with CPU of its
     /// own; that takes root or CAP_SYS_NICE).
     pub fn start_niced(nice: i32) -> Redis {
-        let port = free_port();
+        Self::launch(nice, free_port(), &["--save", "", "--appendonly", "no"])
+    }
+
+    /// A redis-server that keeps its data in `dir` (append-only file, fsync on every write), on
+    /// `port` (0: a free one): killed and started again on the same port and directory, it
+    /// comes back with what it had, as a production Redis would.
+    pub fn start_persistent(dir: &Path, port: u16) -> Redis {
+        let port = if port == 0 { free_port() } else { port };
+        let dir = dir.to_string_lossy().to_string();
+        Self::launch(
+            0,
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                &dir,
+            ],
+        )
+    }
+
+    fn launch(nice: i32, port: u16, args: &[&str]) -> Redis {
         let mut cmd = Command::new("redis-server");
         if nice != 0 {
             cmd = Command::new("nice");
             cmd.args(["-n", &nice.to_string(), "redis-server"]);
         }
         let child = cmd
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -474,6 +491,12 @@ impl Redis {
             || r.ping().then_some(()),
         );
         r
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self) -> String {

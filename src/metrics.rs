@@ -37,6 +37,10 @@ pub struct Metrics {
     pub placements_total: IntCounterVec,
     /// 1 while the node is draining.
     pub draining: Gauge,
+    /// 1 while the fleet's Redis does not answer this node (degraded: starts placed locally).
+    pub fleet_degraded: Gauge,
+    /// Egress records this node could not write to the fleet's Redis yet.
+    pub fleet_unpublished_records: Gauge,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -140,6 +144,16 @@ impl Metrics {
                 &["outcome"],
             ),
             draining: gauge(&r, "egress_draining", "1 while the node is draining"),
+            fleet_degraded: gauge(
+                &r,
+                "egress_fleet_degraded",
+                "1 while the fleet's Redis does not answer this node (starts are placed locally)",
+            ),
+            fleet_unpublished_records: gauge(
+                &r,
+                "egress_fleet_unpublished_records",
+                "Egress records not yet written to the fleet's Redis",
+            ),
             registry: r,
         }
     }

@@ -413,7 +413,14 @@ pub struct EgressInfo {
     /// Admitted CPU cost in cores.
     #[serde(default)]
     pub cpu_cost: f64,
+    /// `local` when a fleet node placed the egress on itself because the fleet's Redis did not
+    /// answer (degraded mode); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
+
+/// `EgressInfo::placement` of an egress placed while the fleet's Redis did not answer.
+pub const PLACEMENT_LOCAL: &str = "local";
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -834,6 +841,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         files: vec![],
         handler_pid: Some(42),
         cpu_cost: 0.5,
+        placement: None,
     }
 }
 

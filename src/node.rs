@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix::Addr;
 use tokio::sync::mpsc;
 
-use crate::actors::admission::{Admission, GetNodeState, ReleaseClaim, SetDraining};
+use crate::actors::admission::{Admission, GetNodeState, ReleaseClaim, SetDraining, WatchState};
 use crate::actors::affinity::{Affinity, AffinityScorer, GetAffinity};
 use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
 use crate::actors::supervisor::{
@@ -141,6 +141,17 @@ impl Node {
         egress_id: Option<String>,
         claim_id: Option<String>,
     ) -> Result<EgressInfo, ApiError> {
+        self.start_placed(req, egress_id, claim_id, None).await
+    }
+
+    /// `start`, with the record saying how the egress was placed (`EgressInfo::placement`).
+    pub async fn start_placed(
+        &self,
+        req: EgressRequest,
+        egress_id: Option<String>,
+        claim_id: Option<String>,
+        placement: Option<&str>,
+    ) -> Result<EgressInfo, ApiError> {
         let id = egress_id.unwrap_or_else(new_egress_id);
         let spec = self.validate(&req, &id)?;
         let cfg = &self.inner.cfg;
@@ -161,6 +172,7 @@ impl Node {
             files: Vec::new(),
             handler_pid: None,
             cpu_cost: cost,
+            placement: placement.map(str::to_string),
         };
         let setup = PipelineSetup {
             info,
@@ -267,6 +279,15 @@ impl Node {
     /// Admission refuses everything from now on (the control loop's side of a drain).
     pub async fn set_draining(&self) {
         let _ = self.inner.admission.send(SetDraining(true)).await;
+    }
+
+    /// Wakes `notify` on every change of the node's admission state (the fleet publishes it).
+    pub async fn watch_state(&self, notify: Arc<tokio::sync::Notify>) -> Result<(), ApiError> {
+        self.inner
+            .admission
+            .send(WatchState(notify))
+            .await
+            .map_err(ApiError::from_mailbox)
     }
 
     /// This node's placement score for a request (see `AffinityScorer`).

@@ -207,7 +207,7 @@ async fn serve(
         } else {
             cfg.fleet.advertise_url.trim_end_matches('/').to_string()
         };
-        if let Err(e) = f.join(url, admission.clone()).await {
+        if let Err(e) = f.join(url, node.clone()).await {
             handle.stop(false).await;
             return Err(ServiceError::Fleet(format!(
                 "cannot register this node: {e}"

@@ -37,6 +37,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EgressList {
     pub egresses: Vec<EgressInfo>,
+    /// Set when the list is this node's alone because the fleet's Redis does not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
 async fn start(
@@ -81,11 +84,19 @@ async fn list(
     q: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let statuses = parse_statuses(&q)?;
-    let egresses = match &state.fleet {
-        Some(fleet) => fleet.list(&state.node, statuses).await?,
-        None => state.node.list(statuses).await?,
+    let (egresses, partial) = match &state.fleet {
+        Some(fleet) => match fleet.list(&state.node, statuses.clone()).await {
+            Ok(all) => (all, None),
+            // Degraded: what this node knows, said to be partial.
+            Err(e) if e.is_unreachable() => (
+                state.node.list(statuses).await?,
+                Some(format!("this node's egresses only: {}", ApiError::from(e))),
+            ),
+            Err(e) => return Err(e.into()),
+        },
+        None => (state.node.list(statuses).await?, None),
     };
-    Ok(HttpResponse::Ok().json(EgressList { egresses }))
+    Ok(HttpResponse::Ok().json(EgressList { egresses, partial }))
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {

@@ -37,8 +37,15 @@ fn fleet(state: &AppState) -> Result<&Fleet, ApiError> {
 
 /// Live nodes with their load and per-type counts, as their last heartbeat reported them.
 async fn nodes(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let nodes = fleet(&state)?.nodes().await?;
-    Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))
+    match fleet(&state)?.nodes().await {
+        Ok(nodes) => Ok(HttpResponse::Ok().json(json!({ "nodes": nodes }))),
+        // Degraded: no node list without Redis; say so rather than fail.
+        Err(e) if e.is_unreachable() => Ok(HttpResponse::Ok().json(json!({
+            "nodes": [],
+            "partial": format!("the fleet's nodes are unknown: {}", ApiError::from(e)),
+        }))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Internal (placement): start this placed egress here, and only here.

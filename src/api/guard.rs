@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use crate::api::{allowed_methods, routes_for};
 use crate::config::ServerConfig;
 
-use crate::error::ApiError;
 use crate::api::AppState;
+use crate::error::ApiError;
 
 /// Paths anyone may read without the token: probes, and the document describing the API.
 const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];

@@ -43,9 +43,14 @@ async fn healthz() -> HttpResponse {
 /// or output directory cannot be written or is full, or when its actors do not answer.
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match state.node.readiness().await? {
-        Readiness::Ready => {
-            Ok(HttpResponse::Ok().json(json!({"status": "ready", "node_id": state.node.id()})))
-        }
+        // Degraded still takes work (placed on this node alone), so it is ready: 200.
+        Readiness::Ready => match state.fleet.as_ref().and_then(|f| f.degraded()) {
+            Some(reason) => Ok(HttpResponse::Ok()
+                .json(json!({"status": "degraded", "node_id": state.node.id(), "reason": reason}))),
+            None => {
+                Ok(HttpResponse::Ok().json(json!({"status": "ready", "node_id": state.node.id()})))
+            }
+        },
         Readiness::NotReady(why) => Err(ApiError::Unavailable(why)),
     }
 }

@@ -66,6 +66,9 @@ struct ErrorDetail {
 struct EgressList {
     /// Newest first.
     egresses: Vec<EgressInfo>,
+    /// Present when the list is this node's alone (the fleet's Redis does not answer).
+    #[schema(nullable = false)]
+    partial: Option<String>,
 }
 
 /// `POST /v1/affinity/release` body.
@@ -81,6 +84,9 @@ struct AffinityRelease {
 #[allow(dead_code)]
 struct FleetNodes {
     nodes: Vec<FleetNode>,
+    /// Present when the nodes cannot be listed (the fleet's Redis does not answer).
+    #[schema(nullable = false)]
+    partial: Option<String>,
 }
 
 /// `GET /healthz`.
@@ -95,9 +101,14 @@ struct Health {
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 struct Ready {
-    #[schema(pattern = "^ready$")]
+    /// `degraded`: the fleet's Redis does not answer; the node still takes egresses, placed on
+    /// itself.
+    #[schema(pattern = "^(ready|degraded)$")]
     status: String,
     node_id: String,
+    /// Why the node is degraded.
+    #[schema(nullable = false)]
+    reason: Option<String>,
 }
 
 // The operations. Bodies are never called: only the `#[utoipa::path]` attributes matter.

@@ -69,6 +69,12 @@ pub struct Fleet {
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Records from the Supervisor, consumed by the writer task spawned in `join`.
     records_rx: Mutex<Option<mpsc::UnboundedReceiver<EgressInfo>>>,
+    /// The same channel's sender: on Redis's return every record of this node is sent again
+    /// (a Redis that came back empty gets them all).
+    records_tx: mpsc::UnboundedSender<EgressInfo>,
+    /// Why the fleet's Redis is not usable now (set by a failed heartbeat, cleared by the next
+    /// good one); None while it answers. `/readyz` and fleet-wide reads report it.
+    degraded: Mutex<Option<String>>,
     /// Asks the writer to write everything queued, then answer.
     flush_tx: mpsc::UnboundedSender<oneshot::Sender<()>>,
     flush_rx: Mutex<Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>>,
@@ -89,6 +95,13 @@ pub enum FleetError {
     /// What a node (this one, or the one that runs the egress) answered: passed on as it is.
     #[error(transparent)]
     Node(#[from] ApiError),
+}
+
+impl FleetError {
+    /// Redis cannot be reached (or is loading, busy): what degraded mode falls back on.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, FleetError::Redis(e) if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() || !matches!(e.retry_method(), redis::RetryMethod::NoRetry))
+    }
 }
 
 impl From<FleetError> for ApiError {
@@ -178,11 +191,27 @@ impl Fleet {
             url: OnceLock::new(),
             heartbeat: Mutex::new(None),
             records_rx: Mutex::new(Some(records_rx)),
+            records_tx: records_tx.clone(),
+            degraded: Mutex::new(None),
             flush_tx,
             flush_rx: Mutex::new(Some(flush_rx)),
             log,
         };
         Ok((Arc::new(fleet), records_tx))
+    }
+
+    /// Why the fleet's Redis is not usable now, None while it answers.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn set_degraded(&self, why: Option<String>) {
+        if let Ok(mut g) = self.degraded.lock() {
+            *g = why;
+        }
+        crate::metrics::METRICS
+            .fleet_degraded
+            .set(if self.degraded().is_some() { 1.0 } else { 0.0 });
     }
 
     /// The URL other nodes reach this one at (empty before `join`).

@@ -35,7 +35,7 @@ use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
 use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN, reserved_key};
 use crate::fleet::{Fleet, FleetError, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT};
 use crate::metrics::METRICS;
-use crate::model::{EgressInfo, EgressRequest, EgressType, new_egress_id};
+use crate::model::{EgressInfo, EgressRequest, EgressType, PLACEMENT_LOCAL, new_egress_id};
 use crate::node::Node;
 use crate::rules::scoring::curve;
 
@@ -219,6 +219,12 @@ impl Fleet {
             .map_err(ApiError::from)?
             .egress_type;
         let lines = curve(cfg.affinity_mode(), egress_type);
+        // Known to be degraded (the last heartbeat failed): no need to wait for Redis's timeout.
+        if let Some(why) = self.degraded() {
+            return self
+                .place_locally(node, req, egress_id, t0, FleetError::Reply(why))
+                .await;
+        }
         let mut attempts = 0u32;
         let mut round = 0u32;
         let failed = |e: FleetError| {
@@ -246,7 +252,15 @@ impl Fleet {
                     excluded: &excluded,
                 };
                 let asked = Instant::now();
-                let answer = self.decide(&ask).await.map_err(failed)?;
+                let answer = match self.decide(&ask).await {
+                    Ok(a) => a,
+                    // Degraded mode: with no Redis to decide, this node takes the job itself
+                    // (before anything was reserved or sent anywhere, so it cannot run twice).
+                    Err(e) if e.is_unreachable() && attempts == 0 && round == 1 => {
+                        return self.place_locally(node, req, egress_id, t0, e).await;
+                    }
+                    Err(e) => return Err(failed(e)),
+                };
                 let script = asked.elapsed();
                 let chosen = match answer.decision {
                     Decision::Reserved(c) => c,
@@ -342,6 +356,33 @@ impl Fleet {
                 final_error(egress_type, &all, &failures, live).into(),
             ));
         }
+    }
+
+    /// Starts the egress on this node alone (its own admission only), the record saying
+    /// `placement: local`; it reaches the fleet's records once Redis answers again.
+    async fn place_locally(
+        &self,
+        node: &Node,
+        req: EgressRequest,
+        egress_id: String,
+        t0: Instant,
+        why: FleetError,
+    ) -> Result<Placement, FleetError> {
+        slog::warn!(self.log, "the fleet's Redis does not answer: placing on this node"; "egress_id" => &egress_id,
+                    "error" => %why);
+        self.set_degraded(Some(format!("the fleet's Redis does not answer: {why}")));
+        let info = node
+            .start_placed(req, Some(egress_id), None, Some(PLACEMENT_LOCAL))
+            .await?;
+        METRICS.placements_total.with_label_values(&["local"]).inc();
+        Ok(Placement {
+            info,
+            decide: t0.elapsed(),
+            script: Duration::ZERO,
+            total: t0.elapsed(),
+            rounds: 0,
+            attempts: 0,
+        })
     }
 
     /// One decision: the script's answer (see `reservations::PLACE`). It runs on this worker

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slog::{debug, warn};
+use slog::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -74,7 +74,7 @@ return 0
 });
 
 /// Writes a record unless another node owns the egress. KEYS = records, owner key;
-/// ARGV = egress_id, me, json, mode. Mode `start` writes only when the stored record is absent or
+/// ARGV = egress_id, me, json, mode, owner ttl_ms. Mode `start` writes only when the stored record is absent or
 /// another node's (a mirror write of this node's is at least as new). Returns 1 when written.
 pub static PUT_RECORD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -82,6 +82,10 @@ pub static PUT_RECORD: LazyLock<Script> = LazyLock::new(|| {
 local owner = redis.call('GET', KEYS[2])
 if owner and owner ~= ARGV[2] then
   return 0
+end
+if not owner then
+  -- Placed while Redis was away (degraded mode): the id becomes this node's now.
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 end
 if ARGV[4] == 'start' then
   local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -155,47 +159,81 @@ pub fn merge(
 // ---- I/O: mirroring records, starting an owned egress, reading the fleet's records ----
 
 impl Fleet {
-    /// Mirrors every record change to Redis, in order.
+    /// Mirrors every record change to Redis. What Redis does not take (it is down, or restarting)
+    /// stays pending, the latest version of each egress, and is written again with backoff
+    /// (doubling to `MAX_BACKOFF`, with jitter) until it is: nothing recorded while Redis was
+    /// away is lost, and every egress is written once per version that matters.
     pub(crate) async fn write_records(
         self: Arc<Self>,
         mut rx: mpsc::UnboundedReceiver<EgressInfo>,
         mut flush: Option<mpsc::UnboundedReceiver<oneshot::Sender<()>>>,
     ) {
+        const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+        const MAX_BACKOFF: Duration = Duration::from_secs(2);
+        let mut pending: HashMap<String, EgressInfo> = HashMap::new();
+        let mut backoff = FIRST_BACKOFF;
+        let mut failing = false;
         loop {
+            let mut acks = Vec::new();
             tokio::select! {
                 biased;
                 info = rx.recv() => match info {
-                    Some(info) => self.put_record_retrying(&info).await,
+                    Some(info) => { pending.insert(info.egress_id.clone(), info); }
                     None => return,
                 },
                 ack = async { match flush.as_mut() { Some(f) => f.recv().await, None => std::future::pending().await } } => {
                     match ack {
-                        Some(ack) => {
-                            while let Ok(info) = rx.try_recv() {
-                                self.put_record_retrying(&info).await;
-                            }
-                            let _ = ack.send(());
-                        }
+                        Some(ack) => acks.push(ack),
                         None => flush = None,
                     }
                 }
+                _ = tokio::time::sleep(backoff), if failing => {}
             }
-        }
-    }
-
-    async fn put_record_retrying(&self, info: &EgressInfo) {
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=4 {
-            match self.put_record(info, "mirror").await {
-                Ok(_) => return,
-                Err(e) if attempt == 4 => {
-                    warn!(self.log, "cannot mirror an egress record to Redis"; "egress_id" => &info.egress_id,
-                          "status" => info.status.as_str(), "error" => %e);
+            while let Ok(info) = rx.try_recv() {
+                pending.insert(info.egress_id.clone(), info);
+            }
+            {
+                // Written oldest first, so a restarted reader sees starts before their ends.
+                let mut batch: Vec<EgressInfo> = pending.values().cloned().collect();
+                batch.sort_by_key(|i| i.created_at);
+                let mut error = None;
+                for info in batch {
+                    match self.put_record(&info, "mirror").await {
+                        // Unless a newer version arrived meanwhile (it stays pending).
+                        Ok(_) => {
+                            if pending.get(&info.egress_id) == Some(&info) {
+                                pending.remove(&info.egress_id);
+                            }
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
                 }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                match error {
+                    None if failing => {
+                        info!(self.log, "egress records reach Redis again");
+                        failing = false;
+                        backoff = FIRST_BACKOFF;
+                    }
+                    None => {}
+                    Some(e) => {
+                        if !failing {
+                            warn!(self.log, "cannot mirror egress records to Redis: kept until it answers";
+                                  "pending" => pending.len(), "error" => %e);
+                        }
+                        failing = true;
+                        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                        backoff = (backoff * 2).min(MAX_BACKOFF).mul_f64(jitter);
+                    }
                 }
+            }
+            crate::metrics::METRICS
+                .fleet_unpublished_records
+                .set(pending.len() as f64);
+            for ack in acks {
+                let _ = ack.send(());
             }
         }
     }
@@ -211,6 +249,7 @@ impl Fleet {
             .arg(&self.node_id)
             .arg(json)
             .arg(mode)
+            .arg(OWNER_TTL_MS)
             .invoke_async(&mut con)
             .await?;
         Ok(written == 1)

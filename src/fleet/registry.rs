@@ -15,15 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn};
 use tokio::sync::{Notify, oneshot};
 
-use crate::actors::admission::{Admission, GetNodeState, WatchState};
 use crate::fleet::{FLUSH_TIMEOUT, Fleet, FleetError};
 use crate::model::now_ms;
+use crate::node::Node;
 use crate::rules::admission::NodeState;
 
 /// The set of every node that ever registered (pruned lazily).
@@ -159,11 +158,7 @@ pub fn parse_nodes(raw: Vec<String>) -> (Vec<NodeRecord>, Vec<String>) {
 impl Fleet {
     /// Registers the node under `url` and starts the heartbeat and the record writer. Call once,
     /// from the service's arbiter, when the HTTP server is bound.
-    pub async fn join(
-        self: &Arc<Self>,
-        url: String,
-        admission: Addr<Admission>,
-    ) -> Result<(), String> {
+    pub async fn join(self: &Arc<Self>, url: String, node: Node) -> Result<(), String> {
         let _ = self.url.set(url);
         if let Some(rx) = self.records_rx.lock().ok().and_then(|mut g| g.take()) {
             let flush = self.flush_rx.lock().ok().and_then(|mut g| g.take());
@@ -173,11 +168,10 @@ impl Fleet {
         // Every change of the node's admission state is published at once (placement reads it
         // from Redis); the heartbeat refreshes it when nothing changes.
         let changed = Arc::new(Notify::new());
-        admission
-            .send(WatchState(changed.clone()))
+        node.watch_state(changed.clone())
             .await
             .map_err(|e| format!("admission does not answer: {e}"))?;
-        self.register(&admission).await?;
+        self.register(&node).await?;
         info!(self.log, "joined the fleet"; "url" => self.url(), "heartbeat_ms" => self.cfg.heartbeat_ms,
               "node_ttl_ms" => self.cfg.node_ttl_ms);
         let me = self.clone();
@@ -192,17 +186,25 @@ impl Fleet {
                     _ = tick.tick() => {}
                     _ = changed.notified() => tick.reset(),
                 }
-                match me.register(&admission).await {
+                match me.register(&node).await {
                     Ok(()) if failing => {
-                        info!(me.log, "heartbeat works again");
+                        info!(
+                            me.log,
+                            "heartbeat works again: publishing every record of this node"
+                        );
                         failing = false;
+                        me.set_degraded(None);
+                        me.resync(&node).await;
                     }
                     Ok(()) => {}
-                    Err(e) if !failing => {
-                        warn!(me.log, "heartbeat failed: other nodes will see this node as dead"; "error" => e);
+                    Err(e) => {
+                        if !failing {
+                            warn!(me.log, "heartbeat failed: degraded, starts are placed on this node alone";
+                                  "error" => &e);
+                        }
                         failing = true;
+                        me.set_degraded(Some(format!("the fleet's Redis does not answer: {e}")));
                     }
-                    Err(_) => {}
                 }
             }
         });
@@ -212,10 +214,24 @@ impl Fleet {
         Ok(())
     }
 
+    /// Sends every record of this node to the record writer again (after Redis came back).
+    async fn resync(&self, node: &Node) {
+        match node.list(None).await {
+            Ok(all) => {
+                for info in all {
+                    let _ = self.records_tx.send(info);
+                }
+            }
+            Err(e) => {
+                warn!(self.log, "cannot list this node's records to publish them"; "error" => %e)
+            }
+        }
+    }
+
     /// One heartbeat: this node's state under its key, with expiry, and its id in the set.
-    async fn register(&self, admission: &Addr<Admission>) -> Result<(), String> {
-        let state = admission
-            .send(GetNodeState)
+    async fn register(&self, node: &Node) -> Result<(), String> {
+        let state = node
+            .state()
             .await
             .map_err(|e| format!("admission does not answer: {e}"))?;
         let mut con = self.redis.clone();
