@@ -181,7 +181,7 @@ impl Placement {
 
 /// How one start request ended.
 enum StartOutcome {
-    Placed(EgressInfo),
+    Placed(Box<EgressInfo>),
     /// Refused by the node's admission (its own figures differ from what it published).
     Refused(Refusal),
     /// `client_error`: a 4xx the client should see if no node takes the job (the node's config
@@ -283,7 +283,7 @@ impl Fleet {
                             self.drop_reservation(&chosen.node_id, &egress_id).await;
                         }
                         let p = Placement {
-                            info,
+                            info: *info,
                             decide,
                             script,
                             total: t0.elapsed(),
@@ -490,13 +490,13 @@ impl Fleet {
                 request: req.clone(),
             };
             match client::start(target, &body, START_TIMEOUT).await {
-                Ok(info) => return StartOutcome::Placed(info),
+                Ok(info) => return StartOutcome::Placed(Box::new(info)),
                 Err(CallError::Remote(r)) if r.code == "already_placed" => {
                     match self
                         .resolve_owner(egress_id, r.owner.as_deref().unwrap_or(""))
                         .await
                     {
-                        Ok(Owner::Placed(info)) => return StartOutcome::Placed(*info),
+                        Ok(Owner::Placed(info)) => return StartOutcome::Placed(info),
                         Ok(Owner::Free) => continue,
                         Err(e) => return StartOutcome::Fatal(e.into()),
                     }
