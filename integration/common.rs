@@ -471,6 +471,11 @@ impl Redis {
         )
     }
 
+    /// A redis-server on a free port with these extra arguments (e.g. `--replicaof`).
+    pub fn start_args(args: &[&str]) -> Redis {
+        Self::launch(0, free_port(), args)
+    }
+
     fn launch(nice: i32, port: u16, args: &[&str]) -> Redis {
         let mut cmd = Command::new("redis-server");
         if nice != 0 {
@@ -519,6 +524,82 @@ impl Redis {
         s.write_all(b"PING\r\n").is_ok()
             && s.read(&mut buf)
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+}
+
+/// A `redis-sentinel` on a free loopback port watching the primary at `primary_port` as
+/// `mymaster` (quorum 1, down after 1 s), killed on drop.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(primary_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 3000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .expect("sentinel.conf");
+        let child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-sentinel must be installed (scripts/setup)");
+        let s = Sentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for(Duration::from_secs(10), "redis-sentinel to answer", || {
+            s.connect().ok().map(|_| ())
+        });
+        s
+    }
+
+    pub fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+    }
+
+    /// The port of the primary it names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut c = self.connect().ok()?;
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut c)
+            .ok()?;
+        addr.get(1)?.parse().ok()
+    }
+
+    /// How many replicas of the primary it knows.
+    pub fn replicas(&self) -> usize {
+        let Ok(mut c) = self.connect() else { return 0 };
+        redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("mymaster")
+            .query::<Vec<redis::Value>>(&mut c)
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -10,3 +10,4 @@ mod fleet;
 mod overload;
 mod placement;
 mod safety;
+mod sentinel;

@@ -235,7 +235,8 @@ pub struct AffinityConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
-    /// `redis://host:port/db`; empty = a single node, nothing else to run.
+    /// `redis://host:port/db`, or `redis+sentinel://host:port[,host:port...]/master_name[/db]` to
+    /// follow the primary Redis Sentinel names; empty = a single node, nothing else to run.
     #[serde(default)]
     pub redis_url: String,
     /// URL other nodes use to reach this node's API; empty = `http://` + server.listen.
@@ -641,10 +642,15 @@ impl Config {
                 "must be in [10, 600000]",
             ));
         }
-        if !self.fleet.redis_url.is_empty() && !self.fleet.redis_url.starts_with("redis://") {
+        if !self.fleet.redis_url.is_empty()
+            && let Err(e) = crate::fleet::connection::Target::parse(&self.fleet.redis_url)
+        {
             return Err(invalid(
                 "fleet.redis_url",
-                "must start with redis:// (or be empty for one node)",
+                format!(
+                    "{e}: use redis://host:port/db, redis+sentinel://host:port[,host:port...]/master_name[/db], \
+                     or leave it empty for one node"
+                ),
             ));
         }
         if !self.fleet.advertise_url.is_empty() && !self.fleet.advertise_url.starts_with("http://")

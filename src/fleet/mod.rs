@@ -26,6 +26,7 @@
 //! ```
 
 pub mod client;
+pub mod connection;
 pub mod placement;
 pub mod records;
 pub mod registry;
@@ -34,7 +35,7 @@ pub mod reservations;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,10 +56,9 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// This node's membership in the fleet.
 pub struct Fleet {
-    /// One multiplexed connection, shared by every worker thread (it reconnects on its own).
-    redis: ConnectionManager,
-    /// For the per-worker placement connections (`placement::decide`).
-    client: redis::Client,
+    /// The shared connection (it reconnects on its own; with Sentinel it follows the primary)
+    /// and the client the per-worker placement connections are opened from.
+    conns: connection::Connections,
     node_id: String,
     /// `server.api_token`: the nodes of a fleet share it and send it to each other.
     token: String,
@@ -121,42 +121,6 @@ impl From<FleetError> for ApiError {
     }
 }
 
-/// Opens the connection on a thread of its own, which then does nothing but Redis I/O. The
-/// connection's driver runs where it was created; on the service's arbiter it would wait behind
-/// the actors (handler launches, CPU sampling), and every placement decision with it.
-async fn connect_on_own_thread(
-    client: redis::Client,
-    cfg: ConnectionManagerConfig,
-) -> Result<ConnectionManager, String> {
-    let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("fleet-redis".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("cannot start the Redis I/O thread: {e}")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let r = client.get_connection_manager_with_config(cfg).await;
-                let failed = r.is_err();
-                let _ = tx.send(r.map_err(|e| e.to_string()));
-                if !failed {
-                    // Lives as long as the process: the connection's driver runs here.
-                    std::future::pending::<()>().await;
-                }
-            });
-        })
-        .map_err(|e| format!("cannot start the Redis I/O thread: {e}"))?;
-    rx.await
-        .map_err(|_| "the Redis I/O thread ended".to_string())?
-}
-
 impl Fleet {
     /// Connects to `fleet.redis_url`. Returns the fleet and the sender the Supervisor mirrors
     /// every record change into.
@@ -166,25 +130,24 @@ impl Fleet {
         log: Logger,
     ) -> Result<(Arc<Fleet>, mpsc::UnboundedSender<EgressInfo>), String> {
         let url = &cfg.fleet.redis_url;
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| format!("fleet.redis_url '{url}': {e}"))?;
+        let target = connection::Target::parse(url).map_err(|e| format!("fleet.redis_url {e}"))?;
+        // Reconnects back off exponentially with jitter, up to a second apart.
         let mcfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let mut redis = connect_on_own_thread(client.clone(), mcfg)
+        let conns = connection::Connections::open(target, mcfg)
             .await
             .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
         let _: String = redis::cmd("PING")
-            .query_async(&mut redis)
+            .query_async(&mut conns.con())
             .await
             .map_err(|e| format!("Redis at {url} does not answer: {e}"))?;
         let (records_tx, records_rx) = mpsc::unbounded_channel();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let fleet = Fleet {
-            redis,
-            client,
+            conns,
             node_id: node_id.to_string(),
             token: cfg.server.api_token.clone(),
             cfg: cfg.fleet.clone(),

@@ -395,8 +395,9 @@ impl Fleet {
         if let Some(mut con) = self.worker_connection().await {
             match ask.invocation().invoke_async(&mut con).await {
                 Ok(r) => reply = Some(r),
-                // Only the connection failed: the shared one reconnects on its own.
-                Err(e) if e.is_io_error() => {
+                // Only the connection failed (or reaches a demoted primary): the shared one
+                // reconnects, and follows Sentinel, on its own.
+                Err(e) if FleetError::Redis(e.clone()).is_unreachable() => {
                     debug!(self.log, "placement connection failed: using the shared one"; "error" => %e);
                     PLACER.with(|p| p.borrow_mut().take());
                 }
@@ -406,7 +407,7 @@ impl Fleet {
         let reply = match reply {
             Some(r) => r,
             None => {
-                let mut con = self.redis.clone();
+                let mut con = self.conns.con();
                 ask.invocation().invoke_async(&mut con).await?
             }
         };
@@ -428,7 +429,8 @@ impl Fleet {
             .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
             .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
         match self
-            .client
+            .conns
+            .client()
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
         {
@@ -445,7 +447,7 @@ impl Fleet {
 
     /// Drops this placement's reservation on a node that did not take the job.
     async fn drop_reservation(&self, node_id: &str, egress_id: &str) {
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let r: redis::RedisResult<i64> = reservations::drop_reservation(node_id, egress_id)
             .invoke_async(&mut con)
             .await;
@@ -458,7 +460,7 @@ impl Fleet {
     /// The job runs on `node_id`: its reservation only has to last until the node publishes a
     /// state that counts the job (on the change itself, at the latest at its next heartbeat).
     fn shorten_later(&self, node_id: &str, egress_id: &str) {
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let key = reserved_key(node_id);
         let id = egress_id.to_string();
         let ttl = self.cfg.node_ttl_ms;

@@ -241,7 +241,7 @@ impl Fleet {
     /// Writes this node's record of an egress it owns (see `records::PUT_RECORD` for `mode`).
     async fn put_record(&self, info: &EgressInfo, mode: &str) -> Result<bool, redis::RedisError> {
         let json = serde_json::to_string(info).unwrap_or_default();
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let written: i64 = PUT_RECORD
             .key(RECORDS_KEY)
             .key(owner_key(&info.egress_id))
@@ -272,7 +272,7 @@ impl Fleet {
             }
             .into());
         }
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let owner: String = CLAIM_OWNER
             .key(owner_key(&id))
             .arg(&self.node_id)
@@ -323,7 +323,7 @@ impl Fleet {
         &self,
         egress_id: &str,
     ) -> Result<(Option<EgressInfo>, Option<String>, bool), FleetError> {
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let (record, owner): (Option<String>, Option<String>) = redis::pipe()
             .cmd("HGET")
             .arg(RECORDS_KEY)
@@ -354,7 +354,7 @@ impl Fleet {
         node: &Node,
         statuses: Option<Vec<EgressStatus>>,
     ) -> Result<Vec<EgressInfo>, FleetError> {
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(RECORDS_KEY)
             .query_async(&mut con)
@@ -381,7 +381,7 @@ impl Fleet {
         let live = if info.node_id == self.node_id {
             true
         } else {
-            let mut con = self.redis.clone();
+            let mut con = self.conns.con();
             redis::cmd("EXISTS")
                 .arg(node_key(&info.node_id))
                 .query_async::<i64>(&mut con)
@@ -409,7 +409,7 @@ impl Fleet {
         if node == self.node_id {
             return Ok(None);
         }
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let reg: Option<String> = redis::cmd("GET")
             .arg(node_key(&node))
             .query_async(&mut con)

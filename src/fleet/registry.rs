@@ -198,6 +198,21 @@ impl Fleet {
                     }
                     Ok(()) => {}
                     Err(e) => {
+                        // With Sentinel, a failing primary may have been replaced: follow it.
+                        match me.conns.refresh().await {
+                            Ok(true) => {
+                                info!(me.log, "Sentinel names a new primary: connected to it";
+                                      "addr" => me.conns.addr());
+                                tick.reset_immediately();
+                                continue;
+                            }
+                            Ok(false) => {}
+                            Err(re) => {
+                                if !failing {
+                                    warn!(me.log, "cannot ask Sentinel for the primary"; "error" => re);
+                                }
+                            }
+                        }
                         if !failing {
                             warn!(me.log, "heartbeat failed: degraded, starts are placed on this node alone";
                                   "error" => &e);
@@ -234,7 +249,7 @@ impl Fleet {
             .state()
             .await
             .map_err(|e| format!("admission does not answer: {e}"))?;
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         publish(&self.node_id, self.url(), &state, self.cfg.node_ttl_ms)
             .invoke_async::<i64>(&mut con)
             .await
@@ -256,7 +271,7 @@ impl Fleet {
                 "the last egress records did not reach Redis in time"
             );
         }
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let res = crate::fleet::reservations::publish(&self.node_id, None, 0)
             .invoke_async::<i64>(&mut con)
             .await;
@@ -270,7 +285,7 @@ impl Fleet {
 
     /// Every live node's registration, sorted by node id.
     pub async fn live_nodes(&self) -> Result<Vec<NodeRecord>, FleetError> {
-        let mut con = self.redis.clone();
+        let mut con = self.conns.con();
         let raw: Vec<String> = LIVE_NODES
             .key(NODES_KEY)
             .arg(NODE_KEY_PREFIX)
