@@ -37,6 +37,8 @@ pub struct Metrics {
     pub placements_total: IntCounterVec,
     /// 1 while the node is draining.
     pub draining: Gauge,
+    /// Live-source events reported by handlers: stalled, recovered, lost.
+    pub source_events_total: IntCounterVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -140,6 +142,12 @@ impl Metrics {
                 &["outcome"],
             ),
             draining: gauge(&r, "egress_draining", "1 while the node is draining"),
+            source_events_total: counter_vec(
+                &r,
+                "egress_source_events_total",
+                "Live-source events: stalled (reconnecting), recovered, lost",
+                &["event"],
+            ),
             registry: r,
         }
     }

@@ -112,11 +112,7 @@ pub async fn start_local(
         info,
         log_path: state.store.log_path(&id),
         nice: cfg.pipeline.handler_nice,
-        options: PipelineOptions {
-            x264_speed_preset: cfg.pipeline.x264_speed_preset.clone(),
-            mp4_moov_update_period_s: cfg.pipeline.mp4_moov_update_period_s,
-            mp4_reserved_max_duration_s: cfg.pipeline.mp4_reserved_max_duration_s,
-        },
+        options: PipelineOptions::from(&cfg.pipeline),
         spec,
         eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
         start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),
