@@ -8,3 +8,5 @@ mod egress;
 mod fleet;
 mod overload;
 mod placement;
+mod producers;
+mod sources;

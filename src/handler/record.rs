@@ -665,6 +665,7 @@ impl<'a> Recording<'a> {
 
 /// Drops `src`'s current connection (its pads unlink as it leaves the pipeline).
 fn disconnect(pipeline: &gst::Pipeline, src: &mut UriSource) {
+    src.conn.close();
     if let Some(bin) = src.bin.take() {
         let _ = pipeline.remove(&bin);
         // Off this thread: a source going to Null may wait on its network I/O.

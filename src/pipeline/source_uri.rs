@@ -14,13 +14,17 @@
 //! continue with the wall clock, not where the last connection stopped).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use crate::error::PipelineError;
+
+/// How long audio waits for the first video keyframe before it is dropped instead.
+const KEYFRAME_WAIT: Duration = Duration::from_secs(10);
 
 /// Application message a `uridecodebin3` posts (from its streaming thread) for each new pad.
 pub const PAD_MESSAGE: &str = "egress-pad-added";
@@ -121,6 +125,10 @@ pub struct Connection {
     video_gates: bool,
     /// Running time (connection's own) of the first video keyframe, once seen.
     keyframe_rt: Mutex<Option<i64>>,
+    /// Signalled when `keyframe_rt` is set (or the connection closes).
+    keyframe_seen: Condvar,
+    /// Set when the connection is dropped: nothing waits on it any more.
+    closed: AtomicBool,
     /// Offset applied to every pad of this connection, set at its first buffer.
     offset: Mutex<Option<i64>>,
     epoch: Instant,
@@ -133,6 +141,8 @@ impl Connection {
             delivered: AtomicBool::new(false),
             video_gates,
             keyframe_rt: Mutex::new(None),
+            keyframe_seen: Condvar::new(),
+            closed: AtomicBool::new(false),
             offset: Mutex::new(None),
             epoch,
         })
@@ -142,6 +152,12 @@ impl Connection {
     pub fn idle_ms(&self) -> u64 {
         (self.epoch.elapsed().as_millis() as u64)
             .saturating_sub(self.last_buffer_ms.load(Ordering::Relaxed))
+    }
+
+    /// The connection is being dropped: release any pad waiting for the keyframe.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.keyframe_seen.notify_all();
     }
 
     fn touch(&self) {
@@ -170,9 +186,23 @@ pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst:
                         return gst::PadProbeReturn::Drop;
                     }
                     *kf = Some(rt.unwrap_or(0));
+                    conn.keyframe_seen.notify_all();
                 }
             } else {
-                // Audio starts with the picture: nothing before the first keyframe.
+                // Audio starts with the picture: nothing before the first keyframe. A sender
+                // may interleave audio ahead of the video of the same instant, so audio waits
+                // here (this pad's thread only) until the keyframe's time is known.
+                let since = Instant::now();
+                while kf.is_none()
+                    && !conn.closed.load(Ordering::Relaxed)
+                    && since.elapsed() < KEYFRAME_WAIT
+                {
+                    kf = conn
+                        .keyframe_seen
+                        .wait_timeout(kf, Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
                 match (*kf, rt) {
                     (None, _) => return gst::PadProbeReturn::Drop,
                     (Some(k), Some(t)) if t < k => return gst::PadProbeReturn::Drop,
