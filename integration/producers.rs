@@ -50,7 +50,7 @@ fn listening(port: u16) -> bool {
 pub struct Producer {
     pub child: Child,
     /// Kept alive as long as the producer (HLS segments, nginx config).
-    pub dir: Option<tempfile::TempDir>,
+    pub _dir: Option<tempfile::TempDir>,
     /// Other processes serving it (the HLS HTTP server), killed with it.
     pub helpers: Vec<Child>,
     pub url: String,
@@ -138,7 +138,7 @@ pub fn srt_listener() -> Producer {
     });
     Producer {
         child,
-        dir: None,
+        _dir: None,
         helpers: Vec::new(),
         url,
     }
@@ -186,7 +186,7 @@ pub fn hls_origin() -> Producer {
     );
     Producer {
         child,
-        dir: Some(dir),
+        _dir: Some(dir),
         helpers: vec![http],
         url: format!("http://127.0.0.1:{port}/live.m3u8"),
     }
@@ -220,7 +220,7 @@ pub fn nginx_rtmp() -> Producer {
     });
     Producer {
         child,
-        dir: Some(dir),
+        _dir: Some(dir),
         helpers: Vec::new(),
         url: format!("rtmp://127.0.0.1:{port}/live"),
     }
@@ -236,7 +236,7 @@ pub fn rtmp_publisher(rtmp_url: &str) -> Producer {
     );
     Producer {
         child,
-        dir: None,
+        _dir: None,
         helpers: Vec::new(),
         url: rtmp_url.to_string(),
     }
@@ -275,7 +275,7 @@ pub fn rtsp_server() -> Producer {
     });
     Producer {
         child,
-        dir: None,
+        _dir: None,
         helpers: Vec::new(),
         url: format!("rtsp://127.0.0.1:{port}/cam"),
     }

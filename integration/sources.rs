@@ -23,6 +23,11 @@ fn stop(svc: &Service, id: &str) {
     assert_eq!(s, 200, "{v}");
 }
 
+/// The handler's own log (stderr), for failure messages.
+fn handler_log(dirs: &Dirs, id: &str) -> String {
+    std::fs::read_to_string(dirs.state().join("logs").join(format!("{id}.log"))).unwrap_or_default()
+}
+
 fn finished(svc: &Service, id: &str, within: Duration) -> Value {
     svc.wait_status(
         id,
@@ -147,7 +152,13 @@ fn a_paused_sender_gives_one_continuous_file() {
     srt.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3));
     srt.signal(libc::SIGCONT);
-    assert_eq!(svc.egress(&id)["status"], "active");
+    let now = svc.egress(&id);
+    assert_eq!(
+        now["status"],
+        "active",
+        "{now}\n{}",
+        handler_log(&dirs, &id)
+    );
     std::thread::sleep(Duration::from_secs(2));
     stop(&svc, &id);
     let done = finished(&svc, &id, Duration::from_secs(15));
@@ -157,8 +168,10 @@ fn a_paused_sender_gives_one_continuous_file() {
     let path = output(&done);
     ffmpeg_decodes(&path);
     let d = duration(&ffprobe(&path));
+    // Nothing cut: at least the wall-clock time. The sender's 3 s backlog, sent in a burst on
+    // resume, comes after the pause it arrived after (SRT timestamps are arrival times).
     assert!(
-        d > 4.5 && d < wall + 1.0,
+        d > wall - 1.0 && d < wall + 3.5,
         "file lasts {d:.2} s for {wall:.2} s recorded"
     );
 }
@@ -175,7 +188,22 @@ fn a_killed_sender_ends_source_lost() {
     std::thread::sleep(Duration::from_secs(2));
     let killed = Instant::now();
     srt.signal(libc::SIGKILL);
-    let done = finished(&svc, &id, Duration::from_secs(2 + 3 + 2 + 5));
+    let deadline = Instant::now() + Duration::from_secs(2 + 3 + 2 + 5);
+    let done = loop {
+        let v = svc.egress(&id);
+        if ["complete", "failed", "aborted"]
+            .iter()
+            .any(|s| v["status"] == *s)
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{v}\n{}",
+            handler_log(&dirs, &id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let took = killed.elapsed();
     assert_eq!(
         (done["status"].as_str(), done["end_reason"].as_str()),

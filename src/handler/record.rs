@@ -36,9 +36,9 @@ use crate::pipeline::{SourceStreams, plan};
 const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(50);
 /// Without a parent to enforce `eos_timeout_s`, the handler gives EOS this long on its own.
 const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
-/// A source whose stream collection never says how many streams to expect is taken as
-/// complete this long after its last pad.
-const PAD_SETTLE: Duration = Duration::from_millis(1500);
+/// A source that shows only audio or only video is taken as complete this long after its last
+/// pad.
+const PAD_SETTLE: Duration = Duration::from_millis(1000);
 /// Reconnection attempts are at least this far apart.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -84,10 +84,22 @@ struct UriSource {
 }
 
 impl UriSource {
+    /// Whether this connection showed every stream the graph may use: a video and an audio
+    /// pad (no source gives the graph more), else all the streams `decodebin3` selected and no
+    /// new pad for `PAD_SETTLE` (RTMP and RTSP announce their streams one by one).
     fn complete(&self) -> bool {
+        let has = |prefix: &str| {
+            self.pads
+                .iter()
+                .any(|p| source_uri::caps_name(p).starts_with(prefix))
+        };
+        if has("video/") && has("audio/") {
+            return true;
+        }
+        let settled = self.last_pad.is_some_and(|t| t.elapsed() >= PAD_SETTLE);
         match self.expected {
-            Some(n) => n > 0 && self.pads.len() >= n,
-            None => self.last_pad.is_some_and(|t| t.elapsed() >= PAD_SETTLE),
+            Some(n) => n > 0 && self.pads.len() >= n && settled,
+            None => settled,
         }
     }
 }
@@ -552,6 +564,8 @@ impl<'a> Recording<'a> {
                   "window_s" => r.opts.source_reconnect_s);
             emit(&HandlerEvent::SourceStalled { source: src.index });
             disconnect(&r.pipeline, src);
+            // A fresh record: "delivered" now means the next connection delivered.
+            src.conn = Connection::new(r.video_gates(src.index), r.epoch);
             let now = Instant::now();
             src.state = SrcState::Reconnecting { since: now };
             // The first attempt comes at once.

@@ -172,12 +172,19 @@ pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst:
     let conn = conn.clone();
     let weak = pipeline.downgrade();
     let offset_set = AtomicBool::new(false);
+    let last_rt: Mutex<Option<i64>> = Mutex::new(None);
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         conn.touch();
         let Some(buf) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
-        let rt = running_time(pad, buf);
+        let mut rt = running_time(pad, buf);
+        // The least step between two buffers of this pad: a frame, where known.
+        let step = buf
+            .duration()
+            .map(|d| d.nseconds() as i64)
+            .filter(|d| *d > 0)
+            .unwrap_or(if video { 10_000_000 } else { 1_000_000 });
         if conn.video_gates {
             let mut kf = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
             if video {
@@ -223,6 +230,29 @@ pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst:
                 now - rt.unwrap_or(now)
             });
             pad.set_offset(o);
+        }
+        // Never backwards, never squeezed: a sender that pauses and then sends its backlog in a
+        // burst gets arrival-based timestamps (srtsrc, rtpjitterbuffer) squeezed, even
+        // decreasing, while they catch up; such a buffer is placed one step (its duration)
+        // after the last, which keeps the stream's own cadence.
+        let mut last_rt = last_rt.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(t), Some(last)) = (rt, *last_rt)
+            && t < last + step * 9 / 10
+        {
+            let shift = gst::ClockTime::from_nseconds((last + step - t) as u64);
+            if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+                let b = b.make_mut();
+                if let Some(p) = b.pts() {
+                    b.set_pts(p + shift);
+                }
+                if let Some(d) = b.dts() {
+                    b.set_dts(d + shift);
+                }
+            }
+            rt = Some(last + step);
+        }
+        if rt.is_some() {
+            *last_rt = rt;
         }
         conn.delivered.store(true, Ordering::Relaxed);
         gst::PadProbeReturn::Ok
