@@ -3,6 +3,11 @@
 //! and CPU and RSS of the engine's processes (service + handlers) against the baseline's, as ratios.
 //!
 //! Usage: bench [--type participant] [--n 1,4,8] [--seconds 10] [--width 1280 --height 720] [--repeat 3]
+//!        bench --source-start srt [--repeat 10]
+//!
+//! `--source-start srt` measures instead how long a network source takes from the request to
+//! `active` when its sender is up: an ffmpeg SRT listener (one caller only, as a real sender),
+//! a fresh one per egress, recorded as a `track`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +26,8 @@ struct Args {
     height: u32,
     /// Measured engine/baseline pairs per N (medians are printed).
     repeat: usize,
+    /// `srt`: measure a network source's start instead (`--source-start`).
+    source_start: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -31,6 +38,7 @@ fn parse_args() -> Result<Args> {
         width: 1280,
         height: 720,
         repeat: 3,
+        source_start: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -43,6 +51,7 @@ fn parse_args() -> Result<Args> {
             "--width" => a.width = v.parse()?,
             "--height" => a.height = v.parse()?,
             "--repeat" => a.repeat = v.parse::<usize>()?.max(1),
+            "--source-start" => a.source_start = Some(v),
             other => bail!("unknown argument {other}"),
         }
         i += 2;
@@ -130,13 +139,18 @@ struct Engine {
 
 impl Engine {
     fn start(bin: &Path, dir: &Path) -> Result<Engine> {
+        Self::start_with(bin, dir, "")
+    }
+
+    fn start_with(bin: &Path, dir: &Path, extra: &str) -> Result<Engine> {
         let cfg = dir.join("bench.yaml");
         std::fs::write(
             &cfg,
             format!(
                 "server: {{ listen: \"127.0.0.1:0\" }}\nstorage: {{ output_dir: \"{0}/out\", state_dir: \"{0}/state\" }}\n\
-                 log: {{ level: warning }}\ncpu: {{ capacity: 64 }}\noverload: {{ soft_threshold: 10, hard_threshold: 10 }}\n",
-                dir.display()
+                 log: {{ level: warning }}\ncpu: {{ capacity: 64 }}\noverload: {{ soft_threshold: 10, hard_threshold: 10 }}\n{1}\n",
+                dir.display(),
+                extra
             ),
         )?;
         let mut child = Command::new(bin)
@@ -282,11 +296,118 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     Ok((cores, rss))
 }
 
+/// Whether something listens on this UDP port (an SRT listener), read from /proc: connecting
+/// would take the listener's one caller.
+fn udp_bound(port: u16) -> bool {
+    let hex = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&hex))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Request to `active` for an SRT source whose sender (an ffmpeg listener) is up, `repeat` times.
+fn run_source_start(bin: &Path, kind: &str, repeat: usize) -> Result<()> {
+    if kind != "srt" {
+        bail!("--source-start takes srt");
+    }
+    let dir = tempfile::tempdir()?;
+    let eng = Engine::start_with(bin, dir.path(), "sources: { allowed_schemes: [srt] }")?;
+    let mut ms = Vec::new();
+    for i in 0..repeat {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut sender = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg("testsrc=size=1280x720:rate=30")
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args([
+                "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mpegts",
+            ])
+            .arg(format!("srt://127.0.0.1:{port}?mode=listener"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("ffmpeg (scripts/setup installs it)")?;
+        let t = Instant::now();
+        while !udp_bound(port) {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("the SRT listener did not bind");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The sender has been sending for a moment, as a live sender would have.
+        std::thread::sleep(Duration::from_millis(500));
+        let body = json!({"type": "track", "sources": [{"uri": format!("srt://127.0.0.1:{port}")}],
+            "output": {"file": {"filename": format!("s{i}.mp4")}}});
+        let t0 = Instant::now();
+        let (st, v) = eng.call("POST", "/v1/egress", &body)?;
+        if st != 201 {
+            bail!("start answered {st}: {v}");
+        }
+        let id = v["egress_id"].as_str().unwrap_or_default().to_string();
+        loop {
+            let (_, v) = eng.call("GET", &format!("/v1/egress/{id}"), &Value::Null)?;
+            if v["status"] == "active" {
+                ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if v["status"] != "starting" || t0.elapsed() > Duration::from_secs(30) {
+                bail!("egress did not become active: {v}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eng.call("POST", &format!("/v1/egress/{id}/stop"), &Value::Null)?;
+        loop {
+            let (_, v) = eng.call("GET", &format!("/v1/egress/{id}"), &Value::Null)?;
+            if v["status"] != "ending" && v["status"] != "active" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = sender.kill();
+        let _ = sender.wait();
+    }
+    let max = ms.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "{kind} source, request -> active ({repeat} runs, 1280x720@30 H.264 + AAC, track): p50 {:.0} ms, p95 {:.0} ms, max {max:.0} ms",
+        percentile(&mut ms, 0.5),
+        percentile(&mut ms, 0.95),
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     let bin = PathBuf::from(
         std::env::var("EGRESS_BIN").unwrap_or_else(|_| "target/release/egress-engine".into()),
     );
+    if let Some(kind) = &a.source_start {
+        return run_source_start(&bin, kind, a.repeat);
+    }
     println!(
         "bench: type={} {}x{}@30, {} s measured per run, {} cores on this machine",
         a.egress_type,
