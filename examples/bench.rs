@@ -3,6 +3,11 @@
 //! and CPU and RSS of the engine's processes (service + handlers) against the baseline's, as ratios.
 //!
 //! Usage: bench [--type participant] [--n 1,4,8] [--seconds 10] [--width 1280 --height 720] [--repeat 3]
+//!        bench --source-start srt [--repeat 10]
+//!
+//! `--source-start srt` measures instead how long a network source takes from the request to
+//! `active` when its sender is up: an ffmpeg SRT listener (one caller only, as a real sender),
+//! a fresh one per egress, recorded as a `track`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +43,9 @@ struct Args {
     /// Measured engine/baseline pairs per N (medians are printed).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     repeat: u64,
+    /// `srt`: measure a network source's start (request -> active) instead.
+    #[arg(long)]
+    source_start: Option<String>,
 }
 
 fn sources(t: &str) -> Vec<&'static str> {
@@ -186,6 +194,7 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
         x264_speed_preset: "veryfast".into(),
         mp4_moov_update_period_s: 1.0,
         mp4_reserved_max_duration_s: 21600.0,
+        ..PipelineOptions::default()
     };
     let mut children = Vec::new();
     for i in 0..n {
@@ -216,6 +225,112 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     Ok((cores, rss))
 }
 
+/// would take the listener's one caller.
+fn udp_bound(port: u16) -> bool {
+    let hex = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&hex))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Request to `active` for an SRT source whose sender (an ffmpeg listener) is up, `repeat` times.
+fn run_source_start(kind: &str, repeat: usize) -> Result<()> {
+    if kind != "srt" {
+        bail!("--source-start takes srt");
+    }
+    let dirs = Dirs::new();
+    let eng = Service::start(
+        &dirs,
+        &format!("{ENGINE_CONFIG}\nsources: {{ allowed_schemes: [srt] }}"),
+    );
+    let mut ms = Vec::new();
+    for i in 0..repeat {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut sender = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg("testsrc=size=1280x720:rate=30")
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args([
+                "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mpegts",
+            ])
+            .arg(format!("srt://127.0.0.1:{port}?mode=listener"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("ffmpeg (scripts/setup installs it)")?;
+        let t = Instant::now();
+        while !udp_bound(port) {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("the SRT listener did not bind");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The sender has been sending for a moment, as a live sender would have.
+        std::thread::sleep(Duration::from_millis(500));
+        let body = json!({"type": "track", "sources": [{"uri": format!("srt://127.0.0.1:{port}")}],
+            "output": {"file": {"filename": format!("s{i}.mp4")}}});
+        let t0 = Instant::now();
+        let (st, v) = eng.post("/v1/egress", &body);
+        if st != 201 {
+            bail!("start answered {st}: {v}");
+        }
+        let id = v["egress_id"].as_str().unwrap_or_default().to_string();
+        loop {
+            let (_, v) = eng.get(&format!("/v1/egress/{id}"));
+            if v["status"] == "active" {
+                ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if v["status"] != "starting" || t0.elapsed() > Duration::from_secs(30) {
+                bail!("egress did not become active: {v}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eng.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+        loop {
+            let (_, v) = eng.get(&format!("/v1/egress/{id}"));
+            if v["status"] != "ending" && v["status"] != "active" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = sender.kill();
+        let _ = sender.wait();
+    }
+    let max = ms.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "{kind} source, request -> active ({repeat} runs, 1280x720@30 H.264 + AAC, track): p50 {:.0} ms, p95 {:.0} ms, max {max:.0} ms",
+        percentile(&mut ms, 0.5),
+        percentile(&mut ms, 0.95),
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let bin = common::bin();
@@ -224,6 +339,9 @@ fn main() -> Result<()> {
             "{} not found: build it with cargo build --release",
             bin.display()
         );
+    }
+    if let Some(kind) = &a.source_start {
+        return run_source_start(kind, a.repeat as usize);
     }
     println!(
         "bench: type={} {}x{}@30, {} s measured per run, {} cores on this machine",

@@ -272,7 +272,7 @@ fn uri_sources_remux_h264_and_end_with_the_source() {
         done["error"]
             .as_str()
             .unwrap_or("")
-            .contains("cannot open source"),
+            .starts_with("source not found: file://"),
         "{done}"
     );
 }

@@ -9,5 +9,7 @@ mod egress;
 mod fleet;
 mod overload;
 mod placement;
+mod producers;
 mod safety;
 mod sentinel;
+mod sources;

@@ -140,17 +140,12 @@ pub struct PipelineConfig {
     /// supervision keep answering promptly while recordings saturate the CPU.
     #[serde(default = "default_handler_nice")]
     pub handler_nice: i32,
-}
-
-impl PipelineConfig {
-    /// The node-wide settings a handler is started with.
-    pub fn options(&self) -> crate::model::PipelineOptions {
-        crate::model::PipelineOptions {
-            x264_speed_preset: self.x264_speed_preset.clone(),
-            mp4_moov_update_period_s: self.mp4_moov_update_period_s,
-            mp4_reserved_max_duration_s: self.mp4_reserved_max_duration_s,
-        }
-    }
+    /// A live source that sends nothing for this long is stalled: the handler reconnects.
+    #[serde(default = "default_source_stall")]
+    pub source_stall_s: f64,
+    /// How long a stalled source may take to come back; then the egress ends "Source lost".
+    #[serde(default = "default_source_reconnect")]
+    pub source_reconnect_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,6 +351,12 @@ fn default_node_ttl() -> u64 {
 fn default_handler_nice() -> i32 {
     10
 }
+fn default_source_stall() -> f64 {
+    5.0
+}
+fn default_source_reconnect() -> f64 {
+    10.0
+}
 fn default_reservation_ttl() -> u64 {
     10_000
 }
@@ -394,6 +395,19 @@ default_from_serde!(
     FleetConfig,
     OverloadConfig
 );
+
+impl From<&PipelineConfig> for crate::model::PipelineOptions {
+    fn from(p: &PipelineConfig) -> Self {
+        crate::model::PipelineOptions {
+            x264_speed_preset: p.x264_speed_preset.clone(),
+            mp4_moov_update_period_s: p.mp4_moov_update_period_s,
+            mp4_reserved_max_duration_s: p.mp4_reserved_max_duration_s,
+            start_timeout_s: p.start_timeout_s,
+            source_stall_s: p.source_stall_s,
+            source_reconnect_s: p.source_reconnect_s,
+        }
+    }
+}
 
 impl CpuCostConfig {
     pub fn cost(&self, t: EgressType) -> f64 {
@@ -577,6 +591,20 @@ impl Config {
             self.pipeline.mp4_reserved_max_duration_s,
             7.0 * 86400.0,
         )?;
+        positive(
+            "pipeline.source_stall_s",
+            self.pipeline.source_stall_s,
+            3600.0,
+        )?;
+        // 0 is allowed: a stalled source then ends the egress at once.
+        if !(self.pipeline.source_reconnect_s.is_finite()
+            && (0.0..=86400.0).contains(&self.pipeline.source_reconnect_s))
+        {
+            return Err(invalid(
+                "pipeline.source_reconnect_s",
+                "must be a number of seconds in [0, 86400]",
+            ));
+        }
         if !(0..=19).contains(&self.pipeline.handler_nice) {
             return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
         }

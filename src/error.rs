@@ -240,6 +240,9 @@ pub enum PipelineError {
     },
     #[error("pipeline state change failed: {0}")]
     State(String),
+    /// The output file cannot be opened (a symlink, not a regular file, no permission...).
+    #[error("{0}")]
+    Output(String),
 }
 
 impl From<gstreamer::glib::BoolError> for PipelineError {

@@ -1,6 +1,7 @@
 //! Reading finished output files back with gstreamer-pbutils' Discoverer.
 //! `discover` reads a file's header and index; `decode` decodes every frame, which is what
-//! proves a killed recording is still usable; `probe` tells what a source URI carries.
+//! proves a killed recording is still usable. (Sources are not probed: the handler decides its
+//! graph from the pads of its one connection, see `pipeline::source_uri`.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,9 +11,6 @@ use gstreamer_pbutils as pbutils;
 use std::sync::{Arc, Mutex};
 
 use gstreamer::prelude::*;
-use gstreamer_pbutils::prelude::*;
-
-use crate::pipeline::{SourceStreams, VideoInput};
 
 /// What Discoverer says about a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,31 +150,4 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
     outcome?;
     let rep = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(rep)
-}
-
-/// Opens a source URI with Discoverer and tells whether it has video (raw-decodable or H.264)
-/// and audio.
-pub fn probe(uri: &str, timeout: Duration) -> Result<SourceStreams, String> {
-    gst::init().map_err(|e| e.to_string())?;
-    let d = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))
-        .map_err(|e| e.to_string())?;
-    let info = d
-        .discover_uri(uri)
-        .map_err(|e| format!("cannot open source {uri}: {e}"))?;
-    let video = info.video_streams().first().map(|v| {
-        let h264 = v
-            .caps()
-            .and_then(|c| c.structure(0).map(|s| s.name() == "video/x-h264"))
-            .unwrap_or(false);
-        if h264 {
-            VideoInput::H264
-        } else {
-            VideoInput::Raw
-        }
-    });
-    let audio = !info.audio_streams().is_empty();
-    if video.is_none() && !audio {
-        return Err(format!("source {uri} has neither audio nor video"));
-    }
-    Ok(SourceStreams { video, audio })
 }

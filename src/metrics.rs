@@ -41,6 +41,8 @@ pub struct Metrics {
     pub fleet_degraded: Gauge,
     /// Egress records this node could not write to the fleet's Redis yet.
     pub fleet_unpublished_records: Gauge,
+    /// Live-source events reported by handlers: stalled, recovered, lost.
+    pub source_events_total: IntCounterVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -153,6 +155,12 @@ impl Metrics {
                 &r,
                 "egress_fleet_unpublished_records",
                 "Egress records not yet written to the fleet's Redis",
+            ),
+            source_events_total: counter_vec(
+                &r,
+                "egress_source_events_total",
+                "Live-source events: stalled (reconnecting), recovered, lost",
+                &["event"],
             ),
             registry: r,
         }

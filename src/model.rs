@@ -129,6 +129,10 @@ pub mod reason {
     pub const EOS_TIMEOUT: &str = "EOS timeout";
     pub const DRAIN_TIMEOUT: &str = "Drain timeout";
     pub const NODE_LOST: &str = "Node lost";
+    /// A live source stopped sending and did not come back within `pipeline.source_reconnect_s`.
+    pub const SOURCE_LOST: &str = "Source lost";
+    /// The egress ended before any media reached its output: no file is kept.
+    pub const STOPPED_BEFORE_START: &str = "Stopped before start";
 }
 
 /// `POST /v1/egress` body.
@@ -367,6 +371,38 @@ pub struct PipelineOptions {
     pub mp4_moov_update_period_s: f64,
     /// Robust MP4: longest duration the index has room for, in seconds.
     pub mp4_reserved_max_duration_s: f64,
+    /// How long the sources may take to show their streams before the start fails, in seconds.
+    #[serde(default = "default_start_timeout_s")]
+    pub start_timeout_s: f64,
+    /// A live source silent this long is stalled: the handler reconnects, in seconds.
+    #[serde(default = "default_source_stall_s")]
+    pub source_stall_s: f64,
+    /// How long a stalled source may take to come back before the egress ends, in seconds.
+    #[serde(default = "default_source_reconnect_s")]
+    pub source_reconnect_s: f64,
+}
+
+fn default_start_timeout_s() -> f64 {
+    20.0
+}
+fn default_source_stall_s() -> f64 {
+    5.0
+}
+fn default_source_reconnect_s() -> f64 {
+    10.0
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            x264_speed_preset: "veryfast".into(),
+            mp4_moov_update_period_s: 1.0,
+            mp4_reserved_max_duration_s: 21600.0,
+            start_timeout_s: default_start_timeout_s(),
+            source_stall_s: default_source_stall_s(),
+            source_reconnect_s: default_source_reconnect_s(),
+        }
+    }
 }
 
 /// What a handler writes to `result_path` when it ends on its own terms.
@@ -379,6 +415,13 @@ pub struct HandlerResult {
     #[serde(default)]
     pub error: Option<String>,
     pub ended_at: u64,
+    /// False when no media reached the output: the handler deleted the file.
+    #[serde(default = "yes")]
+    pub media: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One output file, described after it was closed.

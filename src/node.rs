@@ -178,7 +178,7 @@ impl Node {
             info,
             log_path: PathBuf::new(),
             nice: cfg.pipeline.handler_nice,
-            options: cfg.pipeline.options(),
+            options: crate::model::PipelineOptions::from(&cfg.pipeline),
             spec,
             eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
             start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),

@@ -21,6 +21,9 @@ use crate::model::{
     EgressInfo, EgressSpec, EgressStatus, FileInfo, PipelineOptions, now_ms, reason,
 };
 
+/// How long past `start_timeout` a handler that is not recording yet is killed.
+const START_GRACE: Duration = Duration::from_secs(5);
+
 /// Why a graceful stop was asked for; decides the final status when EOS completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -93,7 +96,11 @@ pub struct Pipeline {
     /// The first pipeline error the handler reported.
     error: Option<String>,
     source_ended: bool,
+    /// The handler gave up on a stalled source ("Source lost").
+    source_lost: bool,
     finalized: bool,
+    /// Whether media reached the output (the handler says so as it exits; no media, no file).
+    media: bool,
     log: Logger,
 }
 
@@ -148,7 +155,9 @@ impl Pipeline {
             kill_reason: None,
             error: None,
             source_ended: false,
+            source_lost: false,
             finalized: false,
+            media: true,
             log,
         };
         Pipeline::create(move |ctx| {
@@ -223,7 +232,7 @@ impl Pipeline {
                     reason::FAILURE.into(),
                     Some(format!(
                         "pipeline did not start within {} s",
-                        self.start_timeout.as_secs_f64()
+                        (self.start_timeout + START_GRACE).as_secs_f64()
                     )),
                 ),
             };
@@ -236,6 +245,17 @@ impl Pipeline {
             );
         }
         if exit.code == Some(0) && self.finalized {
+            // `complete` always means a file that decodes: with no media there is none.
+            if !self.media {
+                return (
+                    EgressStatus::Aborted,
+                    reason::STOPPED_BEFORE_START.into(),
+                    None,
+                );
+            }
+            if self.source_lost {
+                return (EgressStatus::Complete, reason::SOURCE_LOST.into(), None);
+            }
             if let Some(r) = self.stop_reason {
                 let (s, why) = r.outcome();
                 return (s, why.into(), None);
@@ -317,7 +337,9 @@ impl Actor for Pipeline {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
-        ctx.run_later(self.start_timeout, |act, _| {
+        // The handler fails a source that shows nothing within `start_timeout` itself, with the
+        // reason; this kill is for a handler that cannot even do that.
+        ctx.run_later(self.start_timeout + START_GRACE, |act, _| {
             if act.info.status == EgressStatus::Starting {
                 warn!(act.log, "pipeline did not start in time");
                 act.kill(KillReason::StartTimeout);
@@ -361,7 +383,33 @@ impl Handler<HandlerLine> for Pipeline {
     type Result = ();
     fn handle(&mut self, msg: HandlerLine, ctx: &mut Context<Self>) {
         match msg.0 {
-            HandlerEvent::Started => {}
+            HandlerEvent::Started => info!(self.log, "output open; sources connecting"),
+            HandlerEvent::SourceStalled { source } => {
+                warn!(self.log, "source stalled; handler reconnecting"; "source" => source);
+                crate::metrics::METRICS
+                    .source_events_total
+                    .with_label_values(&["stalled"])
+                    .inc();
+            }
+            HandlerEvent::SourceRecovered { source } => {
+                info!(self.log, "source recovered"; "source" => source);
+                crate::metrics::METRICS
+                    .source_events_total
+                    .with_label_values(&["recovered"])
+                    .inc();
+            }
+            HandlerEvent::SourceLost { source } => {
+                warn!(self.log, "source lost"; "source" => source);
+                crate::metrics::METRICS
+                    .source_events_total
+                    .with_label_values(&["lost"])
+                    .inc();
+                self.source_lost = true;
+                if !self.info.status.is_final() && self.info.status != EgressStatus::Ending {
+                    self.info.status = EgressStatus::Ending;
+                    self.report();
+                }
+            }
             HandlerEvent::Playing => {
                 if self.info.status == EgressStatus::Starting {
                     self.info.status = EgressStatus::Active;
@@ -388,11 +436,15 @@ impl Handler<HandlerLine> for Pipeline {
                 debug,
             } => {
                 warn!(self.log, "pipeline error"; "element" => &element, "message" => &message, "debug" => &debug);
+                // `message` is written for users; the element path and debug text stay in the log.
                 if self.error.is_none() {
-                    self.error = Some(format!("{element}: {message}"));
+                    self.error = Some(message);
                 }
             }
-            HandlerEvent::Exiting { finalized } => self.finalized |= finalized,
+            HandlerEvent::Exiting { finalized, media } => {
+                self.finalized |= finalized;
+                self.media = media;
+            }
         }
     }
 }
@@ -432,7 +484,8 @@ impl Handler<HandlerExited> for Pipeline {
     }
 }
 
-/// Size and Discoverer duration of a closed output file; no entry when nothing was written.
+/// Size and Discoverer duration of a closed output file; no entry when there is none (the
+/// handler deletes an output that got no media).
 pub fn describe_file(filename: &str, path: &std::path::Path) -> Vec<FileInfo> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Vec::new();

@@ -192,6 +192,12 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
     info.handler_pid = None;
     info.ended_at = Some(result.as_ref().map(|r| r.ended_at).unwrap_or_else(now_ms));
     match result {
+        // The handler deleted an output that got no media: nothing was recorded.
+        Some(r) if r.finalized && !r.media => {
+            info.status = EgressStatus::Aborted;
+            info.end_reason = Some(reason::STOPPED_BEFORE_START.into());
+            info.files.clear();
+        }
         Some(r) if r.finalized => {
             info.status = EgressStatus::Complete;
             info.end_reason = Some(reason::SERVICE_STOPPED.into());

@@ -4,13 +4,15 @@
 //! died), so that nothing recorded is lost.
 
 pub mod protocol;
+mod record;
 
 use std::io::{BufRead, Write};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
 
 use crossbeam_channel::Receiver;
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use record::Ended;
 use slog::{Logger, error, info, warn};
 
 use crate::error::PipelineError;
@@ -18,23 +20,16 @@ use crate::model::{EgressSpec, HandlerResult, PipelineOptions, now_ms};
 use crate::pipeline;
 use protocol::{HandlerCommand, HandlerEvent};
 
-/// How long a URI source may take to answer the probe.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long one wait on the bus lasts before stop commands are looked at again.
-const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(100);
-/// Without a parent to enforce `eos_timeout_s`, the handler gives EOS this long on its own.
-const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Why the handler is stopping.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Cause {
+pub(crate) enum Cause {
     Stop,
     ParentGone,
     Signal,
 }
 
 impl Cause {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cause::Stop => "stop",
             Cause::ParentGone => "parent_gone",
@@ -93,15 +88,21 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
     }
 
     let outcome = record(&spec, &options, &ctl_rx, &log);
-    let (finalized, cause, err) = match &outcome {
-        Ok(cause) => (true, cause.clone(), None),
-        Err(e) => (false, "error".to_string(), Some(e.to_string())),
+    let (finalized, cause, err, media) = match &outcome {
+        Ok(end) => (true, end.cause.clone(), None, end.media),
+        Err(e) => (
+            false,
+            "error".to_string(),
+            Some(user_error(e)),
+            spec.file.path.exists(),
+        ),
     };
     let result = HandlerResult {
         finalized,
         cause,
         error: err,
         ended_at: now_ms(),
+        media,
     };
     if let Ok(json) = serde_json::to_vec(&result) {
         // Written before the last event so a restarted service finds it even if we die next.
@@ -112,13 +113,21 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
     if finalized {
         emit(&HandlerEvent::Eos);
     }
-    emit(&HandlerEvent::Exiting { finalized });
-    info!(log, "handler exiting"; "finalized" => finalized, "cause" => &result.cause);
+    emit(&HandlerEvent::Exiting { finalized, media });
+    info!(log, "handler exiting"; "finalized" => finalized, "media" => media, "cause" => &result.cause);
     if finalized { 0 } else { 1 }
 }
 
+/// The text a user reads for `e` (the element path and debug text stay in the log).
+fn user_error(e: &PipelineError) -> String {
+    match e {
+        PipelineError::Bus { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// One JSON line on stdout; a gone parent is not an error here (the stdin thread notices it).
-fn emit(ev: &HandlerEvent) {
+pub(crate) fn emit(ev: &HandlerEvent) {
     if let Ok(line) = serde_json::to_string(ev) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -126,33 +135,44 @@ fn emit(ev: &HandlerEvent) {
     }
 }
 
-/// Builds and runs the pipeline until it is finalized; Ok(cause) once EOS went through. Every
-/// error is reported to the service once, here.
+/// Builds and runs the pipeline until it is finalized; every error is reported to the service
+/// once, here. Without media the output file is deleted.
 fn record(
     spec: &EgressSpec,
     options: &PipelineOptions,
     ctl: &Receiver<Cause>,
     log: &Logger,
-) -> Result<String, PipelineError> {
-    run_pipeline(spec, options, ctl, log).inspect_err(fail)
+) -> Result<Ended, PipelineError> {
+    let mut media = false;
+    let outcome = run_pipeline(spec, options, ctl, &mut media, log);
+    if !media {
+        // Never a file that does not play: a stop before the first frame, or a failed start.
+        match std::fs::remove_file(&spec.file.path) {
+            Ok(()) => info!(log, "no media: output removed"; "path" => spec.file.path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(log, "cannot remove the empty output"; "error" => %e),
+        }
+    }
+    outcome.inspect_err(fail)
 }
 
 fn run_pipeline(
     spec: &EgressSpec,
     options: &PipelineOptions,
     ctl: &Receiver<Cause>,
+    media: &mut bool,
     log: &Logger,
-) -> Result<String, PipelineError> {
+) -> Result<Ended, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
-    let streams = pipeline::streams_of(spec, |uri| crate::media::probe(uri, PROBE_TIMEOUT))
-        .map_err(PipelineError::Build)?;
-    let desc = pipeline::describe(spec, options, &streams);
-    let pipeline = pipeline::build(spec, &desc)?;
-    info!(log, "pipeline built"; "line" => desc.gst());
-    emit(&HandlerEvent::Started);
-    let result = drive(&pipeline, ctl, log);
+    let file = pipeline::output_file::open(&spec.file.path)?;
+    let mut rec = record::Recording::new(spec, options, file.as_raw_fd(), log)?;
+    let result = rec.run(ctl);
+    *media = rec.media();
     // Null closes the sink; with robust mp4 the file is readable even without EOS.
-    let _ = pipeline.set_state(gst::State::Null);
+    let _ = rec.pipeline().set_state(gst::State::Null);
+    // The fd outlives the pipeline that writes to it.
+    drop(rec);
+    drop(file);
     result
 }
 
@@ -170,70 +190,4 @@ fn fail(e: &PipelineError) {
         message,
         debug,
     });
-}
-
-/// Runs the bus until EOS (Ok with the cause) or an error.
-fn drive(
-    pipeline: &gst::Pipeline,
-    ctl: &Receiver<Cause>,
-    log: &Logger,
-) -> Result<String, PipelineError> {
-    let bus = pipeline
-        .bus()
-        .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| PipelineError::State(e.to_string()))?;
-    let mut playing = false;
-    let mut stopping: Option<(Cause, Instant)> = None;
-    loop {
-        // A stop is seen within one bus poll: fast enough, and one thread does it all.
-        if let Ok(cause) = ctl.try_recv()
-            && stopping.is_none()
-        {
-            info!(log, "stopping: sending EOS"; "cause" => cause.as_str());
-            stopping = Some((cause, Instant::now()));
-            pipeline.send_event(gst::event::Eos::new());
-        }
-        if let Some((Cause::ParentGone, since)) = stopping
-            && since.elapsed() > ORPHAN_EOS_TIMEOUT
-        {
-            return Err(PipelineError::Build(
-                "no EOS after the service went away".into(),
-            ));
-        }
-        let Some(msg) = bus.timed_pop(BUS_POLL) else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::StateChanged(s)
-                if !playing
-                    && s.current() == gst::State::Playing
-                    && msg.src() == Some(pipeline.upcast_ref::<gst::Object>()) =>
-            {
-                playing = true;
-                emit(&HandlerEvent::Playing);
-            }
-            gst::MessageView::Eos(_) => {
-                return Ok(match stopping {
-                    Some((c, _)) => c.as_str().to_string(),
-                    None => {
-                        emit(&HandlerEvent::SourceEnded);
-                        "source_eos".to_string()
-                    }
-                });
-            }
-            gst::MessageView::Error(e) => {
-                return Err(PipelineError::Bus {
-                    element: e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                    message: e.error().to_string(),
-                    debug: e.debug().map(|d| d.to_string()).unwrap_or_default(),
-                });
-            }
-            gst::MessageView::Warning(w) => {
-                warn!(log, "pipeline warning"; "warning" => %w.error());
-            }
-            _ => {}
-        }
-    }
 }

@@ -3,6 +3,11 @@
 //! One JSON object per line. The service writes `HandlerCommand`s to the handler's stdin (the first
 //! line is always `Start`); the handler writes `HandlerEvent`s to its stdout and its logs to stderr.
 //! End of file on stdin means the service is gone: the handler then stops gracefully on its own.
+//!
+//! A run: `started`, then `playing` once media reaches the output (never, if it ends first),
+//! maybe `source_stalled`/`source_recovered` pairs, maybe `source_ended` or `source_lost`, then
+//! `eos` when the output was finalized, maybe `error`, and last `exiting`. Fields added later
+//! carry serde defaults, so either side may be one version older.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +22,8 @@ pub enum HandlerCommand {
         spec: Box<EgressSpec>,
         options: PipelineOptions,
     },
-    /// Stop gracefully: send EOS, wait for it, finalize the output, exit.
+    /// Stop gracefully: end the recording (EOS into the encoders and the muxer), finalize the
+    /// output, exit.
     Stop,
 }
 
@@ -25,20 +31,57 @@ pub enum HandlerCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum HandlerEvent {
-    /// The pipeline is built and going to PLAYING.
+    /// The output is open and the sources are connecting.
     Started,
-    /// The pipeline reached PLAYING: media flows.
+    /// Media reached the output: the egress is recording.
     Playing,
+    /// Source `source` sent nothing for `pipeline.source_stall_s`: the handler reconnects.
+    SourceStalled { source: usize },
+    /// A stalled source delivers media again; the output goes on on the same timeline.
+    SourceRecovered { source: usize },
+    /// A stalled source did not come back within `pipeline.source_reconnect_s`: the handler
+    /// finalizes the output and exits ("Source lost").
+    SourceLost { source: usize },
     /// A source ended on its own (e.g. the stream closed): the handler finalizes and exits.
     SourceEnded,
     /// EOS went through the whole pipeline; the output is finalized.
     Eos,
-    /// A pipeline error; the handler finalizes what it can and exits non-zero.
+    /// A pipeline error; the handler finalizes what it can and exits non-zero. `message` is
+    /// for users, `element` is the path of the element that failed, `debug` GStreamer's text.
     Error {
         element: String,
         message: String,
         debug: String,
     },
-    /// Last line before exit.
-    Exiting { finalized: bool },
+    /// Last line before exit. `media`: whether any media reached the output; when false the
+    /// handler deleted the (unplayable) output file.
+    Exiting {
+        finalized: bool,
+        #[serde(default = "yes")]
+        media: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_exiting_line_means_media() {
+        let ev: HandlerEvent =
+            serde_json::from_str(r#"{"event":"exiting","finalized":true}"#).unwrap();
+        assert_eq!(
+            ev,
+            HandlerEvent::Exiting {
+                finalized: true,
+                media: true
+            }
+        );
+        let line = serde_json::to_string(&HandlerEvent::SourceLost { source: 0 }).unwrap();
+        assert_eq!(line, r#"{"event":"source_lost","source":0}"#);
+    }
 }

@@ -1,0 +1,372 @@
+//! Real live producers on free loopback ports, from Debian packages `scripts/setup` installs:
+//! ffmpeg as an SRT listener and as an HLS origin (served by `python3 -m http.server`), nginx
+//! with `libnginx-mod-rtmp` fed by ffmpeg, and a gst-rtsp-server (a small `/usr/bin/python3` gi
+//! script). Every producer is killed on drop. Plus ffprobe/ffmpeg checks of recorded files.
+
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::wait_for;
+
+/// A free loopback TCP port.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A free loopback UDP port (SRT).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Whether something listens on this UDP port (from /proc/net/udp).
+fn udp_bound(port: u16) -> bool {
+    let hex = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").ends_with(&hex))
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A producer process, killed (SIGKILL) on drop.
+pub struct Producer {
+    pub child: Child,
+    /// Kept alive as long as the producer (HLS segments, nginx config).
+    pub _dir: Option<tempfile::TempDir>,
+    /// Other processes serving it (the HLS HTTP server), killed with it.
+    pub helpers: Vec<Child>,
+    pub url: String,
+}
+
+impl Producer {
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        for c in self
+            .helpers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.child))
+        {
+            // A stopped process must be continued to die promptly on SIGKILL's delivery.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// ffmpeg arguments for 320x240@15 test video (H.264, a keyframe every second) and a 440 Hz AAC
+/// tone, in real time.
+fn ffmpeg_av() -> Vec<&'static str> {
+    vec![
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=15",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        "15",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+    ]
+}
+
+fn spawn(cmd: &mut Command, what: &str) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} must be installed (scripts/setup): {e}"))
+}
+
+/// ffmpeg as an SRT listener that takes exactly one caller (the egress).
+pub fn srt_listener() -> Producer {
+    let port = free_udp_port();
+    let url = format!("srt://127.0.0.1:{port}");
+    let child = spawn(
+        Command::new("ffmpeg")
+            .args(ffmpeg_av())
+            .args(["-f", "mpegts"])
+            .arg(format!("{url}?mode=listener")),
+        "ffmpeg",
+    );
+    // Polled in /proc, not by connecting: the listener takes one caller only.
+    wait_for(Duration::from_secs(20), "the SRT listener to bind", || {
+        udp_bound(port).then_some(())
+    });
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url,
+    }
+}
+
+/// ffmpeg writing a live HLS playlist (1 s segments) into a temp dir served over HTTP.
+pub fn hls_origin() -> Producer {
+    let dir = tempfile::Builder::new()
+        .prefix("egress-hls-")
+        .tempdir()
+        .expect("tempdir");
+    let playlist = dir.path().join("live.m3u8");
+    let child = spawn(
+        Command::new("ffmpeg")
+            .args(ffmpeg_av())
+            .args([
+                "-f",
+                "hls",
+                "-hls_time",
+                "1",
+                "-hls_list_size",
+                "6",
+                "-hls_flags",
+                "delete_segments",
+            ])
+            .arg(&playlist),
+        "ffmpeg",
+    );
+    let port = free_tcp_port();
+    let http = spawn(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir.path()),
+        "python3",
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "an HLS playlist with 2 segments",
+        || {
+            let text = std::fs::read_to_string(&playlist).ok()?;
+            (text.matches("#EXTINF").count() >= 2 && listening(port)).then_some(())
+        },
+    );
+    Producer {
+        child,
+        _dir: Some(dir),
+        helpers: vec![http],
+        url: format!("http://127.0.0.1:{port}/live.m3u8"),
+    }
+}
+
+/// nginx with the RTMP module on a free port (`live` application), no publisher yet.
+pub fn nginx_rtmp() -> Producer {
+    let dir = tempfile::Builder::new()
+        .prefix("egress-nginx-")
+        .tempdir()
+        .expect("tempdir");
+    let port = free_tcp_port();
+    let d = dir.path().display();
+    let conf = format!(
+        "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+         daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{}}\n\
+         rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).expect("nginx.conf");
+    let child = spawn(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path()),
+        "nginx",
+    );
+    wait_for(Duration::from_secs(10), "nginx to listen", || {
+        listening(port).then_some(())
+    });
+    Producer {
+        child,
+        _dir: Some(dir),
+        helpers: Vec::new(),
+        url: format!("rtmp://127.0.0.1:{port}/live"),
+    }
+}
+
+/// ffmpeg publishing to `rtmp_url` (e.g. `rtmp://127.0.0.1:P/live/name`) until dropped.
+pub fn rtmp_publisher(rtmp_url: &str) -> Producer {
+    let child = spawn(
+        Command::new("ffmpeg")
+            .args(ffmpeg_av())
+            .args(["-f", "flv", rtmp_url]),
+        "ffmpeg",
+    );
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url: rtmp_url.to_string(),
+    }
+}
+
+const RTSP_SERVER: &str = r#"
+import sys, gi
+gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
+from gi.repository import Gst, GstRtspServer, GLib
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address('127.0.0.1'); server.set_service(sys.argv[1])
+f = GstRtspServer.RTSPMediaFactory()
+f.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 '
+             '! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! rtph264pay name=pay0 pt=96 '
+             'audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! voaacenc ! rtpmp4gpay name=pay1 pt=97 )')
+f.set_shared(True)
+server.get_mount_points().add_factory('/cam', f)
+server.attach(None)
+print('ready', flush=True)
+GLib.MainLoop().run()
+"#;
+
+/// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (H.264 + AAC).
+pub fn rtsp_server() -> Producer {
+    let port = free_tcp_port();
+    let child = spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(RTSP_SERVER)
+            .arg(port.to_string()),
+        "python3-gi and gir1.2-gst-rtsp-server-1.0",
+    );
+    wait_for(Duration::from_secs(20), "the RTSP server to listen", || {
+        listening(port).then_some(())
+    });
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url: format!("rtsp://127.0.0.1:{port}/cam"),
+    }
+}
+
+/// `ffprobe -show_streams -show_format` as JSON.
+pub fn ffprobe(path: &Path) -> Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe must be installed (scripts/setup)");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe json")
+}
+
+/// Decodes the whole file with ffmpeg; panics on any decode error.
+pub fn ffmpeg_decodes(path: &Path) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg must be installed (scripts/setup)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "ffmpeg cannot decode {} cleanly: {err}",
+        path.display()
+    );
+}
+
+/// The first frame of the `v` or `a` stream: (pts in seconds, key frame).
+pub fn first_frame(path: &Path, stream: &str) -> (f64, bool) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json", "-select_streams", stream])
+        .args([
+            "-read_intervals",
+            "%+#1",
+            "-show_entries",
+            "frame=pts_time,key_frame",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let f = &v["frames"][0];
+    let pts = f["pts_time"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no first {stream} frame in {}: {v}", path.display()));
+    (pts, f["key_frame"] == 1)
+}
+
+/// The codec names of a probed file's streams, video first.
+pub fn codecs(probe: &Value) -> (Option<String>, Option<String>) {
+    let of = |t: &str| {
+        probe["streams"].as_array().and_then(|s| {
+            s.iter()
+                .find(|s| s["codec_type"] == t)
+                .and_then(|s| s["codec_name"].as_str().map(String::from))
+        })
+    };
+    (of("video"), of("audio"))
+}
+
+/// The file's duration as ffprobe reads its container.
+pub fn duration(probe: &Value) -> f64 {
+    probe["format"]["duration"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {probe}"))
+}
+
+/// The output file of a finished egress record.
+pub fn output(v: &Value) -> PathBuf {
+    PathBuf::from(
+        v["files"][0]["location"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no file in {v}")),
+    )
+}

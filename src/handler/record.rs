@@ -1,0 +1,550 @@
+//! One recording, from the first connection to the finalized file, on the handler's main thread:
+//! it reads the bus, the stop channel and the clock, and is the only one that changes the graph.
+//!
+//! 1. Each URI source connects once (`source_uri::connect`); its pads are held as they appear.
+//!    When every source showed all its streams (as many pads as `decodebin3` selected streams),
+//!    the graph is decided from those pads (`plan::describe`), built, and the pads linked.
+//!    Test sources need no discovery. A source that fails or shows nothing before
+//!    `start_timeout_s` fails the egress with a text from `pipeline::errors`.
+//! 2. A source silent for `source_stall_s` (or failing) after it delivered media is stalled:
+//!    its connection is dropped and new ones are tried for `source_reconnect_s`, linked to the
+//!    same entries; if none delivers, the recording ends ("source lost").
+//! 3. A stop ends the recording downstream of the sources: EOS is sent into the graph's entries
+//!    (and into test sources), so a source that ignores EOS (HLS) cannot hold the stop up.
+//!    The end is when EOS reaches `out_file_sink`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+mod live;
+
+use live::disconnect;
+
+use crossbeam_channel::Receiver;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use slog::{Logger, info};
+
+use super::protocol::HandlerEvent;
+use super::{Cause, emit};
+use crate::error::PipelineError;
+use crate::model::{EgressSpec, PipelineOptions, Source};
+use crate::pipeline::errors;
+use crate::pipeline::graph::{self, StreamKind};
+use crate::pipeline::source_uri::{self, Connection, Held};
+use crate::pipeline::{SourceStreams, plan};
+
+/// How one wait on the bus lasts at most: stops and stalls are looked at this often.
+const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(50);
+/// Without a parent to enforce `eos_timeout_s`, the handler gives EOS this long on its own.
+const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
+/// A source that shows only audio or only video is taken as complete this long after its last
+/// pad.
+const PAD_SETTLE: Duration = Duration::from_millis(1000);
+/// Reconnection attempts are at least this far apart.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+const MEDIA_MESSAGE: &str = "egress-media";
+const OUT_EOS_MESSAGE: &str = "egress-out-eos";
+
+/// How a recording ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    /// "stop", "parent_gone", "signal", "source_eos", "source_lost".
+    pub cause: String,
+    /// Whether any media reached the output.
+    pub media: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SrcState {
+    /// First connection, before the graph exists.
+    Discovering,
+    Live,
+    /// Stalled at `since`; attempts until `since + source_reconnect_s`.
+    Reconnecting {
+        since: Instant,
+    },
+}
+
+struct UriSource {
+    index: usize,
+    uri: String,
+    bin: Option<gst::Element>,
+    held: Arc<Held>,
+    conn: Arc<Connection>,
+    /// Connection number: 0 first, then one per reconnection attempt.
+    attempt: u32,
+    started: Instant,
+    /// Pads of the current connection, in order, and when the last one came.
+    pads: Vec<gst::Pad>,
+    last_pad: Option<Instant>,
+    /// Streams `decodebin3` selected for the current connection: the pads to expect.
+    expected: Option<usize>,
+    linked: bool,
+    state: SrcState,
+}
+
+impl UriSource {
+    /// Whether this connection showed every stream the graph may use: a video and an audio
+    /// pad (no source gives the graph more), else all the streams `decodebin3` selected and no
+    /// new pad for `PAD_SETTLE` (RTMP and RTSP announce their streams one by one).
+    fn complete(&self) -> bool {
+        let has = |prefix: &str| {
+            self.pads
+                .iter()
+                .any(|p| source_uri::caps_name(p).starts_with(prefix))
+        };
+        if has("video/") && has("audio/") {
+            return true;
+        }
+        let settled = self.last_pad.is_some_and(|t| t.elapsed() >= PAD_SETTLE);
+        match self.expected {
+            Some(n) => n > 0 && self.pads.len() >= n && settled,
+            None => settled,
+        }
+    }
+}
+
+pub struct Recording<'a> {
+    spec: &'a EgressSpec,
+    opts: &'a PipelineOptions,
+    log: &'a Logger,
+    pipeline: gst::Pipeline,
+    fd: i32,
+    epoch: Instant,
+    sources: Vec<UriSource>,
+    streams: Vec<SourceStreams>,
+    entries: Option<HashMap<(usize, StreamKind), gst::Pad>>,
+    media: Arc<AtomicBool>,
+    stopping: Option<(String, Instant)>,
+}
+
+impl<'a> Recording<'a> {
+    pub fn new(
+        spec: &'a EgressSpec,
+        opts: &'a PipelineOptions,
+        fd: i32,
+        log: &'a Logger,
+    ) -> Result<Recording<'a>, PipelineError> {
+        let pipeline = gst::Pipeline::with_name(&spec.egress_id);
+        let epoch = Instant::now();
+        let mut r = Recording {
+            spec,
+            opts,
+            log,
+            pipeline,
+            fd,
+            epoch,
+            sources: Vec::new(),
+            streams: Vec::new(),
+            entries: None,
+            media: Arc::new(AtomicBool::new(false)),
+            stopping: None,
+        };
+        for (i, s) in spec.sources.iter().enumerate() {
+            if let Source::Uri { uri } = s {
+                let mut src = UriSource {
+                    index: i,
+                    uri: uri.clone(),
+                    bin: None,
+                    held: Arc::default(),
+                    conn: Connection::new(false, epoch),
+                    attempt: 0,
+                    started: epoch,
+                    pads: Vec::new(),
+                    last_pad: None,
+                    expected: None,
+                    linked: false,
+                    state: SrcState::Discovering,
+                };
+                r.connect(&mut src)?;
+                r.sources.push(src);
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
+    }
+
+    /// Whether media reached the output.
+    pub fn media(&self) -> bool {
+        self.media.load(Ordering::Relaxed)
+    }
+
+    /// Opens a new connection for `src` (the first, or a reconnection).
+    fn connect(&self, src: &mut UriSource) -> Result<(), PipelineError> {
+        let name = match src.attempt {
+            0 => format!("src{}", src.index),
+            n => format!("src{}_r{n}", src.index),
+        };
+        let caps = plan::copy_caps(self.spec);
+        let (bin, held) = source_uri::connect(src.index, &name, &src.uri, caps.as_deref())?;
+        self.pipeline.add(&bin)?;
+        src.conn = Connection::new(self.video_gates(src.index), self.epoch);
+        src.held = held;
+        src.bin = Some(bin.clone());
+        src.started = Instant::now();
+        src.pads.clear();
+        src.last_pad = None;
+        src.expected = None;
+        src.linked = false;
+        if self.pipeline.current_state() == gst::State::Playing {
+            bin.sync_state_with_parent()?;
+        }
+        Ok(())
+    }
+
+    /// Whether source `i`'s video gates its audio: both recorded (known once the graph is).
+    fn video_gates(&self, i: usize) -> bool {
+        self.streams.get(i).is_some_and(|s| {
+            s.video.is_some()
+                && s.audio.is_some()
+                && plan::records(self.spec, &self.streams, i, true)
+                && plan::records(self.spec, &self.streams, i, false)
+        })
+    }
+
+    /// Runs `f` on source `k` with the rest of the recording at hand.
+    fn with_source<R>(&mut self, k: usize, f: impl FnOnce(&mut Self, &mut UriSource) -> R) -> R {
+        let mut src = self.sources.remove(k);
+        let r = f(self, &mut src);
+        self.sources.insert(k, src);
+        r
+    }
+
+    /// Runs until the output is finalized (or no graph was ever built and a stop came).
+    pub fn run(&mut self, ctl: &Receiver<Cause>) -> Result<Ended, PipelineError> {
+        let bus = self
+            .pipeline
+            .bus()
+            .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
+        if self.sources.is_empty() {
+            self.build_graph()?;
+        }
+        if let Err(e) = self.pipeline.set_state(gst::State::Playing) {
+            // The element that refused said why on the bus (e.g. a missing file).
+            while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+                self.on_message(&msg)?;
+            }
+            return Err(PipelineError::State(e.to_string()));
+        }
+        emit(&HandlerEvent::Started);
+        let start_timeout = Duration::from_secs_f64(self.opts.start_timeout_s.max(0.1));
+        loop {
+            if let Ok(cause) = ctl.try_recv()
+                && self.stopping.is_none()
+            {
+                info!(self.log, "stopping"; "cause" => cause.as_str());
+                if self.entries.is_none() {
+                    // Nothing recorded yet: nothing to finalize.
+                    return Ok(self.ended(cause.as_str()));
+                }
+                self.end(cause.as_str());
+            }
+            if let Some((_, since)) = &self.stopping
+                && since.elapsed() > ORPHAN_EOS_TIMEOUT
+            {
+                return Err(PipelineError::Build(
+                    "no EOS within 60 s of the stop".into(),
+                ));
+            }
+            if self.entries.is_none() {
+                if self.sources.iter().all(UriSource::complete) {
+                    self.build_graph()?;
+                } else if self.epoch.elapsed() > start_timeout {
+                    let src = self.sources.iter().find(|s| !s.complete());
+                    let uri = src.map(|s| s.uri.as_str()).unwrap_or("");
+                    return Err(PipelineError::Bus {
+                        element: src
+                            .and_then(|s| s.bin.as_ref())
+                            .map(|b| b.path_string().to_string())
+                            .unwrap_or_default(),
+                        message: errors::no_streams(uri, self.opts.start_timeout_s),
+                        debug: String::new(),
+                    });
+                }
+            } else if self.stopping.is_none() {
+                self.watch_sources()?;
+            }
+            let Some(msg) = bus.timed_pop(BUS_POLL) else {
+                continue;
+            };
+            if let Some(ended) = self.on_message(&msg)? {
+                return Ok(ended);
+            }
+        }
+    }
+
+    fn ended(&self, cause: &str) -> Ended {
+        Ended {
+            cause: cause.to_string(),
+            media: self.media(),
+        }
+    }
+
+    fn on_message(&mut self, msg: &gst::Message) -> Result<Option<Ended>, PipelineError> {
+        use gst::MessageView as V;
+        match msg.view() {
+            V::Application(a) => {
+                let Some(s) = a.structure() else {
+                    return Ok(None);
+                };
+                match s.name().as_str() {
+                    source_uri::PAD_MESSAGE => {
+                        let (Ok(i), Ok(pad)) = (s.get::<u32>("source"), s.get::<gst::Pad>("pad"))
+                        else {
+                            return Ok(None);
+                        };
+                        self.on_pad(i as usize, pad, msg.src())?;
+                    }
+                    MEDIA_MESSAGE => {
+                        info!(self.log, "recording"; "after_ms" => self.epoch.elapsed().as_millis() as u64);
+                        emit(&HandlerEvent::Playing);
+                    }
+                    OUT_EOS_MESSAGE => return Ok(Some(self.finished())),
+                    _ => {}
+                }
+            }
+            V::Eos(_) => return Ok(Some(self.finished())),
+            V::StreamsSelected(s) => {
+                if let Some(k) = self.source_of(msg) {
+                    let n = s
+                        .streams()
+                        .filter(|st| {
+                            st.stream_type().intersects(
+                                gst::StreamType::AUDIO
+                                    | gst::StreamType::VIDEO
+                                    | gst::StreamType::TEXT,
+                            )
+                        })
+                        .count();
+                    self.sources[k].expected = Some(n);
+                }
+            }
+            V::Error(e) => {
+                let err = e.error();
+                let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                self.on_failure(msg, &err, &debug, true)?;
+            }
+            V::Warning(w) => {
+                let err = w.error();
+                let debug = w.debug().map(|d| d.to_string()).unwrap_or_default();
+                self.on_failure(msg, &err, &debug, false)?;
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The end: EOS reached the file (or the whole pipeline).
+    fn finished(&self) -> Ended {
+        match &self.stopping {
+            Some((cause, _)) => self.ended(cause),
+            None => {
+                emit(&HandlerEvent::SourceEnded);
+                self.ended("source_eos")
+            }
+        }
+    }
+
+    /// Which URI source (index into `sources`) a message comes from; None for the rest of the
+    /// graph, and for connections already dropped.
+    fn source_of(&self, msg: &gst::Message) -> Option<usize> {
+        let src = msg.src()?;
+        self.sources.iter().position(|s| {
+            s.bin
+                .as_ref()
+                .is_some_and(|b| src == b.upcast_ref::<gst::Object>() || src.has_as_ancestor(b))
+                || (s.bin.is_some() && s.held.owns(src))
+        })
+    }
+
+    /// Whether `msg` comes from a connection that was dropped (its messages may still be queued).
+    fn is_of_dropped_connection(&self, msg: &gst::Message) -> bool {
+        let Some(src) = msg.src() else { return false };
+        let path = src.path_string();
+        let root = format!("/GstPipeline:{}/GstURIDecodeBin3:", self.pipeline.name());
+        path.starts_with(&root) && self.source_of(msg).is_none()
+    }
+
+    fn on_pad(
+        &mut self,
+        i: usize,
+        pad: gst::Pad,
+        from: Option<&gst::Object>,
+    ) -> Result<(), PipelineError> {
+        let Some(k) = self.sources.iter().position(|s| s.index == i) else {
+            return Ok(());
+        };
+        // A pad of a connection already dropped.
+        if self.sources[k]
+            .bin
+            .as_ref()
+            .map(|b| b.upcast_ref::<gst::Object>())
+            != from
+        {
+            return Ok(());
+        }
+        info!(self.log, "source pad"; "source" => i, "pad" => pad.name().as_str(),
+              "caps" => source_uri::caps_name(&pad), "after_ms" => self.epoch.elapsed().as_millis() as u64);
+        let src = &mut self.sources[k];
+        src.pads.push(pad);
+        src.last_pad = Some(Instant::now());
+        if self.entries.is_some() && self.sources[k].complete() {
+            self.link_source(k)?;
+        }
+        Ok(())
+    }
+
+    /// Decides the graph from the pads every source showed, builds it and links them.
+    fn build_graph(&mut self) -> Result<(), PipelineError> {
+        let mut streams = Vec::new();
+        for (i, s) in self.spec.sources.iter().enumerate() {
+            streams.push(match s {
+                Source::Test { media, .. } => SourceStreams::of_test(*media),
+                Source::Uri { uri } => {
+                    let src = self.sources.iter().find(|s| s.index == i);
+                    let names: Vec<String> = src
+                        .map(|s| s.pads.iter().map(source_uri::caps_name).collect())
+                        .unwrap_or_default();
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let (st, _) = SourceStreams::from_pads(&names);
+                    if st.is_empty() {
+                        return Err(PipelineError::Build(format!(
+                            "source {} carries neither audio nor video ({})",
+                            errors::redact(uri),
+                            names.join(", ")
+                        )));
+                    }
+                    st
+                }
+            });
+        }
+        self.streams = streams;
+        let desc = plan::describe(self.spec, self.opts, &self.streams);
+        info!(self.log, "graph decided"; "launch" => desc.launch());
+        let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
+        self.watch_output()?;
+        // Downstream first, so nothing pushes into an element that is not playing yet.
+        let mut names: Vec<&str> = desc.names();
+        names.reverse();
+        for n in names {
+            if let Some(e) = self.pipeline.by_name(n) {
+                e.sync_state_with_parent()?;
+            }
+        }
+        self.entries = Some(built.entries);
+        for k in 0..self.sources.len() {
+            // The first connection was made before anyone knew whether video gates audio.
+            let gates = self.video_gates(self.sources[k].index);
+            self.sources[k].conn = Connection::new(gates, self.epoch);
+            self.sources[k].state = SrcState::Live;
+            self.link_source(k)?;
+        }
+        Ok(())
+    }
+
+    /// Probes on the muxer's inputs (the first buffer is "media") and on the sink (its EOS is
+    /// the end).
+    fn watch_output(&self) -> Result<(), PipelineError> {
+        let mux = self
+            .pipeline
+            .by_name("mux")
+            .ok_or_else(|| PipelineError::Build("no mux".into()))?;
+        for pad in mux.sink_pads() {
+            let media = self.media.clone();
+            let m = mux.downgrade();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                if !media.swap(true, Ordering::Relaxed)
+                    && let Some(m) = m.upgrade()
+                {
+                    let s = gst::Structure::new_empty(MEDIA_MESSAGE);
+                    let _ = m.post_message(gst::message::Application::builder(s).src(&m).build());
+                }
+                gst::PadProbeReturn::Remove
+            });
+        }
+        let sink = self
+            .pipeline
+            .by_name("out_file_sink")
+            .and_then(|s| s.static_pad("sink"))
+            .ok_or_else(|| PipelineError::Build("no out_file_sink".into()))?;
+        sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |pad, info| {
+            if let Some(ev) = info.event()
+                && ev.type_() == gst::EventType::Eos
+                && let Some(e) = pad.parent_element()
+            {
+                // Everything before EOS is written: the muxer rewrote its headers already.
+                let s = gst::Structure::new_empty(OUT_EOS_MESSAGE);
+                let _ = e.post_message(gst::message::Application::builder(s).src(&e).build());
+            }
+            gst::PadProbeReturn::Ok
+        });
+        Ok(())
+    }
+
+    /// Links the pads of source `k`'s current connection to the graph's entries.
+    fn link_source(&mut self, k: usize) -> Result<(), PipelineError> {
+        let Some(entries) = &self.entries else {
+            return Ok(());
+        };
+        let src = &self.sources[k];
+        if src.linked {
+            return Ok(());
+        }
+        let i = src.index;
+        let names: Vec<String> = src.pads.iter().map(source_uri::caps_name).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (_, kinds) = SourceStreams::from_pads(&names);
+        for (n, (pad, kind)) in src.pads.iter().zip(kinds).enumerate() {
+            let video = matches!(kind, StreamKind::RawVideo | StreamKind::H264);
+            let entry = (kind != StreamKind::Unused
+                && plan::records(self.spec, &self.streams, i, video))
+            .then(|| entries.get(&(i, kind)))
+            .flatten();
+            match entry {
+                Some(entry) => {
+                    source_uri::gate(pad, &src.conn, video, &self.pipeline);
+                    pad.link(entry).map_err(|e| {
+                        PipelineError::Build(format!("cannot link {}: {e:?}", pad.name()))
+                    })?;
+                }
+                None => {
+                    let name = format!("src{i}_a{}_discard{n}", src.attempt);
+                    source_uri::discard(&self.pipeline, pad, &name)?;
+                }
+            }
+            src.held.release(pad);
+        }
+        self.sources[k].linked = true;
+        Ok(())
+    }
+
+    /// Ends the recording: EOS into every entry of the graph (the sources' own EOS handling,
+    /// which an HLS source does not honour, is not needed) and into test sources.
+    fn end(&mut self, cause: &str) {
+        self.stopping = Some((cause.to_string(), Instant::now()));
+        for src in &mut self.sources {
+            disconnect(&self.pipeline, src);
+        }
+        if let Some(entries) = &self.entries {
+            for pad in entries.values() {
+                pad.send_event(gst::event::Eos::new());
+            }
+        }
+        for (i, s) in self.spec.sources.iter().enumerate() {
+            if matches!(s, Source::Test { .. }) {
+                for kind in ["video", "audio"] {
+                    if let Some(e) = self.pipeline.by_name(&format!("src{i}_{kind}")) {
+                        e.send_event(gst::event::Eos::new());
+                    }
+                }
+            }
+        }
+    }
+}

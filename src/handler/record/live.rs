@@ -1,0 +1,190 @@
+//! The live part of a recording: stall detection, reconnection, and what a bus error or
+//! warning means for a source (a failed start before media, a stall after).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use slog::{info, warn};
+
+use super::{RETRY_PAUSE, Recording, SrcState, UriSource};
+use crate::error::PipelineError;
+use crate::handler::emit;
+use crate::handler::protocol::HandlerEvent;
+use crate::pipeline::errors::{self, Failure};
+use crate::pipeline::source_uri::Connection;
+
+impl Recording<'_> {
+    /// Stall detection and reconnection, once per loop.
+    pub(super) fn watch_sources(&mut self) -> Result<(), PipelineError> {
+        let stall_ms = (self.opts.source_stall_s * 1000.0) as u64;
+        let window = Duration::from_secs_f64(self.opts.source_reconnect_s);
+        for k in 0..self.sources.len() {
+            let src = &self.sources[k];
+            match src.state {
+                SrcState::Live if src.conn.idle_ms() > stall_ms => self.stall(k, "no media"),
+                SrcState::Reconnecting { since } => {
+                    if src.conn.delivered.load(Ordering::Relaxed) {
+                        info!(self.log, "source back"; "source" => src.index,
+                              "gap_ms" => since.elapsed().as_millis() as u64);
+                        emit(&HandlerEvent::SourceRecovered { source: src.index });
+                        self.sources[k].state = SrcState::Live;
+                    } else if since.elapsed() > window {
+                        warn!(self.log, "source lost"; "source" => src.index);
+                        emit(&HandlerEvent::SourceLost { source: src.index });
+                        self.end("source_lost");
+                        return Ok(());
+                    } else if (src.bin.is_none() || src.conn.idle_ms() > stall_ms)
+                        && src.started.elapsed() >= RETRY_PAUSE
+                    {
+                        self.with_source(k, |r, src| {
+                            disconnect(&r.pipeline, src);
+                            src.attempt += 1;
+                            info!(r.log, "reconnecting"; "source" => src.index, "attempt" => src.attempt);
+                            r.connect(src)
+                        })?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Source `k` stopped sending (or failed): drop its connection, start reconnecting.
+    fn stall(&mut self, k: usize, why: &str) {
+        self.with_source(k, |r, src| {
+            warn!(r.log, "source stalled: reconnecting"; "source" => src.index, "why" => why,
+                  "window_s" => r.opts.source_reconnect_s);
+            emit(&HandlerEvent::SourceStalled { source: src.index });
+            disconnect(&r.pipeline, src);
+            // A fresh record: "delivered" now means the next connection delivered.
+            src.conn = Connection::new(r.video_gates(src.index), r.epoch);
+            let now = Instant::now();
+            src.state = SrcState::Reconnecting { since: now };
+            // The first attempt comes at once.
+            src.started = now - RETRY_PAUSE;
+        });
+    }
+
+    /// An error or warning on the bus: a source failure is a failed start before media, a
+    /// stall after; anything else is fatal (errors) or logged (warnings).
+    pub(super) fn on_failure(
+        &mut self,
+        msg: &gst::Message,
+        err: &gst::glib::Error,
+        debug: &str,
+        fatal: bool,
+    ) -> Result<(), PipelineError> {
+        let element = msg
+            .src()
+            .map(|s| s.path_string().to_string())
+            .unwrap_or_default();
+        let factory = msg
+            .src()
+            .and_then(|s| s.downcast_ref::<gst::Element>())
+            .and_then(|e| e.factory())
+            .map(|f| f.name().to_string())
+            .unwrap_or_default();
+        let k = self.source_of(msg);
+        if k.is_none() && self.is_of_dropped_connection(msg) {
+            return Ok(());
+        }
+        let uri = k.map(|k| self.sources[k].uri.clone());
+        let had_media = k.is_some_and(|k| self.sources[k].state != SrcState::Discovering);
+        let domain = err.domain().as_str().to_string();
+        let message = err.message().to_string();
+        let tcp_refused = (fatal && factory == "souphttpsrc")
+            .then(|| uri.as_deref().and_then(tcp_refused))
+            .flatten();
+        let failure = Failure {
+            factory: &factory,
+            domain: &domain,
+            code: err_code(err),
+            message: &message,
+            debug,
+            uri: uri.as_deref(),
+            had_media,
+            tcp_refused,
+        };
+        let kind = errors::classify(&failure);
+        warn!(self.log, "pipeline {}", if fatal { "error" } else { "warning" };
+              "element" => &element, "message" => &message, "debug" => debug,
+              "kind" => kind.text());
+        if self.stopping.is_some() && k.is_some() {
+            return Ok(());
+        }
+        let Some(k) = k else {
+            if fatal {
+                return Err(PipelineError::Bus {
+                    element,
+                    message: errors::user_text(&failure),
+                    debug: format!("{message}: {debug}"),
+                });
+            }
+            return Ok(());
+        };
+        // Warnings matter for sources only when they say the connection failed (srtsrc only
+        // warns while it retries on its own).
+        if !fatal && kind == errors::Kind::Other {
+            return Ok(());
+        }
+        match self.sources[k].state {
+            SrcState::Discovering => Err(PipelineError::Bus {
+                element,
+                message: errors::user_text(&failure),
+                debug: format!("{message}: {debug}"),
+            }),
+            SrcState::Live => {
+                self.stall(k, kind.text());
+                Ok(())
+            }
+            SrcState::Reconnecting { .. } => {
+                // This attempt failed: drop it; the next one comes after the pause.
+                self.with_source(k, |r, src| disconnect(&r.pipeline, src));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Drops `src`'s current connection (its pads unlink as it leaves the pipeline).
+pub(super) fn disconnect(pipeline: &gst::Pipeline, src: &mut UriSource) {
+    src.conn.close();
+    if let Some(bin) = src.bin.take() {
+        let _ = pipeline.remove(&bin);
+        // Off this thread: a source going to Null may wait on its network I/O.
+        std::thread::spawn(move || {
+            let _ = bin.set_state(gst::State::Null);
+        });
+    }
+    src.pads.clear();
+    src.linked = false;
+}
+
+fn err_code(err: &gst::glib::Error) -> i32 {
+    use gst::glib::translate::IntoGlib;
+    if let Some(e) = err.kind::<gst::ResourceError>() {
+        return e.into_glib();
+    }
+    if let Some(e) = err.kind::<gst::StreamError>() {
+        return e.into_glib();
+    }
+    if let Some(e) = err.kind::<gst::CoreError>() {
+        return e.into_glib();
+    }
+    0
+}
+
+/// Whether a TCP connect to the URI's host and port is refused: an HTTP source that cannot
+/// connect only says "Internal data stream error".
+fn tcp_refused(uri: &str) -> Option<bool> {
+    use std::net::ToSocketAddrs;
+    let hp = errors::host_port(uri)?;
+    let addr = hp.to_socket_addrs().ok()?.next()?;
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Ok(_) => Some(false),
+        Err(e) => Some(e.kind() == std::io::ErrorKind::ConnectionRefused),
+    }
+}

@@ -1,0 +1,342 @@
+//! The pure part: which graph an egress gets, decided from what its sources carry (known for
+//! test sources, read from the caps of the pads one connection to a URI source exposed).
+//!
+//! Shapes (all encoders run in real time on live sources):
+//! - `track`: one source; H.264 video and AAC audio are copied into MP4/Matroska, anything else
+//!   is encoded.
+//! - `track_composite`: video of source 0 + audio of source 1 (or both from one source).
+//! - `participant`: video and audio of one source, transcoded.
+//! - `room_composite`: see `compose`.
+//!
+//! ```text
+//!   sources (source_test | source_uri) ─► [compose] ─► encode | copy ─► output_file
+//! ```
+
+use super::graph::{Desc, Node, StreamKind};
+use super::{compose, encode, output_file, source_test};
+use crate::model::{
+    AudioCodec, Container, EgressSpec, EgressType, PipelineOptions, Source, TestMedia,
+};
+
+/// What one source carries, as the graph will consume it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceStreams {
+    /// `RawVideo` or `H264`.
+    pub video: Option<StreamKind>,
+    /// `RawAudio` or `Aac`.
+    pub audio: Option<StreamKind>,
+}
+
+impl SourceStreams {
+    /// What a launch line assumes of a URI source.
+    pub const AV_RAW: SourceStreams = SourceStreams {
+        video: Some(StreamKind::RawVideo),
+        audio: Some(StreamKind::RawAudio),
+    };
+
+    /// What a test source of this kind carries.
+    pub fn of_test(media: TestMedia) -> SourceStreams {
+        SourceStreams {
+            video: (media != TestMedia::Audio).then_some(StreamKind::RawVideo),
+            audio: (media != TestMedia::Video).then_some(StreamKind::RawAudio),
+        }
+    }
+
+    /// From the caps names of the pads one connection exposed (in pad order): the first video
+    /// and the first audio pad are used; `kinds[k]` says what pad `k` becomes (`Unused` for the
+    /// rest).
+    pub fn from_pads(caps_names: &[&str]) -> (SourceStreams, Vec<StreamKind>) {
+        let mut s = SourceStreams {
+            video: None,
+            audio: None,
+        };
+        let kinds = caps_names
+            .iter()
+            .map(|name| {
+                let k = kind_of(name);
+                let slot = match k {
+                    StreamKind::RawVideo | StreamKind::H264 => &mut s.video,
+                    StreamKind::RawAudio | StreamKind::Aac => &mut s.audio,
+                    StreamKind::Unused => return StreamKind::Unused,
+                };
+                if slot.is_some() {
+                    return StreamKind::Unused;
+                }
+                *slot = Some(k);
+                k
+            })
+            .collect();
+        (s, kinds)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.video.is_none() && self.audio.is_none()
+    }
+}
+
+/// What a pad with caps named `name` is, given that only copyable codecs stay encoded (see
+/// `copy_caps`).
+pub fn kind_of(name: &str) -> StreamKind {
+    match name {
+        "video/x-raw" => StreamKind::RawVideo,
+        "audio/x-raw" => StreamKind::RawAudio,
+        "video/x-h264" => StreamKind::H264,
+        "audio/mpeg" => StreamKind::Aac,
+        _ => StreamKind::Unused,
+    }
+}
+
+/// The caps at which a URI source of `spec` stops decoding: raw, plus the codecs this egress
+/// copies as they are (`track` into MP4/Matroska: H.264, and AAC when the output audio is AAC).
+/// None: the default (decode everything).
+pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
+    if spec.egress_type != EgressType::Track
+        || !matches!(spec.file.container, Container::Mp4 | Container::Mkv)
+    {
+        return None;
+    }
+    let mut caps = vec!["video/x-raw(ANY)", "audio/x-raw(ANY)", "video/x-h264"];
+    if spec.audio.codec == AudioCodec::Aac {
+        // MPEG-4 AAC only: mp4mux takes nothing else, and MP3 is audio/mpeg too.
+        caps.push("audio/mpeg,mpegversion=(int)4");
+    }
+    Some(caps.join(";"))
+}
+
+/// Which sources' video and audio the egress records.
+fn used(spec: &EgressSpec, streams: &[SourceStreams]) -> (Vec<usize>, Vec<usize>) {
+    let n = spec.sources.len();
+    let (video, audio): (Vec<usize>, Vec<usize>) = match spec.egress_type {
+        EgressType::TrackComposite if n == 2 => (vec![0], vec![1]),
+        EgressType::RoomComposite => ((0..n).collect(), (0..n).collect()),
+        _ => (vec![0], vec![0]),
+    };
+    (
+        video
+            .into_iter()
+            .filter(|&i| streams[i].video.is_some())
+            .collect(),
+        audio
+            .into_iter()
+            .filter(|&i| streams[i].audio.is_some())
+            .collect(),
+    )
+}
+
+/// Whether source `i`'s video (`video`) or audio is recorded: other pads go to a fakesink.
+pub fn records(spec: &EgressSpec, streams: &[SourceStreams], i: usize, video: bool) -> bool {
+    let (v, a) = used(spec, streams);
+    if video {
+        v.contains(&i)
+    } else {
+        a.contains(&i)
+    }
+}
+
+fn entry(source: usize, kind: StreamKind) -> Vec<Node> {
+    vec![Node::Entry { source, kind }]
+}
+
+/// The graph of `spec` given what each source carries (`streams[i]`). URI sources appear as
+/// `Entry` nodes: the handler links the pads of its one connection to them.
+pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStreams]) -> Desc {
+    let mut d = Desc::default();
+    d.push(output_file::chain(spec, opts));
+    for (i, s) in spec.sources.iter().enumerate() {
+        if let Source::Uri { uri } = s {
+            d.uri_sources.push((i, uri.clone()));
+        }
+    }
+    let (video_from, audio_from) = used(spec, streams);
+    let video_head = |i: usize| {
+        source_test::video_head(&spec.sources[i], i)
+            .unwrap_or_else(|| entry(i, streams[i].video.unwrap_or(StreamKind::RawVideo)))
+    };
+    let audio_head = |i: usize| {
+        source_test::audio_head(&spec.sources[i], i)
+            .unwrap_or_else(|| entry(i, streams[i].audio.unwrap_or(StreamKind::RawAudio)))
+    };
+    if spec.egress_type == EgressType::RoomComposite {
+        let video = video_from.iter().map(|&i| (i, video_head(i))).collect();
+        let audio = audio_from.iter().map(|&i| (i, audio_head(i))).collect();
+        compose::room(&mut d, spec, opts, video, audio);
+        return d;
+    }
+    if let Some(&i) = video_from.first() {
+        let mut chain = video_head(i);
+        if streams[i].video == Some(StreamKind::H264) {
+            chain.extend(encode::h264_copy());
+        } else {
+            chain.extend(encode::video_tail(spec, opts));
+        }
+        d.push(chain);
+    }
+    if let Some(&i) = audio_from.first() {
+        let mut chain = audio_head(i);
+        if streams[i].audio == Some(StreamKind::Aac) {
+            chain.extend(encode::aac_copy());
+        } else {
+            chain.extend(encode::audio_tail(spec));
+        }
+        d.push(chain);
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EgressRequest, ValidationContext};
+
+    fn spec(json: serde_json::Value) -> EgressSpec {
+        let req: EgressRequest = serde_json::from_value(json).unwrap();
+        let schemes = vec!["test".to_string(), "rtsp".to_string(), "srt".to_string()];
+        let dir = std::path::Path::new("/rec");
+        let ctx = ValidationContext {
+            output_dir: dir,
+            state_dir: dir,
+            allowed_schemes: &schemes,
+        };
+        req.validate("EG_test", &ctx).unwrap()
+    }
+
+    pub(crate) fn opts() -> PipelineOptions {
+        PipelineOptions {
+            x264_speed_preset: "veryfast".into(),
+            mp4_moov_update_period_s: 1.0,
+            mp4_reserved_max_duration_s: 60.0,
+            ..PipelineOptions::default()
+        }
+    }
+
+    fn track(filename: &str) -> EgressSpec {
+        spec(
+            serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
+            "output": {"file": {"filename": filename}}}),
+        )
+    }
+
+    #[test]
+    fn pads_decide_the_streams_first_video_and_first_audio_win() {
+        let (s, kinds) =
+            SourceStreams::from_pads(&["video/x-h264", "audio/mpeg", "audio/x-raw", "text/x-raw"]);
+        assert_eq!(s.video, Some(StreamKind::H264));
+        assert_eq!(s.audio, Some(StreamKind::Aac));
+        assert_eq!(
+            kinds,
+            vec![
+                StreamKind::H264,
+                StreamKind::Aac,
+                StreamKind::Unused,
+                StreamKind::Unused
+            ]
+        );
+        let (s, _) = SourceStreams::from_pads(&["audio/x-raw"]);
+        assert_eq!((s.video, s.audio), (None, Some(StreamKind::RawAudio)));
+        assert!(SourceStreams::from_pads(&["text/x-raw"]).0.is_empty());
+    }
+
+    #[test]
+    fn track_copies_h264_and_aac_into_mp4_and_mkv_only() {
+        let c = copy_caps(&track("t.mp4")).unwrap();
+        assert!(
+            c.contains("video/x-h264") && c.contains("mpegversion=(int)4"),
+            "{c}"
+        );
+        assert!(copy_caps(&track("t.mkv")).is_some());
+        assert_eq!(copy_caps(&track("t.webm")), None);
+        let p = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "srt://h:1"}],
+            "output": {"file": {"filename": "p.mp4"}}}),
+        );
+        assert_eq!(copy_caps(&p), None);
+        let mut opus = track("t.mkv");
+        opus.audio.codec = AudioCodec::Opus;
+        assert!(!copy_caps(&opus).unwrap().contains("audio/mpeg"));
+
+        let copied = SourceStreams {
+            video: Some(StreamKind::H264),
+            audio: Some(StreamKind::Aac),
+        };
+        let d = describe(&track("t.mp4"), &opts(), &[copied]);
+        let f = d.factories();
+        assert!(f.contains(&"h264parse".to_string()) && f.contains(&"aacparse".to_string()));
+        assert!(!f.contains(&"x264enc".to_string()) && !f.contains(&"voaacenc".to_string()));
+        // Raw from the same source: both encoded.
+        let d = describe(&track("t.mp4"), &opts(), &[SourceStreams::AV_RAW]);
+        let f = d.factories();
+        assert!(f.contains(&"x264enc".to_string()) && f.contains(&"voaacenc".to_string()));
+    }
+
+    #[test]
+    fn every_element_is_named_by_its_role_once() {
+        let s = spec(serde_json::json!({"type": "room_composite",
+            "sources": [{"uri": "test://av"}, {"uri": "srt://h:1"}, {"uri": "test://audio"}],
+            "output": {"file": {"filename": "r.mp4"}}}));
+        let streams = [
+            SourceStreams::of_test(TestMedia::Av),
+            SourceStreams::AV_RAW,
+            SourceStreams::of_test(TestMedia::Audio),
+        ];
+        let d = describe(&s, &opts(), &streams);
+        let names = d.names();
+        for role in [
+            "mux",
+            "out_file_sink",
+            "comp",
+            "amix",
+            "video_enc",
+            "audio_enc",
+        ] {
+            assert!(names.contains(&role), "{role} in {names:?}");
+        }
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        let l = d.launch();
+        assert!(
+            l.contains("uridecodebin3 name=src1 uri=srt://h:1")
+                && l.contains("src1. ! video/x-raw")
+                && l.contains("sink_1::xpos=640")
+                && l.contains("comp.sink_1")
+                && !l.contains("comp.sink_2"),
+            "{l}"
+        );
+        assert_eq!(l.matches("amix.").count(), 3, "{l}");
+    }
+
+    #[test]
+    fn participant_launch_line_is_i420_h264_aac_robust_mp4_quoted() {
+        let s = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
+            "output": {"file": {"filename": "a b.mp4"}}}),
+        );
+        let l = describe(&s, &opts(), &[SourceStreams::of_test(TestMedia::Av)]).launch();
+        assert!(
+            l.contains("format=I420") && l.contains("x264enc") && l.contains("voaacenc"),
+            "{l}"
+        );
+        assert!(l.contains("reserved-moov-update-period=1000000000"), "{l}");
+        assert!(l.contains("'location=/rec/a b.mp4'"), "{l}");
+    }
+
+    #[test]
+    fn track_composite_records_video_of_the_first_audio_of_the_second() {
+        let s = spec(serde_json::json!({"type": "track_composite",
+            "sources": [{"uri": "srt://a:1"}, {"uri": "srt://b:1"}],
+            "output": {"file": {"filename": "t.mp4"}}}));
+        let st = [SourceStreams::AV_RAW, SourceStreams::AV_RAW];
+        assert!(records(&s, &st, 0, true) && !records(&s, &st, 0, false));
+        assert!(!records(&s, &st, 1, true) && records(&s, &st, 1, false));
+    }
+
+    #[test]
+    fn grid_cells_cover_the_frame() {
+        use super::compose::grid;
+        assert_eq!(grid(1, 1280, 720), (1, 1280, 720));
+        assert_eq!(grid(4, 1280, 720), (2, 640, 360));
+        assert_eq!(grid(5, 1280, 720), (3, 426, 360));
+        assert_eq!(grid(16, 1280, 720), (4, 320, 180));
+    }
+}

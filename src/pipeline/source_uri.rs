@@ -1,0 +1,294 @@
+//! URI sources: one `uridecodebin3` per connection. Its pads are held (blocked) as they appear,
+//! so the handler can decide the rest of the graph from what this one connection carries
+//! (`plan::SourceStreams::from_pads`) and link them; nothing is opened twice.
+//!
+//! ```text
+//!   src0 (uridecodebin3 uri=..., caps=raw|H.264|AAC)
+//!     ├─ video_0 ─[gate: from the first video keyframe; offset: wall-clock timeline]─► Entry(0, video)
+//!     ├─ audio_0 ─[gate: nothing before that keyframe;  same offset]─────────────────► Entry(0, audio)
+//!     └─ text_0  ─► src0_discard_text_0 (fakesink)
+//! ```
+//!
+//! A reconnection is a new `uridecodebin3` (`src0_r1`, `src0_r2`, ...) linked to the same
+//! entries: the outputs keep one timeline, and the pad offset makes the gap a gap (timestamps
+//! continue with the wall clock, not where the last connection stopped).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use std::time::Instant;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use crate::error::PipelineError;
+
+/// How long audio waits for the first video keyframe before it is dropped instead.
+const KEYFRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Application message a `uridecodebin3` posts (from its streaming thread) for each new pad.
+pub const PAD_MESSAGE: &str = "egress-pad-added";
+
+/// The pads of a connection held since they appeared, until `release`; and its source element.
+#[derive(Debug, Default)]
+pub struct Held {
+    pads: Mutex<Vec<(gst::Pad, gst::PadProbeId)>>,
+    /// The element `uridecodebin3` made for the URI: a failing one may be out of the bin
+    /// already when its error is read, so errors are matched against it too.
+    source: Mutex<Option<gst::Element>>,
+}
+
+impl Held {
+    /// Whether `obj` is (inside) this connection's source element.
+    pub fn owns(&self, obj: &gst::Object) -> bool {
+        let source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        source
+            .as_ref()
+            .is_some_and(|s| obj == s.upcast_ref::<gst::Object>() || obj.has_as_ancestor(s))
+    }
+
+    /// Lets a held pad go.
+    pub fn release(&self, pad: &gst::Pad) {
+        let mut held = self.pads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = held.iter().position(|(p, _)| p == pad) {
+            let (p, id) = held.swap_remove(i);
+            p.remove_probe(id);
+        }
+    }
+}
+
+/// The `uridecodebin3` of one connection to source `index`, named `name`; posts a `PAD_MESSAGE`
+/// on the bus for every pad, which stays held (blocked) until the handler links it.
+pub fn connect(
+    index: usize,
+    name: &str,
+    uri: &str,
+    caps: Option<&str>,
+) -> Result<(gst::Element, Arc<Held>), PipelineError> {
+    let mut b = gst::ElementFactory::make("uridecodebin3")
+        .name(name)
+        .property("uri", uri);
+    if let Some(c) = caps {
+        let caps: gst::Caps = c
+            .parse()
+            .map_err(|_| PipelineError::Build(format!("bad caps {c}")))?;
+        b = b.property("caps", caps);
+    }
+    let bin = b
+        .build()
+        .map_err(|_| PipelineError::MissingElement("uridecodebin3".into()))?;
+    let held = Arc::new(Held::default());
+    let h = held.clone();
+    bin.connect("source-setup", false, move |args| {
+        if let Some(Ok(e)) = args.get(1).map(|v| v.get::<gst::Element>()) {
+            *h.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+        None
+    });
+    let h = held.clone();
+    bin.connect_pad_added(move |bin, pad| {
+        // Held until linked: data must not reach an unlinked pad (not-linked would stop the
+        // source) nor run ahead of the graph decision.
+        if let Some(id) = pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
+            gst::PadProbeReturn::Ok
+        }) {
+            h.pads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((pad.clone(), id));
+        }
+        let s = gst::Structure::builder(PAD_MESSAGE)
+            .field("source", index as u32)
+            .field("pad", pad)
+            .build();
+        let _ = bin.post_message(gst::message::Application::builder(s).src(bin).build());
+    });
+    Ok((bin, held))
+}
+
+/// The caps name of a pad of a connection (current caps, else what it can do).
+pub fn caps_name(pad: &gst::Pad) -> String {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    caps.structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default()
+}
+
+/// What the handler knows of one connection, shared with its pads' streaming threads.
+#[derive(Debug)]
+pub struct Connection {
+    /// When this connection last delivered a buffer (ms since `epoch`).
+    last_buffer_ms: AtomicU64,
+    /// Whether a buffer went through the gate.
+    pub delivered: AtomicBool,
+    /// Whether video gates audio (the source's video is recorded).
+    video_gates: bool,
+    /// Running time (connection's own) of the first video keyframe, once seen.
+    keyframe_rt: Mutex<Option<i64>>,
+    /// Signalled when `keyframe_rt` is set (or the connection closes).
+    keyframe_seen: Condvar,
+    /// Set when the connection is dropped: nothing waits on it any more.
+    closed: AtomicBool,
+    /// Offset applied to every pad of this connection, set at its first buffer.
+    offset: Mutex<Option<i64>>,
+    epoch: Instant,
+}
+
+impl Connection {
+    pub fn new(video_gates: bool, epoch: Instant) -> Arc<Connection> {
+        Arc::new(Connection {
+            last_buffer_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+            delivered: AtomicBool::new(false),
+            video_gates,
+            keyframe_rt: Mutex::new(None),
+            keyframe_seen: Condvar::new(),
+            closed: AtomicBool::new(false),
+            offset: Mutex::new(None),
+            epoch,
+        })
+    }
+
+    /// Milliseconds since this connection's last buffer (or since it was made).
+    pub fn idle_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_buffer_ms.load(Ordering::Relaxed))
+    }
+
+    /// The connection is being dropped: release any pad waiting for the keyframe.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.keyframe_seen.notify_all();
+    }
+
+    fn touch(&self) {
+        self.last_buffer_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Installs the gate and timeline probe on a pad of `conn` that carries video (`video`) or
+/// audio into the graph of `pipeline`.
+pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst::Pipeline) {
+    let conn = conn.clone();
+    let weak = pipeline.downgrade();
+    let offset_set = AtomicBool::new(false);
+    let last_rt: Mutex<Option<i64>> = Mutex::new(None);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        conn.touch();
+        let Some(buf) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let mut rt = running_time(pad, buf);
+        // The least step between two buffers of this pad: a frame, where known.
+        let step = buf
+            .duration()
+            .map(|d| d.nseconds() as i64)
+            .filter(|d| *d > 0)
+            .unwrap_or(if video { 10_000_000 } else { 1_000_000 });
+        if conn.video_gates {
+            let mut kf = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
+            if video {
+                if kf.is_none() {
+                    if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                        return gst::PadProbeReturn::Drop;
+                    }
+                    *kf = Some(rt.unwrap_or(0));
+                    conn.keyframe_seen.notify_all();
+                }
+            } else {
+                // Audio starts with the picture: nothing before the first keyframe. A sender
+                // may interleave audio ahead of the video of the same instant, so audio waits
+                // here (this pad's thread only) until the keyframe's time is known.
+                let since = Instant::now();
+                while kf.is_none()
+                    && !conn.closed.load(Ordering::Relaxed)
+                    && since.elapsed() < KEYFRAME_WAIT
+                {
+                    kf = conn
+                        .keyframe_seen
+                        .wait_timeout(kf, Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                match (*kf, rt) {
+                    (None, _) => return gst::PadProbeReturn::Drop,
+                    (Some(k), Some(t)) if t < k => return gst::PadProbeReturn::Drop,
+                    _ => {}
+                }
+            }
+        }
+        if !offset_set.swap(true, Ordering::Relaxed) {
+            let mut off = conn.offset.lock().unwrap_or_else(|p| p.into_inner());
+            let o = *off.get_or_insert_with(|| {
+                // The first buffer of the connection lands at the pipeline's current running
+                // time: sources share one timeline, and a reconnection continues after the gap.
+                let now = weak
+                    .upgrade()
+                    .and_then(|p| p.current_running_time())
+                    .map(|t| t.nseconds() as i64)
+                    .unwrap_or(0);
+                now - rt.unwrap_or(now)
+            });
+            pad.set_offset(o);
+        }
+        // Never backwards, never squeezed: a sender that pauses and then sends its backlog in a
+        // burst gets arrival-based timestamps (srtsrc, rtpjitterbuffer) squeezed, even
+        // decreasing, while they catch up; such a buffer is placed one step (its duration)
+        // after the last, which keeps the stream's own cadence.
+        let mut last_rt = last_rt.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(t), Some(last)) = (rt, *last_rt)
+            && t < last + step * 9 / 10
+        {
+            let shift = gst::ClockTime::from_nseconds((last + step - t) as u64);
+            if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+                let b = b.make_mut();
+                if let Some(p) = b.pts() {
+                    b.set_pts(p + shift);
+                }
+                if let Some(d) = b.dts() {
+                    b.set_dts(d + shift);
+                }
+            }
+            rt = Some(last + step);
+        }
+        if rt.is_some() {
+            *last_rt = rt;
+        }
+        conn.delivered.store(true, Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// The running time of `buf` in the segment of `pad` (without the pad's offset).
+fn running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<i64> {
+    let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+    let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
+    let ts = buf.dts_or_pts()?;
+    seg.to_running_time_full(ts).map(|s| match s {
+        gst::Signed::Positive(t) => t.nseconds() as i64,
+        gst::Signed::Negative(t) => -(t.nseconds() as i64),
+    })
+}
+
+/// A sink for a pad the graph does not record (a second audio track, subtitles): without one
+/// the source would stop on "not linked".
+pub fn discard(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    name: &str,
+) -> Result<gst::Element, PipelineError> {
+    let sink = gst::ElementFactory::make("fakesink")
+        .name(name)
+        .property("sync", false)
+        .property("async", false)
+        .build()
+        .map_err(|_| PipelineError::MissingElement("fakesink".into()))?;
+    pipeline.add(&sink)?;
+    sink.sync_state_with_parent()?;
+    let sinkpad = sink
+        .static_pad("sink")
+        .ok_or_else(|| PipelineError::Build("fakesink without a sink pad".into()))?;
+    pad.link(&sinkpad)
+        .map_err(|e| PipelineError::Build(format!("cannot link {}: {e:?}", pad.name())))?;
+    Ok(sink)
+}
