@@ -37,8 +37,7 @@ struct Args {
     /// Fleet sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,5000")]
     nodes: Vec<usize>,
-    /// Placements per fleet size (fewer for the largest fleets: at most 200 000 node visits
-    /// of the old full scan per size).
+    /// Placements per fleet size.
     #[arg(long, default_value_t = 2000)]
     decisions: usize,
     /// Placements kept reserved at a time (jobs still starting).
@@ -96,7 +95,7 @@ fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -
         let _: i64 =
             publish(&id, &format!("http://{id}.invalid"), &l.state(now), 600_000).invoke(con)?;
     }
-    let decisions = args.decisions.min((200_000 / n.max(1)).max(50));
+    let decisions = args.decisions;
     let () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("slowlog-log-slower-than")
