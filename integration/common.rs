@@ -408,6 +408,35 @@ impl Drop for Service {
     }
 }
 
+/// Waits until `node`'s fleet-wide list (not partial) holds each of `ids` exactly once, with
+/// status `status`; returns how many times each id was listed.
+pub fn wait_listed_once(
+    node: &Service,
+    ids: &[&str],
+    status: &str,
+) -> std::collections::HashMap<String, usize> {
+    wait_for(
+        Duration::from_secs(20),
+        "every egress fleet-wide, once each, with its final status",
+        || {
+            let (s, v) = node.get("/v1/egress");
+            if s != 200 || !v["partial"].is_null() {
+                return None;
+            }
+            let mut count: std::collections::HashMap<String, usize> = Default::default();
+            let mut statuses: std::collections::HashMap<String, String> = Default::default();
+            for e in v["egresses"].as_array()? {
+                let id = e["egress_id"].as_str()?.to_string();
+                statuses.insert(id.clone(), e["status"].as_str()?.to_string());
+                *count.entry(id).or_default() += 1;
+            }
+            ids.iter()
+                .all(|id| count.get(*id) == Some(&1) && statuses[*id] == status)
+                .then_some(count)
+        },
+    )
+}
+
 /// A request body for `type` from test sources at a small size (tests share 2 cores).
 pub fn request(egress_type: &str, uris: &[&str], filename: &str) -> Value {
     json!({

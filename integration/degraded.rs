@@ -4,7 +4,6 @@
 //! saying so), `/readyz` says degraded, fleet-wide reads say they are partial, and once Redis is
 //! back every egress started in between is listed fleet-wide exactly once with its final status.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -105,32 +104,10 @@ fn a_fleet_keeps_recording_and_starting_while_its_redis_is_down() {
             (s == 200 && v["status"] == "ready").then_some(())
         });
     }
-    let want: Vec<&String> = all.iter().map(|(id, _)| id).collect();
+    let want: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
     for n in [&a, &b] {
-        let seen = wait_for(
-            Duration::from_secs(20),
-            "every egress fleet-wide, final, exactly once",
-            || {
-                let (s, v) = n.get("/v1/egress");
-                if s != 200 || !v["partial"].is_null() {
-                    return None;
-                }
-                let mut count: HashMap<String, (usize, String)> = HashMap::new();
-                for e in v["egresses"].as_array()? {
-                    let id = e["egress_id"].as_str()?.to_string();
-                    let st = e["status"].as_str()?.to_string();
-                    count.entry(id).or_insert((0, st)).0 += 1;
-                }
-                want.iter()
-                    .all(|id| {
-                        count
-                            .get(*id)
-                            .is_some_and(|(n, st)| *n == 1 && st == "complete")
-                    })
-                    .then_some(count)
-            },
-        );
-        assert_eq!(seen.len(), want.len(), "{seen:?}");
+        let seen = wait_listed_once(n, &want, "complete");
+        assert!(want.iter().all(|id| seen.contains_key(*id)), "{seen:?}");
     }
     let (_, nodes) = a.get("/v1/fleet/nodes");
     assert_eq!(

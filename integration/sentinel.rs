@@ -3,7 +3,6 @@
 //! killed mid-recording; the sentinel promotes the replica; the nodes follow it and place
 //! through the fleet again within seconds, with no egress lost or listed twice.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -85,32 +84,6 @@ fn the_fleet_follows_a_sentinel_failover() {
         assert_eq!(s, 200, "{v}");
     }
     for n in &nodes {
-        let seen = wait_for(
-            Duration::from_secs(20),
-            "both egresses fleet-wide, complete, once each",
-            || {
-                let (s, v) = n.get("/v1/egress");
-                if s != 200 || !v["partial"].is_null() {
-                    return None;
-                }
-                let mut count: HashMap<String, (usize, String)> = HashMap::new();
-                for e in v["egresses"].as_array()? {
-                    let st = e["status"].as_str()?.to_string();
-                    count
-                        .entry(e["egress_id"].as_str()?.to_string())
-                        .or_insert((0, st))
-                        .0 += 1;
-                }
-                [&before, &after]
-                    .iter()
-                    .all(|id| {
-                        count
-                            .get(id.as_str())
-                            .is_some_and(|(k, st)| *k == 1 && st == "complete")
-                    })
-                    .then_some(count)
-            },
-        );
-        assert_eq!(seen.len(), 2, "{seen:?}");
+        wait_listed_once(n, &[before.as_str(), after.as_str()], "complete");
     }
 }

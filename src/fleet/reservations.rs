@@ -161,15 +161,24 @@ local function reindex(id, v)
 end
 "#;
 
-/// Publishes (or, with an empty record, removes) a node's registration and keeps the candidate
-/// index in step. ARGV = prefix, types, node id, record JSON ("" = remove), ttl_ms.
-pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+/// A script whose ARGV starts with the key prefix and the types, with `P`, `TYPES`, `NOW` and the
+/// shared functions (`LUA_COMMON`) defined before `body`.
+fn with_common(body: &str) -> Script {
     Script::new(&format!(
         r#"
 local P, TYPES = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 {LUA_COMMON}
+{body}"#
+    ))
+}
+
+/// Publishes (or, with an empty record, removes) a node's registration and keeps the candidate
+/// index in step. ARGV = prefix, types, node id, record JSON ("" = remove), ttl_ms.
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
 local id = ARGV[3]
 if ARGV[4] == '' then
   redis.call('DEL', P .. 'node:' .. id)
@@ -181,24 +190,20 @@ redis.call('SET', P .. 'node:' .. id, ARGV[4], 'PX', tonumber(ARGV[5]))
 redis.call('SADD', P .. 'nodes', id)
 reindex(id, node_view(id, nil))
 return 1
-"#
-    ))
+"#,
+    )
 });
 
 /// Drops a placement's reservation on a node that did not take the job, and re-indexes the
 /// node. ARGV = prefix, types, node id, egress id.
 pub static DROP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+    with_common(
         r#"
-local P, TYPES = ARGV[1], ARGV[2]
-local t = redis.call('TIME')
-local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-{LUA_COMMON}
 local n = redis.call('HDEL', P .. 'reserved:' .. ARGV[3], ARGV[4])
 reindex(ARGV[3], node_view(ARGV[3], nil))
 return n
-"#
-    ))
+"#,
+    )
 });
 
 /// The decision. ARGV = prefix, types, egress_id, type, cost ("" = the node's own), seed,
@@ -213,30 +218,26 @@ return n
 /// first ratio that could hold the cost on the largest budget. Only when no candidate fits (or a
 /// walk visits `MAX_VISITS` nodes) does it read every node, which also names each refusal.
 pub static PLACE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+    with_common(
         r#"
-local P, TYPES = ARGV[1], ARGV[2]
-local t = redis.call('TIME')
-local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-{LUA_COMMON}
 local MAX_VISITS = 64
 local eid, want, seed, ttl = ARGV[3], ARGV[4], ARGV[6], tonumber(ARGV[7])
 local ask_cost = tonumber(ARGV[5])
-local lines = {{ {{'idle', tonumber(ARGV[8]), tonumber(ARGV[9])}}, {{'busy', tonumber(ARGV[10]), tonumber(ARGV[11])}} }}
-local excluded = {{}}
+local lines = { {'idle', tonumber(ARGV[8]), tonumber(ARGV[9])}, {'busy', tonumber(ARGV[10]), tonumber(ARGV[11])} }
+local excluded = {}
 for id in string.gmatch(ARGV[12], '%S+') do excluded[id] = true end
 local best
 local function consider(id, v, score, cost)
   local key = redis.sha1hex(seed .. id)
   if best == nil or score > best.score or (score == best.score and key < best.key) then
-    best = {{id = id, v = v, score = score, key = key, cost = cost}}
+    best = {id = id, v = v, score = score, key = key, cost = cost}
   end
 end
 local function line_of(v)
   if v.jobs == 0 then return lines[1] end
   return lines[2]
 end
-local stale, visits, gave_up = {{}}, 0, false
+local stale, visits, gave_up = {}, 0, false
 local max_budget = num(redis.call('GET', P .. 'cand:max_budget'))
 for _, l in ipairs(lines) do
   local zkey, base, slope = P .. 'cand:' .. want .. ':' .. l[1], l[2], l[3]
@@ -286,7 +287,7 @@ for _, l in ipairs(lines) do
   if gave_up then break end
 end
 local live = redis.call('SCARD', P .. 'nodes')
-local refused = {{}}
+local refused = {}
 if best == nil or gave_up then
   -- Every node: the exact best, or each node's refusal (and dead nodes leave the set).
   best, live = nil, 0
@@ -316,13 +317,13 @@ if best then
   -- The hash's expiry only ever moves later: placers may use different TTLs.
   if redis.call('PTTL', rkey) < ttl then redis.call('PEXPIRE', rkey, ttl) end
   reindex(best.id, node_view(best.id, nil))
-  return {{'reserved', tostring(live), best.id, tostring(best.v.rec.url), string.format('%.17g', best.score)}}
+  return {'reserved', tostring(live), best.id, tostring(best.v.rec.url), string.format('%.17g', best.score)}
 end
-local out = {{'nobody', tostring(live)}}
+local out = {'nobody', tostring(live)}
 for _, x in ipairs(refused) do table.insert(out, x) end
 return out
-"#
-    ))
+"#,
+    )
 });
 
 /// Shortens a reservation to `ttl_ms` from now if it is still there (the job started: the node
