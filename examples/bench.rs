@@ -225,7 +225,9 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     Ok((cores, rss))
 }
 
-/// would take the listener's one caller.
+/// Whether the ffmpeg SRT listener has bound its UDP port (read in /proc: connecting to find out
+/// would take the listener's one caller). The sender here is 1280x720@30, like a camera, not the
+/// tests' small producer (`integration/producers.rs`).
 fn udp_bound(port: u16) -> bool {
     let hex = format!(":{port:04X}");
     std::fs::read_to_string("/proc/net/udp")
