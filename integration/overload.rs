@@ -101,6 +101,72 @@ fn overload_stops_one_egress_gracefully_and_the_others_record_on() {
 }
 
 #[test]
+fn overload_stops_a_settled_job_not_the_one_that_just_launched() {
+    let _alone = cpu_exclusive();
+    let dirs = Dirs::new();
+    // A light job (audio, a few % of a core) runs alone (never a victim alone) until its start
+    // hold is over; then a heavy one launches and overloads the node within its own 5 s hold:
+    // the settled light job is the one stopped, though the new one uses far more CPU above its
+    // cost. A fifth of a core of capacity and a soft threshold of 1.5 (0.3 cores of service and
+    // handlers): only the heavy job's measured usage crosses it, never the host's busy fraction
+    // (at most 1), whatever else loads this machine.
+    let svc = Service::start_alone(
+        &dirs,
+        "cpu: { capacity: 0.2, sample_interval_ms: 250, max_utilization: 1, pending_hold_ms: 5000 }\n\
+         cpu_cost: { participant: 0.05, track: 0.05 }\n\
+         overload: { soft_threshold: 1.5, hard_threshold: 9, sustain_samples: 2, kill_grace_s: 30 }",
+    );
+    let light = svc.start_egress(&serde_json::json!({
+        "type": "track",
+        "sources": [{"uri": "test://audio?wave=sine"}],
+        "output": {"file": {"filename": "light.ogg"}},
+    }));
+    let active = svc.wait_status(&light, &["active"], Duration::from_secs(30));
+    let settled_at = active["started_at"].as_u64().unwrap() + 5000;
+    wait_for(Duration::from_secs(30), "the light job to settle", || {
+        (now_ms() >= settled_at).then_some(())
+    });
+    let mut req = request(
+        "participant",
+        &["test://av?pattern=snow&width=1280&height=720"],
+        "heavy.mp4",
+    );
+    req["video"] = serde_json::json!({"width": 1280, "height": 720, "fps": 30});
+    let heavy = svc.start_egress(&req);
+    let victim = wait_for(Duration::from_secs(60), "an overload stop", || {
+        [&light, &heavy]
+            .iter()
+            .map(|id| svc.egress(id))
+            .find(|v| v["status"] == "ending" || v["end_reason"] == "CPU limit reached")
+    });
+    assert_eq!(
+        victim["egress_id"],
+        light.as_str(),
+        "{victim}\n{}",
+        svc.log()
+    );
+    let done = svc.wait_status(&light, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(
+        (done["status"].as_str(), done["end_reason"].as_str()),
+        (Some("complete"), Some("CPU limit reached")),
+        "{done}"
+    );
+    assert!(decoded(location(&done)).audio_samples > 0);
+    let h = svc.egress(&heavy);
+    assert!(
+        h["status"] == "starting" || h["status"] == "active",
+        "the new job was stopped: {h}"
+    );
+    svc.post(&format!("/v1/egress/{heavy}/stop"), &Value::Null);
+    let h = svc.wait_status(
+        &heavy,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(h["end_reason"], "StopEgress API", "{h}");
+}
+
+#[test]
 fn sigterm_drains_then_exits_with_every_file_complete() {
     let dirs = Dirs::new();
     let mut svc = Service::start(&dirs, "");
