@@ -24,6 +24,11 @@ mod common;
 
 use common::{Dirs, Service};
 
+// The SRT sender of `--source-start` (the tests' live producers, at camera size here).
+#[allow(dead_code)]
+#[path = "../integration/producers.rs"]
+mod producers;
+
 /// N concurrent recordings through the service against the same pipelines under gst-launch-1.0.
 #[derive(Clone, Parser)]
 struct Args {
@@ -225,22 +230,6 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     Ok((cores, rss))
 }
 
-/// Whether the ffmpeg SRT listener has bound its UDP port (read in /proc: connecting to find out
-/// would take the listener's one caller). The sender here is 1280x720@30, like a camera, not the
-/// tests' small producer (`integration/producers.rs`).
-fn udp_bound(port: u16) -> bool {
-    let hex = format!(":{port:04X}");
-    std::fs::read_to_string("/proc/net/udp")
-        .map(|t| {
-            t.lines().skip(1).any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|a| a.ends_with(&hex))
-            })
-        })
-        .unwrap_or(false)
-}
-
 /// Request to `active` for an SRT source whose sender (an ffmpeg listener) is up, `repeat` times.
 fn run_source_start(kind: &str, repeat: usize) -> Result<()> {
     if kind != "srt" {
@@ -253,48 +242,11 @@ fn run_source_start(kind: &str, repeat: usize) -> Result<()> {
     );
     let mut ms = Vec::new();
     for i in 0..repeat {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut sender = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-re",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg("testsrc=size=1280x720:rate=30")
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
-            .args([
-                "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mpegts",
-            ])
-            .arg(format!("srt://127.0.0.1:{port}?mode=listener"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("ffmpeg (scripts/setup installs it)")?;
-        let t = Instant::now();
-        while !udp_bound(port) {
-            if t.elapsed() > Duration::from_secs(20) {
-                bail!("the SRT listener did not bind");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Camera-sized, a fresh sender per run (an SRT listener takes one caller).
+        let sender = producers::srt_listener_sized("1280x720", 30);
         // The sender has been sending for a moment, as a live sender would have.
         std::thread::sleep(Duration::from_millis(500));
-        let body = json!({"type": "track", "sources": [{"uri": format!("srt://127.0.0.1:{port}")}],
+        let body = json!({"type": "track", "sources": [{"uri": &sender.url}],
             "output": {"file": {"filename": format!("s{i}.mp4")}}});
         let t0 = Instant::now();
         let (st, v) = eng.post("/v1/egress", &body);
@@ -321,8 +273,7 @@ fn run_source_start(kind: &str, repeat: usize) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = sender.kill();
-        let _ = sender.wait();
+        drop(sender);
     }
     let max = ms.iter().cloned().fold(0.0, f64::max);
     println!(

@@ -64,6 +64,8 @@ fn type_limit_refuses_a_third_participant_until_one_stops() {
     svc.wait_status(&a, &["complete"], Duration::from_secs(30));
     let c = svc.start_egress(&request("participant", &["test://av"], "c.mkv"));
     svc.wait_active(&c);
+    // Recording before the stop (a job stopped while starting ends "Stopped before start").
+    svc.wait_active(&t);
     for id in [&b, &c, &t] {
         svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
     }

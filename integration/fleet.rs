@@ -450,6 +450,9 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
 
     for e in &live {
         let id = e["egress_id"].as_str().unwrap();
+        // Recording before the stop: a job stopped while still starting ends "Stopped before
+        // start" with no file, by design; this test is about jobs that record on.
+        nodes[0].wait_active(id);
         let (s, v) = nodes[1].post(&format!("/v1/egress/{id}/stop"), &Value::Null);
         assert_eq!(s, 200, "{v}");
     }

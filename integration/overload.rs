@@ -157,6 +157,8 @@ fn overload_stops_a_settled_job_not_the_one_that_just_launched() {
         h["status"] == "starting" || h["status"] == "active",
         "the new job was stopped: {h}"
     );
+    // Recording before the stop (a job stopped while starting ends "Stopped before start").
+    svc.wait_active(&heavy);
     svc.post(&format!("/v1/egress/{heavy}/stop"), &Value::Null);
     let h = svc.wait_status(
         &heavy,

@@ -80,10 +80,17 @@ impl Drop for Producer {
     }
 }
 
-/// ffmpeg arguments for 320x240@15 test video (H.264, a keyframe every second) and a 440 Hz AAC
+/// ffmpeg arguments for 320x240@15 test video and a tone: small enough for tests on 2 cores.
+fn ffmpeg_av() -> Vec<String> {
+    ffmpeg_av_sized("320x240", 15)
+}
+
+/// ffmpeg arguments for `size`@`fps` test video (H.264, a keyframe every second) and a 440 Hz AAC
 /// tone, in real time.
-fn ffmpeg_av() -> Vec<&'static str> {
-    vec![
+fn ffmpeg_av_sized(size: &str, fps: u32) -> Vec<String> {
+    let video = format!("testsrc=size={size}:rate={fps}");
+    let gop = fps.to_string();
+    [
         "-hide_banner",
         "-loglevel",
         "error",
@@ -91,7 +98,7 @@ fn ffmpeg_av() -> Vec<&'static str> {
         "-f",
         "lavfi",
         "-i",
-        "testsrc=size=320x240:rate=15",
+        &video,
         "-f",
         "lavfi",
         "-i",
@@ -103,7 +110,7 @@ fn ffmpeg_av() -> Vec<&'static str> {
         "-tune",
         "zerolatency",
         "-g",
-        "15",
+        &gop,
         "-pix_fmt",
         "yuv420p",
         "-c:a",
@@ -111,6 +118,8 @@ fn ffmpeg_av() -> Vec<&'static str> {
         "-b:a",
         "64k",
     ]
+    .map(|a| a.to_string())
+    .to_vec()
 }
 
 fn spawn(cmd: &mut Command, what: &str) -> Child {
@@ -123,11 +132,16 @@ fn spawn(cmd: &mut Command, what: &str) -> Child {
 
 /// ffmpeg as an SRT listener that takes exactly one caller (the egress).
 pub fn srt_listener() -> Producer {
+    srt_listener_sized("320x240", 15)
+}
+
+/// `srt_listener` sending `size`@`fps` (the benchmark sends camera-sized video).
+pub fn srt_listener_sized(size: &str, fps: u32) -> Producer {
     let port = free_udp_port();
     let url = format!("srt://127.0.0.1:{port}");
     let child = spawn(
         Command::new("ffmpeg")
-            .args(ffmpeg_av())
+            .args(ffmpeg_av_sized(size, fps))
             .args(["-f", "mpegts"])
             .arg(format!("{url}?mode=listener")),
         "ffmpeg",

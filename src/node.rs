@@ -12,7 +12,7 @@
 //! A `Node` is cheap to clone (addresses and an `Arc`); the service makes one in its wiring
 //! function and hands it to the HTTP app and to the fleet.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,14 +242,6 @@ impl Node {
         }
     }
 
-    pub async fn stop(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
-        self.end(id, EndAction::Stop).await
-    }
-
-    pub async fn kill(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
-        self.end(id, EndAction::Kill).await
-    }
-
     /// Stops or kills every running egress (SIGINT, drain timeout); returns how many ran.
     pub async fn end_all(&self, all: EndAll) -> usize {
         self.inner.supervisor.send(all).await.unwrap_or(0)
@@ -329,10 +321,5 @@ impl Node {
             Ok(()) => Readiness::Ready,
             Err(why) => Readiness::NotReady(why),
         })
-    }
-
-    /// `storage.output_dir`, canonical.
-    pub fn output_dir(&self) -> &Path {
-        &self.inner.output_dir
     }
 }

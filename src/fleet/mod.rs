@@ -97,19 +97,28 @@ pub enum FleetError {
     Node(#[from] ApiError),
 }
 
+/// Redis cannot be reached, or cannot serve now (loading, busy, a demoted primary): worth a
+/// retry or another connection, and what degraded mode falls back on. Anything else Redis
+/// refused would fail every retry the same way.
+pub fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || !matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+}
+
 impl FleetError {
-    /// Redis cannot be reached (or is loading, busy): what degraded mode falls back on.
+    /// See `unreachable`.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, FleetError::Redis(e) if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() || !matches!(e.retry_method(), redis::RetryMethod::NoRetry))
+        matches!(self, FleetError::Redis(e) if unreachable(e))
     }
 }
 
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> ApiError {
         match e {
-            FleetError::Redis(e)
-                if e.is_io_error() || !matches!(e.retry_method(), redis::RetryMethod::NoRetry) =>
-            {
+            FleetError::Redis(e) if unreachable(&e) => {
                 ApiError::Unavailable(format!("the fleet's Redis does not answer: {e}"))
             }
             FleetError::Redis(e) => {

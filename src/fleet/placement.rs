@@ -221,9 +221,7 @@ impl Fleet {
         let lines = curve(cfg.affinity_mode(), egress_type);
         // Known to be degraded (the last heartbeat failed): no need to wait for Redis's timeout.
         if let Some(why) = self.degraded() {
-            return self
-                .place_locally(node, req, egress_id, t0, FleetError::Reply(why))
-                .await;
+            return self.place_locally(node, req, egress_id, t0, why).await;
         }
         let mut attempts = 0u32;
         let mut round = 0u32;
@@ -257,7 +255,8 @@ impl Fleet {
                     // Degraded mode: with no Redis to decide, this node takes the job itself
                     // (before anything was reserved or sent anywhere, so it cannot run twice).
                     Err(e) if e.is_unreachable() && attempts == 0 && round == 1 => {
-                        return self.place_locally(node, req, egress_id, t0, e).await;
+                        let why = format!("the fleet's Redis does not answer: {e}");
+                        return self.place_locally(node, req, egress_id, t0, why).await;
                     }
                     Err(e) => return Err(failed(e)),
                 };
@@ -366,11 +365,10 @@ impl Fleet {
         req: EgressRequest,
         egress_id: String,
         t0: Instant,
-        why: FleetError,
+        why: String,
     ) -> Result<Placement, FleetError> {
-        slog::warn!(self.log, "the fleet's Redis does not answer: placing on this node"; "egress_id" => &egress_id,
-                    "error" => %why);
-        self.set_degraded(Some(format!("the fleet's Redis does not answer: {why}")));
+        slog::warn!(self.log, "placing on this node alone"; "egress_id" => &egress_id, "why" => &why);
+        self.set_degraded(Some(why));
         let info = node
             .start_placed(req, Some(egress_id), None, Some(PLACEMENT_LOCAL))
             .await?;
@@ -397,7 +395,7 @@ impl Fleet {
                 Ok(r) => reply = Some(r),
                 // Only the connection failed (or reaches a demoted primary): the shared one
                 // reconnects, and follows Sentinel, on its own.
-                Err(e) if FleetError::Redis(e.clone()).is_unreachable() => {
+                Err(e) if crate::fleet::unreachable(&e) => {
                     debug!(self.log, "placement connection failed: using the shared one"; "error" => %e);
                     PLACER.with(|p| p.borrow_mut().take());
                 }

@@ -192,41 +192,36 @@ impl Fleet {
             while let Ok(info) = rx.try_recv() {
                 pending.insert(info.egress_id.clone(), info);
             }
-            {
-                // Written oldest first, so a restarted reader sees starts before their ends.
-                let mut batch: Vec<EgressInfo> = pending.values().cloned().collect();
-                batch.sort_by_key(|i| i.created_at);
-                let mut error = None;
-                for info in batch {
-                    match self.put_record(&info, "mirror").await {
-                        // Unless a newer version arrived meanwhile (it stays pending).
-                        Ok(_) => {
-                            if pending.get(&info.egress_id) == Some(&info) {
-                                pending.remove(&info.egress_id);
-                            }
-                        }
-                        Err(e) => {
-                            error = Some(e);
-                            break;
-                        }
+            // Written oldest first, so a restarted reader sees starts before their ends.
+            let mut batch: Vec<EgressInfo> = pending.values().cloned().collect();
+            batch.sort_by_key(|i| i.created_at);
+            let mut error = None;
+            for info in batch {
+                match self.put_record(&info, "mirror").await {
+                    Ok(_) => {
+                        pending.remove(&info.egress_id);
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break;
                     }
                 }
-                match error {
-                    None if failing => {
-                        info!(self.log, "egress records reach Redis again");
-                        failing = false;
-                        backoff = FIRST_BACKOFF;
+            }
+            match error {
+                None if failing => {
+                    info!(self.log, "egress records reach Redis again");
+                    failing = false;
+                    backoff = FIRST_BACKOFF;
+                }
+                None => {}
+                Some(e) => {
+                    if !failing {
+                        warn!(self.log, "cannot mirror egress records to Redis: kept until it answers";
+                              "pending" => pending.len(), "error" => %e);
                     }
-                    None => {}
-                    Some(e) => {
-                        if !failing {
-                            warn!(self.log, "cannot mirror egress records to Redis: kept until it answers";
-                                  "pending" => pending.len(), "error" => %e);
-                        }
-                        failing = true;
-                        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-                        backoff = (backoff * 2).min(MAX_BACKOFF).mul_f64(jitter);
-                    }
+                    failing = true;
+                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                    backoff = (backoff * 2).min(MAX_BACKOFF).mul_f64(jitter);
                 }
             }
             crate::metrics::METRICS
