@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use egress_engine::config::{AffinityMode, Config, LimitsConfig};
+use egress_engine::fleet::keys::Keys;
 use egress_engine::fleet::registry::publish;
 use egress_engine::fleet::reservations::{self, Ask, Decision};
 use egress_engine::model::{EgressType, now_ms};
@@ -87,13 +88,20 @@ struct Row {
 
 fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -> Result<Row> {
     let () = redis::cmd("FLUSHDB").query(con)?;
+    let keys = Keys::default();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let now = now_ms();
     for i in 0..n {
         let l = simulated_node(&mut rng, i, now);
         let id = l.node_id().to_string();
-        let _: i64 =
-            publish(&id, &format!("http://{id}.invalid"), &l.state(now), 600_000).invoke(con)?;
+        let _: i64 = publish(
+            &keys,
+            &id,
+            &format!("http://{id}.invalid"),
+            &l.state(now),
+            600_000,
+        )
+        .invoke(con)?;
     }
     let decisions = args.decisions;
     let () = redis::cmd("CONFIG")
@@ -115,6 +123,7 @@ fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -
     for k in 0..decisions {
         let egress_id = format!("EG_{k:012}");
         let ask = Ask {
+            keys: &keys,
             egress_id: &egress_id,
             egress_type: t.as_str(),
             cost: Some(0.5),
@@ -134,7 +143,7 @@ fn run(con: &mut redis::Connection, args: &Args, mode: AffinityMode, n: usize) -
         if in_flight.len() > window
             && let Some((node, id)) = in_flight.pop_front()
         {
-            let _: i64 = reservations::drop_reservation(&node, &id).invoke(con)?;
+            let _: i64 = reservations::drop_reservation(&keys, &node, &id).invoke(con)?;
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use egress_engine::fleet::keys::Keys;
+
 use crate::common::*;
 
 /// A live node's registration lives this long after its last heartbeat: many heartbeats, so a
@@ -77,14 +79,15 @@ fn audio_job(filename: &str) -> Value {
 /// Placement reservations left in Redis, per node id.
 fn reservations(redis: &Redis) -> HashMap<String, usize> {
     let mut con = redis.connect();
+    let prefix = Keys::default().reserved("");
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("egress:reserved:*")
+        .arg(format!("{prefix}*"))
         .query(&mut con)
         .unwrap();
     keys.into_iter()
         .map(|k| {
             let n: usize = redis::cmd("HLEN").arg(&k).query(&mut con).unwrap();
-            (k.trim_start_matches("egress:reserved:").to_string(), n)
+            (k.trim_start_matches(&prefix).to_string(), n)
         })
         .filter(|(_, n)| *n > 0)
         .collect()
@@ -468,4 +471,59 @@ fn a_node_killed_mid_burst_loses_no_job_and_runs_none_twice() {
         );
     }
     nodes.truncate(2);
+}
+
+#[test]
+fn two_fleets_share_one_redis_under_their_own_key_prefixes() {
+    let redis = Redis::start();
+    let cfg = |prefix: &str| {
+        format!(
+            "cpu: {{ capacity: 8 }}\n\
+             fleet: {{ redis_url: \"{}\", key_prefix: \"{prefix}\", heartbeat_ms: 250, node_ttl_ms: 5000 }}",
+            redis.url()
+        )
+    };
+    let (da, db) = (Dirs::new(), Dirs::new());
+    let a = Service::start(&da, &cfg("one:"));
+    let b = Service::start(&db, &cfg("two:"));
+    // Each fleet is its one node.
+    for n in [&a, &b] {
+        let (s, v) = n.get("/v1/fleet/nodes");
+        assert_eq!(s, 200, "{v}");
+        let ids: Vec<&str> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["node_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [n.node_id.as_str()], "{v}");
+    }
+    let ea = a.start_egress(&audio_job("a.ogg"));
+    let eb = b.start_egress(&audio_job("b.ogg"));
+    assert_eq!(a.egress(&ea)["node_id"], a.node_id.as_str());
+    assert_eq!(b.egress(&eb)["node_id"], b.node_id.as_str());
+    // Neither fleet sees the other's egress.
+    let (s, v) = a.get(&format!("/v1/egress/{eb}"));
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = b.get(&format!("/v1/egress/{ea}"));
+    assert_eq!(s, 404, "{v}");
+    // Redis holds each fleet under its own prefix, nothing under the default one.
+    let mut con = redis.connect();
+    let count = |pattern: &str, con: &mut redis::Connection| -> usize {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query::<Vec<String>>(con)
+            .unwrap()
+            .len()
+    };
+    assert!(count("one:*", &mut con) > 0 && count("two:*", &mut con) > 0);
+    assert_eq!(count("egress:*", &mut con), 0);
+    for (n, id) in [(&a, &ea), (&b, &eb)] {
+        n.wait_active(id);
+        n.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+        assert_eq!(
+            n.wait_status(id, &["complete", "failed"], Duration::from_secs(30))["status"],
+            "complete"
+        );
+    }
 }

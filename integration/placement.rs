@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use egress_engine::config::{AffinityMode, Config, LimitsConfig};
+use egress_engine::fleet::keys::Keys;
 use egress_engine::fleet::placement::Refusal;
-use egress_engine::fleet::reservations::{self, Answer, Ask, Decision, SHORTEN, reserved_key};
+use egress_engine::fleet::reservations::{self, Answer, Ask, Decision, SHORTEN};
 use egress_engine::model::{EgressType, now_ms};
 use egress_engine::rules::admission::Ledger;
 use egress_engine::rules::scoring::{curve, score};
@@ -43,6 +44,7 @@ fn ledger(id: &str, capacity: f64, limits: LimitsConfig) -> Ledger {
 fn publish(con: &mut redis::Connection, l: &Ledger, now: u64) {
     let id = l.node_id();
     let _: i64 = egress_engine::fleet::registry::publish(
+        &Keys::default(),
         id,
         &format!("http://{id}.invalid"),
         &l.state(now),
@@ -68,6 +70,7 @@ impl Placer<'_> {
         excluded: &[String],
     ) -> Answer {
         let ask = Ask {
+            keys: &Keys::default(),
             egress_id,
             egress_type: t.as_str(),
             cost,
@@ -209,16 +212,17 @@ fn differential(
                         expected[i]
                     );
                     let held: HashMap<String, String> = redis::cmd("HGETALL")
-                        .arg(reserved_key(&c.node_id))
+                        .arg(Keys::default().reserved(&c.node_id))
                         .query(&mut con)
                         .unwrap();
                     assert!(
                         held["EG_new"].starts_with(&format!("{t} ")),
                         "{ctx}: {held:?}"
                     );
-                    let _: i64 = reservations::drop_reservation(&c.node_id, "EG_new")
-                        .invoke(&mut con)
-                        .unwrap();
+                    let _: i64 =
+                        reservations::drop_reservation(&Keys::default(), &c.node_id, "EG_new")
+                            .invoke(&mut con)
+                            .unwrap();
                 }
                 Decision::Nobody(why) => {
                     refused += 1;
@@ -376,7 +380,7 @@ fn reservations_end_when_the_node_reports_the_job_or_they_expire() {
         Decision::Nobody(_)
     ));
     let held: Vec<String> = redis::cmd("HKEYS")
-        .arg(reserved_key("ND_0"))
+        .arg(Keys::default().reserved("ND_0"))
         .query(placer.con)
         .unwrap();
     assert_eq!(held, vec!["EG_b".to_string()]);
@@ -385,7 +389,7 @@ fn reservations_end_when_the_node_reports_the_job_or_they_expire() {
     l.end_job("EG_a");
     publish(placer.con, &l, now);
     let () = redis::cmd("DEL")
-        .arg(reserved_key("ND_0"))
+        .arg(Keys::default().reserved("ND_0"))
         .query(placer.con)
         .unwrap();
     placer.reserved_for("EG_b", EgressType::Track, Some(1.0), 300);
@@ -412,7 +416,7 @@ fn reservations_end_when_the_node_reports_the_job_or_they_expire() {
     assert_eq!(answer.live, 1);
     assert!(matches!(answer.decision, Decision::Nobody(ref w) if w.is_empty()));
     let () = redis::cmd("DEL")
-        .arg("egress:node:ND_0")
+        .arg(Keys::default().node("ND_0"))
         .query(placer.con)
         .unwrap();
     assert_eq!(
@@ -434,7 +438,7 @@ fn a_short_reservation_never_expires_a_longer_one() {
         mode: AffinityMode::Spread,
         rng: StdRng::seed_from_u64(3),
     };
-    let key = reserved_key("ND_0");
+    let key = Keys::default().reserved("ND_0");
     let pttl =
         |con: &mut redis::Connection| -> i64 { redis::cmd("PTTL").arg(&key).query(con).unwrap() };
     // Placers with different reservation_ttl_ms: the hash's expiry only ever moves later.
@@ -487,7 +491,7 @@ fn equal_scores_are_broken_at_random() {
     for _ in 0..n {
         let on = placer.reserved_on("EG_t", EgressType::Track, Some(0.5));
         let () = redis::cmd("HDEL")
-            .arg(reserved_key(&on))
+            .arg(Keys::default().reserved(&on))
             .arg("EG_t")
             .query(placer.con)
             .unwrap();

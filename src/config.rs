@@ -234,6 +234,9 @@ pub struct FleetConfig {
     /// follow the primary Redis Sentinel names; empty = a single node, nothing else to run.
     #[serde(default)]
     pub redis_url: String,
+    /// What every fleet key in Redis starts with; fleets that share one Redis use different ones.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
     /// URL other nodes use to reach this node's API; empty = `http://` + server.listen.
     #[serde(default)]
     pub advertise_url: String,
@@ -344,6 +347,9 @@ fn default_claim_ttl() -> u64 {
 }
 fn default_heartbeat() -> u64 {
     1000
+}
+fn default_key_prefix() -> String {
+    crate::fleet::keys::DEFAULT_PREFIX.to_string()
 }
 fn default_node_ttl() -> u64 {
     3000
@@ -670,6 +676,18 @@ impl Config {
                 "must be in [10, 600000]",
             ));
         }
+        let p = &self.fleet.key_prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":_-.{}".contains(&b))
+        {
+            return Err(invalid(
+                "fleet.key_prefix",
+                "must be 1 to 64 characters of letters, digits and : _ - . { } (e.g. \"egress:\")",
+            ));
+        }
         if !self.fleet.redis_url.is_empty()
             && let Err(e) = crate::fleet::connection::Target::parse(&self.fleet.redis_url)
         {
@@ -820,6 +838,21 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load_with_env(Some(f.path()), Some(env))
+    }
+
+    #[test]
+    fn fleet_urls_and_key_prefixes_are_checked_naming_the_key() {
+        for (yaml, key) in [
+            ("fleet: { key_prefix: \"\" }", "fleet.key_prefix"),
+            ("fleet: { key_prefix: \"a b\" }", "fleet.key_prefix"),
+            ("fleet: { redis_url: \"redis+sentinel://a:1\" }", "fleet.redis_url"),
+            ("fleet: { redis_url: \"http://a\" }", "fleet.redis_url"),
+        ] {
+            assert_eq!(key_of(load_yaml(yaml, &[]).unwrap_err()), key, "{yaml}");
+        }
+        let ok = "fleet: { key_prefix: \"eu-1:\", redis_url: \"redis+sentinel://a,b:26380/m\" }";
+        assert_eq!(load_yaml(ok, &[]).unwrap().fleet.key_prefix, "eu-1:");
+        assert_eq!(Config::default().fleet.key_prefix, "egress:");
     }
 
     #[test]

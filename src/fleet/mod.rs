@@ -27,6 +27,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod keys;
 pub mod placement;
 pub mod records;
 pub mod registry;
@@ -59,6 +60,8 @@ pub struct Fleet {
     /// The shared connection (it reconnects on its own; with Sentinel it follows the primary)
     /// and the client the per-worker placement connections are opened from.
     conns: connection::Connections,
+    /// The fleet's key names (`fleet.key_prefix`).
+    keys: keys::Keys,
     node_id: String,
     /// `server.api_token`: the nodes of a fleet share it and send it to each other.
     token: String,
@@ -157,6 +160,7 @@ impl Fleet {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let fleet = Fleet {
             conns,
+            keys: keys::Keys::new(&cfg.fleet.key_prefix),
             node_id: node_id.to_string(),
             token: cfg.server.api_token.clone(),
             cfg: cfg.fleet.clone(),

@@ -32,7 +32,7 @@ use slog::debug;
 use crate::config::MIN_RESERVATION_TTL_MS;
 use crate::error::{AdmissionError, ApiError, RequestError};
 use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
-use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN, reserved_key};
+use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN};
 use crate::fleet::{Fleet, FleetError, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT};
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressRequest, EgressType, PLACEMENT_LOCAL, new_egress_id};
@@ -241,6 +241,7 @@ impl Fleet {
             let mut client_errors: Vec<RemoteError> = Vec::new();
             let (refused, live) = loop {
                 let ask = Ask {
+                    keys: &self.keys,
                     egress_id: &egress_id,
                     egress_type: egress_type.as_str(),
                     cost: req.estimated_cpu,
@@ -446,9 +447,10 @@ impl Fleet {
     /// Drops this placement's reservation on a node that did not take the job.
     async fn drop_reservation(&self, node_id: &str, egress_id: &str) {
         let mut con = self.conns.con();
-        let r: redis::RedisResult<i64> = reservations::drop_reservation(node_id, egress_id)
-            .invoke_async(&mut con)
-            .await;
+        let r: redis::RedisResult<i64> =
+            reservations::drop_reservation(&self.keys, node_id, egress_id)
+                .invoke_async(&mut con)
+                .await;
         if let Err(e) = r {
             // It expires on its own after fleet.reservation_ttl_ms.
             debug!(self.log, "cannot drop a reservation"; "node" => node_id, "error" => %e);
@@ -459,7 +461,7 @@ impl Fleet {
     /// state that counts the job (on the change itself, at the latest at its next heartbeat).
     fn shorten_later(&self, node_id: &str, egress_id: &str) {
         let mut con = self.conns.con();
-        let key = reserved_key(node_id);
+        let key = self.keys.reserved(node_id);
         let id = egress_id.to_string();
         let ttl = self.cfg.node_ttl_ms;
         let log = self.log.clone();

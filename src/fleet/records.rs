@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::fleet::client::{self, CallError, NodeStart, Target};
-use crate::fleet::registry::{NODE_KEY_PREFIX, NodeRecord, node_key};
+use crate::fleet::registry::NodeRecord;
 use crate::fleet::{END_TIMEOUT, Fleet, FleetError};
 use crate::model::is_valid_egress_id;
 use crate::node::{EndAction, Node};
@@ -37,13 +37,8 @@ use redis::Script;
 
 use crate::model::{EgressInfo, EgressStatus, reason};
 
-pub const RECORDS_KEY: &str = "egress:records";
 /// Lifetime of an owner key: longer than any egress is allowed to run (max_duration_s <= 7 days).
 pub const OWNER_TTL_MS: u64 = 8 * 24 * 3600 * 1000;
-
-pub fn owner_key(egress_id: &str) -> String {
-    format!("egress:owner:{egress_id}")
-}
 
 /// Takes ownership of an egress id. KEYS[1] = owner key; ARGV = me, ttl_ms, node key prefix.
 /// Returns the owner after the call (me when taken).
@@ -238,8 +233,8 @@ impl Fleet {
         let json = serde_json::to_string(info).unwrap_or_default();
         let mut con = self.conns.con();
         let written: i64 = PUT_RECORD
-            .key(RECORDS_KEY)
-            .key(owner_key(&info.egress_id))
+            .key(self.keys.records())
+            .key(self.keys.owner(&info.egress_id))
             .arg(&info.egress_id)
             .arg(&self.node_id)
             .arg(json)
@@ -269,10 +264,10 @@ impl Fleet {
         }
         let mut con = self.conns.con();
         let owner: String = CLAIM_OWNER
-            .key(owner_key(&id))
+            .key(self.keys.owner(&id))
             .arg(&self.node_id)
             .arg(OWNER_TTL_MS)
-            .arg(NODE_KEY_PREFIX)
+            .arg(self.keys.node_prefix())
             .invoke_async(&mut con)
             .await?;
         if owner != self.node_id {
@@ -299,7 +294,7 @@ impl Fleet {
                 // retry on another node can take it.
                 if !matches!(e, ApiError::Conflict(_)) {
                     let r: Result<i64, _> = DISOWN
-                        .key(owner_key(&id))
+                        .key(self.keys.owner(&id))
                         .arg(&self.node_id)
                         .invoke_async(&mut con)
                         .await;
@@ -321,17 +316,17 @@ impl Fleet {
         let mut con = self.conns.con();
         let (record, owner): (Option<String>, Option<String>) = redis::pipe()
             .cmd("HGET")
-            .arg(RECORDS_KEY)
+            .arg(self.keys.records())
             .arg(egress_id)
             .cmd("GET")
-            .arg(owner_key(egress_id))
+            .arg(self.keys.owner(egress_id))
             .query_async(&mut con)
             .await?;
         let live = match &owner {
             Some(o) if o == &self.node_id => true,
             Some(o) => {
                 redis::cmd("EXISTS")
-                    .arg(node_key(o))
+                    .arg(self.keys.node(o))
                     .query_async::<i64>(&mut con)
                     .await?
                     == 1
@@ -351,7 +346,7 @@ impl Fleet {
     ) -> Result<Vec<EgressInfo>, FleetError> {
         let mut con = self.conns.con();
         let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(RECORDS_KEY)
+            .arg(self.keys.records())
             .query_async(&mut con)
             .await?;
         let mut live: HashSet<String> = self
@@ -378,7 +373,7 @@ impl Fleet {
         } else {
             let mut con = self.conns.con();
             redis::cmd("EXISTS")
-                .arg(node_key(&info.node_id))
+                .arg(self.keys.node(&info.node_id))
                 .query_async::<i64>(&mut con)
                 .await?
                 == 1
@@ -406,7 +401,7 @@ impl Fleet {
         }
         let mut con = self.conns.con();
         let reg: Option<String> = redis::cmd("GET")
-            .arg(node_key(&node))
+            .arg(self.keys.node(&node))
             .query_async(&mut con)
             .await?;
         let Some(reg) = reg.and_then(|r| serde_json::from_str::<NodeRecord>(&r).ok()) else {

@@ -20,19 +20,11 @@ use serde::{Deserialize, Serialize};
 use slog::{info, warn};
 use tokio::sync::{Notify, oneshot};
 
+use crate::fleet::keys::Keys;
 use crate::fleet::{FLUSH_TIMEOUT, Fleet, FleetError};
 use crate::model::now_ms;
 use crate::node::Node;
 use crate::rules::admission::NodeState;
-
-/// The set of every node that ever registered (pruned lazily).
-pub const NODES_KEY: &str = "egress:nodes";
-/// Prefix of each node's registration key.
-pub const NODE_KEY_PREFIX: &str = "egress:node:";
-
-pub fn node_key(node_id: &str) -> String {
-    format!("{NODE_KEY_PREFIX}{node_id}")
-}
 
 /// Publishes a node's registration: its record under its key with expiry `ttl_ms`, its id in
 /// the set of nodes, and its place in the candidate index placement reads
@@ -40,6 +32,7 @@ pub fn node_key(node_id: &str) -> String {
 /// benchmark and the placement tests publish simulated nodes with it, so they see exactly what
 /// real nodes write.
 pub fn publish(
+    keys: &Keys,
     node_id: &str,
     url: &str,
     state: &NodeState,
@@ -48,7 +41,7 @@ pub fn publish(
     let record = serde_json::json!({
         "node_id": node_id, "url": url, "state": state, "updated_at_ms": now_ms(),
     });
-    crate::fleet::reservations::publish(node_id, Some(&record.to_string()), ttl_ms)
+    crate::fleet::reservations::publish(keys, node_id, Some(&record.to_string()), ttl_ms)
 }
 
 /// One type's counts in a node's report (as `GET /v1/node` gives them).
@@ -250,11 +243,17 @@ impl Fleet {
             .await
             .map_err(|e| format!("admission does not answer: {e}"))?;
         let mut con = self.conns.con();
-        publish(&self.node_id, self.url(), &state, self.cfg.node_ttl_ms)
-            .invoke_async::<i64>(&mut con)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        publish(
+            &self.keys,
+            &self.node_id,
+            self.url(),
+            &state,
+            self.cfg.node_ttl_ms,
+        )
+        .invoke_async::<i64>(&mut con)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// Graceful exit: no more heartbeats, the last records written, the registration removed.
@@ -272,7 +271,7 @@ impl Fleet {
             );
         }
         let mut con = self.conns.con();
-        let res = crate::fleet::reservations::publish(&self.node_id, None, 0)
+        let res = crate::fleet::reservations::publish(&self.keys, &self.node_id, None, 0)
             .invoke_async::<i64>(&mut con)
             .await;
         match res {
@@ -287,8 +286,8 @@ impl Fleet {
     pub async fn live_nodes(&self) -> Result<Vec<NodeRecord>, FleetError> {
         let mut con = self.conns.con();
         let raw: Vec<String> = LIVE_NODES
-            .key(NODES_KEY)
-            .arg(NODE_KEY_PREFIX)
+            .key(self.keys.nodes())
+            .arg(self.keys.node_prefix())
             .invoke_async(&mut con)
             .await?;
         let (nodes, bad) = parse_nodes(raw);

@@ -19,16 +19,15 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+use crate::fleet::keys::Keys;
 use crate::fleet::placement::Refusal;
 use crate::rules::scoring::Curve;
-
-pub fn reserved_key(node_id: &str) -> String {
-    format!("{KEY_PREFIX}reserved:{node_id}")
-}
 
 /// What one placement asks of the script.
 #[derive(Debug, Clone)]
 pub struct Ask<'a> {
+    /// The fleet's key names.
+    pub keys: &'a Keys,
     pub egress_id: &'a str,
     pub egress_type: &'a str,
     /// The request's estimate in cores; None = each node's configured cost for the type.
@@ -346,10 +345,6 @@ return 1
     )
 });
 
-/// Key prefix of every fleet key (`{prefix}node:{id}`, `{prefix}nodes`, `{prefix}reserved:{id}`,
-/// `{prefix}cand:{type}:idle|busy`, `{prefix}cand:max_budget`).
-pub const KEY_PREFIX: &str = "egress:";
-
 /// The egress types the candidate index keeps sets for, as the scripts take them.
 fn types_arg() -> String {
     crate::model::EgressType::ALL
@@ -362,12 +357,13 @@ fn types_arg() -> String {
 /// Publishes a node's registration (its record JSON, expiring after `ttl_ms`) and re-indexes
 /// it; with `record` None, removes it.
 pub fn publish(
+    keys: &Keys,
     node_id: &str,
     record: Option<&str>,
     ttl_ms: u64,
 ) -> redis::ScriptInvocation<'static> {
     let mut inv = PUBLISH.prepare_invoke();
-    inv.arg(KEY_PREFIX)
+    inv.arg(keys.prefix())
         .arg(types_arg())
         .arg(node_id)
         .arg(record.unwrap_or(""))
@@ -376,9 +372,13 @@ pub fn publish(
 }
 
 /// Drops `egress_id`'s reservation on `node_id` and re-indexes the node.
-pub fn drop_reservation(node_id: &str, egress_id: &str) -> redis::ScriptInvocation<'static> {
+pub fn drop_reservation(
+    keys: &Keys,
+    node_id: &str,
+    egress_id: &str,
+) -> redis::ScriptInvocation<'static> {
     let mut inv = DROP.prepare_invoke();
-    inv.arg(KEY_PREFIX)
+    inv.arg(keys.prefix())
         .arg(types_arg())
         .arg(node_id)
         .arg(egress_id);
@@ -394,7 +394,7 @@ impl Ask<'_> {
             _ => String::new(),
         };
         let c = self.curve;
-        inv.arg(KEY_PREFIX)
+        inv.arg(self.keys.prefix())
             .arg(types_arg())
             .arg(self.egress_id)
             .arg(self.egress_type)

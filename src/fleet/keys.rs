@@ -1,0 +1,62 @@
+//! The names of every fleet key in Redis, all under `fleet.key_prefix` (default `egress:`), so
+//! several fleets can share one Redis: each sees only its own nodes, records and reservations.
+//!
+//! ```text
+//!   {p}nodes                 set of node ids          {p}node:{id}        a node's registration
+//!   {p}records               hash of egress records   {p}owner:{egress}   an egress's owner
+//!   {p}reserved:{id}         a node's reservations    {p}cand:{type}:idle|busy, {p}cand:max_budget
+//! ```
+
+/// The key names of one fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The prefix when `fleet.key_prefix` is not set.
+pub const DEFAULT_PREFIX: &str = "egress:";
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// What every key starts with (the scripts derive their keys from it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The set of every node that ever registered (pruned lazily).
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// What each node's registration key starts with.
+    pub fn node_prefix(&self) -> String {
+        format!("{}node:", self.prefix)
+    }
+
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}node:{node_id}", self.prefix)
+    }
+
+    pub fn records(&self) -> String {
+        format!("{}records", self.prefix)
+    }
+
+    pub fn owner(&self, egress_id: &str) -> String {
+        format!("{}owner:{egress_id}", self.prefix)
+    }
+
+    pub fn reserved(&self, node_id: &str) -> String {
+        format!("{}reserved:{node_id}", self.prefix)
+    }
+}
