@@ -208,8 +208,9 @@ fn a_killed_sender_ends_source_lost() {
     assert_eq!(
         (done["status"].as_str(), done["end_reason"].as_str()),
         (Some("complete"), Some("Source lost")),
-        "{done}\n{}",
-        svc.log()
+        "{done}\n{}\n--- handler ---\n{}",
+        svc.log(),
+        handler_log(&dirs, &id)
     );
     assert!(
         took <= Duration::from_secs(2 + 3 + 2),

@@ -845,7 +845,10 @@ mod tests {
         for (yaml, key) in [
             ("fleet: { key_prefix: \"\" }", "fleet.key_prefix"),
             ("fleet: { key_prefix: \"a b\" }", "fleet.key_prefix"),
-            ("fleet: { redis_url: \"redis+sentinel://a:1\" }", "fleet.redis_url"),
+            (
+                "fleet: { redis_url: \"redis+sentinel://a:1\" }",
+                "fleet.redis_url",
+            ),
             ("fleet: { redis_url: \"http://a\" }", "fleet.redis_url"),
         ] {
             assert_eq!(key_of(load_yaml(yaml, &[]).unwrap_err()), key, "{yaml}");

@@ -78,9 +78,20 @@ fn main() -> ExitCode {
                 // handler at the service's priority, which is harmless.
                 unsafe { libc::nice(nice) };
             }
-            let log = egress_engine::logging::root("term", "info");
+            let (log, guard) = egress_engine::logging::root_with_guard("term", "info");
             let log = log.new(slog::o!("egress_id" => egress_id.clone()));
-            ExitCode::from(egress_engine::handler::run(&egress_id, log).clamp(0, 255) as u8)
+            let code = egress_engine::handler::run(&egress_id, log).clamp(0, 255);
+            // Everything that matters is done: the output finalized, the result file written,
+            // the last event on stdout. Leave without running exit-time destructors, which
+            // can abort (SIGABRT) while a source's teardown still runs on another thread (a
+            // network source going to Null is never waited for), and turn a finished recording
+            // into a "killed" one.
+            drop(guard);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit(2) ends the process at once; nothing after it runs.
+            unsafe { libc::_exit(code) }
         }
     }
 }
