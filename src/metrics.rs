@@ -43,6 +43,30 @@ pub struct Metrics {
     pub fleet_unpublished_records: Gauge,
     /// Live-source events reported by handlers: stalled, recovered, lost.
     pub source_events_total: IntCounterVec,
+    /// Configured cost of each cost class's type, in cores (class: `type WxH@fps`; as many
+    /// classes as profiles in use).
+    pub cost_configured_cores: GaugeVec,
+    /// What admission charges a job of each class now, in cores.
+    pub cost_price_cores: GaugeVec,
+    /// Learned CPU of each class by quantile (p50, p95, max), in cores.
+    pub cost_measured_cores: GaugeVec,
+    /// Jobs measured per class.
+    pub cost_jobs: IntGaugeVec,
+    /// 1 when a class is learned (its learned price is used in learned mode).
+    pub cost_learned: IntGaugeVec,
+    /// Fleet (from this node's view): CPU budget of the live nodes that take work, in cores.
+    pub fleet_budget_cores: Gauge,
+    /// Fleet: cores committed on those nodes.
+    pub fleet_used_cores: Gauge,
+    /// Fleet: cores still free on those nodes.
+    pub fleet_free_cores: Gauge,
+    /// Fleet: live nodes that take work (not draining).
+    pub fleet_nodes: Gauge,
+    /// Fleet: nodes needed to keep `fleet.target_free_fraction` of the budget free (the
+    /// autoscaler's target).
+    pub fleet_desired_nodes: Gauge,
+    /// Fleet: more jobs of each type (at its default profile) that fit fleet-wide now.
+    pub fleet_fits: IntGaugeVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -161,6 +185,67 @@ impl Metrics {
                 "egress_source_events_total",
                 "Live-source events: stalled (reconnecting), recovered, lost",
                 &["event"],
+            ),
+            cost_configured_cores: gauge_vec(
+                &r,
+                "egress_cost_configured_cores",
+                "Configured cost of each cost class's type, in cores",
+                &["class"],
+            ),
+            cost_price_cores: gauge_vec(
+                &r,
+                "egress_cost_price_cores",
+                "What admission charges a job of each cost class now, in cores",
+                &["class"],
+            ),
+            cost_measured_cores: gauge_vec(
+                &r,
+                "egress_cost_measured_cores",
+                "Learned CPU of each cost class (quantile = p50 | p95 | max), in cores",
+                &["class", "quantile"],
+            ),
+            cost_jobs: int_gauge_vec(
+                &r,
+                "egress_cost_jobs",
+                "Jobs measured per cost class",
+                &["class"],
+            ),
+            cost_learned: int_gauge_vec(
+                &r,
+                "egress_cost_learned",
+                "1 when a cost class is learned",
+                &["class"],
+            ),
+            fleet_budget_cores: gauge(
+                &r,
+                "egress_fleet_budget_cores",
+                "CPU budget of the fleet's nodes that take work, in cores",
+            ),
+            fleet_used_cores: gauge(
+                &r,
+                "egress_fleet_used_cores",
+                "Cores committed on the fleet's nodes that take work",
+            ),
+            fleet_free_cores: gauge(
+                &r,
+                "egress_fleet_free_cores",
+                "Cores still free on the fleet's nodes that take work",
+            ),
+            fleet_nodes: gauge(
+                &r,
+                "egress_fleet_nodes",
+                "Live fleet nodes that take work (not draining)",
+            ),
+            fleet_desired_nodes: gauge(
+                &r,
+                "egress_fleet_desired_nodes",
+                "Nodes needed to keep fleet.target_free_fraction of the budget free",
+            ),
+            fleet_fits: int_gauge_vec(
+                &r,
+                "egress_fleet_fits",
+                "More jobs of each type (default profile) that fit fleet-wide now",
+                &["type"],
             ),
             registry: r,
         }

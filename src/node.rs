@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::{Admission, GetNodeState, ReleaseClaim, SetDraining, WatchState};
 use crate::actors::affinity::{Affinity, AffinityScorer, GetAffinity};
+use crate::actors::cost_learner::Pricer;
 use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
 use crate::actors::supervisor::{
     CountRunning, EndAll, GetEgress, KillEgress, ListEgresses, StartEgress, StopEgress, Supervisor,
@@ -31,6 +32,7 @@ use crate::model::{
     EgressInfo, EgressRequest, EgressSpec, EgressStatus, ValidationContext, new_egress_id, now_ms,
 };
 use crate::rules::admission::NodeState;
+use crate::rules::costs::CostClass;
 
 /// Free bytes below which `/readyz` calls a directory full (issue-13's disk admission will
 /// refine this with `storage.min_free_bytes`).
@@ -83,6 +85,8 @@ struct Inner {
     supervisor: Addr<Supervisor>,
     admission: Addr<Admission>,
     affinity: Addr<AffinityScorer>,
+    /// Prices jobs by their class (learned costs).
+    pricer: Pricer,
     /// To the control loop (drain).
     control: mpsc::UnboundedSender<Control>,
 }
@@ -92,6 +96,7 @@ pub struct Parts {
     pub supervisor: Addr<Supervisor>,
     pub admission: Addr<Admission>,
     pub affinity: Addr<AffinityScorer>,
+    pub pricer: Pricer,
     pub control: mpsc::UnboundedSender<Control>,
 }
 
@@ -105,6 +110,7 @@ impl Node {
                 supervisor: parts.supervisor,
                 admission: parts.admission,
                 affinity: parts.affinity,
+                pricer: parts.pricer,
                 control: parts.control,
             }),
         }
@@ -116,6 +122,11 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.inner.cfg
+    }
+
+    /// Job prices by class (learned costs).
+    pub fn pricer(&self) -> &Pricer {
+        &self.inner.pricer
     }
 
     /// Checks a request as this node would before starting it (no side effect).
@@ -157,7 +168,7 @@ impl Node {
         let cfg = &self.inner.cfg;
         let cost = req
             .estimated_cpu
-            .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
+            .unwrap_or_else(|| self.inner.pricer.price(&CostClass::of(&spec)));
         let info = EgressInfo {
             egress_id: id,
             node_id: self.inner.id.clone(),

@@ -4,7 +4,8 @@
 //!  signals / POST /v1/node/drain ──> control loop ──> Node (draining, EndAll, CountRunning)
 //!  HTTP API (api/) ──> [Fleet (fleet/) ──>] Node (node.rs) ──> Admission, Supervisor, AffinityScorer
 //!  Supervisor ──> Pipeline (one per egress) ──> handler process
-//!  CpuMonitor ──CpuSample──> Admission, Supervisor
+//!  CpuMonitor ──CpuSample──> Admission, Supervisor, CostLearner
+//!  Supervisor ──TrackJob/JobEnded──> CostLearner ──costs.json, [egress:costs]──> Pricer (Node, affinity)
 //! ```
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
+use crate::actors::cost_learner::{CostLearner, Pricer, table_path};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::pipeline::{KillReason, StopReason};
 use crate::actors::supervisor::{EndAll, Supervisor};
@@ -122,11 +124,19 @@ async fn serve(
         log.new(slog::o!("actor" => "admission")),
     )
     .start();
+    // The learned cost table of earlier runs (and of calibrate); a broken file is set aside.
+    let table = crate::actors::cost_learner::read_table(&table_path(&cfg.storage.state_dir))
+        .unwrap_or_else(|e| {
+            warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);
+            Default::default()
+        });
+    let pricer = Pricer::new(&cfg, table);
     let affinity = AffinityScorer::new(
         cfg.affinity_mode(),
         admission.clone(),
         log.new(slog::o!("actor" => "affinity")),
     )
+    .with_pricer(pricer.clone())
     .start();
     // Fleet mode: connected before the Supervisor starts, so every record it settles or creates
     // is mirrored to Redis.
@@ -138,6 +148,13 @@ async fn serve(
             .map_err(ServiceError::Fleet)?;
         (Some(f), Some(tx))
     };
+    let costs = CostLearner::new(
+        &cfg,
+        pricer.clone(),
+        fleet.clone(),
+        log.new(slog::o!("actor" => "cost_learner")),
+    )
+    .start();
     let supervisor = Supervisor::new(
         store,
         records,
@@ -148,9 +165,11 @@ async fn serve(
         log.new(slog::o!("actor" => "supervisor")),
     )
     .with_mirror(mirror)
+    .with_costs(costs.clone())
     .start();
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
+    cpu.do_send(Subscribe(costs.recipient()));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let node = Node::new(
@@ -161,6 +180,7 @@ async fn serve(
             supervisor,
             admission: admission.clone(),
             affinity,
+            pricer: pricer.clone(),
             control: control_tx.clone(),
         },
     );
@@ -213,6 +233,7 @@ async fn serve(
                 "cannot register this node: {e}"
             )));
         }
+        f.watch_capacity(pricer.clone());
     }
     // One line on stdout, for scripts and tests that start the service on port 0.
     println!(

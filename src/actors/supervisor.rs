@@ -14,6 +14,7 @@ use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
+use crate::actors::cost_learner::{CostLearner, JobEnded, TrackJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
     KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, describe_file,
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
+use crate::rules::costs::CostClass;
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
 use crate::store::{Store, handler_alive};
 
@@ -40,6 +42,8 @@ pub struct Supervisor {
     output_root: std::path::PathBuf,
     /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
     mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
+    /// Learns each job's real CPU per cost class: told of every launch and end.
+    costs: Option<Addr<CostLearner>>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
@@ -70,6 +74,7 @@ impl Supervisor {
             overload: Overload::new(&cfg.overload, cfg.cpu.pending_hold_ms),
             output_root,
             mirror: None,
+            costs: None,
             loaded,
             waiters: HashMap::new(),
             log,
@@ -79,6 +84,12 @@ impl Supervisor {
     /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
     pub fn with_mirror(mut self, tx: Option<mpsc::UnboundedSender<EgressInfo>>) -> Self {
         self.mirror = tx;
+        self
+    }
+
+    /// Tell `costs` of every job's launch (with its class) and end.
+    pub fn with_costs(mut self, costs: Addr<CostLearner>) -> Self {
+        self.costs = Some(costs);
         self
     }
 
@@ -125,6 +136,11 @@ impl Supervisor {
             self.cpu.do_send(UnwatchProcess {
                 egress_id: info.egress_id.clone(),
             });
+            if let Some(c) = &self.costs {
+                c.do_send(JobEnded {
+                    egress_id: info.egress_id.clone(),
+                });
+            }
             let why = info.end_reason.clone().unwrap_or_default();
             METRICS
                 .results_total
@@ -322,6 +338,13 @@ impl Supervisor {
             egress_id: id.clone(),
             pid,
         });
+        if let Some(c) = &self.costs {
+            c.do_send(TrackJob {
+                egress_id: id.clone(),
+                class: CostClass::of(&setup.spec),
+                started_at_ms: now_ms(),
+            });
+        }
         let addr = Pipeline::start_with(setup, child, ctx.address(), &self.log);
         self.pipelines.insert(id, addr);
         Ok(info)

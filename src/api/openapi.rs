@@ -11,6 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::actors::affinity::Affinity;
+use crate::actors::cost_learner::{ClassCost, CostsReport};
 use crate::api::ROUTES;
 use crate::api::node::AffinityRequest;
 use crate::fleet::client::NodeStart;
@@ -20,6 +21,7 @@ use crate::model::{
     OutputRequest, SourceRequest, VideoRequest,
 };
 use crate::rules::admission::{NodeState, TypeState};
+use crate::rules::capacity::{Capacity, DrainCandidate};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/openapi.json", web::get().to(openapi));
@@ -186,11 +188,28 @@ mod ops {
         ))]
     fn drain() {}
 
+    #[utoipa::path(get, path = "/v1/node/costs", tag = "node",
+        summary = "Learned costs: per cost class the configured cost, learned p50/p95/max, jobs measured and the price admission charges",
+        responses(
+            (status = 200, description = "cost classes", body = CostsReport),
+        ))]
+    fn node_costs() {}
+
+    #[utoipa::path(get, path = "/v1/fleet/capacity", tag = "placement",
+        summary = "Autoscaling signals: fleet budget, used and free cores, what fits, desired_nodes, drain_candidates",
+        responses(
+            (status = 200, description = "capacity", body = Capacity),
+            (status = 404, description = "no fleet configured", body = ErrorBody),
+            (status = 500, description = "internal", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn fleet_capacity() {}
+
     #[utoipa::path(get, path = "/v1/affinity", tag = "placement",
         summary = "This node's placement score for a request (holds nothing)",
         params(
             ("type" = EgressType, Query),
-            ("estimated_cpu" = Option<f64>, Query, minimum = 0, maximum = 256, description = "cores; default: the type's cpu_cost"),
+            ("estimated_cpu" = Option<f64>, Query, minimum = 0, maximum = 256, description = "cores; default: the type's price at its default video (learned, or cpu_cost)"),
         ),
         responses(
             (status = 200, description = "score, with no claim", body = Affinity),
@@ -271,13 +290,15 @@ mod ops {
         ops::start_egress, ops::list_egresses, ops::get_egress, ops::stop_egress,
         ops::kill_egress, ops::node_state, ops::drain, ops::affinity_score, ops::affinity_claim,
         ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::openapi_json,
+        ops::node_costs, ops::fleet_capacity,
         ops::healthz, ops::readyz, ops::metrics
     ),
     components(schemas(
         ErrorBody, ErrorDetail, EgressList, AffinityRelease, FleetNodes, Health, Ready,
         EgressRequest, SourceRequest, OutputRequest, FileOutputRequest, VideoRequest,
         AudioRequest, EgressInfo, FileInfo, EgressType, EgressStatus, NodeState, TypeState,
-        Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport
+        Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
+        Capacity, DrainCandidate
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -5,6 +5,7 @@
 //!   {p}nodes                 set of node ids          {p}node:{id}        a node's registration
 //!   {p}records               hash of egress records   {p}owner:{egress}   an egress's owner
 //!   {p}reserved:{id}         a node's reservations    {p}cand:{type}:idle|busy, {p}cand:max_budget
+//!   {p}costs                 hash class -> learned estimate (JSON), shared by every node
 //! ```
 
 /// The key names of one fleet.
@@ -54,6 +55,11 @@ impl Keys {
 
     pub fn owner(&self, egress_id: &str) -> String {
         format!("{}owner:{egress_id}", self.prefix)
+    }
+
+    /// The fleet's learned cost table (`fleet::costs`).
+    pub fn costs(&self) -> String {
+        format!("{}costs", self.prefix)
     }
 
     pub fn reserved(&self, node_id: &str) -> String {
