@@ -4,6 +4,7 @@
 mod admission;
 mod api;
 mod common;
+mod costs;
 mod degraded;
 mod egress;
 mod fleet;

@@ -1,0 +1,376 @@
+//! Learned costs and the fleet's autoscaling signals, through the real binary: a class whose real
+//! CPU is well above its configured cost is over-admitted and stopped by overload with static
+//! prices, and refused at admission once learned; the learned table survives a restart and
+//! reaches a new node through Redis; `GET /v1/fleet/capacity` on a 3-node fleet with known jobs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// The class the learned-cost tests measure: a participant at the default profile.
+const CLASS: &str = "participant 1280x720@30";
+
+/// A participant egress of noise at the default profile (1280x720@30): about half a core here.
+fn heavy(filename: &str) -> Value {
+    json!({
+        "type": "participant",
+        "sources": [{"uri": "test://av?pattern=snow"}],
+        "output": {"file": {"filename": filename}},
+    })
+}
+
+/// The line of `class` in `GET /v1/node/costs`.
+fn cost_line(svc: &Service, class: &str) -> Value {
+    let (s, v) = svc.get("/v1/node/costs");
+    assert_eq!(s, 200, "{v}");
+    v["classes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["class"] == class).cloned())
+        .unwrap_or_else(|| panic!("no class {class}: {v}"))
+}
+
+/// Waits until `class` has measured `jobs` jobs; returns its line.
+fn wait_jobs(svc: &Service, class: &str, jobs: u64) -> Value {
+    wait_for(Duration::from_secs(20), "the job to be learned", || {
+        let l = cost_line(svc, class);
+        (l["samples"].as_u64() >= Some(jobs)).then_some(l)
+    })
+}
+
+/// Lets every egress of `ids` run `secs` past becoming active (or end sooner), then stops the
+/// ones still running and waits for all to end. Returns the final records.
+fn run_for(svc: &Service, ids: &[String], secs: f64) -> Vec<Value> {
+    let until: Vec<Instant> = ids
+        .iter()
+        .map(|id| {
+            // An overload victim may be past `active` already.
+            svc.wait_status(
+                id,
+                &["active", "ending", "complete", "failed", "aborted"],
+                Duration::from_secs(30),
+            );
+            Instant::now() + Duration::from_secs_f64(secs)
+        })
+        .collect();
+    for (id, t) in ids.iter().zip(until) {
+        wait_for(
+            Duration::from_secs(60),
+            "the egress to run its time",
+            || {
+                let v = svc.egress(id);
+                (Instant::now() >= t || v["status"] != "active").then_some(())
+            },
+        );
+        if svc.egress(id)["status"] == "active" {
+            svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+        }
+    }
+    ids.iter()
+        .map(|id| {
+            svc.wait_status(
+                id,
+                &["complete", "failed", "aborted"],
+                Duration::from_secs(60),
+            )
+        })
+        .collect()
+}
+
+fn overload_stops(records: &[Value]) -> usize {
+    records
+        .iter()
+        .filter(|r| r["end_reason"] == "CPU limit reached")
+        .count()
+}
+
+#[test]
+fn learned_costs_refuse_at_admission_what_static_costs_let_overload_stop() {
+    let _alone = cpu_exclusive();
+    let dirs = Dirs::new();
+    // 0.9 cores of budget; a participant is priced at 0.1 but really uses about 0.5. Overload
+    // acts above 1.2 (node CPU over capacity), out of reach of the host's busy fraction (at most
+    // 1) whatever else loads this machine: only this node's own handlers can trigger it.
+    let svc = Service::start_alone(
+        &dirs,
+        "cpu: { capacity: 0.9, max_utilization: 1, sample_interval_ms: 250, pending_hold_ms: 1000, cost_mode: learned }\n\
+         cpu_cost: { participant: 0.1 }\n\
+         overload: { soft_threshold: 1.2, hard_threshold: 9, sustain_samples: 3, kill_grace_s: 30 }",
+    );
+    const WORKLOAD: usize = 4;
+    assert_eq!(cost_line(&svc, CLASS)["learned"], false);
+
+    // Not learned yet: the configured price lets the whole burst in, and overload must stop jobs.
+    let ids: Vec<String> = (0..WORKLOAD)
+        .map(|i| svc.start_egress(&heavy(&format!("static{i}.mp4"))))
+        .collect();
+    let first: Vec<Value> = ids.iter().map(|id| svc.egress(id)).collect();
+    assert!(first.iter().all(|v| v["cpu_cost"] == 0.1), "{first:?}");
+    wait_for(Duration::from_secs(60), "an overload stop", || {
+        ids.iter()
+            .map(|id| svc.egress(id))
+            .find(|v| v["status"] == "ending" || v["end_reason"] == "CPU limit reached")
+    });
+    let done = run_for(&svc, &ids, 5.0);
+    let static_stops = overload_stops(&done);
+    assert!(static_stops >= 1, "{done:?}");
+
+    // A few jobs of the class, one at a time, until it is learned (3 jobs of 3 s or more).
+    let mut extra = 0;
+    loop {
+        let l = cost_line(&svc, CLASS);
+        if l["learned"] == true {
+            break;
+        }
+        assert!(extra < 3, "not learned after 3 more jobs: {l}");
+        let before = l["samples"].as_u64().unwrap_or(0);
+        let id = svc.start_egress(&heavy(&format!("learn{extra}.mp4")));
+        let r = run_for(&svc, &[id], 4.5);
+        assert_eq!(r[0]["status"], "complete", "{r:?}");
+        wait_jobs(&svc, CLASS, before + 1);
+        extra += 1;
+    }
+    let l = cost_line(&svc, CLASS);
+    let p95 = l["p95"].as_f64().unwrap();
+    let price = l["price"].as_f64().unwrap();
+    assert!(p95 > 0.2, "the class really costs more than 0.1: {l}");
+    assert!((price - (p95 * 1.2).max(0.1)).abs() < 1e-9, "{l}");
+    assert_eq!(l["configured_cost"], 0.1);
+
+    // The same burst again: admission refuses what does not fit at the learned price.
+    let fit = (0.9 / price + 1e-9).floor() as usize;
+    assert!(fit < WORKLOAD, "{l}");
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for i in 0..WORKLOAD {
+        let (s, v) = svc.post("/v1/egress", &heavy(&format!("learned{i}.mp4")));
+        match s {
+            201 => {
+                assert!(
+                    (v["cpu_cost"].as_f64().unwrap() - price).abs() < 1e-9,
+                    "{v}"
+                );
+                admitted.push(v["egress_id"].as_str().unwrap().to_string());
+            }
+            503 => {
+                assert_eq!(
+                    (v["error"]["code"].as_str(), v["error"]["reason"].as_str()),
+                    (Some("no_capacity"), Some("cpu")),
+                    "{v}"
+                );
+                refused += 1;
+            }
+            _ => panic!("{s}: {v}"),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (fit, WORKLOAD - fit), "{l}");
+    let done = run_for(&svc, &admitted, 5.0);
+    assert_eq!(overload_stops(&done), 0, "{done:?}");
+    assert!(done.iter().all(|r| r["status"] == "complete"), "{done:?}");
+    let text = svc.raw("GET", "/metrics", None, &[]).1;
+    assert!(!text.contains("action=\"kill\""), "{text}");
+    assert!(
+        text.contains(&format!("egress_cost_learned{{class=\"{CLASS}\"}} 1")),
+        "{text}"
+    );
+    eprintln!(
+        "learned-cost case: static admitted {WORKLOAD}, overload stops {static_stops}; \
+         learned p95 {p95:.3} price {price:.3}: admitted {}, refused {refused}, overload stops 0 \
+         ({extra} extra jobs to learn)",
+        admitted.len()
+    );
+}
+
+/// One cheap job of a class learned after a single job.
+fn learn_one(svc: &Service) -> Value {
+    let id = svc.start_egress(&json!({
+        "type": "track",
+        "sources": [{"uri": "test://video?pattern=ball"}],
+        "output": {"file": {"filename": format!("one-{}.mp4", svc.node_id)}},
+        "video": {"width": 320, "height": 240, "fps": 15},
+    }));
+    let r = run_for(svc, &[id], 4.0);
+    assert_eq!(r[0]["status"], "complete", "{r:?}");
+    wait_jobs(svc, "track 320x240@15", 1)
+}
+
+#[test]
+fn learned_costs_persist_across_restart_and_reach_a_new_node_through_redis() {
+    let redis = Redis::start();
+    let (a_dirs, b_dirs) = (Dirs::new(), Dirs::new());
+    let learned = "cpu: { sample_interval_ms: 250, pending_hold_ms: 500, cost_mode: learned, learn_min_jobs: 1, learned_cost_floor: 0.05 }";
+    let fleet = format!(
+        "fleet: {{ redis_url: \"{}\", heartbeat_ms: 250 }}",
+        redis.url()
+    );
+    let a = Service::start(&a_dirs, &format!("{learned}\n{fleet}"));
+    let line = learn_one(&a);
+    assert_eq!(line["learned"], true, "{line}");
+    let file = a_dirs.state().join("costs.json");
+    wait_for(Duration::from_secs(10), "the table on disk", || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|t| t.contains("track 320x240@15"))
+    });
+    let mut a = a;
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit(Duration::from_secs(15)), Some(0));
+    // Restarted alone (no Redis): the table comes from its state_dir, figures unchanged.
+    let a = Service::start(&a_dirs, learned);
+    assert_eq!(cost_line(&a, "track 320x240@15"), line);
+    drop(a);
+    // A new node of the fleet starts with what the fleet learned, and prices by it.
+    let b = Service::start(&b_dirs, &format!("{learned}\n{fleet}"));
+    let seen = wait_for(Duration::from_secs(10), "the fleet's table", || {
+        let l = cost_line(&b, "track 320x240@15");
+        (l["learned"] == true).then_some(l)
+    });
+    for k in ["p50", "p95", "max", "samples", "price"] {
+        assert_eq!(seen[k], line[k], "{k}: {seen} vs {line}");
+    }
+    let (s, v) = b.post(
+        "/v1/egress",
+        &json!({
+            "type": "track",
+            "sources": [{"uri": "test://video"}],
+            "output": {"file": {"filename": "priced.mp4"}},
+            "video": {"width": 320, "height": 240, "fps": 15},
+        }),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["cpu_cost"], line["price"], "{v}");
+    // Another class is still priced at its configured cost.
+    let other = cost_line(&b, "track 1280x720@30");
+    assert_eq!(
+        (other["learned"].as_bool(), other["price"].as_f64()),
+        (Some(false), Some(0.5))
+    );
+}
+
+/// A fleet node: 4 cores all committable, estimates held for the whole test, at most 2 tracks.
+fn capacity_node(redis: &Redis) -> String {
+    format!(
+        "cpu: {{ capacity: 4, max_utilization: 1, pending_hold_ms: 600000 }}\n\
+         limits: {{ max_concurrent_track: 2 }}\n\
+         fleet: {{ redis_url: \"{}\", heartbeat_ms: 250 }}",
+        redis.url()
+    )
+}
+
+fn audio(filename: &str, cpu: f64, max_s: f64) -> Value {
+    json!({
+        "type": "track",
+        "sources": [{"uri": "test://audio?wave=sine"}],
+        "output": {"file": {"filename": filename}},
+        "estimated_cpu": cpu,
+        "max_duration_s": max_s,
+    })
+}
+
+fn wait_nodes(svc: &Service, n: usize) {
+    wait_for(Duration::from_secs(10), "the fleet's nodes", || {
+        let (s, v) = svc.get("/v1/fleet/nodes");
+        (s == 200 && v["nodes"].as_array().is_some_and(|a| a.len() == n)).then_some(())
+    });
+}
+
+#[test]
+fn fleet_capacity_counts_budget_fits_desired_nodes_and_drain_candidates() {
+    let redis = Redis::start();
+    let dirs: Vec<Dirs> = (0..3).map(|_| Dirs::new()).collect();
+    // A alone takes two tracks (its limit); B, started next, takes the third; C stays empty.
+    let a = Service::start(&dirs[0], &capacity_node(&redis));
+    wait_nodes(&a, 1);
+    let a1 = a.start_egress(&audio("a1.ogg", 0.5, 600.0));
+    let a2 = a.start_egress(&audio("a2.ogg", 0.5, 300.0));
+    let b = Service::start(&dirs[1], &capacity_node(&redis));
+    wait_nodes(&a, 2);
+    let b1 = a.start_egress(&audio("b1.ogg", 0.25, 60.0));
+    let mut c = Service::start(&dirs[2], &capacity_node(&redis));
+    wait_nodes(&a, 3);
+    for (id, node) in [(&a1, &a), (&a2, &a), (&b1, &b)] {
+        assert_eq!(a.egress(id)["node_id"], node.node_id.as_str());
+        node.wait_active(id);
+    }
+    // Every node reports its jobs (published on change) before the figures are read.
+    let cap = wait_for(Duration::from_secs(10), "the jobs in the figures", || {
+        let (s, v) = c.get("/v1/fleet/capacity");
+        (s == 200 && v["used_cores"] == 1.25).then_some(v)
+    });
+    assert_eq!(cap["nodes"], 3, "{cap}");
+    assert_eq!(
+        (
+            cap["budget_cores"].as_f64(),
+            cap["free_cores"].as_f64(),
+            cap["target_free_fraction"].as_f64()
+        ),
+        (Some(12.0), Some(10.75), Some(0.2)),
+        "{cap}"
+    );
+    // track: A at its limit, B one more (limit), C two; the rest by CPU at the configured costs.
+    assert_eq!(
+        cap["fits"],
+        json!({"track": 3, "participant": 4, "track_composite": 10, "room_composite": 1, "web": 1}),
+        "{cap}"
+    );
+    // 1.25 used needs one node with 20% of its 4 cores free: C (empty), then B (one job, 60 s).
+    assert_eq!(cap["desired_nodes"], 1, "{cap}");
+    let cands = cap["drain_candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 2, "{cap}");
+    assert_eq!(
+        (
+            &cands[0]["node_id"],
+            &cands[0]["jobs"],
+            &cands[0]["remaining_s"]
+        ),
+        (&json!(c.node_id), &json!(0), &json!(0.0)),
+        "{cap}"
+    );
+    assert_eq!(
+        (&cands[1]["node_id"], &cands[1]["jobs"]),
+        (&json!(b.node_id), &json!(1))
+    );
+    let left = cands[1]["remaining_s"].as_f64().unwrap();
+    assert!(left > 30.0 && left <= 60.0, "{cap}");
+    // The same figures as metrics, on any node.
+    let text = wait_for(Duration::from_secs(10), "the fleet gauges", || {
+        let t = a.raw("GET", "/metrics", None, &[]).1;
+        t.contains("egress_fleet_used_cores 1.25").then_some(t)
+    });
+    for line in [
+        "egress_fleet_budget_cores 12",
+        "egress_fleet_free_cores 10.75",
+        "egress_fleet_desired_nodes 1",
+        "egress_fleet_nodes 3",
+        "egress_fleet_fits{type=\"track\"} 3",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    // Draining the first candidate: it is empty, so it exits, and the fleet shrinks to two.
+    let (s, _) = c.post("/v1/node/drain", &Value::Null);
+    assert_eq!(s, 202);
+    assert_eq!(c.wait_exit(Duration::from_secs(15)), Some(0));
+    let cap = wait_for(Duration::from_secs(10), "two nodes", || {
+        let (s, v) = a.get("/v1/fleet/capacity");
+        (s == 200 && v["nodes"] == 2).then_some(v)
+    });
+    assert_eq!(
+        (cap["budget_cores"].as_f64(), cap["desired_nodes"].as_u64()),
+        (Some(8.0), Some(1))
+    );
+    assert_eq!(
+        cap["drain_candidates"][0]["node_id"],
+        b.node_id.as_str(),
+        "{cap}"
+    );
+    // A lone node has no fleet.
+    let dirs1 = Dirs::new();
+    let alone = Service::start(&dirs1, "");
+    let (s, v) = alone.get("/v1/fleet/capacity");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+}
