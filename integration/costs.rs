@@ -374,3 +374,57 @@ fn fleet_capacity_counts_budget_fits_desired_nodes_and_drain_candidates() {
         "{v}"
     );
 }
+
+#[test]
+fn calibrate_measures_a_type_and_a_node_prices_by_it_at_once() {
+    let dirs = Dirs::new();
+    let cfg = test_config(
+        &dirs,
+        "cpu: { capacity: 64, sample_interval_ms: 250, pending_hold_ms: 500, cost_mode: learned }",
+    );
+    let path = dirs.root.path().join("calibrate.yaml");
+    std::fs::write(&path, &cfg).unwrap();
+    let calibrate = || {
+        let _cpu = cpu_shared();
+        std::process::Command::new(bin())
+            .arg("calibrate")
+            .arg("--config")
+            .arg(&path)
+            .args(["--types", "participant", "--seconds", "3"])
+            .output()
+            .expect("run calibrate")
+    };
+    let out = calibrate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(CLASS), "{stdout}");
+    assert!(stdout.contains("calibrated 1 classes"), "{stdout}");
+    // One measured job, yet learned (calibrated) on the node that starts on this state_dir.
+    let svc = Service::start_with(&dirs, &cfg, &[]);
+    let l = cost_line(&svc, CLASS);
+    assert_eq!(
+        (&l["learned"], &l["calibrated"], &l["samples"]),
+        (&json!(true), &json!(true), &json!(1)),
+        "{l}"
+    );
+    let p95 = l["p95"].as_f64().unwrap();
+    assert!(p95 > 0.0 && p95 < 2.0, "{l}");
+    let price = l["price"].as_f64().unwrap();
+    assert!((price - (p95 * 1.2).max(0.1)).abs() < 1e-9, "{l}");
+    assert!(stdout.contains(&format!("{price:.2}")), "{stdout}");
+    let id = svc.start_egress(&heavy("priced.mp4"));
+    assert_eq!(svc.egress(&id)["cpu_cost"].as_f64(), Some(price));
+    // Not while a service runs on the state_dir.
+    let out = calibrate();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("state_dir"), "{stderr}");
+    // A bad flag is a usage error naming it.
+    let out = std::process::Command::new(bin())
+        .args(["calibrate", "--types", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--types"));
+}
