@@ -362,7 +362,9 @@ fn default_pending_hold() -> u64 {
     5000
 }
 fn default_cost_mode() -> String {
-    "static".into()
+    // Proven by integration/costs.rs: the learned price refuses at admission what the static
+    // one lets overload stop; an unlearned class is priced as in static mode.
+    "learned".into()
 }
 fn default_cost_margin() -> f64 {
     1.2

@@ -65,7 +65,8 @@ pub struct Metrics {
     /// Fleet: nodes needed to keep `fleet.target_free_fraction` of the budget free (the
     /// autoscaler's target).
     pub fleet_desired_nodes: Gauge,
-    /// Fleet: more jobs of each type (at its default profile) that fit fleet-wide now.
+    /// Fleet: more jobs of each type (at its default profile) that fit fleet-wide now (-1: no
+    /// bound, a type priced at 0 without a limit).
     pub fleet_fits: IntGaugeVec,
 }
 

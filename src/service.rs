@@ -165,7 +165,7 @@ async fn serve(
         log.new(slog::o!("actor" => "supervisor")),
     )
     .with_mirror(mirror)
-    .with_costs(costs.clone())
+    .with_costs(costs.clone(), pricer.clone())
     .start();
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));

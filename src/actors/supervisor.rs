@@ -14,7 +14,7 @@ use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
-use crate::actors::cost_learner::{CostLearner, JobEnded, TrackJob};
+use crate::actors::cost_learner::{CostLearner, JobEnded, Pricer, TrackJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
     KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, describe_file,
@@ -44,6 +44,11 @@ pub struct Supervisor {
     mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
     /// Learns each job's real CPU per cost class: told of every launch and end.
     costs: Option<Addr<CostLearner>>,
+    /// Prices each running job's class now, for overload's "CPU above its cost": a job admitted
+    /// before its class was learned is judged by what its class is now known to cost.
+    pricer: Option<Pricer>,
+    /// The cost class of each running egress.
+    classes: HashMap<String, CostClass>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
@@ -75,6 +80,8 @@ impl Supervisor {
             output_root,
             mirror: None,
             costs: None,
+            pricer: None,
+            classes: HashMap::new(),
             loaded,
             waiters: HashMap::new(),
             log,
@@ -87,10 +94,23 @@ impl Supervisor {
         self
     }
 
-    /// Tell `costs` of every job's launch (with its class) and end.
-    pub fn with_costs(mut self, costs: Addr<CostLearner>) -> Self {
+    /// Tell `costs` of every job's launch (with its class) and end; judge overload by `pricer`.
+    pub fn with_costs(mut self, costs: Addr<CostLearner>, pricer: Pricer) -> Self {
         self.costs = Some(costs);
+        self.pricer = Some(pricer);
         self
+    }
+
+    /// The cost overload judges a running job by: its `estimated_cpu` when the request gave
+    /// one, else its class's price now (learned once learned), else what it was admitted at.
+    fn judged_cost(&self, info: &EgressInfo) -> f64 {
+        if let Some(c) = info.request.estimated_cpu {
+            return c;
+        }
+        match (&self.pricer, self.classes.get(&info.egress_id)) {
+            (Some(p), Some(class)) => p.price(class),
+            _ => info.cpu_cost,
+        }
     }
 
     fn count(info: &EgressInfo, delta: i64) {
@@ -136,6 +156,7 @@ impl Supervisor {
             self.cpu.do_send(UnwatchProcess {
                 egress_id: info.egress_id.clone(),
             });
+            self.classes.remove(&info.egress_id);
             if let Some(c) = &self.costs {
                 c.do_send(JobEnded {
                     egress_id: info.egress_id.clone(),
@@ -338,10 +359,12 @@ impl Supervisor {
             egress_id: id.clone(),
             pid,
         });
+        let class = CostClass::of(&setup.spec);
+        self.classes.insert(id.clone(), class.clone());
         if let Some(c) = &self.costs {
             c.do_send(TrackJob {
                 egress_id: id.clone(),
-                class: CostClass::of(&setup.spec),
+                class,
                 started_at_ms: now_ms(),
             });
         }
@@ -529,7 +552,7 @@ impl Handler<CpuSample> for Supervisor {
                     .get(&i.egress_id)
                     .map(|u| u.cores)
                     .unwrap_or(0.0),
-                admitted_cost: i.cpu_cost,
+                admitted_cost: self.judged_cost(i),
                 launched_at_ms: i.created_at,
                 active_since_ms: i.started_at,
             })

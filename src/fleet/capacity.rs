@@ -95,7 +95,7 @@ impl Fleet {
             METRICS
                 .fleet_fits
                 .with_label_values(&[t.as_str()])
-                .set(n.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64));
+                .set(n.map_or(-1, |n| n.min(i64::MAX as u64) as i64));
         }
         Ok(c)
     }
