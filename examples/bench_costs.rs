@@ -5,7 +5,8 @@
 //! 2. The learned-cost case: a node of `--capacity` cores gets a burst of `--jobs` participants
 //!    (the class calibrate measured: `test://av` at 1280x720@30) priced at a configured cost well
 //!    below their real CPU (`--cost`), each left to run `--run-seconds`. Once with
-//!    `cpu.cost_mode: static`, once with `learned` on the calibrated state_dir. For each: jobs
+//!    `cpu.cost_mode: static` (on a state_dir of its own), once with `learned` on the calibrated
+//!    state_dir. For each: jobs
 //!    admitted, refused (503 cpu), overload stops and CPU kills.
 //!
 //! Overload acts on node CPU over capacity (soft 1.2, hard 1.5, kill grace 5 s): thresholds above
@@ -166,8 +167,11 @@ fn main() -> Result<()> {
         "| cost mode | price (cores) | admitted | refused (503 cpu) | overload stops | CPU kills |"
     );
     println!("|---|---|---|---|---|---|");
-    for mode in ["static", "learned"] {
-        let mut svc = Service::start_with(&dirs, &node_config(&dirs, &a, mode), &[]);
+    // The static node runs on directories of its own: what its jobs teach does not reach the
+    // learned run, which prices by the calibration alone.
+    let fresh = Dirs::new();
+    for (mode, dirs) in [("static", &fresh), ("learned", &dirs)] {
+        let mut svc = Service::start_with(dirs, &node_config(dirs, &a, mode), &[]);
         let (admitted, refused, stops, kills, price) = burst(&svc, &a, mode)?;
         println!("| {mode} | {price:.2} | {admitted} | {refused} | {stops} | {kills} |");
         svc.signal(libc::SIGTERM);
