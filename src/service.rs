@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
-use crate::actors::cost_learner::{CostLearner, Pricer, table_path};
+use crate::actors::cost_learner::{CostLearner, Pricer, SaveCosts, table_path};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::pipeline::{KillReason, StopReason};
 use crate::actors::supervisor::{EndAll, Supervisor};
@@ -169,6 +169,7 @@ async fn serve(
     .start();
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
+    let costs_at_exit = costs.clone();
     cpu.do_send(Subscribe(costs.recipient()));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -245,6 +246,8 @@ async fn serve(
 
     spawn_signal_listeners(control_tx, log.clone());
     control_loop(control_rx, &node, &cfg, &log).await;
+    // The last jobs' figures reach the disk before the process ends.
+    let _ = costs_at_exit.send(SaveCosts).await;
     if let Some(f) = &fleet {
         f.leave().await;
     }

@@ -51,7 +51,10 @@ pub fn read_table(path: &Path) -> Result<CostTable, String> {
 /// Writes a table file atomically (temp file, fsync, rename): a crash leaves the old or the new.
 pub fn write_table(path: &Path, table: &CostTable) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
+    // A name of its own per write: a last write at exit may overlap one under way.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
@@ -440,6 +443,32 @@ impl Handler<CpuSample> for CostLearner {
             }
             job.samples.push((sample.at_ms, usage.cores));
         }
+    }
+}
+
+/// Writes the table to disk now (the service sends it before it exits, so a job that ended just
+/// before is not lost with a write still under way). Returns whether the write succeeded.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct SaveCosts;
+
+impl Handler<SaveCosts> for CostLearner {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, _: SaveCosts, _: &mut Context<Self>) -> Self::Result {
+        let table = self.pricer.table();
+        let path = self.path.clone();
+        let log = self.log.clone();
+        Box::pin(async move {
+            match actix_rt::task::spawn_blocking(move || write_table(&path, &table)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    warn!(log, "cannot write the learned cost table"; "error" => %e);
+                    false
+                }
+                Err(_) => false,
+            }
+        })
     }
 }
 
