@@ -43,6 +43,8 @@ pub struct Metrics {
     pub fleet_unpublished_records: Gauge,
     /// Live-source events reported by handlers: stalled, recovered, lost.
     pub source_events_total: IntCounterVec,
+    /// Stream URLs given up on after `pipeline.stream_retry_s` of failures, by egress type.
+    pub stream_failures_total: IntCounterVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -161,6 +163,12 @@ impl Metrics {
                 "egress_source_events_total",
                 "Live-source events: stalled (reconnecting), recovered, lost",
                 &["event"],
+            ),
+            stream_failures_total: counter_vec(
+                &r,
+                "egress_stream_failures_total",
+                "Stream URLs marked failed after retrying for pipeline.stream_retry_s",
+                &["type"],
             ),
             registry: r,
         }

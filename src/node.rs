@@ -157,7 +157,7 @@ impl Node {
         let cfg = &self.inner.cfg;
         let cost = req
             .estimated_cpu
-            .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
+            .unwrap_or_else(|| cfg.cpu_cost.priced(spec.egress_type, &spec.outputs));
         let info = EgressInfo {
             egress_id: id,
             node_id: self.inner.id.clone(),
@@ -168,8 +168,12 @@ impl Node {
             ended_at: None,
             end_reason: None,
             error: None,
-            request: req.clone(),
+            request: req.redacted(),
             files: Vec::new(),
+            segments: None,
+            streams: Vec::new(),
+            images: None,
+            manifest: None,
             handler_pid: None,
             cpu_cost: cost,
             placement: placement.map(str::to_string),
@@ -235,6 +239,28 @@ impl Node {
                 .await
                 .map_err(ApiError::from_mailbox)?,
         };
+        match r {
+            Ok(info) => Ok(Some(info)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds or removes stream URLs of an egress running here; None when it is not here.
+    pub async fn change_streams(
+        &self,
+        id: &str,
+        update: crate::model::StreamsUpdate,
+    ) -> Result<Option<EgressInfo>, ApiError> {
+        let r = self
+            .inner
+            .supervisor
+            .send(crate::actors::supervisor::ChangeEgressStreams {
+                egress_id: id.to_string(),
+                update,
+            })
+            .await
+            .map_err(ApiError::from_mailbox)?;
         match r {
             Ok(info) => Ok(Some(info)),
             Err(ApiError::NotFound(_)) => Ok(None),
