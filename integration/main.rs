@@ -7,6 +7,7 @@ mod common;
 mod degraded;
 mod egress;
 mod fleet;
+mod outputs;
 mod overload;
 mod placement;
 mod producers;

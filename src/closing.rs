@@ -38,7 +38,11 @@ impl Outputs {
     pub fn from_info(info: &EgressInfo, root: &Path) -> Outputs {
         let file = info.files.first().map(|f| {
             let p = PathBuf::from(&f.location);
-            let c = match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase) {
+            let c = match p
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+            {
                 Some(e) if e == "mkv" => Container::Mkv,
                 Some(e) if e == "webm" => Container::Webm,
                 Some(e) if e == "ogg" => Container::Ogg,
@@ -62,7 +66,11 @@ impl Outputs {
         let dir = file
             .as_ref()
             .and_then(|f| f.1.parent().map(Path::to_path_buf))
-            .or_else(|| segments.as_ref().and_then(|s| s.playlist_path.parent().map(Path::to_path_buf)))
+            .or_else(|| {
+                segments
+                    .as_ref()
+                    .and_then(|s| s.playlist_path.parent().map(Path::to_path_buf))
+            })
             .or_else(|| images.as_ref().map(|i| i.0.clone()))
             .unwrap_or_else(|| root.to_path_buf());
         Outputs {
@@ -83,7 +91,9 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, finalized: bool, media: bool) -
         if !finalized && media && *container == Container::Mp4 {
             match crate::repair::mp4_if_needed(path) {
                 Some(Ok(())) => notes.push("fragmented MP4 remuxed into a normal MP4".into()),
-                Some(Err(e)) => notes.push(format!("MP4 repair failed, the fragmented file stays: {e}")),
+                Some(Err(e)) => {
+                    notes.push(format!("MP4 repair failed, the fragmented file stays: {e}"))
+                }
                 None => {}
             }
         }
@@ -100,9 +110,14 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, finalized: bool, media: bool) -
         {
             notes.push(format!("cannot end the playlist: {e}"));
         }
-        let first = s.dir.join(crate::pipeline::output_segments::segment_name(s, 0));
+        let first = s
+            .dir
+            .join(crate::pipeline::output_segments::segment_name(s, 0));
         crate::outputs::remove_if_empty(&first);
-        info.segments = s.playlist_path.exists().then(|| crate::repair::segments_info(s));
+        info.segments = s
+            .playlist_path
+            .exists()
+            .then(|| crate::repair::segments_info(s));
     }
     if let Some((dir, stem)) = &o.images {
         crate::outputs::remove_if_empty(&dir.join(format!("{stem}_00000.jpg")));

@@ -610,8 +610,16 @@ impl Config {
             self.pipeline.start_timeout_s,
             3600.0,
         )?;
-        positive("pipeline.mp4_fragment_s", self.pipeline.mp4_fragment_s, 60.0)?;
-        positive("pipeline.stream_retry_s", self.pipeline.stream_retry_s, 86400.0)?;
+        positive(
+            "pipeline.mp4_fragment_s",
+            self.pipeline.mp4_fragment_s,
+            60.0,
+        )?;
+        positive(
+            "pipeline.stream_retry_s",
+            self.pipeline.stream_retry_s,
+            86400.0,
+        )?;
         positive(
             "pipeline.source_stall_s",
             self.pipeline.source_stall_s,

@@ -194,6 +194,11 @@ mod tests {
         write_atomic(&link, b"#EXTM3U\n").unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(&link).unwrap(), "#EXTM3U\n");
-        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            !std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -12,10 +12,9 @@ use crate::error::RequestError;
 mod outputs;
 
 pub use outputs::{
-    FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest,
-    OutputRequest, OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo,
-    StreamRequest, StreamStatus, StreamsUpdate, TemplateValues, check_stream_url,
-    redact_stream_url,
+    FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, OutputRequest,
+    OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo, StreamRequest,
+    StreamStatus, StreamsUpdate, TemplateValues, check_stream_url, redact_stream_url,
 };
 
 /// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.
@@ -581,8 +580,12 @@ impl EgressRequest {
             egress_type,
             now_ms: now_ms(),
         };
-        let outputs =
-            outputs::resolve(&requested, ctx.output_dir, &values, (video.width, video.height))?;
+        let outputs = outputs::resolve(
+            &requested,
+            ctx.output_dir,
+            &values,
+            (video.width, video.height),
+        )?;
         let container = outputs.file.as_ref().map(|f| f.container);
         let a = self.audio.clone().unwrap_or_default();
         let default_codec = match container {

@@ -179,7 +179,8 @@ fn prepare_each(
 pub fn open_new(path: &Path) -> io::Result<fs::File> {
     let open = |create: bool| {
         let mut o = OpenOptions::new();
-        o.write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        o.write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
         if create {
             o.create_new(true).mode(0o644);
         }

@@ -180,14 +180,15 @@ pub fn close_playlist(s: &SegmentsOutput) -> Result<(), String> {
         return Ok(());
     }
     let next = s.dir.join(segment_name(s, p.segments.len() as u32));
-    let pdir = s.playlist_path.parent().unwrap_or(Path::new("/")).to_path_buf();
-    // A cut MPEG-TS says nothing of its duration: it is decoded and measured.
+    let pdir = s
+        .playlist_path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    // A cut MPEG-TS says nothing of its duration: its packets are read and measured.
     if std::fs::metadata(&next).is_ok_and(|m| m.len() > 0)
-        && let Ok(d) = crate::media::decode(&next, Duration::from_secs(30))
-        && let (Some(first), Some(last)) = (d.first_pts_s, d.last_pts_s)
-        && last > first
+        && let Some(secs) = ts_span(&next, Duration::from_secs(30))
     {
-        let secs = ((last - first) * 1000.0).round() / 1000.0;
         p.segments.push(Segment {
             uri: relative_uri(&pdir, &next),
             duration_s: secs,
@@ -195,6 +196,74 @@ pub fn close_playlist(s: &SegmentsOutput) -> Result<(), String> {
     }
     p.ended = true;
     write_playlists(s, &p).map_err(|e| e.to_string())
+}
+
+/// Seconds of video (else audio) an MPEG-TS file holds, from its packets' timestamps; a file
+/// cut short by a kill counts up to its last whole packet.
+pub fn ts_span(path: &Path, timeout: Duration) -> Option<f64> {
+    use std::sync::{Arc, Mutex};
+    gst::init().ok()?;
+    let p = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", path.to_string_lossy().as_ref())
+        .build()
+        .ok()?;
+    let demux = gst::ElementFactory::make("tsdemux").build().ok()?;
+    p.add_many([&src, &demux]).ok()?;
+    src.link(&demux).ok()?;
+    // (video, audio) spans: (first pts, last end).
+    let spans: Arc<Mutex<[Option<(u64, u64)>; 2]>> = Arc::default();
+    let weak = p.downgrade();
+    let sp = spans.clone();
+    demux.connect_pad_added(move |_, pad| {
+        let Some(p) = weak.upgrade() else { return };
+        let Ok(sink) = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+        else {
+            return;
+        };
+        if p.add(&sink).is_err() {
+            return;
+        }
+        let _ = sink.sync_state_with_parent();
+        if let Some(sp_pad) = sink.static_pad("sink") {
+            let _ = pad.link(&sp_pad);
+        }
+        let k = usize::from(!pad.name().starts_with("video"));
+        let sp = sp.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(b) = info.buffer()
+                && let Some(pts) = b.pts()
+            {
+                let end = (pts + b.duration().unwrap_or(gst::ClockTime::ZERO)).nseconds();
+                let mut s = sp.lock().unwrap_or_else(|e| e.into_inner());
+                let cur = s[k].get_or_insert((pts.nseconds(), end));
+                cur.0 = cur.0.min(pts.nseconds());
+                cur.1 = cur.1.max(end);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+    let bus = p.bus()?;
+    p.set_state(gst::State::Playing).ok()?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
+            continue;
+        };
+        if matches!(
+            msg.view(),
+            gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+        ) {
+            break;
+        }
+    }
+    let _ = p.set_state(gst::State::Null);
+    let s = *spans.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, b) = s[0].or(s[1])?;
+    let secs = b.saturating_sub(a) as f64 / 1e9;
+    (secs > 0.0).then(|| (secs * 1000.0).round() / 1000.0)
 }
 
 /// Writes the EVENT playlist and the live one (when asked for), atomically.
@@ -226,7 +295,10 @@ pub fn segments_of(info: &SegmentsInfo, output_root: &Path, target_s: f64) -> Se
     let prefix = output_root.join(&info.prefix);
     SegmentsOutput {
         prefix: info.prefix.clone(),
-        dir: prefix.parent().map(Path::to_path_buf).unwrap_or_else(|| output_root.to_path_buf()),
+        dir: prefix
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| output_root.to_path_buf()),
         stem: prefix
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -234,10 +306,13 @@ pub fn segments_of(info: &SegmentsInfo, output_root: &Path, target_s: f64) -> Se
         playlist: info.playlist.clone(),
         playlist_path: PathBuf::from(&info.location),
         segment_duration_s: target_s,
-        live: info
-            .live_playlist
-            .as_ref()
-            .map(|l| (l.clone(), output_root.join(l), info.live_length.unwrap_or(6))),
+        live: info.live_playlist.as_ref().map(|l| {
+            (
+                l.clone(),
+                output_root.join(l),
+                info.live_length.unwrap_or(6),
+            )
+        }),
     }
 }
 
@@ -265,6 +340,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_mpeg_ts_is_measured_up_to_its_last_whole_packet() {
+        gst::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ts = dir.path().join("s.ts");
+        let line = format!(
+            "videotestsrc num-buffers=60 ! video/x-raw,format=I420,width=160,height=120,framerate=15/1 \
+             ! x264enc key-int-max=15 ! h264parse ! mpegtsmux ! filesink location={}",
+            ts.display()
+        );
+        let p = gst::parse::launch(&line).unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let bus = p.bus().unwrap();
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos]);
+        p.set_state(gst::State::Null).unwrap();
+        let full = ts_span(&ts, Duration::from_secs(10)).expect("span");
+        assert!((full - 4.0).abs() < 0.2, "{full}");
+        // Cut in the middle of a packet, as a kill leaves it.
+        let bytes = std::fs::read(&ts).unwrap();
+        std::fs::write(&ts, &bytes[..bytes.len() / 2 + 77]).unwrap();
+        let cut = ts_span(&ts, Duration::from_secs(10)).expect("span of the cut file");
+        assert!(cut > 1.0 && cut < full, "{cut}");
+    }
+
+    #[test]
     fn fragments_are_found_at_the_top_level_only() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.mp4");
@@ -272,7 +371,13 @@ mod tests {
         assert!(!is_fragmented(&p).unwrap());
         std::fs::write(
             &p,
-            boxes(&[(b"ftyp", 32), (b"mdat", 100), (b"moov", 50), (b"mdat", 60), (b"moof", 40)]),
+            boxes(&[
+                (b"ftyp", 32),
+                (b"mdat", 100),
+                (b"moov", 50),
+                (b"mdat", 60),
+                (b"moof", 40),
+            ]),
         )
         .unwrap();
         assert!(is_fragmented(&p).unwrap());

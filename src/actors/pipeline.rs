@@ -16,11 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::actors::supervisor::{Supervisor, UpdateEgress};
-use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::error::{ApiError, RequestError};
+use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::model::{
-    EgressInfo, EgressSpec, EgressStatus, PipelineOptions, StreamInfo, StreamStatus,
-    StreamsUpdate, check_stream_url, now_ms, reason, redact_stream_url,
+    EgressInfo, EgressSpec, EgressStatus, PipelineOptions, StreamInfo, StreamStatus, StreamsUpdate,
+    check_stream_url, now_ms, reason, redact_stream_url,
 };
 
 /// How long past `start_timeout` a handler that is not recording yet is killed.
@@ -482,7 +482,7 @@ impl Pipeline {
         let Some(s) = self.info.streams.get_mut(index) else {
             return;
         };
-        if s.status == status && s.error == error {
+        if s.status == status && s.error == error && s.started_at.is_some() {
             return;
         }
         match status {
@@ -529,14 +529,22 @@ impl Handler<ChangeStreams> for Pipeline {
         let mut remove = Vec::new();
         for (k, url) in u.remove_urls.iter().enumerate() {
             let live = self.stream_urls.iter().enumerate().position(|(i, s)| {
-                s == url && self.info.streams.get(i).is_some_and(|x| x.status == StreamStatus::Active)
+                s == url
+                    && self
+                        .info
+                        .streams
+                        .get(i)
+                        .is_some_and(|x| x.status == StreamStatus::Active)
             });
             match live {
                 Some(i) => remove.push(i),
                 None => {
                     return Err(ApiError::from(RequestError::invalid(
                         &format!("remove_urls[{k}]"),
-                        format!("'{}' is not streaming in this egress", redact_stream_url(url)),
+                        format!(
+                            "'{}' is not streaming in this egress",
+                            redact_stream_url(url)
+                        ),
                     )));
                 }
             }
@@ -556,7 +564,12 @@ impl Handler<ChangeStreams> for Pipeline {
         for (k, url) in u.add_urls.iter().enumerate() {
             check_stream_url(url, &format!("add_urls[{k}]")).map_err(ApiError::from)?;
             let dup = self.stream_urls.iter().enumerate().any(|(i, s)| {
-                s == url && self.info.streams.get(i).is_some_and(|x| x.status == StreamStatus::Active)
+                s == url
+                    && self
+                        .info
+                        .streams
+                        .get(i)
+                        .is_some_and(|x| x.status == StreamStatus::Active)
             });
             if dup || u.add_urls[..k].contains(url) {
                 return Err(ApiError::from(RequestError::invalid(
@@ -639,4 +652,3 @@ impl Handler<HandlerExited> for Pipeline {
         ));
     }
 }
-

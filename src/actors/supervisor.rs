@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
-    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason,
-    spawn_handler,
+    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
 };
 use crate::config::Config;
 use crate::error::ApiError;

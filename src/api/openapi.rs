@@ -331,7 +331,8 @@ pub fn document() -> Value {
             k["additionalProperties"] = json!(false);
         }
     }
-    schemas["EgressRequest"]["oneOf"] = json!([{"required": ["output"]}, {"required": ["outputs"]}]);
+    schemas["EgressRequest"]["oneOf"] =
+        json!([{"required": ["output"]}, {"required": ["outputs"]}]);
     for r in ROUTES {
         let op = &mut doc["paths"][r.path][r.method.to_ascii_lowercase()];
         if !op.is_object() {
@@ -411,7 +412,10 @@ mod tests {
             assert_eq!(kind["required"].as_array().unwrap().len(), 1, "{kind}");
         }
         let either = s["EgressRequest"]["oneOf"].to_string();
-        assert!(either.contains("\"output\"") && either.contains("\"outputs\""), "{either}");
+        assert!(
+            either.contains("\"output\"") && either.contains("\"outputs\""),
+            "{either}"
+        );
         let post = &doc["paths"]["/v1/egress"]["post"]["responses"];
         for code in [
             "201", "400", "401", "403", "409", "413", "415", "503", "504",

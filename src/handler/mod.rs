@@ -160,7 +160,9 @@ fn record(
             match std::fs::remove_file(&path) {
                 Ok(()) => info!(log, "no media: output removed"; "path" => path.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(log, "cannot remove an empty output"; "path" => path.display(), "error" => %e),
+                Err(e) => {
+                    warn!(log, "cannot remove an empty output"; "path" => path.display(), "error" => %e)
+                }
             }
         }
     } else {

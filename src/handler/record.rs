@@ -38,9 +38,9 @@ use crate::error::PipelineError;
 use crate::model::{EgressSpec, PipelineOptions, Source};
 use crate::pipeline::errors;
 use crate::pipeline::graph::{self, Desc, StreamKind};
-use crate::pipeline::{output_images, output_segments};
 use crate::pipeline::source_uri::{self, Connection, Held};
 use crate::pipeline::{SourceStreams, plan};
+use crate::pipeline::{output_images, output_segments};
 
 /// How one wait on the bus lasts at most: stops and stalls are looked at this often.
 const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(50);
@@ -508,7 +508,16 @@ impl<'a> Recording<'a> {
         }
         self.streams = streams;
         let desc = plan::describe(self.spec, self.opts, &self.streams);
-        info!(self.log, "graph decided"; "launch" => desc.launch());
+        // Stream keys never reach a log.
+        let launch = self
+            .spec
+            .outputs
+            .stream_urls
+            .iter()
+            .fold(desc.launch(), |l, u| {
+                l.replace(u.as_str(), &crate::model::redact_stream_url(u))
+            });
+        info!(self.log, "graph decided"; "launch" => launch);
         let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
         self.attach_outputs();
         self.watch_output(&desc)?;
@@ -566,7 +575,8 @@ impl<'a> Recording<'a> {
                         && let Some(m) = m.upgrade()
                     {
                         let s = gst::Structure::new_empty(MEDIA_MESSAGE);
-                        let _ = m.post_message(gst::message::Application::builder(s).src(&m).build());
+                        let _ =
+                            m.post_message(gst::message::Application::builder(s).src(&m).build());
                     }
                     gst::PadProbeReturn::Remove
                 });
@@ -592,7 +602,8 @@ impl<'a> Recording<'a> {
                         let s = gst::Structure::builder(OUT_EOS_MESSAGE)
                             .field("sink", sink.as_str())
                             .build();
-                        let _ = e.post_message(gst::message::Application::builder(s).src(&e).build());
+                        let _ =
+                            e.post_message(gst::message::Application::builder(s).src(&e).build());
                     }
                     gst::PadProbeReturn::Ok
                 });

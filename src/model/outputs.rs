@@ -46,11 +46,17 @@ pub struct SegmentsRequest {
     /// Path prefix of the segments, relative to the output directory (templates expanded):
     /// segments are `{prefix}_00000.ts`, `{prefix}_00001.ts`, ... Default `{egress_id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub prefix: Option<String>,
     /// The EVENT playlist (`.m3u8`), relative to the output directory. Default `{prefix}.m3u8`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.m3u8$")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.m3u8$"
+    )]
     pub playlist: Option<String>,
     /// Target segment length in seconds (segments split at keyframes). Default 6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,10 +72,17 @@ pub struct SegmentsRequest {
 pub struct LivePlaylistRequest {
     /// Relative to the output directory. Default `{prefix}_live.m3u8`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.m3u8$")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.m3u8$"
+    )]
     pub name: Option<String>,
     /// Segments in the window. Default 6.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole_u32")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole_u32"
+    )]
     #[schema(minimum = 1, maximum = 1000)]
     pub length: Option<u32>,
 }
@@ -89,18 +102,29 @@ pub struct ImagesRequest {
     /// Path prefix of the images, relative to the output directory (templates expanded):
     /// `{prefix}_00000.jpg`, ... Default `{egress_id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024, pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub prefix: Option<String>,
     /// Seconds between snapshots. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 86400)]
     pub interval_s: Option<f64>,
     /// Default: the egress's video width (even).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole_u32")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole_u32"
+    )]
     #[schema(minimum = 16, maximum = 3840)]
     pub width: Option<u32>,
     /// Default: the egress's video height (even).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole_u32")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole_u32"
+    )]
     #[schema(minimum = 16, maximum = 2160)]
     pub height: Option<u32>,
 }
@@ -250,9 +274,9 @@ pub fn expand(template: &str, v: &TemplateValues<'_>, field: &str) -> Result<Str
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let close = after.find('}').ok_or_else(|| {
-            RequestError::invalid(field, format!("'{template}': unclosed '{{'"))
-        })?;
+        let close = after
+            .find('}')
+            .ok_or_else(|| RequestError::invalid(field, format!("'{template}': unclosed '{{'")))?;
         match &after[..close] {
             "egress_id" => out.push_str(v.egress_id),
             "type" => out.push_str(v.egress_type.as_str()),
@@ -332,7 +356,11 @@ pub fn relative(name: &str, field: &str) -> Result<PathBuf, RequestError> {
 }
 
 /// `dir` and file stem of a prefix (`rec/a/seg` -> (`output_dir/rec/a`, `seg`)).
-fn split_prefix(prefix: &str, output_dir: &Path, field: &str) -> Result<(PathBuf, String), RequestError> {
+fn split_prefix(
+    prefix: &str,
+    output_dir: &Path,
+    field: &str,
+) -> Result<(PathBuf, String), RequestError> {
     let rel = relative(prefix, field)?;
     let stem = rel
         .file_name()
@@ -345,7 +373,10 @@ fn split_prefix(prefix: &str, output_dir: &Path, field: &str) -> Result<(PathBuf
             format!("'{prefix}': the name part is longer than 200 bytes"),
         ));
     }
-    let dir = rel.parent().map(|p| output_dir.join(p)).unwrap_or_else(|| output_dir.to_path_buf());
+    let dir = rel
+        .parent()
+        .map(|p| output_dir.join(p))
+        .unwrap_or_else(|| output_dir.to_path_buf());
     Ok((dir, stem))
 }
 
@@ -353,8 +384,13 @@ const MAX_STREAMS: usize = 8;
 
 /// Checks a stream URL: rtmp, rtmps or srt, with a host; no characters that would need quoting.
 pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {
-    let bad = |why: &str| RequestError::invalid(field, format!("'{}': {why}", redact_stream_url(url)));
-    if url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\'' || c == '\\') {
+    let bad =
+        |why: &str| RequestError::invalid(field, format!("'{}': {why}", redact_stream_url(url)));
+    if url.len() > 2048
+        || url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
+    {
         return Err(bad("not a valid URL"));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -369,7 +405,9 @@ pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {
         return Err(bad("no host"));
     }
     if scheme != "srt" && rest.split('/').filter(|s| !s.is_empty()).count() < 2 {
-        return Err(bad("an RTMP URL needs an application path: rtmp://host/app/key"));
+        return Err(bad(
+            "an RTMP URL needs an application path: rtmp://host/app/key",
+        ));
     }
     Ok(())
 }
@@ -455,7 +493,11 @@ pub fn resolve(
                     return Err(dup("file"));
                 }
                 let field = format!("{at}.file.filename");
-                let name = expand(f.filename.as_deref().unwrap_or("{egress_id}.mp4"), v, &field)?;
+                let name = expand(
+                    f.filename.as_deref().unwrap_or("{egress_id}.mp4"),
+                    v,
+                    &field,
+                )?;
                 spec.file = Some(super::resolve_output_named(&name, output_dir, &field)?);
             }
             OutputRequest::Segments(s) => {
@@ -540,8 +582,18 @@ pub fn resolve(
                         "must be a number of seconds in [1, 86400]",
                     ));
                 }
-                let width = super::ranged(&format!("{at}.images.width"), im.width.unwrap_or(video.0), 16, 3840)? & !1;
-                let height = super::ranged(&format!("{at}.images.height"), im.height.unwrap_or(video.1), 16, 2160)? & !1;
+                let width = super::ranged(
+                    &format!("{at}.images.width"),
+                    im.width.unwrap_or(video.0),
+                    16,
+                    3840,
+                )? & !1;
+                let height = super::ranged(
+                    &format!("{at}.images.height"),
+                    im.height.unwrap_or(video.1),
+                    16,
+                    2160,
+                )? & !1;
                 spec.images = Some(ImagesOutput {
                     prefix,
                     dir,
@@ -638,7 +690,13 @@ mod tests {
     fn stream_urls_are_checked() {
         assert!(check_stream_url("rtmp://h/app/key", "u").is_ok());
         assert!(check_stream_url("srt://127.0.0.1:9000", "u").is_ok());
-        for bad in ["http://h/a/b", "rtmp://h", "rtmp:///app/k", "rtmp://h/a/k k", "nothing"] {
+        for bad in [
+            "http://h/a/b",
+            "rtmp://h",
+            "rtmp:///app/k",
+            "rtmp://h/a/k k",
+            "nothing",
+        ] {
             assert!(check_stream_url(bad, "u").is_err(), "{bad}");
         }
         let e = check_stream_url("http://h/app/secretkey", "u").unwrap_err();
@@ -659,7 +717,10 @@ mod tests {
         let s = resolve(&outs, dir, &v, (1280, 720)).unwrap();
         assert_eq!(s.file.as_ref().unwrap().path, Path::new("/rec/EG_abc.mp4"));
         let seg = s.segments.as_ref().unwrap();
-        assert_eq!((seg.dir.as_path(), seg.stem.as_str()), (Path::new("/rec/hls"), "EG_abc"));
+        assert_eq!(
+            (seg.dir.as_path(), seg.stem.as_str()),
+            (Path::new("/rec/hls"), "EG_abc")
+        );
         assert_eq!(seg.playlist, "hls/EG_abc.m3u8");
         assert_eq!(seg.live.as_ref().unwrap().0, "hls/EG_abc_live.m3u8");
         assert_eq!(seg.segment_duration_s, 6.0);
@@ -668,9 +729,10 @@ mod tests {
         assert_eq!(s.count(), 4);
         assert!(s.wants_h264());
 
-        let two: Vec<OutputRequest> =
-            serde_json::from_value(serde_json::json!([{"file": {}}, {"file": {"filename": "b.mkv"}}]))
-                .unwrap();
+        let two: Vec<OutputRequest> = serde_json::from_value(
+            serde_json::json!([{"file": {}}, {"file": {"filename": "b.mkv"}}]),
+        )
+        .unwrap();
         let e = resolve(&two, dir, &v, (1280, 720)).unwrap_err();
         assert!(e.to_string().contains("at most one file"), "{e}");
         let clash: Vec<OutputRequest> = serde_json::from_value(serde_json::json!([

@@ -99,17 +99,24 @@ pub fn audio_raw() -> Vec<Node> {
 /// `video_raw_tee` -> one encoder -> its tee.
 pub fn video_encoder(c: VideoCodec, spec: &EgressSpec, opts: &PipelineOptions) -> Vec<Node> {
     let v = &spec.video;
+    // A keyframe every 2 s; every second with HLS, whose splitter holds a GOP before writing
+    // it (so a kill loses less, and live players join sooner).
+    let gop = if spec.outputs.segments.is_some() {
+        v.fps
+    } else {
+        v.fps * 2
+    };
     let name = format!("video_{}_enc", c.as_str());
     let enc = match c {
         VideoCodec::H264 => el("x264enc", &name)
             .p("speed-preset", &opts.x264_speed_preset)
             .p("tune", "zerolatency")
-            .p("key-int-max", v.fps * 2)
+            .p("key-int-max", gop)
             .p("bitrate", v.bitrate_kbps),
         VideoCodec::Vp8 => el("vp8enc", &name)
             .p("deadline", 1)
             .p("cpu-used", 8)
-            .p("keyframe-max-dist", v.fps * 2)
+            .p("keyframe-max-dist", gop)
             .p("target-bitrate", v.bitrate_kbps * 1000),
         VideoCodec::Theora => el("theoraenc", &name).p("bitrate", v.bitrate_kbps),
     };
@@ -159,9 +166,14 @@ pub fn aac_copy() -> Vec<Node> {
 /// muxer wants), ending where the caller links it.
 pub fn branch(prefix: &str, video: bool, tee_name: &str, codec: &str) -> Vec<Node> {
     let kind = if video { "video" } else { "audio" };
-    let mut chain = vec![from(tee_name), el("queue", format!("{prefix}_{kind}_queue"))];
+    let mut chain = vec![
+        from(tee_name),
+        el("queue", format!("{prefix}_{kind}_queue")),
+    ];
     match codec {
-        "h264" => chain.push(el("h264parse", format!("{prefix}_{kind}_parse")).p("config-interval", -1)),
+        "h264" => {
+            chain.push(el("h264parse", format!("{prefix}_{kind}_parse")).p("config-interval", -1))
+        }
         "aac" => chain.push(el("aacparse", format!("{prefix}_{kind}_parse"))),
         _ => {}
     }

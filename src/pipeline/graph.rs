@@ -69,9 +69,12 @@ pub enum Node {
     AppSink { name: String, launch: String },
 }
 
-/// Property keys starting with this are rendered in launch lines only (what the handler sets as
-/// objects after instantiating, e.g. splitmuxsink's muxer).
+/// Property keys starting with this are rendered in launch lines only.
 pub const LAUNCH_ONLY: &str = "@";
+/// Property keys starting with this take an element, made from the value: a factory and its
+/// properties (`filesink buffer-mode=unbuffered`). Set before any link (splitmuxsink makes its
+/// default muxer when its first pad is requested). Not rendered in launch lines.
+pub const OBJECT: &str = "!";
 
 /// An element node, properties added with `p`.
 pub fn el(factory: &str, name: impl Into<String>) -> Node {
@@ -204,9 +207,14 @@ fn render_node(n: &Node) -> String {
             props,
         } => {
             let mut w = vec![factory.clone(), format!("name={name}")];
-            w.extend(props.iter().map(|(k, v)| {
-                shell_quote(&format!("{}={v}", k.strip_prefix(LAUNCH_ONLY).unwrap_or(k)))
-            }));
+            w.extend(
+                props
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(OBJECT))
+                    .map(|(k, v)| {
+                        shell_quote(&format!("{}={v}", k.strip_prefix(LAUNCH_ONLY).unwrap_or(k)))
+                    }),
+            );
             w.join(" ")
         }
         Node::Caps { caps, .. } => shell_quote(caps),
@@ -268,9 +276,10 @@ pub fn instantiate(desc: &Desc, pipeline: &gst::Pipeline, fd: i32) -> Result<Bui
             match (n, e) {
                 (Node::Entry { source, kind }, _) => entry = Some((*source, *kind)),
                 (Node::From { element }, _) => {
-                    prev = Some(created_by_name(&created, element).ok_or_else(|| {
-                        PipelineError::Build(format!("no element {element}"))
-                    })?);
+                    prev =
+                        Some(created_by_name(&created, element).ok_or_else(|| {
+                            PipelineError::Build(format!("no element {element}"))
+                        })?);
                 }
                 (Node::Link { target, pad }, _) => {
                     let t = pipeline
@@ -334,7 +343,7 @@ fn make(
             let mut b = gst::ElementFactory::make(factory).name(name.as_str());
             let mut deferred = Vec::new();
             for (k, v) in props {
-                if k.starts_with(LAUNCH_ONLY) {
+                if k.starts_with(LAUNCH_ONLY) || k.starts_with(OBJECT) {
                     continue;
                 }
                 match k.split_once("::") {
@@ -343,6 +352,20 @@ fn make(
                 }
             }
             let e = b.build().map_err(|e| build_err(name, e))?;
+            for (k, v) in props {
+                if let Some(prop) = k.strip_prefix(OBJECT) {
+                    let mut words = v.split_whitespace();
+                    let factory = words.next().unwrap_or_default();
+                    let mut ob = gst::ElementFactory::make(factory);
+                    for kv in words {
+                        if let Some((pk, pv)) = kv.split_once('=') {
+                            ob = ob.property_from_str(pk, pv);
+                        }
+                    }
+                    let obj = ob.build().map_err(|e| build_err(factory, e))?;
+                    e.set_property(prop, &obj);
+                }
+            }
             for (pad, prop, v) in deferred {
                 pad_props.push((e.clone(), pad, prop, v.clone()));
             }
@@ -378,6 +401,13 @@ fn make(
     }))
 }
 
-fn created_by_name<'a>(created: &'a [Vec<Option<gst::Element>>], name: &str) -> Option<&'a gst::Element> {
-    created.iter().flatten().flatten().find(|e| e.name() == name)
+fn created_by_name<'a>(
+    created: &'a [Vec<Option<gst::Element>>],
+    name: &str,
+) -> Option<&'a gst::Element> {
+    created
+        .iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.name() == name)
 }

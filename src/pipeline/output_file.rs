@@ -41,8 +41,10 @@ pub fn add(
     audio: Option<AudioCodecKind>,
 ) {
     let mux = match file.container {
-        Container::Mp4 => el("mp4mux", "file_mux")
-            .p("fragment-duration", (opts.mp4_fragment_s * 1000.0).round() as u64),
+        Container::Mp4 => el("mp4mux", "file_mux").p(
+            "fragment-duration",
+            (opts.mp4_fragment_s * 1000.0).round() as u64,
+        ),
         Container::Mkv => el("matroskamux", "file_mux"),
         Container::Webm => el("webmmux", "file_mux"),
         Container::Ogg => el("oggmux", "file_mux"),

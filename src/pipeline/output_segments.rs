@@ -25,10 +25,14 @@ pub fn add(d: &mut Desc, s: &SegmentsOutput, video: bool, audio: bool) {
     let ns = (s.segment_duration_s * 1e9).round() as u64;
     let pattern = s.dir.join(format!("{}_%05d.ts", s.stem));
     d.push(vec![
+        // The handler gives it the muxer and an unbuffered filesink (what a killed handler
+        // wrote is on disk); a launch line names their factories instead.
         el("splitmuxsink", SINK)
-            .p("async-finalize", true)
-            .p("muxer-factory", "mpegtsmux")
-            .p("sink-factory", "filesink")
+            .p("!muxer", "mpegtsmux")
+            .p("!sink", "filesink buffer-mode=unbuffered")
+            .p("@async-finalize", true)
+            .p("@muxer-factory", "mpegtsmux")
+            .p("@sink-factory", "filesink")
             .p("max-size-time", ns)
             .p("send-keyframe-requests", video)
             .p("location", pattern.display()),

@@ -79,12 +79,13 @@ pub fn add(d: &mut Desc, video: bool, audio: bool, urls: &[String]) {
 }
 
 fn is_srt(url: &str) -> bool {
-    url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("srt://"))
+    url.get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("srt://"))
 }
 
 fn mux_and_sink(url: &str) -> (&'static str, &'static str) {
     if is_srt(url) {
-        ("mpegtsmux", "srtsink")
+        ("mpegtsmux alignment=7", "srtsink")
     } else {
         ("flvmux streamable=true", "rtmp2sink")
     }
@@ -116,7 +117,10 @@ pub fn build(
     let p = gst::Pipeline::with_name(name);
     let srt = is_srt(url);
     let mux = if srt {
-        make("mpegtsmux", "mux")?
+        let m = make("mpegtsmux", "mux")?;
+        // 7 TS packets per buffer: one SRT message each (1316 bytes), what receivers expect.
+        m.set_property("alignment", 7i32);
+        m
     } else {
         let m = make("flvmux", "mux")?;
         m.set_property("streamable", true);
@@ -162,8 +166,16 @@ pub fn build(
             .map_err(|_| PipelineError::Build(format!("cannot link the stream {kind} parser")))?;
         Ok(a)
     };
-    let v = if video { Some(src("video", "h264parse")?) } else { None };
-    let a = if audio { Some(src("audio", "aacparse")?) } else { None };
+    let v = if video {
+        Some(src("video", "h264parse")?)
+    } else {
+        None
+    };
+    let a = if audio {
+        Some(src("audio", "aacparse")?)
+    } else {
+        None
+    };
     if let (Some(c), Some(b)) = (clock, base_time) {
         p.use_clock(Some(c));
         p.set_start_time(gst::ClockTime::NONE);

@@ -396,38 +396,69 @@ mod tests {
             l.contains("format=I420") && l.contains("x264enc") && l.contains("voaacenc"),
             "{l}"
         );
-        assert!(l.contains("mp4mux name=file_mux fragment-duration=1000"), "{l}");
+        assert!(
+            l.contains("mp4mux name=file_mux fragment-duration=1000"),
+            "{l}"
+        );
         assert!(!l.contains("reserved"), "{l}");
         assert!(l.contains("'location=/rec/a b.mp4'"), "{l}");
     }
 
     #[test]
     fn every_output_shares_one_encode_and_webm_gets_its_own() {
-        let s = spec(serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
+        let s = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
             "outputs": [{"file": {"filename": "a.mp4"}}, {"segments": {"prefix": "h/a"}},
-                {"stream": {"urls": ["rtmp://h/app/key", "srt://h:9000"]}}, {"images": {}}]}));
+                {"stream": {"urls": ["rtmp://h/app/key", "srt://h:9000"]}}, {"images": {}}]}),
+        );
         let d = describe(&s, &opts(), &[SourceStreams::of_test(TestMedia::Av)]);
-        let count = |f: &str| d.chains.iter().flatten().filter(|n| matches!(n,
-            Node::Element { factory, .. } if factory == f)).count();
-        assert_eq!((count("x264enc"), count("voaacenc"), count("jpegenc")), (1, 1, 1));
+        let count = |f: &str| {
+            d.chains
+                .iter()
+                .flatten()
+                .filter(|n| {
+                    matches!(n,
+            Node::Element { factory, .. } if factory == f)
+                })
+                .count()
+        };
+        assert_eq!(
+            (count("x264enc"), count("voaacenc"), count("jpegenc")),
+            (1, 1, 1)
+        );
         assert_eq!(count("splitmuxsink"), 1);
         let l = d.launch();
-        assert!(l.contains("rtmp2sink 'location=rtmp://h/app/key'") && l.contains("srtsink"), "{l}");
+        assert!(
+            l.contains("rtmp2sink 'location=rtmp://h/app/key'") && l.contains("srtsink"),
+            "{l}"
+        );
         // Two outputs needing other codecs: a second video encoder, only then.
-        let w = spec(serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
-            "outputs": [{"file": {"filename": "a.webm"}}, {"segments": {}}]}));
+        let w = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
+            "outputs": [{"file": {"filename": "a.webm"}}, {"segments": {}}]}),
+        );
         let d = describe(&w, &opts(), &[SourceStreams::of_test(TestMedia::Av)]);
         let f = d.factories();
-        assert!(f.contains(&"x264enc".into()) && f.contains(&"vp8enc".into()), "{f:?}");
-        assert!(f.contains(&"opusenc".into()) && f.contains(&"voaacenc".into()), "{f:?}");
+        assert!(
+            f.contains(&"x264enc".into()) && f.contains(&"vp8enc".into()),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&"opusenc".into()) && f.contains(&"voaacenc".into()),
+            "{f:?}"
+        );
         assert_eq!(extra_encodes(&w.outputs), 1);
         assert_eq!(extra_encodes(&s.outputs), 0);
         // Images need decoded frames: a track with images is not copied.
-        let t = spec(serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
-            "outputs": [{"file": {}}, {"images": {}}]}));
+        let t = spec(
+            serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
+            "outputs": [{"file": {}}, {"images": {}}]}),
+        );
         assert_eq!(copy_caps(&t), None);
-        let t = spec(serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
-            "outputs": [{"file": {}}, {"segments": {}}, {"stream": {"urls": []}}]}));
+        let t = spec(
+            serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
+            "outputs": [{"file": {}}, {"segments": {}}, {"stream": {"urls": []}}]}),
+        );
         assert!(copy_caps(&t).is_some());
     }
 

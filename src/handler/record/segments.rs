@@ -34,7 +34,11 @@ fn create_segment(dir: &Path, name: &str) -> PathBuf {
         return path;
     }
     // Never overwritten: the playlist names whatever file each segment really went to.
-    let alt = dir.join(format!("{}.{}.ts", name.trim_end_matches(".ts"), std::process::id()));
+    let alt = dir.join(format!(
+        "{}.{}.ts",
+        name.trim_end_matches(".ts"),
+        std::process::id()
+    ));
     let _ = crate::outputs::open_new(&alt);
     alt
 }

@@ -109,11 +109,6 @@ impl Streams {
             last_error: None,
             status: StreamStatus::Active,
         });
-        emit(&HandlerEvent::Stream {
-            index,
-            status: StreamStatus::Active,
-            error: None,
-        });
     }
 
     pub fn remove(&mut self, index: usize, log: &Logger) {
@@ -130,7 +125,10 @@ impl Streams {
     }
 
     fn teardown(&self, u: &mut Url) {
-        self.targets.lock().unwrap_or_else(|e| e.into_inner()).retain(|t| t.index != u.index);
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| t.index != u.index);
         if let Some(p) = u.pipe.take() {
             // Off this thread: a network sink going to Null may wait on its socket.
             std::thread::spawn(move || {
@@ -142,7 +140,12 @@ impl Streams {
 
     /// Starts due URLs, notices failures, gives up on those failing too long. `clock` and
     /// `base_time` are the recording's (None until it plays).
-    pub fn poll(&mut self, clock: Option<gst::Clock>, base_time: Option<gst::ClockTime>, log: &Logger) {
+    pub fn poll(
+        &mut self,
+        clock: Option<gst::Clock>,
+        base_time: Option<gst::ClockTime>,
+        log: &Logger,
+    ) {
         let now = Instant::now();
         let mut urls = std::mem::take(&mut self.urls);
         for u in &mut urls {
@@ -152,7 +155,9 @@ impl Streams {
             // Errors of the running pipeline.
             let error = u.pipe.as_ref().and_then(|p| {
                 let bus = p.pipeline.bus()?;
-                while let Some(m) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
+                while let Some(m) =
+                    bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
+                {
                     if let gst::MessageView::Error(e) = m.view() {
                         return Some(e.error().to_string());
                     }
@@ -181,7 +186,9 @@ impl Streams {
                 u.status = StreamStatus::Failed;
                 let error = format!(
                     "{} (retried for {} s)",
-                    u.last_error.clone().unwrap_or_else(|| "stream failed".into()),
+                    u.last_error
+                        .clone()
+                        .unwrap_or_else(|| "stream failed".into()),
                     self.retry.as_secs()
                 );
                 emit(&HandlerEvent::Stream {
@@ -198,7 +205,13 @@ impl Streams {
         self.urls = urls;
     }
 
-    fn start(&self, u: &mut Url, clock: Option<&gst::Clock>, base: Option<gst::ClockTime>, log: &Logger) {
+    fn start(
+        &self,
+        u: &mut Url,
+        clock: Option<&gst::Clock>,
+        base: Option<gst::ClockTime>,
+        log: &Logger,
+    ) {
         u.attempt += 1;
         let name = format!("{}_stream{}_a{}", self.egress_id, u.index, u.attempt);
         let built = output_stream::build(&name, &u.url, self.video, self.audio, clock, base);
@@ -232,14 +245,22 @@ impl Streams {
             return;
         }
         info!(log, "stream started"; "index" => u.index, "url" => redact_stream_url(&u.url), "attempt" => u.attempt);
-        self.targets.lock().unwrap_or_else(|e| e.into_inner()).push(Target {
-            index: u.index,
-            video: pipe.video.clone(),
-            audio: pipe.audio.clone(),
-            keyed: Arc::default(),
-        });
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Target {
+                index: u.index,
+                video: pipe.video.clone(),
+                audio: pipe.audio.clone(),
+                keyed: Arc::default(),
+            });
         u.pipe = Some(pipe);
         u.up_since = Some(Instant::now());
+        emit(&HandlerEvent::Stream {
+            index: u.index,
+            status: StreamStatus::Active,
+            error: None,
+        });
         // A new viewer starts at a keyframe: ask the shared encoder for one now.
         if let Some(enc) = &self.encoder
             && let Some(pad) = enc.static_pad("src")
@@ -298,7 +319,10 @@ fn hook(tap: &gst::Element, targets: Targets, video: bool, has_video: bool) {
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 let mut buf = buf;
-                if let Some(seg) = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>()) {
+                if let Some(seg) = sample
+                    .segment()
+                    .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                {
                     let b = buf.make_mut();
                     let pts = b.pts().and_then(|t| seg.to_running_time(t));
                     let dts = b.dts().and_then(|t| seg.to_running_time(t));
