@@ -3,6 +3,7 @@
 
 mod admission;
 mod api;
+mod cli;
 mod common;
 mod degraded;
 mod egress;

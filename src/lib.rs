@@ -24,9 +24,11 @@
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
 //! - `service`: the one function that wires everything and runs the service.
+//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP.
 
 pub mod actors;
 pub mod api;
+pub mod cli;
 pub mod closing;
 pub mod config;
 pub mod error;

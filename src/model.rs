@@ -439,6 +439,7 @@ fn yes() -> bool {
 pub struct FileInfo {
     pub filename: String,
     pub location: String,
+    /// Bytes written so far while the egress records; the final size once it has ended.
     pub size_bytes: u64,
     /// Read back with Discoverer; absent when the file could not be read.
     pub duration_s: Option<f64>,

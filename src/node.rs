@@ -210,13 +210,28 @@ impl Node {
             .map_err(ApiError::from_mailbox)
     }
 
-    /// One egress, if this node has it.
+    /// One egress, if this node has it. While it records, its files' `size_bytes` are their
+    /// sizes now (the record holds 0 until a file is closed), so a client can follow it.
     pub async fn get(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
-        self.inner
+        let info = self
+            .inner
             .supervisor
             .send(GetEgress(id.to_string()))
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(ApiError::from_mailbox)?;
+        match info {
+            Some(mut info) if !info.status.is_final() && !info.files.is_empty() => {
+                let files = info.files.clone();
+                // A stat per file: off the worker thread, like every other file access.
+                if let Ok(files) =
+                    actix_web::rt::task::spawn_blocking(move || with_live_sizes(files)).await
+                {
+                    info.files = files;
+                }
+                Ok(Some(info))
+            }
+            other => Ok(other),
+        }
     }
 
     /// Stops (gracefully) or kills an egress of this node: its record (a kill's shows the killed
@@ -348,4 +363,14 @@ impl Node {
             Err(why) => Readiness::NotReady(why),
         })
     }
+}
+
+/// `files` with each size read from the file itself; a file not there yet keeps its size.
+fn with_live_sizes(mut files: Vec<crate::model::FileInfo>) -> Vec<crate::model::FileInfo> {
+    for f in &mut files {
+        if let Ok(meta) = std::fs::metadata(&f.location) {
+            f.size_bytes = meta.len();
+        }
+    }
+    files
 }
