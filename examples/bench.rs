@@ -197,8 +197,6 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
     };
     let opts = PipelineOptions {
         x264_speed_preset: "veryfast".into(),
-        mp4_moov_update_period_s: 1.0,
-        mp4_reserved_max_duration_s: 21600.0,
         ..PipelineOptions::default()
     };
     let mut children = Vec::new();

@@ -3,11 +3,13 @@
 
 mod admission;
 mod api;
+mod cli;
 mod common;
 mod costs;
 mod degraded;
 mod egress;
 mod fleet;
+mod outputs;
 mod overload;
 mod placement;
 mod producers;

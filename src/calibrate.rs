@@ -288,6 +288,7 @@ async fn measure(
         egress_type: t,
         video: Some(profile),
         encodes: 1,
+        remux: false,
     }
     .key();
     let file = format!(
@@ -421,7 +422,10 @@ pub fn run(
         };
         let mut e = e.clone();
         e.calibrated = true;
-        let configured = CostClass::parse(class).map_or(0.0, |c| cfg.cpu_cost.cost(c.egress_type));
+        let configured = CostClass::parse(class).map_or(0.0, |c| {
+            cfg.cpu_cost.cost(c.egress_type)
+                + f64::from(c.encodes.saturating_sub(1)) * cfg.cpu_cost.encode
+        });
         measured.push(Measured {
             class: class.clone(),
             p50: e.p50,

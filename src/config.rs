@@ -129,13 +129,13 @@ pub struct PipelineConfig {
     /// x264 speed preset (ultrafast .. veryslow): the main CPU/quality dial.
     #[serde(default = "default_x264_preset")]
     pub x264_speed_preset: String,
-    /// How often a robust MP4 rewrites its index: at most this much media is lost to a kill.
-    #[serde(default = "default_moov_update")]
-    pub mp4_moov_update_period_s: f64,
-    /// Longest recording a robust MP4 reserves index space for; a longer one still finalizes on
-    /// a graceful stop but is not kill-safe past this length.
-    #[serde(default = "default_mp4_reserved")]
-    pub mp4_reserved_max_duration_s: f64,
+    /// Hybrid MP4 fragment length while recording: a kill loses about this much media (the
+    /// file is fragmented until a graceful end rewrites it as a normal MP4).
+    #[serde(default = "default_mp4_fragment")]
+    pub mp4_fragment_s: f64,
+    /// How long a failing stream URL is retried, with backoff, before it is marked failed.
+    #[serde(default = "default_stream_retry")]
+    pub stream_retry_s: f64,
     /// Niceness of handler processes (0-19): above 0, the service's API, placement and overload
     /// supervision keep answering promptly while recordings saturate the CPU.
     #[serde(default = "default_handler_nice")]
@@ -227,6 +227,14 @@ pub struct CpuCostConfig {
     /// Cores a track egress is expected to use.
     #[serde(default = "cost_track")]
     pub track: f64,
+    /// Cores each output beyond the first adds when it shares the egress's encode (a segment
+    /// muxer, a stream, a JPEG every few seconds): outputs are priced by encodes, not by count.
+    #[serde(default = "default_cost_output")]
+    pub output: f64,
+    /// Cores an output adds when it needs an encoder of its own (webm next to HLS: VP8 and
+    /// H.264).
+    #[serde(default = "default_cost_encode")]
+    pub encode: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -340,11 +348,17 @@ fn default_start_timeout() -> f64 {
 fn default_x264_preset() -> String {
     "veryfast".into()
 }
-fn default_moov_update() -> f64 {
+fn default_mp4_fragment() -> f64 {
     1.0
 }
-fn default_mp4_reserved() -> f64 {
-    6.0 * 3600.0
+fn default_stream_retry() -> f64 {
+    30.0
+}
+fn default_cost_output() -> f64 {
+    0.1
+}
+fn default_cost_encode() -> f64 {
+    1.0
 }
 fn default_log_format() -> String {
     "term".into()
@@ -460,8 +474,8 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
     fn from(p: &PipelineConfig) -> Self {
         crate::model::PipelineOptions {
             x264_speed_preset: p.x264_speed_preset.clone(),
-            mp4_moov_update_period_s: p.mp4_moov_update_period_s,
-            mp4_reserved_max_duration_s: p.mp4_reserved_max_duration_s,
+            mp4_fragment_s: p.mp4_fragment_s,
+            stream_retry_s: p.stream_retry_s,
             start_timeout_s: p.start_timeout_s,
             source_stall_s: p.source_stall_s,
             source_reconnect_s: p.source_reconnect_s,
@@ -470,6 +484,15 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
 }
 
 impl CpuCostConfig {
+    /// The cost of an egress of type `t` with these outputs: the type's cost covers its encode
+    /// and first output; each further output sharing that encode adds `output`, and each extra
+    /// encoder (an output needing another codec) adds `encode`.
+    pub fn priced(&self, t: EgressType, outputs: &crate::model::OutputsSpec) -> f64 {
+        let extra_outputs = outputs.count().saturating_sub(1) as f64;
+        let extra_encodes = crate::pipeline::plan::extra_encodes(outputs) as f64;
+        self.cost(t) + extra_outputs * self.output + extra_encodes * self.encode
+    }
+
     pub fn cost(&self, t: EgressType) -> f64 {
         match t {
             EgressType::RoomComposite => self.room_composite,
@@ -642,14 +665,14 @@ impl Config {
             3600.0,
         )?;
         positive(
-            "pipeline.mp4_moov_update_period_s",
-            self.pipeline.mp4_moov_update_period_s,
+            "pipeline.mp4_fragment_s",
+            self.pipeline.mp4_fragment_s,
             60.0,
         )?;
         positive(
-            "pipeline.mp4_reserved_max_duration_s",
-            self.pipeline.mp4_reserved_max_duration_s,
-            7.0 * 86400.0,
+            "pipeline.stream_retry_s",
+            self.pipeline.stream_retry_s,
+            86400.0,
         )?;
         positive(
             "pipeline.source_stall_s",
@@ -726,11 +749,15 @@ impl Config {
         if !(1..=1000).contains(&self.cpu.learn_min_jobs) {
             return Err(invalid("cpu.learn_min_jobs", "must be in [1, 1000]"));
         }
-        for t in EgressType::ALL {
-            let c = self.cpu_cost.cost(t);
+        let extra = [
+            ("output", self.cpu_cost.output),
+            ("encode", self.cpu_cost.encode),
+        ];
+        let per_type = EgressType::ALL.map(|t| (t.as_str(), self.cpu_cost.cost(t)));
+        for (k, c) in per_type.into_iter().chain(extra) {
             if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
                 return Err(invalid(
-                    &format!("cpu_cost.{t}"),
+                    &format!("cpu_cost.{k}"),
                     "must be a number of cores in [0, 256]",
                 ));
             }

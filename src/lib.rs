@@ -13,6 +13,10 @@
 //! - `pipeline/`: GStreamer graph building per egress type and per output.
 //! - `handler/`: the child process that runs one pipeline and its stdio protocol.
 //! - `media`: reading finished files back with Discoverer.
+//! - `closing`: the last look at an egress's outputs: repaired, read back, manifest written.
+//! - `hls`: HLS playlists (rendered by the handler, closed by the service after a crash).
+//! - `repair`: making outputs whole after a handler died (remux a fragmented MP4, end a
+//!   playlist).
 //! - `node`: the node layer: start, list, get, stop, kill, state, drain over the actors. The
 //!   API and the fleet call it; it calls neither (requests flow api -> fleet -> node -> actors).
 //! - `outputs`: output files confined to `storage.output_dir`, created before a handler starts.
@@ -24,14 +28,18 @@
 //! - `service`: the one function that wires everything and runs the service.
 //! - `calibrate`: `egress-engine calibrate`: each type measured on this machine, into the
 //!   learned cost table.
+//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP.
 
 pub mod actors;
 pub mod api;
 pub mod calibrate;
+pub mod cli;
+pub mod closing;
 pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod handler;
+pub mod hls;
 pub mod logging;
 pub mod media;
 pub mod metrics;
@@ -39,6 +47,7 @@ pub mod model;
 pub mod node;
 pub mod outputs;
 pub mod pipeline;
+pub mod repair;
 pub mod rules;
 pub mod service;
 pub mod store;

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// Fleet: more jobs of each type (at its default profile) that fit fleet-wide now (-1: no
     /// bound, a type priced at 0 without a limit).
     pub fleet_fits: IntGaugeVec,
+    /// Stream URLs given up on after `pipeline.stream_retry_s` of failures, by egress type.
+    pub stream_failures_total: IntCounterVec,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -246,6 +248,12 @@ impl Metrics {
                 &r,
                 "egress_fleet_fits",
                 "More jobs of each type (default profile) that fit fleet-wide now",
+                &["type"],
+            ),
+            stream_failures_total: counter_vec(
+                &r,
+                "egress_stream_failures_total",
+                "Stream URLs marked failed after retrying for pipeline.stream_retry_s",
                 &["type"],
             ),
             registry: r,

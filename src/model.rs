@@ -3,11 +3,19 @@
 //! reports (`EgressInfo`). Validation lives here so the API, the fleet and the handler agree on it.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::RequestError;
+
+mod outputs;
+
+pub use outputs::{
+    FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, OutputRequest,
+    OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo, StreamRequest,
+    StreamStatus, StreamsUpdate, TemplateValues, check_stream_url, redact_stream_url,
+};
 
 /// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.
 #[derive(
@@ -149,8 +157,15 @@ pub struct EgressRequest {
     /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms.
     #[schema(min_items = 1, max_items = 16)]
     pub sources: Vec<SourceRequest>,
-    /// Where the recording goes.
-    pub output: OutputRequest,
+    /// One output (the form older clients send): `{"file": {"filename": "a.mp4"}}`. Give this or
+    /// `outputs`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputRequest>,
+    /// Every output of the egress, all fed by one encode: at most one `file`, one `segments` and
+    /// one `images`, and one `stream` with any number of URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 4)]
+    pub outputs: Option<Vec<OutputRequest>>,
     /// Video encoding overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoRequest>,
@@ -178,28 +193,6 @@ pub struct SourceRequest {
         example = "test://av?pattern=ball&freq=440"
     )]
     pub uri: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OutputRequest {
-    /// Required: the only output kind today.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(required, nullable = false)]
-    pub file: Option<FileOutputRequest>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileOutputRequest {
-    /// Relative to `storage.output_dir` (no `..`, no leading `/`); the extension picks the
-    /// container: mp4, mkv, webm or ogg. An existing file is never overwritten (409).
-    #[schema(
-        max_length = 1024,
-        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.([Mm][Pp]4|[Mm][Kk][Vv]|[Ww][Ee][Bb][Mm]|[Oo][Gg][Gg])$",
-        example = "rec/a.mp4"
-    )]
-    pub filename: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -357,9 +350,18 @@ pub struct EgressSpec {
     pub sources: Vec<Source>,
     pub video: VideoSettings,
     pub audio: AudioSettings,
-    pub file: FileOutput,
+    pub outputs: OutputsSpec,
     /// Where the handler writes its own end-of-run result, read by a restarted service.
     pub result_path: PathBuf,
+    /// Where the final EgressInfo is written at the end: `{egress_id}.json` beside the outputs.
+    pub manifest_path: PathBuf,
+}
+
+impl EgressSpec {
+    /// The file output's container, when there is one.
+    pub fn container(&self) -> Option<Container> {
+        self.outputs.file.as_ref().map(|f| f.container)
+    }
 }
 
 /// Node-wide pipeline settings a handler needs besides the spec (from the `pipeline` config).
@@ -367,10 +369,12 @@ pub struct EgressSpec {
 pub struct PipelineOptions {
     /// x264 speed preset.
     pub x264_speed_preset: String,
-    /// Robust MP4: how often the index is rewritten, in seconds.
-    pub mp4_moov_update_period_s: f64,
-    /// Robust MP4: longest duration the index has room for, in seconds.
-    pub mp4_reserved_max_duration_s: f64,
+    /// Hybrid MP4: fragment length while recording, in seconds (what a kill may lose).
+    #[serde(default = "default_mp4_fragment_s")]
+    pub mp4_fragment_s: f64,
+    /// How long a failing stream URL is retried (with backoff) before it is marked failed.
+    #[serde(default = "default_stream_retry_s")]
+    pub stream_retry_s: f64,
     /// How long the sources may take to show their streams before the start fails, in seconds.
     #[serde(default = "default_start_timeout_s")]
     pub start_timeout_s: f64,
@@ -382,6 +386,12 @@ pub struct PipelineOptions {
     pub source_reconnect_s: f64,
 }
 
+fn default_mp4_fragment_s() -> f64 {
+    1.0
+}
+fn default_stream_retry_s() -> f64 {
+    30.0
+}
 fn default_start_timeout_s() -> f64 {
     20.0
 }
@@ -396,8 +406,8 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             x264_speed_preset: "veryfast".into(),
-            mp4_moov_update_period_s: 1.0,
-            mp4_reserved_max_duration_s: 21600.0,
+            mp4_fragment_s: default_mp4_fragment_s(),
+            stream_retry_s: default_stream_retry_s(),
             start_timeout_s: default_start_timeout_s(),
             source_stall_s: default_source_stall_s(),
             source_reconnect_s: default_source_reconnect_s(),
@@ -429,6 +439,7 @@ fn yes() -> bool {
 pub struct FileInfo {
     pub filename: String,
     pub location: String,
+    /// Bytes written so far while the egress records; the final size once it has ended.
     pub size_bytes: u64,
     /// Read back with Discoverer; absent when the file could not be read.
     pub duration_s: Option<f64>,
@@ -448,8 +459,21 @@ pub struct EgressInfo {
     pub ended_at: Option<u64>,
     pub end_reason: Option<String>,
     pub error: Option<String>,
+    /// The request as given, stream keys redacted.
     pub request: EgressRequest,
     pub files: Vec<FileInfo>,
+    /// The HLS output, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<SegmentsInfo>,
+    /// Every stream URL (redacted) with its state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamInfo>,
+    /// The image output, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesInfo>,
+    /// Where the final record was written (`{egress_id}.json` beside the outputs), once ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// The handler's process id while it runs (so operators can find it in `ps`).
     #[serde(default)]
     pub handler_pid: Option<u32>,
@@ -524,16 +548,6 @@ impl EgressRequest {
             .collect::<Result<Vec<_>, _>>()?;
         check_source_count(egress_type, &sources)?;
 
-        let file = match &self.output.file {
-            Some(f) => resolve_output(&f.filename, ctx.output_dir)?,
-            None => {
-                return Err(RequestError::invalid(
-                    "output",
-                    "an output is required: {\"file\": {\"filename\": \"name.mp4\"}}",
-                ));
-            }
-        };
-
         let v = self.video.clone().unwrap_or_default();
         let video = VideoSettings {
             width: ranged("video.width", v.width.unwrap_or(1280), 16, 3840)? & !1,
@@ -546,10 +560,38 @@ impl EgressRequest {
                 50_000,
             )?,
         };
+        let requested: Vec<OutputRequest> = match (&self.output, &self.outputs) {
+            (Some(o), None) => vec![o.clone()],
+            (None, Some(list)) => list.clone(),
+            (Some(_), Some(_)) => {
+                return Err(RequestError::invalid(
+                    "outputs",
+                    "give either output or outputs, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(RequestError::invalid(
+                    "outputs",
+                    "an output is required: \"outputs\": [{\"file\": {\"filename\": \"name.mp4\"}}]",
+                ));
+            }
+        };
+        let values = TemplateValues {
+            egress_id,
+            egress_type,
+            now_ms: now_ms(),
+        };
+        let outputs = outputs::resolve(
+            &requested,
+            ctx.output_dir,
+            &values,
+            (video.width, video.height),
+        )?;
+        let container = outputs.file.as_ref().map(|f| f.container);
         let a = self.audio.clone().unwrap_or_default();
-        let default_codec = match file.container {
-            Container::Mp4 | Container::Mkv => AudioCodec::Aac,
-            Container::Webm | Container::Ogg => AudioCodec::Opus,
+        let default_codec = match container {
+            Some(Container::Webm | Container::Ogg) => AudioCodec::Opus,
+            _ => AudioCodec::Aac,
         };
         let codec = match a.codec.as_deref() {
             None => default_codec,
@@ -562,7 +604,7 @@ impl EgressRequest {
                 ));
             }
         };
-        if matches!(file.container, Container::Webm | Container::Ogg) && codec == AudioCodec::Aac {
+        if matches!(container, Some(Container::Webm | Container::Ogg)) && codec == AudioCodec::Aac {
             return Err(RequestError::invalid(
                 "audio.codec",
                 "aac cannot be stored in webm or ogg: use opus",
@@ -594,7 +636,8 @@ impl EgressRequest {
             sources,
             video,
             audio,
-            file,
+            manifest_path: manifest_dir(&outputs, ctx.output_dir).join(format!("{egress_id}.json")),
+            outputs,
             result_path: ctx
                 .state_dir
                 .join("egresses")
@@ -819,26 +862,12 @@ pub const TEST_WAVES: &[&str] = &[
 ];
 
 /// Resolves a client filename inside `output_dir`, refusing anything that could escape it.
-pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, RequestError> {
-    let field = "output.file.filename";
-    if filename.is_empty() || filename.len() > 1024 || filename.chars().any(|c| c.is_control()) {
-        return Err(RequestError::invalid(
-            field,
-            "must be a non-empty relative path",
-        ));
-    }
-    let rel = Path::new(filename);
-    for c in rel.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            _ => {
-                return Err(RequestError::invalid(
-                    field,
-                    format!("'{filename}' must be a relative path inside the output directory"),
-                ));
-            }
-        }
-    }
+pub fn resolve_output_named(
+    filename: &str,
+    output_dir: &Path,
+    field: &str,
+) -> Result<FileOutput, RequestError> {
+    let rel = outputs::relative(filename, field)?;
     let ext = rel.extension().and_then(|e| e.to_str()).unwrap_or("");
     let container = Container::from_extension(ext).ok_or_else(|| {
         RequestError::invalid(
@@ -851,6 +880,34 @@ pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, R
         path: output_dir.join(rel),
         container,
     })
+}
+
+/// The directory of the first output that has one (file, playlist, images), else the output
+/// directory: where the manifest goes.
+fn manifest_dir(o: &OutputsSpec, output_dir: &Path) -> PathBuf {
+    let first = o
+        .file
+        .as_ref()
+        .and_then(|f| f.path.parent().map(Path::to_path_buf))
+        .or_else(|| {
+            o.segments
+                .as_ref()
+                .and_then(|s| s.playlist_path.parent().map(Path::to_path_buf))
+        })
+        .or_else(|| o.images.as_ref().map(|i| i.dir.clone()));
+    first.unwrap_or_else(|| output_dir.to_path_buf())
+}
+
+impl EgressRequest {
+    /// The request as EgressInfo echoes it: stream keys redacted.
+    pub fn redacted(&self) -> EgressRequest {
+        let mut r = self.clone();
+        r.output = r
+            .output
+            .map(|o| outputs::redacted(std::slice::from_ref(&o)).remove(0));
+        r.outputs = r.outputs.map(|l| outputs::redacted(&l));
+        r
+    }
 }
 
 /// A plausible record for unit tests of code that stores, merges or shows records.
@@ -871,17 +928,20 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
             sources: vec![SourceRequest {
                 uri: "test://video".into(),
             }],
-            output: OutputRequest {
-                file: Some(FileOutputRequest {
-                    filename: "a.mp4".into(),
-                }),
-            },
+            output: Some(OutputRequest::File(FileOutputRequest {
+                filename: Some("a.mp4".into()),
+            })),
+            outputs: None,
             video: None,
             audio: None,
             max_duration_s: None,
             estimated_cpu: None,
         },
         files: vec![],
+        segments: None,
+        streams: vec![],
+        images: None,
+        manifest: None,
         handler_pid: Some(42),
         cpu_cost: 0.5,
         placement: None,
@@ -906,11 +966,10 @@ mod tests {
                 .iter()
                 .map(|u| SourceRequest { uri: u.to_string() })
                 .collect(),
-            output: OutputRequest {
-                file: Some(FileOutputRequest {
-                    filename: filename.into(),
-                }),
-            },
+            output: Some(OutputRequest::File(FileOutputRequest {
+                filename: Some(filename.into()),
+            })),
+            outputs: None,
             video: None,
             audio: None,
             max_duration_s: None,
@@ -931,8 +990,10 @@ mod tests {
     #[test]
     fn valid_participant_resolves_defaults() {
         let s = validate(&req("participant", &["test://av?pattern=snow"], "a/b.mp4")).unwrap();
-        assert_eq!(s.file.path, Path::new("/rec/a/b.mp4"));
-        assert_eq!(s.file.container, Container::Mp4);
+        let f = s.outputs.file.as_ref().unwrap();
+        assert_eq!(f.path, Path::new("/rec/a/b.mp4"));
+        assert_eq!(f.container, Container::Mp4);
+        assert_eq!(s.manifest_path, Path::new("/rec/a/EG_abcdefghijkl.json"));
         assert_eq!(s.audio.codec, AudioCodec::Aac);
         assert_eq!(
             (s.video.width, s.video.height, s.video.fps),
@@ -945,7 +1006,7 @@ mod tests {
     fn rejects_escaping_paths_and_bad_extensions() {
         for f in ["../x.mp4", "/etc/x.mp4", "a/../../x.mp4", "x.avi", "", "x"] {
             let e = validate(&req("track", &["test://video"], f)).unwrap_err();
-            assert_eq!(e.field(), Some("output.file.filename"), "{f}");
+            assert_eq!(e.field(), Some("outputs[0].file.filename"), "{f}");
         }
     }
 

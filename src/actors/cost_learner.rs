@@ -119,17 +119,22 @@ impl Pricer {
             .and_then(|t| t.get(&class.key()).cloned())
     }
 
-    /// What admission charges a job of `class` (see `rules::costs`).
-    pub fn price(&self, class: &CostClass) -> f64 {
-        self.policy.price(
-            self.estimate(class).as_ref(),
-            self.configured.cost(class.egress_type),
-        )
+    /// What admission charges a job of `class` whose configured price (`cpu_cost`, with its
+    /// outputs) is `configured` (see `rules::costs`).
+    pub fn price(&self, class: &CostClass, configured: f64) -> f64 {
+        self.policy.price(self.estimate(class).as_ref(), configured)
     }
 
-    /// A type at its default video.
+    /// The configured price of a class with one output per encode.
+    pub fn configured(&self, class: &CostClass) -> f64 {
+        self.configured.cost(class.egress_type)
+            + f64::from(class.encodes.saturating_sub(1)) * self.configured.encode
+    }
+
+    /// A type at its default video, one output.
     pub fn price_of_type(&self, t: EgressType) -> f64 {
-        self.price(&CostClass::default_of(t))
+        let class = CostClass::default_of(t);
+        self.price(&class, self.configured(&class))
     }
 
     /// The learned price when it is the one admission uses (learned mode, class learned): what
@@ -165,7 +170,7 @@ impl Pricer {
             .filter_map(|k| {
                 let class = CostClass::parse(&k)?;
                 let e = table.get(&k);
-                let configured = self.configured.cost(class.egress_type);
+                let configured = self.configured(&class);
                 Some(ClassCost {
                     class: k,
                     egress_type: class.egress_type,
@@ -528,7 +533,7 @@ mod tests {
         cfg.cpu.learn_min_jobs = 1;
         let pricer = Pricer::new(&cfg, CostTable::new());
         let class = CostClass::default_of(EgressType::Participant);
-        assert_eq!(pricer.price(&class), 2.0);
+        assert_eq!(pricer.price(&class, 2.0), 2.0);
         let a = CostLearner::new(&cfg, pricer.clone(), None, log()).start();
         a.send(TrackJob {
             egress_id: "EG_a".into(),
@@ -556,7 +561,7 @@ mod tests {
             (line.p50, line.p95, line.max, line.samples, line.learned),
             (Some(1.0), Some(1.0), Some(1.5), 1, true)
         );
-        assert_eq!(pricer.price(&class), 1.2);
+        assert_eq!(pricer.price(&class, 2.0), 1.2);
         // On disk, atomically: the file reads back the same.
         let path = table_path(dir.path());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -7,6 +7,7 @@
 //! stop to a kill (see `rules::overload`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -17,8 +18,7 @@ use crate::actors::admission::{Admission, AdmitJob, EndJob};
 use crate::actors::cost_learner::{CostLearner, JobEnded, Pricer, TrackJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
-    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, describe_file,
-    spawn_handler,
+    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
 };
 use crate::config::Config;
 use crate::error::ApiError;
@@ -102,13 +102,14 @@ impl Supervisor {
     }
 
     /// The cost overload judges a running job by: its `estimated_cpu` when the request gave
-    /// one, else its class's price now (learned once learned), else what it was admitted at.
+    /// one, else its class's learned price when learned mode uses it, else what it was admitted
+    /// at.
     fn judged_cost(&self, info: &EgressInfo) -> f64 {
         if let Some(c) = info.request.estimated_cpu {
             return c;
         }
         match (&self.pricer, self.classes.get(&info.egress_id)) {
-            (Some(p), Some(class)) => p.price(class),
+            (Some(p), Some(class)) => p.price(class, info.cpu_cost),
             _ => info.cpu_cost,
         }
     }
@@ -197,13 +198,14 @@ impl Supervisor {
             }
             info!(self.log, "settling an egress left by a previous run"; "egress_id" => &info.egress_id);
             let store = self.store.clone();
-            let fut = async move { settle_orphan(info, store).await };
+            let root = self.output_root.clone();
+            let fut = async move { settle_orphan(info, store, root).await };
             ctx.spawn(actix::fut::wrap_future(fut).map(|info, act: &mut Self, _| act.put(info)));
         }
     }
 }
 
-async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
+async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf) -> EgressInfo {
     if let Some(pid) = info.handler_pid {
         // The handler saw its stdin close and is finalizing; give it the time it needs.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -212,20 +214,6 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
         }
     }
     let result = store.read_result(&info.egress_id);
-    let file = info.request.output.file.clone();
-    let path = info.files.first().map(|f| f.location.clone());
-    let files = match (file, path) {
-        (Some(f), Some(loc)) => {
-            let name = f.filename.clone();
-            actix_web::rt::task::spawn_blocking(move || {
-                describe_file(&name, std::path::Path::new(&loc))
-            })
-            .await
-            .unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    info.files = files;
     info.handler_pid = None;
     info.ended_at = Some(result.as_ref().map(|r| r.ended_at).unwrap_or_else(now_ms));
     match result {
@@ -253,7 +241,20 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
             info.error = Some("the service stopped and the handler left no result".into());
         }
     }
-    info
+    // Outputs a killed handler left unfinished are made whole, then read back.
+    let finalized = info.status == EgressStatus::Complete;
+    let media = info.status != EgressStatus::Aborted;
+    let outputs = crate::closing::Outputs::from_info(&info, &output_root);
+    let mut closed = info.clone();
+    match actix_web::rt::task::spawn_blocking(move || {
+        crate::closing::close(&mut closed, &outputs, finalized, media);
+        closed
+    })
+    .await
+    {
+        Ok(closed) => closed,
+        Err(_) => info,
+    }
 }
 
 impl Actor for Supervisor {
@@ -294,7 +295,7 @@ impl Handler<StartEgress> for Supervisor {
         });
         let root = self.output_root.clone();
         let store = self.store.clone();
-        let filename = setup.spec.file.filename.clone();
+        let outputs = setup.spec.outputs.clone();
         let admission = self.admission.clone();
         let work = async move {
             admit.await.map_err(ApiError::from_mailbox)??;
@@ -303,7 +304,7 @@ impl Handler<StartEgress> for Supervisor {
                 store
                     .ensure_dirs()
                     .map_err(|e| ApiError::Unavailable(format!("state_dir: {e}")))?;
-                crate::outputs::prepare_file(&root, &filename).map_err(ApiError::from)
+                crate::outputs::prepare_all(&root, &outputs).map_err(ApiError::from)
             })
             .await
             .map_err(|e| ApiError::Internal(format!("output check failed: {e}")))
@@ -316,8 +317,8 @@ impl Handler<StartEgress> for Supervisor {
             prepared
         };
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(work).map(
-            move |prepared: Result<std::path::PathBuf, ApiError>, act: &mut Self, ctx| {
-                setup.spec.file.path = prepared?;
+            move |prepared: Result<crate::model::OutputsSpec, ApiError>, act: &mut Self, ctx| {
+                setup.spec.outputs = prepared?;
                 act.launch(setup, ctx)
             },
         )))
@@ -337,8 +338,11 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => {
                 self.admission.do_send(EndJob { egress_id: id });
-                let path = setup.spec.file.path.clone();
-                actix_web::rt::task::spawn_blocking(move || crate::outputs::remove_if_empty(&path));
+                let o = crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path);
+                actix_web::rt::task::spawn_blocking(move || {
+                    let mut gone = setup.info;
+                    crate::closing::close(&mut gone, &o, true, false);
+                });
                 return Err(ApiError::Internal(format!(
                     "cannot launch the handler process: {e}"
                 )));
@@ -346,13 +350,8 @@ impl Supervisor {
         };
         let pid = child.id().unwrap_or(0);
         setup.info.handler_pid = Some(pid);
-        // The file entry is there from the start, so a restarted service knows where to look.
-        setup.info.files = vec![crate::model::FileInfo {
-            filename: setup.spec.file.filename.clone(),
-            location: setup.spec.file.path.display().to_string(),
-            size_bytes: 0,
-            duration_s: None,
-        }];
+        // Every output is listed from the start, so a restarted service knows where to look.
+        describe_outputs(&mut setup.info, &setup.spec.outputs);
         let info = setup.info.clone();
         self.put(info.clone());
         self.cpu.do_send(WatchProcess {
@@ -378,6 +377,45 @@ impl Supervisor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UpdateEgress(pub EgressInfo);
+
+/// The record's view of freshly prepared outputs: nothing written yet.
+fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
+    use crate::model::{FileInfo, ImagesInfo, SegmentsInfo, StreamInfo, StreamStatus};
+    info.files = o
+        .file
+        .iter()
+        .map(|f| FileInfo {
+            filename: f.filename.clone(),
+            location: f.path.display().to_string(),
+            size_bytes: 0,
+            duration_s: None,
+        })
+        .collect();
+    info.segments = o.segments.as_ref().map(|s| SegmentsInfo {
+        playlist: s.playlist.clone(),
+        location: s.playlist_path.display().to_string(),
+        live_playlist: s.live.as_ref().map(|l| l.0.clone()),
+        live_length: s.live.as_ref().map(|l| l.2),
+        prefix: s.prefix.clone(),
+        ..SegmentsInfo::default()
+    });
+    info.streams = o
+        .stream_urls
+        .iter()
+        .map(|u| StreamInfo {
+            url: crate::model::redact_stream_url(u),
+            status: StreamStatus::Active,
+            started_at: None,
+            ended_at: None,
+            error: None,
+        })
+        .collect();
+    info.images = o.images.as_ref().map(|i| ImagesInfo {
+        prefix: i.prefix.clone(),
+        location: i.dir.join(&i.stem).display().to_string(),
+        count: 0,
+    });
+}
 
 impl Handler<UpdateEgress> for Supervisor {
     type Result = ();
@@ -431,6 +469,29 @@ impl Handler<StopEgress> for Supervisor {
             shown.status = EgressStatus::Ending;
         }
         Ok(shown)
+    }
+}
+
+/// Add or remove stream URLs of a running egress; returns its record.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, ApiError>")]
+pub struct ChangeEgressStreams {
+    pub egress_id: String,
+    pub update: crate::model::StreamsUpdate,
+}
+
+impl Handler<ChangeEgressStreams> for Supervisor {
+    type Result = ResponseFuture<Result<EgressInfo, ApiError>>;
+    fn handle(&mut self, msg: ChangeEgressStreams, _: &mut Context<Self>) -> Self::Result {
+        let p = match self.running(&msg.egress_id) {
+            Ok((_, p)) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        Box::pin(async move {
+            p.send(crate::actors::pipeline::ChangeStreams(msg.update))
+                .await
+                .map_err(ApiError::from_mailbox)?
+        })
     }
 }
 

@@ -53,6 +53,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/egress/{id}", false),
     route("POST", "/v1/egress/{id}/stop", false),
     route("POST", "/v1/egress/{id}/kill", false),
+    route("POST", "/v1/egress/{id}/streams", true),
     route("GET", "/v1/node", false),
     route("POST", "/v1/node/drain", false),
     route("GET", "/v1/node/costs", false),

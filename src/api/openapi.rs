@@ -18,7 +18,8 @@ use crate::fleet::client::NodeStart;
 use crate::fleet::registry::{FleetNode, TypeReport};
 use crate::model::{
     AudioRequest, EgressInfo, EgressRequest, EgressStatus, EgressType, FileInfo, FileOutputRequest,
-    OutputRequest, SourceRequest, VideoRequest,
+    ImagesInfo, ImagesRequest, LivePlaylistRequest, OutputRequest, SegmentsInfo, SegmentsRequest,
+    SourceRequest, StreamInfo, StreamRequest, StreamStatus, StreamsUpdate, VideoRequest,
 };
 use crate::rules::admission::{NodeState, TypeState};
 use crate::rules::capacity::{Capacity, DrainCandidate};
@@ -172,6 +173,19 @@ mod ops {
         ))]
     fn kill_egress() {}
 
+    #[utoipa::path(post, path = "/v1/egress/{id}/streams", tag = "egress",
+        summary = "Add or remove stream URLs while recording",
+        params(("id" = String, Path, pattern = "^EG_[A-Za-z0-9]{12}$")),
+        request_body = StreamsUpdate,
+        responses(
+            (status = 200, description = "the egress with its streams", body = EgressInfo),
+            (status = 400, description = "invalid URL, or a URL not streaming", body = ErrorBody),
+            (status = 404, description = "unknown egress", body = ErrorBody),
+            (status = 409, description = "ended, ending, runs on another node, or encodes no H.264", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn egress_streams() {}
+
     #[utoipa::path(get, path = "/v1/node", tag = "node",
         summary = "This node's capacity, load and per-type counts",
         responses(
@@ -288,15 +302,16 @@ mod ops {
     ),
     paths(
         ops::start_egress, ops::list_egresses, ops::get_egress, ops::stop_egress,
-        ops::kill_egress, ops::node_state, ops::drain, ops::affinity_score, ops::affinity_claim,
+        ops::kill_egress, ops::egress_streams, ops::node_state, ops::drain, ops::affinity_score, ops::affinity_claim,
         ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::openapi_json,
         ops::node_costs, ops::fleet_capacity,
         ops::healthz, ops::readyz, ops::metrics
     ),
     components(schemas(
         ErrorBody, ErrorDetail, EgressList, AffinityRelease, FleetNodes, Health, Ready,
-        EgressRequest, SourceRequest, OutputRequest, FileOutputRequest, VideoRequest,
-        AudioRequest, EgressInfo, FileInfo, EgressType, EgressStatus, NodeState, TypeState,
+        EgressRequest, SourceRequest, OutputRequest, FileOutputRequest, SegmentsRequest,
+        LivePlaylistRequest, StreamRequest, ImagesRequest, StreamsUpdate, VideoRequest,
+        AudioRequest, EgressInfo, FileInfo, SegmentsInfo, StreamInfo, StreamStatus, ImagesInfo, EgressType, EgressStatus, NodeState, TypeState,
         Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
         Capacity, DrainCandidate
     )),
@@ -329,6 +344,16 @@ fn error_response(description: &str) -> Value {
 /// The document: utoipa's, plus the answers the guard gives on every route.
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    // What the derive cannot say: an output object has exactly its one key (serde's externally
+    // tagged enum), and a request has `output` or `outputs`, not both.
+    let schemas = &mut doc["components"]["schemas"];
+    if let Some(kinds) = schemas["OutputRequest"]["oneOf"].as_array_mut() {
+        for k in kinds {
+            k["additionalProperties"] = json!(false);
+        }
+    }
+    schemas["EgressRequest"]["oneOf"] =
+        json!([{"required": ["output"]}, {"required": ["outputs"]}]);
     for r in ROUTES {
         let op = &mut doc["paths"][r.path][r.method.to_ascii_lowercase()];
         if !op.is_object() {
@@ -400,11 +425,17 @@ mod tests {
         }
         let ended = &s["EgressInfo"]["properties"]["ended_at"];
         assert!(ended.to_string().contains("null"), "{ended}");
-        let file = &s["OutputRequest"];
-        assert!(file["required"].to_string().contains("file"), "{file}");
+        let outputs = s["OutputRequest"]["oneOf"].as_array().unwrap();
+        assert_eq!(outputs.len(), 4);
+        for kind in outputs {
+            // One key per output object, nothing else: what serde accepts.
+            assert_eq!(kind["additionalProperties"], false, "{kind}");
+            assert_eq!(kind["required"].as_array().unwrap().len(), 1, "{kind}");
+        }
+        let either = s["EgressRequest"]["oneOf"].to_string();
         assert!(
-            !file["properties"]["file"].to_string().contains("null"),
-            "{file}"
+            either.contains("\"output\"") && either.contains("\"outputs\""),
+            "{either}"
         );
         let post = &doc["paths"]["/v1/egress"]["post"]["responses"];
         for code in [

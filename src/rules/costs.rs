@@ -6,8 +6,9 @@
 //! A class is what drives a job's CPU and is known when the job is admitted: its type, its output
 //! video size and frame rate, and how many encodes it runs (`track 1280x720@30`,
 //! `participant 1920x1080@30`, `track audio` for an audio-only track). Whether a track is
-//! remuxed or transcoded is decided by the handler once it sees the stream, so it is not part of
-//! the class: it is folded into the type's figures.
+//! remuxed or transcoded is decided by the handler once it sees the stream; a track that *may*
+//! remux (a network source, outputs that all take H.264) is its own class (` remux`), so the
+//! copies that cost next to nothing do not lower the price of transcoded tracks.
 //!
 //! # Learning
 //! - Each sample of a job taken at or after `start + pending_hold_ms` counts (the start-up spike
@@ -47,8 +48,12 @@ pub struct CostClass {
     pub egress_type: EgressType,
     /// Output video (width, height, fps); None for audio only.
     pub video: Option<(u32, u32, u32)>,
-    /// Encodes the job runs (one per output today).
+    /// Encoders the job runs: one, plus one per output that needs a codec of its own.
     pub encodes: u32,
+    /// A track of a network source that is copied as it is when it is already H.264 (remux):
+    /// whether it is cannot be known before the handler sees the stream, so such jobs are a
+    /// class of their own rather than mixed into the transcoded ones.
+    pub remux: bool,
 }
 
 impl CostClass {
@@ -59,7 +64,12 @@ impl CostClass {
         CostClass {
             egress_type: spec.egress_type,
             video: (!audio_only).then_some((spec.video.width, spec.video.height, spec.video.fps)),
-            encodes: 1,
+            encodes: 1 + crate::pipeline::plan::extra_encodes(&spec.outputs) as u32,
+            remux: crate::pipeline::plan::copy_caps(spec).is_some()
+                && spec
+                    .sources
+                    .iter()
+                    .any(|s| matches!(s, crate::model::Source::Uri { .. })),
         }
     }
 
@@ -69,11 +79,12 @@ impl CostClass {
             egress_type: t,
             video: Some(DEFAULT_VIDEO),
             encodes: 1,
+            remux: false,
         }
     }
 
     /// Its name in reports, files and Redis: `participant 1280x720@30`, `track audio`, with
-    /// ` x2` appended for two encodes.
+    /// ` x2` appended for two encodes and ` remux` for a track that may copy its source.
     pub fn key(&self) -> String {
         let mut k = match self.video {
             Some((w, h, f)) => format!("{} {w}x{h}@{f}", self.egress_type),
@@ -81,6 +92,9 @@ impl CostClass {
         };
         if self.encodes > 1 {
             k.push_str(&format!(" x{}", self.encodes));
+        }
+        if self.remux {
+            k.push_str(" remux");
         }
         k
     }
@@ -97,17 +111,21 @@ impl CostClass {
                 Some((w.parse().ok()?, h.parse().ok()?, f.parse().ok()?))
             }
         };
-        let encodes = match parts.next() {
-            None => 1,
-            Some(e) => e.strip_prefix('x')?.parse().ok().filter(|n| *n >= 1)?,
-        };
-        if parts.next().is_some() {
+        let mut next = parts.next();
+        let mut encodes = 1;
+        if let Some(e) = next.and_then(|e| e.strip_prefix('x')) {
+            encodes = e.parse().ok().filter(|n| *n >= 2)?;
+            next = parts.next();
+        }
+        let remux = next == Some("remux");
+        if (next.is_some() && !remux) || parts.next().is_some() {
             return None;
         }
         Some(CostClass {
             egress_type,
             video,
             encodes,
+            remux,
         })
     }
 }
@@ -316,6 +334,8 @@ mod tests {
             "participant 1280x720@30",
             "track audio",
             "room_composite 1920x1080@60 x2",
+            "track 1280x720@30 remux",
+            "track 1280x720@30 x2 remux",
         ] {
             assert_eq!(CostClass::parse(k).unwrap().key(), k);
         }
@@ -327,12 +347,65 @@ mod tests {
             "track 1x1@1 x0",
             "track 1x1@1 x2 y",
             "track audio x",
+            "track 1x1@1 x1",
+            "track 1x1@1 remux x2",
+            "track 1x1@1 remux remux",
         ] {
             assert_eq!(CostClass::parse(bad), None, "{bad}");
         }
         assert_eq!(
             CostClass::default_of(EgressType::Track).key(),
             "track 1280x720@30"
+        );
+    }
+
+    /// The class of a request, validated as the node does.
+    fn class_of(req: serde_json::Value) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::model::ValidationContext {
+            output_dir: dir.path(),
+            state_dir: dir.path(),
+            allowed_schemes: &["test".to_string(), "rtmp".to_string()],
+        };
+        let req: crate::model::EgressRequest = serde_json::from_value(req).unwrap();
+        CostClass::of(&req.validate("EG_x", &ctx).unwrap()).key()
+    }
+
+    #[test]
+    fn classes_of_requests() {
+        use serde_json::json;
+        let file = |f: &str| json!({"file": {"filename": f}});
+        // Defaults: 1280x720@30; an audio-only test track has no video in its class.
+        assert_eq!(
+            class_of(
+                json!({"type": "participant", "sources": [{"uri": "test://av"}], "output": file("a.mp4")})
+            ),
+            "participant 1280x720@30"
+        );
+        assert_eq!(
+            class_of(
+                json!({"type": "track", "sources": [{"uri": "test://audio"}], "output": file("a.ogg")})
+            ),
+            "track audio"
+        );
+        // A network track whose outputs all take H.264 may be copied: its own class. A test
+        // source is raw: always encoded.
+        let net = json!({"type": "track", "sources": [{"uri": "rtmp://127.0.0.1/live/x"}],
+                         "output": file("a.mp4"), "video": {"width": 640, "height": 360, "fps": 15}});
+        assert_eq!(class_of(net), "track 640x360@15 remux");
+        assert_eq!(
+            class_of(
+                json!({"type": "track", "sources": [{"uri": "test://video"}], "output": file("a.mp4")})
+            ),
+            "track 1280x720@30"
+        );
+        // webm (VP8) beside HLS (H.264): two encodes.
+        assert_eq!(
+            class_of(
+                json!({"type": "participant", "sources": [{"uri": "test://av"}],
+                            "outputs": [file("a.webm"), {"segments": {}}]})
+            ),
+            "participant 1280x720@30 x2"
         );
     }
 
