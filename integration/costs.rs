@@ -12,14 +12,18 @@ use crate::common::*;
 /// The class the learned-cost tests measure: a participant at the default profile.
 const CLASS: &str = "participant 1280x720@30";
 
-/// The line of `class` in `GET /v1/node/costs`.
-fn cost_line(svc: &Service, class: &str) -> Value {
+/// The line of `class` in `GET /v1/node/costs`, if listed.
+fn find_line(svc: &Service, class: &str) -> Option<Value> {
     let (s, v) = svc.get("/v1/node/costs");
     assert_eq!(s, 200, "{v}");
     v["classes"]
         .as_array()
         .and_then(|a| a.iter().find(|c| c["class"] == class).cloned())
-        .unwrap_or_else(|| panic!("no class {class}: {v}"))
+}
+
+/// The line of `class` in `GET /v1/node/costs`.
+fn cost_line(svc: &Service, class: &str) -> Value {
+    find_line(svc, class).unwrap_or_else(|| panic!("no class {class} on {}", svc.node_id))
 }
 
 /// Waits until `class` has measured `jobs` jobs; returns its line.
@@ -236,15 +240,29 @@ fn learn_one(svc: &Service) -> Value {
 #[test]
 fn learned_costs_persist_across_restart_and_reach_a_new_node_through_redis() {
     let redis = Redis::start();
-    let (a_dirs, b_dirs) = (Dirs::new(), Dirs::new());
+    let (a_dirs, b_dirs, peer_dirs) = (Dirs::new(), Dirs::new(), Dirs::new());
     let learned = "cpu: { sample_interval_ms: 250, pending_hold_ms: 500, cost_mode: learned, learn_min_jobs: 1, learned_cost_floor: 0.05 }";
     let fleet = format!(
         "fleet: {{ redis_url: \"{}\", heartbeat_ms: 250 }}",
         redis.url()
     );
     let a = Service::start(&a_dirs, &format!("{learned}\n{fleet}"));
+    // A node of the fleet that runs meanwhile (too small to be given the job) learns it too,
+    // within a couple of its syncs.
+    let peer = Service::start(
+        &peer_dirs,
+        &format!("{learned}\n{fleet}\ncpu_cost: {{ track: 64 }}"),
+    );
     let line = learn_one(&a);
     assert_eq!(line["learned"], true, "{line}");
+    let synced = wait_for(
+        Duration::from_secs(10),
+        "the running peer to learn it",
+        || find_line(&peer, "track 320x240@15").filter(|l| l["learned"] == true),
+    );
+    for k in ["p50", "p95", "max", "samples", "price"] {
+        assert_eq!(synced[k], line[k], "{k}: {synced} vs {line}");
+    }
     // Stopped at once: the service writes the table before it exits.
     let mut a = a;
     a.signal(libc::SIGTERM);
@@ -258,8 +276,7 @@ fn learned_costs_persist_across_restart_and_reach_a_new_node_through_redis() {
     // A new node of the fleet starts with what the fleet learned, and prices by it.
     let b = Service::start(&b_dirs, &format!("{learned}\n{fleet}"));
     let seen = wait_for(Duration::from_secs(10), "the fleet's table", || {
-        let l = cost_line(&b, "track 320x240@15");
-        (l["learned"] == true).then_some(l)
+        find_line(&b, "track 320x240@15").filter(|l| l["learned"] == true)
     });
     for k in ["p50", "p95", "max", "samples", "price"] {
         assert_eq!(seen[k], line[k], "{k}: {seen} vs {line}");
