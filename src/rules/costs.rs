@@ -38,6 +38,9 @@ pub const EWMA_WEIGHT: f64 = 0.3;
 /// Samples kept per running job; past this, every other one is dropped (the percentiles of a
 /// long job stay representative at a bounded memory cost).
 pub const MAX_JOB_SAMPLES: usize = 8_192;
+/// Most classes a table keeps: a new class beyond this evicts the one updated longest ago (the
+/// video settings are the client's, so the classes in use are bounded only by this).
+pub const MAX_CLASSES: usize = 256;
 /// The video every type defaults to (the request validation's defaults): the class a type-only
 /// question (`/v1/affinity`, capacity, calibrate) is priced at.
 pub const DEFAULT_VIDEO: (u32, u32, u32) = (1280, 720, 30);
@@ -274,8 +277,24 @@ pub fn learn(
     }
     let key = class.key();
     let e = Estimate::fold(table.get(&key), job, now_ms);
-    table.insert(key, e.clone());
+    table.insert(key.clone(), e.clone());
+    evict(table, &key);
     Some(e)
+}
+
+/// Drops the classes updated longest ago (never `keep`) until at most `MAX_CLASSES` remain.
+fn evict(table: &mut CostTable, keep: &str) {
+    while table.len() > MAX_CLASSES {
+        let oldest = table
+            .iter()
+            .filter(|(k, _)| k.as_str() != keep)
+            .min_by_key(|(k, e)| (e.updated_at_ms, (*k).clone()))
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => table.remove(&k),
+            None => return,
+        };
+    }
 }
 
 /// Takes entries of `other` (the fleet's table) over this one's where they know more: a class
@@ -303,6 +322,7 @@ pub fn merge(table: &mut CostTable, other: &CostTable) -> usize {
             }
         }
     }
+    evict(table, "");
     changed
 }
 
@@ -482,6 +502,30 @@ mod tests {
         let e = &t[&c.key()];
         assert!((e.p95 - 3.0).abs() < 0.01, "{e:?}");
         assert_eq!(e.jobs, 31);
+    }
+
+    #[test]
+    fn the_table_keeps_the_classes_updated_last() {
+        let mut t = CostTable::new();
+        for i in 0..(MAX_CLASSES as u32 + 10) {
+            let c = CostClass {
+                egress_type: EgressType::Track,
+                video: Some((16 + 2 * i, 16, 30)),
+                encodes: 1,
+                remux: false,
+            };
+            learn(&mut t, &c, &job(1.0, 1.0, 1.0, 5_000), u64::from(i));
+        }
+        assert_eq!(t.len(), MAX_CLASSES);
+        assert!(!t.contains_key("track 16x16@30"), "the oldest went first");
+        assert!(t.contains_key(&format!("track {}x16@30", 16 + 2 * (MAX_CLASSES + 9))));
+        // A class learned again comes back, even when its job is dated before every other
+        // class's: the oldest other one goes.
+        let c = CostClass::parse("track 16x16@30").unwrap();
+        learn(&mut t, &c, &job(1.0, 1.0, 1.0, 5_000), 0);
+        assert!(t.contains_key("track 16x16@30"));
+        assert!(!t.contains_key("track 36x16@30"));
+        assert_eq!(t.len(), MAX_CLASSES);
     }
 
     #[test]
