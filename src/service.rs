@@ -124,7 +124,8 @@ async fn serve(
         log.new(slog::o!("actor" => "admission")),
     )
     .start();
-    // The learned cost table of earlier runs (and of calibrate); a broken file is set aside.
+    // The learned cost table of earlier runs (and of calibrate); an unreadable one is ignored
+    // (and replaced by the next job learned).
     let table = crate::actors::cost_learner::read_table(&table_path(&cfg.storage.state_dir))
         .unwrap_or_else(|e| {
             warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);

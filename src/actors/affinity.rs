@@ -63,8 +63,8 @@ pub struct Affinity {
 }
 
 /// Asks for this node's score for a request of `egress_type` costing `cost` cores (None = the
-/// type's price at its default video: learned, or configured); with `take_claim`, also takes a claim when the node can admit it.
-/// Returns an `Affinity`.
+/// type's price at its default video: learned, or configured); with `take_claim`, also takes a
+/// claim when the node can admit it. Returns an `Affinity`.
 #[derive(Debug, Message)]
 #[rtype(result = "Affinity")]
 pub struct GetAffinity {
