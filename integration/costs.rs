@@ -467,6 +467,22 @@ fn calibrate_measures_a_type_and_a_node_prices_by_it_at_once() {
     assert!(stdout.contains(&format!("{price:.2}")), "{stdout}");
     let id = svc.start_egress(&workload("priced.mp4"));
     assert_eq!(svc.egress(&id)["cpu_cost"].as_f64(), Some(price));
+    // The CLI shows the same table.
+    let out = std::process::Command::new(bin())
+        .args(["node", "costs"])
+        .env("EGRESS_URL", &svc.base)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(CLASS))
+        .unwrap_or_default();
+    assert!(
+        row.contains("calibrated") && row.contains(&format!("{price:.2}")),
+        "{text}"
+    );
     // Not while a service runs on the state_dir.
     let out = calibrate();
     assert_eq!(out.status.code(), Some(1));
