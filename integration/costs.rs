@@ -386,7 +386,6 @@ fn fleet_capacity_counts_budget_fits_desired_nodes_and_drain_candidates() {
     );
     let left = cands[1]["remaining_s"].as_f64().unwrap();
     assert!(left > 30.0 && left <= 60.0, "{cap}");
-    // The same figures as metrics, on any node.
     let gauges = [
         "egress_fleet_used_cores 1.25",
         "egress_fleet_budget_cores 12",
@@ -395,10 +394,13 @@ fn fleet_capacity_counts_budget_fits_desired_nodes_and_drain_candidates() {
         "egress_fleet_nodes 3",
         "egress_fleet_fits{type=\"track\"} 3",
     ];
-    wait_for(Duration::from_secs(10), "the fleet gauges", || {
-        let t = a.raw("GET", "/metrics", None, &[]).1;
-        gauges.iter().all(|g| t.contains(g)).then_some(())
-    });
+    // One node computes them per refresh; every node exports them.
+    for node in [&a, &b, &c] {
+        wait_for(Duration::from_secs(10), "the fleet gauges", || {
+            let t = node.raw("GET", "/metrics", None, &[]).1;
+            gauges.iter().all(|g| t.contains(g)).then_some(())
+        });
+    }
     // Draining the first candidate: it is empty, so it exits, and the fleet shrinks to two.
     let (s, _) = c.post("/v1/node/drain", &Value::Null);
     assert_eq!(s, 202);

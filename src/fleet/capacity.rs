@@ -14,6 +14,10 @@ use crate::model::{EgressInfo, EgressType, now_ms};
 use crate::rules::capacity::{Capacity, NodeView, TypeView, capacity};
 use crate::rules::costs::CostClass;
 
+/// How often the fleet gauges are refreshed (by one node of the fleet; the others read its
+/// figures): an autoscaler acts on a scale of tens of seconds.
+const CAPACITY_REFRESH: Duration = Duration::from_secs(2);
+
 /// Time left until a job reaches its `max_duration_s` (None without one).
 fn remaining_ms(info: &EgressInfo, now: u64) -> Option<u64> {
     let d = info.request.max_duration_s?;
@@ -22,7 +26,7 @@ fn remaining_ms(info: &EgressInfo, now: u64) -> Option<u64> {
 }
 
 impl Fleet {
-    /// The fleet's capacity figures now; also sets the fleet gauges.
+    /// The fleet's capacity figures now (`GET /v1/fleet/capacity`); also sets the fleet gauges.
     pub async fn capacity(&self, pricer: &Pricer) -> Result<Capacity, FleetError> {
         let nodes = self.live_nodes().await?;
         let ids: Vec<&String> = nodes
@@ -86,34 +90,73 @@ impl Fleet {
             })
             .collect();
         let c = capacity(&views, &learned, self.cfg.target_free_fraction);
-        METRICS.fleet_budget_cores.set(c.budget_cores);
-        METRICS.fleet_used_cores.set(c.used_cores);
-        METRICS.fleet_free_cores.set(c.free_cores);
-        METRICS.fleet_nodes.set(f64::from(c.nodes));
-        METRICS.fleet_desired_nodes.set(f64::from(c.desired_nodes));
-        for (t, n) in &c.fits {
-            METRICS
-                .fleet_fits
-                .with_label_values(&[t.as_str()])
-                .set(n.map_or(-1, |n| n.min(i64::MAX as u64) as i64));
-        }
+        export(&c);
         Ok(c)
     }
 
-    /// Keeps the fleet gauges current (every heartbeat), for an autoscaler that scrapes
-    /// `/metrics` rather than calling the API.
+    /// Keeps the fleet gauges current for an autoscaler that scrapes `/metrics` rather than
+    /// calling the API. Computing them reads every live node and its jobs' records, so one node
+    /// per `CAPACITY_REFRESH` does it (whichever takes the lock) and publishes the figures; the
+    /// others read that one key. Every node then exports the same figures.
     pub fn watch_capacity(self: &Arc<Self>, pricer: Pricer) {
         let me = self.clone();
-        let every = Duration::from_millis(self.cfg.heartbeat_ms);
         actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(CAPACITY_REFRESH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = me.capacity(&pricer).await {
-                    debug!(me.log, "cannot compute the fleet's capacity"; "error" => %e);
+                if let Err(e) = me.refresh_capacity(&pricer).await {
+                    debug!(me.log, "cannot refresh the fleet's capacity"; "error" => %e);
                 }
             }
         });
+    }
+
+    async fn refresh_capacity(&self, pricer: &Pricer) -> Result<(), FleetError> {
+        let ms = CAPACITY_REFRESH.as_millis() as u64;
+        let mut con = self.conns.con();
+        let won: Option<String> = redis::cmd("SET")
+            .arg(self.keys.capacity_lock())
+            .arg(&self.node_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms.saturating_sub(ms / 10))
+            .query_async(&mut con)
+            .await?;
+        if won.is_some() {
+            let c = self.capacity(pricer).await?;
+            let json = serde_json::to_string(&c).unwrap_or_default();
+            let _: () = redis::cmd("SET")
+                .arg(self.keys.capacity())
+                .arg(json)
+                .arg("PX")
+                .arg(3 * ms)
+                .query_async(&mut con)
+                .await?;
+            return Ok(());
+        }
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.keys.capacity())
+            .query_async(&mut con)
+            .await?;
+        if let Some(c) = raw.and_then(|r| serde_json::from_str::<Capacity>(&r).ok()) {
+            export(&c);
+        }
+        Ok(())
+    }
+}
+
+/// Sets the fleet gauges.
+fn export(c: &Capacity) {
+    METRICS.fleet_budget_cores.set(c.budget_cores);
+    METRICS.fleet_used_cores.set(c.used_cores);
+    METRICS.fleet_free_cores.set(c.free_cores);
+    METRICS.fleet_nodes.set(f64::from(c.nodes));
+    METRICS.fleet_desired_nodes.set(f64::from(c.desired_nodes));
+    for (t, n) in &c.fits {
+        METRICS
+            .fleet_fits
+            .with_label_values(&[t.as_str()])
+            .set(n.map_or(-1, |n| n.min(i64::MAX as u64) as i64));
     }
 }

@@ -6,6 +6,8 @@
 //!   {p}records               hash of egress records   {p}owner:{egress}   an egress's owner
 //!   {p}reserved:{id}         a node's reservations    {p}cand:{type}:idle|busy, {p}cand:max_budget
 //!   {p}costs                 hash class -> learned estimate (JSON), shared by every node
+//!   {p}capacity              the fleet's capacity figures (JSON), by whichever node holds
+//!   {p}capacity:lock         ...this lock for the current refresh
 //! ```
 
 /// The key names of one fleet.
@@ -60,6 +62,16 @@ impl Keys {
     /// The fleet's learned cost table (`fleet::costs`).
     pub fn costs(&self) -> String {
         format!("{}costs", self.prefix)
+    }
+
+    /// The fleet's capacity figures, computed by one node per refresh (`fleet::capacity`).
+    pub fn capacity(&self) -> String {
+        format!("{}capacity", self.prefix)
+    }
+
+    /// Held by the node computing this refresh's capacity figures.
+    pub fn capacity_lock(&self) -> String {
+        format!("{}capacity:lock", self.prefix)
     }
 
     pub fn reserved(&self, node_id: &str) -> String {

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Slack for float divisions (e.g. 3 x 0.1 cores fit 0.3 free).
 const EPS: f64 = 1e-9;
@@ -44,7 +44,7 @@ pub struct TypeView {
 }
 
 /// A node whose draining loses least.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrainCandidate {
     pub node_id: String,
     /// Jobs it runs.
@@ -55,7 +55,7 @@ pub struct DrainCandidate {
 }
 
 /// `GET /v1/fleet/capacity`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capacity {
     /// Live nodes that take work (not draining).
     pub nodes: u32,
