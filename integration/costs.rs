@@ -432,9 +432,17 @@ fn fleet_capacity_counts_budget_fits_desired_nodes_and_drain_candidates() {
 #[test]
 fn calibrate_measures_a_type_and_a_node_prices_by_it_at_once() {
     let dirs = Dirs::new();
+    let redis = Redis::start();
+    // A fleet node's config: calibrate itself runs alone; the node shares what it measured.
+    let fleet = format!(
+        "fleet: {{ redis_url: \"{}\", heartbeat_ms: 250 }}",
+        redis.url()
+    );
     let cfg = test_config(
         &dirs,
-        "cpu: { capacity: 64, sample_interval_ms: 250, pending_hold_ms: 500, cost_mode: learned }",
+        &format!(
+            "cpu: {{ capacity: 64, sample_interval_ms: 250, pending_hold_ms: 500, cost_mode: learned }}\n{fleet}"
+        ),
     );
     let path = dirs.root.path().join("calibrate.yaml");
     std::fs::write(&path, &cfg).unwrap();
@@ -467,6 +475,17 @@ fn calibrate_measures_a_type_and_a_node_prices_by_it_at_once() {
     let price = l["price"].as_f64().unwrap();
     assert!((price - (p95 * 1.2).max(0.1)).abs() < 1e-9, "{l}");
     assert!(stdout.contains(&format!("{price:.2}")), "{stdout}");
+    // Another node of the fleet gets the calibration through Redis.
+    let other_dirs = Dirs::new();
+    let other = Service::start(&other_dirs, &fleet);
+    let shared = wait_for(Duration::from_secs(10), "the calibration shared", || {
+        find_line(&other, CLASS).filter(|l| l["calibrated"] == true)
+    });
+    assert_eq!((&shared["p95"], &shared["price"]), (&l["p95"], &l["price"]));
+    // It leaves the fleet, so the next start is placed here.
+    let mut other = other;
+    other.signal(libc::SIGTERM);
+    assert_eq!(other.wait_exit(Duration::from_secs(15)), Some(0));
     let id = svc.start_egress(&workload("priced.mp4"));
     assert_eq!(svc.egress(&id)["cpu_cost"].as_f64(), Some(price));
     // The CLI shows the same table.

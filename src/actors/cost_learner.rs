@@ -248,6 +248,13 @@ pub struct CostLearner {
     writing: bool,
     /// The table changed while a write was under way.
     dirty: bool,
+    /// Classes the fleet's table may lack from this node: every class at start, and one whose
+    /// fold into Redis failed; pushed at the next sync.
+    unshared: std::collections::BTreeSet<String>,
+    /// The fleet table's version when this node last read it.
+    seen_version: Option<i64>,
+    /// A sync is under way (one at a time).
+    syncing: bool,
     log: Logger,
 }
 
@@ -258,6 +265,7 @@ impl CostLearner {
         fleet: Option<Arc<Fleet>>,
         log: Logger,
     ) -> CostLearner {
+        let pricer_keys = pricer.table().into_keys().collect();
         CostLearner {
             pricer,
             path: table_path(&cfg.storage.state_dir),
@@ -266,6 +274,9 @@ impl CostLearner {
             fleet,
             writing: false,
             dirty: false,
+            unshared: pricer_keys,
+            seen_version: None,
+            syncing: false,
             log,
         }
     }
@@ -299,28 +310,53 @@ impl CostLearner {
         );
     }
 
-    /// Merges the fleet's table in and pushes what this node knows better.
+    /// Pushes the classes the fleet may not have from this node (all of them once at start:
+    /// calibrated ones, ones learned while Redis was away), and merges the fleet's table in when
+    /// its version moved (a `GET` otherwise: the table is read only when something changed).
     fn sync_fleet(&mut self, ctx: &mut Context<Self>) {
         let Some(fleet) = self.fleet.clone() else {
             return;
         };
-        let mine = self.pricer.table();
+        if self.syncing {
+            return;
+        }
+        self.syncing = true;
+        let table = self.pricer.table();
+        let push: CostTable = table
+            .into_iter()
+            .filter(|(k, _)| self.unshared.contains(k))
+            .collect();
+        let seen = self.seen_version;
         let work = async move {
-            let theirs = fleet.load_costs().await?;
-            let pushed = fleet.push_costs(&mine).await?;
-            Ok::<_, crate::fleet::FleetError>((theirs, pushed))
+            let pushed = fleet.push_costs(&push).await?;
+            let version = fleet.costs_version().await?;
+            let theirs = if version != seen || pushed > 0 {
+                Some(fleet.load_costs().await?)
+            } else {
+                None
+            };
+            Ok::<_, crate::fleet::FleetError>((push, pushed, version, theirs))
         };
-        ctx.spawn(actix::fut::wrap_future(work).map(|r, act: &mut Self, ctx| match r {
-            Ok((theirs, pushed)) => {
-                let changed = act.pricer.update(|t| merge(t, &theirs));
-                if changed > 0 || pushed > 0 {
-                    debug!(act.log, "cost table synced with the fleet"; "taken" => changed, "pushed" => pushed);
+        ctx.spawn(actix::fut::wrap_future(work).map(|r, act: &mut Self, ctx| {
+            act.syncing = false;
+            match r {
+                Ok((push, pushed, version, theirs)) => {
+                    for k in push.keys() {
+                        act.unshared.remove(k);
+                    }
+                    act.seen_version = version;
+                    let changed = theirs.map_or(0, |t| act.pricer.update(|mine| merge(mine, &t)));
+                    if changed > 0 || pushed > 0 {
+                        debug!(act.log, "cost table synced with the fleet"; "taken" => changed, "pushed" => pushed);
+                    }
+                    if changed > 0 {
+                        act.persist(ctx);
+                    }
                 }
-                if changed > 0 {
-                    act.persist(ctx);
+                Err(e) => {
+                    debug!(act.log, "cannot sync the cost table with the fleet"; "error" => %e)
                 }
             }
-            Err(e) => debug!(act.log, "cannot sync the cost table with the fleet"; "error" => %e),
         }));
     }
 }
@@ -399,28 +435,20 @@ impl Handler<JobEnded> for CostLearner {
               "class_p95" => local.p95, "class_jobs" => local.jobs);
         self.persist(ctx);
         if let Some(fleet) = self.fleet.clone() {
-            let fold = async move {
-                fleet
-                    .fold_cost(&key, &summary, &local, now)
-                    .await
-                    .map(|e| (key, e))
-            };
-            ctx.spawn(actix::fut::wrap_future(fold).map(|r, act: &mut Self, ctx| match r {
-                Ok((key, e)) => {
-                    let theirs: CostTable = [(key, e)].into();
+            let k = key.clone();
+            let fold = async move { fleet.fold_cost(&k, &summary, &local, now).await };
+            ctx.spawn(actix::fut::wrap_future(fold).map(move |r, act: &mut Self, ctx| match r {
+                Ok(e) => {
                     // The fleet's estimate replaces this node's: it has this job and others'.
-                    if act.pricer.update(|t| {
-                        for (k, e) in &theirs {
-                            t.insert(k.clone(), e.clone());
-                        }
-                        theirs.len()
-                    }) > 0
-                    {
-                        act.persist(ctx);
-                    }
+                    act.pricer.update(|t| {
+                        t.insert(key, e);
+                        1
+                    });
+                    act.persist(ctx);
                 }
                 Err(e) => {
-                    warn!(act.log, "cannot share a learned cost with the fleet (pushed at the next sync)"; "error" => %e)
+                    warn!(act.log, "cannot share a learned cost with the fleet (pushed at the next sync)"; "error" => %e);
+                    act.unshared.insert(key);
                 }
             }));
         }

@@ -4,8 +4,9 @@
 //! ```text
 //!   HSET egress:costs {class} {Estimate as JSON}
 //!   a job's end:  FOLD  (one script: the job folded into the stored estimate, as rules::costs does)
-//!   start, then every COST_REFRESH: HGETALL, merged into the node's table; PUSH of what the node
-//!   knows better (more jobs behind it: calibrated or learned while Redis was away)
+//!   INCR egress:costs:version on every change (FOLD, and PUSH when it stored anything)
+//!   every COST_REFRESH: PUSH what the node may know better (everything once at start: calibrated
+//!   classes; a class whose FOLD failed), GET the version, HGETALL only when it moved
 //! ```
 
 use std::sync::LazyLock;
@@ -16,12 +17,13 @@ use crate::fleet::{Fleet, FleetError};
 use crate::rules::costs::{CostTable, EWMA_WEIGHT, Estimate, JobSummary};
 
 /// Folds one job into a class's stored estimate (or stores `ARGV[3]`, the node's own, when there
-/// is none) and returns the result. KEYS[1] = costs hash, ARGV = class, job JSON, local JSON,
-/// weight, now_ms.
+/// is none), moves the table's version on, and returns the result. KEYS[1] = costs hash,
+/// KEYS[2] = its version, ARGV = class, job JSON, local JSON, weight, now_ms.
 static FOLD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
 if not cur then
   -- Stored as the node wrote it: its figures come back exactly.
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -62,6 +64,7 @@ for i = 1, #ARGV, 4 do
     n = n + 1
   end
 end
+if n > 0 then redis.call('INCR', KEYS[2]) end
 return n
 "#,
     )
@@ -85,6 +88,15 @@ impl Fleet {
             .collect())
     }
 
+    /// The fleet table's version: it moves on every change (None before the first).
+    pub async fn costs_version(&self) -> Result<Option<i64>, FleetError> {
+        let mut con = self.conns.con();
+        Ok(redis::cmd("GET")
+            .arg(self.keys.costs_version())
+            .query_async(&mut con)
+            .await?)
+    }
+
     /// Folds a finished job into the fleet's estimate of its class; `local` is this node's
     /// estimate after the job (stored when the fleet has none). Returns the fleet's estimate.
     pub async fn fold_cost(
@@ -99,6 +111,7 @@ impl Fleet {
         let mut con = self.conns.con();
         let out: String = FOLD
             .key(self.keys.costs())
+            .key(self.keys.costs_version())
             .arg(class)
             .arg(job.to_string())
             .arg(local)
@@ -115,7 +128,7 @@ impl Fleet {
             return Ok(0);
         }
         let mut inv = PUSH.prepare_invoke();
-        inv.key(self.keys.costs());
+        inv.key(self.keys.costs()).key(self.keys.costs_version());
         for (k, e) in table {
             inv.arg(k)
                 .arg(serde_json::to_string(e).unwrap_or_default())

@@ -6,6 +6,7 @@
 //!   {p}records               hash of egress records   {p}owner:{egress}   an egress's owner
 //!   {p}reserved:{id}         a node's reservations    {p}cand:{type}:idle|busy, {p}cand:max_budget
 //!   {p}costs                 hash class -> learned estimate (JSON), shared by every node
+//!   {p}costs:version         moves on at every change of {p}costs
 //!   {p}capacity              the fleet's capacity figures (JSON), by whichever node holds
 //!   {p}capacity:lock         ...this lock for the current refresh
 //! ```
@@ -62,6 +63,11 @@ impl Keys {
     /// The fleet's learned cost table (`fleet::costs`).
     pub fn costs(&self) -> String {
         format!("{}costs", self.prefix)
+    }
+
+    /// Moves on at every change of `costs` (nodes read the table only when it moved).
+    pub fn costs_version(&self) -> String {
+        format!("{}costs:version", self.prefix)
     }
 
     /// The fleet's capacity figures, computed by one node per refresh (`fleet::capacity`).
