@@ -15,3 +15,4 @@ mod producers;
 mod safety;
 mod sentinel;
 mod sources;
+mod web;

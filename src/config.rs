@@ -115,6 +115,11 @@ pub struct SourcesConfig {
     /// URI schemes a source may use; `file` only when listed here.
     #[serde(default = "default_schemes")]
     pub allowed_schemes: Vec<String>,
+    /// Hosts a `web` egress may record: `*` for any, `*.example.com` for a domain and its
+    /// subdomains. Empty (the default): web egress is off, so the service cannot be pointed at
+    /// internal addresses until an operator says which pages it records.
+    #[serde(default)]
+    pub allowed_web_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -510,6 +515,7 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("sources.allowed_schemes")
+            .with_list_parse_key("sources.allowed_web_hosts")
             .with_list_parse_key("server.allowed_origins");
         if let Some(e) = env {
             envsrc = envsrc.source(Some(e));

@@ -204,12 +204,11 @@ async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf)
         }
     }
     // Outputs a killed handler left unfinished are made whole, then read back.
-    let finalized = info.status == EgressStatus::Complete;
     let media = info.status != EgressStatus::Aborted;
     let outputs = crate::closing::Outputs::from_info(&info, &output_root);
     let mut closed = info.clone();
     match actix_web::rt::task::spawn_blocking(move || {
-        crate::closing::close(&mut closed, &outputs, finalized, media);
+        crate::closing::close(&mut closed, &outputs, media);
         closed
     })
     .await
@@ -303,7 +302,7 @@ impl Supervisor {
                 let o = crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path);
                 actix_web::rt::task::spawn_blocking(move || {
                     let mut gone = setup.info;
-                    crate::closing::close(&mut gone, &o, true, false);
+                    crate::closing::close(&mut gone, &o, false);
                 });
                 return Err(ApiError::Internal(format!(
                     "cannot launch the handler process: {e}"
