@@ -115,6 +115,9 @@ impl UriSource {
     }
 }
 
+/// Stream URLs to add (index, URL) and indices to remove.
+type StreamChange = (Vec<(usize, String)>, Vec<usize>);
+
 pub struct Recording<'a> {
     spec: &'a EgressSpec,
     opts: &'a PipelineOptions,
@@ -132,7 +135,7 @@ pub struct Recording<'a> {
     segments: Option<Segments>,
     outs: Option<Streams>,
     /// Stream changes asked for before the graph existed.
-    stream_changes: Vec<(Vec<(usize, String)>, Vec<usize>)>,
+    stream_changes: Vec<StreamChange>,
     /// A web source's page has loaded (its frames flow from then on); None without one.
     web_loaded: Option<Arc<AtomicBool>>,
 }
