@@ -637,7 +637,12 @@ impl EgressRequest {
             ctx.output_dir,
             &values,
             (video.width, video.height),
-        )?;
+        )
+        .map_err(|e| match self.output {
+            // Errors name the field as the client wrote it.
+            Some(_) => e.reprefixed("outputs[0]", "output"),
+            None => e,
+        })?;
         let container = outputs.file.as_ref().map(|f| f.container);
         let a = self
             .audio
@@ -1121,7 +1126,7 @@ mod tests {
     fn rejects_escaping_paths_and_bad_extensions() {
         for f in ["../x.mp4", "/etc/x.mp4", "a/../../x.mp4", "x.avi", "", "x"] {
             let e = validate(&req("track", &["test://video"], f)).unwrap_err();
-            assert_eq!(e.field(), Some("outputs[0].file.filename"), "{f}");
+            assert_eq!(e.field(), Some("output.file.filename"), "{f}");
         }
     }
 
