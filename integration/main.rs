@@ -6,6 +6,7 @@ mod api;
 mod common;
 mod degraded;
 mod egress;
+mod events;
 mod fleet;
 mod overload;
 mod placement;

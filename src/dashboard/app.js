@@ -296,6 +296,13 @@ $('#start-form').addEventListener('submit', async (ev) => {
   const btn = $('#start-btn');
   btn.disabled = true;
   try {
+    const extra = $('#extra').value.trim();
+    if (extra) {
+      let v;
+      try { v = JSON.parse(extra); } catch (e) { throw new ApiError(0, 'bad_form', 'other request fields: ' + e.message); }
+      if (!v || typeof v !== 'object' || Array.isArray(v)) throw new ApiError(0, 'bad_form', 'other request fields must be a JSON object');
+      Object.assign(body, v);
+    }
     const e = await api('POST', '/v1/egress', body);
     upsert(e);
     renderEgresses();
