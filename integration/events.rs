@@ -316,10 +316,10 @@ impl WebhookReceiver {
                 if s.load(Ordering::SeqCst) {
                     return; // the listener closes with this thread
                 }
-                if let Ok(c) = conn {
-                    if let Some(d) = read_request(c) {
-                        g.lock().unwrap().push(d);
-                    }
+                if let Ok(c) = conn
+                    && let Some(d) = read_request(c)
+                {
+                    g.lock().unwrap().push(d);
                 }
             }
         });
@@ -631,4 +631,57 @@ fn webhooks_reach_a_receiver_that_was_down_for_30_s_across_a_service_restart() {
         (queued() == 0).then_some(())
     });
     receiver.stop();
+}
+
+#[test]
+fn in_a_fleet_every_node_streams_every_nodes_events_once() {
+    let redis = Redis::start();
+    let (da, db) = (Dirs::new(), Dirs::new());
+    let cfg = format!(
+        "fleet: {{ redis_url: \"{}\", heartbeat_ms: 250, node_ttl_ms: 5000 }}\nevents: {{ node_interval_ms: 200 }}",
+        redis.url()
+    );
+    let a = Service::start(&da, &cfg);
+    let b = Service::start(&db, &cfg);
+    wait_for(Duration::from_secs(10), "both nodes in the fleet", || {
+        let (s, v) = a.get("/v1/fleet/nodes");
+        (s == 200 && v["nodes"].as_array().is_some_and(|n| n.len() == 2)).then_some(())
+    });
+    let on_a = SseClient::connect(&a, "", None);
+    let on_b = SseClient::connect(&b, "", None);
+    // Started on b, and only there.
+    let id = "EG_fleetevents1";
+    let (s, v) = b.post(
+        "/v1/node/egress",
+        &json!({"egress_id": id, "request": small("f.mp4")}),
+    );
+    assert_eq!(s, 201, "{v}");
+    b.wait_active(id);
+    assert_eq!(b.post(&format!("/v1/egress/{id}/stop"), &json!({})).0, 200);
+    for (name, stream, other) in [("a", &on_a, &b.node_id), ("b", &on_b, &a.node_id)] {
+        let mut nodes_seen = HashSet::new();
+        let mut ended = false;
+        let got = stream.events_until("the egress's end and both nodes' state", |m| {
+            if m.event == "node_updated" {
+                nodes_seen.insert(m.json()["node_id"].as_str().unwrap_or("").to_string());
+            }
+            ended |= is_end_of(id)(m);
+            ended && nodes_seen.contains(other)
+        });
+        let mine: Vec<&Sse> = got
+            .iter()
+            .filter(|m| m.event.starts_with("egress_") && m.json()["egress_id"] == id)
+            .collect();
+        let starts = mine.iter().filter(|m| m.event == "egress_started").count();
+        assert_eq!(starts, 1, "on {name}: {mine:#?}");
+        assert!(
+            mine.iter()
+                .all(|m| m.json()["node_id"] == b.node_id.as_str())
+        );
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|m| m.id.as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "on {name}: {ids:?}");
+    }
 }
