@@ -4,6 +4,7 @@
 mod admission;
 mod api;
 mod common;
+mod dashboard;
 mod degraded;
 mod egress;
 mod events;
@@ -14,3 +15,4 @@ mod producers;
 mod safety;
 mod sentinel;
 mod sources;
+mod webdriver;
