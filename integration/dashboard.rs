@@ -126,6 +126,20 @@ fn the_dashboard_drives_an_egress_live_in_a_real_browser() {
             .is_none()
     );
     browser.screenshot(&artifact("dashboard-3-complete.png"));
+    // Output kinds the page does not know yet are shown as they come, in a list or grouped.
+    // (serde_json sends the object's keys sorted.)
+    let shown = browser.eval(
+        "return outputs(arguments[0]).map(e => e.textContent)",
+        json!([{"files": [], "segments": [{"playlist_name": "a.m3u8", "size_bytes": 2000}],
+                "outputs": {"images": [{"prefix": "thumb", "count": 3}]}}]),
+    );
+    assert_eq!(
+        shown,
+        json!([
+            "images: count=3, prefix=thumb",
+            "segments: playlist_name=a.m3u8, size_bytes=2.0 kB"
+        ])
+    );
     assert_eq!(browser.eval("return window.__mark", json!([])), "same page");
 
     // Phone width: one column, nothing wider than the screen, the egress still there.

@@ -46,7 +46,7 @@ pub struct Metrics {
     /// Webhook events delivered (a 2xx answer), by event.
     pub webhook_deliveries_total: IntCounterVec,
     /// Failed webhook attempts, by reason: connect, timeout, send, status_4xx, status_5xx,
-    /// queue_write, dropped (queue over webhooks.max_queue).
+    /// status_other, queue_write, dropped (queue over webhooks.max_queue).
     pub webhook_failures_total: IntCounterVec,
     /// Webhook events waiting for delivery, every receiver together.
     pub webhook_queue_depth: IntGauge,
@@ -183,7 +183,7 @@ impl Metrics {
             webhook_failures_total: counter_vec(
                 &r,
                 "egress_webhook_failures_total",
-                "Failed webhook attempts by reason (connect, timeout, send, status_4xx, status_5xx, queue_write, dropped)",
+                "Failed webhook attempts by reason (connect, timeout, send, status_4xx, status_5xx, status_other, queue_write, dropped)",
                 &["reason"],
             ),
             webhook_queue_depth: int_gauge(

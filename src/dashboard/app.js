@@ -221,26 +221,44 @@ function upsert(e) {
   st.egresses.set(e.egress_id, e);
 }
 
+function fileLine(f) {
+  const dur = typeof f.duration_s === 'number' ? ', ' + f.duration_s.toFixed(1) + ' s' : '';
+  return el('div', { class: 'file', 'data-size-bytes': String(f.size_bytes) },
+    el('span', { class: 'id' }, f.filename), ' ', el('span', { class: 'size' }, bytes(f.size_bytes)),
+    el('span', { class: 'muted' }, ' (' + f.size_bytes + ' bytes' + dur + ')'),
+    el('div', { class: 'muted detail' }, f.location || ''));
+}
+
+function field(a, b) {
+  if (typeof b === 'number' && a.endsWith('bytes')) return a + '=' + bytes(b);
+  return a + '=' + (b !== null && typeof b === 'object' ? JSON.stringify(b) : b);
+}
+
+// Output kinds this page does not know (segments, streams, images, ...) are shown as they come:
+// a list of items, or an object of such lists ({"files": [...], "segments": [...]}).
+function walk(kind, v, out) {
+  if (v === null || typeof v !== 'object') return;
+  if (Array.isArray(v)) { for (const item of v) out.push(item1(kind, item)); return; }
+  const vals = Object.values(v);
+  if (vals.length && vals.every((x) => x !== null && typeof x === 'object')) {
+    for (const [k, x] of Object.entries(v)) walk(k, x, out);
+    return;
+  }
+  out.push(item1(kind, v));
+}
+
+function item1(kind, item) {
+  if (item && typeof item === 'object' && 'filename' in item && 'size_bytes' in item) return fileLine(item);
+  const text = item && typeof item === 'object'
+    ? Object.entries(item).map(([a, b]) => field(a, b)).join(', ')
+    : String(item);
+  return el('div', { class: 'other', 'data-kind': kind }, el('b', {}, kind + ': '), text);
+}
+
 function outputs(e) {
   const out = [];
-  for (const f of e.files || []) {
-    const dur = typeof f.duration_s === 'number' ? ', ' + f.duration_s.toFixed(1) + ' s' : '';
-    out.push(el('div', { class: 'file', 'data-size-bytes': String(f.size_bytes) },
-      el('span', { class: 'id' }, f.filename), ' ', el('span', { class: 'size' }, bytes(f.size_bytes)),
-      el('span', { class: 'muted' }, ' (' + f.size_bytes + ' bytes' + dur + ')'),
-      el('div', { class: 'muted detail' }, f.location || '')));
-  }
-  // Other output kinds (segments, streams, images, ...) shown as they come.
-  for (const [k, v] of Object.entries(e)) {
-    if (KNOWN.has(k) || v === null || typeof v !== 'object') continue;
-    const items = Array.isArray(v) ? v : [v];
-    for (const item of items) {
-      const text = item && typeof item === 'object'
-        ? Object.entries(item).map(([a, b]) => a + '=' + (a.endsWith('bytes') && typeof b === 'number' ? bytes(b) : typeof b === 'object' ? JSON.stringify(b) : b)).join(', ')
-        : String(item);
-      out.push(el('div', { class: 'other', 'data-kind': k }, el('b', {}, k + ': '), text));
-    }
-  }
+  walk('files', e.files || [], out);
+  for (const [k, v] of Object.entries(e)) if (!KNOWN.has(k)) walk(k, v, out);
   return out;
 }
 

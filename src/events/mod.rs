@@ -287,18 +287,51 @@ impl Events {
     }
 
     fn take_local(&self, kind: EventKind, egress_id: Option<String>, data: String) {
-        let ev = self.take(|id| Event {
-            id,
+        let ev = Event {
+            id: 0,
             kind,
             node_id: self.inner.node_id.clone(),
-            origin_id: format!("{}-{id}", self.inner.node_id),
+            origin_id: String::new(),
             egress_id,
             at_ms: now_ms(),
             data: data.into(),
-        });
+        };
+        self.take(ev, true);
+    }
+
+    /// An event of another node of the fleet (from the relay): streamed, never sent to webhooks
+    /// (its own node sends those).
+    pub fn take_remote(&self, ev: Event) {
+        if ev.node_id == self.inner.node_id {
+            return;
+        }
+        self.take(ev, false);
+    }
+
+    /// Numbers the event, keeps it in the buffer and hands it on (streams; for a `local` event
+    /// also the webhook senders and the fleet relay), all under the lock, so everyone sees events
+    /// in id order and a new stream's replay and live part never overlap or leave a gap.
+    fn take(&self, mut ev: Event, local: bool) {
+        let mut ring = self.inner.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ev.id = ring.next_id;
+        ring.next_id += 1;
+        if local {
+            ev.origin_id = format!("{}-{}", self.inner.node_id, ev.id);
+        }
+        let ev = Arc::new(ev);
+        if ring.capacity > 0 {
+            if ring.buffer.len() >= ring.capacity {
+                ring.buffer.pop_front();
+            }
+            ring.buffer.push_back(ev.clone());
+        }
+        let _ = self.inner.live.send(ev.clone());
+        if !local {
+            return;
+        }
         if let Ok(hooks) = self.inner.webhooks.lock() {
             for (tx, kinds) in hooks.iter() {
-                if kinds.contains(&kind) {
+                if kinds.contains(&ev.kind) {
                     let _ = tx.send(WebhookCmd::Deliver(ev.clone()));
                 }
             }
@@ -308,32 +341,6 @@ impl Events {
         {
             let _ = tx.send(ev);
         }
-    }
-
-    /// An event of another node of the fleet (from the relay): streamed, never sent to webhooks
-    /// (its own node sends those).
-    pub fn take_remote(&self, ev: Event) {
-        if ev.node_id == self.inner.node_id {
-            return;
-        }
-        self.take(|id| Event { id, ..ev });
-    }
-
-    /// Numbers the event, keeps it in the buffer and broadcasts it, all under the lock, so
-    /// streams see events in id order and a new stream's replay and live part never overlap
-    /// or leave a gap.
-    fn take(&self, make: impl FnOnce(u64) -> Event) -> Arc<Event> {
-        let mut ring = self.inner.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let ev = Arc::new(make(ring.next_id));
-        ring.next_id += 1;
-        if ring.capacity > 0 {
-            if ring.buffer.len() >= ring.capacity {
-                ring.buffer.pop_front();
-            }
-            ring.buffer.push_back(ev.clone());
-        }
-        let _ = self.inner.live.send(ev.clone());
-        ev
     }
 
     /// A new stream: what it missed since `last_event_id`, the live events from now on, and the

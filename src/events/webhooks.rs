@@ -73,6 +73,7 @@ pub fn start(
         .iter()
         .filter_map(|k| EventKind::parse(k))
         .collect();
+    warn_about_orphan_queues(cfg, state_dir, log);
     for url in &cfg.urls {
         let queue = Queue::open(state_dir, url)
             .map_err(|e| format!("webhook queue for {url} in {}: {e}", state_dir.display()))?;
@@ -108,6 +109,37 @@ pub fn start(
         events.add_webhook(tx, kinds.clone());
     }
     Ok(())
+}
+
+/// Events queued by an earlier run for a receiver no longer in `webhooks.urls` stay on disk
+/// (nothing is deleted behind an operator's back): say so once at start.
+fn warn_about_orphan_queues(cfg: &WebhooksConfig, state_dir: &std::path::Path, log: &Logger) {
+    let known: Vec<String> = cfg
+        .urls
+        .iter()
+        .map(|u| crate::events::queue::receiver_dir_name(u))
+        .collect();
+    let Ok(dirs) = std::fs::read_dir(state_dir.join("webhooks")) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().to_string();
+        if known.contains(&name) {
+            continue;
+        }
+        let queued = std::fs::read_dir(d.path())
+            .map(|f| {
+                f.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if queued > 0 {
+            let url = std::fs::read_to_string(d.path().join("url")).unwrap_or_default();
+            warn!(log, "webhook events queued for a receiver that is no longer configured are kept, not sent";
+                  "url" => url, "queued" => queued, "dir" => %d.path().display());
+        }
+    }
 }
 
 /// One event waiting to be delivered.
@@ -193,23 +225,31 @@ impl Sender {
         let mut flight = FuturesUnordered::new();
         loop {
             let now = Instant::now();
-            for (name, lane) in self.lanes.iter_mut() {
+            // Due lanes, oldest head first: after an outage the oldest events go first.
+            let mut due: Vec<(u64, String)> = self
+                .lanes
+                .iter()
+                .filter(|(_, l)| !l.in_flight && l.due <= now)
+                .filter_map(|(name, l)| Some((l.items.front()?.seq, name.clone())))
+                .collect();
+            due.sort();
+            for (_, name) in due {
                 if flight.len() >= MAX_IN_FLIGHT {
                     break;
                 }
+                let Some(lane) = self.lanes.get_mut(&name) else {
+                    continue;
+                };
                 let Some(head) = lane.items.front() else {
                     continue;
                 };
-                if lane.in_flight || lane.due > now {
-                    continue;
-                }
                 lane.in_flight = true;
                 lane.attempts += 1;
                 flight.push(attempt(
                     self.client.clone(),
                     self.url.clone(),
                     self.key.clone(),
-                    name.clone(),
+                    name,
                     head.clone(),
                     lane.attempts,
                 ));
@@ -325,7 +365,9 @@ impl Sender {
             other => {
                 let reason = match other {
                     Ok(s) if (400..500).contains(&s) => "status_4xx",
-                    Ok(_) => "status_5xx",
+                    Ok(s) if (500..600).contains(&s) => "status_5xx",
+                    // 1xx, 3xx (redirects are not followed: a receiver answers where it is).
+                    Ok(_) => "status_other",
                     Err(r) => r,
                 };
                 METRICS
