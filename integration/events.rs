@@ -298,7 +298,8 @@ impl Delivery {
     }
 }
 
-/// A small HTTP server on a loopback port that answers 200 to every request and keeps them.
+/// A small HTTP server on a loopback port that answers 200 to every request and keeps them (or,
+/// refusing, answers 503 to every first attempt of an event, keeping every request in `tried`).
 pub struct WebhookReceiver {
     pub port: u16,
     stop: Arc<AtomicBool>,
@@ -307,6 +308,14 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start(port: u16, got: Arc<Mutex<Vec<Delivery>>>) -> WebhookReceiver {
+        Self::start_with(port, got, None)
+    }
+
+    pub fn start_with(
+        port: u16,
+        got: Arc<Mutex<Vec<Delivery>>>,
+        refuse_first_into: Option<Arc<Mutex<Vec<Delivery>>>>,
+    ) -> WebhookReceiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver's port");
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -316,11 +325,27 @@ impl WebhookReceiver {
                 if s.load(Ordering::SeqCst) {
                     return; // the listener closes with this thread
                 }
-                if let Ok(c) = conn
-                    && let Some(d) = read_request(c)
-                {
+                let Some((d, mut c)) = conn.ok().and_then(read_request) else {
+                    continue;
+                };
+                let mut status = "200 OK";
+                if let Some(tried) = &refuse_first_into {
+                    tried.lock().unwrap().push(d.clone());
+                    if d.headers
+                        .get("x-egress-delivery-attempt")
+                        .map(String::as_str)
+                        == Some("1")
+                    {
+                        status = "503 Service Unavailable";
+                    }
+                }
+                if status.starts_with("200") {
                     g.lock().unwrap().push(d);
                 }
+                let _ = c.write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
             }
         });
         WebhookReceiver {
@@ -344,8 +369,8 @@ impl WebhookReceiver {
     }
 }
 
-/// Reads one request (headers, then `content-length` bytes) and answers 200.
-fn read_request(mut c: TcpStream) -> Option<Delivery> {
+/// Reads one request (headers, then `content-length` bytes); the caller answers on the stream.
+fn read_request(c: TcpStream) -> Option<(Delivery, TcpStream)> {
     c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut r = BufReader::new(c.try_clone().ok()?);
     let mut line = String::new();
@@ -368,9 +393,7 @@ fn read_request(mut c: TcpStream) -> Option<Delivery> {
     let n: usize = headers.get("content-length")?.parse().ok()?;
     let mut body = vec![0; n];
     r.read_exact(&mut body).ok()?;
-    c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .ok()?;
-    Some(Delivery { headers, body })
+    Some((Delivery { headers, body }, c))
 }
 
 const KEY: &str = "webhook-test-signing-key";
@@ -684,4 +707,80 @@ fn in_a_fleet_every_node_streams_every_nodes_events_once() {
             .collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "on {name}: {ids:?}");
     }
+}
+
+#[test]
+fn a_refused_webhook_is_retried_before_its_egress_s_next_event() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let tried = Arc::new(Mutex::new(Vec::new()));
+    let receiver = WebhookReceiver::start_with(0, got.clone(), Some(tried.clone()));
+    let dirs = Dirs::new();
+    let svc = Service::start(
+        &dirs,
+        &webhook_config(
+            &receiver.url(),
+            ", backoff_initial_ms: 100, backoff_max_ms: 400",
+        ),
+    );
+    let a = svc.start_egress(&small("a.mp4"));
+    let b = svc.start_egress(&small("b.mp4"));
+    for id in [&a, &b] {
+        svc.wait_active(id);
+        assert_eq!(
+            svc.post(&format!("/v1/egress/{id}/stop"), &json!({})).0,
+            200
+        );
+    }
+    let ra = svc.wait_status(&a, &["complete"], Duration::from_secs(30));
+    let rb = svc.wait_status(&b, &["complete"], Duration::from_secs(30));
+    let all = wait_for(Duration::from_secs(20), "both ends accepted", || {
+        let g = got.lock().unwrap().clone();
+        let ended = g
+            .iter()
+            .filter(|d| d.json()["event"] == "egress_ended")
+            .count();
+        (ended == 2).then_some(g)
+    });
+    check_sequence(&ra, &of_egress(&all, &a));
+    check_sequence(&rb, &of_egress(&all, &b));
+    // Every event was refused once, and no event of an egress was tried before the one before
+    // it was accepted.
+    let tried = tried.lock().unwrap().clone();
+    for id in [&a, &b] {
+        let mut accepted: Vec<String> = Vec::new();
+        for d in tried
+            .iter()
+            .filter(|d| d.json()["egress_id"] == id.as_str())
+        {
+            let eid = d.json()["id"].as_str().unwrap().to_string();
+            let attempt = d.headers["x-egress-delivery-attempt"].clone();
+            if attempt == "1" {
+                assert!(
+                    !accepted.contains(&eid),
+                    "{eid} tried again after it was accepted"
+                );
+            } else {
+                accepted.push(eid.clone());
+            }
+            let order: Vec<String> = of_egress(&all, id)
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_string())
+                .collect();
+            let pos = order
+                .iter()
+                .position(|x| *x == eid)
+                .expect("tried events are accepted in the end");
+            assert_eq!(
+                &order[..pos],
+                &accepted[..pos.min(accepted.len())],
+                "{eid} tried before its predecessors were accepted"
+            );
+            assert!(
+                accepted.len() >= pos,
+                "{eid} tried before its predecessors were accepted"
+            );
+        }
+    }
+    assert!(metric(&svc, "egress_webhook_failures_total") >= all.len() as f64);
+    receiver.stop();
 }
