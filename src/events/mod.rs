@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::config::EventsConfig;
 use crate::model::{EgressInfo, now_ms};
 use crate::node::Node;
+use crate::rules::admission::NodeState;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -395,8 +396,38 @@ impl Events {
     }
 }
 
-/// Emits `node_updated` when the node's state (as `GET /v1/node` reports it) changed, at most
-/// once per `every`; runs until the service stops.
+/// What of a node's state is worth an event: counts, limits, draining and capacity exactly, CPU
+/// figures to a hundredth of a core (load to a percent). A node whose load jitters in the
+/// last digits sends nothing, so the buffer keeps minutes of history, not seconds.
+pub fn significant(s: &NodeState) -> String {
+    let cores = |x: f64| (x * 100.0).round() as i64;
+    let types: Vec<String> = s
+        .types
+        .iter()
+        .map(|(t, v)| {
+            format!(
+                "{t}:{}:{}:{}:{}",
+                v.active,
+                v.limit,
+                cores(v.cost),
+                v.pending_claims
+            )
+        })
+        .collect();
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}",
+        cores(s.capacity_cores),
+        cores(s.budget_cores),
+        (s.load * 100.0).round() as i64,
+        cores(s.available_cpu),
+        s.draining,
+        types.join(","),
+        s.egress_ids.join(",")
+    )
+}
+
+/// Emits `node_updated` when the node's state (as `GET /v1/node` reports it) changed
+/// (`significant`), at most once per `every`; runs until the service stops.
 pub async fn watch_node(events: Events, node: Node, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -410,11 +441,12 @@ pub async fn watch_node(events: Events, node: Node, every: Duration) {
         let Ok(state) = node.state().await else {
             continue;
         };
-        let Ok(json) = serde_json::to_string(&state) else {
+        let key = significant(&state);
+        if key == last {
             continue;
-        };
-        if json != last {
-            last = json.clone();
+        }
+        if let Ok(json) = serde_json::to_string(&state) {
+            last = key;
             events.node_changed(json);
         }
     }
@@ -456,6 +488,29 @@ mod tests {
             .map(|e| e.kind.as_str())
             .collect();
         assert_eq!(got, ["egress_started", "egress_updated", "egress_ended"]);
+    }
+
+    #[test]
+    fn node_events_ignore_jitter_below_a_percent_of_load() {
+        let cfg = crate::config::Config::default();
+        let ledger = crate::rules::admission::Ledger::new(
+            "ND_a".into(),
+            4.0,
+            &cfg.cpu,
+            &cfg.cpu_cost,
+            &cfg.limits,
+            1000,
+        );
+        let s = ledger.state(0);
+        let mut t = s.clone();
+        t.load += 0.001;
+        t.available_cpu += 0.0001;
+        assert_eq!(significant(&s), significant(&t));
+        t.load += 0.02;
+        assert_ne!(significant(&s), significant(&t));
+        let mut u = s.clone();
+        u.draining = !u.draining;
+        assert_ne!(significant(&s), significant(&u));
     }
 
     #[test]
