@@ -672,6 +672,9 @@ fn in_a_fleet_every_node_streams_every_nodes_events_once() {
     });
     let on_a = SseClient::connect(&a, "", None);
     let on_b = SseClient::connect(&b, "", None);
+    // a's state changes too (a claim it holds), so b's stream has a node_updated of a's.
+    let (s, v) = a.post("/v1/affinity", &json!({"type": "track"}));
+    assert_eq!(s, 200, "{v}");
     // Started on b, and only there.
     let id = "EG_fleetevents1";
     let (s, v) = b.post(
