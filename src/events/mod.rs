@@ -224,7 +224,8 @@ impl Ring {
 
 impl Events {
     pub fn new(cfg: &EventsConfig, node_id: String) -> Events {
-        let (live, _) = broadcast::channel(cfg.buffer.max(16));
+        // A stream that falls further behind than this catches up from the buffer (`since`).
+        let (live, _) = broadcast::channel(cfg.buffer.clamp(16, 4096));
         let (closed, _) = watch::channel(false);
         Events {
             inner: Arc::new(Inner {
