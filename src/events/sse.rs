@@ -132,3 +132,66 @@ pub fn stream(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventsConfig;
+    use futures_util::StreamExt;
+
+    fn text(b: Result<Bytes, actix_web::Error>) -> String {
+        String::from_utf8(b.unwrap().to_vec()).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn a_stream_that_falls_behind_catches_up_from_the_buffer_or_says_what_it_lost() {
+        let hub = Events::new(
+            &EventsConfig {
+                buffer: 20,
+                ..EventsConfig::default()
+            },
+            "ND_a".into(),
+        );
+        let s = stream(hub.clone(), None, Some(20));
+        futures_util::pin_mut!(s);
+        assert!(text(s.next().await.unwrap()).contains(": connected"));
+        // 60 events while the stream is not read: more than the broadcast (20, rounded up to 32)
+        // holds, and more than the buffer (20).
+        for i in 0..60 {
+            hub.node_changed(format!("{{\"n\":{i}}}"));
+        }
+        let mut got = Vec::new();
+        while let Some(b) = s.next().await {
+            got.push(text(b));
+        }
+        assert!(got[0].starts_with("event: events_lost\n"), "{got:?}");
+        let ids: Vec<u64> = got[1..]
+            .iter()
+            .map(|e| {
+                e.lines()
+                    .next()
+                    .unwrap()
+                    .strip_prefix("id: ")
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ids.len(), 20, "the whole buffer: {got:?}");
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
+        assert!(got.last().unwrap().contains("{\"n\":59}"));
+        // A stream that keeps up misses nothing and gets no marker; max_events ends it.
+        let s = stream(hub.clone(), None, Some(3));
+        futures_util::pin_mut!(s);
+        let _ = s.next().await;
+        for i in 0..3 {
+            hub.node_changed(format!("{{\"m\":{i}}}"));
+        }
+        let rest: Vec<String> = s.map(text).collect().await;
+        assert_eq!(rest.len(), 3);
+        assert!(
+            rest.iter()
+                .all(|e| e.starts_with("id: ") && e.contains("event: node_updated\n"))
+        );
+    }
+}
