@@ -78,6 +78,12 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|v| panic!("WebDriver {method} {path}: {v}"))
+    }
+
+    /// The command's value, or its error value.
+    fn try_call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Value> {
         let url = format!("{}{}", self.base, path);
         let r = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
@@ -90,8 +96,28 @@ impl Browser {
         let mut resp = r.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = resp.status().as_u16();
         let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-        assert!(status < 300, "WebDriver {method} {path}: {status} {v}");
-        v["value"].clone()
+        if status < 300 {
+            Ok(v["value"].clone())
+        } else {
+            Err(v["value"].clone())
+        }
+    }
+
+    /// Runs an element command on the element matching `css`, finding it again when the page
+    /// re-rendered it in between (the dashboard redraws rows on every event).
+    fn on_element(&self, css: &str, command: &str, body: Option<&Value>) {
+        let mut last = Value::Null;
+        let done = poll_until(Duration::from_secs(20), || {
+            let e = self.find(css)?;
+            match self.try_call("POST", &self.s(&format!("/element/{e}/{command}")), body) {
+                Ok(_) => Some(()),
+                Err(v) => {
+                    last = v;
+                    None
+                }
+            }
+        });
+        assert!(done.is_some(), "{command} on {css}: {last}");
     }
 
     fn post(&self, path: &str, body: &Value) -> Value {
@@ -150,41 +176,33 @@ impl Browser {
             .map(str::to_string)
     }
 
-    fn element(&self, css: &str) -> String {
-        wait_for(Duration::from_secs(20), &format!("element {css}"), || {
-            self.find(css)
-        })
-    }
-
     /// Clears the field and types `text` into it.
     pub fn type_into(&self, css: &str, text: &str) {
-        let e = self.element(css);
-        self.call("POST", &self.s(&format!("/element/{e}/clear")), None);
-        self.call(
-            "POST",
-            &self.s(&format!("/element/{e}/value")),
-            Some(&json!({"text": text})),
-        );
+        self.on_element(css, "clear", None);
+        self.on_element(css, "value", Some(&json!({"text": text})));
     }
 
     pub fn click(&self, css: &str) {
-        let e = self.element(css);
-        self.call("POST", &self.s(&format!("/element/{e}/click")), None);
+        self.on_element(css, "click", None);
     }
 
-    /// The visible text of the element matching `css` (None when there is none).
+    /// The rendered text of the element matching `css` (None when there is none); read in one
+    /// script, so a re-rendered element is never stale.
     pub fn text(&self, css: &str) -> Option<String> {
-        let e = self.find(css)?;
-        self.call("GET", &self.s(&format!("/element/{e}/text")), None)
-            .as_str()
-            .map(str::to_string)
+        self.eval(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null",
+            json!([css]),
+        )
+        .as_str()
+        .map(str::to_string)
     }
 
-    /// Whether the element matching `css` is displayed.
+    /// Whether the element matching `css` is displayed (takes room on the page).
     pub fn visible(&self, css: &str) -> bool {
-        self.find(css).is_some_and(|e| {
-            self.call("GET", &self.s(&format!("/element/{e}/displayed")), None) == true
-        })
+        self.eval(
+            "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0",
+            json!([css]),
+        ) == true
     }
 
     /// Saves a PNG of the viewport to `path` (creating its directory).
