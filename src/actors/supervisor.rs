@@ -21,6 +21,7 @@ use crate::actors::pipeline::{
 };
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
@@ -40,6 +41,8 @@ pub struct Supervisor {
     output_root: std::path::PathBuf,
     /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
     mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
+    /// Every record change becomes a live event (SSE, webhooks, the fleet's relay).
+    events: Option<Events>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
@@ -70,6 +73,7 @@ impl Supervisor {
             overload: Overload::new(&cfg.overload, cfg.cpu.pending_hold_ms),
             output_root,
             mirror: None,
+            events: None,
             loaded,
             waiters: HashMap::new(),
             log,
@@ -79,6 +83,12 @@ impl Supervisor {
     /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
     pub fn with_mirror(mut self, tx: Option<mpsc::UnboundedSender<EgressInfo>>) -> Self {
         self.mirror = tx;
+        self
+    }
+
+    /// Tell `events` of every record change (see `events::Events::egress_changed`).
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
         self
     }
 
@@ -138,6 +148,9 @@ impl Supervisor {
         }
         if let Some(m) = &self.mirror {
             let _ = m.send(info.clone());
+        }
+        if let Some(ev) = &self.events {
+            ev.egress_changed(old.as_ref(), &info);
         }
         self.egresses.insert(info.egress_id.clone(), info);
     }
