@@ -45,7 +45,8 @@ pub struct Plan {
     pub seconds: f64,
 }
 
-/// The types calibrate runs by default: every type this engine can record.
+/// The types calibrate runs by default: every type with test sources (a web egress records a
+/// page, whose cost depends on the page: it is learned from real jobs).
 pub const DEFAULT_TYPES: [EgressType; 4] = [
     EgressType::Track,
     EgressType::TrackComposite,
@@ -66,7 +67,8 @@ impl Plan {
                 .split(',')
                 .map(|t| match EgressType::parse(t.trim()) {
                     Some(EgressType::Web) => Err(CalibrateError::Usage(
-                        "--types: web needs a browser pipeline, which this node does not have"
+                        "--types: web has no test source to record (it records a page): its \
+                         class is learned from real jobs"
                             .into(),
                     )),
                     Some(t) => Ok(t),
@@ -519,6 +521,7 @@ mod tests {
             output_dir: dir.path(),
             state_dir: dir.path(),
             allowed_schemes: &["test".to_string()],
+            allowed_web_hosts: &[],
         };
         for t in DEFAULT_TYPES {
             let req: crate::model::EgressRequest =

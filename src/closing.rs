@@ -82,15 +82,16 @@ impl Outputs {
     }
 }
 
-/// Repairs (when `finalized` is false), reads back and reports every output; returns notes for
-/// the log.
-pub fn close(info: &mut EgressInfo, o: &Outputs, finalized: bool, media: bool) -> Vec<String> {
+/// Makes every output whole (remuxes a hybrid MP4, ends a playlist left open), reads it back
+/// and reports it; returns notes for the log.
+pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
     let mut notes = Vec::new();
     info.files.clear();
     if let Some((name, path, container)) = &o.file {
-        if !finalized && media && *container == Container::Mp4 {
+        // A hybrid MP4 is fragmented until remuxed here, after a graceful end as after a kill.
+        if media && *container == Container::Mp4 {
             match crate::repair::mp4_if_needed(path) {
-                Some(Ok(())) => notes.push("fragmented MP4 remuxed into a normal MP4".into()),
+                Some(Ok(())) => notes.push("hybrid MP4 remuxed into a normal MP4".into()),
                 Some(Err(e)) => {
                     notes.push(format!("MP4 repair failed, the fragmented file stays: {e}"))
                 }
@@ -104,8 +105,7 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, finalized: bool, media: bool) -
         }
     }
     if let Some(s) = &o.segments {
-        if !finalized
-            && s.playlist_path.exists()
+        if s.playlist_path.exists()
             && let Err(e) = crate::repair::close_playlist(s)
         {
             notes.push(format!("cannot end the playlist: {e}"));

@@ -67,6 +67,52 @@ pub struct Config {
     /// Overload escalation and drain.
     #[serde(default)]
     pub overload: OverloadConfig,
+    /// The live event stream (`GET /v1/events`).
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Events POSTed to receivers.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events kept for clients that reconnect with `Last-Event-ID` (1-100000).
+    #[serde(default = "default_events_buffer")]
+    pub buffer: usize,
+    /// A comment is sent on a quiet stream this often, so proxies keep it open.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_ms: u64,
+    /// `node_updated` is sent when the node's state changed, at most this often.
+    #[serde(default = "default_node_interval")]
+    pub node_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Receivers (`http://host[:port]/path`) each event is POSTed to; empty = no webhooks.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Key of the `x-egress-signature` HMAC-SHA256; required (16+ bytes) when `urls` is set.
+    #[serde(default)]
+    pub signing_key: String,
+    /// Which events are sent: egress_started, egress_updated, egress_ended, node_updated.
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// One delivery attempt may take this long (connect and answer).
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// The wait after a failed attempt; doubled after each further failure...
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// ...up to this.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// Most events queued per receiver; beyond, the oldest are dropped (and counted as failures).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -115,6 +161,11 @@ pub struct SourcesConfig {
     /// URI schemes a source may use; `file` only when listed here.
     #[serde(default = "default_schemes")]
     pub allowed_schemes: Vec<String>,
+    /// Hosts a `web` egress may record: `*` for any, `*.example.com` for a domain and its
+    /// subdomains. Empty (the default): web egress is off, so the service cannot be pointed at
+    /// internal addresses until an operator says which pages it records.
+    #[serde(default)]
+    pub allowed_web_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -446,6 +497,33 @@ fn default_sustain() -> u32 {
 fn default_kill_grace() -> f64 {
     30.0
 }
+fn default_events_buffer() -> usize {
+    1000
+}
+fn default_keepalive() -> u64 {
+    15_000
+}
+fn default_node_interval() -> u64 {
+    1000
+}
+fn default_webhook_events() -> Vec<String> {
+    ["egress_started", "egress_updated", "egress_ended"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_webhook_timeout() -> u64 {
+    5000
+}
+fn default_backoff_initial() -> u64 {
+    500
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_max_queue() -> usize {
+    100_000
+}
 
 macro_rules! default_from_serde {
     ($($t:ty),*) => {$(
@@ -467,7 +545,9 @@ default_from_serde!(
     CpuCostConfig,
     AffinityConfig,
     FleetConfig,
-    OverloadConfig
+    OverloadConfig,
+    EventsConfig,
+    WebhooksConfig
 );
 
 impl From<&PipelineConfig> for crate::model::PipelineOptions {
@@ -564,7 +644,10 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("sources.allowed_schemes")
-            .with_list_parse_key("server.allowed_origins");
+            .with_list_parse_key("sources.allowed_web_hosts")
+            .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("webhooks.urls")
+            .with_list_parse_key("webhooks.events");
         if let Some(e) = env {
             envsrc = envsrc.source(Some(e));
         }
@@ -840,6 +923,67 @@ impl Config {
                 "must be >= 0 (0 = wait forever)",
             ));
         }
+        self.validate_events()
+    }
+
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let e = &self.events;
+        if !(1..=100_000).contains(&e.buffer) {
+            return Err(invalid("events.buffer", "must be in [1, 100000]"));
+        }
+        if !(100..=600_000).contains(&e.keepalive_ms) {
+            return Err(invalid("events.keepalive_ms", "must be in [100, 600000]"));
+        }
+        if !(100..=60_000).contains(&e.node_interval_ms) {
+            return Err(invalid(
+                "events.node_interval_ms",
+                "must be in [100, 60000]",
+            ));
+        }
+        let w = &self.webhooks;
+        for u in &w.urls {
+            if let Err(why) = check_webhook_url(u) {
+                return Err(invalid("webhooks.urls", format!("'{u}': {why}")));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = w.urls.iter().find(|u| !seen.insert(u.as_str())) {
+            return Err(invalid("webhooks.urls", format!("'{dup}' is listed twice")));
+        }
+        if !w.urls.is_empty() && w.signing_key.len() < 16 {
+            return Err(invalid(
+                "webhooks.signing_key",
+                "must be at least 16 bytes when webhooks.urls is set (receivers check each body's HMAC with it)",
+            ));
+        }
+        for k in &w.events {
+            if crate::events::EventKind::parse(k).is_none() {
+                return Err(invalid(
+                    "webhooks.events",
+                    format!(
+                        "unknown event '{k}': expected egress_started, egress_updated, egress_ended or node_updated"
+                    ),
+                ));
+            }
+        }
+        if !(100..=120_000).contains(&w.timeout_ms) {
+            return Err(invalid("webhooks.timeout_ms", "must be in [100, 120000]"));
+        }
+        if !(10..=600_000).contains(&w.backoff_initial_ms) {
+            return Err(invalid(
+                "webhooks.backoff_initial_ms",
+                "must be in [10, 600000]",
+            ));
+        }
+        if !(w.backoff_initial_ms..=3_600_000).contains(&w.backoff_max_ms) {
+            return Err(invalid(
+                "webhooks.backoff_max_ms",
+                "must be in [webhooks.backoff_initial_ms, 3600000]",
+            ));
+        }
+        if !(1..=10_000_000).contains(&w.max_queue) {
+            return Err(invalid("webhooks.max_queue", "must be in [1, 10000000]"));
+        }
         Ok(())
     }
 
@@ -858,6 +1002,27 @@ impl Config {
             .map(|a| a.ip().is_loopback())
             .unwrap_or(false)
     }
+}
+
+/// A receiver the webhook client can reach: `http://host[:port][/path]` (this build's HTTP
+/// client speaks no TLS: an https receiver goes behind a TLS-originating proxy).
+fn check_webhook_url(u: &str) -> Result<(), &'static str> {
+    if u.starts_with("https://") {
+        return Err(
+            "https is not supported by this build: use http:// (e.g. through a local TLS-originating proxy)",
+        );
+    }
+    let rest = u.strip_prefix("http://").ok_or("must start with http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("must name a host (and no user:password@)");
+    }
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters");
+    }
+    u.parse::<actix_web::http::Uri>()
+        .map(|_| ())
+        .map_err(|_| "is not a valid URL")
 }
 
 /// `http(s)://host[:port]` exactly as a browser sends it in `Origin` (no path, no trailing `/`).
@@ -1089,6 +1254,52 @@ mod tests {
         assert!(k.contains("lisen"), "{k}");
         let k = key_of(load_yaml("cpu: { capacity: lots }", &[]).unwrap_err());
         assert!(k.contains("capacity"), "{k}");
+    }
+
+    #[test]
+    fn events_and_webhook_keys_are_checked_naming_the_key() {
+        for (yaml, key) in [
+            ("events: { buffer: 0 }", "events.buffer"),
+            ("events: { keepalive_ms: 1 }", "events.keepalive_ms"),
+            (
+                "webhooks: { urls: [\"https://a/x\"], signing_key: \"0123456789abcdef\" }",
+                "webhooks.urls",
+            ),
+            (
+                "webhooks: { urls: [\"ftp://a\"], signing_key: \"0123456789abcdef\" }",
+                "webhooks.urls",
+            ),
+            (
+                "webhooks: { urls: [\"http://u:p@a/x\"], signing_key: \"0123456789abcdef\" }",
+                "webhooks.urls",
+            ),
+            (
+                "webhooks: { urls: [\"http://a/x\"] }",
+                "webhooks.signing_key",
+            ),
+            ("webhooks: { events: [egress_exploded] }", "webhooks.events"),
+            (
+                "webhooks: { backoff_initial_ms: 5000, backoff_max_ms: 1000 }",
+                "webhooks.backoff_max_ms",
+            ),
+        ] {
+            assert_eq!(key_of(load_yaml(yaml, &[]).unwrap_err()), key, "{yaml}");
+        }
+        let ok = load_yaml(
+            "",
+            &[
+                (
+                    "EGRESS__WEBHOOKS__URLS",
+                    "http://127.0.0.1:9/a,http://h.example/b?x=1",
+                ),
+                ("EGRESS__WEBHOOKS__SIGNING_KEY", "0123456789abcdef"),
+                ("EGRESS__WEBHOOKS__EVENTS", "egress_ended,node_updated"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(ok.webhooks.urls.len(), 2);
+        assert_eq!(ok.webhooks.events, ["egress_ended", "node_updated"]);
+        assert_eq!(Config::default().events.buffer, 1000);
     }
 
     #[test]

@@ -87,13 +87,14 @@ impl Playlist {
                 pending = v.split(',').next().and_then(|d| d.parse().ok());
             } else if line == "#EXT-X-ENDLIST" {
                 p.ended = true;
-            } else if !line.is_empty() && !line.starts_with('#') {
-                if let Some(d) = pending.take() {
-                    p.segments.push(Segment {
-                        uri: line.to_string(),
-                        duration_s: d,
-                    });
-                }
+            } else if !line.is_empty()
+                && !line.starts_with('#')
+                && let Some(d) = pending.take()
+            {
+                p.segments.push(Segment {
+                    uri: line.to_string(),
+                    duration_s: d,
+                });
             }
         }
         p

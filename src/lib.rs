@@ -22,6 +22,9 @@
 //! - `outputs`: output files confined to `storage.output_dir`, created before a handler starts.
 //! - `api/`: the HTTP admin API, one file per resource; routes parse, call the node, render.
 //! - `fleet/`: Redis coordination between nodes.
+//! - `events/`: the live event hub (every record and node state change), its SSE streams and
+//!   the webhook senders with their durable queue.
+//! - `dashboard/`: the one-page dashboard's static HTML, CSS and JS (built in, served at `/`).
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
@@ -36,7 +39,9 @@ pub mod calibrate;
 pub mod cli;
 pub mod closing;
 pub mod config;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod handler;
 pub mod hls;

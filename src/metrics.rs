@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -70,6 +70,13 @@ pub struct Metrics {
     pub fleet_fits: IntGaugeVec,
     /// Stream URLs given up on after `pipeline.stream_retry_s` of failures, by egress type.
     pub stream_failures_total: IntCounterVec,
+    /// Webhook events delivered (a 2xx answer), by event.
+    pub webhook_deliveries_total: IntCounterVec,
+    /// Failed webhook attempts, by reason: connect, timeout, send, status_4xx, status_5xx,
+    /// status_other, queue_write, dropped (queue over webhooks.max_queue).
+    pub webhook_failures_total: IntCounterVec,
+    /// Webhook events waiting for delivery, every receiver together.
+    pub webhook_queue_depth: IntGauge,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -86,6 +93,11 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::new(name, help).expect("valid metric");
@@ -255,6 +267,23 @@ impl Metrics {
                 "egress_stream_failures_total",
                 "Stream URLs marked failed after retrying for pipeline.stream_retry_s",
                 &["type"],
+            ),
+            webhook_deliveries_total: counter_vec(
+                &r,
+                "egress_webhook_deliveries_total",
+                "Webhook events delivered (2xx), by event",
+                &["event"],
+            ),
+            webhook_failures_total: counter_vec(
+                &r,
+                "egress_webhook_failures_total",
+                "Failed webhook attempts by reason (connect, timeout, send, status_4xx, status_5xx, status_other, queue_write, dropped)",
+                &["reason"],
+            ),
+            webhook_queue_depth: int_gauge(
+                &r,
+                "egress_webhook_queue_depth",
+                "Webhook events waiting for delivery",
             ),
             registry: r,
         }

@@ -41,8 +41,7 @@ pub enum EgressType {
     Participant,
     /// 1..16 sources composited into a grid with their audio mixed.
     RoomComposite,
-    /// A web page recording. Known to admission (cost, limits) for LiveKit-compatible config, but
-    /// this engine has no browser pipeline: requests of this type are refused with 400.
+    /// A web page rendered headless (WPE WebKit), with its audio when the element gives it.
     Web,
 }
 
@@ -150,13 +149,19 @@ pub struct EgressRequest {
     /// One of the egress types, as a string (kept raw so an unknown type gets its own error).
     #[serde(rename = "type")]
     #[schema(
-        pattern = "^(track|track_composite|participant|room_composite)$",
+        pattern = "^(track|track_composite|participant|room_composite|web)$",
         example = "track"
     )]
     pub egress_type: String,
-    /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms.
-    #[schema(min_items = 1, max_items = 16)]
+    /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms;
+    /// none for `web` (it records `url`).
+    #[serde(default)]
+    #[schema(max_items = 16)]
     pub sources: Vec<SourceRequest>,
+    /// `web`: the page to record (`http(s)://`, its host in `sources.allowed_web_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096, example = "https://example.com/room")]
+    pub url: Option<String>,
     /// One output (the form older clients send): `{"file": {"filename": "a.mp4"}}`. Give this or
     /// `outputs`, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,9 +174,9 @@ pub struct EgressRequest {
     /// Video encoding overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoRequest>,
-    /// Audio encoding overrides.
+    /// Audio: encoding overrides, or `false` to record no audio (`true`: the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audio: Option<AudioRequest>,
+    pub audio: Option<AudioField>,
     /// Stop the egress after this many seconds with status `limit_reached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 604800)]
@@ -214,6 +219,26 @@ pub struct VideoRequest {
     #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 100, maximum = 50000)]
     pub bitrate_kbps: Option<u32>,
+}
+
+/// `"audio": true|false` or `"audio": {"codec", "bitrate_kbps"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AudioField {
+    Enabled(bool),
+    Settings(AudioRequest),
+}
+
+impl AudioField {
+    fn settings(&self) -> AudioRequest {
+        match self {
+            AudioField::Settings(a) => a.clone(),
+            AudioField::Enabled(_) => AudioRequest::default(),
+        }
+    }
+    fn enabled(&self) -> bool {
+        !matches!(self, AudioField::Enabled(false))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -266,6 +291,8 @@ pub enum Source {
     },
     /// Anything GStreamer can open by URI.
     Uri { uri: String },
+    /// A web page rendered by WPE WebKit (`wpesrc`) at the egress's video size.
+    Web { url: String, audio: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,12 +307,14 @@ impl Source {
     pub fn has_video(&self) -> Option<bool> {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Audio),
+            Source::Web { .. } => Some(true),
             Source::Uri { .. } => None,
         }
     }
     pub fn has_audio(&self) -> Option<bool> {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Video),
+            Source::Web { audio, .. } => Some(*audio),
             Source::Uri { .. } => None,
         }
     }
@@ -331,6 +360,9 @@ pub struct VideoSettings {
 pub struct AudioSettings {
     pub codec: AudioCodec,
     pub bitrate_kbps: u32,
+    /// False when the request said `"audio": false`: no audio is recorded.
+    #[serde(default = "yes")]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -518,6 +550,8 @@ pub struct ValidationContext<'a> {
     pub output_dir: &'a Path,
     pub state_dir: &'a Path,
     pub allowed_schemes: &'a [String],
+    /// `sources.allowed_web_hosts`: hosts a `web` egress may record (`*` all, `*.example.com`).
+    pub allowed_web_hosts: &'a [String],
 }
 
 const MAX_ROOM_SOURCES: usize = 16;
@@ -531,21 +565,38 @@ impl EgressRequest {
     ) -> Result<EgressSpec, RequestError> {
         let egress_type = EgressType::parse(&self.egress_type).ok_or_else(|| {
             RequestError::UnknownType(format!(
-                "unknown type '{}': expected one of track, track_composite, participant, room_composite",
+                "unknown type '{}': expected one of track, track_composite, participant, room_composite, web",
                 self.egress_type
             ))
         })?;
-        if egress_type == EgressType::Web {
-            return Err(RequestError::Unsupported(
-                "type 'web' needs a browser pipeline, which this node does not have".into(),
-            ));
-        }
-        let sources = self
-            .sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| parse_source(&s.uri, ctx.allowed_schemes, &format!("sources[{i}].uri")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let audio_on = self.audio.as_ref().is_none_or(AudioField::enabled);
+        let sources = if egress_type == EgressType::Web {
+            if !self.sources.is_empty() {
+                return Err(RequestError::invalid(
+                    "sources",
+                    "a web egress records its url and takes no sources",
+                ));
+            }
+            let url = self
+                .url
+                .as_deref()
+                .ok_or_else(|| RequestError::invalid("url", "a web egress needs the page's url"))?;
+            vec![parse_web_url(url, ctx.allowed_web_hosts, audio_on)?]
+        } else {
+            if self.url.is_some() {
+                return Err(RequestError::invalid(
+                    "url",
+                    "only a web egress takes a url; other types take sources",
+                ));
+            }
+            self.sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    parse_source(&s.uri, ctx.allowed_schemes, &format!("sources[{i}].uri"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
         check_source_count(egress_type, &sources)?;
 
         let v = self.video.clone().unwrap_or_default();
@@ -586,9 +637,18 @@ impl EgressRequest {
             ctx.output_dir,
             &values,
             (video.width, video.height),
-        )?;
+        )
+        .map_err(|e| match self.output {
+            // Errors name the field as the client wrote it.
+            Some(_) => e.reprefixed("outputs[0]", "output"),
+            None => e,
+        })?;
         let container = outputs.file.as_ref().map(|f| f.container);
-        let a = self.audio.clone().unwrap_or_default();
+        let a = self
+            .audio
+            .as_ref()
+            .map(AudioField::settings)
+            .unwrap_or_default();
         let default_codec = match container {
             Some(Container::Webm | Container::Ogg) => AudioCodec::Opus,
             _ => AudioCodec::Aac,
@@ -613,6 +673,7 @@ impl EgressRequest {
         let audio = AudioSettings {
             codec,
             bitrate_kbps: ranged("audio.bitrate_kbps", a.bitrate_kbps.unwrap_or(128), 8, 512)?,
+            enabled: audio_on,
         };
         if let Some(d) = self.max_duration_s
             && !(d.is_finite() && d > 0.0 && d <= 7.0 * 86400.0)
@@ -662,7 +723,7 @@ fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestEr
         EgressType::Track | EgressType::Participant => n == 1,
         EgressType::TrackComposite => n == 2 || n == 1,
         EgressType::RoomComposite => (1..=MAX_ROOM_SOURCES).contains(&n),
-        EgressType::Web => false,
+        EgressType::Web => n == 1,
     };
     if !ok {
         let want = match t {
@@ -700,6 +761,62 @@ fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestEr
         ));
     }
     Ok(())
+}
+
+/// Checks a web egress's URL: http or https, its host allowed by `sources.allowed_web_hosts`
+/// (empty: web egress is off; `*`: any host; `*.example.com`: that domain and its subdomains).
+/// The allow-list keeps the service from being pointed at internal addresses.
+pub fn parse_web_url(url: &str, allowed: &[String], audio: bool) -> Result<Source, RequestError> {
+    let field = "url";
+    if url.len() > 4096 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RequestError::invalid(field, "not a valid URL"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(RequestError::invalid(
+            field,
+            format!("'{url}' is not a URL"),
+        ));
+    };
+    if !["http", "https"].contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(RequestError::invalid(
+            field,
+            format!("a web egress records http:// or https:// pages, not {scheme}://"),
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    }
+    .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(RequestError::invalid(field, format!("'{url}' has no host")));
+    }
+    if allowed.is_empty() {
+        return Err(RequestError::invalid(
+            field,
+            "web egress is off on this node: list the hosts it may record in sources.allowed_web_hosts",
+        ));
+    }
+    let ok = allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        a == "*"
+            || a == host
+            || a.strip_prefix("*.")
+                .is_some_and(|d| host == d || host.ends_with(&format!(".{d}")))
+    });
+    if !ok {
+        return Err(RequestError::invalid(
+            field,
+            format!("host '{host}' is not in sources.allowed_web_hosts"),
+        ));
+    }
+    Ok(Source::Web {
+        url: url.to_string(),
+        audio,
+    })
 }
 
 /// Parses and checks a source URI against the scheme allow-list.
@@ -928,6 +1045,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
             sources: vec![SourceRequest {
                 uri: "test://video".into(),
             }],
+            url: None,
             output: Some(OutputRequest::File(FileOutputRequest {
                 filename: Some("a.mp4".into()),
             })),
@@ -966,6 +1084,7 @@ mod tests {
                 .iter()
                 .map(|u| SourceRequest { uri: u.to_string() })
                 .collect(),
+            url: None,
             output: Some(OutputRequest::File(FileOutputRequest {
                 filename: Some(filename.into()),
             })),
@@ -983,6 +1102,7 @@ mod tests {
             output_dir: Path::new("/rec"),
             state_dir: Path::new("/state"),
             allowed_schemes: &schemes,
+            allowed_web_hosts: &[],
         };
         r.validate("EG_abcdefghijkl", &ctx)
     }
@@ -1006,7 +1126,7 @@ mod tests {
     fn rejects_escaping_paths_and_bad_extensions() {
         for f in ["../x.mp4", "/etc/x.mp4", "a/../../x.mp4", "x.avi", "", "x"] {
             let e = validate(&req("track", &["test://video"], f)).unwrap_err();
-            assert_eq!(e.field(), Some("outputs[0].file.filename"), "{f}");
+            assert_eq!(e.field(), Some("output.file.filename"), "{f}");
         }
     }
 
@@ -1062,10 +1182,10 @@ mod tests {
     #[test]
     fn aac_not_in_webm() {
         let mut r = req("participant", &["test://av"], "x.webm");
-        r.audio = Some(AudioRequest {
+        r.audio = Some(AudioField::Settings(AudioRequest {
             codec: Some("aac".into()),
             bitrate_kbps: None,
-        });
+        }));
         assert_eq!(validate(&r).unwrap_err().field(), Some("audio.codec"));
     }
 

@@ -140,6 +140,7 @@ impl Node {
             output_dir: &self.inner.output_dir,
             state_dir: &cfg.storage.state_dir,
             allowed_schemes: &cfg.sources.allowed_schemes,
+            allowed_web_hosts: &cfg.sources.allowed_web_hosts,
         };
         req.validate(egress_id, &ctx)
     }

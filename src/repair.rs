@@ -198,6 +198,9 @@ pub fn close_playlist(s: &SegmentsOutput) -> Result<(), String> {
     write_playlists(s, &p).map_err(|e| e.to_string())
 }
 
+/// (first pts, last end) in ns of the video and the audio of a file.
+type Spans = [Option<(u64, u64)>; 2];
+
 /// Seconds of video (else audio) an MPEG-TS file holds, from its packets' timestamps; a file
 /// cut short by a kill counts up to its last whole packet.
 pub fn ts_span(path: &Path, timeout: Duration) -> Option<f64> {
@@ -212,7 +215,7 @@ pub fn ts_span(path: &Path, timeout: Duration) -> Option<f64> {
     p.add_many([&src, &demux]).ok()?;
     src.link(&demux).ok()?;
     // (video, audio) spans: (first pts, last end).
-    let spans: Arc<Mutex<[Option<(u64, u64)>; 2]>> = Arc::default();
+    let spans: Arc<Mutex<Spans>> = Arc::default();
     let weak = p.downgrade();
     let sp = spans.clone();
     demux.connect_pad_added(move |_, pad| {

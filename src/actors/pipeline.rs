@@ -633,9 +633,9 @@ impl Handler<HandlerExited> for Pipeline {
         self.info.handler_pid = None;
         let mut info = self.info.clone();
         let outputs = self.outputs.clone();
-        let (finalized, media) = (self.finalized && msg.0.code == Some(0), self.media);
+        let media = self.media;
         let done = actix_web::rt::task::spawn_blocking(move || {
-            let notes = crate::closing::close(&mut info, &outputs, finalized, media);
+            let notes = crate::closing::close(&mut info, &outputs, media);
             (info, notes)
         });
         ctx.wait(actix::fut::wrap_future(done).map(

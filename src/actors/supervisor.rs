@@ -22,6 +22,7 @@ use crate::actors::pipeline::{
 };
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
 use crate::rules::costs::CostClass;
@@ -49,6 +50,8 @@ pub struct Supervisor {
     pricer: Option<Pricer>,
     /// The cost class of each running egress.
     classes: HashMap<String, CostClass>,
+    /// Every record change becomes a live event (SSE, webhooks, the fleet's relay).
+    events: Option<Events>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
@@ -82,6 +85,7 @@ impl Supervisor {
             costs: None,
             pricer: None,
             classes: HashMap::new(),
+            events: None,
             loaded,
             waiters: HashMap::new(),
             log,
@@ -112,6 +116,12 @@ impl Supervisor {
             (Some(p), Some(class)) => p.price(class, info.cpu_cost),
             _ => info.cpu_cost,
         }
+    }
+
+    /// Tell `events` of every record change (see `events::Events::egress_changed`).
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
+        self
     }
 
     fn count(info: &EgressInfo, delta: i64) {
@@ -176,6 +186,9 @@ impl Supervisor {
         }
         if let Some(m) = &self.mirror {
             let _ = m.send(info.clone());
+        }
+        if let Some(ev) = &self.events {
+            ev.egress_changed(old.as_ref(), &info);
         }
         self.egresses.insert(info.egress_id.clone(), info);
     }
@@ -242,12 +255,11 @@ async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf)
         }
     }
     // Outputs a killed handler left unfinished are made whole, then read back.
-    let finalized = info.status == EgressStatus::Complete;
     let media = info.status != EgressStatus::Aborted;
     let outputs = crate::closing::Outputs::from_info(&info, &output_root);
     let mut closed = info.clone();
     match actix_web::rt::task::spawn_blocking(move || {
-        crate::closing::close(&mut closed, &outputs, finalized, media);
+        crate::closing::close(&mut closed, &outputs, media);
         closed
     })
     .await
@@ -341,7 +353,7 @@ impl Supervisor {
                 let o = crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path);
                 actix_web::rt::task::spawn_blocking(move || {
                     let mut gone = setup.info;
-                    crate::closing::close(&mut gone, &o, true, false);
+                    crate::closing::close(&mut gone, &o, false);
                 });
                 return Err(ApiError::Internal(format!(
                     "cannot launch the handler process: {e}"

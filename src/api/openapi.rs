@@ -273,6 +273,24 @@ mod ops {
         ))]
     fn fleet_nodes() {}
 
+    #[utoipa::path(get, path = "/v1/events", tag = "events",
+        summary = "Live events (Server-Sent Events): egress_started, egress_updated, egress_ended, node_updated",
+        description = "A `text/event-stream` that does not end (unless `max_events` is given): every change of an egress record (`data`: the EgressInfo) and of a node's state (`node_updated`, `data`: the NodeState; at most once per events.node_interval_ms), of this node or, in a fleet, of every node. Each event has an `id`; a client that reconnects with the `Last-Event-ID` header first gets what it missed from the last events.buffer events; an id older than that (or unknown) gets what the buffer has after an `events_lost` event. A comment is sent every events.keepalive_ms.",
+        params(
+            ("max_events" = Option<u32>, Query, minimum = 1, maximum = 1000000, description = "end the stream after this many events"),
+            ("Last-Event-ID" = Option<String>, Header, description = "the id of the last event the client has"),
+        ),
+        responses(
+            (status = 200, description = "the stream", body = String, content_type = "text/event-stream"),
+            (status = 400, description = "bad_query", body = ErrorBody),
+        ))]
+    fn events() {}
+
+    #[utoipa::path(get, path = "/", tag = "meta",
+        summary = "The dashboard (one HTML page; it asks for the API token when one is set)",
+        responses((status = 200, description = "the page", body = String, content_type = "text/html")))]
+    fn dashboard() {}
+
     #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
         summary = "This document",
         responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
@@ -302,9 +320,9 @@ mod ops {
     ),
     paths(
         ops::start_egress, ops::list_egresses, ops::get_egress, ops::stop_egress,
-        ops::kill_egress, ops::egress_streams, ops::node_state, ops::drain, ops::affinity_score, ops::affinity_claim,
-        ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::openapi_json,
-        ops::node_costs, ops::fleet_capacity,
+        ops::kill_egress, ops::egress_streams, ops::node_state, ops::drain, ops::affinity_score,
+        ops::affinity_claim, ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::events,
+        ops::dashboard, ops::openapi_json, ops::node_costs, ops::fleet_capacity,
         ops::healthz, ops::readyz, ops::metrics
     ),
     components(schemas(
@@ -334,7 +352,7 @@ impl Modify for BearerAuth {
 }
 
 /// Paths anyone may read without the token (as `api::guard` lets them through).
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
+use super::guard::OPEN_PATHS;
 
 fn error_response(description: &str) -> Value {
     json!({"description": description,

@@ -9,6 +9,7 @@
 //!   {p}costs:version         moves on at every change of {p}costs
 //!   {p}capacity              the fleet's capacity figures (JSON), by whichever node holds
 //!   {p}capacity:lock         ...this lock for the current refresh
+//!   {p}events                pub/sub channel of every node's live events
 //! ```
 
 /// The key names of one fleet.
@@ -82,5 +83,10 @@ impl Keys {
 
     pub fn reserved(&self, node_id: &str) -> String {
         format!("{}reserved:{node_id}", self.prefix)
+    }
+
+    /// The pub/sub channel every node publishes its live events on (`fleet/events.rs`).
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
     }
 }

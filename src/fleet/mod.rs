@@ -15,6 +15,7 @@
 //! - `costs`: the fleet's learned cost table (`egress:costs`), shared by every node.
 //! - `capacity`: `GET /v1/fleet/capacity`: budget, free cores, what fits, desired nodes and
 //!   which nodes to drain (autoscaling signals).
+//! - `events`: every node's live events relayed through Redis pub/sub (`{p}events`).
 //!
 //! Coordination is Redis plus each node's own admin API: no gossip, no consensus. Every decision
 //! that must be atomic is one Redis command or one Lua script (taking an egress id, writing a
@@ -32,6 +33,7 @@ pub mod capacity;
 pub mod client;
 pub mod connection;
 pub mod costs;
+pub mod events;
 pub mod keys;
 pub mod placement;
 pub mod records;

@@ -144,8 +144,8 @@ pub(crate) fn emit(ev: &HandlerEvent) {
 }
 
 /// Builds and runs the pipeline until it is finalized; every error is reported to the service
-/// once, here. Without media the outputs are deleted; after an error with media they are made
-/// whole (`repair`). Returns the outcome and whether media reached the outputs.
+/// once, here. Without media the outputs are deleted (the service makes the rest whole:
+/// `closing`). Returns the outcome and whether media reached the outputs.
 fn record(
     spec: &EgressSpec,
     options: &PipelineOptions,
@@ -165,15 +165,10 @@ fn record(
                 }
             }
         }
-    } else {
-        if outcome.is_ok() {
-            // Finalized: the service stops counting the EOS timeout; the remux below may take
-            // a while for a long recording.
-            emit(&HandlerEvent::Eos);
-        }
-        // After EOS the hybrid MP4 becomes a normal one; after an error, whatever is left is
-        // made whole.
-        repair_outputs(spec, log);
+    } else if outcome.is_ok() {
+        // Finalized. The hybrid MP4 becomes a normal one in the service (`closing`), not here:
+        // this process may hold elements that never reached Null (wpesrc).
+        emit(&HandlerEvent::Eos);
     }
     (outcome.inspect_err(fail), media)
 }
@@ -199,23 +194,6 @@ fn outputs_to_remove(spec: &EgressSpec) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// The MP4 remuxed from fragmented to progressive; a playlist left open (after an error) ended.
-fn repair_outputs(spec: &EgressSpec, log: &Logger) {
-    if let Some(f) = &spec.outputs.file
-        && let Some(r) = crate::repair::mp4_if_needed(&f.path)
-    {
-        match r {
-            Ok(()) => info!(log, "MP4 remuxed to progressive"; "path" => f.path.display()),
-            Err(e) => warn!(log, "MP4 repair failed; the fragmented file stays"; "error" => e),
-        }
-    }
-    if let Some(s) = &spec.outputs.segments
-        && let Err(e) = crate::repair::close_playlist(s)
-    {
-        warn!(log, "cannot end the playlist"; "error" => e);
-    }
-}
-
 fn run_pipeline(
     spec: &EgressSpec,
     options: &PipelineOptions,
@@ -234,7 +212,20 @@ fn run_pipeline(
     *media = rec.media();
     rec.shutdown();
     // Null closes the sinks; a hybrid MP4 without EOS is repaired by the caller or the service.
-    let _ = rec.pipeline().set_state(gst::State::Null);
+    // Bounded: some elements (wpesrc) can hang going to Null, and after EOS everything is
+    // written already.
+    let pipeline = rec.pipeline().clone();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = pipeline.set_state(gst::State::Null);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+        warn!(
+            log,
+            "the pipeline did not reach Null within 10 s; going on without it"
+        );
+    }
     // The fd outlives the pipeline that writes to it.
     drop(rec);
     drop(file);

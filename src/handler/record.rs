@@ -22,6 +22,7 @@ mod images;
 mod live;
 mod segments;
 mod streams;
+mod web;
 
 use live::disconnect;
 use segments::Segments;
@@ -114,6 +115,9 @@ impl UriSource {
     }
 }
 
+/// Stream URLs to add (index, URL) and indices to remove.
+type StreamChange = (Vec<(usize, String)>, Vec<usize>);
+
 pub struct Recording<'a> {
     spec: &'a EgressSpec,
     opts: &'a PipelineOptions,
@@ -131,7 +135,9 @@ pub struct Recording<'a> {
     segments: Option<Segments>,
     outs: Option<Streams>,
     /// Stream changes asked for before the graph existed.
-    stream_changes: Vec<(Vec<(usize, String)>, Vec<usize>)>,
+    stream_changes: Vec<StreamChange>,
+    /// A web source's page has loaded (its frames flow from then on); None without one.
+    web_loaded: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Recording<'a> {
@@ -159,6 +165,11 @@ impl<'a> Recording<'a> {
             segments: None,
             outs: None,
             stream_changes: Vec::new(),
+            web_loaded: spec
+                .sources
+                .iter()
+                .any(|s| matches!(s, Source::Web { .. }))
+                .then(Arc::default),
         };
         for (i, s) in spec.sources.iter().enumerate() {
             if let Source::Uri { uri } = s {
@@ -239,6 +250,13 @@ impl<'a> Recording<'a> {
             .pipeline
             .bus()
             .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
+        for s in &self.spec.sources {
+            if let Source::Web { url, .. } = s {
+                crate::pipeline::source_web::preflight(url, Duration::from_secs(5))?;
+            }
+        }
+        // The page's load time counts from here, after its answer.
+        let load_since = Instant::now();
         if self.sources.is_empty() {
             self.build_graph()?;
         }
@@ -273,6 +291,20 @@ impl<'a> Recording<'a> {
                 return Err(PipelineError::Build(
                     "no EOS within 60 s of the stop".into(),
                 ));
+            }
+            if let Some(loaded) = &self.web_loaded
+                && !loaded.load(Ordering::Relaxed)
+                && self.stopping.is_none()
+                && load_since.elapsed() > start_timeout
+            {
+                return Err(PipelineError::Bus {
+                    element: String::new(),
+                    message: format!(
+                        "the page did not finish loading within {} s",
+                        self.opts.start_timeout_s
+                    ),
+                    debug: String::new(),
+                });
             }
             if self.entries.is_none() {
                 if self.sources.iter().all(UriSource::complete) {
@@ -343,6 +375,13 @@ impl<'a> Recording<'a> {
                         }
                     }
                     _ => {}
+                }
+            }
+            V::Element(_) if web::is_loaded(msg) => {
+                if let Some(loaded) = &self.web_loaded
+                    && !loaded.swap(true, Ordering::Relaxed)
+                {
+                    info!(self.log, "page loaded"; "after_ms" => self.epoch.elapsed().as_millis() as u64);
                 }
             }
             V::Element(e) => {
@@ -488,6 +527,9 @@ impl<'a> Recording<'a> {
         for (i, s) in self.spec.sources.iter().enumerate() {
             streams.push(match s {
                 Source::Test { media, .. } => SourceStreams::of_test(*media),
+                Source::Web { audio, .. } => {
+                    SourceStreams::of_web(*audio && self.spec.audio.enabled)
+                }
                 Source::Uri { uri } => {
                     let src = self.sources.iter().find(|s| s.index == i);
                     let names: Vec<String> = src
@@ -519,6 +561,13 @@ impl<'a> Recording<'a> {
             });
         info!(self.log, "graph decided"; "launch" => launch);
         let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
+        if let Some(loaded) = &self.web_loaded {
+            for (i, s) in self.spec.sources.iter().enumerate() {
+                if matches!(s, Source::Web { .. }) {
+                    web::attach(&self.pipeline, i, loaded.clone())?;
+                }
+            }
+        }
         self.attach_outputs();
         self.watch_output(&desc)?;
         // Downstream first, so nothing pushes into an element that is not playing yet.
@@ -662,12 +711,27 @@ impl<'a> Recording<'a> {
             }
         }
         for (i, s) in self.spec.sources.iter().enumerate() {
-            if matches!(s, Source::Test { .. }) {
-                for kind in ["video", "audio"] {
-                    if let Some(e) = self.pipeline.by_name(&format!("src{i}_{kind}")) {
-                        e.send_event(gst::event::Eos::new());
+            match s {
+                Source::Test { .. } => {
+                    for kind in ["video", "audio"] {
+                        if let Some(e) = self.pipeline.by_name(&format!("src{i}_{kind}")) {
+                            e.send_event(gst::event::Eos::new());
+                        }
                     }
                 }
+                // A page never ends: EOS goes in right after it, into the raw chains.
+                Source::Web { .. } => {
+                    for head in ["video_queue", "audio_queue"] {
+                        if let Some(p) = self
+                            .pipeline
+                            .by_name(head)
+                            .and_then(|e| e.static_pad("sink"))
+                        {
+                            p.send_event(gst::event::Eos::new());
+                        }
+                    }
+                }
+                Source::Uri { .. } => {}
             }
         }
     }

@@ -630,7 +630,7 @@ pub fn resolve(
     Ok(spec)
 }
 
-fn m3u8<'a>(name: &'a str, field: &str) -> Result<PathBuf, RequestError> {
+fn m3u8(name: &str, field: &str) -> Result<PathBuf, RequestError> {
     let rel = relative(name, field)?;
     if !name.to_ascii_lowercase().ends_with(".m3u8") {
         return Err(RequestError::invalid(

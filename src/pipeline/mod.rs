@@ -26,6 +26,7 @@ pub mod output_stream;
 pub mod plan;
 pub mod source_test;
 pub mod source_uri;
+pub mod source_web;
 
 use crate::model::{EgressSpec, PipelineOptions, Source};
 
@@ -41,6 +42,7 @@ pub fn launch_line(spec: &EgressSpec, opts: &PipelineOptions) -> String {
         .map(|s| match s {
             Source::Test { media, .. } => SourceStreams::of_test(*media),
             Source::Uri { .. } => SourceStreams::AV_RAW,
+            Source::Web { audio, .. } => SourceStreams::of_web(*audio),
         })
         .collect();
     describe(spec, opts, &streams).launch()

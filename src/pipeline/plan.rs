@@ -20,6 +20,7 @@ use super::encode::{AudioCodecKind, VideoCodec};
 use super::graph::{Desc, Node, StreamKind};
 use super::{
     compose, encode, output_file, output_images, output_segments, output_stream, source_test,
+    source_web,
 };
 use crate::model::{
     AudioCodec, EgressSpec, EgressType, OutputsSpec, PipelineOptions, Source, TestMedia,
@@ -46,6 +47,14 @@ impl SourceStreams {
         SourceStreams {
             video: (media != TestMedia::Audio).then_some(StreamKind::RawVideo),
             audio: (media != TestMedia::Video).then_some(StreamKind::RawAudio),
+        }
+    }
+
+    /// What a web page gives: video, and audio (live silence at least) when asked for.
+    pub fn of_web(audio: bool) -> SourceStreams {
+        SourceStreams {
+            video: Some(StreamKind::RawVideo),
+            audio: audio.then_some(StreamKind::RawAudio),
         }
     }
 
@@ -112,6 +121,9 @@ pub fn video_codecs(o: &OutputsSpec) -> Vec<VideoCodec> {
 /// The audio codecs the outputs need: the file's (`audio.codec`), and AAC for HLS and streams.
 pub fn audio_codecs(spec: &EgressSpec) -> Vec<AudioCodecKind> {
     let mut a = Vec::new();
+    if !spec.audio.enabled {
+        return a;
+    }
     if spec.outputs.file.is_some() {
         a.push(match spec.audio.codec {
             AudioCodec::Aac => AudioCodecKind::Aac,
@@ -195,9 +207,15 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     let (video_from, audio_from) = used(spec, streams);
     let video_head = |i: usize| {
         source_test::video_head(&spec.sources[i], i)
+            .or_else(|| source_web::video_head(spec, &spec.sources[i], i))
             .unwrap_or_else(|| entry(i, streams[i].video.unwrap_or(StreamKind::RawVideo)))
     };
-    let audio_head = |i: usize| {
+    let mut beds = Vec::new();
+    let mut audio_head = |i: usize| {
+        if let Some((head, bed)) = source_web::audio_head(&spec.sources[i], i) {
+            beds.push(bed);
+            return head;
+        }
         source_test::audio_head(&spec.sources[i], i)
             .unwrap_or_else(|| entry(i, streams[i].audio.unwrap_or(StreamKind::RawAudio)))
     };
@@ -231,6 +249,9 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
             });
             d.push(chain);
         }
+    }
+    for bed in beds {
+        d.push(bed);
     }
     // One encoder per codec the outputs need.
     if has_video && !video_copied {
@@ -277,6 +298,7 @@ mod tests {
             output_dir: dir,
             state_dir: dir,
             allowed_schemes: &schemes,
+            allowed_web_hosts: &[],
         };
         req.validate("EG_test", &ctx).unwrap()
     }
