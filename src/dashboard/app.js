@@ -308,7 +308,12 @@ async function end(id, action) {
 $('#start-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const sources = $('#sources').value.split('\n').map((s) => s.trim()).filter(Boolean).map((uri) => ({ uri }));
-  const body = { type: $('#type').value, sources, output: { file: { filename: $('#filename').value.trim() } } };
+  const type = $('#type').value;
+  const output = { file: { filename: $('#filename').value.trim() } };
+  // A web egress records a page: its URL instead of sources.
+  const body = type === 'web'
+    ? { type, url: (sources[0] || {}).uri || '', output }
+    : { type, sources, output };
   const cpu = $('#estimated-cpu').value.trim();
   if (cpu !== '') body.estimated_cpu = Number(cpu);
   const btn = $('#start-btn');
