@@ -390,6 +390,30 @@ pub fn ffmpeg_decodes(path: &Path) {
     );
 }
 
+/// Decodes the whole file with ffmpeg; panics on any decode error, allowing only ffmpeg's own
+/// null muxer refusing equal timestamps (frames a sender delivered in one burst, stamped at
+/// arrival, fall in one tick of its frame-rate clock: each still decodes).
+pub fn ffmpeg_decodes_burst(path: &Path) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg must be installed (scripts/setup)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let other: Vec<&str> = err
+        .lines()
+        .filter(|l| {
+            !l.contains("non monotonically increasing dts to muxer") && !l.trim().is_empty()
+        })
+        .collect();
+    assert!(
+        out.status.success() && other.is_empty(),
+        "ffmpeg cannot decode {} cleanly: {err}",
+        path.display()
+    );
+}
+
 /// The first frame of the `v` or `a` stream: (pts in seconds, key frame).
 pub fn first_frame(path: &Path, stream: &str) -> (f64, bool) {
     let out = Command::new("ffprobe")
