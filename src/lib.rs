@@ -16,6 +16,8 @@
 //! - `outputs`: output files confined to `storage.output_dir`, created before a handler starts.
 //! - `api/`: the HTTP admin API, one file per resource; routes parse, call the node, render.
 //! - `fleet/`: Redis coordination between nodes.
+//! - `delivery/`: uploads to object storage (durable queue, retries, backup), disk admission,
+//!   "Disk full" stops and retention: the rules; the actors are `Delivery` and `DiskMonitor`.
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
@@ -24,6 +26,7 @@
 pub mod actors;
 pub mod api;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod fleet;
 pub mod handler;

@@ -85,6 +85,15 @@ struct Inner {
     affinity: Addr<AffinityScorer>,
     /// To the control loop (drain).
     control: mpsc::UnboundedSender<Control>,
+    /// Uploads and disk safety (None only where a test builds a node without them).
+    delivery: Option<Delivery>,
+}
+
+/// The delivery actors: uploads, and the disk's admission, stops and retention.
+#[derive(Clone)]
+pub struct Delivery {
+    pub uploads: Addr<crate::actors::delivery::Delivery>,
+    pub disk: Addr<crate::actors::disk_monitor::DiskMonitor>,
 }
 
 /// The actors a node is made of (see `service::serve`).
@@ -93,6 +102,7 @@ pub struct Parts {
     pub admission: Addr<Admission>,
     pub affinity: Addr<AffinityScorer>,
     pub control: mpsc::UnboundedSender<Control>,
+    pub delivery: Option<Delivery>,
 }
 
 impl Node {
@@ -106,6 +116,7 @@ impl Node {
                 admission: parts.admission,
                 affinity: parts.affinity,
                 control: parts.control,
+                delivery: parts.delivery,
             }),
         }
     }
@@ -155,6 +166,33 @@ impl Node {
         let id = egress_id.unwrap_or_else(new_egress_id);
         let spec = self.validate(&req, &id)?;
         let cfg = &self.inner.cfg;
+        if let Some(d) = &self.inner.delivery {
+            let disk = d
+                .disk
+                .send(crate::actors::disk_monitor::CheckDisk)
+                .await
+                .map_err(ApiError::from_mailbox)?;
+            if let Err(e) = disk {
+                crate::metrics::METRICS
+                    .admissions_total
+                    .with_label_values(&[spec.egress_type.as_str(), e.reason()])
+                    .inc();
+                return Err(ApiError::NoCapacity(e));
+            }
+        }
+        // The request's own target (credentials included) goes to the uploads; the record
+        // shows it with its secrets redacted.
+        let link = self
+            .inner
+            .delivery
+            .as_ref()
+            .map(|d| crate::actors::delivery::DeliveryLink {
+                delivery: d.uploads.clone(),
+                disk: d.disk.clone(),
+                target: req.upload.clone().or_else(|| cfg.storage.upload.clone()),
+            });
+        let mut shown = req.clone();
+        shown.upload = shown.upload.map(|u| u.redacted());
         let cost = req
             .estimated_cpu
             .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
@@ -168,11 +206,12 @@ impl Node {
             ended_at: None,
             end_reason: None,
             error: None,
-            request: req.clone(),
+            request: shown,
             files: Vec::new(),
             handler_pid: None,
             cpu_cost: cost,
             placement: placement.map(str::to_string),
+            deleted_at: None,
         };
         let setup = PipelineSetup {
             info,
@@ -183,6 +222,7 @@ impl Node {
             eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
             start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),
             max_duration: req.max_duration_s.map(Duration::from_secs_f64),
+            delivery: link,
         };
         self.inner
             .supervisor
@@ -252,13 +292,22 @@ impl Node {
         self.inner.supervisor.send(CountRunning).await.unwrap_or(0)
     }
 
-    /// Capacity, load and per-type counts (`GET /v1/node`).
+    /// Capacity, load, per-type counts and disk (`GET /v1/node`).
     pub async fn state(&self) -> Result<NodeState, ApiError> {
-        self.inner
+        let mut s = self
+            .inner
             .admission
             .send(GetNodeState)
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(ApiError::from_mailbox)?;
+        if let Some(d) = &self.inner.delivery {
+            s.disk = d
+                .disk
+                .send(crate::actors::disk_monitor::GetDiskState)
+                .await
+                .ok();
+        }
+        Ok(s)
     }
 
     /// Takes nothing new from now on (Admission refuses before this returns, so the caller's

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
+use crate::actors::delivery::{Delivery, DeliveryConfig};
+use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
 use crate::actors::pipeline::{KillReason, StopReason};
 use crate::actors::supervisor::{EndAll, Supervisor};
 use crate::api::AppState;
@@ -138,6 +140,27 @@ async fn serve(
             .map_err(ServiceError::Fleet)?;
         (Some(f), Some(tx))
     };
+    // Uploads run on an arbiter of their own (kept alive until the service exits); the queue a
+    // previous run left resumes at once.
+    let journal =
+        crate::delivery::journal::Journal::open(&cfg.storage.state_dir).map_err(|source| {
+            ServiceError::Storage {
+                path: cfg.storage.state_dir.join("uploads").display().to_string(),
+                source,
+            }
+        })?;
+    let (uploads, _upload_arbiter) = Delivery::new(
+        DeliveryConfig::from_config(&cfg),
+        journal,
+        log.new(slog::o!("actor" => "delivery")),
+    )
+    .start_on_own_thread();
+    let disk = DiskMonitor::new(
+        &cfg,
+        output_dir.clone(),
+        log.new(slog::o!("actor" => "disk_monitor")),
+    )
+    .start();
     let supervisor = Supervisor::new(
         store,
         records,
@@ -148,7 +171,12 @@ async fn serve(
         log.new(slog::o!("actor" => "supervisor")),
     )
     .with_mirror(mirror)
+    .with_delivery(Some(uploads.clone()))
     .start();
+    disk.do_send(ConnectDisk {
+        supervisor: supervisor.clone(),
+        delivery: uploads.clone(),
+    });
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
 
@@ -162,6 +190,7 @@ async fn serve(
             admission: admission.clone(),
             affinity,
             control: control_tx.clone(),
+            delivery: Some(crate::node::Delivery { uploads, disk }),
         },
     );
     let state = web::Data::new(AppState {

@@ -37,6 +37,8 @@ pub enum StopReason {
     Shutdown,
     /// Drain timeout elapsed.
     DrainTimeout,
+    /// Free disk under the output directory fell below `storage.stop_free_bytes`.
+    DiskFull,
 }
 
 impl StopReason {
@@ -47,6 +49,7 @@ impl StopReason {
             StopReason::CpuLimit => (EgressStatus::Complete, reason::CPU_LIMIT),
             StopReason::Shutdown => (EgressStatus::Complete, reason::SERVICE_STOPPED),
             StopReason::DrainTimeout => (EgressStatus::Complete, reason::DRAIN_TIMEOUT),
+            StopReason::DiskFull => (EgressStatus::Complete, reason::DISK_FULL),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct PipelineSetup {
     pub eos_timeout: Duration,
     pub start_timeout: Duration,
     pub max_duration: Option<Duration>,
+    /// Uploads and disk measurement (None in a node without them, e.g. unit tests).
+    pub delivery: Option<crate::actors::delivery::DeliveryLink>,
 }
 
 pub struct Pipeline {
@@ -101,6 +106,9 @@ pub struct Pipeline {
     finalized: bool,
     /// Whether media reached the output (the handler says so as it exits; no media, no file).
     media: bool,
+    /// The handler has exited (uploads may still run): nothing left to stop or kill.
+    exited: bool,
+    delivery: Option<crate::actors::delivery::DeliveryLink>,
     log: Logger,
 }
 
@@ -158,6 +166,8 @@ impl Pipeline {
             source_lost: false,
             finalized: false,
             media: true,
+            exited: false,
+            delivery: setup.delivery,
             log,
         };
         Pipeline::create(move |ctx| {
@@ -182,6 +192,9 @@ impl Pipeline {
     }
 
     fn kill(&mut self, why: KillReason) {
+        if self.exited {
+            return;
+        }
         if self.kill_reason.is_none() {
             self.kill_reason = Some(why);
         }
@@ -190,7 +203,7 @@ impl Pipeline {
     }
 
     fn stop(&mut self, why: StopReason, ctx: &mut Context<Self>) {
-        if self.stop_reason.is_some() || self.info.status.is_final() {
+        if self.stop_reason.is_some() || self.info.status.is_final() || self.exited {
             return;
         }
         self.stop_reason = Some(why);
@@ -337,6 +350,13 @@ impl Actor for Pipeline {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
+        if let Some(d) = &self.delivery {
+            d.disk.do_send(crate::actors::disk_monitor::WatchOutput {
+                egress_id: self.info.egress_id.clone(),
+                paths: vec![self.file.1.clone()],
+                stop: ctx.address().recipient(),
+            });
+        }
         // The handler fails a source that shows nothing within `start_timeout` itself, with the
         // reason; this kill is for a handler that cannot even do that.
         ctx.run_later(self.start_timeout + START_GRACE, |act, _| {
@@ -464,6 +484,12 @@ impl Handler<HandlerExited> for Pipeline {
     type Result = ();
     fn handle(&mut self, msg: HandlerExited, ctx: &mut Context<Self>) {
         self.commands = None;
+        self.exited = true;
+        if let Some(d) = &self.delivery {
+            d.disk.do_send(crate::actors::disk_monitor::UnwatchOutput {
+                egress_id: self.info.egress_id.clone(),
+            });
+        }
         let (status, end_reason, error) = self.outcome(&msg.0);
         info!(self.log, "handler exited"; "code" => msg.0.code, "signal" => msg.0.signal,
               "status" => status.as_str(), "end_reason" => &end_reason);
@@ -477,8 +503,23 @@ impl Handler<HandlerExited> for Pipeline {
                 act.info.error = error;
                 act.info.ended_at = Some(now_ms());
                 act.info.handler_pid = None;
-                act.report();
-                ctx.stop();
+                // With an upload target the egress stays `ending` until its uploads are done.
+                let report = act.supervisor.clone().recipient();
+                match crate::actors::delivery::finish(act.delivery.as_ref(), &act.info, report) {
+                    None => {
+                        act.report();
+                        ctx.stop();
+                    }
+                    Some(uploads) => {
+                        ctx.wait(actix::fut::wrap_future(uploads).map(
+                            |info, act: &mut Pipeline, ctx: &mut Context<Self>| {
+                                act.info = info;
+                                act.report();
+                                ctx.stop();
+                            },
+                        ));
+                    }
+                }
             },
         ));
     }
@@ -498,5 +539,6 @@ pub fn describe_file(filename: &str, path: &std::path::Path) -> Vec<FileInfo> {
         location: path.display().to_string(),
         size_bytes: meta.len(),
         duration_s,
+        upload: None,
     }]
 }

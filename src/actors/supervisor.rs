@@ -44,6 +44,8 @@ pub struct Supervisor {
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
     waiters: HashMap<String, Vec<oneshot::Sender<EgressInfo>>>,
+    /// Uploads: a record a previous run left `ending` may still have uploads in its queue.
+    delivery: Option<Addr<crate::actors::delivery::Delivery>>,
     log: Logger,
 }
 
@@ -72,8 +74,15 @@ impl Supervisor {
             mirror: None,
             loaded,
             waiters: HashMap::new(),
+            delivery: None,
             log,
         }
+    }
+
+    /// Uploads: settle records whose uploads a previous run left queued through `delivery`.
+    pub fn with_delivery(mut self, d: Option<Addr<crate::actors::delivery::Delivery>>) -> Self {
+        self.delivery = d;
+        self
     }
 
     /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
@@ -160,7 +169,21 @@ impl Supervisor {
             }
             info!(self.log, "settling an egress left by a previous run"; "egress_id" => &info.egress_id);
             let store = self.store.clone();
-            let fut = async move { settle_orphan(info, store).await };
+            let resume = self.delivery.clone().map(|d| {
+                d.send(crate::actors::delivery::ResumeEgress {
+                    egress_id: info.egress_id.clone(),
+                    report: Some(ctx.address().recipient()),
+                })
+            });
+            let fut = async move {
+                // Its handler was done and its uploads were running: they finish it.
+                if let Some(r) = resume
+                    && let Ok(Some(done)) = r.await
+                {
+                    return done;
+                }
+                settle_orphan(info, store).await
+            };
             ctx.spawn(actix::fut::wrap_future(fut).map(|info, act: &mut Self, _| act.put(info)));
         }
     }
@@ -315,6 +338,7 @@ impl Supervisor {
             location: setup.spec.file.path.display().to_string(),
             size_bytes: 0,
             duration_s: None,
+            upload: None,
         }];
         let info = setup.info.clone();
         self.put(info.clone());
@@ -455,6 +479,32 @@ impl Handler<ListEgresses> for Supervisor {
                 .then(a.egress_id.cmp(&b.egress_id))
         });
         v
+    }
+}
+
+/// Retention deleted an ended egress's local outputs: its record keeps `deleted_at` (the one
+/// change a final record takes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkDeleted {
+    pub egress_id: String,
+    pub at_ms: u64,
+}
+
+impl Handler<MarkDeleted> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: MarkDeleted, _: &mut Context<Self>) {
+        let Some(info) = self.egresses.get_mut(&msg.egress_id) else {
+            return;
+        };
+        if !info.status.is_final() || info.deleted_at.is_some() {
+            return;
+        }
+        info.deleted_at = Some(msg.at_ms);
+        self.store.save_later(info);
+        if let Some(m) = &self.mirror {
+            let _ = m.send(info.clone());
+        }
     }
 }
 
