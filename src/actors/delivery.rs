@@ -151,7 +151,7 @@ impl Delivery {
         egress_id: &str,
         kind: UploadKind,
         local_path: PathBuf,
-        key: String,
+        name: String,
         target: UploadTarget,
     ) -> std::io::Result<String> {
         self.next += 1;
@@ -160,7 +160,7 @@ impl Delivery {
             egress_id: egress_id.to_string(),
             kind,
             local_path,
-            key,
+            name,
             target,
             multipart: None,
             queued_at_ms: now_ms(),
@@ -237,6 +237,8 @@ impl Delivery {
         let Some(report) = &f.report else { return };
         let mut shown = f.info.clone();
         shown.status = EgressStatus::Ending;
+        // It has not ended while its uploads run.
+        shown.ended_at = None;
         self.apply(&mut shown, false);
         report.do_send(UpdateEgress(shown));
     }
@@ -300,6 +302,8 @@ impl Delivery {
         };
         let mut info = f.info;
         self.apply(&mut info, true);
+        // It ends now: `ended_at` is when the status became final.
+        info.ended_at = Some(now_ms());
         self.outcomes.remove(egress_id);
         if let Err(e) = self.journal.remove_finish(egress_id) {
             warn!(self.log, "cannot remove a finish record"; "egress_id" => egress_id, "error" => %e);
@@ -333,12 +337,14 @@ impl Job {
         // A previous run died with a multipart upload open: abort it, then upload whole again.
         if let Some((on_backup, upload_id)) = entry.multipart.take() {
             let store = if on_backup {
-                self.backup.as_ref().and_then(|(c, _)| c.as_ref().ok())
+                self.backup
+                    .as_ref()
+                    .and_then(|(c, t)| c.as_ref().ok().map(|c| (c, t)))
             } else {
-                self.primary.as_ref().ok()
+                self.primary.as_ref().ok().map(|c| (c, &entry.target))
             };
-            if let Some(s) = store {
-                match abort_stale(s, &entry.key, &upload_id).await {
+            if let Some((s, t)) = store {
+                match abort_stale(s, &t.key_for(&entry.name), &upload_id).await {
                     Ok(()) => info!(self.log, "aborted a multipart upload left by a previous run";
                                     "entry" => &entry.id),
                     Err(e) => {
@@ -416,6 +422,7 @@ impl Job {
         on_backup: bool,
     ) -> Result<String, String> {
         let store = client.as_ref().map_err(|e| e.message.clone())?;
+        let key = target.key_for(&entry.name);
         let deadline = Instant::now() + self.cfg.retry;
         let mut n = 0u32;
         loop {
@@ -428,18 +435,10 @@ impl Job {
                     let _ = tokio::task::spawn_blocking(move || journal.put(&e)).await;
                 }
             };
-            match upload_file(
-                store,
-                &entry.local_path,
-                &entry.key,
-                self.cfg.shape,
-                on_open,
-            )
-            .await
-            {
+            match upload_file(store, &entry.local_path, &key, self.cfg.shape, on_open).await {
                 Ok(bytes) => {
                     METRICS.upload_bytes_total.inc_by(bytes);
-                    return Ok(target.location(&entry.key));
+                    return Ok(target.location(&key));
                 }
                 Err(e) => {
                     let wait = backoff(n);
@@ -499,8 +498,8 @@ impl Actor for Delivery {
 
 /// Queue one output of a running egress for upload as soon as it is written (a closed segment,
 /// the playlist after it, an image, the manifest). `key` is the output's name relative to the
-/// output directory (the target's prefix is added). Returns the location the object will have,
-/// or None when the egress has no upload target (nothing is queued).
+/// output directory (the target's prefix is added). Returns the location the object will have
+/// on the primary target, or None when the egress has no upload target (nothing is queued).
 #[derive(Message)]
 #[rtype(result = "Option<String>")]
 pub struct Enqueue {
@@ -516,9 +515,8 @@ impl Handler<Enqueue> for Delivery {
     type Result = Option<String>;
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Option<String> {
         let target = msg.target.or_else(|| self.cfg.default_target.clone())?;
-        let key = target.key_for(&msg.key);
-        let location = target.location(&key);
-        if let Err(e) = self.queue(&msg.egress_id, msg.kind, msg.local_path, key, target) {
+        let location = target.location(&target.key_for(&msg.key));
+        if let Err(e) = self.queue(&msg.egress_id, msg.kind, msg.local_path, msg.key, target) {
             // Without its journal entry an upload could be lost to a crash; say so loudly, but
             // still upload it now.
             warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &msg.egress_id, "error" => %e);
@@ -552,8 +550,8 @@ impl Handler<FinishEgress> for Delivery {
                 if f.size_bytes == 0 || !path.is_file() {
                     continue;
                 }
-                let key = t.key_for(&f.filename);
-                if let Err(e) = self.queue(&id, UploadKind::File, path, key, t.clone()) {
+                let name = f.filename.clone();
+                if let Err(e) = self.queue(&id, UploadKind::File, path, name, t.clone()) {
                     warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &id, "error" => %e);
                 }
             }

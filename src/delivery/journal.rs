@@ -43,8 +43,8 @@ pub struct Entry {
     pub kind: UploadKind,
     /// The local copy.
     pub local_path: PathBuf,
-    /// The object key (prefix included).
-    pub key: String,
+    /// The output's name relative to the output directory; each target adds its prefix.
+    pub name: String,
     /// Where it goes first.
     pub target: UploadTarget,
     /// The multipart upload open at the last write of this entry: `(backup?, upload id)`.
@@ -164,7 +164,7 @@ mod tests {
             egress_id: "EG_abcdefghijkl".into(),
             kind: UploadKind::File,
             local_path: "/rec/a.mp4".into(),
-            key: "a.mp4".into(),
+            name: "a.mp4".into(),
             target,
             multipart: Some((false, "upload-1".into())),
             queued_at_ms: 5,
