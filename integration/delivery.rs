@@ -372,11 +372,8 @@ fn a_tiny_disk_refuses_new_egresses_and_stops_the_fastest_writer_with_a_decodabl
     // Below min_free_bytes: refused, reason disk, nothing left behind.
     let filler = fill_until(&dirs.output(), 30 * mib);
     let body = request("track", &["test://video?pattern=snow"], "refused.mkv");
-    let (s, v) = wait_for(Duration::from_secs(5), "a disk refusal", || {
-        let (s, v) = svc.post("/v1/egress", &body);
-        (s == 503).then_some((s, v))
-    });
-    assert_eq!(s, 503);
+    let (s, v) = svc.post("/v1/egress", &body);
+    assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "no_capacity", "{v}");
     assert_eq!(v["error"]["reason"], "disk", "{v}");
     assert!(!dirs.output().join("refused.mkv").exists());
@@ -403,18 +400,34 @@ fn a_tiny_disk_refuses_new_egresses_and_stops_the_fastest_writer_with_a_decodabl
     });
     assert!(node["disk"]["free_bytes"].as_u64().unwrap() > 0, "{node}");
     // ...and the disk fills until free space is under stop_free_bytes: the fastest writer is
-    // stopped gracefully, the slow one goes on.
-    let _filler = fill_until(&dirs.output(), 24 * mib);
+    // stopped gracefully first, its file finalized.
+    let filler = fill_until(&dirs.output(), 24 * mib);
     let done = svc.wait_status(&fast_id, &["complete", "failed"], Duration::from_secs(60));
     assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
     assert_eq!(done["end_reason"], "Disk full", "{done}");
     assert!(decoded(&dirs.output().join("fast.mkv")).video_frames > 10);
-    assert_eq!(svc.egress(&slow_id)["status"], "active");
+    // The disk stays under the line, so the next writer goes too, after the first ended.
+    let slow = svc.wait_status(&slow_id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(slow["status"], "complete", "{slow}");
+    assert_eq!(slow["end_reason"], "Disk full", "{slow}");
+    assert!(
+        slow["ended_at"].as_u64() > done["ended_at"].as_u64(),
+        "{slow}\n{done}"
+    );
+    assert!(decoded(&dirs.output().join("slow.mkv")).video_frames > 5);
+    // The service stays healthy, and takes work again once there is room.
     let (s, _) = svc.get("/healthz");
     assert_eq!(s, 200);
-    svc.post(&format!("/v1/egress/{slow_id}/stop"), &json!({}));
-    let slow = svc.wait_status(&slow_id, &["complete", "failed"], Duration::from_secs(30));
-    assert_eq!(slow["status"], "complete", "{slow}");
+    std::fs::remove_file(&filler).unwrap();
+    let again = svc.start_egress(&request(
+        "track",
+        &["test://video?pattern=ball"],
+        "again.mkv",
+    ));
+    svc.wait_active(&again);
+    svc.post(&format!("/v1/egress/{again}/stop"), &json!({}));
+    let v = svc.wait_status(&again, &["complete", "failed"], Duration::from_secs(30));
+    assert_eq!(v["status"], "complete", "{v}");
 }
 
 #[test]

@@ -167,9 +167,16 @@ impl Node {
         let spec = self.validate(&req, &id)?;
         let cfg = &self.inner.cfg;
         if let Some(d) = &self.inner.delivery {
+            // Free space now, not at the last sample: a disk filled a moment ago refuses.
+            let dir = self.inner.output_dir.clone();
+            let free_bytes =
+                actix_web::rt::task::spawn_blocking(move || crate::store::free_bytes(&dir).ok())
+                    .await
+                    .ok()
+                    .flatten();
             let disk = d
                 .disk
-                .send(crate::actors::disk_monitor::CheckDisk)
+                .send(crate::actors::disk_monitor::CheckDisk { free_bytes })
                 .await
                 .map_err(ApiError::from_mailbox)?;
             if let Err(e) = disk {

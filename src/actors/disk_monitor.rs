@@ -300,18 +300,20 @@ impl Handler<UnwatchOutput> for DiskMonitor {
     }
 }
 
-/// Admission's disk check for a new egress: Ok, or `AdmissionError::Disk` (503 `no_capacity`,
-/// `reason: disk`).
+/// Admission's disk check for a new egress, with the free bytes the caller just read (off
+/// this thread; None = use the last sample): Ok, or `AdmissionError::Disk` (503
+/// `no_capacity`, `reason: disk`).
 #[derive(Message)]
 #[rtype(result = "Result<(), AdmissionError>")]
-pub struct CheckDisk;
+pub struct CheckDisk {
+    pub free_bytes: Option<u64>,
+}
 
 impl Handler<CheckDisk> for DiskMonitor {
     type Result = Result<(), AdmissionError>;
-    fn handle(&mut self, _: CheckDisk, _: &mut Context<Self>) -> Self::Result {
-        // The last sample (at most a tick old): the disk is read off this thread. Before the
-        // first sample nothing is known to be short.
-        let Some(free) = self.free else {
+    fn handle(&mut self, msg: CheckDisk, _: &mut Context<Self>) -> Self::Result {
+        // Before any reading nothing is known to be short.
+        let Some(free) = msg.free_bytes.or(self.free) else {
             return Ok(());
         };
         let reserved = self.reserved();
