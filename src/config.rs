@@ -112,6 +112,10 @@ pub struct StorageConfig {
     /// `upload` overrides it; unset = outputs stay local.
     #[serde(default)]
     pub upload: Option<crate::delivery::target::UploadTarget>,
+    /// Whether a request may name its own target (`upload`); false = such a request is a 400,
+    /// so callers cannot make this node connect to endpoints of their choosing.
+    #[serde(default = "yes")]
+    pub request_upload: bool,
     /// Second target, used when an upload still fails after `upload_retry_s`.
     #[serde(default)]
     pub backup: Option<crate::delivery::target::UploadTarget>,
@@ -321,6 +325,9 @@ fn default_output_dir() -> PathBuf {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("./state")
+}
+fn yes() -> bool {
+    true
 }
 fn default_upload_retry() -> f64 {
     300.0

@@ -166,6 +166,13 @@ impl Node {
         let id = egress_id.unwrap_or_else(new_egress_id);
         let spec = self.validate(&req, &id)?;
         let cfg = &self.inner.cfg;
+        if req.upload.is_some() && !cfg.storage.request_upload {
+            return Err(RequestError::invalid(
+                "upload",
+                "this node takes no upload target in requests (storage.request_upload is false)",
+            )
+            .into());
+        }
         if let Some(d) = &self.inner.delivery {
             // Free space now, not at the last sample: a disk filled a moment ago refuses.
             let dir = self.inner.output_dir.clone();

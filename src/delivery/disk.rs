@@ -70,11 +70,7 @@ pub fn admit(free: u64, min_free: u64, reserved: u64) -> Result<(), u64> {
 
 /// The egress to stop when free space is below `stop_free`: the one writing fastest (ties: the
 /// one with the most bytes, then the id, so the choice is stable). None above the line.
-pub fn victim<'a>(
-    free: u64,
-    stop_free: u64,
-    rates: &'a HashMap<String, (f64, u64)>,
-) -> Option<&'a str> {
+pub fn victim(free: u64, stop_free: u64, rates: &HashMap<String, (f64, u64)>) -> Option<&str> {
     if free >= stop_free {
         return None;
     }

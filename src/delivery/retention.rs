@@ -37,12 +37,12 @@ pub fn parse_duration(s: &str) -> Result<Option<f64>, String> {
 
 /// Ended egresses whose outputs are older than `after_s`, not deleted yet, and not still
 /// queued for upload (`queued(egress_id)`).
-pub fn due<'a>(
-    records: &'a [EgressInfo],
+pub fn due(
+    records: &[EgressInfo],
     now_ms: u64,
     after_s: f64,
     queued: impl Fn(&str) -> bool,
-) -> Vec<&'a EgressInfo> {
+) -> Vec<&EgressInfo> {
     let after_ms = (after_s * 1000.0) as u64;
     records
         .iter()

@@ -31,15 +31,15 @@ pub enum UploadTarget {
 #[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Target {
-    #[schema(min_length = 1, max_length = 255, example = "recordings")]
+    #[schema(pattern = "^[a-z0-9._-]{3,255}$", example = "recordings")]
     pub bucket: String,
     /// Default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 64)]
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     pub region: Option<String>,
     /// `http(s)://host[:port]` of an S3-compatible store; default: AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024)]
+    #[schema(max_length = 1024, pattern = "^https?://[^@\\s]+$")]
     pub endpoint: Option<String>,
     /// Prepended to every key, e.g. `rooms/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,7 +62,7 @@ pub struct S3Target {
 #[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GcsTarget {
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(pattern = "^[a-z0-9._-]{3,222}$")]
     pub bucket: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 512)]
@@ -85,14 +85,14 @@ pub struct AzureTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 256)]
     pub account_key: Option<String>,
-    #[schema(min_length = 1, max_length = 63)]
+    #[schema(pattern = "^[a-z0-9._-]{3,63}$")]
     pub container_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 512)]
     pub prefix: Option<String>,
     /// `http(s)://host[:port]` of an emulator (Azurite) or a private endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024)]
+    #[schema(max_length = 1024, pattern = "^https?://[^@\\s]+$")]
     pub endpoint: Option<String>,
 }
 
