@@ -302,6 +302,7 @@ impl Delivery {
         };
         let mut info = f.info;
         self.apply(&mut info, true);
+        let _ = self.journal.remove_target(egress_id);
         // It ends now: `ended_at` is when the status became final.
         info.ended_at = Some(now_ms());
         self.outcomes.remove(egress_id);
@@ -543,7 +544,10 @@ impl Handler<FinishEgress> for Delivery {
     fn handle(&mut self, msg: FinishEgress, ctx: &mut Context<Self>) -> Self::Result {
         let info = msg.info;
         let id = info.egress_id.clone();
-        let target = msg.target.or_else(|| self.cfg.default_target.clone());
+        let target = msg
+            .target
+            .or_else(|| self.journal.target(&id))
+            .or_else(|| self.cfg.default_target.clone());
         if let Some(t) = &target {
             for f in &info.files {
                 let path = PathBuf::from(&f.location);
@@ -558,6 +562,7 @@ impl Handler<FinishEgress> for Delivery {
         }
         let pending = self.entries.values().any(|t| t.entry.egress_id == id);
         if !pending && !self.outcomes.contains_key(&id) {
+            let _ = self.journal.remove_target(&id);
             return Box::pin(std::future::ready(info));
         }
         if let Err(e) = self.journal.put_finish(&info) {
@@ -605,6 +610,24 @@ impl Handler<ResumeEgress> for Delivery {
     }
 }
 
+/// An egress with an upload target started recording: its target is kept in the journal until
+/// it is delivered, so a service that dies meanwhile still uploads its file on the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HoldTarget {
+    pub egress_id: String,
+    pub target: UploadTarget,
+}
+
+impl Handler<HoldTarget> for Delivery {
+    type Result = ();
+    fn handle(&mut self, msg: HoldTarget, _: &mut Context<Self>) {
+        if let Err(e) = self.journal.put_target(&msg.egress_id, &msg.target) {
+            warn!(self.log, "cannot keep the upload target"; "egress_id" => &msg.egress_id, "error" => %e);
+        }
+    }
+}
+
 /// Egresses with uploads still queued or running (retention leaves their outputs alone).
 #[derive(Message)]
 #[rtype(result = "Vec<String>")]
@@ -632,6 +655,38 @@ pub struct DeliveryLink {
     pub delivery: Addr<Delivery>,
     pub disk: Addr<crate::actors::disk_monitor::DiskMonitor>,
     pub target: Option<UploadTarget>,
+}
+
+/// For the Pipeline actor as its handler starts: measure its output (disk safety) and keep its
+/// upload target in the journal.
+pub fn started(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    output: &Path,
+    stop: Recipient<crate::actors::pipeline::StopPipeline>,
+) {
+    let Some(link) = link else { return };
+    link.disk.do_send(crate::actors::disk_monitor::WatchOutput {
+        egress_id: egress_id.to_string(),
+        paths: vec![output.to_path_buf()],
+        stop,
+    });
+    if let Some(t) = &link.target {
+        link.delivery.do_send(HoldTarget {
+            egress_id: egress_id.to_string(),
+            target: t.clone(),
+        });
+    }
+}
+
+/// For the Pipeline actor as its handler exits: its output no longer grows.
+pub fn exited(link: Option<&DeliveryLink>, egress_id: &str) {
+    if let Some(link) = link {
+        link.disk
+            .do_send(crate::actors::disk_monitor::UnwatchOutput {
+                egress_id: egress_id.to_string(),
+            });
+    }
 }
 
 /// For the Pipeline actor once its handler exited and `info` holds the final record: None when

@@ -350,13 +350,13 @@ impl Actor for Pipeline {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
-        if let Some(d) = &self.delivery {
-            d.disk.do_send(crate::actors::disk_monitor::WatchOutput {
-                egress_id: self.info.egress_id.clone(),
-                paths: vec![self.file.1.clone()],
-                stop: ctx.address().recipient(),
-            });
-        }
+        let stop = ctx.address().recipient();
+        crate::actors::delivery::started(
+            self.delivery.as_ref(),
+            &self.info.egress_id,
+            &self.file.1,
+            stop,
+        );
         // The handler fails a source that shows nothing within `start_timeout` itself, with the
         // reason; this kill is for a handler that cannot even do that.
         ctx.run_later(self.start_timeout + START_GRACE, |act, _| {
@@ -485,11 +485,7 @@ impl Handler<HandlerExited> for Pipeline {
     fn handle(&mut self, msg: HandlerExited, ctx: &mut Context<Self>) {
         self.commands = None;
         self.exited = true;
-        if let Some(d) = &self.delivery {
-            d.disk.do_send(crate::actors::disk_monitor::UnwatchOutput {
-                egress_id: self.info.egress_id.clone(),
-            });
-        }
+        crate::actors::delivery::exited(self.delivery.as_ref(), &self.info.egress_id);
         let (status, end_reason, error) = self.outcome(&msg.0);
         info!(self.log, "handler exited"; "code" => msg.0.code, "signal" => msg.0.signal,
               "status" => status.as_str(), "end_reason" => &end_reason);

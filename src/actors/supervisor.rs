@@ -175,6 +175,8 @@ impl Supervisor {
                     report: Some(ctx.address().recipient()),
                 })
             });
+            let delivery = self.delivery.clone();
+            let report = ctx.address().recipient();
             let fut = async move {
                 // Its handler was done and its uploads were running: they finish it.
                 if let Some(r) = resume
@@ -182,7 +184,19 @@ impl Supervisor {
                 {
                     return done;
                 }
-                settle_orphan(info, store).await
+                let settled = settle_orphan(info, store).await;
+                // A file the handler finalized on its own is uploaded like any other.
+                match delivery {
+                    Some(d) => d
+                        .send(crate::actors::delivery::FinishEgress {
+                            info: settled.clone(),
+                            target: None,
+                            report: Some(report),
+                        })
+                        .await
+                        .unwrap_or(settled),
+                    None => settled,
+                }
             };
             ctx.spawn(actix::fut::wrap_future(fut).map(|info, act: &mut Self, _| act.put(info)));
         }

@@ -8,6 +8,9 @@
 //!                        one is open, so a restart aborts it instead of leaving it to bill
 //!   EG_x.finish.json     the final record of an egress whose uploads are still running (the
 //!                        status it ends with once they are done)
+//!   EG_x.target.json     the target of an egress still recording, so a service that dies
+//!                        meanwhile uploads its file on the next start (records show the
+//!                        target redacted)
 //! ```
 //!
 //! Files are written whole (temp file, fsync, rename) with mode 0600: entries carry the target,
@@ -110,6 +113,23 @@ impl Journal {
         }
     }
 
+    /// The target of an egress that records (see the module doc).
+    pub fn put_target(&self, egress_id: &str, t: &UploadTarget) -> io::Result<()> {
+        self.write_json(&format!("{egress_id}.target.json"), t)
+    }
+
+    pub fn target(&self, egress_id: &str) -> Option<UploadTarget> {
+        let body = fs::read(self.dir.join(format!("{egress_id}.target.json"))).ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    pub fn remove_target(&self, egress_id: &str) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(format!("{egress_id}.target.json"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Every entry and finish record left (oldest entry first), plus what could not be read.
     pub fn load(&self) -> (Vec<Entry>, Vec<EgressInfo>, Vec<String>) {
         let mut entries = Vec::new();
@@ -120,7 +140,7 @@ impl Journal {
         };
         for d in rd.flatten() {
             let name = d.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || !name.ends_with(".json") {
+            if name.starts_with('.') || !name.ends_with(".json") || name.ends_with(".target.json") {
                 continue;
             }
             let body = match fs::read(d.path()) {
@@ -183,12 +203,17 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (entries, finishes, problems) = Journal::open(dir.path()).unwrap().load();
-        assert_eq!(entries, vec![e]);
+        assert_eq!(entries, vec![e.clone()]);
         assert_eq!(finishes, vec![info]);
         assert!(problems.is_empty());
         j.remove("EG_abcdefghijkl-1").unwrap();
         j.remove("EG_abcdefghijkl-1").unwrap();
         j.remove_finish("EG_abcdefghijkl").unwrap();
+        j.put_target("EG_abcdefghijkl", &e.target).unwrap();
+        assert_eq!(j.target("EG_abcdefghijkl"), Some(e.target.clone()));
+        assert!(j.load().2.is_empty(), "a held target is no queue entry");
+        j.remove_target("EG_abcdefghijkl").unwrap();
+        assert_eq!(j.target("EG_abcdefghijkl"), None);
         let (entries, finishes, _) = j.load();
         assert!(entries.is_empty() && finishes.is_empty());
     }
