@@ -475,3 +475,37 @@ fn retention_deletes_only_old_ended_outputs_and_keeps_the_records() {
     svc.post(&format!("/v1/egress/{live}/stop"), &json!({}));
     svc.wait_status(&live, &["complete"], Duration::from_secs(30));
 }
+
+#[test]
+fn a_recording_finalized_while_the_service_was_dead_is_uploaded_on_restart() {
+    let moto = Moto::start();
+    moto.create_bucket("rec");
+    let dirs = Dirs::new();
+    let mut svc = start(&dirs, "", "");
+    // The request's own target (with credentials) must survive the crash: records only show it
+    // redacted.
+    let mut body = request("track", &["test://video?pattern=ball"], "orphan.mkv");
+    body["upload"] = moto.target("rec", "o");
+    let id = svc.start_egress(&body);
+    svc.wait_active(&id);
+    std::thread::sleep(Duration::from_secs(2)); // media for the file, not sync
+    svc.signal(libc::SIGKILL);
+    svc.wait_exit(Duration::from_secs(10));
+    // The handler finalizes on its own; the next run settles the egress and uploads its file.
+    let svc = start(&dirs, "", "");
+    let done = svc.wait_status(
+        &id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    assert_eq!(done["end_reason"], "Service stopped", "{done}");
+    assert_eq!(
+        done["files"][0]["location"], "s3://rec/o/orphan.mkv",
+        "{done}"
+    );
+    assert_eq!(done["files"][0]["upload"], "done", "{done}");
+    let got = fetch_to(&moto, "rec", "o/orphan.mkv", dirs.root.path());
+    assert!(decoded(&got).video_frames > 10);
+    assert!(!svc.log().contains("test-secret-never-shown"));
+}

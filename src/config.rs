@@ -838,6 +838,14 @@ impl Config {
         Ok(())
     }
 
+    /// The config as `check-config` prints it: storage credentials redacted.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.storage.upload = c.storage.upload.map(|t| t.redacted());
+        c.storage.backup = c.storage.backup.map(|t| t.redacted());
+        c
+    }
+
     /// `storage.delete_after` in seconds; None = keep forever (validated at load).
     pub fn delete_after_s(&self) -> Option<f64> {
         crate::delivery::retention::parse_duration(&self.storage.delete_after)

@@ -47,7 +47,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(cfg) => {
-                println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+                let shown = cfg.redacted();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shown).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
