@@ -179,6 +179,17 @@ impl Delivery {
         Ok(id)
     }
 
+    /// Whether an upload of this egress's `path` is queued or settled already (`Enqueue`d).
+    fn knows(&self, egress_id: &str, path: &Path) -> bool {
+        self.entries
+            .values()
+            .any(|t| t.entry.egress_id == egress_id && t.entry.local_path == path)
+            || self
+                .outcomes
+                .get(egress_id)
+                .is_some_and(|v| v.iter().any(|o| o.local_path == path))
+    }
+
     /// Starts waiting entries while slots are free.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.active < ACTIVE_ENTRIES {
@@ -551,7 +562,7 @@ impl Handler<FinishEgress> for Delivery {
         if let Some(t) = &target {
             for f in &info.files {
                 let path = PathBuf::from(&f.location);
-                if f.size_bytes == 0 || !path.is_file() {
+                if f.size_bytes == 0 || !path.is_file() || self.knows(&id, &path) {
                     continue;
                 }
                 let name = f.filename.clone();
@@ -677,6 +688,29 @@ pub fn started(
             target: t.clone(),
         });
     }
+}
+
+/// For the Pipeline actor as its handler reports an output written while it records (a closed
+/// segment, the playlist, an image, the manifest): queue it for upload to the egress's target.
+/// Nothing happens without a target.
+pub fn enqueue(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    local_path: PathBuf,
+    key: &str,
+    kind: UploadKind,
+) {
+    let Some(link) = link else { return };
+    if link.target.is_none() {
+        return;
+    }
+    link.delivery.do_send(Enqueue {
+        egress_id: egress_id.to_string(),
+        target: link.target.clone(),
+        local_path,
+        key: key.to_string(),
+        kind,
+    });
 }
 
 /// For the Pipeline actor as its handler exits: its output no longer grows.
