@@ -154,9 +154,28 @@ impl Delivery {
         name: String,
         target: UploadTarget,
     ) -> std::io::Result<String> {
+        if kind == UploadKind::Playlist {
+            // A newer playlist replaces one of the same name that has not started: the bucket
+            // only ever needs the latest.
+            let stale: Vec<String> = self
+                .entries
+                .values()
+                .filter(|t| {
+                    t.state == UploadState::Pending
+                        && t.entry.egress_id == egress_id
+                        && t.entry.name == name
+                })
+                .map(|t| t.entry.id.clone())
+                .collect();
+            for id in stale {
+                self.entries.remove(&id);
+                self.waiting.retain(|w| *w != id);
+                let _ = self.journal.remove(&id);
+            }
+        }
         self.next += 1;
         let entry = Entry {
-            id: format!("{egress_id}-{}-{}", now_ms(), self.next),
+            id: format!("{egress_id}-{}-{:010}", now_ms(), self.next),
             egress_id: egress_id.to_string(),
             kind,
             local_path,
@@ -190,10 +209,29 @@ impl Delivery {
                 .is_some_and(|v| v.iter().any(|o| o.local_path == path))
     }
 
+    /// A playlist or manifest goes up only after every upload of its egress queued before it
+    /// has settled, so the object in the bucket never names a segment that is not there yet.
+    fn may_start(&self, id: &str) -> bool {
+        let Some(t) = self.entries.get(id) else {
+            return true;
+        };
+        if !matches!(t.entry.kind, UploadKind::Playlist | UploadKind::Manifest) {
+            return true;
+        }
+        !self.entries.values().any(|o| {
+            o.entry.egress_id == t.entry.egress_id
+                && o.entry.id != t.entry.id
+                && (o.entry.queued_at_ms, &o.entry.id) < (t.entry.queued_at_ms, &t.entry.id)
+        })
+    }
+
     /// Starts waiting entries while slots are free.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.active < ACTIVE_ENTRIES {
-            let Some(id) = self.waiting.pop_front() else {
+            let Some(pos) = self.waiting.iter().position(|id| self.may_start(id)) else {
+                return;
+            };
+            let Some(id) = self.waiting.remove(pos) else {
                 return;
             };
             let Some(t) = self.entries.get_mut(&id) else {
