@@ -74,9 +74,9 @@ fn short(s: &str) -> String {
     format!("{}...", &one_line[..end])
 }
 
-/// Uploads `local` to `key`. `on_open` is called (and awaited: it writes the journal) with the
-/// multipart upload id as soon as one is created, and with None once it is closed, so a crash
-/// in between leaves the id for the next start to abort. Returns the bytes uploaded.
+/// Uploads `local` to `key`. `on_open` is called with the multipart upload id as soon as one is
+/// created (it writes the journal, alongside the first parts), so a crash mid-upload leaves the
+/// id for the next start to abort. Returns the bytes uploaded.
 pub async fn upload_file<F, Fut>(
     store: &Connected,
     local: &Path,
@@ -105,26 +105,26 @@ where
             .create_multipart(&path)
             .await
             .map_err(AttemptError::store)?;
-        on_open(Some(id.clone())).await;
         let parts = size.div_ceil(shape.part_bytes) as usize;
-        let results: Vec<Result<object_store::multipart::PartId, AttemptError>> =
-            futures_util::stream::iter(0..parts)
-                .map(|i| {
-                    let mp = store.multipart.clone();
-                    let (path, id) = (path.clone(), id.clone());
-                    let local = local.to_path_buf();
-                    let start = i as u64 * shape.part_bytes;
-                    let len = shape.part_bytes.min(size - start);
-                    async move {
-                        let data = read_range(local, start, len).await?;
-                        mp.put_part(&path, &id, i, PutPayload::from(data))
-                            .await
-                            .map_err(AttemptError::store)
-                    }
-                })
-                .buffered(shape.concurrency.max(1))
-                .collect()
-                .await;
+        // The journal write (an fsync) runs while the first parts go up, not before them.
+        let recorded = on_open(Some(id.clone()));
+        let uploads = futures_util::stream::iter(0..parts)
+            .map(|i| {
+                let mp = store.multipart.clone();
+                let (path, id) = (path.clone(), id.clone());
+                let local = local.to_path_buf();
+                let start = i as u64 * shape.part_bytes;
+                let len = shape.part_bytes.min(size - start);
+                async move {
+                    let data = read_range(local, start, len).await?;
+                    mp.put_part(&path, &id, i, PutPayload::from(data))
+                        .await
+                        .map_err(AttemptError::store)
+                }
+            })
+            .buffered(shape.concurrency.max(1))
+            .collect::<Vec<Result<object_store::multipart::PartId, AttemptError>>>();
+        let ((), results) = futures_util::future::join(recorded, uploads).await;
         let done: Result<Vec<_>, AttemptError> = results.into_iter().collect();
         let outcome = match done {
             Ok(ids) => store
@@ -136,11 +136,11 @@ where
             Err(e) => Err(e),
         };
         if outcome.is_err() {
-            // Best effort: the store may be the thing that is down; the journal keeps the id
-            // only until the next attempt opens a new one.
+            // Best effort: the store may be the thing that is down. The journal keeps the id
+            // until the next attempt opens a new one (or the entry is removed): aborting an id
+            // that is gone already after a crash is harmless.
             let _ = store.multipart.abort_multipart(&path, &id).await;
         }
-        on_open(None).await;
         outcome?;
     }
     // The store confirmed the write; check it holds the whole file before the local copy may go.
@@ -251,8 +251,8 @@ mod tests {
         });
         assert_eq!(&got[..], &body[..]);
         let seen = seen.into_inner().unwrap();
-        assert_eq!(seen.len(), 2);
-        assert!(seen[0].is_some() && seen[1].is_none());
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].is_some());
         // A small file is one PUT: no multipart id.
         let small = dir.path().join("s.bin");
         std::fs::write(&small, b"hello").unwrap();
