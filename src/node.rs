@@ -32,8 +32,9 @@ use crate::model::{
 };
 use crate::rules::admission::NodeState;
 
-/// Free bytes below which `/readyz` calls a directory full (issue-13's disk admission will
-/// refine this with `storage.min_free_bytes`).
+/// Free bytes below which `/readyz` calls a directory full (unusable). The disk rule of
+/// admission (`storage.min_free_bytes` plus the running egresses' horizon) is separate: it
+/// refuses starts with `reason: disk` while the node stays ready.
 pub const READY_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What the service's control loop reacts to.
