@@ -4,6 +4,12 @@
 //!
 //! Usage: bench [--type participant] [--n 1,4,8] [--seconds 10] [--width 1280 --height 720] [--repeat 3]
 //!        bench --source-start srt [--repeat 10]
+//!        bench --outputs [--seconds 10] [--repeat 3]
+//!
+//! `--outputs` measures what several outputs of one egress cost: one participant egress with a
+//! file, HLS, an RTMP stream (into a local nginx-rtmp) and images against the same egress with a
+//! file only, and against three egresses with one output each (file, HLS, RTMP); then the MP4's
+//! size against the media it holds, and how many seconds a SIGKILL loses.
 //!
 //! `--source-start srt` measures instead how long a network source takes from the request to
 //! `active` when its sender is up: an ffmpeg SRT listener (one caller only, as a real sender),
@@ -51,6 +57,9 @@ struct Args {
     /// `srt`: measure a network source's start (request -> active) instead.
     #[arg(long)]
     source_start: Option<String>,
+    /// Measure the outputs case instead (see the module doc).
+    #[arg(long)]
+    outputs: bool,
 }
 
 fn sources(t: &str) -> Vec<&'static str> {
@@ -194,11 +203,10 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
         output_dir: dir.path(),
         state_dir: dir.path(),
         allowed_schemes: &schemes,
+        allowed_web_hosts: &[],
     };
     let opts = PipelineOptions {
         x264_speed_preset: "veryfast".into(),
-        mp4_moov_update_period_s: 1.0,
-        mp4_reserved_max_duration_s: 21600.0,
         ..PipelineOptions::default()
     };
     let mut children = Vec::new();
@@ -284,6 +292,145 @@ fn run_source_start(kind: &str, repeat: usize) -> Result<()> {
     Ok(())
 }
 
+/// A participant egress at the bench's size with these outputs.
+fn with_outputs(a: &Args, outputs: Value) -> Value {
+    json!({"type": "participant", "sources": [{"uri": "test://av?pattern=ball"}],
+        "video": {"width": a.width, "height": a.height}, "outputs": outputs})
+}
+
+/// Starts `bodies` at once, settles, measures cores of the service and their handlers.
+fn outputs_cpu(a: &Args, bodies: &[Value]) -> Result<f64> {
+    let dirs = Dirs::new();
+    let eng = Service::start(&dirs, ENGINE_CONFIG);
+    let mut ids = Vec::new();
+    for b in bodies {
+        let (st, v) = eng.post("/v1/egress", b);
+        if st != 201 {
+            bail!("start answered {st}: {v}");
+        }
+        ids.push(v["egress_id"].as_str().unwrap_or_default().to_string());
+    }
+    for id in &ids {
+        eng.wait_active(id);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut pids = vec![eng.child.id()];
+    for id in &ids {
+        pids.push(
+            eng.egress(id)["handler_pid"]
+                .as_u64()
+                .context("handler_pid")? as u32,
+        );
+    }
+    let (cores, _) = measure(&pids, a.seconds);
+    for id in &ids {
+        eng.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    }
+    for id in &ids {
+        eng.wait_status(id, &["complete", "failed"], Duration::from_secs(60));
+    }
+    Ok(cores)
+}
+
+/// Bytes of media packets in a file (ffprobe), against its size on disk.
+fn media_bytes(path: &std::path::Path) -> Result<u64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=size",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse::<u64>().ok())
+        .sum())
+}
+
+fn run_outputs(a: &Args) -> Result<()> {
+    let rtmp = producers::nginx_rtmp();
+    let all = |k: usize| {
+        with_outputs(
+            a,
+            json!([
+                {"file": {"filename": format!("all{k}.mp4")}},
+                {"segments": {"prefix": format!("all{k}")}},
+                {"stream": {"urls": [format!("{}/all{k}", rtmp.url)]}},
+                {"images": {"prefix": format!("all{k}")}},
+            ]),
+        )
+    };
+    let file = |k: usize| with_outputs(a, json!([{"file": {"filename": format!("f{k}.mp4")}}]));
+    let three = |k: usize| {
+        vec![
+            file(k),
+            with_outputs(a, json!([{"segments": {"prefix": format!("s{k}")}}])),
+            with_outputs(
+                a,
+                json!([{"stream": {"urls": [format!("{}/s{k}", rtmp.url)]}}]),
+            ),
+        ]
+    };
+    println!(
+        "bench --outputs: participant {}x{}@30, {} s measured per run, {} runs each, medians",
+        a.width, a.height, a.seconds, a.repeat
+    );
+    let (mut c_all, mut c_file, mut c_three) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..a.repeat as usize {
+        c_all.push(outputs_cpu(a, &[all(r)])?);
+        c_file.push(outputs_cpu(a, &[file(r)])?);
+        c_three.push(outputs_cpu(a, &three(r))?);
+    }
+    let (ca, cf, ct) = (
+        percentile(&mut c_all, 0.5),
+        percentile(&mut c_file, 0.5),
+        percentile(&mut c_three, 0.5),
+    );
+    println!("file + HLS + RTMP + images, one egress:  {ca:.2} cores");
+    println!(
+        "file only, one egress:                    {cf:.2} cores   ratio {:.3} (target <= 1.15)",
+        ca / cf
+    );
+    println!(
+        "file, HLS, RTMP as three egresses:        {ct:.2} cores   ratio {:.3} (target <= 0.45)",
+        ca / ct
+    );
+
+    // Size against media, and what a kill loses: a file recorded for `seconds`, then SIGKILLed.
+    let dirs = Dirs::new();
+    let eng = Service::start(&dirs, ENGINE_CONFIG);
+    let (mut ratio, mut lost) = (Vec::new(), Vec::new());
+    for r in 0..a.repeat as usize {
+        let id = eng.start_egress(&file(100 + r));
+        let t0 = eng.wait_active(&id);
+        let pid = eng.egress(&id)["handler_pid"].as_u64().context("pid")? as i32;
+        std::thread::sleep(Duration::from_secs(a.seconds));
+        let at = t0.elapsed().as_secs_f64();
+        // SAFETY: killing the handler this bench started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let v = eng.wait_status(&id, &["failed"], Duration::from_secs(60));
+        let path = std::path::PathBuf::from(v["files"][0]["location"].as_str().context("file")?);
+        let d = v["files"][0]["duration_s"].as_f64().context("duration")?;
+        lost.push(at - d);
+        let size = std::fs::metadata(&path)?.len() as f64;
+        ratio.push(size / media_bytes(&path)? as f64);
+    }
+    println!(
+        "MP4 size / media bytes (killed, repaired): {:.4} (target <= 1.02)",
+        percentile(&mut ratio, 0.5)
+    );
+    println!(
+        "seconds a SIGKILL loses (active -> kill vs repaired duration): median {:.2} s, max {:.2} s (target <= 2)",
+        percentile(&mut lost.clone(), 0.5),
+        lost.iter().cloned().fold(0.0, f64::max)
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let bin = common::bin();
@@ -295,6 +442,9 @@ fn main() -> Result<()> {
     }
     if let Some(kind) = &a.source_start {
         return run_source_start(kind, a.repeat as usize);
+    }
+    if a.outputs {
+        return run_outputs(&a);
     }
     println!(
         "bench: type={} {}x{}@30, {} s measured per run, {} cores on this machine",

@@ -145,7 +145,7 @@ pub fn test_config(dirs: &Dirs, extra: &str) -> String {
     // Defaults for sections the test does not set itself. A test machine has 2 cores, so a
     // large nominal capacity keeps admission out of tests that are not about it, and overload is
     // off: the node load counts the whole host's CPU, and a busy machine (builds, other tests)
-    // must not stop a test's egresses. A short reserved MP4 index keeps test files small.
+    // must not stop a test's egresses.
     let defaults = [
         ("server:", "server: { listen: \"127.0.0.1:0\" }"),
         ("log:", "log: { level: debug }"),
@@ -153,10 +153,6 @@ pub fn test_config(dirs: &Dirs, extra: &str) -> String {
         (
             "overload:",
             "overload: { soft_threshold: 10, hard_threshold: 10 }",
-        ),
-        (
-            "pipeline:",
-            "pipeline: { mp4_reserved_max_duration_s: 600 }",
         ),
     ];
     for (key, line) in defaults {

@@ -25,8 +25,7 @@ fn storage_extra(dirs: &Dirs, more: &str) -> String {
 fn start(dirs: &Dirs, storage_more: &str, extra: &str) -> Service {
     let cfg = format!(
         "{}server: {{ listen: \"127.0.0.1:0\" }}\nlog: {{ level: debug }}\ncpu: {{ capacity: 64 }}\n\
-         overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n\
-         pipeline: {{ mp4_reserved_max_duration_s: 600 }}\n{extra}\n",
+         overload: {{ soft_threshold: 10, hard_threshold: 10 }}\n{extra}\n",
         storage_extra(dirs, storage_more)
     );
     Service::start_with(dirs, &cfg, &[])

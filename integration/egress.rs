@@ -49,8 +49,10 @@ fn record_and_check(egress_type: &str, uris: &[&str], filename: &str) {
         "{path:?}"
     );
     let d = discovered_duration(&path);
+    // `started_at` is when media reached the file: the capture before it (the encoders' and a
+    // room compositor's latency, about 0.5 s) is in the file too.
     assert!(
-        (d - recorded).abs() <= 0.5,
+        (d - recorded).abs() <= 0.75,
         "{egress_type}: file lasts {d:.2} s, recorded {recorded:.2} s"
     );
     let reported = done["files"][0]["duration_s"].as_f64().expect("duration_s");

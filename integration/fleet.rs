@@ -140,7 +140,7 @@ fn fleet_spreads_jobs_lists_them_everywhere_and_ends_them_through_any_node() {
     // A bad request is answered by the node it was sent to: 400, nothing fans out.
     let (s, v) = nodes[1].post(
         "/v1/egress",
-        &json!({"type": "track", "sources": [], "output": {}}),
+        &json!({"type": "track", "sources": [], "output": {"file": {}}}),
     );
     assert_eq!(
         (s, v["error"]["code"].as_str()),

@@ -3,11 +3,15 @@
 
 mod admission;
 mod api;
+mod cli;
 mod common;
+mod dashboard;
 mod degraded;
 mod delivery;
 mod egress;
+mod events;
 mod fleet;
+mod outputs;
 mod overload;
 mod placement;
 mod producers;
@@ -15,3 +19,5 @@ mod s3;
 mod safety;
 mod sentinel;
 mod sources;
+mod web;
+mod webdriver;

@@ -208,17 +208,40 @@ pub fn hls_origin() -> Producer {
 
 /// nginx with the RTMP module on a free port (`live` application), no publisher yet.
 pub fn nginx_rtmp() -> Producer {
+    nginx_rtmp_on(free_tcp_port(), false)
+}
+
+/// nginx-rtmp on `port` that records every stream it receives to `{dir}/{key}.flv` (what an
+/// RTMP output really delivered), in its temp dir: `recorded(&producer, key)`.
+pub fn nginx_rtmp_recording(port: u16) -> Producer {
+    nginx_rtmp_on(port, true)
+}
+
+/// Where `nginx_rtmp_recording` wrote stream `key`.
+pub fn recorded(p: &Producer, key: &str) -> PathBuf {
+    p._dir
+        .as_ref()
+        .expect("nginx dir")
+        .path()
+        .join(format!("{key}.flv"))
+}
+
+fn nginx_rtmp_on(port: u16, record: bool) -> Producer {
     let dir = tempfile::Builder::new()
         .prefix("egress-nginx-")
         .tempdir()
         .expect("tempdir");
-    let port = free_tcp_port();
     let d = dir.path().display();
+    let rec = if record {
+        format!("record all; record_path {d}; record_unique off;")
+    } else {
+        String::new()
+    };
     let conf = format!(
         "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
          daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{}}\n\
-         rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n"
+         rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; {rec} }} }} }}\n"
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).expect("nginx.conf");
     let child = spawn(
@@ -292,6 +315,39 @@ pub fn rtsp_server() -> Producer {
         _dir: None,
         helpers: Vec::new(),
         url: format!("rtsp://127.0.0.1:{port}/cam"),
+    }
+}
+
+/// ffmpeg as an SRT listener that receives one caller's MPEG-TS into `path` (what an SRT output
+/// really delivered). Returns once it listens.
+pub fn srt_receiver(path: &Path) -> Producer {
+    let port = free_udp_port();
+    let child = spawn(
+        Command::new("ffmpeg").args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            &format!("srt://127.0.0.1:{port}?mode=listener"),
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "-y",
+            &path.display().to_string(),
+        ]),
+        "ffmpeg",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the SRT receiver to listen",
+        || udp_bound(port).then_some(()),
+    );
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url: format!("srt://127.0.0.1:{port}"),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::common::*;
 use crate::producers::*;
 
 /// Short deadlines so failures and losses show within seconds.
-const FAST: &str = "pipeline: { mp4_reserved_max_duration_s: 600, start_timeout_s: 6, source_stall_s: 2, source_reconnect_s: 3 }\n\
+const FAST: &str = "pipeline: { start_timeout_s: 6, source_stall_s: 2, source_reconnect_s: 3 }\n\
                     sources: { allowed_schemes: [test, srt, rtmp, rtsp, http] }";
 
 fn body(egress_type: &str, uri: &str, filename: &str) -> Value {
@@ -142,7 +142,7 @@ fn a_paused_sender_gives_one_continuous_file() {
     let dirs = Dirs::new();
     let svc = Service::start(
         &dirs,
-        "pipeline: { mp4_reserved_max_duration_s: 600, source_stall_s: 5 }\n\
+        "pipeline: { source_stall_s: 5 }\n\
          sources: { allowed_schemes: [srt] }",
     );
     let srt = srt_listener();

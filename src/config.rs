@@ -67,6 +67,52 @@ pub struct Config {
     /// Overload escalation and drain.
     #[serde(default)]
     pub overload: OverloadConfig,
+    /// The live event stream (`GET /v1/events`).
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Events POSTed to receivers.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events kept for clients that reconnect with `Last-Event-ID` (1-100000).
+    #[serde(default = "default_events_buffer")]
+    pub buffer: usize,
+    /// A comment is sent on a quiet stream this often, so proxies keep it open.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_ms: u64,
+    /// `node_updated` is sent when the node's state changed, at most this often.
+    #[serde(default = "default_node_interval")]
+    pub node_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Receivers (`http://host[:port]/path`) each event is POSTed to; empty = no webhooks.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Key of the `x-egress-signature` HMAC-SHA256; required (16+ bytes) when `urls` is set.
+    #[serde(default)]
+    pub signing_key: String,
+    /// Which events are sent: egress_started, egress_updated, egress_ended, node_updated.
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// One delivery attempt may take this long (connect and answer).
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// The wait after a failed attempt; doubled after each further failure...
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// ...up to this.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    /// Most events queued per receiver; beyond, the oldest are dropped (and counted as failures).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -153,6 +199,11 @@ pub struct SourcesConfig {
     /// URI schemes a source may use; `file` only when listed here.
     #[serde(default = "default_schemes")]
     pub allowed_schemes: Vec<String>,
+    /// Hosts a `web` egress may record: `*` for any, `*.example.com` for a domain and its
+    /// subdomains. Empty (the default): web egress is off, so the service cannot be pointed at
+    /// internal addresses until an operator says which pages it records.
+    #[serde(default)]
+    pub allowed_web_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,13 +218,13 @@ pub struct PipelineConfig {
     /// x264 speed preset (ultrafast .. veryslow): the main CPU/quality dial.
     #[serde(default = "default_x264_preset")]
     pub x264_speed_preset: String,
-    /// How often a robust MP4 rewrites its index: at most this much media is lost to a kill.
-    #[serde(default = "default_moov_update")]
-    pub mp4_moov_update_period_s: f64,
-    /// Longest recording a robust MP4 reserves index space for; a longer one still finalizes on
-    /// a graceful stop but is not kill-safe past this length.
-    #[serde(default = "default_mp4_reserved")]
-    pub mp4_reserved_max_duration_s: f64,
+    /// Hybrid MP4 fragment length while recording: a kill loses about this much media (the
+    /// file is fragmented until a graceful end rewrites it as a normal MP4).
+    #[serde(default = "default_mp4_fragment")]
+    pub mp4_fragment_s: f64,
+    /// How long a failing stream URL is retried, with backoff, before it is marked failed.
+    #[serde(default = "default_stream_retry")]
+    pub stream_retry_s: f64,
     /// Niceness of handler processes (0-19): above 0, the service's API, placement and overload
     /// supervision keep answering promptly while recordings saturate the CPU.
     #[serde(default = "default_handler_nice")]
@@ -232,6 +283,14 @@ pub struct CpuCostConfig {
     /// Cores a track egress is expected to use.
     #[serde(default = "cost_track")]
     pub track: f64,
+    /// Cores each output beyond the first adds when it shares the egress's encode (a segment
+    /// muxer, a stream, a JPEG every few seconds): outputs are priced by encodes, not by count.
+    #[serde(default = "default_cost_output")]
+    pub output: f64,
+    /// Cores an output adds when it needs an encoder of its own (webm next to HLS: VP8 and
+    /// H.264).
+    #[serde(default = "default_cost_encode")]
+    pub encode: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -362,11 +421,17 @@ fn default_start_timeout() -> f64 {
 fn default_x264_preset() -> String {
     "veryfast".into()
 }
-fn default_moov_update() -> f64 {
+fn default_mp4_fragment() -> f64 {
     1.0
 }
-fn default_mp4_reserved() -> f64 {
-    6.0 * 3600.0
+fn default_stream_retry() -> f64 {
+    30.0
+}
+fn default_cost_output() -> f64 {
+    0.1
+}
+fn default_cost_encode() -> f64 {
+    1.0
 }
 fn default_log_format() -> String {
     "term".into()
@@ -437,6 +502,33 @@ fn default_sustain() -> u32 {
 fn default_kill_grace() -> f64 {
     30.0
 }
+fn default_events_buffer() -> usize {
+    1000
+}
+fn default_keepalive() -> u64 {
+    15_000
+}
+fn default_node_interval() -> u64 {
+    1000
+}
+fn default_webhook_events() -> Vec<String> {
+    ["egress_started", "egress_updated", "egress_ended"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_webhook_timeout() -> u64 {
+    5000
+}
+fn default_backoff_initial() -> u64 {
+    500
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+fn default_max_queue() -> usize {
+    100_000
+}
 
 macro_rules! default_from_serde {
     ($($t:ty),*) => {$(
@@ -458,15 +550,17 @@ default_from_serde!(
     CpuCostConfig,
     AffinityConfig,
     FleetConfig,
-    OverloadConfig
+    OverloadConfig,
+    EventsConfig,
+    WebhooksConfig
 );
 
 impl From<&PipelineConfig> for crate::model::PipelineOptions {
     fn from(p: &PipelineConfig) -> Self {
         crate::model::PipelineOptions {
             x264_speed_preset: p.x264_speed_preset.clone(),
-            mp4_moov_update_period_s: p.mp4_moov_update_period_s,
-            mp4_reserved_max_duration_s: p.mp4_reserved_max_duration_s,
+            mp4_fragment_s: p.mp4_fragment_s,
+            stream_retry_s: p.stream_retry_s,
             start_timeout_s: p.start_timeout_s,
             source_stall_s: p.source_stall_s,
             source_reconnect_s: p.source_reconnect_s,
@@ -475,6 +569,15 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
 }
 
 impl CpuCostConfig {
+    /// The cost of an egress of type `t` with these outputs: the type's cost covers its encode
+    /// and first output; each further output sharing that encode adds `output`, and each extra
+    /// encoder (an output needing another codec) adds `encode`.
+    pub fn priced(&self, t: EgressType, outputs: &crate::model::OutputsSpec) -> f64 {
+        let extra_outputs = outputs.count().saturating_sub(1) as f64;
+        let extra_encodes = crate::pipeline::plan::extra_encodes(outputs) as f64;
+        self.cost(t) + extra_outputs * self.output + extra_encodes * self.encode
+    }
+
     pub fn cost(&self, t: EgressType) -> f64 {
         match t {
             EgressType::RoomComposite => self.room_composite,
@@ -546,7 +649,10 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("sources.allowed_schemes")
-            .with_list_parse_key("server.allowed_origins");
+            .with_list_parse_key("sources.allowed_web_hosts")
+            .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("webhooks.urls")
+            .with_list_parse_key("webhooks.events");
         if let Some(e) = env {
             envsrc = envsrc.source(Some(e));
         }
@@ -648,14 +754,14 @@ impl Config {
             3600.0,
         )?;
         positive(
-            "pipeline.mp4_moov_update_period_s",
-            self.pipeline.mp4_moov_update_period_s,
+            "pipeline.mp4_fragment_s",
+            self.pipeline.mp4_fragment_s,
             60.0,
         )?;
         positive(
-            "pipeline.mp4_reserved_max_duration_s",
-            self.pipeline.mp4_reserved_max_duration_s,
-            7.0 * 86400.0,
+            "pipeline.stream_retry_s",
+            self.pipeline.stream_retry_s,
+            86400.0,
         )?;
         positive(
             "pipeline.source_stall_s",
@@ -715,11 +821,15 @@ impl Config {
         if !(self.cpu.max_utilization > 0.0 && self.cpu.max_utilization <= 1.0) {
             return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
         }
-        for t in EgressType::ALL {
-            let c = self.cpu_cost.cost(t);
+        let extra = [
+            ("output", self.cpu_cost.output),
+            ("encode", self.cpu_cost.encode),
+        ];
+        let per_type = EgressType::ALL.map(|t| (t.as_str(), self.cpu_cost.cost(t)));
+        for (k, c) in per_type.into_iter().chain(extra) {
             if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
                 return Err(invalid(
-                    &format!("cpu_cost.{t}"),
+                    &format!("cpu_cost.{k}"),
                     "must be a number of cores in [0, 256]",
                 ));
             }
@@ -798,6 +908,67 @@ impl Config {
                 "must be >= 0 (0 = wait forever)",
             ));
         }
+        self.validate_events()
+    }
+
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let e = &self.events;
+        if !(1..=100_000).contains(&e.buffer) {
+            return Err(invalid("events.buffer", "must be in [1, 100000]"));
+        }
+        if !(100..=600_000).contains(&e.keepalive_ms) {
+            return Err(invalid("events.keepalive_ms", "must be in [100, 600000]"));
+        }
+        if !(100..=60_000).contains(&e.node_interval_ms) {
+            return Err(invalid(
+                "events.node_interval_ms",
+                "must be in [100, 60000]",
+            ));
+        }
+        let w = &self.webhooks;
+        for u in &w.urls {
+            if let Err(why) = check_webhook_url(u) {
+                return Err(invalid("webhooks.urls", format!("'{u}': {why}")));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = w.urls.iter().find(|u| !seen.insert(u.as_str())) {
+            return Err(invalid("webhooks.urls", format!("'{dup}' is listed twice")));
+        }
+        if !w.urls.is_empty() && w.signing_key.len() < 16 {
+            return Err(invalid(
+                "webhooks.signing_key",
+                "must be at least 16 bytes when webhooks.urls is set (receivers check each body's HMAC with it)",
+            ));
+        }
+        for k in &w.events {
+            if crate::events::EventKind::parse(k).is_none() {
+                return Err(invalid(
+                    "webhooks.events",
+                    format!(
+                        "unknown event '{k}': expected egress_started, egress_updated, egress_ended or node_updated"
+                    ),
+                ));
+            }
+        }
+        if !(100..=120_000).contains(&w.timeout_ms) {
+            return Err(invalid("webhooks.timeout_ms", "must be in [100, 120000]"));
+        }
+        if !(10..=600_000).contains(&w.backoff_initial_ms) {
+            return Err(invalid(
+                "webhooks.backoff_initial_ms",
+                "must be in [10, 600000]",
+            ));
+        }
+        if !(w.backoff_initial_ms..=3_600_000).contains(&w.backoff_max_ms) {
+            return Err(invalid(
+                "webhooks.backoff_max_ms",
+                "must be in [webhooks.backoff_initial_ms, 3600000]",
+            ));
+        }
+        if !(1..=10_000_000).contains(&w.max_queue) {
+            return Err(invalid("webhooks.max_queue", "must be in [1, 10000000]"));
+        }
         Ok(())
     }
 
@@ -864,6 +1035,27 @@ impl Config {
             .map(|a| a.ip().is_loopback())
             .unwrap_or(false)
     }
+}
+
+/// A receiver the webhook client can reach: `http://host[:port][/path]` (this build's HTTP
+/// client speaks no TLS: an https receiver goes behind a TLS-originating proxy).
+fn check_webhook_url(u: &str) -> Result<(), &'static str> {
+    if u.starts_with("https://") {
+        return Err(
+            "https is not supported by this build: use http:// (e.g. through a local TLS-originating proxy)",
+        );
+    }
+    let rest = u.strip_prefix("http://").ok_or("must start with http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("must name a host (and no user:password@)");
+    }
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters");
+    }
+    u.parse::<actix_web::http::Uri>()
+        .map(|_| ())
+        .map_err(|_| "is not a valid URL")
 }
 
 /// `http(s)://host[:port]` exactly as a browser sends it in `Origin` (no path, no trailing `/`).
@@ -1131,6 +1323,52 @@ mod tests {
         )
         .unwrap();
         assert!(env.storage.upload.is_some());
+    }
+
+    #[test]
+    fn events_and_webhook_keys_are_checked_naming_the_key() {
+        for (yaml, key) in [
+            ("events: { buffer: 0 }", "events.buffer"),
+            ("events: { keepalive_ms: 1 }", "events.keepalive_ms"),
+            (
+                "webhooks: { urls: [\"https://a/x\"], signing_key: \"0123456789abcdef\" }",
+                "webhooks.urls",
+            ),
+            (
+                "webhooks: { urls: [\"ftp://a\"], signing_key: \"0123456789abcdef\" }",
+                "webhooks.urls",
+            ),
+            (
+                "webhooks: { urls: [\"http://u:p@a/x\"], signing_key: \"0123456789abcdef\" }",
+                "webhooks.urls",
+            ),
+            (
+                "webhooks: { urls: [\"http://a/x\"] }",
+                "webhooks.signing_key",
+            ),
+            ("webhooks: { events: [egress_exploded] }", "webhooks.events"),
+            (
+                "webhooks: { backoff_initial_ms: 5000, backoff_max_ms: 1000 }",
+                "webhooks.backoff_max_ms",
+            ),
+        ] {
+            assert_eq!(key_of(load_yaml(yaml, &[]).unwrap_err()), key, "{yaml}");
+        }
+        let ok = load_yaml(
+            "",
+            &[
+                (
+                    "EGRESS__WEBHOOKS__URLS",
+                    "http://127.0.0.1:9/a,http://h.example/b?x=1",
+                ),
+                ("EGRESS__WEBHOOKS__SIGNING_KEY", "0123456789abcdef"),
+                ("EGRESS__WEBHOOKS__EVENTS", "egress_ended,node_updated"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(ok.webhooks.urls.len(), 2);
+        assert_eq!(ok.webhooks.events, ["egress_ended", "node_updated"]);
+        assert_eq!(Config::default().events.buffer, 1000);
     }
 
     #[test]

@@ -20,6 +20,20 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// The same error with a field path prefix replaced (`outputs[0]` -> `output` for a request
+    /// that used the single `output` form).
+    pub fn reprefixed(self, from: &str, to: &str) -> Self {
+        match self {
+            RequestError::Invalid { field, message } if field.starts_with(from) => {
+                RequestError::Invalid {
+                    message: message.replacen(from, to, 1),
+                    field: format!("{to}{}", &field[from.len()..]),
+                }
+            }
+            other => other,
+        }
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         RequestError::Invalid {
             field: field.to_string(),

@@ -11,6 +11,10 @@
 //! - `pipeline/`: GStreamer graph building per egress type and per output.
 //! - `handler/`: the child process that runs one pipeline and its stdio protocol.
 //! - `media`: reading finished files back with Discoverer.
+//! - `closing`: the last look at an egress's outputs: repaired, read back, manifest written.
+//! - `hls`: HLS playlists (rendered by the handler, closed by the service after a crash).
+//! - `repair`: making outputs whole after a handler died (remux a fragmented MP4, end a
+//!   playlist).
 //! - `node`: the node layer: start, list, get, stop, kill, state, drain over the actors. The
 //!   API and the fleet call it; it calls neither (requests flow api -> fleet -> node -> actors).
 //! - `outputs`: output files confined to `storage.output_dir`, created before a handler starts.
@@ -18,18 +22,27 @@
 //! - `fleet/`: Redis coordination between nodes.
 //! - `delivery/`: uploads to object storage (durable queue, retries, backup), disk admission,
 //!   "Disk full" stops and retention: the rules; the actors are `Delivery` and `DiskMonitor`.
+//! - `events/`: the live event hub (every record and node state change), its SSE streams and
+//!   the webhook senders with their durable queue.
+//! - `dashboard/`: the one-page dashboard's static HTML, CSS and JS (built in, served at `/`).
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
 //! - `service`: the one function that wires everything and runs the service.
+//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP.
 
 pub mod actors;
 pub mod api;
+pub mod cli;
+pub mod closing;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod handler;
+pub mod hls;
 pub mod logging;
 pub mod media;
 pub mod metrics;
@@ -37,6 +50,7 @@ pub mod model;
 pub mod node;
 pub mod outputs;
 pub mod pipeline;
+pub mod repair;
 pub mod rules;
 pub mod service;
 pub mod store;

@@ -1,10 +1,12 @@
-//! The command line: `serve`, `check-config`, and `handler` (run by the service, one per egress).
+//! The command line: `serve`, `check-config`, `handler` (run by the service, one per egress), and
+//! the client commands `egress`, `node` and `fleet`, which call a node's API (`src/cli/`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use egress_engine::cli::{self, Connection};
 use egress_engine::config::Config;
 
 #[derive(Parser)]
@@ -40,11 +42,41 @@ enum Command {
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
         nice: i32,
     },
+    /// Client: start, list, show, stop, kill and watch egresses (on a node or its fleet).
+    Egress {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: cli::egress::EgressCommand,
+    },
+    /// Client: a node's state; drain it; its probes.
+    Node {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: Option<cli::node::NodeCommand>,
+    },
+    /// Client: the fleet's nodes and capacity.
+    Fleet {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: Option<cli::fleet::FleetCommand>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let args = Cli::parse();
+    if matches!(
+        args.command,
+        Command::Egress { .. } | Command::Node { .. } | Command::Fleet { .. }
+    ) {
+        cli::default_sigpipe();
+    }
+    match args.command {
+        Command::Egress { conn, cmd } => cli::finish(cli::egress::run(&conn, cmd)),
+        Command::Node { conn, cmd } => cli::finish(cli::node::run(&conn, cmd)),
+        Command::Fleet { conn, cmd } => cli::finish(cli::fleet::run(&conn, cmd)),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(cfg) => {
                 let shown = cfg.redacted();

@@ -60,6 +60,8 @@ pub struct DecodeReport {
     pub audio_samples: u64,
     /// End time (pts + duration) of the last decoded buffer, in seconds.
     pub last_pts_s: Option<f64>,
+    /// Start time of the first decoded buffer, in seconds.
+    pub first_pts_s: Option<f64>,
 }
 
 /// Decodes every stream of a local file as fast as possible; fails on a decode error.
@@ -118,6 +120,8 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
                 let end =
                     (pts + buf.duration().unwrap_or(gst::ClockTime::ZERO)).nseconds() as f64 / 1e9;
                 rep.last_pts_s = Some(rep.last_pts_s.map_or(end, |l: f64| l.max(end)));
+                let start = pts.nseconds() as f64 / 1e9;
+                rep.first_pts_s = Some(rep.first_pts_s.map_or(start, |f: f64| f.min(start)));
             }
             gst::PadProbeReturn::Ok
         });

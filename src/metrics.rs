@@ -63,6 +63,15 @@ pub struct Metrics {
     pub disk_reserved_bytes: Gauge,
     /// Egresses whose local outputs retention deleted.
     pub retention_deleted_total: IntCounter,
+    /// Stream URLs given up on after `pipeline.stream_retry_s` of failures, by egress type.
+    pub stream_failures_total: IntCounterVec,
+    /// Webhook events delivered (a 2xx answer), by event.
+    pub webhook_deliveries_total: IntCounterVec,
+    /// Failed webhook attempts, by reason: connect, timeout, send, status_4xx, status_5xx,
+    /// status_other, queue_write, dropped (queue over webhooks.max_queue).
+    pub webhook_failures_total: IntCounterVec,
+    /// Webhook events waiting for delivery, every receiver together.
+    pub webhook_queue_depth: IntGauge,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -245,6 +254,29 @@ impl Metrics {
                 &r,
                 "egress_retention_deleted_total",
                 "Ended egresses whose local outputs retention deleted",
+            ),
+            stream_failures_total: counter_vec(
+                &r,
+                "egress_stream_failures_total",
+                "Stream URLs marked failed after retrying for pipeline.stream_retry_s",
+                &["type"],
+            ),
+            webhook_deliveries_total: counter_vec(
+                &r,
+                "egress_webhook_deliveries_total",
+                "Webhook events delivered (2xx), by event",
+                &["event"],
+            ),
+            webhook_failures_total: counter_vec(
+                &r,
+                "egress_webhook_failures_total",
+                "Failed webhook attempts by reason (connect, timeout, send, status_4xx, status_5xx, status_other, queue_write, dropped)",
+                &["reason"],
+            ),
+            webhook_queue_depth: int_gauge(
+                &r,
+                "egress_webhook_queue_depth",
+                "Webhook events waiting for delivery",
             ),
             registry: r,
         }

@@ -3,11 +3,19 @@
 //! reports (`EgressInfo`). Validation lives here so the API, the fleet and the handler agree on it.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::RequestError;
+
+mod outputs;
+
+pub use outputs::{
+    FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, OutputRequest,
+    OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo, StreamRequest,
+    StreamStatus, StreamsUpdate, TemplateValues, check_stream_url, redact_stream_url,
+};
 
 /// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.
 #[derive(
@@ -33,8 +41,7 @@ pub enum EgressType {
     Participant,
     /// 1..16 sources composited into a grid with their audio mixed.
     RoomComposite,
-    /// A web page recording. Known to admission (cost, limits) for LiveKit-compatible config, but
-    /// this engine has no browser pipeline: requests of this type are refused with 400.
+    /// A web page rendered headless (WPE WebKit), with its audio when the element gives it.
     Web,
 }
 
@@ -144,21 +151,34 @@ pub struct EgressRequest {
     /// One of the egress types, as a string (kept raw so an unknown type gets its own error).
     #[serde(rename = "type")]
     #[schema(
-        pattern = "^(track|track_composite|participant|room_composite)$",
+        pattern = "^(track|track_composite|participant|room_composite|web)$",
         example = "track"
     )]
     pub egress_type: String,
-    /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms.
-    #[schema(min_items = 1, max_items = 16)]
+    /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms;
+    /// none for `web` (it records `url`).
+    #[serde(default)]
+    #[schema(max_items = 16)]
     pub sources: Vec<SourceRequest>,
-    /// Where the recording goes.
-    pub output: OutputRequest,
+    /// `web`: the page to record (`http(s)://`, its host in `sources.allowed_web_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096, example = "https://example.com/room")]
+    pub url: Option<String>,
+    /// One output (the form older clients send): `{"file": {"filename": "a.mp4"}}`. Give this or
+    /// `outputs`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputRequest>,
+    /// Every output of the egress, all fed by one encode: at most one `file`, one `segments` and
+    /// one `images`, and one `stream` with any number of URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 4)]
+    pub outputs: Option<Vec<OutputRequest>>,
     /// Video encoding overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoRequest>,
-    /// Audio encoding overrides.
+    /// Audio: encoding overrides, or `false` to record no audio (`true`: the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audio: Option<AudioRequest>,
+    pub audio: Option<AudioField>,
     /// Stop the egress after this many seconds with status `limit_reached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 604800)]
@@ -185,28 +205,6 @@ pub struct SourceRequest {
     pub uri: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OutputRequest {
-    /// Required: the only output kind today.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(required, nullable = false)]
-    pub file: Option<FileOutputRequest>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileOutputRequest {
-    /// Relative to `storage.output_dir` (no `..`, no leading `/`); the extension picks the
-    /// container: mp4, mkv, webm or ogg. An existing file is never overwritten (409).
-    #[schema(
-        max_length = 1024,
-        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.([Mm][Pp]4|[Mm][Kk][Vv]|[Ww][Ee][Bb][Mm]|[Oo][Gg][Gg])$",
-        example = "rec/a.mp4"
-    )]
-    pub filename: String,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VideoRequest {
@@ -226,6 +224,26 @@ pub struct VideoRequest {
     #[serde(default, deserialize_with = "whole_u32")]
     #[schema(minimum = 100, maximum = 50000)]
     pub bitrate_kbps: Option<u32>,
+}
+
+/// `"audio": true|false` or `"audio": {"codec", "bitrate_kbps"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AudioField {
+    Enabled(bool),
+    Settings(AudioRequest),
+}
+
+impl AudioField {
+    fn settings(&self) -> AudioRequest {
+        match self {
+            AudioField::Settings(a) => a.clone(),
+            AudioField::Enabled(_) => AudioRequest::default(),
+        }
+    }
+    fn enabled(&self) -> bool {
+        !matches!(self, AudioField::Enabled(false))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -278,6 +296,8 @@ pub enum Source {
     },
     /// Anything GStreamer can open by URI.
     Uri { uri: String },
+    /// A web page rendered by WPE WebKit (`wpesrc`) at the egress's video size.
+    Web { url: String, audio: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,12 +312,14 @@ impl Source {
     pub fn has_video(&self) -> Option<bool> {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Audio),
+            Source::Web { .. } => Some(true),
             Source::Uri { .. } => None,
         }
     }
     pub fn has_audio(&self) -> Option<bool> {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Video),
+            Source::Web { audio, .. } => Some(*audio),
             Source::Uri { .. } => None,
         }
     }
@@ -343,6 +365,9 @@ pub struct VideoSettings {
 pub struct AudioSettings {
     pub codec: AudioCodec,
     pub bitrate_kbps: u32,
+    /// False when the request said `"audio": false`: no audio is recorded.
+    #[serde(default = "yes")]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,9 +387,18 @@ pub struct EgressSpec {
     pub sources: Vec<Source>,
     pub video: VideoSettings,
     pub audio: AudioSettings,
-    pub file: FileOutput,
+    pub outputs: OutputsSpec,
     /// Where the handler writes its own end-of-run result, read by a restarted service.
     pub result_path: PathBuf,
+    /// Where the final EgressInfo is written at the end: `{egress_id}.json` beside the outputs.
+    pub manifest_path: PathBuf,
+}
+
+impl EgressSpec {
+    /// The file output's container, when there is one.
+    pub fn container(&self) -> Option<Container> {
+        self.outputs.file.as_ref().map(|f| f.container)
+    }
 }
 
 /// Node-wide pipeline settings a handler needs besides the spec (from the `pipeline` config).
@@ -372,10 +406,12 @@ pub struct EgressSpec {
 pub struct PipelineOptions {
     /// x264 speed preset.
     pub x264_speed_preset: String,
-    /// Robust MP4: how often the index is rewritten, in seconds.
-    pub mp4_moov_update_period_s: f64,
-    /// Robust MP4: longest duration the index has room for, in seconds.
-    pub mp4_reserved_max_duration_s: f64,
+    /// Hybrid MP4: fragment length while recording, in seconds (what a kill may lose).
+    #[serde(default = "default_mp4_fragment_s")]
+    pub mp4_fragment_s: f64,
+    /// How long a failing stream URL is retried (with backoff) before it is marked failed.
+    #[serde(default = "default_stream_retry_s")]
+    pub stream_retry_s: f64,
     /// How long the sources may take to show their streams before the start fails, in seconds.
     #[serde(default = "default_start_timeout_s")]
     pub start_timeout_s: f64,
@@ -387,6 +423,12 @@ pub struct PipelineOptions {
     pub source_reconnect_s: f64,
 }
 
+fn default_mp4_fragment_s() -> f64 {
+    1.0
+}
+fn default_stream_retry_s() -> f64 {
+    30.0
+}
 fn default_start_timeout_s() -> f64 {
     20.0
 }
@@ -401,8 +443,8 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             x264_speed_preset: "veryfast".into(),
-            mp4_moov_update_period_s: 1.0,
-            mp4_reserved_max_duration_s: 21600.0,
+            mp4_fragment_s: default_mp4_fragment_s(),
+            stream_retry_s: default_stream_retry_s(),
             start_timeout_s: default_start_timeout_s(),
             source_stall_s: default_source_stall_s(),
             source_reconnect_s: default_source_reconnect_s(),
@@ -436,6 +478,7 @@ pub struct FileInfo {
     /// The local path; once uploaded, where the object is (`s3://bucket/key`, `gs://...`, the
     /// Azure blob URL).
     pub location: String,
+    /// Bytes written so far while the egress records; the final size once it has ended.
     pub size_bytes: u64,
     /// Read back with Discoverer; absent when the file could not be read.
     pub duration_s: Option<f64>,
@@ -471,8 +514,21 @@ pub struct EgressInfo {
     pub ended_at: Option<u64>,
     pub end_reason: Option<String>,
     pub error: Option<String>,
+    /// The request as given, stream keys redacted.
     pub request: EgressRequest,
     pub files: Vec<FileInfo>,
+    /// The HLS output, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<SegmentsInfo>,
+    /// Every stream URL (redacted) with its state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamInfo>,
+    /// The image output, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesInfo>,
+    /// Where the final record was written (`{egress_id}.json` beside the outputs), once ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// The handler's process id while it runs (so operators can find it in `ps`).
     #[serde(default)]
     pub handler_pid: Option<u32>,
@@ -520,6 +576,8 @@ pub struct ValidationContext<'a> {
     pub output_dir: &'a Path,
     pub state_dir: &'a Path,
     pub allowed_schemes: &'a [String],
+    /// `sources.allowed_web_hosts`: hosts a `web` egress may record (`*` all, `*.example.com`).
+    pub allowed_web_hosts: &'a [String],
 }
 
 const MAX_ROOM_SOURCES: usize = 16;
@@ -533,32 +591,39 @@ impl EgressRequest {
     ) -> Result<EgressSpec, RequestError> {
         let egress_type = EgressType::parse(&self.egress_type).ok_or_else(|| {
             RequestError::UnknownType(format!(
-                "unknown type '{}': expected one of track, track_composite, participant, room_composite",
+                "unknown type '{}': expected one of track, track_composite, participant, room_composite, web",
                 self.egress_type
             ))
         })?;
-        if egress_type == EgressType::Web {
-            return Err(RequestError::Unsupported(
-                "type 'web' needs a browser pipeline, which this node does not have".into(),
-            ));
-        }
-        let sources = self
-            .sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| parse_source(&s.uri, ctx.allowed_schemes, &format!("sources[{i}].uri")))
-            .collect::<Result<Vec<_>, _>>()?;
-        check_source_count(egress_type, &sources)?;
-
-        let file = match &self.output.file {
-            Some(f) => resolve_output(&f.filename, ctx.output_dir)?,
-            None => {
+        let audio_on = self.audio.as_ref().is_none_or(AudioField::enabled);
+        let sources = if egress_type == EgressType::Web {
+            if !self.sources.is_empty() {
                 return Err(RequestError::invalid(
-                    "output",
-                    "an output is required: {\"file\": {\"filename\": \"name.mp4\"}}",
+                    "sources",
+                    "a web egress records its url and takes no sources",
                 ));
             }
+            let url = self
+                .url
+                .as_deref()
+                .ok_or_else(|| RequestError::invalid("url", "a web egress needs the page's url"))?;
+            vec![parse_web_url(url, ctx.allowed_web_hosts, audio_on)?]
+        } else {
+            if self.url.is_some() {
+                return Err(RequestError::invalid(
+                    "url",
+                    "only a web egress takes a url; other types take sources",
+                ));
+            }
+            self.sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    parse_source(&s.uri, ctx.allowed_schemes, &format!("sources[{i}].uri"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
         };
+        check_source_count(egress_type, &sources)?;
 
         let v = self.video.clone().unwrap_or_default();
         let video = VideoSettings {
@@ -572,10 +637,47 @@ impl EgressRequest {
                 50_000,
             )?,
         };
-        let a = self.audio.clone().unwrap_or_default();
-        let default_codec = match file.container {
-            Container::Mp4 | Container::Mkv => AudioCodec::Aac,
-            Container::Webm | Container::Ogg => AudioCodec::Opus,
+        let requested: Vec<OutputRequest> = match (&self.output, &self.outputs) {
+            (Some(o), None) => vec![o.clone()],
+            (None, Some(list)) => list.clone(),
+            (Some(_), Some(_)) => {
+                return Err(RequestError::invalid(
+                    "outputs",
+                    "give either output or outputs, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(RequestError::invalid(
+                    "outputs",
+                    "an output is required: \"outputs\": [{\"file\": {\"filename\": \"name.mp4\"}}]",
+                ));
+            }
+        };
+        let values = TemplateValues {
+            egress_id,
+            egress_type,
+            now_ms: now_ms(),
+        };
+        let outputs = outputs::resolve(
+            &requested,
+            ctx.output_dir,
+            &values,
+            (video.width, video.height),
+        )
+        .map_err(|e| match self.output {
+            // Errors name the field as the client wrote it.
+            Some(_) => e.reprefixed("outputs[0]", "output"),
+            None => e,
+        })?;
+        let container = outputs.file.as_ref().map(|f| f.container);
+        let a = self
+            .audio
+            .as_ref()
+            .map(AudioField::settings)
+            .unwrap_or_default();
+        let default_codec = match container {
+            Some(Container::Webm | Container::Ogg) => AudioCodec::Opus,
+            _ => AudioCodec::Aac,
         };
         let codec = match a.codec.as_deref() {
             None => default_codec,
@@ -588,7 +690,7 @@ impl EgressRequest {
                 ));
             }
         };
-        if matches!(file.container, Container::Webm | Container::Ogg) && codec == AudioCodec::Aac {
+        if matches!(container, Some(Container::Webm | Container::Ogg)) && codec == AudioCodec::Aac {
             return Err(RequestError::invalid(
                 "audio.codec",
                 "aac cannot be stored in webm or ogg: use opus",
@@ -597,6 +699,7 @@ impl EgressRequest {
         let audio = AudioSettings {
             codec,
             bitrate_kbps: ranged("audio.bitrate_kbps", a.bitrate_kbps.unwrap_or(128), 8, 512)?,
+            enabled: audio_on,
         };
         if let Some(d) = self.max_duration_s
             && !(d.is_finite() && d > 0.0 && d <= 7.0 * 86400.0)
@@ -625,7 +728,8 @@ impl EgressRequest {
             sources,
             video,
             audio,
-            file,
+            manifest_path: manifest_dir(&outputs, ctx.output_dir).join(format!("{egress_id}.json")),
+            outputs,
             result_path: ctx
                 .state_dir
                 .join("egresses")
@@ -650,7 +754,7 @@ fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestEr
         EgressType::Track | EgressType::Participant => n == 1,
         EgressType::TrackComposite => n == 2 || n == 1,
         EgressType::RoomComposite => (1..=MAX_ROOM_SOURCES).contains(&n),
-        EgressType::Web => false,
+        EgressType::Web => n == 1,
     };
     if !ok {
         let want = match t {
@@ -688,6 +792,62 @@ fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestEr
         ));
     }
     Ok(())
+}
+
+/// Checks a web egress's URL: http or https, its host allowed by `sources.allowed_web_hosts`
+/// (empty: web egress is off; `*`: any host; `*.example.com`: that domain and its subdomains).
+/// The allow-list keeps the service from being pointed at internal addresses.
+pub fn parse_web_url(url: &str, allowed: &[String], audio: bool) -> Result<Source, RequestError> {
+    let field = "url";
+    if url.len() > 4096 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RequestError::invalid(field, "not a valid URL"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(RequestError::invalid(
+            field,
+            format!("'{url}' is not a URL"),
+        ));
+    };
+    if !["http", "https"].contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(RequestError::invalid(
+            field,
+            format!("a web egress records http:// or https:// pages, not {scheme}://"),
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    }
+    .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(RequestError::invalid(field, format!("'{url}' has no host")));
+    }
+    if allowed.is_empty() {
+        return Err(RequestError::invalid(
+            field,
+            "web egress is off on this node: list the hosts it may record in sources.allowed_web_hosts",
+        ));
+    }
+    let ok = allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        a == "*"
+            || a == host
+            || a.strip_prefix("*.")
+                .is_some_and(|d| host == d || host.ends_with(&format!(".{d}")))
+    });
+    if !ok {
+        return Err(RequestError::invalid(
+            field,
+            format!("host '{host}' is not in sources.allowed_web_hosts"),
+        ));
+    }
+    Ok(Source::Web {
+        url: url.to_string(),
+        audio,
+    })
 }
 
 /// Parses and checks a source URI against the scheme allow-list.
@@ -850,26 +1010,12 @@ pub const TEST_WAVES: &[&str] = &[
 ];
 
 /// Resolves a client filename inside `output_dir`, refusing anything that could escape it.
-pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, RequestError> {
-    let field = "output.file.filename";
-    if filename.is_empty() || filename.len() > 1024 || filename.chars().any(|c| c.is_control()) {
-        return Err(RequestError::invalid(
-            field,
-            "must be a non-empty relative path",
-        ));
-    }
-    let rel = Path::new(filename);
-    for c in rel.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            _ => {
-                return Err(RequestError::invalid(
-                    field,
-                    format!("'{filename}' must be a relative path inside the output directory"),
-                ));
-            }
-        }
-    }
+pub fn resolve_output_named(
+    filename: &str,
+    output_dir: &Path,
+    field: &str,
+) -> Result<FileOutput, RequestError> {
+    let rel = outputs::relative(filename, field)?;
     let ext = rel.extension().and_then(|e| e.to_str()).unwrap_or("");
     let container = Container::from_extension(ext).ok_or_else(|| {
         RequestError::invalid(
@@ -882,6 +1028,35 @@ pub fn resolve_output(filename: &str, output_dir: &Path) -> Result<FileOutput, R
         path: output_dir.join(rel),
         container,
     })
+}
+
+/// The directory of the first output that has one (file, playlist, images), else the output
+/// directory: where the manifest goes.
+fn manifest_dir(o: &OutputsSpec, output_dir: &Path) -> PathBuf {
+    let first = o
+        .file
+        .as_ref()
+        .and_then(|f| f.path.parent().map(Path::to_path_buf))
+        .or_else(|| {
+            o.segments
+                .as_ref()
+                .and_then(|s| s.playlist_path.parent().map(Path::to_path_buf))
+        })
+        .or_else(|| o.images.as_ref().map(|i| i.dir.clone()));
+    first.unwrap_or_else(|| output_dir.to_path_buf())
+}
+
+impl EgressRequest {
+    /// The request as EgressInfo echoes it: stream keys redacted.
+    pub fn redacted(&self) -> EgressRequest {
+        let mut r = self.clone();
+        r.output = r
+            .output
+            .map(|o| outputs::redacted(std::slice::from_ref(&o)).remove(0));
+        r.outputs = r.outputs.map(|l| outputs::redacted(&l));
+        r.upload = r.upload.map(|u| u.redacted());
+        r
+    }
 }
 
 /// A plausible record for unit tests of code that stores, merges or shows records.
@@ -902,11 +1077,11 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
             sources: vec![SourceRequest {
                 uri: "test://video".into(),
             }],
-            output: OutputRequest {
-                file: Some(FileOutputRequest {
-                    filename: "a.mp4".into(),
-                }),
-            },
+            url: None,
+            output: Some(OutputRequest::File(FileOutputRequest {
+                filename: Some("a.mp4".into()),
+            })),
+            outputs: None,
             video: None,
             audio: None,
             max_duration_s: None,
@@ -914,6 +1089,10 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
             upload: None,
         },
         files: vec![],
+        segments: None,
+        streams: vec![],
+        images: None,
+        manifest: None,
         handler_pid: Some(42),
         cpu_cost: 0.5,
         placement: None,
@@ -939,11 +1118,11 @@ mod tests {
                 .iter()
                 .map(|u| SourceRequest { uri: u.to_string() })
                 .collect(),
-            output: OutputRequest {
-                file: Some(FileOutputRequest {
-                    filename: filename.into(),
-                }),
-            },
+            url: None,
+            output: Some(OutputRequest::File(FileOutputRequest {
+                filename: Some(filename.into()),
+            })),
+            outputs: None,
             video: None,
             audio: None,
             max_duration_s: None,
@@ -958,6 +1137,7 @@ mod tests {
             output_dir: Path::new("/rec"),
             state_dir: Path::new("/state"),
             allowed_schemes: &schemes,
+            allowed_web_hosts: &[],
         };
         r.validate("EG_abcdefghijkl", &ctx)
     }
@@ -965,8 +1145,10 @@ mod tests {
     #[test]
     fn valid_participant_resolves_defaults() {
         let s = validate(&req("participant", &["test://av?pattern=snow"], "a/b.mp4")).unwrap();
-        assert_eq!(s.file.path, Path::new("/rec/a/b.mp4"));
-        assert_eq!(s.file.container, Container::Mp4);
+        let f = s.outputs.file.as_ref().unwrap();
+        assert_eq!(f.path, Path::new("/rec/a/b.mp4"));
+        assert_eq!(f.container, Container::Mp4);
+        assert_eq!(s.manifest_path, Path::new("/rec/a/EG_abcdefghijkl.json"));
         assert_eq!(s.audio.codec, AudioCodec::Aac);
         assert_eq!(
             (s.video.width, s.video.height, s.video.fps),
@@ -1035,10 +1217,10 @@ mod tests {
     #[test]
     fn aac_not_in_webm() {
         let mut r = req("participant", &["test://av"], "x.webm");
-        r.audio = Some(AudioRequest {
+        r.audio = Some(AudioField::Settings(AudioRequest {
             codec: Some("aac".into()),
             bitrate_kbps: None,
-        });
+        }));
         assert_eq!(validate(&r).unwrap_err().field(), Some("audio.codec"));
     }
 

@@ -141,6 +141,7 @@ impl Node {
             output_dir: &self.inner.output_dir,
             state_dir: &cfg.storage.state_dir,
             allowed_schemes: &cfg.sources.allowed_schemes,
+            allowed_web_hosts: &cfg.sources.allowed_web_hosts,
         };
         req.validate(egress_id, &ctx)
     }
@@ -206,11 +207,9 @@ impl Node {
                 disk: d.disk.clone(),
                 target: req.upload.clone().or_else(|| cfg.storage.upload.clone()),
             });
-        let mut shown = req.clone();
-        shown.upload = shown.upload.map(|u| u.redacted());
         let cost = req
             .estimated_cpu
-            .unwrap_or_else(|| cfg.cpu_cost.cost(spec.egress_type));
+            .unwrap_or_else(|| cfg.cpu_cost.priced(spec.egress_type, &spec.outputs));
         let info = EgressInfo {
             egress_id: id,
             node_id: self.inner.id.clone(),
@@ -221,8 +220,12 @@ impl Node {
             ended_at: None,
             end_reason: None,
             error: None,
-            request: shown,
+            request: req.redacted(),
             files: Vec::new(),
+            segments: None,
+            streams: Vec::new(),
+            images: None,
+            manifest: None,
             handler_pid: None,
             cpu_cost: cost,
             placement: placement.map(str::to_string),
@@ -261,13 +264,28 @@ impl Node {
             .map_err(ApiError::from_mailbox)
     }
 
-    /// One egress, if this node has it.
+    /// One egress, if this node has it. While it records, its files' `size_bytes` are their
+    /// sizes now (the record holds 0 until a file is closed), so a client can follow it.
     pub async fn get(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
-        self.inner
+        let info = self
+            .inner
             .supervisor
             .send(GetEgress(id.to_string()))
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(ApiError::from_mailbox)?;
+        match info {
+            Some(mut info) if !info.status.is_final() && !info.files.is_empty() => {
+                let files = info.files.clone();
+                // A stat per file: off the worker thread, like every other file access.
+                if let Ok(files) =
+                    actix_web::rt::task::spawn_blocking(move || with_live_sizes(files)).await
+                {
+                    info.files = files;
+                }
+                Ok(Some(info))
+            }
+            other => Ok(other),
+        }
     }
 
     /// Stops (gracefully) or kills an egress of this node: its record (a kill's shows the killed
@@ -290,6 +308,28 @@ impl Node {
                 .await
                 .map_err(ApiError::from_mailbox)?,
         };
+        match r {
+            Ok(info) => Ok(Some(info)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds or removes stream URLs of an egress running here; None when it is not here.
+    pub async fn change_streams(
+        &self,
+        id: &str,
+        update: crate::model::StreamsUpdate,
+    ) -> Result<Option<EgressInfo>, ApiError> {
+        let r = self
+            .inner
+            .supervisor
+            .send(crate::actors::supervisor::ChangeEgressStreams {
+                egress_id: id.to_string(),
+                update,
+            })
+            .await
+            .map_err(ApiError::from_mailbox)?;
         match r {
             Ok(info) => Ok(Some(info)),
             Err(ApiError::NotFound(_)) => Ok(None),
@@ -386,4 +426,14 @@ impl Node {
             Err(why) => Readiness::NotReady(why),
         })
     }
+}
+
+/// `files` with each size read from the file itself; a file not there yet keeps its size.
+fn with_live_sizes(mut files: Vec<crate::model::FileInfo>) -> Vec<crate::model::FileInfo> {
+    for f in &mut files {
+        if let Ok(meta) = std::fs::metadata(&f.location) {
+            f.size_bytes = meta.len();
+        }
+    }
+    files
 }

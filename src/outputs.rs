@@ -23,6 +23,8 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::model::OutputsSpec;
+
 /// Longest name one path component may have on Linux file systems.
 pub const MAX_NAME_BYTES: usize = 255;
 
@@ -126,6 +128,76 @@ pub fn prepare_file(root: &Path, rel: &str) -> Result<PathBuf, OutputError> {
             _ => classify(&name, &cur, source),
         })?;
     Ok(path)
+}
+
+/// Creates every output of an egress (empty) the way `prepare_file` does, and returns them with
+/// their real paths: the file, the playlists and the first segment (which claim the HLS prefix:
+/// a second egress with the same prefix gets a 409), the first image (claiming its prefix).
+/// On an error nothing created here is left behind.
+pub fn prepare_all(root: &Path, o: &OutputsSpec) -> Result<OutputsSpec, OutputError> {
+    let mut done: Vec<PathBuf> = Vec::new();
+    let result = prepare_each(root, o, &mut done);
+    if result.is_err() {
+        for p in &done {
+            remove_if_empty(p);
+        }
+    }
+    result
+}
+
+fn prepare_each(
+    root: &Path,
+    o: &OutputsSpec,
+    done: &mut Vec<PathBuf>,
+) -> Result<OutputsSpec, OutputError> {
+    let mut out = o.clone();
+    let mut make = |rel: &str| -> Result<PathBuf, OutputError> {
+        let p = prepare_file(root, rel)?;
+        done.push(p.clone());
+        Ok(p)
+    };
+    if let Some(f) = &mut out.file {
+        f.path = make(&f.filename)?;
+    }
+    if let Some(s) = &mut out.segments {
+        s.playlist_path = make(&s.playlist)?;
+        if let Some(l) = &mut s.live {
+            l.1 = make(&l.0)?;
+        }
+        let first = make(&format!("{}_00000.ts", s.prefix))?;
+        s.dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    if let Some(im) = &mut out.images {
+        let first = make(&format!("{}_00000.jpg", im.prefix))?;
+        im.dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// Opens `path` for writing a new output: created exclusively, or the empty placeholder
+/// `prepare_all` made; never through a symlink, never over content.
+pub fn open_new(path: &Path) -> io::Result<fs::File> {
+    let open = |create: bool| {
+        let mut o = OpenOptions::new();
+        o.write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        if create {
+            o.create_new(true).mode(0o644);
+        }
+        o.open(path)
+    };
+    match open(true) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let f = open(false)?;
+            let m = f.metadata()?;
+            if m.is_file() && m.len() == 0 {
+                Ok(f)
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
 }
 
 /// Removes an output file that `prepare_file` made and nothing wrote to (a start that failed,

@@ -5,6 +5,7 @@
 //!  HTTP API (api/) ──> [Fleet (fleet/) ──>] Node (node.rs) ──> Admission, Supervisor, AffinityScorer
 //!  Supervisor ──> Pipeline (one per egress) ──> handler process
 //!  CpuMonitor ──CpuSample──> Admission, Supervisor
+//!  Supervisor (every record change), node watcher ──> Events hub ──> SSE, webhooks, fleet relay
 //! ```
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use crate::actors::pipeline::{KillReason, StopReason};
 use crate::actors::supervisor::{EndAll, Supervisor};
 use crate::api::AppState;
 use crate::config::Config;
+use crate::events::Events;
 use crate::fleet::Fleet;
 use crate::metrics::METRICS;
 use crate::model::EgressInfo;
@@ -49,6 +51,8 @@ pub enum ServiceError {
     Fleet(String),
     #[error("{0}")]
     StateLocked(String),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceError + '_ {
@@ -161,6 +165,16 @@ async fn serve(
         log.new(slog::o!("actor" => "disk_monitor")),
     )
     .start();
+    // The hub comes before the Supervisor: every record change it makes is an event. Webhook
+    // senders start with it (and read what an earlier run left in their queues).
+    let events = Events::new(&cfg.events, node_id.clone());
+    crate::events::webhooks::start(
+        &cfg.webhooks,
+        &cfg.storage.state_dir,
+        &events,
+        &log.new(slog::o!("task" => "webhooks")),
+    )
+    .map_err(ServiceError::Webhooks)?;
     let supervisor = Supervisor::new(
         store,
         records,
@@ -172,6 +186,7 @@ async fn serve(
     )
     .with_mirror(mirror)
     .with_delivery(Some(uploads.clone()))
+    .with_events(events.clone())
     .start();
     disk.do_send(ConnectDisk {
         supervisor: supervisor.clone(),
@@ -197,7 +212,13 @@ async fn serve(
         cfg: cfg.clone(),
         node: node.clone(),
         fleet: fleet.clone(),
+        events: events.clone(),
     });
+    actix_rt::spawn(crate::events::watch_node(
+        events.clone(),
+        node.clone(),
+        Duration::from_millis(cfg.events.node_interval_ms),
+    ));
 
     let max_body = cfg.server.max_body_bytes;
     let app_state = state.clone();
@@ -242,6 +263,8 @@ async fn serve(
                 "cannot register this node: {e}"
             )));
         }
+        f.relay_events(events.clone())
+            .map_err(ServiceError::Fleet)?;
     }
     // One line on stdout, for scripts and tests that start the service on port 0.
     println!(
@@ -253,6 +276,13 @@ async fn serve(
 
     spawn_signal_listeners(control_tx, log.clone());
     control_loop(control_rx, &node, &cfg, &log).await;
+    // The last events (egresses that ended on the way out) reach the webhook queues on disk:
+    // the next run sends what this one could not.
+    if !events.flush(Duration::from_secs(3)).await {
+        warn!(log, "the last webhook events may not be queued on disk");
+    }
+    // Event streams never end on their own: end them, or the server waits for them.
+    events.close();
     if let Some(f) = &fleet {
         f.leave().await;
     }

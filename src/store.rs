@@ -6,6 +6,7 @@
 //!   egresses/EG_x.json         the EgressInfo, rewritten (atomically) on every change
 //!   egresses/EG_x.result.json  written by the handler itself when it ends (see HandlerResult)
 //!   logs/EG_x.log              the handler's stderr
+//!   webhooks/{receiver}/       webhook events not yet delivered (`events::queue`)
 //! ```
 
 use std::fs;

@@ -711,13 +711,13 @@ pub struct DeliveryLink {
 pub fn started(
     link: Option<&DeliveryLink>,
     egress_id: &str,
-    output: &Path,
+    outputs: Vec<PathBuf>,
     stop: Recipient<crate::actors::pipeline::StopPipeline>,
 ) {
     let Some(link) = link else { return };
     link.disk.do_send(crate::actors::disk_monitor::WatchOutput {
         egress_id: egress_id.to_string(),
-        paths: vec![output.to_path_buf()],
+        paths: outputs,
         stop,
     });
     if let Some(t) = &link.target {

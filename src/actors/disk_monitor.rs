@@ -227,15 +227,27 @@ fn confined(root: &std::path::Path, p: &std::path::Path) -> bool {
     }
 }
 
-/// Bytes of a file, or of every file under a directory (segments, images).
+/// Bytes of a file; or, for a path that is no file (`dir/stem` of segments or images), of every
+/// file in `dir` whose name starts with `stem` (a directory may hold other egresses' outputs).
 fn size_of(p: &std::path::Path) -> u64 {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_file() => m.len(),
-        Ok(m) if m.is_dir() => std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| size_of(&e.path())).sum())
-            .unwrap_or(0),
-        _ => 0,
+    if let Ok(m) = std::fs::symlink_metadata(p)
+        && m.is_file()
+    {
+        return m.len();
     }
+    let (Some(dir), Some(stem)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        return 0;
+    };
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(stem)))
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 impl Actor for DiskMonitor {

@@ -16,9 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::actors::supervisor::{Supervisor, UpdateEgress};
+use crate::error::{ApiError, RequestError};
 use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::model::{
-    EgressInfo, EgressSpec, EgressStatus, FileInfo, PipelineOptions, now_ms, reason,
+    EgressInfo, EgressSpec, EgressStatus, PipelineOptions, StreamInfo, StreamStatus, StreamsUpdate,
+    check_stream_url, now_ms, reason, redact_stream_url,
 };
 
 /// How long past `start_timeout` a handler that is not recording yet is killed.
@@ -87,8 +89,12 @@ pub struct PipelineSetup {
 pub struct Pipeline {
     /// The record as this actor last reported it.
     info: EgressInfo,
-    /// Output file to read back at the end.
-    file: (String, PathBuf),
+    /// The outputs to read back (and repair, after a kill) at the end.
+    outputs: crate::closing::Outputs,
+    /// Stream URLs with their keys, by index (`info.streams` has them redacted).
+    stream_urls: Vec<String>,
+    /// Whether the graph taps the encode for streams (URLs can be added while recording).
+    streamable: bool,
     /// Commands to the handler's stdin; dropping it closes stdin (the handler then stops).
     commands: Option<mpsc::UnboundedSender<HandlerCommand>>,
     pid: u32,
@@ -148,10 +154,9 @@ impl Pipeline {
             options: setup.options.clone(),
         });
         let actor = Pipeline {
-            file: (
-                setup.spec.file.filename.clone(),
-                setup.spec.file.path.clone(),
-            ),
+            outputs: crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path),
+            stream_urls: setup.spec.outputs.stream_urls.clone(),
+            streamable: setup.spec.outputs.stream || setup.spec.outputs.wants_h264(),
             info: setup.info,
             commands: Some(tx),
             pid,
@@ -214,7 +219,7 @@ impl Pipeline {
         self.info.status = EgressStatus::Ending;
         self.report();
         ctx.run_later(self.eos_timeout, |act, _| {
-            if !act.info.status.is_final() && act.kill_reason.is_none() {
+            if !act.info.status.is_final() && act.kill_reason.is_none() && !act.finalized {
                 warn!(act.log, "no EOS within the timeout"; "eos_timeout_s" => act.eos_timeout.as_secs_f64());
                 act.kill(KillReason::EosTimeout);
             }
@@ -351,12 +356,16 @@ impl Actor for Pipeline {
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
         let stop = ctx.address().recipient();
-        crate::actors::delivery::started(
-            self.delivery.as_ref(),
-            &self.info.egress_id,
-            &self.file.1,
-            stop,
-        );
+        // What grows on disk: the file, and the segments and images by their name stems.
+        let o = &self.outputs;
+        let paths: Vec<PathBuf> = o
+            .file
+            .iter()
+            .map(|f| f.1.clone())
+            .chain(o.segments.iter().map(|s| s.dir.join(&s.stem)))
+            .chain(o.images.iter().map(|(dir, stem)| dir.join(stem)))
+            .collect();
+        crate::actors::delivery::started(self.delivery.as_ref(), &self.info.egress_id, paths, stop);
         // The handler fails a source that shows nothing within `start_timeout` itself, with the
         // reason; this kill is for a handler that cannot even do that.
         ctx.run_later(self.start_timeout + START_GRACE, |act, _| {
@@ -465,9 +474,163 @@ impl Handler<HandlerLine> for Pipeline {
                 self.finalized |= finalized;
                 self.media = media;
             }
+            HandlerEvent::SegmentClosed {
+                count,
+                duration_s,
+                size_bytes,
+            } => {
+                if let Some(s) = &mut self.info.segments {
+                    s.count = count;
+                    s.duration_s = duration_s;
+                    s.size_bytes = size_bytes;
+                    self.report();
+                }
+            }
+            HandlerEvent::ImageWritten { count } => {
+                if let Some(im) = &mut self.info.images {
+                    im.count = count;
+                    self.report();
+                }
+            }
+            HandlerEvent::Stream {
+                index,
+                status,
+                error,
+            } => self.on_stream(index, status, error),
         }
     }
 }
+
+impl Pipeline {
+    fn on_stream(&mut self, index: usize, status: StreamStatus, error: Option<String>) {
+        let Some(s) = self.info.streams.get_mut(index) else {
+            return;
+        };
+        if s.status == status && s.error == error && s.started_at.is_some() {
+            return;
+        }
+        match status {
+            StreamStatus::Active => {
+                s.started_at.get_or_insert_with(now_ms);
+            }
+            StreamStatus::Failed | StreamStatus::Ended => {
+                s.ended_at = Some(now_ms());
+            }
+        }
+        if status == StreamStatus::Failed {
+            warn!(self.log, "stream failed"; "url" => &s.url, "error" => error.clone());
+            crate::metrics::METRICS
+                .stream_failures_total
+                .with_label_values(&[self.info.egress_type.as_str()])
+                .inc();
+        }
+        s.status = status;
+        s.error = error;
+        self.report();
+    }
+}
+
+/// Add or remove stream URLs of a recording egress; answers its record.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, ApiError>")]
+pub struct ChangeStreams(pub StreamsUpdate);
+
+impl Handler<ChangeStreams> for Pipeline {
+    type Result = Result<EgressInfo, ApiError>;
+    fn handle(&mut self, msg: ChangeStreams, _: &mut Context<Self>) -> Self::Result {
+        let u = msg.0;
+        if self.stop_reason.is_some() || self.info.status == EgressStatus::Ending {
+            return Err(ApiError::Conflict(format!(
+                "egress {} is ending",
+                self.info.egress_id
+            )));
+        }
+        if !self.streamable {
+            return Err(ApiError::Conflict(
+                "this egress encodes no H.264: start it with a stream output to stream".into(),
+            ));
+        }
+        let mut remove = Vec::new();
+        for (k, url) in u.remove_urls.iter().enumerate() {
+            let live = self.stream_urls.iter().enumerate().position(|(i, s)| {
+                s == url
+                    && self
+                        .info
+                        .streams
+                        .get(i)
+                        .is_some_and(|x| x.status == StreamStatus::Active)
+            });
+            match live {
+                Some(i) => remove.push(i),
+                None => {
+                    return Err(ApiError::from(RequestError::invalid(
+                        &format!("remove_urls[{k}]"),
+                        format!(
+                            "'{}' is not streaming in this egress",
+                            redact_stream_url(url)
+                        ),
+                    )));
+                }
+            }
+        }
+        let active = self
+            .info
+            .streams
+            .iter()
+            .filter(|s| s.status == StreamStatus::Active)
+            .count();
+        if active - remove.len() + u.add_urls.len() > MAX_STREAMS {
+            return Err(ApiError::from(RequestError::invalid(
+                "add_urls",
+                format!("at most {MAX_STREAMS} streams at once"),
+            )));
+        }
+        for (k, url) in u.add_urls.iter().enumerate() {
+            check_stream_url(url, &format!("add_urls[{k}]")).map_err(ApiError::from)?;
+            let dup = self.stream_urls.iter().enumerate().any(|(i, s)| {
+                s == url
+                    && self
+                        .info
+                        .streams
+                        .get(i)
+                        .is_some_and(|x| x.status == StreamStatus::Active)
+            });
+            if dup || u.add_urls[..k].contains(url) {
+                return Err(ApiError::from(RequestError::invalid(
+                    &format!("add_urls[{k}]"),
+                    "already streaming to this URL",
+                )));
+            }
+        }
+        let mut add = Vec::new();
+        for url in u.add_urls {
+            let i = self.stream_urls.len();
+            self.stream_urls.push(url.clone());
+            self.info.streams.push(StreamInfo {
+                url: redact_stream_url(&url),
+                status: StreamStatus::Active,
+                started_at: None,
+                ended_at: None,
+                error: None,
+            });
+            add.push((i, url));
+        }
+        for &i in &remove {
+            if let Some(s) = self.info.streams.get_mut(i) {
+                s.status = StreamStatus::Ended;
+                s.ended_at = Some(now_ms());
+            }
+        }
+        info!(self.log, "streams changed"; "added" => add.len(), "removed" => remove.len());
+        if let Some(tx) = &self.commands {
+            let _ = tx.send(HandlerCommand::Streams { add, remove });
+        }
+        self.report();
+        Ok(self.info.clone())
+    }
+}
+
+const MAX_STREAMS: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 struct ExitInfo {
@@ -489,16 +652,26 @@ impl Handler<HandlerExited> for Pipeline {
         let (status, end_reason, error) = self.outcome(&msg.0);
         info!(self.log, "handler exited"; "code" => msg.0.code, "signal" => msg.0.signal,
               "status" => status.as_str(), "end_reason" => &end_reason);
-        let (filename, path) = self.file.clone();
-        let done = actix_web::rt::task::spawn_blocking(move || describe_file(&filename, &path));
+        self.info.status = status;
+        self.info.end_reason = Some(end_reason);
+        self.info.error = error;
+        self.info.ended_at = Some(now_ms());
+        self.info.handler_pid = None;
+        let mut info = self.info.clone();
+        let outputs = self.outputs.clone();
+        let media = self.media;
+        let done = actix_web::rt::task::spawn_blocking(move || {
+            let notes = crate::closing::close(&mut info, &outputs, media);
+            (info, notes)
+        });
         ctx.wait(actix::fut::wrap_future(done).map(
-            move |files, act: &mut Pipeline, ctx: &mut Context<Self>| {
-                act.info.files = files.unwrap_or_default();
-                act.info.status = status;
-                act.info.end_reason = Some(end_reason);
-                act.info.error = error;
-                act.info.ended_at = Some(now_ms());
-                act.info.handler_pid = None;
+            move |closed, act: &mut Pipeline, ctx: &mut Context<Self>| {
+                if let Ok((info, notes)) = closed {
+                    for n in notes {
+                        info!(act.log, "outputs closed"; "note" => n);
+                    }
+                    act.info = info;
+                }
                 // With an upload target the egress stays `ending` until its uploads are done.
                 let report = act.supervisor.clone().recipient();
                 match crate::actors::delivery::finish(act.delivery.as_ref(), &act.info, report) {
@@ -519,22 +692,4 @@ impl Handler<HandlerExited> for Pipeline {
             },
         ));
     }
-}
-
-/// Size and Discoverer duration of a closed output file; no entry when there is none (the
-/// handler deletes an output that got no media).
-pub fn describe_file(filename: &str, path: &std::path::Path) -> Vec<FileInfo> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Vec::new();
-    };
-    let duration_s = crate::media::discover(path, Duration::from_secs(10))
-        .ok()
-        .and_then(|m| m.duration_s);
-    vec![FileInfo {
-        filename: filename.to_string(),
-        location: path.display().to_string(),
-        size_bytes: meta.len(),
-        duration_s,
-        upload: None,
-    }]
 }

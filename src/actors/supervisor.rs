@@ -7,6 +7,7 @@
 //! stop to a kill (see `rules::overload`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -16,11 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
-    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, describe_file,
-    spawn_handler,
+    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
 };
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
@@ -40,6 +41,8 @@ pub struct Supervisor {
     output_root: std::path::PathBuf,
     /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
     mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
+    /// Every record change becomes a live event (SSE, webhooks, the fleet's relay).
+    events: Option<Events>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
@@ -72,6 +75,7 @@ impl Supervisor {
             overload: Overload::new(&cfg.overload, cfg.cpu.pending_hold_ms),
             output_root,
             mirror: None,
+            events: None,
             loaded,
             waiters: HashMap::new(),
             delivery: None,
@@ -88,6 +92,12 @@ impl Supervisor {
     /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
     pub fn with_mirror(mut self, tx: Option<mpsc::UnboundedSender<EgressInfo>>) -> Self {
         self.mirror = tx;
+        self
+    }
+
+    /// Tell `events` of every record change (see `events::Events::egress_changed`).
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = Some(events);
         self
     }
 
@@ -148,6 +158,9 @@ impl Supervisor {
         if let Some(m) = &self.mirror {
             let _ = m.send(info.clone());
         }
+        if let Some(ev) = &self.events {
+            ev.egress_changed(old.as_ref(), &info);
+        }
         self.egresses.insert(info.egress_id.clone(), info);
     }
 
@@ -175,6 +188,7 @@ impl Supervisor {
                     report: Some(ctx.address().recipient()),
                 })
             });
+            let root = self.output_root.clone();
             let delivery = self.delivery.clone();
             let report = ctx.address().recipient();
             let fut = async move {
@@ -184,7 +198,7 @@ impl Supervisor {
                 {
                     return done;
                 }
-                let settled = settle_orphan(info, store).await;
+                let settled = settle_orphan(info, store, root).await;
                 // A file the handler finalized on its own is uploaded like any other.
                 match delivery {
                     Some(d) => d
@@ -203,7 +217,7 @@ impl Supervisor {
     }
 }
 
-async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
+async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf) -> EgressInfo {
     if let Some(pid) = info.handler_pid {
         // The handler saw its stdin close and is finalizing; give it the time it needs.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -212,20 +226,6 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
         }
     }
     let result = store.read_result(&info.egress_id);
-    let file = info.request.output.file.clone();
-    let path = info.files.first().map(|f| f.location.clone());
-    let files = match (file, path) {
-        (Some(f), Some(loc)) => {
-            let name = f.filename.clone();
-            actix_web::rt::task::spawn_blocking(move || {
-                describe_file(&name, std::path::Path::new(&loc))
-            })
-            .await
-            .unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    info.files = files;
     info.handler_pid = None;
     info.ended_at = Some(result.as_ref().map(|r| r.ended_at).unwrap_or_else(now_ms));
     match result {
@@ -253,7 +253,19 @@ async fn settle_orphan(mut info: EgressInfo, store: Store) -> EgressInfo {
             info.error = Some("the service stopped and the handler left no result".into());
         }
     }
-    info
+    // Outputs a killed handler left unfinished are made whole, then read back.
+    let media = info.status != EgressStatus::Aborted;
+    let outputs = crate::closing::Outputs::from_info(&info, &output_root);
+    let mut closed = info.clone();
+    match actix_web::rt::task::spawn_blocking(move || {
+        crate::closing::close(&mut closed, &outputs, media);
+        closed
+    })
+    .await
+    {
+        Ok(closed) => closed,
+        Err(_) => info,
+    }
 }
 
 impl Actor for Supervisor {
@@ -294,7 +306,7 @@ impl Handler<StartEgress> for Supervisor {
         });
         let root = self.output_root.clone();
         let store = self.store.clone();
-        let filename = setup.spec.file.filename.clone();
+        let outputs = setup.spec.outputs.clone();
         let admission = self.admission.clone();
         let work = async move {
             admit.await.map_err(ApiError::from_mailbox)??;
@@ -303,7 +315,7 @@ impl Handler<StartEgress> for Supervisor {
                 store
                     .ensure_dirs()
                     .map_err(|e| ApiError::Unavailable(format!("state_dir: {e}")))?;
-                crate::outputs::prepare_file(&root, &filename).map_err(ApiError::from)
+                crate::outputs::prepare_all(&root, &outputs).map_err(ApiError::from)
             })
             .await
             .map_err(|e| ApiError::Internal(format!("output check failed: {e}")))
@@ -316,8 +328,8 @@ impl Handler<StartEgress> for Supervisor {
             prepared
         };
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(work).map(
-            move |prepared: Result<std::path::PathBuf, ApiError>, act: &mut Self, ctx| {
-                setup.spec.file.path = prepared?;
+            move |prepared: Result<crate::model::OutputsSpec, ApiError>, act: &mut Self, ctx| {
+                setup.spec.outputs = prepared?;
                 act.launch(setup, ctx)
             },
         )))
@@ -337,8 +349,11 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => {
                 self.admission.do_send(EndJob { egress_id: id });
-                let path = setup.spec.file.path.clone();
-                actix_web::rt::task::spawn_blocking(move || crate::outputs::remove_if_empty(&path));
+                let o = crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path);
+                actix_web::rt::task::spawn_blocking(move || {
+                    let mut gone = setup.info;
+                    crate::closing::close(&mut gone, &o, false);
+                });
                 return Err(ApiError::Internal(format!(
                     "cannot launch the handler process: {e}"
                 )));
@@ -346,14 +361,8 @@ impl Supervisor {
         };
         let pid = child.id().unwrap_or(0);
         setup.info.handler_pid = Some(pid);
-        // The file entry is there from the start, so a restarted service knows where to look.
-        setup.info.files = vec![crate::model::FileInfo {
-            filename: setup.spec.file.filename.clone(),
-            location: setup.spec.file.path.display().to_string(),
-            size_bytes: 0,
-            duration_s: None,
-            upload: None,
-        }];
+        // Every output is listed from the start, so a restarted service knows where to look.
+        describe_outputs(&mut setup.info, &setup.spec.outputs);
         let info = setup.info.clone();
         self.put(info.clone());
         self.cpu.do_send(WatchProcess {
@@ -370,6 +379,46 @@ impl Supervisor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UpdateEgress(pub EgressInfo);
+
+/// The record's view of freshly prepared outputs: nothing written yet.
+fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
+    use crate::model::{FileInfo, ImagesInfo, SegmentsInfo, StreamInfo, StreamStatus};
+    info.files = o
+        .file
+        .iter()
+        .map(|f| FileInfo {
+            filename: f.filename.clone(),
+            location: f.path.display().to_string(),
+            size_bytes: 0,
+            duration_s: None,
+            upload: None,
+        })
+        .collect();
+    info.segments = o.segments.as_ref().map(|s| SegmentsInfo {
+        playlist: s.playlist.clone(),
+        location: s.playlist_path.display().to_string(),
+        live_playlist: s.live.as_ref().map(|l| l.0.clone()),
+        live_length: s.live.as_ref().map(|l| l.2),
+        prefix: s.prefix.clone(),
+        ..SegmentsInfo::default()
+    });
+    info.streams = o
+        .stream_urls
+        .iter()
+        .map(|u| StreamInfo {
+            url: crate::model::redact_stream_url(u),
+            status: StreamStatus::Active,
+            started_at: None,
+            ended_at: None,
+            error: None,
+        })
+        .collect();
+    info.images = o.images.as_ref().map(|i| ImagesInfo {
+        prefix: i.prefix.clone(),
+        location: i.dir.join(&i.stem).display().to_string(),
+        count: 0,
+    });
+}
 
 impl Handler<UpdateEgress> for Supervisor {
     type Result = ();
@@ -423,6 +472,29 @@ impl Handler<StopEgress> for Supervisor {
             shown.status = EgressStatus::Ending;
         }
         Ok(shown)
+    }
+}
+
+/// Add or remove stream URLs of a running egress; returns its record.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, ApiError>")]
+pub struct ChangeEgressStreams {
+    pub egress_id: String,
+    pub update: crate::model::StreamsUpdate,
+}
+
+impl Handler<ChangeEgressStreams> for Supervisor {
+    type Result = ResponseFuture<Result<EgressInfo, ApiError>>;
+    fn handle(&mut self, msg: ChangeEgressStreams, _: &mut Context<Self>) -> Self::Result {
+        let p = match self.running(&msg.egress_id) {
+            Ok((_, p)) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        Box::pin(async move {
+            p.send(crate::actors::pipeline::ChangeStreams(msg.update))
+                .await
+                .map_err(ApiError::from_mailbox)?
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
-use crate::model::{EgressInfo, EgressRequest, EgressStatus, is_valid_egress_id};
+use crate::model::{EgressInfo, EgressRequest, EgressStatus, StreamsUpdate, is_valid_egress_id};
 use crate::node::EndAction;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -30,6 +30,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/egress/{id}/kill")
             .route(web::post().to(kill))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/egress/{id}/streams")
+            .route(web::post().to(streams))
             .default_service(web::to(method_not_allowed)),
     );
 }
@@ -140,4 +145,34 @@ async fn stop(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpR
 
 async fn kill(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     end(&state, &id, EndAction::Kill).await
+}
+
+/// Add or remove stream URLs while recording (on this node; in a fleet, send it to the node
+/// that runs the egress: `node_id` in its record).
+async fn streams(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<StreamsUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    check_id(&id)?;
+    let update = body.into_inner();
+    if update.add_urls.is_empty() && update.remove_urls.is_empty() {
+        return Err(crate::error::RequestError::invalid(
+            "add_urls",
+            "give add_urls and/or remove_urls",
+        )
+        .into());
+    }
+    if let Some(info) = state.node.change_streams(&id, update).await? {
+        return Ok(HttpResponse::Ok().json(info));
+    }
+    if let Some(fleet) = &state.fleet
+        && let Some(info) = fleet.get(&id).await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "egress {id} runs on node {}: send stream changes to that node",
+            info.node_id
+        )));
+    }
+    Err(ApiError::NotFound(format!("no egress {id}")))
 }

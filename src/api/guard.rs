@@ -8,7 +8,7 @@
 //!    neither this service's own origin nor listed in `server.allowed_origins` is refused with 403
 //!    `origin_not_allowed`, so no web page can drive the API. Listed origins get CORS answers.
 //! 3. **Token**: `Authorization: Bearer <server.api_token>` (the scheme in any case) on everything
-//!    but the probes and the OpenAPI document, else 401.
+//!    but the probes, the OpenAPI document and the dashboard page, else 401.
 //! 4. **Content type**: on a route that runs, a body or a declared content type must be
 //!    `application/json`, else 415: an HTML form or a `fetch` without a preflight cannot send it.
 //!    A route that reads a JSON body only gets a JSON object (400 `bad_json` for `[]`, `1`, ...).
@@ -28,8 +28,9 @@ use crate::config::ServerConfig;
 use crate::api::AppState;
 use crate::error::ApiError;
 
-/// Paths anyone may read without the token: probes, and the document describing the API.
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
+/// Paths anyone may read without the token: probes, the document describing the API, and the
+/// dashboard page (it holds no data: it asks for the token before it calls the API).
+pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/v1/openapi.json", "/"];
 
 /// Runs the checks above; see the module doc.
 pub async fn guard<B: MessageBody + 'static>(

@@ -4,7 +4,9 @@
 //! `ROUTES` below is the one list of what the API serves, which the 405 `Allow` header, the body
 //! checks and the tests of the OpenAPI document read.
 
+pub mod dashboard;
 pub mod egress;
+pub mod events;
 pub mod fleet;
 mod guard;
 pub mod node;
@@ -24,6 +26,8 @@ pub struct AppState {
     pub cfg: std::sync::Arc<Config>,
     pub node: Node,
     pub fleet: Option<std::sync::Arc<Fleet>>,
+    /// The live event hub (`GET /v1/events`).
+    pub events: crate::events::Events,
 }
 
 pub use guard::guard;
@@ -53,6 +57,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/egress/{id}", false),
     route("POST", "/v1/egress/{id}/stop", false),
     route("POST", "/v1/egress/{id}/kill", false),
+    route("POST", "/v1/egress/{id}/streams", true),
     route("GET", "/v1/node", false),
     route("POST", "/v1/node/drain", false),
     route("POST", "/v1/node/egress", true),
@@ -60,6 +65,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/affinity", true),
     route("POST", "/v1/affinity/release", true),
     route("GET", "/v1/fleet/nodes", false),
+    route("GET", "/v1/events", false),
+    route("GET", "/", false),
     route("GET", "/v1/openapi.json", false),
     route("GET", "/healthz", false),
     route("GET", "/readyz", false),
@@ -117,6 +124,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     egress::configure(cfg);
     node::configure(cfg);
     fleet::configure(cfg);
+    events::configure(cfg);
+    dashboard::configure(cfg);
     openapi::configure(cfg);
 }
 

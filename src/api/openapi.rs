@@ -20,7 +20,8 @@ use crate::fleet::registry::{FleetNode, TypeReport};
 use crate::model::UploadState;
 use crate::model::{
     AudioRequest, EgressInfo, EgressRequest, EgressStatus, EgressType, FileInfo, FileOutputRequest,
-    OutputRequest, SourceRequest, VideoRequest,
+    ImagesInfo, ImagesRequest, LivePlaylistRequest, OutputRequest, SegmentsInfo, SegmentsRequest,
+    SourceRequest, StreamInfo, StreamRequest, StreamStatus, StreamsUpdate, VideoRequest,
 };
 use crate::rules::admission::{NodeState, TypeState};
 
@@ -173,6 +174,19 @@ mod ops {
         ))]
     fn kill_egress() {}
 
+    #[utoipa::path(post, path = "/v1/egress/{id}/streams", tag = "egress",
+        summary = "Add or remove stream URLs while recording",
+        params(("id" = String, Path, pattern = "^EG_[A-Za-z0-9]{12}$")),
+        request_body = StreamsUpdate,
+        responses(
+            (status = 200, description = "the egress with its streams", body = EgressInfo),
+            (status = 400, description = "invalid URL, or a URL not streaming", body = ErrorBody),
+            (status = 404, description = "unknown egress", body = ErrorBody),
+            (status = 409, description = "ended, ending, runs on another node, or encodes no H.264", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn egress_streams() {}
+
     #[utoipa::path(get, path = "/v1/node", tag = "node",
         summary = "This node's capacity, load and per-type counts",
         responses(
@@ -243,6 +257,24 @@ mod ops {
         ))]
     fn fleet_nodes() {}
 
+    #[utoipa::path(get, path = "/v1/events", tag = "events",
+        summary = "Live events (Server-Sent Events): egress_started, egress_updated, egress_ended, node_updated",
+        description = "A `text/event-stream` that does not end (unless `max_events` is given): every change of an egress record (`data`: the EgressInfo) and of a node's state (`node_updated`, `data`: the NodeState; at most once per events.node_interval_ms), of this node or, in a fleet, of every node. Each event has an `id`; a client that reconnects with the `Last-Event-ID` header first gets what it missed from the last events.buffer events; an id older than that (or unknown) gets what the buffer has after an `events_lost` event. A comment is sent every events.keepalive_ms.",
+        params(
+            ("max_events" = Option<u32>, Query, minimum = 1, maximum = 1000000, description = "end the stream after this many events"),
+            ("Last-Event-ID" = Option<String>, Header, description = "the id of the last event the client has"),
+        ),
+        responses(
+            (status = 200, description = "the stream", body = String, content_type = "text/event-stream"),
+            (status = 400, description = "bad_query", body = ErrorBody),
+        ))]
+    fn events() {}
+
+    #[utoipa::path(get, path = "/", tag = "meta",
+        summary = "The dashboard (one HTML page; it asks for the API token when one is set)",
+        responses((status = 200, description = "the page", body = String, content_type = "text/html")))]
+    fn dashboard() {}
+
     #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
         summary = "This document",
         responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
@@ -272,14 +304,16 @@ mod ops {
     ),
     paths(
         ops::start_egress, ops::list_egresses, ops::get_egress, ops::stop_egress,
-        ops::kill_egress, ops::node_state, ops::drain, ops::affinity_score, ops::affinity_claim,
-        ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::openapi_json,
+        ops::kill_egress, ops::egress_streams, ops::node_state, ops::drain, ops::affinity_score,
+        ops::affinity_claim, ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::events,
+        ops::dashboard, ops::openapi_json,
         ops::healthz, ops::readyz, ops::metrics
     ),
     components(schemas(
         ErrorBody, ErrorDetail, EgressList, AffinityRelease, FleetNodes, Health, Ready,
-        EgressRequest, SourceRequest, OutputRequest, FileOutputRequest, VideoRequest,
-        AudioRequest, EgressInfo, FileInfo, EgressType, EgressStatus, NodeState, TypeState,
+        EgressRequest, SourceRequest, OutputRequest, FileOutputRequest, SegmentsRequest,
+        LivePlaylistRequest, StreamRequest, ImagesRequest, StreamsUpdate, VideoRequest,
+        AudioRequest, EgressInfo, FileInfo, SegmentsInfo, StreamInfo, StreamStatus, ImagesInfo, EgressType, EgressStatus, NodeState, TypeState,
         Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, UploadTarget, S3Target,
         GcsTarget, AzureTarget, UploadState, DiskState
     )),
@@ -302,7 +336,7 @@ impl Modify for BearerAuth {
 }
 
 /// Paths anyone may read without the token (as `api::guard` lets them through).
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
+use super::guard::OPEN_PATHS;
 
 fn error_response(description: &str) -> Value {
     json!({"description": description,
@@ -312,6 +346,16 @@ fn error_response(description: &str) -> Value {
 /// The document: utoipa's, plus the answers the guard gives on every route.
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    // What the derive cannot say: an output object has exactly its one key (serde's externally
+    // tagged enum), and a request has `output` or `outputs`, not both.
+    let schemas = &mut doc["components"]["schemas"];
+    if let Some(kinds) = schemas["OutputRequest"]["oneOf"].as_array_mut() {
+        for k in kinds {
+            k["additionalProperties"] = json!(false);
+        }
+    }
+    schemas["EgressRequest"]["oneOf"] =
+        json!([{"required": ["output"]}, {"required": ["outputs"]}]);
     for r in ROUTES {
         let op = &mut doc["paths"][r.path][r.method.to_ascii_lowercase()];
         if !op.is_object() {
@@ -383,11 +427,17 @@ mod tests {
         }
         let ended = &s["EgressInfo"]["properties"]["ended_at"];
         assert!(ended.to_string().contains("null"), "{ended}");
-        let file = &s["OutputRequest"];
-        assert!(file["required"].to_string().contains("file"), "{file}");
+        let outputs = s["OutputRequest"]["oneOf"].as_array().unwrap();
+        assert_eq!(outputs.len(), 4);
+        for kind in outputs {
+            // One key per output object, nothing else: what serde accepts.
+            assert_eq!(kind["additionalProperties"], false, "{kind}");
+            assert_eq!(kind["required"].as_array().unwrap().len(), 1, "{kind}");
+        }
+        let either = s["EgressRequest"]["oneOf"].to_string();
         assert!(
-            !file["properties"]["file"].to_string().contains("null"),
-            "{file}"
+            either.contains("\"output\"") && either.contains("\"outputs\""),
+            "{either}"
         );
         let post = &doc["paths"]["/v1/egress"]["post"]["responses"];
         for code in [

@@ -5,6 +5,7 @@
 //!   {p}nodes                 set of node ids          {p}node:{id}        a node's registration
 //!   {p}records               hash of egress records   {p}owner:{egress}   an egress's owner
 //!   {p}reserved:{id}         a node's reservations    {p}cand:{type}:idle|busy, {p}cand:max_budget
+//!   {p}events                pub/sub channel of every node's live events
 //! ```
 
 /// The key names of one fleet.
@@ -58,5 +59,10 @@ impl Keys {
 
     pub fn reserved(&self, node_id: &str) -> String {
         format!("{}reserved:{node_id}", self.prefix)
+    }
+
+    /// The pub/sub channel every node publishes its live events on (`fleet/events.rs`).
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
     }
 }

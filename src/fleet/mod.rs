@@ -12,6 +12,7 @@
 //! - `placement`: `POST /v1/egress` fleet-wide: decide, start on the chosen node, fall back,
 //!   retry a burst.
 //! - `client`: node-to-node calls over the admin API.
+//! - `events`: every node's live events relayed through Redis pub/sub (`{p}events`).
 //!
 //! Coordination is Redis plus each node's own admin API: no gossip, no consensus. Every decision
 //! that must be atomic is one Redis command or one Lua script (taking an egress id, writing a
@@ -27,6 +28,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod events;
 pub mod keys;
 pub mod placement;
 pub mod records;

@@ -20,6 +20,16 @@ use crate::model::{EgressSpec, HandlerResult, PipelineOptions, now_ms};
 use crate::pipeline;
 use protocol::{HandlerCommand, HandlerEvent};
 
+/// What the main thread is told: stop, or change the stream URLs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Control {
+    Stop(Cause),
+    Streams {
+        add: Vec<(usize, String)>,
+        remove: Vec<usize>,
+    },
+}
+
 /// Why the handler is stopping.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Cause {
@@ -60,7 +70,7 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
         }
     };
     // Control: stdin commands / EOF and signals, merged into one channel.
-    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Cause>();
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Control>();
     let tx = ctl_tx.clone();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -69,33 +79,31 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
                 .and_then(|l| serde_json::from_str::<HandlerCommand>(&l).ok())
             {
                 Some(HandlerCommand::Stop) => {
-                    let _ = tx.send(Cause::Stop);
+                    let _ = tx.send(Control::Stop(Cause::Stop));
+                }
+                Some(HandlerCommand::Streams { add, remove }) => {
+                    let _ = tx.send(Control::Streams { add, remove });
                 }
                 Some(HandlerCommand::Start { .. }) | None => {}
             }
         }
-        let _ = tx.send(Cause::ParentGone);
+        let _ = tx.send(Control::Stop(Cause::ParentGone));
     });
     match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 for _ in signals.forever() {
-                    let _ = ctl_tx.send(Cause::Signal);
+                    let _ = ctl_tx.send(Control::Stop(Cause::Signal));
                 }
             });
         }
         Err(e) => warn!(log, "cannot watch signals"; "error" => %e),
     }
 
-    let outcome = record(&spec, &options, &ctl_rx, &log);
+    let (outcome, media) = record(&spec, &options, &ctl_rx, &log);
     let (finalized, cause, err, media) = match &outcome {
         Ok(end) => (true, end.cause.clone(), None, end.media),
-        Err(e) => (
-            false,
-            "error".to_string(),
-            Some(user_error(e)),
-            spec.file.path.exists(),
-        ),
+        Err(e) => (false, "error".to_string(), Some(user_error(e)), media),
     };
     let result = HandlerResult {
         finalized,
@@ -110,7 +118,7 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
             warn!(log, "cannot write result"; "path" => spec.result_path.display(), "error" => %e);
         }
     }
-    if finalized {
+    if finalized && !media {
         emit(&HandlerEvent::Eos);
     }
     emit(&HandlerEvent::Exiting { finalized, media });
@@ -136,40 +144,88 @@ pub(crate) fn emit(ev: &HandlerEvent) {
 }
 
 /// Builds and runs the pipeline until it is finalized; every error is reported to the service
-/// once, here. Without media the output file is deleted.
+/// once, here. Without media the outputs are deleted (the service makes the rest whole:
+/// `closing`). Returns the outcome and whether media reached the outputs.
 fn record(
     spec: &EgressSpec,
     options: &PipelineOptions,
-    ctl: &Receiver<Cause>,
+    ctl: &Receiver<Control>,
     log: &Logger,
-) -> Result<Ended, PipelineError> {
+) -> (Result<Ended, PipelineError>, bool) {
     let mut media = false;
     let outcome = run_pipeline(spec, options, ctl, &mut media, log);
     if !media {
-        // Never a file that does not play: a stop before the first frame, or a failed start.
-        match std::fs::remove_file(&spec.file.path) {
-            Ok(()) => info!(log, "no media: output removed"; "path" => spec.file.path.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(log, "cannot remove the empty output"; "error" => %e),
+        // Never an output that does not play: a stop before the first frame, or a failed start.
+        for path in outputs_to_remove(spec) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => info!(log, "no media: output removed"; "path" => path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(log, "cannot remove an empty output"; "path" => path.display(), "error" => %e)
+                }
+            }
+        }
+    } else if outcome.is_ok() {
+        // Finalized. The hybrid MP4 becomes a normal one in the service (`closing`), not here:
+        // this process may hold elements that never reached Null (wpesrc).
+        emit(&HandlerEvent::Eos);
+    }
+    (outcome.inspect_err(fail), media)
+}
+
+/// What a recording without media leaves: the file, the playlists, an empty first segment.
+fn outputs_to_remove(spec: &EgressSpec) -> Vec<std::path::PathBuf> {
+    let o = &spec.outputs;
+    let mut v: Vec<std::path::PathBuf> = o.file.iter().map(|f| f.path.clone()).collect();
+    if let Some(s) = &o.segments {
+        v.push(s.playlist_path.clone());
+        v.extend(s.live.iter().map(|l| l.1.clone()));
+        let first = s.dir.join(pipeline::output_segments::segment_name(s, 0));
+        if std::fs::metadata(&first).is_ok_and(|m| m.len() == 0) {
+            v.push(first);
         }
     }
-    outcome.inspect_err(fail)
+    if let Some(im) = &o.images {
+        let first = im.dir.join(pipeline::output_images::image_name(im, 0));
+        if std::fs::metadata(&first).is_ok_and(|m| m.len() == 0) {
+            v.push(first);
+        }
+    }
+    v
 }
 
 fn run_pipeline(
     spec: &EgressSpec,
     options: &PipelineOptions,
-    ctl: &Receiver<Cause>,
+    ctl: &Receiver<Control>,
     media: &mut bool,
     log: &Logger,
 ) -> Result<Ended, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
-    let file = pipeline::output_file::open(&spec.file.path)?;
-    let mut rec = record::Recording::new(spec, options, file.as_raw_fd(), log)?;
+    let file = match &spec.outputs.file {
+        Some(f) => Some(pipeline::output_file::open(&f.path)?),
+        None => None,
+    };
+    let fd = file.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    let mut rec = record::Recording::new(spec, options, fd, log)?;
     let result = rec.run(ctl);
     *media = rec.media();
-    // Null closes the sink; with robust mp4 the file is readable even without EOS.
-    let _ = rec.pipeline().set_state(gst::State::Null);
+    rec.shutdown();
+    // Null closes the sinks; a hybrid MP4 without EOS is repaired by the caller or the service.
+    // Bounded: some elements (wpesrc) can hang going to Null, and after EOS everything is
+    // written already.
+    let pipeline = rec.pipeline().clone();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = pipeline.set_state(gst::State::Null);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+        warn!(
+            log,
+            "the pipeline did not reach Null within 10 s; going on without it"
+        );
+    }
     // The fd outlives the pipeline that writes to it.
     drop(rec);
     drop(file);

@@ -5,7 +5,8 @@
 //! End of file on stdin means the service is gone: the handler then stops gracefully on its own.
 //!
 //! A run: `started`, then `playing` once media reaches the output (never, if it ends first),
-//! maybe `source_stalled`/`source_recovered` pairs, maybe `source_ended` or `source_lost`, then
+//! maybe `source_stalled`/`source_recovered` pairs, `segment_closed`, `image_written` and
+//! `stream` lines as outputs progress, maybe `source_ended` or `source_lost`, then
 //! `eos` when the output was finalized, maybe `error`, and last `exiting`. Fields added later
 //! carry serde defaults, so either side may be one version older.
 
@@ -25,6 +26,13 @@ pub enum HandlerCommand {
     /// Stop gracefully: end the recording (EOS into the encoders and the muxer), finalize the
     /// output, exit.
     Stop,
+    /// Start streaming to `add` (index, URL) and stop streaming to the indices in `remove`.
+    Streams {
+        #[serde(default)]
+        add: Vec<(usize, String)>,
+        #[serde(default)]
+        remove: Vec<usize>,
+    },
 }
 
 /// Handler -> service.
@@ -52,6 +60,22 @@ pub enum HandlerEvent {
         element: String,
         message: String,
         debug: String,
+    },
+    /// A segment closed and the playlists were rewritten: totals so far.
+    SegmentClosed {
+        count: u32,
+        duration_s: f64,
+        size_bytes: u64,
+    },
+    /// A JPEG snapshot was written: images so far.
+    ImageWritten { count: u32 },
+    /// Stream `index` changed state: `active` (connecting or sending), `failed` (gave up after
+    /// `stream_retry_s`; `error` says why) or `ended`. `error` is redacted of stream keys.
+    Stream {
+        index: usize,
+        status: crate::model::StreamStatus,
+        #[serde(default)]
+        error: Option<String>,
     },
     /// Last line before exit. `media`: whether any media reached the output; when false the
     /// handler deleted the (unplayable) output file.

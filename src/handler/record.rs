@@ -18,9 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod images;
 mod live;
+mod segments;
+mod streams;
+mod web;
 
 use live::disconnect;
+use segments::Segments;
+use streams::Streams;
 
 use crossbeam_channel::Receiver;
 use gstreamer as gst;
@@ -28,13 +34,14 @@ use gstreamer::prelude::*;
 use slog::{Logger, info};
 
 use super::protocol::HandlerEvent;
-use super::{Cause, emit};
+use super::{Control, emit};
 use crate::error::PipelineError;
 use crate::model::{EgressSpec, PipelineOptions, Source};
 use crate::pipeline::errors;
-use crate::pipeline::graph::{self, StreamKind};
+use crate::pipeline::graph::{self, Desc, StreamKind};
 use crate::pipeline::source_uri::{self, Connection, Held};
 use crate::pipeline::{SourceStreams, plan};
+use crate::pipeline::{output_images, output_segments};
 
 /// How one wait on the bus lasts at most: stops and stalls are looked at this often.
 const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(50);
@@ -108,6 +115,9 @@ impl UriSource {
     }
 }
 
+/// Stream URLs to add (index, URL) and indices to remove.
+type StreamChange = (Vec<(usize, String)>, Vec<usize>);
+
 pub struct Recording<'a> {
     spec: &'a EgressSpec,
     opts: &'a PipelineOptions,
@@ -120,6 +130,14 @@ pub struct Recording<'a> {
     entries: Option<HashMap<(usize, StreamKind), gst::Pad>>,
     media: Arc<AtomicBool>,
     stopping: Option<(String, Instant)>,
+    /// Sinks EOS has not reached yet (the end is when none is left and HLS is done).
+    pending_sinks: Vec<String>,
+    segments: Option<Segments>,
+    outs: Option<Streams>,
+    /// Stream changes asked for before the graph existed.
+    stream_changes: Vec<StreamChange>,
+    /// A web source's page has loaded (its frames flow from then on); None without one.
+    web_loaded: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Recording<'a> {
@@ -143,6 +161,15 @@ impl<'a> Recording<'a> {
             entries: None,
             media: Arc::new(AtomicBool::new(false)),
             stopping: None,
+            pending_sinks: Vec::new(),
+            segments: None,
+            outs: None,
+            stream_changes: Vec::new(),
+            web_loaded: spec
+                .sources
+                .iter()
+                .any(|s| matches!(s, Source::Web { .. }))
+                .then(Arc::default),
         };
         for (i, s) in spec.sources.iter().enumerate() {
             if let Source::Uri { uri } = s {
@@ -218,11 +245,18 @@ impl<'a> Recording<'a> {
     }
 
     /// Runs until the output is finalized (or no graph was ever built and a stop came).
-    pub fn run(&mut self, ctl: &Receiver<Cause>) -> Result<Ended, PipelineError> {
+    pub fn run(&mut self, ctl: &Receiver<Control>) -> Result<Ended, PipelineError> {
         let bus = self
             .pipeline
             .bus()
             .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
+        for s in &self.spec.sources {
+            if let Source::Web { url, .. } = s {
+                crate::pipeline::source_web::preflight(url, Duration::from_secs(5))?;
+            }
+        }
+        // The page's load time counts from here, after its answer.
+        let load_since = Instant::now();
         if self.sources.is_empty() {
             self.build_graph()?;
         }
@@ -236,22 +270,41 @@ impl<'a> Recording<'a> {
         emit(&HandlerEvent::Started);
         let start_timeout = Duration::from_secs_f64(self.opts.start_timeout_s.max(0.1));
         loop {
-            if let Ok(cause) = ctl.try_recv()
-                && self.stopping.is_none()
-            {
-                info!(self.log, "stopping"; "cause" => cause.as_str());
-                if self.entries.is_none() {
-                    // Nothing recorded yet: nothing to finalize.
-                    return Ok(self.ended(cause.as_str()));
+            match ctl.try_recv() {
+                Ok(Control::Stop(cause)) if self.stopping.is_none() => {
+                    info!(self.log, "stopping"; "cause" => cause.as_str());
+                    if self.entries.is_none() {
+                        // Nothing recorded yet: nothing to finalize.
+                        return Ok(self.ended(cause.as_str()));
+                    }
+                    self.end(cause.as_str());
                 }
-                self.end(cause.as_str());
+                Ok(Control::Streams { add, remove }) => {
+                    self.stream_changes.push((add, remove));
+                }
+                _ => {}
             }
+            self.poll_streams();
             if let Some((_, since)) = &self.stopping
                 && since.elapsed() > ORPHAN_EOS_TIMEOUT
             {
                 return Err(PipelineError::Build(
                     "no EOS within 60 s of the stop".into(),
                 ));
+            }
+            if let Some(loaded) = &self.web_loaded
+                && !loaded.load(Ordering::Relaxed)
+                && self.stopping.is_none()
+                && load_since.elapsed() > start_timeout
+            {
+                return Err(PipelineError::Bus {
+                    element: String::new(),
+                    message: format!(
+                        "the page did not finish loading within {} s",
+                        self.opts.start_timeout_s
+                    ),
+                    debug: String::new(),
+                });
             }
             if self.entries.is_none() {
                 if self.sources.iter().all(UriSource::complete) {
@@ -306,8 +359,37 @@ impl<'a> Recording<'a> {
                         info!(self.log, "recording"; "after_ms" => self.epoch.elapsed().as_millis() as u64);
                         emit(&HandlerEvent::Playing);
                     }
-                    OUT_EOS_MESSAGE => return Ok(Some(self.finished())),
+                    OUT_EOS_MESSAGE => {
+                        let sink = s.get::<String>("sink").unwrap_or_default();
+                        self.pending_sinks.retain(|n| *n != sink);
+                        if sink == output_segments::SINK
+                            && let Some(seg) = &mut self.segments
+                        {
+                            seg.on_eos();
+                        }
+                        return Ok(self.end_if_done());
+                    }
+                    images::IMAGE_MESSAGE => {
+                        if let Ok(count) = s.get::<u32>("count") {
+                            emit(&HandlerEvent::ImageWritten { count });
+                        }
+                    }
                     _ => {}
+                }
+            }
+            V::Element(_) if web::is_loaded(msg) => {
+                if let Some(loaded) = &self.web_loaded
+                    && !loaded.swap(true, Ordering::Relaxed)
+                {
+                    info!(self.log, "page loaded"; "after_ms" => self.epoch.elapsed().as_millis() as u64);
+                }
+            }
+            V::Element(e) => {
+                if let (Some(st), Some(seg)) = (e.structure(), &mut self.segments)
+                    && st.name().starts_with("splitmuxsink-fragment-")
+                {
+                    seg.on_message(st, self.log);
+                    return Ok(self.end_if_done());
                 }
             }
             V::Eos(_) => return Ok(Some(self.finished())),
@@ -341,8 +423,46 @@ impl<'a> Recording<'a> {
         Ok(None)
     }
 
-    /// The end: EOS reached the file (or the whole pipeline).
-    fn finished(&self) -> Ended {
+    /// The end, once EOS reached every output sink and the last segment closed.
+    fn end_if_done(&mut self) -> Option<Ended> {
+        let seg_done = self.segments.as_ref().is_none_or(|s| s.done);
+        (self.pending_sinks.is_empty() && seg_done).then(|| self.finished())
+    }
+
+    /// Applies stream changes and drives the stream URLs (retries, failures).
+    fn poll_streams(&mut self) {
+        let Some(streams) = &mut self.outs else {
+            return;
+        };
+        for (add, remove) in self.stream_changes.drain(..) {
+            for i in remove {
+                streams.remove(i, self.log);
+            }
+            for (i, url) in add {
+                streams.add(i, &url);
+            }
+        }
+        if self.stopping.is_none() {
+            let playing = self.pipeline.current_state() == gst::State::Playing;
+            let clock = if playing { self.pipeline.clock() } else { None };
+            let base = self.pipeline.base_time();
+            streams.poll(clock, base, self.log);
+        }
+    }
+
+    /// Ends what outlives the graph: the stream URL pipelines.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = &mut self.outs {
+            s.end_all();
+        }
+    }
+
+    /// The end: EOS reached every output (or the whole pipeline).
+    fn finished(&mut self) -> Ended {
+        if let Some(seg) = &mut self.segments {
+            seg.finish(self.log);
+        }
+        self.shutdown();
         match &self.stopping {
             Some((cause, _)) => self.ended(cause),
             None => {
@@ -407,6 +527,9 @@ impl<'a> Recording<'a> {
         for (i, s) in self.spec.sources.iter().enumerate() {
             streams.push(match s {
                 Source::Test { media, .. } => SourceStreams::of_test(*media),
+                Source::Web { audio, .. } => {
+                    SourceStreams::of_web(*audio && self.spec.audio.enabled)
+                }
                 Source::Uri { uri } => {
                     let src = self.sources.iter().find(|s| s.index == i);
                     let names: Vec<String> = src
@@ -427,9 +550,26 @@ impl<'a> Recording<'a> {
         }
         self.streams = streams;
         let desc = plan::describe(self.spec, self.opts, &self.streams);
-        info!(self.log, "graph decided"; "launch" => desc.launch());
+        // Stream keys never reach a log.
+        let launch = self
+            .spec
+            .outputs
+            .stream_urls
+            .iter()
+            .fold(desc.launch(), |l, u| {
+                l.replace(u.as_str(), &crate::model::redact_stream_url(u))
+            });
+        info!(self.log, "graph decided"; "launch" => launch);
         let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
-        self.watch_output()?;
+        if let Some(loaded) = &self.web_loaded {
+            for (i, s) in self.spec.sources.iter().enumerate() {
+                if matches!(s, Source::Web { .. }) {
+                    web::attach(&self.pipeline, i, loaded.clone())?;
+                }
+            }
+        }
+        self.attach_outputs();
+        self.watch_output(&desc)?;
         // Downstream first, so nothing pushes into an element that is not playing yet.
         let mut names: Vec<&str> = desc.names();
         names.reverse();
@@ -449,42 +589,75 @@ impl<'a> Recording<'a> {
         Ok(())
     }
 
-    /// Probes on the muxer's inputs (the first buffer is "media") and on the sink (its EOS is
-    /// the end).
-    fn watch_output(&self) -> Result<(), PipelineError> {
-        let mux = self
-            .pipeline
-            .by_name("mux")
-            .ok_or_else(|| PipelineError::Build("no mux".into()))?;
-        for pad in mux.sink_pads() {
-            let media = self.media.clone();
-            let m = mux.downgrade();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                if !media.swap(true, Ordering::Relaxed)
-                    && let Some(m) = m.upgrade()
-                {
-                    let s = gst::Structure::new_empty(MEDIA_MESSAGE);
-                    let _ = m.post_message(gst::message::Application::builder(s).src(&m).build());
-                }
-                gst::PadProbeReturn::Remove
-            });
+    /// Hooks the outputs the handler drives itself: HLS naming and playlists, image files,
+    /// stream URL pipelines.
+    fn attach_outputs(&mut self) {
+        let o = &self.spec.outputs;
+        if let (Some(s), Some(sink)) = (&o.segments, self.pipeline.by_name(output_segments::SINK)) {
+            let seg = Segments::new(s);
+            seg.attach(&sink, self.log);
+            self.segments = Some(seg);
         }
-        let sink = self
-            .pipeline
-            .by_name("out_file_sink")
-            .and_then(|s| s.static_pad("sink"))
-            .ok_or_else(|| PipelineError::Build("no out_file_sink".into()))?;
-        sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |pad, info| {
-            if let Some(ev) = info.event()
-                && ev.type_() == gst::EventType::Eos
-                && let Some(e) = pad.parent_element()
-            {
-                // Everything before EOS is written: the muxer rewrote its headers already.
-                let s = gst::Structure::new_empty(OUT_EOS_MESSAGE);
-                let _ = e.post_message(gst::message::Application::builder(s).src(&e).build());
+        if let (Some(im), Some(sink)) = (&o.images, self.pipeline.by_name(output_images::SINK)) {
+            images::attach(&sink, im);
+        }
+        self.outs = Streams::attach(
+            &self.pipeline,
+            &o.stream_urls,
+            self.opts.stream_retry_s,
+            &self.spec.egress_id,
+        );
+    }
+
+    /// Probes on the outputs' inputs (the first buffer is "media") and on every output sink
+    /// (EOS at all of them is the end).
+    fn watch_output(&mut self, desc: &Desc) -> Result<(), PipelineError> {
+        for name in &desc.media {
+            let Some(e) = self.pipeline.by_name(name) else {
+                continue;
+            };
+            for pad in e.sink_pads() {
+                let media = self.media.clone();
+                let m = e.downgrade();
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    if !media.swap(true, Ordering::Relaxed)
+                        && let Some(m) = m.upgrade()
+                    {
+                        let s = gst::Structure::new_empty(MEDIA_MESSAGE);
+                        let _ =
+                            m.post_message(gst::message::Application::builder(s).src(&m).build());
+                    }
+                    gst::PadProbeReturn::Remove
+                });
             }
-            gst::PadProbeReturn::Ok
-        });
+        }
+        self.pending_sinks = desc.sinks.clone();
+        if self.segments.is_some() {
+            self.pending_sinks.push(output_segments::SINK.into());
+        }
+        for name in self.pending_sinks.clone() {
+            let e = self
+                .pipeline
+                .by_name(&name)
+                .ok_or_else(|| PipelineError::Build(format!("no {name}")))?;
+            for pad in e.sink_pads() {
+                let sink = name.clone();
+                pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
+                    if let Some(ev) = info.event()
+                        && ev.type_() == gst::EventType::Eos
+                        && let Some(e) = pad.parent_element()
+                    {
+                        // Everything before EOS is through: a muxer has rewritten its headers.
+                        let s = gst::Structure::builder(OUT_EOS_MESSAGE)
+                            .field("sink", sink.as_str())
+                            .build();
+                        let _ =
+                            e.post_message(gst::message::Application::builder(s).src(&e).build());
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+            }
+        }
         Ok(())
     }
 
@@ -538,12 +711,27 @@ impl<'a> Recording<'a> {
             }
         }
         for (i, s) in self.spec.sources.iter().enumerate() {
-            if matches!(s, Source::Test { .. }) {
-                for kind in ["video", "audio"] {
-                    if let Some(e) = self.pipeline.by_name(&format!("src{i}_{kind}")) {
-                        e.send_event(gst::event::Eos::new());
+            match s {
+                Source::Test { .. } => {
+                    for kind in ["video", "audio"] {
+                        if let Some(e) = self.pipeline.by_name(&format!("src{i}_{kind}")) {
+                            e.send_event(gst::event::Eos::new());
+                        }
                     }
                 }
+                // A page never ends: EOS goes in right after it, into the raw chains.
+                Source::Web { .. } => {
+                    for head in ["video_queue", "audio_queue"] {
+                        if let Some(p) = self
+                            .pipeline
+                            .by_name(head)
+                            .and_then(|e| e.static_pad("sink"))
+                        {
+                            p.send_event(gst::event::Eos::new());
+                        }
+                    }
+                }
+                Source::Uri { .. } => {}
             }
         }
     }

@@ -4,14 +4,14 @@
 //! ```text
 //!   src0 video ─► src0_video_queue ─► src0_video_convert ─► src0_video_scale ─► src0_video_caps ─┐
 //!   src1 video ─► ...                                                          comp.sink_N ◄───┤
-//!                                                 comp (compositor) ─► video tail (encode.rs) ─► mux
+//!                                                 comp (compositor) ─► raw video (encode.rs) ─► encoders ─► outputs
 //!   src0 audio ─► src0_audio_queue ─► src0_audio_convert ─► src0_audio_resample ─► src0_audio_caps ─┐
-//!                                                 amix (audiomixer) ─► audio tail (encode.rs) ─► mux
+//!                                                 amix (audiomixer) ─► raw audio (encode.rs) ─► encoders ─► outputs
 //! ```
 
 use super::encode;
 use super::graph::{Desc, Node, caps, el, link};
-use crate::model::{EgressSpec, PipelineOptions};
+use crate::model::EgressSpec;
 
 /// Grid cell size for `n` tiles in a `w`x`h` frame: (columns, cell width, cell height), even sizes.
 pub fn grid(n: usize, w: u32, h: u32) -> (u32, u32, u32) {
@@ -21,11 +21,10 @@ pub fn grid(n: usize, w: u32, h: u32) -> (u32, u32, u32) {
     (cols, (w / cols) & !1, (h / rows) & !1)
 }
 
-/// Adds the mixers and their tails; `video`/`audio` are (source index, head chain) pairs.
+/// Adds the mixers, feeding the raw tees; `video`/`audio` are (source index, head chain) pairs.
 pub fn room(
     d: &mut Desc,
     spec: &EgressSpec,
-    opts: &PipelineOptions,
     video: Vec<(usize, Vec<Node>)>,
     audio: Vec<(usize, Vec<Node>)>,
 ) {
@@ -40,7 +39,7 @@ pub fn room(
                 .p(&format!("sink_{slot}::ypos"), y);
         }
         let mut chain = vec![comp];
-        chain.extend(encode::video_tail(spec, opts));
+        chain.extend(encode::video_raw(spec));
         d.push(chain);
         for (slot, (i, mut head)) in video.into_iter().enumerate() {
             head.extend([
@@ -63,7 +62,7 @@ pub fn room(
     }
     if !audio.is_empty() {
         let mut chain = vec![el("audiomixer", "amix")];
-        chain.extend(encode::audio_tail(spec));
+        chain.extend(encode::audio_raw());
         d.push(chain);
         for (i, mut head) in audio {
             head.extend([

@@ -1,22 +1,74 @@
-//! Encoders: raw video or audio in, encoded stream into the muxer; and the copy chains that keep
-//! an already encoded stream (H.264, AAC) as it is.
+//! One encode per codec, shared by every output through tees; and the copy chains that keep an
+//! already encoded stream (H.264, AAC) as it is.
 //!
 //! ```text
-//!   video: video_queue ─► video_convert ─► video_scale ─► video_rate ─► video_caps (I420, WxH@fps)
-//!          ─► video_enc (x264enc | vp8enc | theoraenc) ─► [video_parse] ─► video_mux_queue ─► mux
-//!   audio: audio_queue ─► audio_convert ─► audio_resample ─► audio_caps (48 kHz stereo)
-//!          ─► audio_enc (voaacenc | opusenc) ─► [audio_parse] ─► audio_mux_queue ─► mux
-//!   copy:  video_queue ─► video_parse (h264parse) ─► video_mux_queue ─► mux
-//!          audio_queue ─► audio_parse (aacparse)  ─► audio_mux_queue ─► mux
+//!   raw video: video_queue ─► video_convert ─► video_scale ─► video_rate ─► video_caps
+//!              (I420, WxH@fps) ─► video_raw_tee ─┬─► video_h264_enc_queue ─► video_h264_enc ─► video_h264_tee ─► outputs
+//!                                                ├─► video_vp8_enc_queue ─► video_vp8_enc ─► video_vp8_tee (webm only)
+//!                                                └─► images (raw frames)
+//!   raw audio: audio_queue ─► audio_convert ─► audio_resample ─► audio_caps (48 kHz stereo)
+//!              ─► audio_raw_tee ─┬─► audio_aac_enc_queue ─► audio_aac_enc ─► audio_aac_tee ─► outputs
+//!                                └─► audio_opus_enc_queue ─► audio_opus_enc ─► audio_opus_tee
+//!   copy:      video_queue ─► video_parse (h264parse) ─► video_h264_tee
+//!              audio_queue ─► audio_parse (aacparse)  ─► audio_aac_tee
 //! ```
+//!
+//! Each output parses for itself after the tee (`h264parse`/`aacparse` are cheap) because
+//! muxers want different stream formats: MP4 and FLV take AVC, MPEG-TS byte-stream.
 
-use super::graph::{Node, caps, el, link};
-use crate::model::{AudioCodec, Container, EgressSpec, PipelineOptions};
+use super::graph::{Node, caps, el, from, tee};
+use crate::model::{EgressSpec, PipelineOptions};
 
-/// Raw video in -> encoded video into `mux`.
-pub fn video_tail(spec: &EgressSpec, opts: &PipelineOptions) -> Vec<Node> {
+/// A video codec an output needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    Vp8,
+    Theora,
+}
+
+impl VideoCodec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Vp8 => "vp8",
+            VideoCodec::Theora => "theora",
+        }
+    }
+
+    /// The tee every consumer of this codec links from.
+    pub fn tee(self) -> String {
+        format!("video_{}_tee", self.as_str())
+    }
+}
+
+/// An audio codec an output needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCodecKind {
+    Aac,
+    Opus,
+}
+
+impl AudioCodecKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioCodecKind::Aac => "aac",
+            AudioCodecKind::Opus => "opus",
+        }
+    }
+
+    pub fn tee(self) -> String {
+        format!("audio_{}_tee", self.as_str())
+    }
+}
+
+pub const VIDEO_RAW_TEE: &str = "video_raw_tee";
+pub const AUDIO_RAW_TEE: &str = "audio_raw_tee";
+
+/// Raw video in -> scaled, converted, at the egress's rate -> `video_raw_tee`.
+pub fn video_raw(spec: &EgressSpec) -> Vec<Node> {
     let v = &spec.video;
-    let mut chain = vec![
+    vec![
         el("queue", "video_queue"),
         el("videoconvert", "video_convert"),
         el("videoscale", "video_scale"),
@@ -29,71 +81,101 @@ pub fn video_tail(spec: &EgressSpec, opts: &PipelineOptions) -> Vec<Node> {
                 v.width, v.height, v.fps
             ),
         ),
-    ];
-    match spec.file.container {
-        Container::Mp4 | Container::Mkv => {
-            chain.push(
-                el("x264enc", "video_enc")
-                    .p("speed-preset", &opts.x264_speed_preset)
-                    .p("tune", "zerolatency")
-                    .p("key-int-max", v.fps * 2)
-                    .p("bitrate", v.bitrate_kbps),
-            );
-            chain.push(el("h264parse", "video_parse"));
-        }
-        Container::Webm => chain.push(
-            el("vp8enc", "video_enc")
-                .p("deadline", 1)
-                .p("cpu-used", 8)
-                .p("keyframe-max-dist", v.fps * 2)
-                .p("target-bitrate", v.bitrate_kbps * 1000),
-        ),
-        Container::Ogg => chain.push(el("theoraenc", "video_enc").p("bitrate", v.bitrate_kbps)),
-    }
-    chain.push(el("queue", "video_mux_queue"));
-    chain.push(link("mux"));
-    chain
+        tee(VIDEO_RAW_TEE),
+    ]
 }
 
-/// Raw audio in -> encoded audio into `mux`.
-pub fn audio_tail(spec: &EgressSpec) -> Vec<Node> {
-    let a = &spec.audio;
-    let mut chain = vec![
+/// Raw audio in -> 48 kHz stereo -> `audio_raw_tee`.
+pub fn audio_raw() -> Vec<Node> {
+    vec![
         el("queue", "audio_queue"),
         el("audioconvert", "audio_convert"),
         el("audioresample", "audio_resample"),
         caps("audio_caps", "audio/x-raw,rate=48000,channels=2"),
-    ];
-    match a.codec {
-        AudioCodec::Aac => {
-            chain.push(el("voaacenc", "audio_enc").p("bitrate", a.bitrate_kbps * 1000));
-            chain.push(el("aacparse", "audio_parse"));
-        }
-        AudioCodec::Opus => {
-            chain.push(el("opusenc", "audio_enc").p("bitrate", a.bitrate_kbps * 1000))
-        }
-    }
-    chain.push(el("queue", "audio_mux_queue"));
-    chain.push(link("mux"));
-    chain
+        tee(AUDIO_RAW_TEE),
+    ]
 }
 
-/// H.264 kept as is: parsed into the form the muxer wants.
+/// `video_raw_tee` -> one encoder -> its tee.
+pub fn video_encoder(c: VideoCodec, spec: &EgressSpec, opts: &PipelineOptions) -> Vec<Node> {
+    let v = &spec.video;
+    // A keyframe every 2 s; every second with HLS, whose splitter holds a GOP before writing
+    // it (so a kill loses less, and live players join sooner).
+    let gop = if spec.outputs.segments.is_some() {
+        v.fps
+    } else {
+        v.fps * 2
+    };
+    let name = format!("video_{}_enc", c.as_str());
+    let enc = match c {
+        VideoCodec::H264 => el("x264enc", &name)
+            .p("speed-preset", &opts.x264_speed_preset)
+            .p("tune", "zerolatency")
+            .p("key-int-max", gop)
+            .p("bitrate", v.bitrate_kbps),
+        VideoCodec::Vp8 => el("vp8enc", &name)
+            .p("deadline", 1)
+            .p("cpu-used", 8)
+            .p("keyframe-max-dist", gop)
+            .p("target-bitrate", v.bitrate_kbps * 1000),
+        VideoCodec::Theora => el("theoraenc", &name).p("bitrate", v.bitrate_kbps),
+    };
+    vec![
+        from(VIDEO_RAW_TEE),
+        el("queue", format!("{name}_queue")),
+        enc,
+        tee(&c.tee()),
+    ]
+}
+
+/// `audio_raw_tee` -> one encoder -> its tee.
+pub fn audio_encoder(c: AudioCodecKind, spec: &EgressSpec) -> Vec<Node> {
+    let name = format!("audio_{}_enc", c.as_str());
+    let bitrate = spec.audio.bitrate_kbps * 1000;
+    let enc = match c {
+        AudioCodecKind::Aac => el("voaacenc", &name).p("bitrate", bitrate),
+        AudioCodecKind::Opus => el("opusenc", &name).p("bitrate", bitrate),
+    };
+    vec![
+        from(AUDIO_RAW_TEE),
+        el("queue", format!("{name}_queue")),
+        enc,
+        tee(&c.tee()),
+    ]
+}
+
+/// H.264 kept as is -> `video_h264_tee`.
 pub fn h264_copy() -> Vec<Node> {
     vec![
         el("queue", "video_queue"),
         el("h264parse", "video_parse"),
-        el("queue", "video_mux_queue"),
-        link("mux"),
+        tee(&VideoCodec::H264.tee()),
     ]
 }
 
-/// AAC kept as is: ADTS (as MPEG-TS and HLS carry it) turned raw for MP4/Matroska.
+/// AAC kept as is (ADTS from MPEG-TS/HLS sources, raw from RTMP/MP4) -> `audio_aac_tee`.
 pub fn aac_copy() -> Vec<Node> {
     vec![
         el("queue", "audio_queue"),
         el("aacparse", "audio_parse"),
-        el("queue", "audio_mux_queue"),
-        link("mux"),
+        tee(&AudioCodecKind::Aac.tee()),
     ]
+}
+
+/// An output's branch off an encoded tee: its own queue and parser (for the stream format its
+/// muxer wants), ending where the caller links it.
+pub fn branch(prefix: &str, video: bool, tee_name: &str, codec: &str) -> Vec<Node> {
+    let kind = if video { "video" } else { "audio" };
+    let mut chain = vec![
+        from(tee_name),
+        el("queue", format!("{prefix}_{kind}_queue")),
+    ];
+    match codec {
+        "h264" => {
+            chain.push(el("h264parse", format!("{prefix}_{kind}_parse")).p("config-interval", -1))
+        }
+        "aac" => chain.push(el("aacparse", format!("{prefix}_{kind}_parse"))),
+        _ => {}
+    }
+    chain
 }

@@ -62,7 +62,19 @@ pub enum Node {
     /// The output file: `fdsink` on the already opened file in the handler, `filesink` in a
     /// launch line.
     FileSink { name: String, path: String },
+    /// The head of a chain fed by a request pad of the element called `element` (a `tee`).
+    From { element: String },
+    /// An `appsink` the handler reads (images, streams); `launch` is what a launch line runs in
+    /// its place (e.g. `multifilesink location=...`).
+    AppSink { name: String, launch: String },
 }
+
+/// Property keys starting with this are rendered in launch lines only.
+pub const LAUNCH_ONLY: &str = "@";
+/// Property keys starting with this take an element, made from the value: a factory and its
+/// properties (`filesink buffer-mode=unbuffered`). Set before any link (splitmuxsink makes its
+/// default muxer when its first pad is requested). Not rendered in launch lines.
+pub const OBJECT: &str = "!";
 
 /// An element node, properties added with `p`.
 pub fn el(factory: &str, name: impl Into<String>) -> Node {
@@ -87,6 +99,27 @@ pub fn link(target: &str) -> Node {
     }
 }
 
+/// The tail of a chain linked into `target`'s request pad named by template `pad`.
+pub fn link_pad(target: &str, pad: &str) -> Node {
+    Node::Link {
+        target: target.into(),
+        pad: Some(pad.into()),
+    }
+}
+
+/// The head of a chain fed by a `tee` called `element`.
+pub fn from(element: &str) -> Node {
+    Node::From {
+        element: element.into(),
+    }
+}
+
+/// A `tee` named `name`: every consumer gets its own request pad.
+pub fn tee(name: &str) -> Node {
+    // allow-not-linked: a tee whose only consumer was removed keeps the graph running.
+    el("tee", name).p("allow-not-linked", true)
+}
+
 impl Node {
     /// Adds a property (elements only).
     pub fn p(mut self, k: &str, v: impl ToString) -> Node {
@@ -104,6 +137,12 @@ pub struct Desc {
     pub chains: Vec<Vec<Node>>,
     /// (index, uri) of each URI source, for the launch line.
     pub uri_sources: Vec<(usize, String)>,
+    /// The sinks the end waits for: the recording is over when EOS reached each of them.
+    pub sinks: Vec<String>,
+    /// Elements whose first input buffer means media reached an output.
+    pub media: Vec<String>,
+    /// Launch-line words for what the handler runs outside this graph (stream pipelines).
+    pub extra_launch: Vec<String>,
 }
 
 impl Desc {
@@ -119,6 +158,7 @@ impl Desc {
                 Node::Element { factory, .. } => factory.as_str(),
                 Node::Caps { .. } => "capsfilter",
                 Node::FileSink { .. } => "fdsink",
+                Node::AppSink { .. } => "appsink",
                 _ => continue,
             };
             if !out.iter().any(|o| o == f) {
@@ -135,7 +175,7 @@ impl Desc {
             .flatten()
             .filter_map(|n| match n {
                 Node::Element { name, .. } | Node::Caps { name, .. } => Some(name.as_str()),
-                Node::FileSink { name, .. } => Some(name.as_str()),
+                Node::FileSink { name, .. } | Node::AppSink { name, .. } => Some(name.as_str()),
                 _ => None,
             })
             .collect()
@@ -154,6 +194,7 @@ impl Desc {
             let nodes: Vec<String> = chain.iter().map(render_node).collect();
             words.push(nodes.join(" ! "));
         }
+        words.extend(self.extra_launch.iter().cloned());
         words.join("  ")
     }
 }
@@ -166,7 +207,14 @@ fn render_node(n: &Node) -> String {
             props,
         } => {
             let mut w = vec![factory.clone(), format!("name={name}")];
-            w.extend(props.iter().map(|(k, v)| shell_quote(&format!("{k}={v}"))));
+            w.extend(
+                props
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with(OBJECT))
+                    .map(|(k, v)| {
+                        shell_quote(&format!("{}={v}", k.strip_prefix(LAUNCH_ONLY).unwrap_or(k)))
+                    }),
+            );
             w.join(" ")
         }
         Node::Caps { caps, .. } => shell_quote(caps),
@@ -176,6 +224,8 @@ fn render_node(n: &Node) -> String {
             "filesink name={name} {}",
             shell_quote(&format!("location={path}"))
         ),
+        Node::From { element } => format!("{element}."),
+        Node::AppSink { launch, .. } => launch.clone(),
     }
 }
 
@@ -225,6 +275,12 @@ pub fn instantiate(desc: &Desc, pipeline: &gst::Pipeline, fd: i32) -> Result<Bui
         for (n, e) in chain.iter().zip(row) {
             match (n, e) {
                 (Node::Entry { source, kind }, _) => entry = Some((*source, *kind)),
+                (Node::From { element }, _) => {
+                    prev =
+                        Some(created_by_name(&created, element).ok_or_else(|| {
+                            PipelineError::Build(format!("no element {element}"))
+                        })?);
+                }
                 (Node::Link { target, pad }, _) => {
                     let t = pipeline
                         .by_name(target)
@@ -287,12 +343,29 @@ fn make(
             let mut b = gst::ElementFactory::make(factory).name(name.as_str());
             let mut deferred = Vec::new();
             for (k, v) in props {
+                if k.starts_with(LAUNCH_ONLY) || k.starts_with(OBJECT) {
+                    continue;
+                }
                 match k.split_once("::") {
                     Some((pad, prop)) => deferred.push((pad.to_string(), prop.to_string(), v)),
                     None => b = b.property_from_str(k, v),
                 }
             }
             let e = b.build().map_err(|e| build_err(name, e))?;
+            for (k, v) in props {
+                if let Some(prop) = k.strip_prefix(OBJECT) {
+                    let mut words = v.split_whitespace();
+                    let factory = words.next().unwrap_or_default();
+                    let mut ob = gst::ElementFactory::make(factory);
+                    for kv in words {
+                        if let Some((pk, pv)) = kv.split_once('=') {
+                            ob = ob.property_from_str(pk, pv);
+                        }
+                    }
+                    let obj = ob.build().map_err(|e| build_err(factory, e))?;
+                    e.set_property(prop, &obj);
+                }
+            }
             for (pad, prop, v) in deferred {
                 pad_props.push((e.clone(), pad, prop, v.clone()));
             }
@@ -318,6 +391,23 @@ fn make(
                 .build()
                 .map_err(|e| build_err(name, e))?
         }
-        Node::Entry { .. } | Node::Link { .. } => return Ok(None),
+        Node::AppSink { name, .. } => gst::ElementFactory::make("appsink")
+            .name(name.as_str())
+            .property("sync", false)
+            .property("async", false)
+            .build()
+            .map_err(|e| build_err(name, e))?,
+        Node::Entry { .. } | Node::Link { .. } | Node::From { .. } => return Ok(None),
     }))
+}
+
+fn created_by_name<'a>(
+    created: &'a [Vec<Option<gst::Element>>],
+    name: &str,
+) -> Option<&'a gst::Element> {
+    created
+        .iter()
+        .flatten()
+        .flatten()
+        .find(|e| e.name() == name)
 }

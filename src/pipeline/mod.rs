@@ -1,11 +1,12 @@
 //! GStreamer graphs per egress type, source kind and output, built element by element.
 //!
 //! ```text
-//!   sources                      mixers (room)        encoders / copies        output
-//!   source_test (videotestsrc) ┐
-//!   source_uri (uridecodebin3) ┼─► compose (compositor, ─► encode (x264enc, ─► output_file
-//!     one connection, pads      │   audiomixer)           voaacenc, ... or       (mux ─► fdsink)
-//!     decide the graph)        ┘                          h264parse/aacparse)
+//!   sources                      mixers (room)        encoders / copies        outputs
+//!   source_test (videotestsrc) ┐                                                 ┌► output_file (mux ─► fdsink)
+//!   source_uri (uridecodebin3) ┼─► compose (compositor, ─► encode (one x264enc, ─┼► output_segments (HLS)
+//!     one connection, pads      │   audiomixer)           one voaacenc, ... via  ├► output_stream (taps ─► a
+//!     decide the graph)        ┘                          tees; or copies)       │   pipeline per URL)
+//!                                                                                └► output_images (JPEG)
 //! ```
 //!
 //! `plan` decides the graph (a pure function of the spec and what the sources carry) as a
@@ -19,9 +20,13 @@ pub mod encode;
 pub mod errors;
 pub mod graph;
 pub mod output_file;
+pub mod output_images;
+pub mod output_segments;
+pub mod output_stream;
 pub mod plan;
 pub mod source_test;
 pub mod source_uri;
+pub mod source_web;
 
 use crate::model::{EgressSpec, PipelineOptions, Source};
 
@@ -37,6 +42,7 @@ pub fn launch_line(spec: &EgressSpec, opts: &PipelineOptions) -> String {
         .map(|s| match s {
             Source::Test { media, .. } => SourceStreams::of_test(*media),
             Source::Uri { .. } => SourceStreams::AV_RAW,
+            Source::Web { audio, .. } => SourceStreams::of_web(*audio),
         })
         .collect();
     describe(spec, opts, &streams).launch()

@@ -2,42 +2,73 @@
 //! muxer opens itself, so a symlink planted at the path is never followed).
 //!
 //! ```text
-//!   ... ─► mux (mp4mux robust | matroskamux | webmmux | oggmux) ─► out_file_sink (fdsink fd=N)
+//!   video_{codec}_tee ─► file_video_queue ─► [file_video_parse] ─┐
+//!   audio_{codec}_tee ─► file_audio_queue ─► [file_audio_parse] ─┴► file_mux ─► file_sink (fdsink fd=N)
 //! ```
+//!
+//! MP4 is hybrid: `mp4mux` writes a fragmented MP4 (moov, then moof+mdat every
+//! `pipeline.mp4_fragment_s`) while recording, so a killed file decodes up to the last whole
+//! fragment; after EOS the handler remuxes it (no re-encode, `crate::repair`) into a normal
+//! progressive MP4 with its duration in the header, as the service does for a killed one. No
+//! index space is reserved: the file's size is the media it holds. (`fragment-mode=
+//! first-moov-then-finalise` would skip the remux, but a killed file with audio written that way
+//! does not open in ffmpeg and GStreamer reads only its first fragment.)
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use super::graph::{Node, el};
+use super::encode::{AudioCodecKind, VideoCodec, branch};
+use super::graph::{Desc, Node, el, link};
 use crate::error::PipelineError;
-use crate::model::{Container, EgressSpec, PipelineOptions};
+use crate::model::{Container, FileOutput, PipelineOptions};
 
-/// The muxer and the sink.
-pub fn chain(spec: &EgressSpec, opts: &PipelineOptions) -> Vec<Node> {
-    let ns = |s: f64| (s * 1e9).round() as u64;
-    let mux = match spec.file.container {
-        // Robust mode: the index is rewritten every period into reserved space, so a killed
-        // recording stays playable up to the last update.
-        Container::Mp4 => el("mp4mux", "mux")
-            .p(
-                "reserved-max-duration",
-                ns(opts.mp4_reserved_max_duration_s),
-            )
-            .p(
-                "reserved-moov-update-period",
-                ns(opts.mp4_moov_update_period_s),
-            ),
-        Container::Mkv => el("matroskamux", "mux"),
-        Container::Webm => el("webmmux", "mux"),
-        Container::Ogg => el("oggmux", "mux"),
+/// The video codec a container takes.
+pub fn video_codec(c: Container) -> VideoCodec {
+    match c {
+        Container::Mp4 | Container::Mkv => VideoCodec::H264,
+        Container::Webm => VideoCodec::Vp8,
+        Container::Ogg => VideoCodec::Theora,
+    }
+}
+
+/// Adds the muxer, the sink and the branches from the encoded tees (`audio`: the audio codec,
+/// when the egress records audio).
+pub fn add(
+    d: &mut Desc,
+    file: &FileOutput,
+    opts: &PipelineOptions,
+    video: bool,
+    audio: Option<AudioCodecKind>,
+) {
+    let mux = match file.container {
+        Container::Mp4 => el("mp4mux", "file_mux").p(
+            "fragment-duration",
+            (opts.mp4_fragment_s * 1000.0).round() as u64,
+        ),
+        Container::Mkv => el("matroskamux", "file_mux"),
+        Container::Webm => el("webmmux", "file_mux"),
+        Container::Ogg => el("oggmux", "file_mux"),
     };
-    vec![
+    d.push(vec![
         mux,
         Node::FileSink {
-            name: "out_file_sink".into(),
-            path: spec.file.path.display().to_string(),
+            name: "file_sink".into(),
+            path: file.path.display().to_string(),
         },
-    ]
+    ]);
+    if video {
+        let c = video_codec(file.container);
+        let mut chain = branch("file", true, &c.tee(), c.as_str());
+        chain.push(link("file_mux"));
+        d.push(chain);
+    }
+    if let Some(a) = audio {
+        let mut chain = branch("file", false, &a.tee(), a.as_str());
+        chain.push(link("file_mux"));
+        d.push(chain);
+    }
+    d.sinks.push("file_sink".into());
+    d.media.push("file_mux".into());
 }
 
 /// Opens the output file for writing without ever following a symlink: the service creates it

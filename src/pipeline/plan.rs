@@ -8,14 +8,22 @@
 //! - `participant`: video and audio of one source, transcoded.
 //! - `room_composite`: see `compose`.
 //!
+//! Every output hangs off one encode per codec (see `encode`): an egress with a file, HLS,
+//! two streams and images runs one x264 and one AAC encoder.
+//!
 //! ```text
-//!   sources (source_test | source_uri) ─► [compose] ─► encode | copy ─► output_file
+//!   sources (source_test | source_uri) ─► [compose] ─► raw tees ─► encoders ─► encoded tees
+//!     ─► output_file | output_segments | output_stream taps;  raw video tee ─► output_images
 //! ```
 
+use super::encode::{AudioCodecKind, VideoCodec};
 use super::graph::{Desc, Node, StreamKind};
-use super::{compose, encode, output_file, source_test};
+use super::{
+    compose, encode, output_file, output_images, output_segments, output_stream, source_test,
+    source_web,
+};
 use crate::model::{
-    AudioCodec, Container, EgressSpec, EgressType, PipelineOptions, Source, TestMedia,
+    AudioCodec, EgressSpec, EgressType, OutputsSpec, PipelineOptions, Source, TestMedia,
 };
 
 /// What one source carries, as the graph will consume it.
@@ -39,6 +47,14 @@ impl SourceStreams {
         SourceStreams {
             video: (media != TestMedia::Audio).then_some(StreamKind::RawVideo),
             audio: (media != TestMedia::Video).then_some(StreamKind::RawAudio),
+        }
+    }
+
+    /// What a web page gives: video, and audio (live silence at least) when asked for.
+    pub fn of_web(audio: bool) -> SourceStreams {
+        SourceStreams {
+            video: Some(StreamKind::RawVideo),
+            audio: audio.then_some(StreamKind::RawAudio),
         }
     }
 
@@ -86,17 +102,58 @@ pub fn kind_of(name: &str) -> StreamKind {
     }
 }
 
+/// The video codecs the outputs need, H.264 first: one encoder each, shared by every output
+/// that takes it.
+pub fn video_codecs(o: &OutputsSpec) -> Vec<VideoCodec> {
+    let mut v = Vec::new();
+    if o.wants_h264() {
+        v.push(VideoCodec::H264);
+    }
+    if let Some(f) = &o.file {
+        let c = output_file::video_codec(f.container);
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    v
+}
+
+/// The audio codecs the outputs need: the file's (`audio.codec`), and AAC for HLS and streams.
+pub fn audio_codecs(spec: &EgressSpec) -> Vec<AudioCodecKind> {
+    let mut a = Vec::new();
+    if !spec.audio.enabled {
+        return a;
+    }
+    if spec.outputs.file.is_some() {
+        a.push(match spec.audio.codec {
+            AudioCodec::Aac => AudioCodecKind::Aac,
+            AudioCodec::Opus => AudioCodecKind::Opus,
+        });
+    }
+    if (spec.outputs.segments.is_some() || spec.outputs.stream) && !a.contains(&AudioCodecKind::Aac)
+    {
+        a.push(AudioCodecKind::Aac);
+    }
+    a
+}
+
+/// Encoders beyond the first video one (what admission adds `cpu_cost.encode` for).
+pub fn extra_encodes(o: &OutputsSpec) -> usize {
+    video_codecs(o).len().saturating_sub(1)
+}
+
 /// The caps at which a URI source of `spec` stops decoding: raw, plus the codecs this egress
-/// copies as they are (`track` into MP4/Matroska: H.264, and AAC when the output audio is AAC).
-/// None: the default (decode everything).
+/// copies as they are (`track` whose outputs all take H.264, and AAC when they all take AAC;
+/// not with images, which need decoded frames). None: the default (decode everything).
 pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
     if spec.egress_type != EgressType::Track
-        || !matches!(spec.file.container, Container::Mp4 | Container::Mkv)
+        || spec.outputs.images.is_some()
+        || video_codecs(&spec.outputs) != [VideoCodec::H264]
     {
         return None;
     }
     let mut caps = vec!["video/x-raw(ANY)", "audio/x-raw(ANY)", "video/x-h264"];
-    if spec.audio.codec == AudioCodec::Aac {
+    if audio_codecs(spec) == [AudioCodecKind::Aac] {
         // MPEG-4 AAC only: mp4mux takes nothing else, and MP3 is audio/mpeg too.
         caps.push("audio/mpeg,mpegversion=(int)4");
     }
@@ -111,6 +168,7 @@ fn used(spec: &EgressSpec, streams: &[SourceStreams]) -> (Vec<usize>, Vec<usize>
         EgressType::RoomComposite => ((0..n).collect(), (0..n).collect()),
         _ => (vec![0], vec![0]),
     };
+    let wants_audio = !audio_codecs(spec).is_empty();
     (
         video
             .into_iter()
@@ -118,7 +176,7 @@ fn used(spec: &EgressSpec, streams: &[SourceStreams]) -> (Vec<usize>, Vec<usize>
             .collect(),
         audio
             .into_iter()
-            .filter(|&i| streams[i].audio.is_some())
+            .filter(|&i| wants_audio && streams[i].audio.is_some())
             .collect(),
     )
 }
@@ -141,7 +199,6 @@ fn entry(source: usize, kind: StreamKind) -> Vec<Node> {
 /// `Entry` nodes: the handler links the pads of its one connection to them.
 pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStreams]) -> Desc {
     let mut d = Desc::default();
-    d.push(output_file::chain(spec, opts));
     for (i, s) in spec.sources.iter().enumerate() {
         if let Source::Uri { uri } = s {
             d.uri_sources.push((i, uri.clone()));
@@ -150,35 +207,80 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     let (video_from, audio_from) = used(spec, streams);
     let video_head = |i: usize| {
         source_test::video_head(&spec.sources[i], i)
+            .or_else(|| source_web::video_head(spec, &spec.sources[i], i))
             .unwrap_or_else(|| entry(i, streams[i].video.unwrap_or(StreamKind::RawVideo)))
     };
-    let audio_head = |i: usize| {
+    let mut beds = Vec::new();
+    let mut audio_head = |i: usize| {
+        if let Some((head, bed)) = source_web::audio_head(&spec.sources[i], i) {
+            beds.push(bed);
+            return head;
+        }
         source_test::audio_head(&spec.sources[i], i)
             .unwrap_or_else(|| entry(i, streams[i].audio.unwrap_or(StreamKind::RawAudio)))
     };
+    let has_video = !video_from.is_empty();
+    let has_audio = !audio_from.is_empty();
+    // Sources into the raw tees (or, copied, straight into the encoded ones).
+    let mut video_copied = false;
+    let mut audio_copied = false;
     if spec.egress_type == EgressType::RoomComposite {
         let video = video_from.iter().map(|&i| (i, video_head(i))).collect();
         let audio = audio_from.iter().map(|&i| (i, audio_head(i))).collect();
-        compose::room(&mut d, spec, opts, video, audio);
-        return d;
-    }
-    if let Some(&i) = video_from.first() {
-        let mut chain = video_head(i);
-        if streams[i].video == Some(StreamKind::H264) {
-            chain.extend(encode::h264_copy());
-        } else {
-            chain.extend(encode::video_tail(spec, opts));
+        compose::room(&mut d, spec, video, audio);
+    } else {
+        if let Some(&i) = video_from.first() {
+            let mut chain = video_head(i);
+            video_copied = streams[i].video == Some(StreamKind::H264);
+            chain.extend(if video_copied {
+                encode::h264_copy()
+            } else {
+                encode::video_raw(spec)
+            });
+            d.push(chain);
         }
-        d.push(chain);
-    }
-    if let Some(&i) = audio_from.first() {
-        let mut chain = audio_head(i);
-        if streams[i].audio == Some(StreamKind::Aac) {
-            chain.extend(encode::aac_copy());
-        } else {
-            chain.extend(encode::audio_tail(spec));
+        if let Some(&i) = audio_from.first() {
+            let mut chain = audio_head(i);
+            audio_copied = streams[i].audio == Some(StreamKind::Aac);
+            chain.extend(if audio_copied {
+                encode::aac_copy()
+            } else {
+                encode::audio_raw()
+            });
+            d.push(chain);
         }
-        d.push(chain);
+    }
+    for bed in beds {
+        d.push(bed);
+    }
+    // One encoder per codec the outputs need.
+    if has_video && !video_copied {
+        for c in video_codecs(&spec.outputs) {
+            d.push(encode::video_encoder(c, spec, opts));
+        }
+    }
+    let audio_codecs = audio_codecs(spec);
+    if has_audio && !audio_copied {
+        for &c in &audio_codecs {
+            d.push(encode::audio_encoder(c, spec));
+        }
+    }
+    let o = &spec.outputs;
+    if let Some(f) = &o.file {
+        let a = has_audio.then(|| audio_codecs[0]);
+        output_file::add(&mut d, f, opts, has_video, a);
+    }
+    if let Some(s) = &o.segments {
+        output_segments::add(&mut d, s, has_video, has_audio);
+    }
+    if o.stream {
+        output_stream::add(&mut d, has_video, has_audio, &o.stream_urls);
+    }
+    if let Some(im) = &o.images
+        && has_video
+        && !video_copied
+    {
+        output_images::add(&mut d, im);
     }
     d
 }
@@ -196,6 +298,7 @@ mod tests {
             output_dir: dir,
             state_dir: dir,
             allowed_schemes: &schemes,
+            allowed_web_hosts: &[],
         };
         req.validate("EG_test", &ctx).unwrap()
     }
@@ -203,8 +306,6 @@ mod tests {
     pub(crate) fn opts() -> PipelineOptions {
         PipelineOptions {
             x264_speed_preset: "veryfast".into(),
-            mp4_moov_update_period_s: 1.0,
-            mp4_reserved_max_duration_s: 60.0,
             ..PipelineOptions::default()
         }
     }
@@ -281,12 +382,12 @@ mod tests {
         let d = describe(&s, &opts(), &streams);
         let names = d.names();
         for role in [
-            "mux",
-            "out_file_sink",
+            "file_mux",
+            "file_sink",
             "comp",
             "amix",
-            "video_enc",
-            "audio_enc",
+            "video_h264_enc",
+            "audio_aac_enc",
         ] {
             assert!(names.contains(&role), "{role} in {names:?}");
         }
@@ -307,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn participant_launch_line_is_i420_h264_aac_robust_mp4_quoted() {
+    fn participant_launch_line_is_i420_h264_aac_hybrid_mp4_quoted() {
         let s = spec(
             serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
             "output": {"file": {"filename": "a b.mp4"}}}),
@@ -317,8 +418,70 @@ mod tests {
             l.contains("format=I420") && l.contains("x264enc") && l.contains("voaacenc"),
             "{l}"
         );
-        assert!(l.contains("reserved-moov-update-period=1000000000"), "{l}");
+        assert!(
+            l.contains("mp4mux name=file_mux fragment-duration=1000"),
+            "{l}"
+        );
+        assert!(!l.contains("reserved"), "{l}");
         assert!(l.contains("'location=/rec/a b.mp4'"), "{l}");
+    }
+
+    #[test]
+    fn every_output_shares_one_encode_and_webm_gets_its_own() {
+        let s = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
+            "outputs": [{"file": {"filename": "a.mp4"}}, {"segments": {"prefix": "h/a"}},
+                {"stream": {"urls": ["rtmp://h/app/key", "srt://h:9000"]}}, {"images": {}}]}),
+        );
+        let d = describe(&s, &opts(), &[SourceStreams::of_test(TestMedia::Av)]);
+        let count = |f: &str| {
+            d.chains
+                .iter()
+                .flatten()
+                .filter(|n| {
+                    matches!(n,
+            Node::Element { factory, .. } if factory == f)
+                })
+                .count()
+        };
+        assert_eq!(
+            (count("x264enc"), count("voaacenc"), count("jpegenc")),
+            (1, 1, 1)
+        );
+        assert_eq!(count("splitmuxsink"), 1);
+        let l = d.launch();
+        assert!(
+            l.contains("rtmp2sink 'location=rtmp://h/app/key'") && l.contains("srtsink"),
+            "{l}"
+        );
+        // Two outputs needing other codecs: a second video encoder, only then.
+        let w = spec(
+            serde_json::json!({"type": "participant", "sources": [{"uri": "test://av"}],
+            "outputs": [{"file": {"filename": "a.webm"}}, {"segments": {}}]}),
+        );
+        let d = describe(&w, &opts(), &[SourceStreams::of_test(TestMedia::Av)]);
+        let f = d.factories();
+        assert!(
+            f.contains(&"x264enc".into()) && f.contains(&"vp8enc".into()),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&"opusenc".into()) && f.contains(&"voaacenc".into()),
+            "{f:?}"
+        );
+        assert_eq!(extra_encodes(&w.outputs), 1);
+        assert_eq!(extra_encodes(&s.outputs), 0);
+        // Images need decoded frames: a track with images is not copied.
+        let t = spec(
+            serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
+            "outputs": [{"file": {}}, {"images": {}}]}),
+        );
+        assert_eq!(copy_caps(&t), None);
+        let t = spec(
+            serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
+            "outputs": [{"file": {}}, {"segments": {}}, {"stream": {"urls": []}}]}),
+        );
+        assert!(copy_caps(&t).is_some());
     }
 
     #[test]

@@ -445,6 +445,8 @@ mod tests {
             participant: 1.0,
             track_composite: 1.0,
             track: 1.0,
+            output: 0.1,
+            encode: 1.0,
         };
         Ledger::new("ND_test".into(), 10.0, &cpu, &costs, &limits, 500)
     }

@@ -1,0 +1,208 @@
+//! Web egress: a page the test serves itself (an animated canvas and an audio element, from a
+//! local HTTP server) rendered headless by WPE WebKit, checked with ffprobe and by the pixels of
+//! the decoded frames; a page that answers 404; hosts outside `sources.allowed_web_hosts`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::producers::*;
+
+const PAGE: &str = r#"<!doctype html><html><body style="margin:0;background:#123">
+<canvas id=c width=320 height=240></canvas><audio src="tone.wav" autoplay loop></audio>
+<script>
+const c = document.getElementById('c').getContext('2d'); let t = 0;
+function f() { t++; c.fillStyle = 'hsl(' + (t * 5 % 360) + ',80%,50%)'; c.fillRect(0, 0, 320, 240);
+  c.fillStyle = '#fff'; c.fillRect((t * 4) % 300, 100, 20, 20); requestAnimationFrame(f); }
+f();
+</script></body></html>"#;
+
+/// A static HTTP server (python3's) for the page and a 440 Hz tone, killed on drop.
+fn page_server() -> Producer {
+    let dir = tempfile::Builder::new()
+        .prefix("egress-web-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::write(dir.path().join("index.html"), PAGE).expect("page");
+    let mut wav = Vec::new();
+    let n = 48_000u32 * 2;
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + n * 2).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32, 1 | (1 << 16), 48_000, 96_000, 2 | (16 << 16)] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(n * 2).to_le_bytes());
+    for i in 0..n {
+        let x =
+            (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / 48_000.0).sin()) as i16;
+        wav.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("tone.wav"), wav).expect("wav");
+    let port = free_tcp_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    wait_for(Duration::from_secs(10), "the page server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Producer {
+        child,
+        _dir: Some(dir),
+        helpers: Vec::new(),
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Gray 80x60 frames of a file, decoded by ffmpeg.
+fn gray_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-vf",
+            "scale=80:60",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg");
+    out.stdout.chunks(80 * 60).map(<[u8]>::to_vec).collect()
+}
+
+fn variance(f: &[u8]) -> f64 {
+    let m = f.iter().map(|&x| f64::from(x)).sum::<f64>() / f.len() as f64;
+    f.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / f.len() as f64
+}
+
+fn web(url: &str, outputs: Value) -> Value {
+    json!({"type": "web", "url": url, "video": {"width": 320, "height": 240, "fps": 15},
+        "audio": true, "estimated_cpu": 0.5, "outputs": outputs})
+}
+
+#[test]
+fn a_web_page_is_recorded_from_its_first_loaded_frame() {
+    let dirs = Dirs::new();
+    let page = page_server();
+    let svc = Service::start(&dirs, "sources: { allowed_web_hosts: [\"127.0.0.1\"] }");
+    let id = svc.start_egress(&web(
+        &format!("{}/index.html", page.url),
+        json!([{"file": {"filename": "page.mp4"}}]),
+    ));
+    let t0 = svc.wait_active(&id);
+    wait_for(Duration::from_secs(20), "8 s recorded", || {
+        (t0.elapsed() >= Duration::from_secs(8)).then_some(())
+    });
+    svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    let recorded = t0.elapsed().as_secs_f64();
+    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    let mp4 = std::path::PathBuf::from(done["files"][0]["location"].as_str().unwrap());
+    let probe = ffprobe(&mp4);
+    assert_eq!(
+        codecs(&probe),
+        (Some("h264".into()), Some("aac".into())),
+        "{probe}"
+    );
+    let d = duration(&probe);
+    assert!(
+        (d - recorded).abs() <= 1.0 && (d - 8.0).abs() <= 1.5,
+        "{d} s vs {recorded} s"
+    );
+    ffmpeg_decodes(&mp4);
+    // Not blank from the first frame on (the page had loaded), and moving.
+    let frames = gray_frames(&mp4);
+    assert!(frames.len() >= 100, "{} frames", frames.len());
+    assert!(
+        variance(&frames[0]) > 50.0,
+        "first frame is blank: {}",
+        variance(&frames[0])
+    );
+    let diff = |a: &[u8], b: &[u8]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (i32::from(*x) - i32::from(*y)).abs())
+            .sum::<i32>()
+            / (80 * 60)
+    };
+    let most = frames
+        .iter()
+        .map(|f| diff(&frames[0], f))
+        .max()
+        .unwrap_or(0);
+    let mut distinct = frames.clone();
+    distinct.dedup();
+    assert!(
+        most > 8 && distinct.len() > frames.len() / 2,
+        "frames do not change: {most}, {} distinct",
+        distinct.len()
+    );
+}
+
+#[test]
+fn a_missing_page_fails_and_hosts_are_an_allow_list() {
+    let dirs = Dirs::new();
+    let page = page_server();
+    let off = Service::start(&dirs, "");
+    let (s, v) = off.post(
+        "/v1/egress",
+        &web(&format!("{}/index.html", page.url), json!([{"file": {}}])),
+    );
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("url")), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_web_hosts"),
+        "{v}"
+    );
+    drop(off);
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "sources: { allowed_web_hosts: [\"127.0.0.1\"] }");
+    for url in [
+        "http://10.0.0.1/admin",
+        "http://localhost.evil.com/x",
+        "file:///etc/passwd",
+    ] {
+        let (s, v) = svc.post("/v1/egress", &web(url, json!([{"file": {}}])));
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some("url")),
+            "{url}: {v}"
+        );
+    }
+    let started = Instant::now();
+    let id = svc.start_egress(&web(
+        &format!("{}/nope.html", page.url),
+        json!([{"file": {}}]),
+    ));
+    let done = svc.wait_status(
+        &id,
+        &["failed", "complete", "aborted"],
+        Duration::from_secs(40),
+    );
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or_default();
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        done["files"].as_array().unwrap().is_empty(),
+        "no file without media: {done}"
+    );
+}

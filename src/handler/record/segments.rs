@@ -1,0 +1,131 @@
+//! The HLS output's bookkeeping on the handler's main thread: names each segment (creating the
+//! file first, exclusively), and on every `splitmuxsink-fragment-closed` adds the segment to the
+//! playlist and rewrites the playlists atomically.
+
+use std::path::{Path, PathBuf};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use slog::{Logger, warn};
+
+use crate::handler::emit;
+use crate::handler::protocol::HandlerEvent;
+use crate::hls::{Playlist, Segment, relative_uri};
+use crate::model::SegmentsOutput;
+use crate::pipeline::output_segments::segment_name;
+
+pub struct Segments {
+    out: SegmentsOutput,
+    playlist: Playlist,
+    /// Segments open now (location -> running time of their start): with asynchronous
+    /// finalizing the next one opens before the previous one has closed.
+    open: Vec<(String, u64)>,
+    /// EOS reached the splitmuxsink; the next close is the last.
+    pub eos: bool,
+    pub done: bool,
+    bytes: u64,
+}
+
+/// Creates `dir/name` (or takes the service's empty placeholder) without following a symlink;
+/// when something else is there, a unique name beside it.
+fn create_segment(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    if crate::outputs::open_new(&path).is_ok() {
+        return path;
+    }
+    // Never overwritten: the playlist names whatever file each segment really went to.
+    let alt = dir.join(format!(
+        "{}.{}.ts",
+        name.trim_end_matches(".ts"),
+        std::process::id()
+    ));
+    let _ = crate::outputs::open_new(&alt);
+    alt
+}
+
+impl Segments {
+    pub fn new(out: &SegmentsOutput) -> Segments {
+        Segments {
+            playlist: Playlist::new(out.segment_duration_s),
+            out: out.clone(),
+            open: Vec::new(),
+            eos: false,
+            done: false,
+            bytes: 0,
+        }
+    }
+
+    /// Names segments through `format-location` and writes the empty playlist (so a player
+    /// polling it finds a valid one from the start).
+    pub fn attach(&self, sink: &gst::Element, log: &Logger) {
+        let out = self.out.clone();
+        sink.connect("format-location", false, move |args| {
+            let id = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+            let path = create_segment(&out.dir, &segment_name(&out, id));
+            Some(path.to_string_lossy().into_owned().to_value())
+        });
+        if let Err(e) = crate::repair::write_playlists(&self.out, &self.playlist) {
+            warn!(log, "cannot write the playlist"; "error" => %e);
+        }
+    }
+
+    /// A `splitmuxsink-fragment-opened`/`-closed` element message.
+    pub fn on_message(&mut self, s: &gst::StructureRef, log: &Logger) {
+        let rt = s.get::<u64>("running-time").unwrap_or(0);
+        let location = s.get::<String>("location").unwrap_or_default();
+        match s.name().as_str() {
+            "splitmuxsink-fragment-opened" => self.open.push((location, rt)),
+            "splitmuxsink-fragment-closed" => {
+                let start = match self.open.iter().position(|(l, _)| *l == location) {
+                    Some(k) => self.open.remove(k).1,
+                    None => return,
+                };
+                let secs = rt.saturating_sub(start) as f64 / 1e9;
+                self.closed(Path::new(&location), secs, log);
+                if self.eos && self.open.is_empty() {
+                    self.done = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn closed(&mut self, path: &Path, secs: f64, log: &Logger) {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if size == 0 {
+            // A fragment cut at EOS with nothing in it.
+            crate::outputs::remove_if_empty(path);
+            return;
+        }
+        let pdir = self.out.playlist_path.parent().unwrap_or(Path::new("/"));
+        self.playlist.segments.push(Segment {
+            uri: relative_uri(pdir, path),
+            duration_s: secs,
+        });
+        self.bytes += size;
+        if let Err(e) = crate::repair::write_playlists(&self.out, &self.playlist) {
+            warn!(log, "cannot write the playlist"; "error" => %e);
+        }
+        emit(&HandlerEvent::SegmentClosed {
+            count: self.playlist.segments.len() as u32,
+            duration_s: (self.playlist.duration_s() * 1000.0).round() / 1000.0,
+            size_bytes: self.bytes,
+        });
+    }
+
+    /// EOS reached the output: done now if no segment is open, else at its close.
+    pub fn on_eos(&mut self) {
+        self.eos = true;
+        if self.open.is_empty() {
+            self.done = true;
+        }
+    }
+
+    /// The end: the playlist gets `#EXT-X-ENDLIST`.
+    pub fn finish(&mut self, log: &Logger) {
+        self.playlist.ended = true;
+        if let Err(e) = crate::repair::write_playlists(&self.out, &self.playlist) {
+            warn!(log, "cannot end the playlist"; "error" => %e);
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! Outputs: what a request asks for (`OutputRequest`, one of file, segments, stream, images),
+//! what validation resolves it to (`OutputsSpec`: absolute paths inside the output directory,
+//! templates expanded), and what EgressInfo reports of each (`SegmentsInfo`, `StreamInfo`,
+//! `ImagesInfo`). Stream URLs carry keys: `redact_stream_url` is the only form that leaves the
+//! handler and the Pipeline actor.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Container, EgressType, FileOutput};
+use crate::error::RequestError;
+
+/// One output: `{"file": {...}}`, `{"segments": {...}}`, `{"stream": {...}}` or `{"images": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputRequest {
+    /// A recording file: mp4 (hybrid, kill-safe), mkv, webm or ogg.
+    File(FileOutputRequest),
+    /// HLS: MPEG-TS segments and an EVENT playlist rewritten as each segment closes.
+    Segments(SegmentsRequest),
+    /// Live restreams: FLV over RTMP(S), MPEG-TS over SRT.
+    Stream(StreamRequest),
+    /// JPEG snapshots every `interval_s`.
+    Images(ImagesRequest),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutputRequest {
+    /// Relative to `storage.output_dir` (no `..`, no leading `/`), templates `{egress_id}`,
+    /// `{type}`, `{time}`, `{date}` expanded; the extension picks the container: mp4, mkv, webm
+    /// or ogg. Default `{egress_id}.mp4`. An existing file is never overwritten (409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.([Mm][Pp]4|[Mm][Kk][Vv]|[Ww][Ee][Bb][Mm]|[Oo][Gg][Gg])$",
+        example = "rec/{egress_id}.mp4"
+    )]
+    pub filename: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsRequest {
+    /// Path prefix of the segments, relative to the output directory (templates expanded):
+    /// segments are `{prefix}_00000.ts`, `{prefix}_00001.ts`, ... Default `{egress_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
+    pub prefix: Option<String>,
+    /// The EVENT playlist (`.m3u8`), relative to the output directory. Default `{prefix}.m3u8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.m3u8$"
+    )]
+    pub playlist: Option<String>,
+    /// Target segment length in seconds (segments split at keyframes). Default 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 60)]
+    pub segment_duration_s: Option<f64>,
+    /// An extra sliding-window playlist of the last `length` segments (for live players).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_playlist: Option<LivePlaylistRequest>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LivePlaylistRequest {
+    /// Relative to the output directory. Default `{prefix}_live.m3u8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*\\.m3u8$"
+    )]
+    pub name: Option<String>,
+    /// Segments in the window. Default 6.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole_u32"
+    )]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub length: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    /// `rtmp://`, `rtmps://` or `srt://` URLs (up to 8); may be empty and added to later with
+    /// `POST /v1/egress/{id}/streams`.
+    #[schema(max_items = 8)]
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesRequest {
+    /// Path prefix of the images, relative to the output directory (templates expanded):
+    /// `{prefix}_00000.jpg`, ... Default `{egress_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^/\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
+    pub prefix: Option<String>,
+    /// Seconds between snapshots. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub interval_s: Option<f64>,
+    /// Default: the egress's video width (even).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole_u32"
+    )]
+    #[schema(minimum = 16, maximum = 3840)]
+    pub width: Option<u32>,
+    /// Default: the egress's video height (even).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::whole_u32"
+    )]
+    #[schema(minimum = 16, maximum = 2160)]
+    pub height: Option<u32>,
+}
+
+/// `POST /v1/egress/{id}/streams` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsUpdate {
+    /// URLs to start streaming to.
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub add_urls: Vec<String>,
+    /// URLs to stop streaming to (as given when added).
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub remove_urls: Vec<String>,
+}
+
+/// HLS output after validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentsOutput {
+    /// The prefix as resolved (relative to the output directory).
+    pub prefix: String,
+    /// Directory of the segments (absolute, inside the output directory).
+    pub dir: PathBuf,
+    /// File name stem of the segments: `{stem}_00000.ts`.
+    pub stem: String,
+    /// The EVENT playlist, relative and absolute.
+    pub playlist: String,
+    pub playlist_path: PathBuf,
+    pub segment_duration_s: f64,
+    /// The sliding playlist: (relative, absolute, length).
+    pub live: Option<(String, PathBuf, u32)>,
+}
+
+/// Image output after validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagesOutput {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub stem: String,
+    pub interval_s: f64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Every output of an egress after validation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutputsSpec {
+    pub file: Option<FileOutput>,
+    pub segments: Option<SegmentsOutput>,
+    /// Whether the request had a `stream` output (URLs may be added later even if empty).
+    pub stream: bool,
+    /// Stream URLs as given (with their keys: never logged or reported as they are).
+    pub stream_urls: Vec<String>,
+    pub images: Option<ImagesOutput>,
+}
+
+impl OutputsSpec {
+    /// How many outputs (each stream URL counts as one).
+    pub fn count(&self) -> usize {
+        usize::from(self.file.is_some())
+            + usize::from(self.segments.is_some())
+            + usize::from(self.images.is_some())
+            + self.stream_urls.len()
+    }
+
+    /// Whether any output carries H.264 video (MP4/Matroska file, HLS, streams).
+    pub fn wants_h264(&self) -> bool {
+        self.segments.is_some()
+            || self.stream
+            || self
+                .file
+                .as_ref()
+                .is_some_and(|f| matches!(f.container, Container::Mp4 | Container::Mkv))
+    }
+}
+
+/// What EgressInfo says of the HLS output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SegmentsInfo {
+    /// The EVENT playlist, relative to the output directory.
+    pub playlist: String,
+    /// Its absolute path.
+    pub location: String,
+    /// The sliding playlist, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_playlist: Option<String>,
+    /// Segments the sliding playlist holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_length: Option<u32>,
+    /// The segments' prefix, relative to the output directory.
+    pub prefix: String,
+    /// Closed segments listed in the playlist.
+    pub count: u32,
+    pub duration_s: f64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStatus {
+    /// Connecting or sending (retried with backoff after a failure, for
+    /// `pipeline.stream_retry_s`).
+    Active,
+    /// Gave up: the error says why. The egress's other outputs go on.
+    Failed,
+    /// Removed, or the egress ended.
+    Ended,
+}
+
+/// What EgressInfo says of one stream URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StreamInfo {
+    /// The URL with its stream key redacted.
+    pub url: String,
+    pub status: StreamStatus,
+    pub started_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// What EgressInfo says of the image output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImagesInfo {
+    /// Relative to the output directory: images are `{prefix}_00000.jpg`, ...
+    pub prefix: String,
+    /// Absolute path of the prefix.
+    pub location: String,
+    pub count: u32,
+}
+
+/// Values the name templates take.
+pub struct TemplateValues<'a> {
+    pub egress_id: &'a str,
+    pub egress_type: EgressType,
+    /// Milliseconds since the Unix epoch (the request's time).
+    pub now_ms: u64,
+}
+
+/// Expands `{egress_id}`, `{type}`, `{time}` (UTC `20261123T081500Z`) and `{date}`
+/// (`2026-11-23`); any other `{...}` is an error naming it.
+pub fn expand(template: &str, v: &TemplateValues<'_>, field: &str) -> Result<String, RequestError> {
+    let (date, time) = utc(v.now_ms);
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| RequestError::invalid(field, format!("'{template}': unclosed '{{'")))?;
+        match &after[..close] {
+            "egress_id" => out.push_str(v.egress_id),
+            "type" => out.push_str(v.egress_type.as_str()),
+            "time" => out.push_str(&time),
+            "date" => out.push_str(&date),
+            other => {
+                return Err(RequestError::invalid(
+                    field,
+                    format!(
+                        "'{template}': unknown template '{{{other}}}' (known: {{egress_id}}, {{type}}, {{time}}, {{date}})"
+                    ),
+                ));
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(RequestError::invalid(
+            field,
+            format!("'{template}': unmatched '}}'"),
+        ));
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// (`YYYY-MM-DD`, `YYYYMMDDTHHMMSSZ`) of a Unix time in ms, UTC.
+fn utc(ms: u64) -> (String, String) {
+    let secs = ms / 1000;
+    let days = (secs / 86400) as i64;
+    let sod = secs % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!(
+            "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+            sod / 3600,
+            sod / 60 % 60,
+            sod % 60
+        ),
+    )
+}
+
+/// A relative path inside the output directory: no `..`, no root, no control characters.
+pub fn relative(name: &str, field: &str) -> Result<PathBuf, RequestError> {
+    if name.is_empty() || name.len() > 1024 || name.chars().any(|c| c.is_control()) {
+        return Err(RequestError::invalid(
+            field,
+            "must be a non-empty relative path",
+        ));
+    }
+    let rel = Path::new(name);
+    for c in rel.components() {
+        if !matches!(c, Component::Normal(_) | Component::CurDir) {
+            return Err(RequestError::invalid(
+                field,
+                format!("'{name}' must be a relative path inside the output directory"),
+            ));
+        }
+    }
+    if name.ends_with('/') {
+        return Err(RequestError::invalid(
+            field,
+            format!("'{name}' names a directory, not a file"),
+        ));
+    }
+    Ok(rel.to_path_buf())
+}
+
+/// `dir` and file stem of a prefix (`rec/a/seg` -> (`output_dir/rec/a`, `seg`)).
+fn split_prefix(
+    prefix: &str,
+    output_dir: &Path,
+    field: &str,
+) -> Result<(PathBuf, String), RequestError> {
+    let rel = relative(prefix, field)?;
+    let stem = rel
+        .file_name()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| RequestError::invalid(field, format!("'{prefix}' has no file name part")))?
+        .to_string();
+    if stem.len() > 200 {
+        return Err(RequestError::invalid(
+            field,
+            format!("'{prefix}': the name part is longer than 200 bytes"),
+        ));
+    }
+    let dir = rel
+        .parent()
+        .map(|p| output_dir.join(p))
+        .unwrap_or_else(|| output_dir.to_path_buf());
+    Ok((dir, stem))
+}
+
+const MAX_STREAMS: usize = 8;
+
+/// Checks a stream URL: rtmp, rtmps or srt, with a host; no characters that would need quoting.
+pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {
+    let bad =
+        |why: &str| RequestError::invalid(field, format!("'{}': {why}", redact_stream_url(url)));
+    if url.len() > 2048
+        || url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
+    {
+        return Err(bad("not a valid URL"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(bad("not a URL (rtmp://, rtmps:// or srt://)"));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if !["rtmp", "rtmps", "srt"].contains(&scheme.as_str()) {
+        return Err(bad("streams go to rtmp://, rtmps:// or srt:// URLs"));
+    }
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if scheme != "srt" && rest.split('/').filter(|s| !s.is_empty()).count() < 2 {
+        return Err(bad(
+            "an RTMP URL needs an application path: rtmp://host/app/key",
+        ));
+    }
+    Ok(())
+}
+
+/// The URL with what grants access hidden: an RTMP stream key (the last path segment), SRT
+/// `streamid` and `passphrase`, and any user:password.
+pub fn redact_stream_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "{redacted}".into();
+    };
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let rest = match rest[..auth_end].rfind('@') {
+        Some(at) => format!("{{redacted}}{}", &rest[at..]),
+        None => rest.to_string(),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (rest.clone(), None),
+    };
+    let path = if scheme.eq_ignore_ascii_case("srt") {
+        path
+    } else {
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() >= 3 && !parts[parts.len() - 1].is_empty() {
+            format!("{}/{{redacted}}", parts[..parts.len() - 1].join("/"))
+        } else {
+            path
+        }
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if !["mode", "latency", "pbkeylen"].contains(&k) => {
+                    format!("{k}={{redacted}}")
+                }
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{path}?{q}"),
+        None => format!("{scheme}://{path}"),
+    }
+}
+
+/// The request's outputs with every stream URL redacted (what EgressInfo echoes).
+pub fn redacted(outputs: &[OutputRequest]) -> Vec<OutputRequest> {
+    outputs
+        .iter()
+        .map(|o| match o {
+            OutputRequest::Stream(s) => OutputRequest::Stream(StreamRequest {
+                urls: s.urls.iter().map(|u| redact_stream_url(u)).collect(),
+            }),
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// Resolves the requested outputs: templates, defaults, paths inside `output_dir`, at most one
+/// file, one segments and one images output, distinct paths.
+pub fn resolve(
+    outputs: &[OutputRequest],
+    output_dir: &Path,
+    v: &TemplateValues<'_>,
+    video: (u32, u32),
+) -> Result<OutputsSpec, RequestError> {
+    let mut spec = OutputsSpec::default();
+    if outputs.is_empty() {
+        return Err(RequestError::invalid(
+            "outputs",
+            "at least one output is required, e.g. [{\"file\": {\"filename\": \"a.mp4\"}}]",
+        ));
+    }
+    for (i, o) in outputs.iter().enumerate() {
+        let at = format!("outputs[{i}]");
+        let dup = |kind: &str| {
+            RequestError::invalid(&at, format!("at most one {kind} output per egress"))
+        };
+        match o {
+            OutputRequest::File(f) => {
+                if spec.file.is_some() {
+                    return Err(dup("file"));
+                }
+                let field = format!("{at}.file.filename");
+                let name = expand(
+                    f.filename.as_deref().unwrap_or("{egress_id}.mp4"),
+                    v,
+                    &field,
+                )?;
+                spec.file = Some(super::resolve_output_named(&name, output_dir, &field)?);
+            }
+            OutputRequest::Segments(s) => {
+                if spec.segments.is_some() {
+                    return Err(dup("segments"));
+                }
+                let pf = format!("{at}.segments.prefix");
+                let prefix = expand(s.prefix.as_deref().unwrap_or("{egress_id}"), v, &pf)?;
+                let (dir, stem) = split_prefix(&prefix, output_dir, &pf)?;
+                let plf = format!("{at}.segments.playlist");
+                let playlist = match &s.playlist {
+                    Some(p) => expand(p, v, &plf)?,
+                    None => format!("{prefix}.m3u8"),
+                };
+                let playlist_path = output_dir.join(m3u8(&playlist, &plf)?);
+                let d = s.segment_duration_s.unwrap_or(6.0);
+                if !(d.is_finite() && (1.0..=60.0).contains(&d)) {
+                    return Err(RequestError::invalid(
+                        &format!("{at}.segments.segment_duration_s"),
+                        "must be a number of seconds in [1, 60]",
+                    ));
+                }
+                let live = match &s.live_playlist {
+                    None => None,
+                    Some(l) => {
+                        let lf = format!("{at}.segments.live_playlist.name");
+                        let name = match &l.name {
+                            Some(n) => expand(n, v, &lf)?,
+                            None => format!("{prefix}_live.m3u8"),
+                        };
+                        let path = output_dir.join(m3u8(&name, &lf)?);
+                        let len = l.length.unwrap_or(6);
+                        if !(1..=1000).contains(&len) {
+                            return Err(RequestError::invalid(
+                                &format!("{at}.segments.live_playlist.length"),
+                                "must be in [1, 1000]",
+                            ));
+                        }
+                        Some((name, path, len))
+                    }
+                };
+                spec.segments = Some(SegmentsOutput {
+                    prefix,
+                    dir,
+                    stem,
+                    playlist,
+                    playlist_path,
+                    segment_duration_s: d,
+                    live,
+                });
+            }
+            OutputRequest::Stream(s) => {
+                spec.stream = true;
+                for (k, u) in s.urls.iter().enumerate() {
+                    check_stream_url(u, &format!("{at}.stream.urls[{k}]"))?;
+                    if spec.stream_urls.contains(u) {
+                        return Err(RequestError::invalid(
+                            &format!("{at}.stream.urls[{k}]"),
+                            "the same URL is listed twice",
+                        ));
+                    }
+                    spec.stream_urls.push(u.clone());
+                }
+                if spec.stream_urls.len() > MAX_STREAMS {
+                    return Err(RequestError::invalid(
+                        &format!("{at}.stream.urls"),
+                        format!("at most {MAX_STREAMS} stream URLs per egress"),
+                    ));
+                }
+            }
+            OutputRequest::Images(im) => {
+                if spec.images.is_some() {
+                    return Err(dup("images"));
+                }
+                let pf = format!("{at}.images.prefix");
+                let prefix = expand(im.prefix.as_deref().unwrap_or("{egress_id}"), v, &pf)?;
+                let (dir, stem) = split_prefix(&prefix, output_dir, &pf)?;
+                let interval_s = im.interval_s.unwrap_or(10.0);
+                if !(interval_s.is_finite() && (1.0..=86400.0).contains(&interval_s)) {
+                    return Err(RequestError::invalid(
+                        &format!("{at}.images.interval_s"),
+                        "must be a number of seconds in [1, 86400]",
+                    ));
+                }
+                let width = super::ranged(
+                    &format!("{at}.images.width"),
+                    im.width.unwrap_or(video.0),
+                    16,
+                    3840,
+                )? & !1;
+                let height = super::ranged(
+                    &format!("{at}.images.height"),
+                    im.height.unwrap_or(video.1),
+                    16,
+                    2160,
+                )? & !1;
+                spec.images = Some(ImagesOutput {
+                    prefix,
+                    dir,
+                    stem,
+                    interval_s,
+                    width,
+                    height,
+                });
+            }
+        }
+    }
+    // Two outputs of one egress never write the same file.
+    let mut paths: Vec<PathBuf> = Vec::new();
+    paths.extend(spec.file.iter().map(|f| f.path.clone()));
+    if let Some(s) = &spec.segments {
+        paths.push(s.playlist_path.clone());
+        paths.extend(s.live.iter().map(|l| l.1.clone()));
+        paths.push(s.dir.join(format!("{}_00000.ts", s.stem)));
+    }
+    if let Some(im) = &spec.images {
+        paths.push(im.dir.join(format!("{}_00000.jpg", im.stem)));
+    }
+    for (i, p) in paths.iter().enumerate() {
+        if paths[..i].contains(p) {
+            return Err(RequestError::invalid(
+                "outputs",
+                format!(
+                    "two outputs would write the same file '{}'",
+                    p.strip_prefix(output_dir).unwrap_or(p).display()
+                ),
+            ));
+        }
+    }
+    Ok(spec)
+}
+
+fn m3u8(name: &str, field: &str) -> Result<PathBuf, RequestError> {
+    let rel = relative(name, field)?;
+    if !name.to_ascii_lowercase().ends_with(".m3u8") {
+        return Err(RequestError::invalid(
+            field,
+            format!("'{name}': a playlist name ends with .m3u8"),
+        ));
+    }
+    Ok(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> TemplateValues<'static> {
+        TemplateValues {
+            egress_id: "EG_abc",
+            egress_type: EgressType::Participant,
+            // 2026-11-23 08:15:00 UTC
+            now_ms: 1_795_421_700_000,
+        }
+    }
+
+    #[test]
+    fn templates_expand_and_unknown_ones_are_refused() {
+        let v = values();
+        assert_eq!(
+            expand("rec/{date}/{type}-{egress_id}-{time}.mp4", &v, "f").unwrap(),
+            "rec/2026-11-23/participant-EG_abc-20261123T081500Z.mp4"
+        );
+        let e = expand("a{room}.mp4", &v, "outputs[0].file.filename").unwrap_err();
+        assert!(e.to_string().contains("{room}"), "{e}");
+        assert!(expand("a{egress_id.mp4", &v, "f").is_err());
+        assert!(expand("a}.mp4", &v, "f").is_err());
+        assert_eq!(utc(0), ("1970-01-01".into(), "19700101T000000Z".into()));
+        assert_eq!(utc(951_782_400_000).0, "2000-02-29");
+    }
+
+    #[test]
+    fn stream_keys_are_redacted() {
+        assert_eq!(
+            redact_stream_url("rtmp://live.example.com/app/sk_live_123"),
+            "rtmp://live.example.com/app/{redacted}"
+        );
+        assert_eq!(
+            redact_stream_url("rtmps://u:p@h:443/live2/key?x=1"),
+            "rtmps://{redacted}@h:443/live2/{redacted}?x={redacted}"
+        );
+        assert_eq!(
+            redact_stream_url("srt://h:9000?streamid=publish:k&passphrase=secret&latency=200"),
+            "srt://h:9000?streamid={redacted}&passphrase={redacted}&latency=200"
+        );
+        assert_eq!(redact_stream_url("srt://h:9000"), "srt://h:9000");
+    }
+
+    #[test]
+    fn stream_urls_are_checked() {
+        assert!(check_stream_url("rtmp://h/app/key", "u").is_ok());
+        assert!(check_stream_url("srt://127.0.0.1:9000", "u").is_ok());
+        for bad in [
+            "http://h/a/b",
+            "rtmp://h",
+            "rtmp:///app/k",
+            "rtmp://h/a/k k",
+            "nothing",
+        ] {
+            assert!(check_stream_url(bad, "u").is_err(), "{bad}");
+        }
+        let e = check_stream_url("http://h/app/secretkey", "u").unwrap_err();
+        assert!(!e.to_string().contains("secretkey"), "{e}");
+    }
+
+    #[test]
+    fn outputs_resolve_with_defaults_and_limits() {
+        let dir = Path::new("/rec");
+        let v = values();
+        let outs: Vec<OutputRequest> = serde_json::from_value(serde_json::json!([
+            {"file": {}},
+            {"segments": {"prefix": "hls/{egress_id}", "live_playlist": {}}},
+            {"stream": {"urls": ["rtmp://h/app/k"]}},
+            {"images": {"prefix": "img/x", "width": 321}}
+        ]))
+        .unwrap();
+        let s = resolve(&outs, dir, &v, (1280, 720)).unwrap();
+        assert_eq!(s.file.as_ref().unwrap().path, Path::new("/rec/EG_abc.mp4"));
+        let seg = s.segments.as_ref().unwrap();
+        assert_eq!(
+            (seg.dir.as_path(), seg.stem.as_str()),
+            (Path::new("/rec/hls"), "EG_abc")
+        );
+        assert_eq!(seg.playlist, "hls/EG_abc.m3u8");
+        assert_eq!(seg.live.as_ref().unwrap().0, "hls/EG_abc_live.m3u8");
+        assert_eq!(seg.segment_duration_s, 6.0);
+        let im = s.images.as_ref().unwrap();
+        assert_eq!((im.width, im.height, im.interval_s), (320, 720, 10.0));
+        assert_eq!(s.count(), 4);
+        assert!(s.wants_h264());
+
+        let two: Vec<OutputRequest> = serde_json::from_value(
+            serde_json::json!([{"file": {}}, {"file": {"filename": "b.mkv"}}]),
+        )
+        .unwrap();
+        let e = resolve(&two, dir, &v, (1280, 720)).unwrap_err();
+        assert!(e.to_string().contains("at most one file"), "{e}");
+        let clash: Vec<OutputRequest> = serde_json::from_value(serde_json::json!([
+            {"segments": {"prefix": "a", "playlist": "x.m3u8", "live_playlist": {"name": "x.m3u8"}}}
+        ]))
+        .unwrap();
+        assert!(resolve(&clash, dir, &v, (1280, 720)).is_err());
+        for bad in [
+            serde_json::json!([{"segments": {"prefix": "../x"}}]),
+            serde_json::json!([{"segments": {"playlist": "a.txt"}}]),
+            serde_json::json!([{"segments": {"segment_duration_s": 0.5}}]),
+            serde_json::json!([{"images": {"interval_s": 0}}]),
+            serde_json::json!([{"stream": {"urls": ["rtmp://h/a/k", "rtmp://h/a/k"]}}]),
+            serde_json::json!([]),
+        ] {
+            let outs: Vec<OutputRequest> = serde_json::from_value(bad.clone()).unwrap();
+            assert!(resolve(&outs, dir, &v, (1280, 720)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Web pages: `wpesrc` renders the page headless with WPE WebKit (no X server, no browser
+//! process) at the egress's size and rate. Its frames are held back until the page has loaded
+//! (the handler opens the gate on `wpe-stats` `estimated-load-progress` 100), so the first
+//! frame of a recording is the page, not a blank background. Audio: the page's `audio_%u` pads
+//! (when this WPE build gives them) are mixed with live silence, so an audio track is there from
+//! the first frame whether or not the page plays anything.
+//!
+//! ```text
+//!   src0_web (wpesrc) ─► src0_web_caps (BGRA WxH@fps) ─► [gate: drops until loaded] ─► video
+//!   src0_web_silence (audiotestsrc, silence) ─► src0_web_silence_caps ─┐
+//!   src0_web.audio_N ─► convert ─► resample ─► (handler links them) ──┴► src0_web_amix ─► audio
+//! ```
+
+use std::time::Duration;
+
+use super::graph::{Node, caps, el, link};
+use crate::error::PipelineError;
+use crate::model::{EgressSpec, Source};
+
+/// The audio mixer page audio pads are linked into.
+pub fn mixer_name(i: usize) -> String {
+    format!("src{i}_web_amix")
+}
+
+/// The wpesrc element of source `i`.
+pub fn element_name(i: usize) -> String {
+    format!("src{i}_web")
+}
+
+/// The capsfilter after wpesrc: its src pad carries the gate.
+pub fn caps_name(i: usize) -> String {
+    format!("src{i}_web_caps")
+}
+
+/// The video head of web source `i`.
+pub fn video_head(spec: &EgressSpec, source: &Source, i: usize) -> Option<Vec<Node>> {
+    let Source::Web { url, .. } = source else {
+        return None;
+    };
+    let v = &spec.video;
+    Some(vec![
+        el("wpesrc", element_name(i))
+            .p("location", url)
+            .p("draw-background", true),
+        caps(
+            caps_name(i),
+            format!(
+                "video/x-raw,format=BGRA,width={},height={},framerate={}/1",
+                v.width, v.height, v.fps
+            ),
+        ),
+    ])
+}
+
+/// The audio head of web source `i` (the mixer), plus the silent bed as a chain of its own.
+pub fn audio_head(source: &Source, i: usize) -> Option<(Vec<Node>, Vec<Node>)> {
+    let Source::Web { audio: true, .. } = source else {
+        return None;
+    };
+    let amix = mixer_name(i);
+    let silence = vec![
+        el("audiotestsrc", format!("src{i}_web_silence"))
+            .p("is-live", true)
+            .p("wave", "silence"),
+        caps(
+            format!("src{i}_web_silence_caps"),
+            "audio/x-raw,format=S16LE,rate=48000,channels=2",
+        ),
+        link(&amix),
+    ];
+    Some((vec![el("audiomixer", amix)], silence))
+}
+
+/// Checks that the page answers before anything renders it: WebKit shows an error page for a
+/// 404 or a refused connection as if it were content, so the status is read here. Returns the
+/// reason a user reads.
+pub fn preflight(url: &str, timeout: Duration) -> Result<(), PipelineError> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let fail = |message: String| PipelineError::Bus {
+        element: String::new(),
+        message,
+        debug: String::new(),
+    };
+    match agent.get(url).call() {
+        Ok(r) if r.status().as_u16() < 400 => Ok(()),
+        Ok(r) => Err(fail(format!(
+            "the page answered HTTP {}: {url}",
+            r.status()
+        ))),
+        Err(e) => Err(fail(format!("the page cannot be loaded: {e}: {url}"))),
+    }
+}
