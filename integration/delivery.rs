@@ -436,13 +436,20 @@ fn retention_deletes_only_old_ended_outputs_and_keeps_the_records() {
     std::fs::create_dir_all(dirs.output()).unwrap();
     let foreign = dirs.output().join("not-an-egress.mkv");
     std::fs::write(&foreign, b"someone else's file").unwrap();
-    let old = record(
-        &svc,
-        request("track", &["test://video?pattern=ball"], "old.mkv"),
-        1.0,
-    );
+    // A file and HLS segments: retention deletes both.
+    let mut body = request("track", &["test://video?pattern=ball"], "old.mkv");
+    body.as_object_mut().unwrap().remove("output");
+    body["outputs"] = json!([{"file": {"filename": "old.mkv"}},
+                             {"segments": {"prefix": "hls/old", "segment_duration_s": 1}}]);
+    let old = record(&svc, body, 2.5);
     svc.wait_status(&old, &["complete"], Duration::from_secs(30));
     assert!(dirs.output().join("old.mkv").exists());
+    let hls = |d: &Path| -> usize {
+        std::fs::read_dir(d.join("hls"))
+            .map(|rd| rd.flatten().count())
+            .unwrap_or(0)
+    };
+    assert!(hls(&dirs.output()) >= 2, "segments and a playlist");
     // One still recording, however old its start.
     let live = svc.start_egress(&request(
         "track",
@@ -466,6 +473,7 @@ fn retention_deletes_only_old_ended_outputs_and_keeps_the_records() {
     );
     assert!(v["deleted_at"].as_u64().unwrap() >= gone["ended_at"].as_u64().unwrap() + 2000);
     assert!(!dirs.output().join("old.mkv").exists());
+    assert_eq!(hls(&dirs.output()), 0, "segments and playlists deleted");
     assert_eq!(v["status"], "complete", "the record stays: {v}");
     assert!(dirs.output().join("live.mkv").exists());
     assert!(foreign.exists());

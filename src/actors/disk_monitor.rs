@@ -189,7 +189,23 @@ impl DiskMonitor {
                 .map(|i| {
                     // By name under the output directory: once uploaded, `location` is the
                     // object's, and a kept local copy (`keep_local`) is still there.
-                    let paths = i.files.iter().map(|f| root.join(&f.filename)).collect();
+                    // Segments and images by their `{prefix}_` stem, playlists by name.
+                    let paths = i
+                        .files
+                        .iter()
+                        .map(|f| root.join(&f.filename))
+                        .chain(i.segments.iter().flat_map(|s| {
+                            let mut v =
+                                vec![root.join(&s.playlist), root.join(format!("{}_", s.prefix))];
+                            v.extend(s.live_playlist.iter().map(|l| root.join(l)));
+                            v
+                        }))
+                        .chain(
+                            i.images
+                                .iter()
+                                .map(|im| root.join(format!("{}_", im.prefix))),
+                        )
+                        .collect();
                     (i.egress_id.clone(), paths)
                 })
                 .collect();
@@ -198,9 +214,9 @@ impl DiskMonitor {
                 let removed = actix_web::rt::task::spawn_blocking(move || {
                     paths
                         .iter()
+                        .flat_map(|p| matching_files(p))
                         .filter(|p| confined(&root, p))
-                        .map(|p| std::fs::remove_file(p).is_ok())
-                        .filter(|ok| *ok)
+                        .filter(|p| std::fs::remove_file(p).is_ok())
                         .count()
                 })
                 .await
@@ -225,6 +241,25 @@ fn confined(root: &std::path::Path, p: &std::path::Path) -> bool {
         (Ok(r), Ok(c)) => c.starts_with(r) && c.is_file(),
         _ => false,
     }
+}
+
+/// The file at `p`; or, for a path that is no file (`dir/stem`), every file in `dir` whose name
+/// starts with `stem`.
+fn matching_files(p: &std::path::Path) -> Vec<PathBuf> {
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+        return vec![p.to_path_buf()];
+    }
+    let (Some(dir), Some(stem)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(stem)))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Bytes of a file; or, for a path that is no file (`dir/stem` of segments or images), of every
