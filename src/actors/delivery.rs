@@ -67,6 +67,7 @@ impl DeliveryConfig {
 #[derive(Debug, Clone)]
 struct Outcome {
     local_path: PathBuf,
+    kind: UploadKind,
     state: UploadState,
     location: Option<String>,
     error: Option<String>,
@@ -352,6 +353,24 @@ impl Delivery {
         let mut info = f.info;
         self.apply(&mut info, true);
         let _ = self.journal.remove_target(egress_id);
+        if !self.cfg.keep_local {
+            let uploaded: Vec<PathBuf> = self
+                .outcomes
+                .get(egress_id)
+                .into_iter()
+                .flatten()
+                .filter(|o| o.state == UploadState::Done)
+                .filter(|o| !matches!(o.kind, UploadKind::File | UploadKind::Manifest))
+                .map(|o| o.local_path.clone())
+                .collect();
+            if !uploaded.is_empty() {
+                tokio::task::spawn_blocking(move || {
+                    for p in uploaded {
+                        let _ = std::fs::remove_file(p);
+                    }
+                });
+            }
+        }
         // It ends now: `ended_at` is when the status became final.
         info.ended_at = Some(now_ms());
         self.outcomes.remove(egress_id);
@@ -435,7 +454,10 @@ impl Job {
                 METRICS
                     .upload_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
-                if !self.cfg.keep_local {
+                // Segments, playlists and images stay until the egress is finished: the
+                // closing of its outputs still reads them (and a playlist is rewritten).
+                let now = matches!(entry.kind, UploadKind::File | UploadKind::Manifest);
+                if !self.cfg.keep_local && now {
                     let p = entry.local_path.clone();
                     let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
                 }
@@ -443,6 +465,7 @@ impl Job {
                       "seconds" => started.elapsed().as_secs_f64());
                 Outcome {
                     local_path: entry.local_path,
+                    kind: entry.kind,
                     state: UploadState::Done,
                     location: Some(location),
                     error: None,
@@ -454,6 +477,7 @@ impl Job {
                       "entry" => &entry.id, "error" => &error);
                 Outcome {
                     local_path: entry.local_path,
+                    kind: entry.kind,
                     state: UploadState::Failed,
                     location: None,
                     error: Some(error),
