@@ -265,10 +265,25 @@ fn a_service_killed_mid_upload_finishes_the_queue_on_restart_with_one_whole_obje
                       "output": {"file": {"filename": "big.mp4"}}});
     let id = svc.start_egress(&body);
     // The remux ends by itself ("Source closed"); the upload starts.
+    // In flight, and its id in the queue entry (written right after the store created it; a
+    // crash between the two leaves the upload to the bucket's lifecycle rule).
+    let journaled = || {
+        std::fs::read_dir(dirs.state().join("uploads"))
+            .ok()?
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .find_map(|e| {
+                let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+                v["multipart"].is_array().then_some(())
+            })
+    };
     wait_for(
         Duration::from_secs(60),
         "a multipart upload in flight",
-        || (moto.open_multipart_uploads("rec") == 1).then_some(()),
+        || {
+            (moto.open_multipart_uploads("rec") == 1).then_some(())?;
+            journaled()
+        },
     );
     let v = svc.egress(&id);
     assert_eq!(v["status"], "ending", "{v}");
@@ -515,4 +530,74 @@ fn a_recording_finalized_while_the_service_was_dead_is_uploaded_on_restart() {
     let got = fetch_to(&moto, "rec", "o/orphan.mkv", dirs.root.path());
     assert!(decoded(&got).video_frames > 10);
     assert!(!svc.log().contains("test-secret-never-shown"));
+}
+
+#[test]
+fn hls_segments_go_up_as_they_close_and_the_bucket_playlist_is_always_playable() {
+    let moto = Moto::start();
+    moto.create_bucket("rec");
+    let dirs = Dirs::new();
+    let target = serde_json::to_string(&moto.target("rec", "live")).unwrap();
+    let svc = start(&dirs, &format!(", upload: {target}"), "");
+    let mut body = request("track", &["test://video?pattern=ball"], "show.mkv");
+    body.as_object_mut().unwrap().remove("output");
+    body["outputs"] = json!([{"file": {"filename": "show.mkv"}},
+                             {"segments": {"prefix": "hls/show", "segment_duration_s": 1}}]);
+    let id = svc.start_egress(&body);
+    svc.wait_active(&id);
+    // While it records: each playlist the bucket holds names only segments the bucket holds.
+    let mut checked = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checked < 3 && Instant::now() < deadline {
+        if let Some(p) = moto.get("rec", "live/hls/show.m3u8") {
+            let text = String::from_utf8(p).unwrap();
+            let segs: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+            if !segs.is_empty() {
+                for s in &segs {
+                    assert!(
+                        moto.get("rec", &format!("live/hls/{s}")).is_some(),
+                        "the bucket's playlist names {s}, which is not in the bucket:\n{text}"
+                    );
+                }
+                checked = segs.len();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(checked >= 3, "segments went up while recording");
+    svc.post(&format!("/v1/egress/{id}/stop"), &json!({}));
+    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    assert_eq!(done["segments"]["upload"], "done", "{done}");
+    assert_eq!(
+        done["segments"]["location"], "s3://rec/live/hls/show.m3u8",
+        "{done}"
+    );
+    assert_eq!(
+        done["files"][0]["location"], "s3://rec/live/show.mkv",
+        "{done}"
+    );
+    let text = String::from_utf8(moto.get("rec", "live/hls/show.m3u8").unwrap()).unwrap();
+    assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+    let segs: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert_eq!(
+        segs.len() as u64,
+        done["segments"]["count"].as_u64().unwrap(),
+        "{text}"
+    );
+    for s in &segs {
+        assert!(moto.get("rec", &format!("live/hls/{s}")).is_some(), "{s}");
+    }
+    let first = fetch_to(
+        &moto,
+        "rec",
+        &format!("live/hls/{}", segs[0]),
+        dirs.root.path(),
+    );
+    assert!(decoded(&first).video_frames > 5);
+    // Uploaded and confirmed: the local segments are gone once the egress is finished.
+    let left = std::fs::read_dir(dirs.output().join("hls"))
+        .map(|rd| rd.flatten().count())
+        .unwrap_or(0);
+    assert_eq!(left, 0);
 }

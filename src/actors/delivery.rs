@@ -175,13 +175,22 @@ impl Delivery {
             }
         }
         self.next += 1;
+        let id = format!("{egress_id}-{}-{:010}", now_ms(), self.next);
+        let (local_path, snapshot_of) = if kind == UploadKind::Playlist {
+            let snap = self.journal.snapshot_path(&id);
+            std::fs::copy(&local_path, &snap)?;
+            (snap, Some(local_path))
+        } else {
+            (local_path, None)
+        };
         let entry = Entry {
-            id: format!("{egress_id}-{}-{:010}", now_ms(), self.next),
+            id,
             egress_id: egress_id.to_string(),
             kind,
             local_path,
             name,
             target,
+            snapshot_of,
             multipart: None,
             queued_at_ms: now_ms(),
         };
@@ -201,13 +210,13 @@ impl Delivery {
 
     /// Whether an upload of this egress's `path` is queued or settled already (`Enqueue`d).
     fn knows(&self, egress_id: &str, path: &Path) -> bool {
-        self.entries
-            .values()
-            .any(|t| t.entry.egress_id == egress_id && t.entry.local_path == path)
-            || self
-                .outcomes
-                .get(egress_id)
-                .is_some_and(|v| v.iter().any(|o| o.local_path == path))
+        self.entries.values().any(|t| {
+            t.entry.egress_id == egress_id
+                && (t.entry.local_path == path || t.entry.snapshot_of.as_deref() == Some(path))
+        }) || self
+            .outcomes
+            .get(egress_id)
+            .is_some_and(|v| v.iter().any(|o| o.local_path == path))
     }
 
     /// A playlist or manifest goes up only after every upload of its egress queued before it
@@ -312,6 +321,23 @@ impl Delivery {
                 f.upload = Some(t.state);
             }
         }
+        let id = info.egress_id.clone();
+        if let Some(seg) = info.segments.as_mut() {
+            seg.upload = self.aggregate(&id, &[UploadKind::Segment, UploadKind::Playlist]);
+            let playlist = Path::new(&seg.location).to_path_buf();
+            if let Some(l) = outcomes
+                .into_iter()
+                .flatten()
+                .filter(|o| o.local_path == playlist && o.state == UploadState::Done)
+                .find_map(|o| o.location.clone())
+                && seg.upload == Some(UploadState::Done)
+            {
+                seg.location = l;
+            }
+        }
+        if let Some(im) = info.images.as_mut() {
+            im.upload = self.aggregate(&id, &[UploadKind::Image]);
+        }
         if !final_ {
             return;
         }
@@ -335,6 +361,33 @@ impl Delivery {
                 None => msg,
             });
         }
+    }
+
+    /// One state for all uploads of `kinds` of an egress: failed if one failed, else under way
+    /// while one is, else done; None when there are none.
+    fn aggregate(&self, egress_id: &str, kinds: &[UploadKind]) -> Option<UploadState> {
+        let states: Vec<UploadState> = self
+            .outcomes
+            .get(egress_id)
+            .into_iter()
+            .flatten()
+            .filter(|o| kinds.contains(&o.kind))
+            .map(|o| o.state)
+            .chain(
+                self.entries
+                    .values()
+                    .filter(|t| t.entry.egress_id == egress_id && kinds.contains(&t.entry.kind))
+                    .map(|t| t.state),
+            )
+            .collect();
+        [
+            UploadState::Failed,
+            UploadState::Uploading,
+            UploadState::Pending,
+            UploadState::Done,
+        ]
+        .into_iter()
+        .find(|s| states.contains(s))
     }
 
     /// Settles an egress once none of its uploads is left.
@@ -449,6 +502,15 @@ impl Job {
                 None => Err(format!("upload failed: {}: {e1}", entry.target.label())),
             },
         };
+        if entry.snapshot_of.is_some() {
+            // Ours, whatever happened: the playlist itself stays where the handler writes it.
+            let p = entry.local_path.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
+        }
+        let local_path = entry
+            .snapshot_of
+            .clone()
+            .unwrap_or(entry.local_path.clone());
         match result {
             Ok(location) => {
                 METRICS
@@ -456,7 +518,8 @@ impl Job {
                     .observe(started.elapsed().as_secs_f64());
                 // Segments, playlists and images stay until the egress is finished: the
                 // closing of its outputs still reads them (and a playlist is rewritten).
-                let now = matches!(entry.kind, UploadKind::File | UploadKind::Manifest);
+                let now = matches!(entry.kind, UploadKind::File | UploadKind::Manifest)
+                    && entry.snapshot_of.is_none();
                 if !self.cfg.keep_local && now {
                     let p = entry.local_path.clone();
                     let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
@@ -464,7 +527,7 @@ impl Job {
                 info!(self.log, "uploaded"; "entry" => &entry.id, "location" => &location,
                       "seconds" => started.elapsed().as_secs_f64());
                 Outcome {
-                    local_path: entry.local_path,
+                    local_path,
                     kind: entry.kind,
                     state: UploadState::Done,
                     location: Some(location),
@@ -476,7 +539,7 @@ impl Job {
                 warn!(self.log, "upload failed for good; the local copy stays";
                       "entry" => &entry.id, "error" => &error);
                 Outcome {
-                    local_path: entry.local_path,
+                    local_path,
                     kind: entry.kind,
                     state: UploadState::Failed,
                     location: None,
@@ -608,6 +671,9 @@ impl Handler<Enqueue> for Delivery {
 #[rtype(result = "EgressInfo")]
 pub struct FinishEgress {
     pub info: EgressInfo,
+    /// Outputs besides `info.files`: `(kind, local path, name relative to the output directory)`;
+    /// a playlist is uploaded again (its final version), the others when not queued yet.
+    pub extra: Vec<(UploadKind, PathBuf, String)>,
     pub target: Option<UploadTarget>,
     pub report: Option<Recipient<UpdateEgress>>,
 }
@@ -629,6 +695,14 @@ impl Handler<FinishEgress> for Delivery {
                 }
                 let name = f.filename.clone();
                 if let Err(e) = self.queue(&id, UploadKind::File, path, name, t.clone()) {
+                    warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &id, "error" => %e);
+                }
+            }
+            for (kind, path, name) in msg.extra {
+                if !path.is_file() || (kind != UploadKind::Playlist && self.knows(&id, &path)) {
+                    continue;
+                }
+                if let Err(e) = self.queue(&id, kind, path, name, t.clone()) {
                     warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &id, "error" => %e);
                 }
             }
@@ -775,6 +849,62 @@ pub fn enqueue(
     });
 }
 
+/// The output's name relative to the output directory, from its relative prefix's directory.
+fn beside(prefix: &str, name: &str) -> String {
+    match Path::new(prefix).parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(name).display().to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// For the Pipeline actor as the handler closes HLS segment number `count` (1-based): upload it,
+/// then the playlists (which go up only after it, see `may_start`).
+pub fn segment_closed(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    outputs: &crate::closing::Outputs,
+    count: u32,
+) {
+    let (Some(s), Some(n)) = (&outputs.segments, count.checked_sub(1)) else {
+        return;
+    };
+    let name = crate::pipeline::output_segments::segment_name(s, n);
+    let key = beside(&s.prefix, &name);
+    enqueue(
+        link,
+        egress_id,
+        s.dir.join(&name),
+        &key,
+        UploadKind::Segment,
+    );
+    enqueue(
+        link,
+        egress_id,
+        s.playlist_path.clone(),
+        &s.playlist,
+        UploadKind::Playlist,
+    );
+    if let Some((rel, abs, _)) = &s.live {
+        enqueue(link, egress_id, abs.clone(), rel, UploadKind::Playlist);
+    }
+}
+
+/// For the Pipeline actor as the handler writes image number `count` (1-based).
+pub fn image_written(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    outputs: &crate::closing::Outputs,
+    prefix: &str,
+    count: u32,
+) {
+    let (Some((dir, stem)), Some(n)) = (&outputs.images, count.checked_sub(1)) else {
+        return;
+    };
+    let name = format!("{stem}_{n:05}.jpg");
+    let key = beside(prefix, &name);
+    enqueue(link, egress_id, dir.join(&name), &key, UploadKind::Image);
+}
+
 /// For the Pipeline actor as its handler exits: its output no longer grows.
 pub fn exited(link: Option<&DeliveryLink>, egress_id: &str) {
     if let Some(link) = link {
@@ -791,14 +921,47 @@ pub fn exited(link: Option<&DeliveryLink>, egress_id: &str) {
 pub fn finish(
     link: Option<&DeliveryLink>,
     info: &EgressInfo,
+    outputs: &crate::closing::Outputs,
     report: Recipient<UpdateEgress>,
 ) -> Option<impl std::future::Future<Output = EgressInfo> + use<>> {
     let link = link?;
     link.target.as_ref()?;
     let mut pending = info.clone();
     pending.handler_pid = None;
+    // Every segment and image the closed outputs hold (those not queued yet go up now), then
+    // the final playlists.
+    let mut extra = Vec::new();
+    if let (Some(s), Some(si)) = (&outputs.segments, &info.segments) {
+        for n in 0..si.count {
+            let name = crate::pipeline::output_segments::segment_name(s, n);
+            extra.push((
+                UploadKind::Segment,
+                s.dir.join(&name),
+                beside(&s.prefix, &name),
+            ));
+        }
+        extra.push((
+            UploadKind::Playlist,
+            s.playlist_path.clone(),
+            s.playlist.clone(),
+        ));
+        if let Some((rel, abs, _)) = &s.live {
+            extra.push((UploadKind::Playlist, abs.clone(), rel.clone()));
+        }
+    }
+    if let (Some((dir, stem)), Some(im)) = (&outputs.images, &info.images) {
+        for n in 0..im.count {
+            let name = format!("{stem}_{n:05}.jpg");
+            extra.push((
+                UploadKind::Image,
+                dir.join(&name),
+                beside(&im.prefix, &name),
+            ));
+        }
+    }
     let ask = link.delivery.send(FinishEgress {
         info: pending.clone(),
+        extra,
         target: link.target.clone(),
         report: Some(report),
     });

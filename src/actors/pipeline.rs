@@ -485,11 +485,28 @@ impl Handler<HandlerLine> for Pipeline {
                     s.size_bytes = size_bytes;
                     self.report();
                 }
+                let id = &self.info.egress_id;
+                crate::actors::delivery::segment_closed(
+                    self.delivery.as_ref(),
+                    id,
+                    &self.outputs,
+                    count,
+                );
             }
             HandlerEvent::ImageWritten { count } => {
                 if let Some(im) = &mut self.info.images {
                     im.count = count;
                     self.report();
+                }
+                if let Some(im) = &self.info.images {
+                    let (id, prefix) = (&self.info.egress_id, &im.prefix);
+                    crate::actors::delivery::image_written(
+                        self.delivery.as_ref(),
+                        id,
+                        &self.outputs,
+                        prefix,
+                        count,
+                    );
                 }
             }
             HandlerEvent::Stream {
@@ -674,7 +691,12 @@ impl Handler<HandlerExited> for Pipeline {
                 }
                 // With an upload target the egress stays `ending` until its uploads are done.
                 let report = act.supervisor.clone().recipient();
-                match crate::actors::delivery::finish(act.delivery.as_ref(), &act.info, report) {
+                match crate::actors::delivery::finish(
+                    act.delivery.as_ref(),
+                    &act.info,
+                    &act.outputs,
+                    report,
+                ) {
                     None => {
                         act.report();
                         ctx.stop();

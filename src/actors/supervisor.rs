@@ -204,6 +204,7 @@ impl Supervisor {
                     Some(d) => d
                         .send(crate::actors::delivery::FinishEgress {
                             info: settled.clone(),
+                            extra: Vec::new(),
                             target: None,
                             report: Some(report),
                         })
@@ -417,6 +418,7 @@ fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
         prefix: i.prefix.clone(),
         location: i.dir.join(&i.stem).display().to_string(),
         count: 0,
+        upload: None,
     });
 }
 

@@ -50,6 +50,11 @@ pub struct Entry {
     pub name: String,
     /// Where it goes first.
     pub target: UploadTarget,
+    /// For a playlist: the file it is a snapshot of (`local_path` is then the snapshot in this
+    /// directory, so the object uploaded is the playlist as it was when queued, never one
+    /// naming a segment queued after it).
+    #[serde(default)]
+    pub snapshot_of: Option<PathBuf>,
     /// The multipart upload open at the last write of this entry: `(backup?, upload id)`.
     #[serde(default)]
     pub multipart: Option<(bool, String)>,
@@ -91,6 +96,11 @@ impl Journal {
     /// Writes (or rewrites) an entry durably.
     pub fn put(&self, e: &Entry) -> io::Result<()> {
         self.write_json(&format!("{}.json", e.id), e)
+    }
+
+    /// Where a playlist's snapshot for entry `id` is kept.
+    pub fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(".snap-{id}"))
     }
 
     /// Drops an entry (the store has the object, or it failed for good).
@@ -186,6 +196,7 @@ mod tests {
             local_path: "/rec/a.mp4".into(),
             name: "a.mp4".into(),
             target,
+            snapshot_of: None,
             multipart: Some((false, "upload-1".into())),
             queued_at_ms: 5,
         };
