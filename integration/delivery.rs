@@ -588,6 +588,14 @@ fn hls_segments_go_up_as_they_close_and_the_bucket_playlist_is_always_playable()
     for s in &segs {
         assert!(moto.get("rec", &format!("live/hls/{s}")).is_some(), "{s}");
     }
+    // The manifest went up last, saying where everything is.
+    let key = format!("live/{id}.json");
+    assert_eq!(done["manifest"], format!("s3://rec/{key}"), "{done}");
+    let m: Value = serde_json::from_slice(&moto.get("rec", &key).expect("manifest")).unwrap();
+    assert_eq!(m["status"], "complete", "{m}");
+    assert_eq!(m["files"][0]["location"], "s3://rec/live/show.mkv", "{m}");
+    assert_eq!(m["segments"]["upload"], "done", "{m}");
+    assert!(!dirs.output().join(format!("{id}.json")).exists());
     let first = fetch_to(
         &moto,
         "rec",

@@ -84,6 +84,9 @@ struct Finishing {
     info: EgressInfo,
     report: Option<Recipient<UpdateEgress>>,
     waiters: Vec<oneshot::Sender<EgressInfo>>,
+    /// The manifest, uploaded last: `(local path, name, target)`, rewritten with the final
+    /// record (object locations included) once every other upload of the egress is done.
+    manifest: Option<(PathBuf, String, UploadTarget)>,
 }
 
 pub struct Delivery {
@@ -400,11 +403,41 @@ impl Delivery {
         {
             return;
         }
+        if let Some((path, name, target)) = self
+            .finishing
+            .get_mut(egress_id)
+            .and_then(|f| f.manifest.take())
+        {
+            // Everything else is up: the manifest says so, then goes up last.
+            let mut shown = self.finishing[egress_id].info.clone();
+            self.apply(&mut shown, true);
+            shown.ended_at = Some(now_ms());
+            shown.manifest = Some(target.location(&target.key_for(&name)));
+            let written = serde_json::to_vec_pretty(&shown)
+                .map_err(std::io::Error::other)
+                .and_then(|json| crate::hls::write_atomic(&path, &json))
+                .and_then(|()| self.queue(egress_id, UploadKind::Manifest, path, name, target));
+            match written {
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(self.log, "cannot rewrite or queue the manifest"; "egress_id" => egress_id, "error" => %e)
+                }
+            }
+        }
         let Some(f) = self.finishing.remove(egress_id) else {
             return;
         };
         let mut info = f.info;
         self.apply(&mut info, true);
+        if let Some(o) = self
+            .outcomes
+            .get(egress_id)
+            .into_iter()
+            .flatten()
+            .find(|o| o.kind == UploadKind::Manifest && o.state == UploadState::Done)
+        {
+            info.manifest = o.location.clone();
+        }
         let _ = self.journal.remove_target(egress_id);
         if !self.cfg.keep_local {
             let uploaded: Vec<PathBuf> = self
@@ -624,6 +657,7 @@ impl Actor for Delivery {
                     info,
                     report: None,
                     waiters: Vec::new(),
+                    manifest: None,
                 },
             );
             self.try_finish(&id);
@@ -687,6 +721,7 @@ impl Handler<FinishEgress> for Delivery {
             .target
             .or_else(|| self.journal.target(&id))
             .or_else(|| self.cfg.default_target.clone());
+        let mut manifest = None;
         if let Some(t) = &target {
             for f in &info.files {
                 let path = PathBuf::from(&f.location);
@@ -699,6 +734,10 @@ impl Handler<FinishEgress> for Delivery {
                 }
             }
             for (kind, path, name) in msg.extra {
+                if kind == UploadKind::Manifest {
+                    manifest = Some((path, name, t.clone()));
+                    continue;
+                }
                 if !path.is_file() || (kind != UploadKind::Playlist && self.knows(&id, &path)) {
                     continue;
                 }
@@ -708,7 +747,7 @@ impl Handler<FinishEgress> for Delivery {
             }
         }
         let pending = self.entries.values().any(|t| t.entry.egress_id == id);
-        if !pending && !self.outcomes.contains_key(&id) {
+        if !pending && !self.outcomes.contains_key(&id) && manifest.is_none() {
             let _ = self.journal.remove_target(&id);
             return Box::pin(std::future::ready(info));
         }
@@ -722,11 +761,14 @@ impl Handler<FinishEgress> for Delivery {
                 info: info.clone(),
                 report: msg.report,
                 waiters: vec![tx],
+                manifest,
             },
         );
         self.show_progress(&id);
         self.pump(ctx);
         self.try_finish(&id);
+        // try_finish may have queued the manifest.
+        self.pump(ctx);
         Box::pin(async move { rx.await.unwrap_or(info) })
     }
 }
@@ -947,6 +989,20 @@ pub fn finish(
         ));
         if let Some((rel, abs, _)) = &s.live {
             extra.push((UploadKind::Playlist, abs.clone(), rel.clone()));
+        }
+    }
+    if let Some(m) = &info.manifest {
+        // Beside the outputs: its name relative to the output directory is the file's or the
+        // playlist's directory joined with `{egress_id}.json`.
+        let rel_dir = info
+            .files
+            .first()
+            .map(|f| f.filename.clone())
+            .or_else(|| info.segments.as_ref().map(|s| s.playlist.clone()))
+            .or_else(|| info.images.as_ref().map(|i| i.prefix.clone()));
+        if let Some(r) = rel_dir {
+            let name = format!("{}.json", info.egress_id);
+            extra.push((UploadKind::Manifest, PathBuf::from(m), beside(&r, &name)));
         }
     }
     if let (Some((dir, stem)), Some(im)) = (&outputs.images, &info.images) {
