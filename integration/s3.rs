@@ -46,6 +46,7 @@ impl Moto {
 
     /// (Re)starts the server on its port; moto keeps nothing across a restart (in memory).
     pub fn restart(&mut self) {
+        self.stop();
         let out = std::fs::File::create(&self.log).expect("moto log");
         let mut cmd = Command::new("python3");
         cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
