@@ -176,6 +176,11 @@ impl Service {
         Self::launch(dirs, config_yaml, env, cpu_shared())
     }
 
+    /// A full config, for a test that holds `cpu_exclusive()` itself (`cpu` None).
+    pub fn start_with_cpu(dirs: &Dirs, config_yaml: &str, cpu: Option<CpuGuard>) -> Service {
+        Self::launch(dirs, config_yaml, &[], cpu)
+    }
+
     /// For a test that holds `cpu_exclusive()` itself.
     pub fn start_alone(dirs: &Dirs, extra: &str) -> Service {
         Self::launch(dirs, &test_config(dirs, extra), &[], None)

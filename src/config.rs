@@ -263,6 +263,39 @@ pub struct CpuConfig {
     /// How long a new job's estimated cost is held before its measured usage may replace it.
     #[serde(default = "default_pending_hold")]
     pub pending_hold_ms: u64,
+    /// `learned`: price a job by what jobs of its class measured on this hardware (or the fleet)
+    /// once the class is learned, else by `cpu_cost`; `static`: always `cpu_cost`.
+    #[serde(default = "default_cost_mode")]
+    pub cost_mode: String,
+    /// A learned class is priced at its learned p95 times this (at least 1).
+    #[serde(default = "default_cost_margin")]
+    pub cost_margin: f64,
+    /// The lowest price a learned class gets, in cores (a near-idle job still takes a slot's worth).
+    #[serde(default = "default_learned_cost_floor")]
+    pub learned_cost_floor: f64,
+    /// Jobs of a class (each measured for at least 3 s after its start hold) before its learned
+    /// price is used.
+    #[serde(default = "default_learn_min_jobs")]
+    pub learn_min_jobs: u32,
+}
+
+/// How admission prices a job (`cpu.cost_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostMode {
+    /// The configured `cpu_cost` of the type, always.
+    Static,
+    /// The class's learned price once learned, else the configured cost.
+    Learned,
+}
+
+impl CostMode {
+    pub fn parse(s: &str) -> Option<CostMode> {
+        match s {
+            "static" => Some(CostMode::Static),
+            "learned" => Some(CostMode::Learned),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -348,6 +381,10 @@ pub struct FleetConfig {
     /// `MIN_RESERVATION_TTL_MS`.
     #[serde(default = "default_reservation_ttl")]
     pub reservation_ttl_ms: u64,
+    /// Fraction of the fleet's budget that should stay free: `GET /v1/fleet/capacity` derives
+    /// `desired_nodes` (the autoscaler's target) from it.
+    #[serde(default = "default_target_free_fraction")]
+    pub target_free_fraction: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -447,6 +484,23 @@ fn default_max_utilization() -> f64 {
 }
 fn default_pending_hold() -> u64 {
     5000
+}
+fn default_cost_mode() -> String {
+    // Proven by integration/costs.rs: the learned price refuses at admission what the static
+    // one lets overload stop; an unlearned class is priced as in static mode.
+    "learned".into()
+}
+fn default_cost_margin() -> f64 {
+    1.2
+}
+fn default_learned_cost_floor() -> f64 {
+    0.1
+}
+fn default_learn_min_jobs() -> u32 {
+    3
+}
+fn default_target_free_fraction() -> f64 {
+    0.2
 }
 fn cost_room() -> f64 {
     4.0
@@ -821,6 +875,23 @@ impl Config {
         if !(self.cpu.max_utilization > 0.0 && self.cpu.max_utilization <= 1.0) {
             return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
         }
+        if CostMode::parse(&self.cpu.cost_mode).is_none() {
+            return Err(invalid("cpu.cost_mode", "must be static or learned"));
+        }
+        if !(self.cpu.cost_margin.is_finite() && (1.0..=10.0).contains(&self.cpu.cost_margin)) {
+            return Err(invalid("cpu.cost_margin", "must be in [1, 10]"));
+        }
+        if !(self.cpu.learned_cost_floor.is_finite()
+            && (0.0..=256.0).contains(&self.cpu.learned_cost_floor))
+        {
+            return Err(invalid(
+                "cpu.learned_cost_floor",
+                "must be a number of cores in [0, 256]",
+            ));
+        }
+        if !(1..=1000).contains(&self.cpu.learn_min_jobs) {
+            return Err(invalid("cpu.learn_min_jobs", "must be in [1, 1000]"));
+        }
         let extra = [
             ("output", self.cpu_cost.output),
             ("encode", self.cpu_cost.encode),
@@ -881,6 +952,10 @@ impl Config {
                 "fleet.node_ttl_ms",
                 "must be larger than fleet.heartbeat_ms",
             ));
+        }
+        let f = self.fleet.target_free_fraction;
+        if !(f.is_finite() && (0.0..=0.9).contains(&f)) {
+            return Err(invalid("fleet.target_free_fraction", "must be in [0, 0.9]"));
         }
         if !(MIN_RESERVATION_TTL_MS..=600_000).contains(&self.fleet.reservation_ttl_ms) {
             return Err(invalid(
@@ -1022,6 +1097,10 @@ impl Config {
         crate::delivery::retention::parse_duration(&self.storage.delete_after)
             .ok()
             .flatten()
+    }
+
+    pub fn cost_mode(&self) -> CostMode {
+        CostMode::parse(&self.cpu.cost_mode).unwrap_or(CostMode::Static)
     }
 
     pub fn affinity_mode(&self) -> AffinityMode {
@@ -1252,6 +1331,19 @@ mod tests {
             key_of(load_yaml("cpu: { max_utilization: 2 }", &[]).unwrap_err()),
             "cpu.max_utilization"
         );
+        for (yaml, key) in [
+            ("cpu: { cost_mode: guess }", "cpu.cost_mode"),
+            ("cpu: { cost_margin: 0.5 }", "cpu.cost_margin"),
+            ("cpu: { learned_cost_floor: -1 }", "cpu.learned_cost_floor"),
+            ("cpu: { learn_min_jobs: 0 }", "cpu.learn_min_jobs"),
+            (
+                "fleet: { target_free_fraction: 1 }",
+                "fleet.target_free_fraction",
+            ),
+        ] {
+            assert_eq!(key_of(load_yaml(yaml, &[]).unwrap_err()), key, "{yaml}");
+        }
+        assert!(load_yaml("cpu: { cost_mode: learned, cost_margin: 1 }", &[]).is_ok());
         assert_eq!(
             key_of(load_yaml("fleet: { reservation_ttl_ms: 100 }", &[]).unwrap_err()),
             "fleet.reservation_ttl_ms"

@@ -5,9 +5,11 @@
 //! - `config`: the YAML/env configuration, validated before anything starts.
 //! - `model`: requests, validated specs and egress records; request validation.
 //! - `error`: typed errors per domain and their single HTTP mapping.
-//! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer).
+//! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer,
+//!   CostLearner).
 //!   `actors.md` at the top of the repository draws who sends what to whom.
-//! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload.
+//! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload,
+//!   learned costs, fleet capacity.
 //! - `pipeline/`: GStreamer graph building per egress type and per output.
 //! - `handler/`: the child process that runs one pipeline and its stdio protocol.
 //! - `media`: reading finished files back with Discoverer.
@@ -29,10 +31,13 @@
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
 //! - `service`: the one function that wires everything and runs the service.
+//! - `calibrate`: `egress-engine calibrate`: each type measured on this machine, into the
+//!   learned cost table.
 //! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP.
 
 pub mod actors;
 pub mod api;
+pub mod calibrate;
 pub mod cli;
 pub mod closing;
 pub mod config;

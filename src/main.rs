@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check-config`, `handler` (run by the service, one per egress), and
-//! the client commands `egress`, `node` and `fleet`, which call a node's API (`src/cli/`).
+//! The command line: `serve`, `check-config`, `calibrate`, `handler` (run by the service, one per
+//! egress), and the client commands `egress`, `node` and `fleet`, which call a node's API
+//! (`src/cli/`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,21 @@ enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Measure what each egress type costs on this machine (one job at a time, from test
+    /// sources) and write the figures into the learned cost table of storage.state_dir.
+    Calibrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Comma-separated types (default: track,track_composite,participant,room_composite).
+        #[arg(long)]
+        types: Option<String>,
+        /// Seconds each job is measured, after its start hold (cpu.pending_hold_ms).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Extra output profiles to measure besides the default 1280x720@30: WxH@fps,...
+        #[arg(long)]
+        profiles: Option<String>,
     },
     /// Internal: record one egress. Started by the service; the spec arrives on stdin.
     Handler {
@@ -103,6 +119,41 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("egress-engine: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Calibrate {
+            config,
+            types,
+            seconds,
+            profiles,
+        } => {
+            let plan = match egress_engine::calibrate::Plan::parse(
+                types.as_deref(),
+                profiles.as_deref(),
+                seconds,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("egress-engine calibrate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match egress_engine::calibrate::run(config.as_deref(), &plan) {
+                Ok((measured, took, path)) => {
+                    print!(
+                        "{}",
+                        egress_engine::calibrate::render(&measured, took, &path)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e @ egress_engine::calibrate::CalibrateError::Config(_)) => {
+                    eprintln!("egress-engine calibrate: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("egress-engine calibrate: {e}");
                     ExitCode::from(1)
                 }
             }

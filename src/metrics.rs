@@ -63,6 +63,31 @@ pub struct Metrics {
     pub disk_reserved_bytes: Gauge,
     /// Egresses whose local outputs retention deleted.
     pub retention_deleted_total: IntCounter,
+    /// Configured cost of each cost class's type, in cores (class: `type WxH@fps`; as many
+    /// classes as profiles in use).
+    pub cost_configured_cores: GaugeVec,
+    /// What admission charges a job of each class now, in cores.
+    pub cost_price_cores: GaugeVec,
+    /// Learned CPU of each class by quantile (p50, p95, max), in cores.
+    pub cost_measured_cores: GaugeVec,
+    /// Jobs measured per class.
+    pub cost_jobs: IntGaugeVec,
+    /// 1 when a class is learned (its learned price is used in learned mode).
+    pub cost_learned: IntGaugeVec,
+    /// Fleet (from this node's view): CPU budget of the live nodes that take work, in cores.
+    pub fleet_budget_cores: Gauge,
+    /// Fleet: cores committed on those nodes.
+    pub fleet_used_cores: Gauge,
+    /// Fleet: cores still free on those nodes.
+    pub fleet_free_cores: Gauge,
+    /// Fleet: live nodes that take work (not draining).
+    pub fleet_nodes: Gauge,
+    /// Fleet: nodes needed to keep `fleet.target_free_fraction` of the budget free (the
+    /// autoscaler's target).
+    pub fleet_desired_nodes: Gauge,
+    /// Fleet: more jobs of each type (at its default profile) that fit fleet-wide now (-1: no
+    /// bound, a type priced at 0 without a limit).
+    pub fleet_fits: IntGaugeVec,
     /// Stream URLs given up on after `pipeline.stream_retry_s` of failures, by egress type.
     pub stream_failures_total: IntCounterVec,
     /// Webhook events delivered (a 2xx answer), by event.
@@ -254,6 +279,67 @@ impl Metrics {
                 &r,
                 "egress_retention_deleted_total",
                 "Ended egresses whose local outputs retention deleted",
+            ),
+            cost_configured_cores: gauge_vec(
+                &r,
+                "egress_cost_configured_cores",
+                "Configured cost of each cost class's type, in cores",
+                &["class"],
+            ),
+            cost_price_cores: gauge_vec(
+                &r,
+                "egress_cost_price_cores",
+                "What admission charges a job of each cost class now, in cores",
+                &["class"],
+            ),
+            cost_measured_cores: gauge_vec(
+                &r,
+                "egress_cost_measured_cores",
+                "Learned CPU of each cost class (quantile = p50 | p95 | max), in cores",
+                &["class", "quantile"],
+            ),
+            cost_jobs: int_gauge_vec(
+                &r,
+                "egress_cost_jobs",
+                "Jobs measured per cost class",
+                &["class"],
+            ),
+            cost_learned: int_gauge_vec(
+                &r,
+                "egress_cost_learned",
+                "1 when a cost class is learned",
+                &["class"],
+            ),
+            fleet_budget_cores: gauge(
+                &r,
+                "egress_fleet_budget_cores",
+                "CPU budget of the fleet's nodes that take work, in cores",
+            ),
+            fleet_used_cores: gauge(
+                &r,
+                "egress_fleet_used_cores",
+                "Cores committed on the fleet's nodes that take work",
+            ),
+            fleet_free_cores: gauge(
+                &r,
+                "egress_fleet_free_cores",
+                "Cores still free on the fleet's nodes that take work",
+            ),
+            fleet_nodes: gauge(
+                &r,
+                "egress_fleet_nodes",
+                "Live fleet nodes that take work (not draining)",
+            ),
+            fleet_desired_nodes: gauge(
+                &r,
+                "egress_fleet_desired_nodes",
+                "Nodes needed to keep fleet.target_free_fraction of the budget free",
+            ),
+            fleet_fits: int_gauge_vec(
+                &r,
+                "egress_fleet_fits",
+                "More jobs of each type (default profile) that fit fleet-wide now",
+                &["type"],
             ),
             stream_failures_total: counter_vec(
                 &r,

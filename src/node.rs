@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::{Admission, GetNodeState, ReleaseClaim, SetDraining, WatchState};
 use crate::actors::affinity::{Affinity, AffinityScorer, GetAffinity};
+use crate::actors::cost_learner::Pricer;
 use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
 use crate::actors::supervisor::{
     CountRunning, EndAll, GetEgress, KillEgress, ListEgresses, StartEgress, StopEgress, Supervisor,
@@ -31,6 +32,7 @@ use crate::model::{
     EgressInfo, EgressRequest, EgressSpec, EgressStatus, ValidationContext, new_egress_id, now_ms,
 };
 use crate::rules::admission::NodeState;
+use crate::rules::costs::CostClass;
 
 /// Free bytes below which `/readyz` calls a directory full (unusable). The disk rule of
 /// admission (`storage.min_free_bytes` plus the running egresses' horizon) is separate: it
@@ -84,6 +86,8 @@ struct Inner {
     supervisor: Addr<Supervisor>,
     admission: Addr<Admission>,
     affinity: Addr<AffinityScorer>,
+    /// Prices jobs by their class (learned costs).
+    pricer: Pricer,
     /// To the control loop (drain).
     control: mpsc::UnboundedSender<Control>,
     /// Uploads and disk safety (None only where a test builds a node without them).
@@ -102,6 +106,7 @@ pub struct Parts {
     pub supervisor: Addr<Supervisor>,
     pub admission: Addr<Admission>,
     pub affinity: Addr<AffinityScorer>,
+    pub pricer: Pricer,
     pub control: mpsc::UnboundedSender<Control>,
     pub delivery: Option<Delivery>,
 }
@@ -116,6 +121,7 @@ impl Node {
                 supervisor: parts.supervisor,
                 admission: parts.admission,
                 affinity: parts.affinity,
+                pricer: parts.pricer,
                 control: parts.control,
                 delivery: parts.delivery,
             }),
@@ -128,6 +134,11 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.inner.cfg
+    }
+
+    /// Job prices by class (learned costs).
+    pub fn pricer(&self) -> &Pricer {
+        &self.inner.pricer
     }
 
     /// Checks a request as this node would before starting it (no side effect).
@@ -207,9 +218,10 @@ impl Node {
                 disk: d.disk.clone(),
                 target: req.upload.clone().or_else(|| cfg.storage.upload.clone()),
             });
-        let cost = req
-            .estimated_cpu
-            .unwrap_or_else(|| cfg.cpu_cost.priced(spec.egress_type, &spec.outputs));
+        let cost = req.estimated_cpu.unwrap_or_else(|| {
+            let configured = cfg.cpu_cost.priced(spec.egress_type, &spec.outputs);
+            self.inner.pricer.price(&CostClass::of(&spec), configured)
+        });
         let info = EgressInfo {
             egress_id: id,
             node_id: self.inner.id.clone(),

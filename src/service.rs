@@ -4,7 +4,8 @@
 //!  signals / POST /v1/node/drain ──> control loop ──> Node (draining, EndAll, CountRunning)
 //!  HTTP API (api/) ──> [Fleet (fleet/) ──>] Node (node.rs) ──> Admission, Supervisor, AffinityScorer
 //!  Supervisor ──> Pipeline (one per egress) ──> handler process
-//!  CpuMonitor ──CpuSample──> Admission, Supervisor
+//!  CpuMonitor ──CpuSample──> Admission, Supervisor, CostLearner
+//!  Supervisor ──TrackJob/JobEnded──> CostLearner ──costs.json, [egress:costs]──> Pricer (Node, affinity)
 //!  Supervisor (every record change), node watcher ──> Events hub ──> SSE, webhooks, fleet relay
 //! ```
 
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
+use crate::actors::cost_learner::{CostLearner, Pricer, SaveCosts, table_path};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::delivery::{Delivery, DeliveryConfig};
 use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
@@ -128,11 +130,20 @@ async fn serve(
         log.new(slog::o!("actor" => "admission")),
     )
     .start();
+    // The learned cost table of earlier runs (and of calibrate); an unreadable one is ignored
+    // (and replaced by the next job learned).
+    let table = crate::actors::cost_learner::read_table(&table_path(&cfg.storage.state_dir))
+        .unwrap_or_else(|e| {
+            warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);
+            Default::default()
+        });
+    let pricer = Pricer::new(&cfg, table);
     let affinity = AffinityScorer::new(
         cfg.affinity_mode(),
         admission.clone(),
         log.new(slog::o!("actor" => "affinity")),
     )
+    .with_pricer(pricer.clone())
     .start();
     // Fleet mode: connected before the Supervisor starts, so every record it settles or creates
     // is mirrored to Redis.
@@ -165,6 +176,13 @@ async fn serve(
         log.new(slog::o!("actor" => "disk_monitor")),
     )
     .start();
+    let costs = CostLearner::new(
+        &cfg,
+        pricer.clone(),
+        fleet.clone(),
+        log.new(slog::o!("actor" => "cost_learner")),
+    )
+    .start();
     // The hub comes before the Supervisor: every record change it makes is an event. Webhook
     // senders start with it (and read what an earlier run left in their queues).
     let events = Events::new(&cfg.events, node_id.clone());
@@ -186,6 +204,7 @@ async fn serve(
     )
     .with_mirror(mirror)
     .with_delivery(Some(uploads.clone()))
+    .with_costs(costs.clone(), pricer.clone())
     .with_events(events.clone())
     .start();
     disk.do_send(ConnectDisk {
@@ -194,6 +213,8 @@ async fn serve(
     });
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
+    let costs_at_exit = costs.clone();
+    cpu.do_send(Subscribe(costs.recipient()));
 
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let node = Node::new(
@@ -204,6 +225,7 @@ async fn serve(
             supervisor,
             admission: admission.clone(),
             affinity,
+            pricer: pricer.clone(),
             control: control_tx.clone(),
             delivery: Some(crate::node::Delivery { uploads, disk }),
         },
@@ -263,6 +285,7 @@ async fn serve(
                 "cannot register this node: {e}"
             )));
         }
+        f.watch_capacity(pricer.clone());
         f.relay_events(events.clone())
             .map_err(ServiceError::Fleet)?;
     }
@@ -276,6 +299,8 @@ async fn serve(
 
     spawn_signal_listeners(control_tx, log.clone());
     control_loop(control_rx, &node, &cfg, &log).await;
+    // The last jobs' figures reach the disk before the process ends.
+    let _ = costs_at_exit.send(SaveCosts).await;
     // The last events (egresses that ended on the way out) reach the webhook queues on disk:
     // the next run sends what this one could not.
     if !events.flush(Duration::from_secs(3)).await {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use slog::{Logger, debug, warn};
 
 use crate::actors::admission::{Admission, CheckRequest, GetNodeState, TakeClaim};
+use crate::actors::cost_learner::Pricer;
 use crate::config::AffinityMode;
 use crate::model::EgressType;
 use crate::rules::scoring::{REFUSED, score};
@@ -19,6 +20,9 @@ pub struct AffinityScorer {
     mode: AffinityMode,
     /// Where claims are taken.
     admission: Addr<Admission>,
+    /// Prices a type-only request at its default class (learned costs); None: admission's
+    /// configured cost.
+    pricer: Option<Pricer>,
     log: Logger,
 }
 
@@ -27,8 +31,15 @@ impl AffinityScorer {
         AffinityScorer {
             mode,
             admission,
+            pricer: None,
             log,
         }
+    }
+
+    /// Price requests that give no `estimated_cpu` with `pricer`.
+    pub fn with_pricer(mut self, pricer: Pricer) -> Self {
+        self.pricer = Some(pricer);
+        self
     }
 }
 
@@ -52,8 +63,8 @@ pub struct Affinity {
 }
 
 /// Asks for this node's score for a request of `egress_type` costing `cost` cores (None = the
-/// type's configured cost); with `take_claim`, also takes a claim when the node can admit it.
-/// Returns an `Affinity`.
+/// type's price at its default video: learned, or configured); with `take_claim`, also takes a
+/// claim when the node can admit it. Returns an `Affinity`.
 #[derive(Debug, Message)]
 #[rtype(result = "Affinity")]
 pub struct GetAffinity {
@@ -70,6 +81,10 @@ impl Handler<GetAffinity> for AffinityScorer {
         let mode = self.mode;
         let admission = self.admission.clone();
         let log = self.log.clone();
+        let priced = self
+            .pricer
+            .as_ref()
+            .map(|p| p.price_of_type(msg.egress_type));
         Box::pin(async move {
             let egress_type = msg.egress_type;
             let refused = |node_id: String, reason: &str| Affinity {
@@ -79,7 +94,7 @@ impl Handler<GetAffinity> for AffinityScorer {
                 claim_id: None,
                 reason: Some(reason.to_string()),
             };
-            let cost = msg.cost;
+            let cost = msg.cost.or(priced);
             let answer = if msg.take_claim {
                 admission
                     .send(TakeClaim { egress_type, cost })

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod affinity;
+pub mod cost_learner;
 pub mod cpu_monitor;
 pub mod delivery;
 pub mod disk_monitor;

@@ -519,6 +519,18 @@ impl Handler<HandlerLine> for Pipeline {
 }
 
 impl Pipeline {
+    /// The index of `url` among the streams still active.
+    fn streaming(&self, url: &str) -> Option<usize> {
+        self.stream_urls.iter().enumerate().position(|(i, s)| {
+            s == url
+                && self
+                    .info
+                    .streams
+                    .get(i)
+                    .is_some_and(|x| x.status == StreamStatus::Active)
+        })
+    }
+
     fn on_stream(&mut self, index: usize, status: StreamStatus, error: Option<String>) {
         let Some(s) = self.info.streams.get_mut(index) else {
             return;
@@ -569,15 +581,7 @@ impl Handler<ChangeStreams> for Pipeline {
         }
         let mut remove = Vec::new();
         for (k, url) in u.remove_urls.iter().enumerate() {
-            let live = self.stream_urls.iter().enumerate().position(|(i, s)| {
-                s == url
-                    && self
-                        .info
-                        .streams
-                        .get(i)
-                        .is_some_and(|x| x.status == StreamStatus::Active)
-            });
-            match live {
+            match self.streaming(url) {
                 Some(i) => remove.push(i),
                 None => {
                     return Err(ApiError::from(RequestError::invalid(
@@ -604,15 +608,7 @@ impl Handler<ChangeStreams> for Pipeline {
         }
         for (k, url) in u.add_urls.iter().enumerate() {
             check_stream_url(url, &format!("add_urls[{k}]")).map_err(ApiError::from)?;
-            let dup = self.stream_urls.iter().enumerate().any(|(i, s)| {
-                s == url
-                    && self
-                        .info
-                        .streams
-                        .get(i)
-                        .is_some_and(|x| x.status == StreamStatus::Active)
-            });
-            if dup || u.add_urls[..k].contains(url) {
+            if self.streaming(url).is_some() || u.add_urls[..k].contains(url) {
                 return Err(ApiError::from(RequestError::invalid(
                     &format!("add_urls[{k}]"),
                     "already streaming to this URL",

@@ -15,6 +15,7 @@ use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
+use crate::actors::cost_learner::{CostLearner, JobEnded, Pricer, TrackJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
     KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
@@ -24,6 +25,7 @@ use crate::error::ApiError;
 use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
+use crate::rules::costs::CostClass;
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
 use crate::store::{Store, handler_alive};
 
@@ -41,6 +43,13 @@ pub struct Supervisor {
     output_root: std::path::PathBuf,
     /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
     mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
+    /// Learns each job's real CPU per cost class: told of every launch and end.
+    costs: Option<Addr<CostLearner>>,
+    /// Prices each running job's class now, for overload's "CPU above its cost": a job admitted
+    /// before its class was learned is judged by what its class is now known to cost.
+    pricer: Option<Pricer>,
+    /// The cost class of each running egress.
+    classes: HashMap<String, CostClass>,
     /// Every record change becomes a live event (SSE, webhooks, the fleet's relay).
     events: Option<Events>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
@@ -75,6 +84,9 @@ impl Supervisor {
             overload: Overload::new(&cfg.overload, cfg.cpu.pending_hold_ms),
             output_root,
             mirror: None,
+            costs: None,
+            pricer: None,
+            classes: HashMap::new(),
             events: None,
             loaded,
             waiters: HashMap::new(),
@@ -93,6 +105,26 @@ impl Supervisor {
     pub fn with_mirror(mut self, tx: Option<mpsc::UnboundedSender<EgressInfo>>) -> Self {
         self.mirror = tx;
         self
+    }
+
+    /// Tell `costs` of every job's launch (with its class) and end; judge overload by `pricer`.
+    pub fn with_costs(mut self, costs: Addr<CostLearner>, pricer: Pricer) -> Self {
+        self.costs = Some(costs);
+        self.pricer = Some(pricer);
+        self
+    }
+
+    /// The cost overload judges a running job by: its `estimated_cpu` when the request gave
+    /// one, else its class's learned price when learned mode uses it, else what it was admitted
+    /// at.
+    fn judged_cost(&self, info: &EgressInfo) -> f64 {
+        if let Some(c) = info.request.estimated_cpu {
+            return c;
+        }
+        match (&self.pricer, self.classes.get(&info.egress_id)) {
+            (Some(p), Some(class)) => p.price(class, info.cpu_cost),
+            _ => info.cpu_cost,
+        }
     }
 
     /// Tell `events` of every record change (see `events::Events::egress_changed`).
@@ -144,6 +176,12 @@ impl Supervisor {
             self.cpu.do_send(UnwatchProcess {
                 egress_id: info.egress_id.clone(),
             });
+            self.classes.remove(&info.egress_id);
+            if let Some(c) = &self.costs {
+                c.do_send(JobEnded {
+                    egress_id: info.egress_id.clone(),
+                });
+            }
             let why = info.end_reason.clone().unwrap_or_default();
             METRICS
                 .results_total
@@ -370,6 +408,15 @@ impl Supervisor {
             egress_id: id.clone(),
             pid,
         });
+        let class = CostClass::of(&setup.spec);
+        self.classes.insert(id.clone(), class.clone());
+        if let Some(c) = &self.costs {
+            c.do_send(TrackJob {
+                egress_id: id.clone(),
+                class,
+                started_at_ms: now_ms(),
+            });
+        }
         let addr = Pipeline::start_with(setup, child, ctx.address(), &self.log);
         self.pipelines.insert(id, addr);
         Ok(info)
@@ -644,7 +691,7 @@ impl Handler<CpuSample> for Supervisor {
                     .get(&i.egress_id)
                     .map(|u| u.cores)
                     .unwrap_or(0.0),
-                admitted_cost: i.cpu_cost,
+                admitted_cost: self.judged_cost(i),
                 launched_at_ms: i.created_at,
                 active_since_ms: i.started_at,
             })

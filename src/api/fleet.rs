@@ -18,6 +18,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/fleet/capacity")
+            .route(web::get().to(capacity))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/node/egress")
             .route(web::post().to(node_egress))
             .default_service(web::to(method_not_allowed)),
@@ -46,6 +51,13 @@ async fn nodes(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         }))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Autoscaling signals: budget, used and free cores of the nodes that take work, what fits,
+/// desired nodes and drain candidates.
+async fn capacity(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let c = fleet(&state)?.capacity(state.node.pricer()).await?;
+    Ok(HttpResponse::Ok().json(c))
 }
 
 /// Internal (placement): start this placed egress here, and only here.

@@ -28,6 +28,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/v1/node/costs")
+                .route(web::get().to(costs))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/v1/affinity")
                 .route(web::get().to(affinity))
                 .route(web::post().to(claim))
@@ -57,6 +62,11 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 async fn node(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.node.state().await?))
+}
+
+/// Per cost class: configured cost, learned figures, and the price admission charges now.
+async fn costs(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.node.pricer().report())
 }
 
 async fn drain(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -11,6 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::actors::affinity::Affinity;
+use crate::actors::cost_learner::{ClassCost, CostsReport};
 use crate::api::ROUTES;
 use crate::api::node::AffinityRequest;
 use crate::delivery::disk::DiskState;
@@ -24,6 +25,7 @@ use crate::model::{
     SourceRequest, StreamInfo, StreamRequest, StreamStatus, StreamsUpdate, VideoRequest,
 };
 use crate::rules::admission::{NodeState, TypeState};
+use crate::rules::capacity::{Capacity, DrainCandidate};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/openapi.json", web::get().to(openapi));
@@ -203,11 +205,28 @@ mod ops {
         ))]
     fn drain() {}
 
+    #[utoipa::path(get, path = "/v1/node/costs", tag = "node",
+        summary = "Learned costs: per cost class the configured cost, learned p50/p95/max, jobs measured and the price admission charges",
+        responses(
+            (status = 200, description = "cost classes", body = CostsReport),
+        ))]
+    fn node_costs() {}
+
+    #[utoipa::path(get, path = "/v1/fleet/capacity", tag = "placement",
+        summary = "Autoscaling signals: fleet budget, used and free cores, what fits, desired_nodes, drain_candidates",
+        responses(
+            (status = 200, description = "capacity", body = Capacity),
+            (status = 404, description = "no fleet configured", body = ErrorBody),
+            (status = 500, description = "internal", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn fleet_capacity() {}
+
     #[utoipa::path(get, path = "/v1/affinity", tag = "placement",
         summary = "This node's placement score for a request (holds nothing)",
         params(
             ("type" = EgressType, Query),
-            ("estimated_cpu" = Option<f64>, Query, minimum = 0, maximum = 256, description = "cores; default: the type's cpu_cost"),
+            ("estimated_cpu" = Option<f64>, Query, minimum = 0, maximum = 256, description = "cores; default: the type's price at its default video (learned, or cpu_cost)"),
         ),
         responses(
             (status = 200, description = "score, with no claim", body = Affinity),
@@ -306,7 +325,7 @@ mod ops {
         ops::start_egress, ops::list_egresses, ops::get_egress, ops::stop_egress,
         ops::kill_egress, ops::egress_streams, ops::node_state, ops::drain, ops::affinity_score,
         ops::affinity_claim, ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::events,
-        ops::dashboard, ops::openapi_json,
+        ops::dashboard, ops::openapi_json, ops::node_costs, ops::fleet_capacity,
         ops::healthz, ops::readyz, ops::metrics
     ),
     components(schemas(
@@ -314,8 +333,9 @@ mod ops {
         EgressRequest, SourceRequest, OutputRequest, FileOutputRequest, SegmentsRequest,
         LivePlaylistRequest, StreamRequest, ImagesRequest, StreamsUpdate, VideoRequest,
         AudioRequest, EgressInfo, FileInfo, SegmentsInfo, StreamInfo, StreamStatus, ImagesInfo, EgressType, EgressStatus, NodeState, TypeState,
-        Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, UploadTarget, S3Target,
-        GcsTarget, AzureTarget, UploadState, DiskState
+        Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
+        Capacity, DrainCandidate,
+        UploadTarget, S3Target, GcsTarget, AzureTarget, UploadState, DiskState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

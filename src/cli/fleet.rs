@@ -34,7 +34,10 @@ pub fn run(conn: &Connection, cmd: Option<FleetCommand>) -> Result<(), CliError>
             nodes(conn, &n)?;
             println!();
             match c {
-                Ok(v) => capacity(conn, &v),
+                Ok(v) => {
+                    println!("capacity:");
+                    capacity(conn, &v)
+                }
                 // The node list is what was asked for first; a missing capacity is a note.
                 Err(e) => {
                     println!("capacity: {e}");

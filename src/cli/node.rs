@@ -1,4 +1,5 @@
-//! `egress-engine node` (this node's state), `node drain [--wait]`, `node health`, `node ready`.
+//! `egress-engine node` (this node's state), `node drain [--wait]`, `node health`, `node ready`,
+//! `node costs`.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ pub enum NodeCommand {
     Health,
     /// Readiness: GET /readyz (exit 0 when the node takes new egresses, 1 with the reason if not).
     Ready,
+    /// Learned costs: per cost class the configured cost, learned p50/p95/max, jobs measured
+    /// and the price admission charges (GET /v1/node/costs).
+    Costs,
 }
 
 pub fn run(conn: &Connection, cmd: Option<NodeCommand>) -> Result<(), CliError> {
@@ -51,7 +55,65 @@ pub fn run(conn: &Connection, cmd: Option<NodeCommand>) -> Result<(), CliError> 
         }
         NodeCommand::Health => probe(conn, &client, "/healthz"),
         NodeCommand::Ready => probe(conn, &client, "/readyz"),
+        NodeCommand::Costs => costs(conn, &client.get("/v1/node/costs")?),
     }
+}
+
+fn costs(conn: &Connection, v: &Value) -> Result<(), CliError> {
+    if conn.json {
+        print_json(v);
+        return Ok(());
+    }
+    let f = |k: &str| cell(&v[k]);
+    println!(
+        "{}",
+        fields(&[
+            ("mode", f("mode")),
+            ("margin", f("cost_margin")),
+            ("floor", format!("{} cores", f("learned_cost_floor"))),
+            ("learned after", format!("{} jobs", f("learn_min_jobs"))),
+        ])
+    );
+    let rows: Vec<Vec<String>> = v["classes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|c| {
+            let num = |k: &str| c[k].as_f64().map(|x| format!("{x:.2}")).unwrap_or_default();
+            vec![
+                cell(&c["class"]),
+                num("configured_cost"),
+                num("p50"),
+                num("p95"),
+                num("max"),
+                cell(&c["samples"]),
+                match (c["learned"].as_bool(), c["calibrated"].as_bool()) {
+                    (Some(true), Some(true)) => "calibrated".into(),
+                    (Some(true), _) => "yes".into(),
+                    _ => "no".into(),
+                },
+                num("price"),
+            ]
+        })
+        .collect();
+    println!(
+        "\n{}",
+        table(
+            &[
+                "CLASS",
+                "CONFIGURED",
+                "P50",
+                "P95",
+                "MAX",
+                "JOBS",
+                "LEARNED",
+                "PRICE"
+            ],
+            &rows
+        )
+    );
+    Ok(())
 }
 
 fn probe(conn: &Connection, client: &Client, path: &str) -> Result<(), CliError> {

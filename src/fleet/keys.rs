@@ -5,6 +5,10 @@
 //!   {p}nodes                 set of node ids          {p}node:{id}        a node's registration
 //!   {p}records               hash of egress records   {p}owner:{egress}   an egress's owner
 //!   {p}reserved:{id}         a node's reservations    {p}cand:{type}:idle|busy, {p}cand:max_budget
+//!   {p}costs                 hash class -> learned estimate (JSON), shared by every node
+//!   {p}costs:version         moves on at every change of {p}costs
+//!   {p}capacity              the fleet's capacity figures (JSON), by whichever node holds
+//!   {p}capacity:lock         ...this lock for the current refresh
 //!   {p}events                pub/sub channel of every node's live events
 //! ```
 
@@ -55,6 +59,26 @@ impl Keys {
 
     pub fn owner(&self, egress_id: &str) -> String {
         format!("{}owner:{egress_id}", self.prefix)
+    }
+
+    /// The fleet's learned cost table (`fleet::costs`).
+    pub fn costs(&self) -> String {
+        format!("{}costs", self.prefix)
+    }
+
+    /// Moves on at every change of `costs` (nodes read the table only when it moved).
+    pub fn costs_version(&self) -> String {
+        format!("{}costs:version", self.prefix)
+    }
+
+    /// The fleet's capacity figures, computed by one node per refresh (`fleet::capacity`).
+    pub fn capacity(&self) -> String {
+        format!("{}capacity", self.prefix)
+    }
+
+    /// Held by the node computing this refresh's capacity figures.
+    pub fn capacity_lock(&self) -> String {
+        format!("{}capacity:lock", self.prefix)
     }
 
     pub fn reserved(&self, node_id: &str) -> String {

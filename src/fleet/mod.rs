@@ -12,6 +12,9 @@
 //! - `placement`: `POST /v1/egress` fleet-wide: decide, start on the chosen node, fall back,
 //!   retry a burst.
 //! - `client`: node-to-node calls over the admin API.
+//! - `costs`: the fleet's learned cost table (`egress:costs`), shared by every node.
+//! - `capacity`: `GET /v1/fleet/capacity`: budget, free cores, what fits, desired nodes and
+//!   which nodes to drain (autoscaling signals).
 //! - `events`: every node's live events relayed through Redis pub/sub (`{p}events`).
 //!
 //! Coordination is Redis plus each node's own admin API: no gossip, no consensus. Every decision
@@ -26,8 +29,10 @@
 //!   HTTP placement ──EVALSHA place──► Redis ──► chosen node's /v1/node/egress
 //! ```
 
+pub mod capacity;
 pub mod client;
 pub mod connection;
+pub mod costs;
 pub mod events;
 pub mod keys;
 pub mod placement;

@@ -214,10 +214,14 @@ impl Fleet {
         let egress_id = new_egress_id();
         let cfg = node.config();
         // A request this node finds invalid is answered here: a 400 never fans out.
-        let egress_type = node
-            .validate(&req, &egress_id)
-            .map_err(ApiError::from)?
-            .egress_type;
+        let spec = node.validate(&req, &egress_id).map_err(ApiError::from)?;
+        let egress_type = spec.egress_type;
+        // Every node charges the job the same learned price when there is one (the table is
+        // the fleet's); else each node its own configured cost.
+        let cost = req.estimated_cpu.or_else(|| {
+            node.pricer()
+                .learned_price(&crate::rules::costs::CostClass::of(&spec))
+        });
         let lines = curve(cfg.affinity_mode(), egress_type);
         // Known to be degraded (the last heartbeat failed): no need to wait for Redis's timeout.
         if let Some(why) = self.degraded() {
@@ -244,7 +248,7 @@ impl Fleet {
                     keys: &self.keys,
                     egress_id: &egress_id,
                     egress_type: egress_type.as_str(),
-                    cost: req.estimated_cpu,
+                    cost,
                     curve: lines,
                     seed: rand::rng().random(),
                     ttl_ms: self.cfg.reservation_ttl_ms,

@@ -60,10 +60,16 @@ pub struct TypeReport {
 pub struct NodeReport {
     pub node_id: String,
     pub capacity_cores: f64,
+    /// Cores admission may commit (capacity autoscaling sums these).
+    pub budget_cores: f64,
     pub load: f64,
     pub available_cpu: f64,
+    /// `available_cpu` unclamped (negative when over budget).
+    pub headroom_cpu: f64,
     pub draining: bool,
     pub types: BTreeMap<String, TypeReport>,
+    /// The egresses it runs (capacity reads their records for drain candidates).
+    pub egress_ids: Vec<String>,
 }
 
 impl NodeReport {

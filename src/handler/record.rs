@@ -570,6 +570,13 @@ impl<'a> Recording<'a> {
         }
         self.attach_outputs();
         self.watch_output(&desc)?;
+        if let Some(pad) = self
+            .pipeline
+            .by_name("video_parse")
+            .and_then(|e| e.static_pad("src"))
+        {
+            live::monotonic(&pad);
+        }
         // Downstream first, so nothing pushes into an element that is not playing yet.
         let mut names: Vec<&str> = desc.names();
         names.reverse();

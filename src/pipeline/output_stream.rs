@@ -34,29 +34,34 @@ fn tap_queue(name: &str) -> Node {
 
 /// Adds the taps (and, for launch lines, one branch per URL in `urls`).
 pub fn add(d: &mut Desc, video: bool, audio: bool, urls: &[String]) {
-    if video {
+    let taps = [
+        (
+            video,
+            VideoCodec::H264.tee(),
+            "stream_video_queue",
+            VIDEO_TAP,
+        ),
+        (
+            audio,
+            AudioCodecKind::Aac.tee(),
+            "stream_audio_queue",
+            AUDIO_TAP,
+        ),
+    ];
+    for (wanted, tee, queue, tap) in taps {
+        if !wanted {
+            continue;
+        }
         d.push(vec![
-            from(&VideoCodec::H264.tee()),
-            tap_queue("stream_video_queue"),
+            from(&tee),
+            tap_queue(queue),
             Node::AppSink {
-                name: VIDEO_TAP.into(),
+                name: tap.into(),
                 launch: "fakesink sync=false".into(),
             },
         ]);
-        d.sinks.push(VIDEO_TAP.into());
-        d.media.push(VIDEO_TAP.into());
-    }
-    if audio {
-        d.push(vec![
-            from(&AudioCodecKind::Aac.tee()),
-            tap_queue("stream_audio_queue"),
-            Node::AppSink {
-                name: AUDIO_TAP.into(),
-                launch: "fakesink sync=false".into(),
-            },
-        ]);
-        d.sinks.push(AUDIO_TAP.into());
-        d.media.push(AUDIO_TAP.into());
+        d.sinks.push(tap.into());
+        d.media.push(tap.into());
     }
     for (k, url) in urls.iter().enumerate() {
         let (mux, sink) = mux_and_sink(url);

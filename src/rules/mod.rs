@@ -5,8 +5,13 @@
 //! - `admission`: the node's CPU and per-type ledger (running jobs, pending claims, drain) and
 //!   the admit / claim decisions (`Admission` actor).
 //! - `scoring`: how well a node suits a request under each affinity mode (`AffinityScorer`).
+//! - `costs`: cost classes, per-job CPU summaries, the learned estimate per class and prices
+//!   (`CostLearner`).
+//! - `capacity`: the fleet's autoscaling figures from its nodes' reports (`GET /v1/fleet/capacity`).
 //! - `overload`: the soft/hard escalation that picks one egress to stop, then kill (`Supervisor`).
 
 pub mod admission;
+pub mod capacity;
+pub mod costs;
 pub mod overload;
 pub mod scoring;

@@ -18,7 +18,8 @@
 //!   sample of a process reads 0, encoders ramp up), and stopping it before its first frames
 //!   leaves nothing worth keeping.
 //! - **Victim**: among settled jobs, the one using the most CPU above its admitted cost
-//!   (`cores_used - admitted_cost`); ties go to the newest (largest `launched_at_ms`), then to the
+//!   (`cores_used - admitted_cost`; the Supervisor passes the job's `estimated_cpu`, else its
+//!   class's price now, i.e. the learned price once the class is learned); ties go to the newest (largest `launched_at_ms`), then to the
 //!   largest id so the choice is deterministic.
 //! - **Every job settling**: above `hard` the node must still be relieved, so the oldest job
 //!   (smallest `launched_at_ms`, the one likeliest to have recorded something; ties to the
@@ -44,7 +45,7 @@ pub struct JobLoad {
     pub egress_id: String,
     /// Measured usage of its handler, in cores.
     pub cores_used: f64,
-    /// Cost it was admitted with, in cores.
+    /// Cost it is judged by, in cores: its estimate, else its class's price (learned or configured).
     pub admitted_cost: f64,
     /// When it was launched (its record's `created_at`): orders jobs by age.
     pub launched_at_ms: u64,

@@ -188,3 +188,30 @@ fn tcp_refused(uri: &str) -> Option<bool> {
         Err(e) => Some(e.kind() == std::io::ErrorKind::ConnectionRefused),
     }
 }
+
+/// Keeps the decode times of a copied stream strictly increasing: a sender that resumes after a
+/// pause bursts its backlog with arrival timestamps, equal ones included, which muxers write as
+/// is and decoders then refuse ("non monotonically increasing dts").
+pub(super) fn monotonic(pad: &gst::Pad) {
+    let last = std::sync::Mutex::new(None::<gst::ClockTime>);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            let dts = buffer.dts().or(buffer.pts());
+            if let (Some(prev), Some(dts)) = (*last, dts)
+                && dts <= prev
+            {
+                let fixed = prev + gst::ClockTime::from_mseconds(1);
+                let b = buffer.make_mut();
+                b.set_dts(fixed);
+                if b.pts().is_some_and(|p| p < fixed) {
+                    b.set_pts(fixed);
+                }
+                *last = Some(fixed);
+            } else if dts.is_some() {
+                *last = dts;
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
