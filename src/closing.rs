@@ -160,5 +160,6 @@ pub fn describe_file(filename: &str, path: &Path) -> Vec<FileInfo> {
         location: path.display().to_string(),
         size_bytes: meta.len(),
         duration_s,
+        upload: None,
     }]
 }

@@ -153,6 +153,44 @@ pub struct StorageConfig {
     /// Egress records, handler logs and the node id live here.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Default object storage target for every output (`{s3: {bucket, region, endpoint, prefix,
+    /// force_path_style, access_key, secret}}`, `{gcs: {...}}`, `{azure: {...}}`); a request's
+    /// `upload` overrides it; unset = outputs stay local.
+    #[serde(default)]
+    pub upload: Option<crate::delivery::target::UploadTarget>,
+    /// Whether a request may name its own target (`upload`); false = such a request is a 400,
+    /// so callers cannot make this node connect to endpoints of their choosing.
+    #[serde(default = "yes")]
+    pub request_upload: bool,
+    /// Second target, used when an upload still fails after `upload_retry_s`.
+    #[serde(default)]
+    pub backup: Option<crate::delivery::target::UploadTarget>,
+    /// How long one target is retried (exponential backoff) before the backup is tried.
+    #[serde(default = "default_upload_retry")]
+    pub upload_retry_s: f64,
+    /// Parts of one file uploaded at once.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// Bytes per multipart part (at least 5 MiB); smaller files go up in one PUT.
+    #[serde(default = "default_upload_part_bytes")]
+    pub upload_part_bytes: u64,
+    /// Keep the local copy after a confirmed upload.
+    #[serde(default)]
+    pub keep_local: bool,
+    /// Admission refuses a new egress (`reason: disk`) when free space under output_dir is below
+    /// this plus what the running egresses write in `disk_horizon_s`.
+    #[serde(default = "default_min_free")]
+    pub min_free_bytes: u64,
+    /// Below this much free space the egress writing fastest is stopped ("Disk full").
+    #[serde(default = "default_stop_free")]
+    pub stop_free_bytes: u64,
+    /// Seconds of output at their measured rates that admission reserves for running egresses.
+    #[serde(default = "default_disk_horizon")]
+    pub disk_horizon_s: f64,
+    /// Delete the local outputs of ended egresses this long after they ended (`7d`, `12h`,
+    /// `30m`, `45s`); empty = keep forever. Never one still recording or queued for upload.
+    #[serde(default)]
+    pub delete_after: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,6 +421,27 @@ fn default_output_dir() -> PathBuf {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("./state")
+}
+fn yes() -> bool {
+    true
+}
+fn default_upload_retry() -> f64 {
+    300.0
+}
+fn default_upload_concurrency() -> usize {
+    4
+}
+fn default_upload_part_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_min_free() -> u64 {
+    1 << 30
+}
+fn default_stop_free() -> u64 {
+    256 << 20
+}
+fn default_disk_horizon() -> f64 {
+    60.0
 }
 fn default_schemes() -> Vec<String> {
     ["test", "rtsp", "rtmp", "srt", "http", "https"]
@@ -719,6 +778,7 @@ impl Config {
         if self.storage.state_dir.as_os_str().is_empty() {
             return Err(invalid("storage.state_dir", "must not be empty"));
         }
+        self.validate_storage()?;
         if self.sources.allowed_schemes.is_empty() {
             return Err(invalid(
                 "sources.allowed_schemes",
@@ -985,6 +1045,58 @@ impl Config {
             return Err(invalid("webhooks.max_queue", "must be in [1, 10000000]"));
         }
         Ok(())
+    }
+
+    /// The delivery and disk keys of `storage`.
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        for (key, t) in [("storage.upload", &s.upload), ("storage.backup", &s.backup)] {
+            if let Some(t) = t {
+                t.validate()
+                    .map_err(|(field, m)| invalid(&format!("{key}.{field}"), m))?;
+            }
+        }
+        positive("storage.upload_retry_s", s.upload_retry_s, 7.0 * 86400.0)?;
+        if !(1..=64).contains(&s.upload_concurrency) {
+            return Err(invalid("storage.upload_concurrency", "must be in [1, 64]"));
+        }
+        let min_part = crate::delivery::upload::MIN_PART_BYTES;
+        if !(min_part..=(5u64 << 30)).contains(&s.upload_part_bytes) {
+            return Err(invalid(
+                "storage.upload_part_bytes",
+                format!("must be in [{min_part}, 5368709120] (S3 parts are at least 5 MiB)"),
+            ));
+        }
+        if s.stop_free_bytes > s.min_free_bytes {
+            return Err(invalid(
+                "storage.stop_free_bytes",
+                "must not be larger than storage.min_free_bytes (egresses would be stopped while new ones are admitted)",
+            ));
+        }
+        if !(s.disk_horizon_s.is_finite() && (0.0..=86400.0).contains(&s.disk_horizon_s)) {
+            return Err(invalid(
+                "storage.disk_horizon_s",
+                "must be a number of seconds in [0, 86400]",
+            ));
+        }
+        crate::delivery::retention::parse_duration(&s.delete_after)
+            .map_err(|m| invalid("storage.delete_after", m))?;
+        Ok(())
+    }
+
+    /// The config as `check-config` prints it: storage credentials redacted.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.storage.upload = c.storage.upload.map(|t| t.redacted());
+        c.storage.backup = c.storage.backup.map(|t| t.redacted());
+        c
+    }
+
+    /// `storage.delete_after` in seconds; None = keep forever (validated at load).
+    pub fn delete_after_s(&self) -> Option<f64> {
+        crate::delivery::retention::parse_duration(&self.storage.delete_after)
+            .ok()
+            .flatten()
     }
 
     pub fn cost_mode(&self) -> CostMode {
@@ -1254,6 +1366,55 @@ mod tests {
         assert!(k.contains("lisen"), "{k}");
         let k = key_of(load_yaml("cpu: { capacity: lots }", &[]).unwrap_err());
         assert!(k.contains("capacity"), "{k}");
+    }
+
+    #[test]
+    fn storage_targets_and_disk_keys_are_checked_naming_the_key() {
+        let c = load_yaml(
+            "storage: { upload: { s3: { bucket: rec, endpoint: \"http://127.0.0.1:9000\" } }, delete_after: 7d }",
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(
+            c.storage.upload,
+            Some(crate::delivery::target::UploadTarget::S3(_))
+        ));
+        assert_eq!(c.delete_after_s(), Some(604800.0));
+        assert_eq!(c.storage.min_free_bytes, 1 << 30);
+        for (yaml, key) in [
+            (
+                "storage: { upload: { s3: { bucket: \"A\" } } }",
+                "storage.upload.s3.bucket",
+            ),
+            (
+                "storage: { backup: { gcs: { bucket: x } } }",
+                "storage.backup.gcs.bucket",
+            ),
+            ("storage: { delete_after: 7y }", "storage.delete_after"),
+            (
+                "storage: { upload_part_bytes: 1000 }",
+                "storage.upload_part_bytes",
+            ),
+            (
+                "storage: { stop_free_bytes: 2000000000 }",
+                "storage.stop_free_bytes",
+            ),
+            ("storage: { upload_retry_s: 0 }", "storage.upload_retry_s"),
+        ] {
+            assert_eq!(key_of(load_yaml(yaml, &[]).unwrap_err()), key, "{yaml}");
+        }
+        let env = load_yaml(
+            "",
+            &[
+                ("EGRESS__STORAGE__UPLOAD__S3__BUCKET", "rec"),
+                (
+                    "EGRESS__STORAGE__UPLOAD__S3__ENDPOINT",
+                    "http://127.0.0.1:1",
+                ),
+            ],
+        )
+        .unwrap();
+        assert!(env.storage.upload.is_some());
     }
 
     #[test]

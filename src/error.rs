@@ -65,6 +65,11 @@ pub enum AdmissionError {
     },
     #[error("the node is draining and takes no new egress")]
     Draining,
+    #[error(
+        "not enough disk under storage.output_dir: {free_bytes} bytes free, {needed_bytes} needed \
+         (storage.min_free_bytes + what running egresses write in storage.disk_horizon_s)"
+    )]
+    Disk { free_bytes: u64, needed_bytes: u64 },
     /// Fleet placement: no live node could take the job; `reason` is the most common refusal.
     #[error("no node of the fleet can take the {egress_type} egress: {detail}")]
     NoNode {
@@ -80,6 +85,7 @@ impl AdmissionError {
             AdmissionError::Cpu { .. } => "cpu",
             AdmissionError::TypeLimit { .. } => "type_limit",
             AdmissionError::Draining => "draining",
+            AdmissionError::Disk { .. } => "disk",
             AdmissionError::NoNode { reason, .. } => reason,
         }
     }

@@ -22,6 +22,8 @@
 //! - `outputs`: output files confined to `storage.output_dir`, created before a handler starts.
 //! - `api/`: the HTTP admin API, one file per resource; routes parse, call the node, render.
 //! - `fleet/`: Redis coordination between nodes.
+//! - `delivery/`: uploads to object storage (durable queue, retries, backup), disk admission,
+//!   "Disk full" stops and retention: the rules; the actors are `Delivery` and `DiskMonitor`.
 //! - `events/`: the live event hub (every record and node state change), its SSE streams and
 //!   the webhook senders with their durable queue.
 //! - `dashboard/`: the one-page dashboard's static HTML, CSS and JS (built in, served at `/`).
@@ -40,6 +42,7 @@ pub mod cli;
 pub mod closing;
 pub mod config;
 pub mod dashboard;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod fleet;

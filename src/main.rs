@@ -95,7 +95,11 @@ fn main() -> ExitCode {
         Command::Fleet { conn, cmd } => cli::finish(cli::fleet::run(&conn, cmd)),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(cfg) => {
-                println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+                let shown = cfg.redacted();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shown).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

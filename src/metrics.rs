@@ -4,7 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -43,6 +44,25 @@ pub struct Metrics {
     pub fleet_unpublished_records: Gauge,
     /// Live-source events reported by handlers: stalled, recovered, lost.
     pub source_events_total: IntCounterVec,
+    /// Bytes the object stores confirmed.
+    pub upload_bytes_total: IntCounter,
+    /// Time from the start of an upload (its first attempt) to the store's confirmation.
+    pub upload_duration_seconds: Histogram,
+    /// Uploads queued or running (the durable queue's length).
+    pub upload_queue_depth: IntGauge,
+    /// Upload attempts that failed and were retried.
+    pub upload_retries_total: IntCounter,
+    /// Uploads that failed for good (retries and the backup target exhausted; the local copy
+    /// stays and the egress fails). Alert rules use this name.
+    pub upload_failures_total: IntCounter,
+    /// Uploads that went to `storage.backup`.
+    pub upload_backup_total: IntCounter,
+    /// Free bytes under `storage.output_dir`.
+    pub disk_free_bytes: Gauge,
+    /// Bytes admission reserves for what running egresses write within `disk_horizon_s`.
+    pub disk_reserved_bytes: Gauge,
+    /// Egresses whose local outputs retention deleted.
+    pub retention_deleted_total: IntCounter,
     /// Configured cost of each cost class's type, in cores (class: `type WxH@fps`; as many
     /// classes as profiles in use).
     pub cost_configured_cores: GaugeVec,
@@ -94,10 +114,21 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
+}
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
 }
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::new(name, help).expect("valid metric");
@@ -200,6 +231,54 @@ impl Metrics {
                 "egress_source_events_total",
                 "Live-source events: stalled (reconnecting), recovered, lost",
                 &["event"],
+            ),
+            upload_bytes_total: int_counter(
+                &r,
+                "egress_upload_bytes_total",
+                "Bytes uploaded to object storage (confirmed by the store)",
+            ),
+            upload_duration_seconds: histogram(
+                &r,
+                "egress_upload_duration_seconds",
+                "Upload time per object, first attempt to confirmation",
+                vec![
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                ],
+            ),
+            upload_queue_depth: int_gauge(
+                &r,
+                "egress_upload_queue_depth",
+                "Uploads queued or running",
+            ),
+            upload_retries_total: int_counter(
+                &r,
+                "egress_upload_retries_total",
+                "Upload attempts that failed and were retried",
+            ),
+            upload_failures_total: int_counter(
+                &r,
+                "egress_upload_failures_total",
+                "Uploads that failed for good (retries and backup exhausted; local copy kept)",
+            ),
+            upload_backup_total: int_counter(
+                &r,
+                "egress_upload_backup_total",
+                "Uploads that went to the backup target",
+            ),
+            disk_free_bytes: gauge(
+                &r,
+                "egress_disk_free_bytes",
+                "Free bytes under storage.output_dir",
+            ),
+            disk_reserved_bytes: gauge(
+                &r,
+                "egress_disk_reserved_bytes",
+                "Bytes reserved for what running egresses write within storage.disk_horizon_s",
+            ),
+            retention_deleted_total: int_counter(
+                &r,
+                "egress_retention_deleted_total",
+                "Ended egresses whose local outputs retention deleted",
             ),
             cost_configured_cores: gauge_vec(
                 &r,

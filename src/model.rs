@@ -140,6 +140,8 @@ pub mod reason {
     pub const SOURCE_LOST: &str = "Source lost";
     /// The egress ended before any media reached its output: no file is kept.
     pub const STOPPED_BEFORE_START: &str = "Stopped before start";
+    /// Free space under the output directory fell below `storage.stop_free_bytes`.
+    pub const DISK_FULL: &str = "Disk full";
 }
 
 /// `POST /v1/egress` body.
@@ -185,6 +187,9 @@ pub struct EgressRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 256)]
     pub estimated_cpu: Option<f64>,
+    /// Where the outputs are uploaded (overrides `storage.upload`); secrets are never echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::delivery::target::UploadTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -470,11 +475,29 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileInfo {
     pub filename: String,
+    /// The local path; once uploaded, where the object is (`s3://bucket/key`, `gs://...`, the
+    /// Azure blob URL).
     pub location: String,
     /// Bytes written so far while the egress records; the final size once it has ended.
     pub size_bytes: u64,
     /// Read back with Discoverer; absent when the file could not be read.
     pub duration_s: Option<f64>,
+    /// Upload state when the egress has an upload target; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadState>,
+}
+
+/// Where an output is on its way to object storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadState {
+    /// In the durable queue, not started yet.
+    Pending,
+    Uploading,
+    /// The store confirmed the whole object.
+    Done,
+    /// Retries and the backup target failed; the local copy stays.
+    Failed,
 }
 
 /// The record the API reports for an egress.
@@ -516,6 +539,9 @@ pub struct EgressInfo {
     /// answer (degraded mode); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<String>,
+    /// When retention (`storage.delete_after`) deleted the local outputs, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
 }
 
 /// `EgressInfo::placement` of an egress placed while the fleet's Redis did not answer.
@@ -690,6 +716,11 @@ impl EgressRequest {
                 "estimated_cpu",
                 "must be a number of cores in [0, 256]",
             ));
+        }
+        if let Some(u) = &self.upload {
+            u.validate().map_err(|(field, message)| {
+                RequestError::invalid(&format!("upload.{field}"), message)
+            })?;
         }
         Ok(EgressSpec {
             egress_id: egress_id.to_string(),
@@ -1023,6 +1054,7 @@ impl EgressRequest {
             .output
             .map(|o| outputs::redacted(std::slice::from_ref(&o)).remove(0));
         r.outputs = r.outputs.map(|l| outputs::redacted(&l));
+        r.upload = r.upload.map(|u| u.redacted());
         r
     }
 }
@@ -1054,6 +1086,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
             audio: None,
             max_duration_s: None,
             estimated_cpu: None,
+            upload: None,
         },
         files: vec![],
         segments: None,
@@ -1063,6 +1096,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         handler_pid: Some(42),
         cpu_cost: 0.5,
         placement: None,
+        deleted_at: None,
     }
 }
 
@@ -1093,6 +1127,7 @@ mod tests {
             audio: None,
             max_duration_s: None,
             estimated_cpu: None,
+            upload: None,
         }
     }
 

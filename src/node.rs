@@ -34,8 +34,9 @@ use crate::model::{
 use crate::rules::admission::NodeState;
 use crate::rules::costs::CostClass;
 
-/// Free bytes below which `/readyz` calls a directory full (issue-13's disk admission will
-/// refine this with `storage.min_free_bytes`).
+/// Free bytes below which `/readyz` calls a directory full (unusable). The disk rule of
+/// admission (`storage.min_free_bytes` plus the running egresses' horizon) is separate: it
+/// refuses starts with `reason: disk` while the node stays ready.
 pub const READY_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What the service's control loop reacts to.
@@ -89,6 +90,15 @@ struct Inner {
     pricer: Pricer,
     /// To the control loop (drain).
     control: mpsc::UnboundedSender<Control>,
+    /// Uploads and disk safety (None only where a test builds a node without them).
+    delivery: Option<Delivery>,
+}
+
+/// The delivery actors: uploads, and the disk's admission, stops and retention.
+#[derive(Clone)]
+pub struct Delivery {
+    pub uploads: Addr<crate::actors::delivery::Delivery>,
+    pub disk: Addr<crate::actors::disk_monitor::DiskMonitor>,
 }
 
 /// The actors a node is made of (see `service::serve`).
@@ -98,6 +108,7 @@ pub struct Parts {
     pub affinity: Addr<AffinityScorer>,
     pub pricer: Pricer,
     pub control: mpsc::UnboundedSender<Control>,
+    pub delivery: Option<Delivery>,
 }
 
 impl Node {
@@ -112,6 +123,7 @@ impl Node {
                 affinity: parts.affinity,
                 pricer: parts.pricer,
                 control: parts.control,
+                delivery: parts.delivery,
             }),
         }
     }
@@ -167,6 +179,45 @@ impl Node {
         let id = egress_id.unwrap_or_else(new_egress_id);
         let spec = self.validate(&req, &id)?;
         let cfg = &self.inner.cfg;
+        if req.upload.is_some() && !cfg.storage.request_upload {
+            return Err(RequestError::invalid(
+                "upload",
+                "this node takes no upload target in requests (storage.request_upload is false)",
+            )
+            .into());
+        }
+        if let Some(d) = &self.inner.delivery {
+            // Free space now, not at the last sample: a disk filled a moment ago refuses.
+            let dir = self.inner.output_dir.clone();
+            let free_bytes =
+                actix_web::rt::task::spawn_blocking(move || crate::store::free_bytes(&dir).ok())
+                    .await
+                    .ok()
+                    .flatten();
+            let disk = d
+                .disk
+                .send(crate::actors::disk_monitor::CheckDisk { free_bytes })
+                .await
+                .map_err(ApiError::from_mailbox)?;
+            if let Err(e) = disk {
+                crate::metrics::METRICS
+                    .admissions_total
+                    .with_label_values(&[spec.egress_type.as_str(), e.reason()])
+                    .inc();
+                return Err(ApiError::NoCapacity(e));
+            }
+        }
+        // The request's own target (credentials included) goes to the uploads; the record
+        // shows it with its secrets redacted.
+        let link = self
+            .inner
+            .delivery
+            .as_ref()
+            .map(|d| crate::actors::delivery::DeliveryLink {
+                delivery: d.uploads.clone(),
+                disk: d.disk.clone(),
+                target: req.upload.clone().or_else(|| cfg.storage.upload.clone()),
+            });
         let cost = req.estimated_cpu.unwrap_or_else(|| {
             let configured = cfg.cpu_cost.priced(spec.egress_type, &spec.outputs);
             self.inner.pricer.price(&CostClass::of(&spec), configured)
@@ -190,6 +241,7 @@ impl Node {
             handler_pid: None,
             cpu_cost: cost,
             placement: placement.map(str::to_string),
+            deleted_at: None,
         };
         let setup = PipelineSetup {
             info,
@@ -200,6 +252,7 @@ impl Node {
             eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
             start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),
             max_duration: req.max_duration_s.map(Duration::from_secs_f64),
+            delivery: link,
         };
         self.inner
             .supervisor
@@ -306,13 +359,22 @@ impl Node {
         self.inner.supervisor.send(CountRunning).await.unwrap_or(0)
     }
 
-    /// Capacity, load and per-type counts (`GET /v1/node`).
+    /// Capacity, load, per-type counts and disk (`GET /v1/node`).
     pub async fn state(&self) -> Result<NodeState, ApiError> {
-        self.inner
+        let mut s = self
+            .inner
             .admission
             .send(GetNodeState)
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(ApiError::from_mailbox)?;
+        if let Some(d) = &self.inner.delivery {
+            s.disk = d
+                .disk
+                .send(crate::actors::disk_monitor::GetDiskState)
+                .await
+                .ok();
+        }
+        Ok(s)
     }
 
     /// Takes nothing new from now on (Admission refuses before this returns, so the caller's

@@ -290,6 +290,7 @@ pub fn segments_info(s: &SegmentsOutput) -> SegmentsInfo {
         count: p.segments.len() as u32,
         duration_s: (p.duration_s() * 1000.0).round() / 1000.0,
         size_bytes: bytes,
+        upload: None,
     }
 }
 

@@ -22,6 +22,8 @@ use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
 use crate::actors::cost_learner::{CostLearner, Pricer, SaveCosts, table_path};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
+use crate::actors::delivery::{Delivery, DeliveryConfig};
+use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
 use crate::actors::pipeline::{KillReason, StopReason};
 use crate::actors::supervisor::{EndAll, Supervisor};
 use crate::api::AppState;
@@ -153,6 +155,27 @@ async fn serve(
             .map_err(ServiceError::Fleet)?;
         (Some(f), Some(tx))
     };
+    // Uploads run on an arbiter of their own (kept alive until the service exits); the queue a
+    // previous run left resumes at once.
+    let journal =
+        crate::delivery::journal::Journal::open(&cfg.storage.state_dir).map_err(|source| {
+            ServiceError::Storage {
+                path: cfg.storage.state_dir.join("uploads").display().to_string(),
+                source,
+            }
+        })?;
+    let (uploads, _upload_arbiter) = Delivery::new(
+        DeliveryConfig::from_config(&cfg),
+        journal,
+        log.new(slog::o!("actor" => "delivery")),
+    )
+    .start_on_own_thread();
+    let disk = DiskMonitor::new(
+        &cfg,
+        output_dir.clone(),
+        log.new(slog::o!("actor" => "disk_monitor")),
+    )
+    .start();
     let costs = CostLearner::new(
         &cfg,
         pricer.clone(),
@@ -180,9 +203,14 @@ async fn serve(
         log.new(slog::o!("actor" => "supervisor")),
     )
     .with_mirror(mirror)
+    .with_delivery(Some(uploads.clone()))
     .with_costs(costs.clone(), pricer.clone())
     .with_events(events.clone())
     .start();
+    disk.do_send(ConnectDisk {
+        supervisor: supervisor.clone(),
+        delivery: uploads.clone(),
+    });
     cpu.do_send(Subscribe(admission.clone().recipient()));
     cpu.do_send(Subscribe(supervisor.clone().recipient()));
     let costs_at_exit = costs.clone();
@@ -199,6 +227,7 @@ async fn serve(
             affinity,
             pricer: pricer.clone(),
             control: control_tx.clone(),
+            delivery: Some(crate::node::Delivery { uploads, disk }),
         },
     );
     let state = web::Data::new(AppState {

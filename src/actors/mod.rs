@@ -5,5 +5,7 @@ pub mod admission;
 pub mod affinity;
 pub mod cost_learner;
 pub mod cpu_monitor;
+pub mod delivery;
+pub mod disk_monitor;
 pub mod pipeline;
 pub mod supervisor;

@@ -39,6 +39,8 @@ pub enum StopReason {
     Shutdown,
     /// Drain timeout elapsed.
     DrainTimeout,
+    /// Free disk under the output directory fell below `storage.stop_free_bytes`.
+    DiskFull,
 }
 
 impl StopReason {
@@ -49,6 +51,7 @@ impl StopReason {
             StopReason::CpuLimit => (EgressStatus::Complete, reason::CPU_LIMIT),
             StopReason::Shutdown => (EgressStatus::Complete, reason::SERVICE_STOPPED),
             StopReason::DrainTimeout => (EgressStatus::Complete, reason::DRAIN_TIMEOUT),
+            StopReason::DiskFull => (EgressStatus::Complete, reason::DISK_FULL),
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct PipelineSetup {
     pub eos_timeout: Duration,
     pub start_timeout: Duration,
     pub max_duration: Option<Duration>,
+    /// Uploads and disk measurement (None in a node without them, e.g. unit tests).
+    pub delivery: Option<crate::actors::delivery::DeliveryLink>,
 }
 
 pub struct Pipeline {
@@ -107,6 +112,9 @@ pub struct Pipeline {
     finalized: bool,
     /// Whether media reached the output (the handler says so as it exits; no media, no file).
     media: bool,
+    /// The handler has exited (uploads may still run): nothing left to stop or kill.
+    exited: bool,
+    delivery: Option<crate::actors::delivery::DeliveryLink>,
     log: Logger,
 }
 
@@ -163,6 +171,8 @@ impl Pipeline {
             source_lost: false,
             finalized: false,
             media: true,
+            exited: false,
+            delivery: setup.delivery,
             log,
         };
         Pipeline::create(move |ctx| {
@@ -187,6 +197,9 @@ impl Pipeline {
     }
 
     fn kill(&mut self, why: KillReason) {
+        if self.exited {
+            return;
+        }
         if self.kill_reason.is_none() {
             self.kill_reason = Some(why);
         }
@@ -195,7 +208,7 @@ impl Pipeline {
     }
 
     fn stop(&mut self, why: StopReason, ctx: &mut Context<Self>) {
-        if self.stop_reason.is_some() || self.info.status.is_final() {
+        if self.stop_reason.is_some() || self.info.status.is_final() || self.exited {
             return;
         }
         self.stop_reason = Some(why);
@@ -342,6 +355,17 @@ impl Actor for Pipeline {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
+        let stop = ctx.address().recipient();
+        // What grows on disk: the file, and the segments and images by their name stems.
+        let o = &self.outputs;
+        let paths: Vec<PathBuf> = o
+            .file
+            .iter()
+            .map(|f| f.1.clone())
+            .chain(o.segments.iter().map(|s| s.dir.join(&s.stem)))
+            .chain(o.images.iter().map(|(dir, stem)| dir.join(stem)))
+            .collect();
+        crate::actors::delivery::started(self.delivery.as_ref(), &self.info.egress_id, paths, stop);
         // The handler fails a source that shows nothing within `start_timeout` itself, with the
         // reason; this kill is for a handler that cannot even do that.
         ctx.run_later(self.start_timeout + START_GRACE, |act, _| {
@@ -461,11 +485,28 @@ impl Handler<HandlerLine> for Pipeline {
                     s.size_bytes = size_bytes;
                     self.report();
                 }
+                let id = &self.info.egress_id;
+                crate::actors::delivery::segment_closed(
+                    self.delivery.as_ref(),
+                    id,
+                    &self.outputs,
+                    count,
+                );
             }
             HandlerEvent::ImageWritten { count } => {
                 if let Some(im) = &mut self.info.images {
                     im.count = count;
                     self.report();
+                }
+                if let Some(im) = &self.info.images {
+                    let (id, prefix) = (&self.info.egress_id, &im.prefix);
+                    crate::actors::delivery::image_written(
+                        self.delivery.as_ref(),
+                        id,
+                        &self.outputs,
+                        prefix,
+                        count,
+                    );
                 }
             }
             HandlerEvent::Stream {
@@ -619,6 +660,8 @@ impl Handler<HandlerExited> for Pipeline {
     type Result = ();
     fn handle(&mut self, msg: HandlerExited, ctx: &mut Context<Self>) {
         self.commands = None;
+        self.exited = true;
+        crate::actors::delivery::exited(self.delivery.as_ref(), &self.info.egress_id);
         let (status, end_reason, error) = self.outcome(&msg.0);
         info!(self.log, "handler exited"; "code" => msg.0.code, "signal" => msg.0.signal,
               "status" => status.as_str(), "end_reason" => &end_reason);
@@ -642,8 +685,28 @@ impl Handler<HandlerExited> for Pipeline {
                     }
                     act.info = info;
                 }
-                act.report();
-                ctx.stop();
+                // With an upload target the egress stays `ending` until its uploads are done.
+                let report = act.supervisor.clone().recipient();
+                match crate::actors::delivery::finish(
+                    act.delivery.as_ref(),
+                    &act.info,
+                    &act.outputs,
+                    report,
+                ) {
+                    None => {
+                        act.report();
+                        ctx.stop();
+                    }
+                    Some(uploads) => {
+                        ctx.wait(actix::fut::wrap_future(uploads).map(
+                            |info, act: &mut Pipeline, ctx: &mut Context<Self>| {
+                                act.info = info;
+                                act.report();
+                                ctx.stop();
+                            },
+                        ));
+                    }
+                }
             },
         ));
     }

@@ -56,6 +56,8 @@ pub struct Supervisor {
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
     waiters: HashMap<String, Vec<oneshot::Sender<EgressInfo>>>,
+    /// Uploads: a record a previous run left `ending` may still have uploads in its queue.
+    delivery: Option<Addr<crate::actors::delivery::Delivery>>,
     log: Logger,
 }
 
@@ -88,8 +90,15 @@ impl Supervisor {
             events: None,
             loaded,
             waiters: HashMap::new(),
+            delivery: None,
             log,
         }
+    }
+
+    /// Uploads: settle records whose uploads a previous run left queued through `delivery`.
+    pub fn with_delivery(mut self, d: Option<Addr<crate::actors::delivery::Delivery>>) -> Self {
+        self.delivery = d;
+        self
     }
 
     /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
@@ -211,8 +220,37 @@ impl Supervisor {
             }
             info!(self.log, "settling an egress left by a previous run"; "egress_id" => &info.egress_id);
             let store = self.store.clone();
+            let resume = self.delivery.clone().map(|d| {
+                d.send(crate::actors::delivery::ResumeEgress {
+                    egress_id: info.egress_id.clone(),
+                    report: Some(ctx.address().recipient()),
+                })
+            });
             let root = self.output_root.clone();
-            let fut = async move { settle_orphan(info, store, root).await };
+            let delivery = self.delivery.clone();
+            let report = ctx.address().recipient();
+            let fut = async move {
+                // Its handler was done and its uploads were running: they finish it.
+                if let Some(r) = resume
+                    && let Ok(Some(done)) = r.await
+                {
+                    return done;
+                }
+                let settled = settle_orphan(info, store, root).await;
+                // A file the handler finalized on its own is uploaded like any other.
+                match delivery {
+                    Some(d) => d
+                        .send(crate::actors::delivery::FinishEgress {
+                            info: settled.clone(),
+                            extra: Vec::new(),
+                            target: None,
+                            report: Some(report),
+                        })
+                        .await
+                        .unwrap_or(settled),
+                    None => settled,
+                }
+            };
             ctx.spawn(actix::fut::wrap_future(fut).map(|info, act: &mut Self, _| act.put(info)));
         }
     }
@@ -401,6 +439,7 @@ fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
             location: f.path.display().to_string(),
             size_bytes: 0,
             duration_s: None,
+            upload: None,
         })
         .collect();
     info.segments = o.segments.as_ref().map(|s| SegmentsInfo {
@@ -426,6 +465,7 @@ fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
         prefix: i.prefix.clone(),
         location: i.dir.join(&i.stem).display().to_string(),
         count: 0,
+        upload: None,
     });
 }
 
@@ -574,6 +614,32 @@ impl Handler<ListEgresses> for Supervisor {
                 .then(a.egress_id.cmp(&b.egress_id))
         });
         v
+    }
+}
+
+/// Retention deleted an ended egress's local outputs: its record keeps `deleted_at` (the one
+/// change a final record takes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkDeleted {
+    pub egress_id: String,
+    pub at_ms: u64,
+}
+
+impl Handler<MarkDeleted> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: MarkDeleted, _: &mut Context<Self>) {
+        let Some(info) = self.egresses.get_mut(&msg.egress_id) else {
+            return;
+        };
+        if !info.status.is_final() || info.deleted_at.is_some() {
+            return;
+        }
+        info.deleted_at = Some(msg.at_ms);
+        self.store.save_later(info);
+        if let Some(m) = &self.mirror {
+            let _ = m.send(info.clone());
+        }
     }
 }
 

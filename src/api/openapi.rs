@@ -14,8 +14,11 @@ use crate::actors::affinity::Affinity;
 use crate::actors::cost_learner::{ClassCost, CostsReport};
 use crate::api::ROUTES;
 use crate::api::node::AffinityRequest;
+use crate::delivery::disk::DiskState;
+use crate::delivery::target::{AzureTarget, GcsTarget, S3Target, UploadTarget};
 use crate::fleet::client::NodeStart;
 use crate::fleet::registry::{FleetNode, TypeReport};
+use crate::model::UploadState;
 use crate::model::{
     AudioRequest, EgressInfo, EgressRequest, EgressStatus, EgressType, FileInfo, FileOutputRequest,
     ImagesInfo, ImagesRequest, LivePlaylistRequest, OutputRequest, SegmentsInfo, SegmentsRequest,
@@ -49,7 +52,7 @@ struct ErrorDetail {
     code: String,
     /// For people.
     message: String,
-    /// `no_capacity`/`draining`: cpu, type_limit or draining.
+    /// `no_capacity`/`draining`: cpu, type_limit, disk or draining.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     /// `invalid_field`: the request field at fault.
@@ -331,7 +334,8 @@ mod ops {
         LivePlaylistRequest, StreamRequest, ImagesRequest, StreamsUpdate, VideoRequest,
         AudioRequest, EgressInfo, FileInfo, SegmentsInfo, StreamInfo, StreamStatus, ImagesInfo, EgressType, EgressStatus, NodeState, TypeState,
         Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
-        Capacity, DrainCandidate
+        Capacity, DrainCandidate,
+        UploadTarget, S3Target, GcsTarget, AzureTarget, UploadState, DiskState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -465,5 +469,24 @@ mod tests {
             );
         }
         assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([]));
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap();
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "dangling $ref {name}"
+            );
+        }
+        let s = &doc["components"]["schemas"];
+        assert_eq!(
+            s["S3Target"]["additionalProperties"], false,
+            "{}",
+            s["S3Target"]
+        );
     }
 }

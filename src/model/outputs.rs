@@ -222,6 +222,9 @@ pub struct SegmentsInfo {
     pub count: u32,
     pub duration_s: f64,
     pub size_bytes: u64,
+    /// With an upload target: every segment and playlist `done`, one `failed`, else under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::model::UploadState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -255,6 +258,9 @@ pub struct ImagesInfo {
     /// Absolute path of the prefix.
     pub location: String,
     pub count: u32,
+    /// With an upload target: every image `done`, one `failed`, else under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::model::UploadState>,
 }
 
 /// Values the name templates take.

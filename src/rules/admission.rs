@@ -87,6 +87,9 @@ pub struct NodeState {
     /// The egresses admission counts as running, sorted (fleet placement drops its reservation
     /// for a job once the node reports it here).
     pub egress_ids: Vec<String>,
+    /// Free and reserved disk under the output directory (filled in by the node layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::delivery::disk::DiskState>,
 }
 
 /// The node's admission state.
@@ -417,6 +420,7 @@ impl Ledger {
             draining: self.draining,
             types,
             egress_ids,
+            disk: None,
         }
     }
 }

@@ -1,0 +1,1025 @@
+//! The Delivery actor: uploads every output to object storage through the durable queue in
+//! `state_dir/uploads` (see `delivery::journal`), on an arbiter (thread) of its own, so hashing
+//! and sending hundreds of megabytes never delays the actors that decide.
+//!
+//! An entry is written before its upload starts and removed once the store confirmed the whole
+//! object (or it failed for good). Each target is retried with exponential backoff for
+//! `storage.upload_retry_s`; credentials the store refuses are not retried; then
+//! `storage.backup`; then the local copy stays and the egress ends `failed`, "upload failed:
+//! ...". On start, the queue a previous run left is resumed: a multipart upload it left open is
+//! aborted first and the object uploaded again whole.
+//!
+//! The entry points:
+//! - `Enqueue`: one output as soon as it is written (segments, playlists, images, the manifest).
+//! - `FinishEgress`: the egress's final record and its files; answers with the final record
+//!   once every upload of the egress (enqueued ones too) is done, with `location` and `upload`
+//!   filled in. `finish` wraps it for the Pipeline actor.
+//! - `ResumeEgress`: a restarted service's Supervisor asks for the final record of an egress
+//!   whose uploads were running when the previous run died.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use slog::{Logger, info, warn};
+use tokio::sync::oneshot;
+
+use crate::actors::supervisor::UpdateEgress;
+use crate::config::Config;
+use crate::delivery::journal::{Entry, Journal, UploadKind};
+use crate::delivery::target::{Connected, UploadTarget};
+use crate::delivery::upload::{AttemptError, UploadShape, abort_stale, backoff, upload_file};
+use crate::metrics::METRICS;
+use crate::model::{EgressInfo, EgressStatus, UploadState, now_ms};
+
+/// Entries uploaded at once (each with up to `storage.upload_concurrency` parts in flight).
+const ACTIVE_ENTRIES: usize = 2;
+
+/// What the Delivery actor needs from the config.
+#[derive(Clone)]
+pub struct DeliveryConfig {
+    /// `storage.upload`: used when a request names none.
+    pub default_target: Option<UploadTarget>,
+    pub backup: Option<UploadTarget>,
+    pub retry: Duration,
+    pub shape: UploadShape,
+    pub keep_local: bool,
+}
+
+impl DeliveryConfig {
+    pub fn from_config(cfg: &Config) -> DeliveryConfig {
+        let s = &cfg.storage;
+        DeliveryConfig {
+            default_target: s.upload.clone(),
+            backup: s.backup.clone(),
+            retry: Duration::from_secs_f64(s.upload_retry_s),
+            shape: UploadShape {
+                part_bytes: s.upload_part_bytes,
+                concurrency: s.upload_concurrency,
+            },
+            keep_local: s.keep_local,
+        }
+    }
+}
+
+/// How one queued upload ended.
+#[derive(Debug, Clone)]
+struct Outcome {
+    local_path: PathBuf,
+    kind: UploadKind,
+    state: UploadState,
+    location: Option<String>,
+    error: Option<String>,
+}
+
+/// An entry this run knows about.
+struct Tracked {
+    entry: Entry,
+    state: UploadState,
+}
+
+/// An egress whose final record waits for its uploads.
+struct Finishing {
+    info: EgressInfo,
+    report: Option<Recipient<UpdateEgress>>,
+    waiters: Vec<oneshot::Sender<EgressInfo>>,
+    /// The manifest, uploaded last: `(local path, name, target)`, rewritten with the final
+    /// record (object locations included) once every other upload of the egress is done.
+    manifest: Option<(PathBuf, String, UploadTarget)>,
+}
+
+pub struct Delivery {
+    cfg: DeliveryConfig,
+    journal: Journal,
+    /// Entries not settled yet, by id.
+    entries: HashMap<String, Tracked>,
+    /// Ids waiting for one of the `ACTIVE_ENTRIES` slots, in order.
+    waiting: VecDeque<String>,
+    active: usize,
+    /// Settled uploads of egresses not finished yet.
+    outcomes: HashMap<String, Vec<Outcome>>,
+    finishing: HashMap<String, Finishing>,
+    /// Final records of egresses resumed from the journal that the Supervisor has not asked for.
+    unclaimed: HashMap<String, EgressInfo>,
+    /// Clients by target (its JSON), made once.
+    clients: HashMap<String, Connected>,
+    next: u64,
+    log: Logger,
+}
+
+impl Delivery {
+    pub fn new(cfg: DeliveryConfig, journal: Journal, log: Logger) -> Delivery {
+        Delivery {
+            cfg,
+            journal,
+            entries: HashMap::new(),
+            waiting: VecDeque::new(),
+            active: 0,
+            outcomes: HashMap::new(),
+            finishing: HashMap::new(),
+            unclaimed: HashMap::new(),
+            clients: HashMap::new(),
+            next: 0,
+            log,
+        }
+    }
+
+    /// Starts the actor on an arbiter of its own; the caller keeps the arbiter alive.
+    pub fn start_on_own_thread(self) -> (Addr<Delivery>, Arbiter) {
+        let arbiter = Arbiter::new();
+        let addr = Delivery::start_in_arbiter(&arbiter.handle(), move |_| self);
+        (addr, arbiter)
+    }
+
+    fn client(&mut self, t: &UploadTarget) -> Result<Connected, AttemptError> {
+        let k = serde_json::to_string(t).unwrap_or_default();
+        if let Some(c) = self.clients.get(&k) {
+            return Ok(c.clone());
+        }
+        let c = t.connect().map_err(|e| AttemptError {
+            message: format!("{}: {e}", t.label()),
+            permanent: true,
+        })?;
+        self.clients.insert(k, c.clone());
+        Ok(c)
+    }
+
+    fn depth(&self) {
+        METRICS.upload_queue_depth.set(self.entries.len() as i64);
+    }
+
+    /// Queues one upload: journal first, then the line.
+    fn queue(
+        &mut self,
+        egress_id: &str,
+        kind: UploadKind,
+        local_path: PathBuf,
+        name: String,
+        target: UploadTarget,
+    ) -> std::io::Result<String> {
+        if kind == UploadKind::Playlist {
+            // A newer playlist replaces one of the same name that has not started: the bucket
+            // only ever needs the latest.
+            let stale: Vec<String> = self
+                .entries
+                .values()
+                .filter(|t| {
+                    t.state == UploadState::Pending
+                        && t.entry.egress_id == egress_id
+                        && t.entry.name == name
+                })
+                .map(|t| t.entry.id.clone())
+                .collect();
+            for id in stale {
+                self.entries.remove(&id);
+                self.waiting.retain(|w| *w != id);
+                let _ = self.journal.remove(&id);
+            }
+        }
+        self.next += 1;
+        let id = format!("{egress_id}-{}-{:010}", now_ms(), self.next);
+        let (local_path, snapshot_of) = if kind == UploadKind::Playlist {
+            let snap = self.journal.snapshot_path(&id);
+            std::fs::copy(&local_path, &snap)?;
+            (snap, Some(local_path))
+        } else {
+            (local_path, None)
+        };
+        let entry = Entry {
+            id,
+            egress_id: egress_id.to_string(),
+            kind,
+            local_path,
+            name,
+            target,
+            snapshot_of,
+            multipart: None,
+            queued_at_ms: now_ms(),
+        };
+        self.journal.put(&entry)?;
+        let id = entry.id.clone();
+        self.entries.insert(
+            id.clone(),
+            Tracked {
+                entry,
+                state: UploadState::Pending,
+            },
+        );
+        self.waiting.push_back(id.clone());
+        self.depth();
+        Ok(id)
+    }
+
+    /// Whether an upload of this egress's `path` is queued or settled already (`Enqueue`d).
+    fn knows(&self, egress_id: &str, path: &Path) -> bool {
+        self.entries.values().any(|t| {
+            t.entry.egress_id == egress_id
+                && (t.entry.local_path == path || t.entry.snapshot_of.as_deref() == Some(path))
+        }) || self
+            .outcomes
+            .get(egress_id)
+            .is_some_and(|v| v.iter().any(|o| o.local_path == path))
+    }
+
+    /// A playlist or manifest goes up only after every upload of its egress queued before it
+    /// has settled, so the object in the bucket never names a segment that is not there yet.
+    fn may_start(&self, id: &str) -> bool {
+        let Some(t) = self.entries.get(id) else {
+            return true;
+        };
+        if !matches!(t.entry.kind, UploadKind::Playlist | UploadKind::Manifest) {
+            return true;
+        }
+        !self.entries.values().any(|o| {
+            o.entry.egress_id == t.entry.egress_id
+                && o.entry.id != t.entry.id
+                && (o.entry.queued_at_ms, &o.entry.id) < (t.entry.queued_at_ms, &t.entry.id)
+        })
+    }
+
+    /// Starts waiting entries while slots are free.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while self.active < ACTIVE_ENTRIES {
+            let Some(pos) = self.waiting.iter().position(|id| self.may_start(id)) else {
+                return;
+            };
+            let Some(id) = self.waiting.remove(pos) else {
+                return;
+            };
+            let Some(t) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            t.state = UploadState::Uploading;
+            let entry = t.entry.clone();
+            self.active += 1;
+            self.show_progress(&entry.egress_id);
+            let primary = self.client(&entry.target);
+            let backup = self.cfg.backup.clone().map(|b| (self.client(&b), b));
+            let job = Job {
+                entry,
+                primary,
+                backup,
+                cfg: self.cfg.clone(),
+                journal: self.journal.clone(),
+                log: self.log.clone(),
+            };
+            ctx.spawn(actix::fut::wrap_future(job.run()).map(
+                move |outcome, act: &mut Self, ctx| {
+                    act.active -= 1;
+                    act.settled(&id, outcome, ctx);
+                    act.pump(ctx);
+                },
+            ));
+        }
+    }
+
+    fn settled(&mut self, id: &str, outcome: Outcome, _: &mut Context<Self>) {
+        let Some(t) = self.entries.remove(id) else {
+            return;
+        };
+        if let Err(e) = self.journal.remove(id) {
+            warn!(self.log, "cannot remove an upload from the queue"; "entry" => id, "error" => %e);
+        }
+        self.depth();
+        let egress_id = t.entry.egress_id.clone();
+        self.outcomes
+            .entry(egress_id.clone())
+            .or_default()
+            .push(outcome);
+        self.show_progress(&egress_id);
+        self.try_finish(&egress_id);
+    }
+
+    /// The record of a finishing egress with its files' upload states as they are now.
+    fn show_progress(&self, egress_id: &str) {
+        let Some(f) = self.finishing.get(egress_id) else {
+            return;
+        };
+        let Some(report) = &f.report else { return };
+        let mut shown = f.info.clone();
+        shown.status = EgressStatus::Ending;
+        // It has not ended while its uploads run.
+        shown.ended_at = None;
+        self.apply(&mut shown, false);
+        report.do_send(UpdateEgress(shown));
+    }
+
+    /// Fills in each file's upload state and location from the entries and outcomes; with
+    /// `final_`, an upload that failed fails the egress.
+    fn apply(&self, info: &mut EgressInfo, final_: bool) {
+        let outcomes = self.outcomes.get(&info.egress_id);
+        for f in info.files.iter_mut() {
+            let local = Path::new(&f.location);
+            if let Some(o) = outcomes.and_then(|v| v.iter().find(|o| o.local_path == local)) {
+                f.upload = Some(o.state);
+                if let Some(l) = &o.location {
+                    f.location = l.clone();
+                }
+            } else if let Some(t) = self
+                .entries
+                .values()
+                .find(|t| t.entry.egress_id == info.egress_id && t.entry.local_path == local)
+            {
+                f.upload = Some(t.state);
+            }
+        }
+        let id = info.egress_id.clone();
+        if let Some(seg) = info.segments.as_mut() {
+            seg.upload = self.aggregate(&id, &[UploadKind::Segment, UploadKind::Playlist]);
+            let playlist = Path::new(&seg.location).to_path_buf();
+            if let Some(l) = outcomes
+                .into_iter()
+                .flatten()
+                .filter(|o| o.local_path == playlist && o.state == UploadState::Done)
+                .find_map(|o| o.location.clone())
+                && seg.upload == Some(UploadState::Done)
+            {
+                seg.location = l;
+            }
+        }
+        if let Some(im) = info.images.as_mut() {
+            im.upload = self.aggregate(&id, &[UploadKind::Image]);
+        }
+        if !final_ {
+            return;
+        }
+        let failed: Vec<&str> = outcomes
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.error.as_deref())
+            .collect();
+        if let Some(first) = failed.first() {
+            if info.status != EgressStatus::Failed {
+                info.status = EgressStatus::Failed;
+            }
+            let more = if failed.len() > 1 {
+                format!(" (and {} more)", failed.len() - 1)
+            } else {
+                String::new()
+            };
+            let msg = format!("{first}{more}");
+            info.error = Some(match info.error.take() {
+                Some(e) => format!("{e}; {msg}"),
+                None => msg,
+            });
+        }
+    }
+
+    /// One state for all uploads of `kinds` of an egress: failed if one failed, else under way
+    /// while one is, else done; None when there are none.
+    fn aggregate(&self, egress_id: &str, kinds: &[UploadKind]) -> Option<UploadState> {
+        let states: Vec<UploadState> = self
+            .outcomes
+            .get(egress_id)
+            .into_iter()
+            .flatten()
+            .filter(|o| kinds.contains(&o.kind))
+            .map(|o| o.state)
+            .chain(
+                self.entries
+                    .values()
+                    .filter(|t| t.entry.egress_id == egress_id && kinds.contains(&t.entry.kind))
+                    .map(|t| t.state),
+            )
+            .collect();
+        [
+            UploadState::Failed,
+            UploadState::Uploading,
+            UploadState::Pending,
+            UploadState::Done,
+        ]
+        .into_iter()
+        .find(|s| states.contains(s))
+    }
+
+    /// Settles an egress once none of its uploads is left.
+    fn try_finish(&mut self, egress_id: &str) {
+        if !self.finishing.contains_key(egress_id)
+            || self
+                .entries
+                .values()
+                .any(|t| t.entry.egress_id == egress_id)
+        {
+            return;
+        }
+        if let Some((path, name, target)) = self
+            .finishing
+            .get_mut(egress_id)
+            .and_then(|f| f.manifest.take())
+        {
+            // Everything else is up: the manifest says so, then goes up last.
+            let mut shown = self.finishing[egress_id].info.clone();
+            self.apply(&mut shown, true);
+            shown.ended_at = Some(now_ms());
+            shown.manifest = Some(target.location(&target.key_for(&name)));
+            let written = serde_json::to_vec_pretty(&shown)
+                .map_err(std::io::Error::other)
+                .and_then(|json| crate::hls::write_atomic(&path, &json))
+                .and_then(|()| self.queue(egress_id, UploadKind::Manifest, path, name, target));
+            match written {
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(self.log, "cannot rewrite or queue the manifest"; "egress_id" => egress_id, "error" => %e)
+                }
+            }
+        }
+        let Some(f) = self.finishing.remove(egress_id) else {
+            return;
+        };
+        let mut info = f.info;
+        self.apply(&mut info, true);
+        if let Some(o) = self
+            .outcomes
+            .get(egress_id)
+            .into_iter()
+            .flatten()
+            .find(|o| o.kind == UploadKind::Manifest && o.state == UploadState::Done)
+        {
+            info.manifest = o.location.clone();
+        }
+        let _ = self.journal.remove_target(egress_id);
+        if !self.cfg.keep_local {
+            let uploaded: Vec<PathBuf> = self
+                .outcomes
+                .get(egress_id)
+                .into_iter()
+                .flatten()
+                .filter(|o| o.state == UploadState::Done)
+                .filter(|o| !matches!(o.kind, UploadKind::File | UploadKind::Manifest))
+                .map(|o| o.local_path.clone())
+                .collect();
+            if !uploaded.is_empty() {
+                tokio::task::spawn_blocking(move || {
+                    for p in uploaded {
+                        let _ = std::fs::remove_file(p);
+                    }
+                });
+            }
+        }
+        // It ends now: `ended_at` is when the status became final.
+        info.ended_at = Some(now_ms());
+        self.outcomes.remove(egress_id);
+        if let Err(e) = self.journal.remove_finish(egress_id) {
+            warn!(self.log, "cannot remove a finish record"; "egress_id" => egress_id, "error" => %e);
+        }
+        info!(self.log, "uploads done"; "egress_id" => egress_id, "status" => info.status.as_str(),
+              "error" => info.error.clone());
+        if f.waiters.is_empty() && f.report.is_none() {
+            self.unclaimed.insert(egress_id.to_string(), info);
+            return;
+        }
+        for w in f.waiters {
+            let _ = w.send(info.clone());
+        }
+    }
+}
+
+/// One entry's upload: primary target with retries, then the backup.
+struct Job {
+    entry: Entry,
+    primary: Result<Connected, AttemptError>,
+    backup: Option<(Result<Connected, AttemptError>, UploadTarget)>,
+    cfg: DeliveryConfig,
+    journal: Journal,
+    log: Logger,
+}
+
+impl Job {
+    async fn run(self) -> Outcome {
+        let started = Instant::now();
+        let mut entry = self.entry.clone();
+        // A previous run died with a multipart upload open: abort it, then upload whole again.
+        if let Some((on_backup, upload_id)) = entry.multipart.take() {
+            let store = if on_backup {
+                self.backup
+                    .as_ref()
+                    .and_then(|(c, t)| c.as_ref().ok().map(|c| (c, t)))
+            } else {
+                self.primary.as_ref().ok().map(|c| (c, &entry.target))
+            };
+            if let Some((s, t)) = store {
+                match abort_stale(s, &t.key_for(&entry.name), &upload_id).await {
+                    Ok(()) => info!(self.log, "aborted a multipart upload left by a previous run";
+                                    "entry" => &entry.id),
+                    Err(e) => {
+                        warn!(self.log, "cannot abort a stale multipart upload (the store expires it)";
+                                    "entry" => &entry.id, "error" => e)
+                    }
+                }
+            }
+            let j = self.journal.clone();
+            let e2 = entry.clone();
+            let _ = tokio::task::spawn_blocking(move || j.put(&e2)).await;
+        }
+        let first = self
+            .attempt_target(&entry, &self.primary, &entry.target, false)
+            .await;
+        let result = match first {
+            Ok(loc) => Ok(loc),
+            Err(e1) => match &self.backup {
+                Some((client, target)) => {
+                    warn!(self.log, "upload failed; trying the backup target";
+                          "entry" => &entry.id, "target" => entry.target.label(), "error" => &e1);
+                    METRICS.upload_backup_total.inc();
+                    self.attempt_target(&entry, client, target, true)
+                        .await
+                        .map_err(|e2| {
+                            format!(
+                                "upload failed: {}: {e1}; backup {}: {e2}",
+                                entry.target.label(),
+                                target.label()
+                            )
+                        })
+                }
+                None => Err(format!("upload failed: {}: {e1}", entry.target.label())),
+            },
+        };
+        if entry.snapshot_of.is_some() {
+            // Ours, whatever happened: the playlist itself stays where the handler writes it.
+            let p = entry.local_path.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
+        }
+        let local_path = entry
+            .snapshot_of
+            .clone()
+            .unwrap_or(entry.local_path.clone());
+        match result {
+            Ok(location) => {
+                METRICS
+                    .upload_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                // Segments, playlists and images stay until the egress is finished: the
+                // closing of its outputs still reads them (and a playlist is rewritten).
+                let now = matches!(entry.kind, UploadKind::File | UploadKind::Manifest)
+                    && entry.snapshot_of.is_none();
+                if !self.cfg.keep_local && now {
+                    let p = entry.local_path.clone();
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
+                }
+                info!(self.log, "uploaded"; "entry" => &entry.id, "location" => &location,
+                      "seconds" => started.elapsed().as_secs_f64());
+                Outcome {
+                    local_path,
+                    kind: entry.kind,
+                    state: UploadState::Done,
+                    location: Some(location),
+                    error: None,
+                }
+            }
+            Err(error) => {
+                METRICS.upload_failures_total.inc();
+                warn!(self.log, "upload failed for good; the local copy stays";
+                      "entry" => &entry.id, "error" => &error);
+                Outcome {
+                    local_path,
+                    kind: entry.kind,
+                    state: UploadState::Failed,
+                    location: None,
+                    error: Some(error),
+                }
+            }
+        }
+    }
+
+    /// Retries one target with backoff for `storage.upload_retry_s` (not when it refuses the
+    /// credentials); its location, or the last error.
+    async fn attempt_target(
+        &self,
+        entry: &Entry,
+        client: &Result<Connected, AttemptError>,
+        target: &UploadTarget,
+        on_backup: bool,
+    ) -> Result<String, String> {
+        let store = client.as_ref().map_err(|e| e.message.clone())?;
+        let key = target.key_for(&entry.name);
+        let deadline = Instant::now() + self.cfg.retry;
+        let mut n = 0u32;
+        loop {
+            let journal = self.journal.clone();
+            let base = entry.clone();
+            let on_open = move |id: Option<String>| {
+                let (journal, mut e) = (journal.clone(), base.clone());
+                e.multipart = id.map(|id| (on_backup, id));
+                async move {
+                    let _ = tokio::task::spawn_blocking(move || journal.put(&e)).await;
+                }
+            };
+            match upload_file(store, &entry.local_path, &key, self.cfg.shape, on_open).await {
+                Ok(bytes) => {
+                    METRICS.upload_bytes_total.inc_by(bytes);
+                    return Ok(target.location(&key));
+                }
+                Err(e) => {
+                    let wait = backoff(n);
+                    if e.permanent || Instant::now() + wait > deadline {
+                        return Err(e.message);
+                    }
+                    METRICS.upload_retries_total.inc();
+                    warn!(self.log, "upload attempt failed; retrying"; "entry" => &entry.id,
+                          "target" => target.label(), "attempt" => n + 1,
+                          "retry_in_s" => wait.as_secs_f64(), "error" => &e.message);
+                    tokio::time::sleep(wait).await;
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Delivery {
+    type Context = Context<Self>;
+
+    /// Resumes what a previous run left in the queue.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (entries, finishes, problems) = self.journal.load();
+        for p in problems {
+            warn!(self.log, "unreadable upload queue entry"; "problem" => p);
+        }
+        if !entries.is_empty() || !finishes.is_empty() {
+            info!(self.log, "resuming the upload queue"; "uploads" => entries.len(), "egresses" => finishes.len());
+        }
+        for e in entries {
+            self.waiting.push_back(e.id.clone());
+            self.entries.insert(
+                e.id.clone(),
+                Tracked {
+                    entry: e,
+                    state: UploadState::Pending,
+                },
+            );
+        }
+        for info in finishes {
+            let id = info.egress_id.clone();
+            self.finishing.insert(
+                id.clone(),
+                Finishing {
+                    info,
+                    report: None,
+                    waiters: Vec::new(),
+                    manifest: None,
+                },
+            );
+            self.try_finish(&id);
+        }
+        self.depth();
+        self.pump(ctx);
+    }
+}
+
+/// Queue one output of a running egress for upload as soon as it is written (a closed segment,
+/// the playlist after it, an image, the manifest). `key` is the output's name relative to the
+/// output directory (the target's prefix is added). Returns the location the object will have
+/// on the primary target, or None when the egress has no upload target (nothing is queued).
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct Enqueue {
+    pub egress_id: String,
+    /// The request's target; None = `storage.upload`.
+    pub target: Option<UploadTarget>,
+    pub local_path: PathBuf,
+    pub key: String,
+    pub kind: UploadKind,
+}
+
+impl Handler<Enqueue> for Delivery {
+    type Result = Option<String>;
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Option<String> {
+        let target = msg.target.or_else(|| self.cfg.default_target.clone())?;
+        let location = target.location(&target.key_for(&msg.key));
+        if let Err(e) = self.queue(&msg.egress_id, msg.kind, msg.local_path, msg.key, target) {
+            // Without its journal entry an upload could be lost to a crash; say so loudly, but
+            // still upload it now.
+            warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &msg.egress_id, "error" => %e);
+        }
+        self.pump(ctx);
+        Some(location)
+    }
+}
+
+/// The egress ended: `info` is its final record (status decided, files read back). Uploads its
+/// files (those not uploaded yet), waits for every upload of the egress, and answers with the
+/// final record, `location` and `upload` filled in (`failed`, "upload failed: ..." if one
+/// failed). While it waits, `report` gets the record (status `ending`) at each change.
+#[derive(Message)]
+#[rtype(result = "EgressInfo")]
+pub struct FinishEgress {
+    pub info: EgressInfo,
+    /// Outputs besides `info.files`: `(kind, local path, name relative to the output directory)`;
+    /// a playlist is uploaded again (its final version), the others when not queued yet.
+    pub extra: Vec<(UploadKind, PathBuf, String)>,
+    pub target: Option<UploadTarget>,
+    pub report: Option<Recipient<UpdateEgress>>,
+}
+
+impl Handler<FinishEgress> for Delivery {
+    type Result = ResponseFuture<EgressInfo>;
+    fn handle(&mut self, msg: FinishEgress, ctx: &mut Context<Self>) -> Self::Result {
+        let info = msg.info;
+        let id = info.egress_id.clone();
+        let target = msg
+            .target
+            .or_else(|| self.journal.target(&id))
+            .or_else(|| self.cfg.default_target.clone());
+        let mut manifest = None;
+        if let Some(t) = &target {
+            for f in &info.files {
+                let path = PathBuf::from(&f.location);
+                if f.size_bytes == 0 || !path.is_file() || self.knows(&id, &path) {
+                    continue;
+                }
+                let name = f.filename.clone();
+                if let Err(e) = self.queue(&id, UploadKind::File, path, name, t.clone()) {
+                    warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &id, "error" => %e);
+                }
+            }
+            for (kind, path, name) in msg.extra {
+                if kind == UploadKind::Manifest {
+                    manifest = Some((path, name, t.clone()));
+                    continue;
+                }
+                if !path.is_file() || (kind != UploadKind::Playlist && self.knows(&id, &path)) {
+                    continue;
+                }
+                if let Err(e) = self.queue(&id, kind, path, name, t.clone()) {
+                    warn!(self.log, "cannot write the upload queue entry"; "egress_id" => &id, "error" => %e);
+                }
+            }
+        }
+        let pending = self.entries.values().any(|t| t.entry.egress_id == id);
+        if !pending && !self.outcomes.contains_key(&id) && manifest.is_none() {
+            let _ = self.journal.remove_target(&id);
+            return Box::pin(std::future::ready(info));
+        }
+        if let Err(e) = self.journal.put_finish(&info) {
+            warn!(self.log, "cannot write the finish record"; "egress_id" => &id, "error" => %e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.finishing.insert(
+            id.clone(),
+            Finishing {
+                info: info.clone(),
+                report: msg.report,
+                waiters: vec![tx],
+                manifest,
+            },
+        );
+        self.show_progress(&id);
+        self.pump(ctx);
+        self.try_finish(&id);
+        // try_finish may have queued the manifest.
+        self.pump(ctx);
+        Box::pin(async move { rx.await.unwrap_or(info) })
+    }
+}
+
+/// A restarted service's Supervisor: the final record of an egress whose uploads a previous
+/// run left in the queue, once they are done; None when the queue holds nothing of it.
+#[derive(Message)]
+#[rtype(result = "Option<EgressInfo>")]
+pub struct ResumeEgress {
+    pub egress_id: String,
+    pub report: Option<Recipient<UpdateEgress>>,
+}
+
+impl Handler<ResumeEgress> for Delivery {
+    type Result = ResponseFuture<Option<EgressInfo>>;
+    fn handle(&mut self, msg: ResumeEgress, _: &mut Context<Self>) -> Self::Result {
+        if let Some(info) = self.unclaimed.remove(&msg.egress_id) {
+            return Box::pin(std::future::ready(Some(info)));
+        }
+        let Some(f) = self.finishing.get_mut(&msg.egress_id) else {
+            return Box::pin(std::future::ready(None));
+        };
+        let (tx, rx) = oneshot::channel();
+        f.waiters.push(tx);
+        f.report = msg.report;
+        self.show_progress(&msg.egress_id);
+        Box::pin(async move { rx.await.ok() })
+    }
+}
+
+/// An egress with an upload target started recording: its target is kept in the journal until
+/// it is delivered, so a service that dies meanwhile still uploads its file on the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HoldTarget {
+    pub egress_id: String,
+    pub target: UploadTarget,
+}
+
+impl Handler<HoldTarget> for Delivery {
+    type Result = ();
+    fn handle(&mut self, msg: HoldTarget, _: &mut Context<Self>) {
+        if let Err(e) = self.journal.put_target(&msg.egress_id, &msg.target) {
+            warn!(self.log, "cannot keep the upload target"; "egress_id" => &msg.egress_id, "error" => %e);
+        }
+    }
+}
+
+/// Egresses with uploads still queued or running (retention leaves their outputs alone).
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct QueuedEgresses;
+
+impl Handler<QueuedEgresses> for Delivery {
+    type Result = Vec<String>;
+    fn handle(&mut self, _: QueuedEgresses, _: &mut Context<Self>) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .entries
+            .values()
+            .map(|t| t.entry.egress_id.clone())
+            .chain(self.finishing.keys().cloned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// What a Pipeline actor holds to deliver its egress: the actors, and its upload target (the
+/// request's, else `storage.upload`; None = nothing is uploaded).
+#[derive(Clone)]
+pub struct DeliveryLink {
+    pub delivery: Addr<Delivery>,
+    pub disk: Addr<crate::actors::disk_monitor::DiskMonitor>,
+    pub target: Option<UploadTarget>,
+}
+
+/// For the Pipeline actor as its handler starts: measure its output (disk safety) and keep its
+/// upload target in the journal.
+pub fn started(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    outputs: Vec<PathBuf>,
+    stop: Recipient<crate::actors::pipeline::StopPipeline>,
+) {
+    let Some(link) = link else { return };
+    link.disk.do_send(crate::actors::disk_monitor::WatchOutput {
+        egress_id: egress_id.to_string(),
+        paths: outputs,
+        stop,
+    });
+    if let Some(t) = &link.target {
+        link.delivery.do_send(HoldTarget {
+            egress_id: egress_id.to_string(),
+            target: t.clone(),
+        });
+    }
+}
+
+/// For the Pipeline actor as its handler reports an output written while it records (a closed
+/// segment, the playlist, an image, the manifest): queue it for upload to the egress's target.
+/// Nothing happens without a target.
+pub fn enqueue(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    local_path: PathBuf,
+    key: &str,
+    kind: UploadKind,
+) {
+    let Some(link) = link else { return };
+    if link.target.is_none() {
+        return;
+    }
+    link.delivery.do_send(Enqueue {
+        egress_id: egress_id.to_string(),
+        target: link.target.clone(),
+        local_path,
+        key: key.to_string(),
+        kind,
+    });
+}
+
+/// The output's name relative to the output directory, from its relative prefix's directory.
+fn beside(prefix: &str, name: &str) -> String {
+    match Path::new(prefix).parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(name).display().to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// For the Pipeline actor as the handler closes HLS segment number `count` (1-based): upload it,
+/// then the playlists (which go up only after it, see `may_start`).
+pub fn segment_closed(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    outputs: &crate::closing::Outputs,
+    count: u32,
+) {
+    let (Some(s), Some(n)) = (&outputs.segments, count.checked_sub(1)) else {
+        return;
+    };
+    let name = crate::pipeline::output_segments::segment_name(s, n);
+    let key = beside(&s.prefix, &name);
+    enqueue(
+        link,
+        egress_id,
+        s.dir.join(&name),
+        &key,
+        UploadKind::Segment,
+    );
+    enqueue(
+        link,
+        egress_id,
+        s.playlist_path.clone(),
+        &s.playlist,
+        UploadKind::Playlist,
+    );
+    if let Some((rel, abs, _)) = &s.live {
+        enqueue(link, egress_id, abs.clone(), rel, UploadKind::Playlist);
+    }
+}
+
+/// For the Pipeline actor as the handler writes image number `count` (1-based).
+pub fn image_written(
+    link: Option<&DeliveryLink>,
+    egress_id: &str,
+    outputs: &crate::closing::Outputs,
+    prefix: &str,
+    count: u32,
+) {
+    let (Some((dir, stem)), Some(n)) = (&outputs.images, count.checked_sub(1)) else {
+        return;
+    };
+    let name = format!("{stem}_{n:05}.jpg");
+    let key = beside(prefix, &name);
+    enqueue(link, egress_id, dir.join(&name), &key, UploadKind::Image);
+}
+
+/// For the Pipeline actor as its handler exits: its output no longer grows.
+pub fn exited(link: Option<&DeliveryLink>, egress_id: &str) {
+    if let Some(link) = link {
+        link.disk
+            .do_send(crate::actors::disk_monitor::UnwatchOutput {
+                egress_id: egress_id.to_string(),
+            });
+    }
+}
+
+/// For the Pipeline actor once its handler exited and `info` holds the final record: None when
+/// there is nothing to upload (report `info` as it is), else the final record once the uploads
+/// are done (meanwhile the Supervisor gets `ending` records with the upload states).
+pub fn finish(
+    link: Option<&DeliveryLink>,
+    info: &EgressInfo,
+    outputs: &crate::closing::Outputs,
+    report: Recipient<UpdateEgress>,
+) -> Option<impl std::future::Future<Output = EgressInfo> + use<>> {
+    let link = link?;
+    link.target.as_ref()?;
+    let mut pending = info.clone();
+    pending.handler_pid = None;
+    // Every segment and image the closed outputs hold (those not queued yet go up now), then
+    // the final playlists.
+    let mut extra = Vec::new();
+    if let (Some(s), Some(si)) = (&outputs.segments, &info.segments) {
+        for n in 0..si.count {
+            let name = crate::pipeline::output_segments::segment_name(s, n);
+            extra.push((
+                UploadKind::Segment,
+                s.dir.join(&name),
+                beside(&s.prefix, &name),
+            ));
+        }
+        extra.push((
+            UploadKind::Playlist,
+            s.playlist_path.clone(),
+            s.playlist.clone(),
+        ));
+        if let Some((rel, abs, _)) = &s.live {
+            extra.push((UploadKind::Playlist, abs.clone(), rel.clone()));
+        }
+    }
+    if let Some(m) = &info.manifest {
+        // Beside the outputs: its name relative to the output directory is the file's or the
+        // playlist's directory joined with `{egress_id}.json`.
+        let rel_dir = info
+            .files
+            .first()
+            .map(|f| f.filename.clone())
+            .or_else(|| info.segments.as_ref().map(|s| s.playlist.clone()))
+            .or_else(|| info.images.as_ref().map(|i| i.prefix.clone()));
+        if let Some(r) = rel_dir {
+            let name = format!("{}.json", info.egress_id);
+            extra.push((UploadKind::Manifest, PathBuf::from(m), beside(&r, &name)));
+        }
+    }
+    if let (Some((dir, stem)), Some(im)) = (&outputs.images, &info.images) {
+        for n in 0..im.count {
+            let name = format!("{stem}_{n:05}.jpg");
+            extra.push((
+                UploadKind::Image,
+                dir.join(&name),
+                beside(&im.prefix, &name),
+            ));
+        }
+    }
+    let ask = link.delivery.send(FinishEgress {
+        info: pending.clone(),
+        extra,
+        target: link.target.clone(),
+        report: Some(report),
+    });
+    Some(async move { ask.await.unwrap_or(pending) })
+}
