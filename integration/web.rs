@@ -100,12 +100,18 @@ fn web(url: &str, outputs: Value) -> Value {
 fn a_web_page_is_recorded_from_its_first_loaded_frame() {
     let dirs = Dirs::new();
     let page = page_server();
-    let svc = Service::start(&dirs, "sources: { allowed_web_hosts: [\"127.0.0.1\"] }");
+    // WPE's first start on a machine (font caches, its web and network processes) can take
+    // long under load: the page gets the time a slow node would give it.
+    let svc = Service::start(
+        &dirs,
+        "sources: { allowed_web_hosts: [\"127.0.0.1\"] }\npipeline: { start_timeout_s: 45 }",
+    );
     let id = svc.start_egress(&web(
         &format!("{}/index.html", page.url),
         json!([{"file": {"filename": "page.mp4"}}]),
     ));
-    let t0 = svc.wait_active(&id);
+    svc.wait_status(&id, &["active"], Duration::from_secs(60));
+    let t0 = Instant::now();
     wait_for(Duration::from_secs(20), "8 s recorded", || {
         (t0.elapsed() >= Duration::from_secs(8)).then_some(())
     });

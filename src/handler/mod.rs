@@ -153,7 +153,11 @@ fn record(
     log: &Logger,
 ) -> (Result<Ended, PipelineError>, bool) {
     let mut media = false;
-    let outcome = run_pipeline(spec, options, ctl, &mut media, log);
+    let mut reported = false;
+    let outcome = run_pipeline(spec, options, ctl, &mut media, &mut reported, log);
+    if let (Err(e), false) = (&outcome, reported) {
+        fail(e);
+    }
     if !media {
         // Never an output that does not play: a stop before the first frame, or a failed start.
         for path in outputs_to_remove(spec) {
@@ -170,7 +174,7 @@ fn record(
         // this process may hold elements that never reached Null (wpesrc).
         emit(&HandlerEvent::Eos);
     }
-    (outcome.inspect_err(fail), media)
+    (outcome, media)
 }
 
 /// What a recording without media leaves: the file, the playlists, an empty first segment.
@@ -199,6 +203,7 @@ fn run_pipeline(
     options: &PipelineOptions,
     ctl: &Receiver<Control>,
     media: &mut bool,
+    reported: &mut bool,
     log: &Logger,
 ) -> Result<Ended, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
@@ -209,6 +214,11 @@ fn run_pipeline(
     let fd = file.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let mut rec = record::Recording::new(spec, options, fd, log)?;
     let result = rec.run(ctl);
+    // Reported before the teardown, which may take its 10 s: the service hears why at once.
+    if let Err(e) = &result {
+        fail(e);
+        *reported = true;
+    }
     *media = rec.media();
     rec.shutdown();
     // Null closes the sinks; a hybrid MP4 without EOS is repaired by the caller or the service.
