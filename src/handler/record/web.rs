@@ -72,6 +72,12 @@ pub fn attach(
     let web = pipeline
         .by_name(&source_web::element_name(i))
         .ok_or_else(|| PipelineError::Build("no wpesrc".into()))?;
+    watch_audio(pipeline, &web, i);
+    Ok(())
+}
+
+/// Links the page's audio pads, as they come, into the mixer.
+fn watch_audio(pipeline: &gst::Pipeline, web: &gst::Element, i: usize) {
     let weak = pipeline.downgrade();
     let mixer = source_web::mixer_name(i);
     web.connect_pad_added(move |_, pad| {
@@ -81,6 +87,38 @@ pub fn attach(
         let Some(p) = weak.upgrade() else { return };
         let _ = link_audio(&p, pad, &mixer);
     });
+}
+
+/// Replaces source `i`'s page renderer with a new one (attempt `n`): WPE WebKit here sometimes
+/// never launches its web process, and a renderer made again loads. The old one goes to Null
+/// on a thread of its own (it may hang there).
+pub fn restart(pipeline: &gst::Pipeline, i: usize, url: &str, n: u32) -> Result<(), PipelineError> {
+    let caps = pipeline
+        .by_name(&source_web::caps_name(i))
+        .ok_or_else(|| PipelineError::Build("no web caps".into()))?;
+    let names = [source_web::element_name(i)]
+        .into_iter()
+        .chain((1..n).map(|k| format!("{}_r{k}", source_web::element_name(i))));
+    for name in names {
+        if let Some(old) = pipeline.by_name(&name) {
+            old.unlink(&caps);
+            let _ = pipeline.remove(&old);
+            std::thread::spawn(move || {
+                let _ = old.set_state(gst::State::Null);
+            });
+        }
+    }
+    let web = gst::ElementFactory::make("wpesrc")
+        .name(format!("{}_r{n}", source_web::element_name(i)))
+        .property("location", url)
+        .property("draw-background", true)
+        .build()
+        .map_err(|_| PipelineError::MissingElement("wpesrc".into()))?;
+    pipeline.add(&web)?;
+    web.link(&caps)
+        .map_err(|_| PipelineError::Build("cannot link the new page renderer".into()))?;
+    watch_audio(pipeline, &web, i);
+    web.sync_state_with_parent()?;
     Ok(())
 }
 
