@@ -38,16 +38,11 @@ impl Outputs {
     pub fn from_info(info: &EgressInfo, root: &Path) -> Outputs {
         let file = info.files.first().map(|f| {
             let p = PathBuf::from(&f.location);
-            let c = match p
+            let c = p
                 .extension()
                 .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase)
-            {
-                Some(e) if e == "mkv" => Container::Mkv,
-                Some(e) if e == "webm" => Container::Webm,
-                Some(e) if e == "ogg" => Container::Ogg,
-                _ => Container::Mp4,
-            };
+                .and_then(Container::from_extension)
+                .unwrap_or(Container::Mp4);
             (f.filename.clone(), p, c)
         });
         let segments = info

@@ -335,7 +335,7 @@ pub enum Container {
 }
 
 impl Container {
-    fn from_extension(ext: &str) -> Option<Container> {
+    pub fn from_extension(ext: &str) -> Option<Container> {
         match ext.to_ascii_lowercase().as_str() {
             "mp4" => Some(Container::Mp4),
             "mkv" => Some(Container::Mkv),

@@ -110,7 +110,8 @@ pub struct Pipeline {
     /// The handler gave up on a stalled source ("Source lost").
     source_lost: bool,
     finalized: bool,
-    /// Whether media reached the output (the handler says so as it exits; no media, no file).
+    /// Whether media reached the outputs: set by `playing`, confirmed by `exiting` (no media, no
+    /// file and no manifest).
     media: bool,
     /// The handler has exited (uploads may still run): nothing left to stop or kill.
     exited: bool,
@@ -170,7 +171,7 @@ impl Pipeline {
             source_ended: false,
             source_lost: false,
             finalized: false,
-            media: true,
+            media: false,
             exited: false,
             delivery: setup.delivery,
             log,
@@ -440,6 +441,8 @@ impl Handler<HandlerLine> for Pipeline {
                 }
             }
             HandlerEvent::Playing => {
+                // Media reached the outputs: a kill from now on leaves something to repair.
+                self.media = true;
                 if self.info.status == EgressStatus::Starting {
                     self.info.status = EgressStatus::Active;
                     self.info.started_at = Some(now_ms());
