@@ -96,14 +96,10 @@ fn web(url: &str, outputs: Value) -> Value {
         "audio": true, "estimated_cpu": 0.5, "outputs": outputs})
 }
 
-/// Ignored in `scripts/test`: on this machine WPE WebKit sometimes never launches its web
-/// process (seen after the dashboard test's Chromium ran in the same suite, and with two pages
-/// starting at once). The handler then makes a new renderer after 8 s, which loads, but that
-/// recording came out 1.6 s longer than asked, outside the 8 +/- 1 s this test holds it to.
-/// Run it with `cargo test --test integration -- --ignored web::`; it passes when the first
-/// renderer loads.
+/// Three pages start at once on one node: before the handler served GLib's default main
+/// context, two of three such pages never loaded here (GStreamer 1.22's wpesrc can put the job
+/// that creates its view on that context).
 #[test]
-#[ignore]
 fn a_web_page_is_recorded_from_its_first_loaded_frame() {
     let dirs = Dirs::new();
     let page = page_server();
@@ -113,21 +109,56 @@ fn a_web_page_is_recorded_from_its_first_loaded_frame() {
         &dirs,
         "sources: { allowed_web_hosts: [\"127.0.0.1\"] }\npipeline: { start_timeout_s: 45 }",
     );
-    let id = svc.start_egress(&web(
-        &format!("{}/index.html", page.url),
-        json!([{"file": {"filename": "page.mp4"}}]),
-    ));
-    svc.wait_status(&id, &["active"], Duration::from_secs(60));
-    let t0 = Instant::now();
-    wait_for(Duration::from_secs(20), "8 s recorded", || {
-        (t0.elapsed() >= Duration::from_secs(8)).then_some(())
+    let url = format!("{}/index.html", page.url);
+    let ids: Vec<String> = (0..3)
+        .map(|k| {
+            let mut body = web(
+                &url,
+                json!([{"file": {"filename": format!("page{k}.mp4")}}]),
+            );
+            body["estimated_cpu"] = json!(0.3);
+            svc.start_egress(&body)
+        })
+        .collect();
+    // When each became active, as seen by polling all of them.
+    let mut active: Vec<Option<Instant>> = vec![None; ids.len()];
+    wait_for(Duration::from_secs(60), "every page active", || {
+        for (id, t) in ids.iter().zip(active.iter_mut()) {
+            if t.is_none() {
+                let v = svc.egress(id);
+                assert_ne!(v["status"], "failed", "{v}\n{}", svc.log());
+                if v["status"] == "active" {
+                    *t = Some(Instant::now());
+                }
+            }
+        }
+        active.iter().all(Option::is_some).then_some(())
     });
-    svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
-    let recorded = t0.elapsed().as_secs_f64();
-    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(60));
-    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
-    let mp4 = std::path::PathBuf::from(done["files"][0]["location"].as_str().unwrap());
-    let probe = ffprobe(&mp4);
+    let active: Vec<Instant> = active.into_iter().flatten().collect();
+    let last = *active.iter().max().expect("three");
+    wait_for(Duration::from_secs(20), "8 s recorded", || {
+        (last.elapsed() >= Duration::from_secs(8)).then_some(())
+    });
+    let stopped: Vec<Instant> = ids
+        .iter()
+        .map(|id| {
+            svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+            Instant::now()
+        })
+        .collect();
+    for ((id, t0), t1) in ids.iter().zip(&active).zip(&stopped) {
+        let recorded = (*t1 - *t0).as_secs_f64();
+        let done = svc.wait_status(id, &["complete", "failed"], Duration::from_secs(60));
+        assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+        let mp4 = std::path::PathBuf::from(done["files"][0]["location"].as_str().unwrap());
+        check_page_recording(&mp4, recorded);
+    }
+}
+
+/// A recording of `PAGE` that lasted `recorded` seconds: H.264 and AAC, as long, not blank from
+/// its first frame, and moving.
+fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
+    let probe = ffprobe(mp4);
     assert_eq!(
         codecs(&probe),
         (Some("h264".into()), Some("aac".into())),
@@ -135,12 +166,12 @@ fn a_web_page_is_recorded_from_its_first_loaded_frame() {
     );
     let d = duration(&probe);
     assert!(
-        (d - recorded).abs() <= 1.0 && (d - 8.0).abs() <= 1.5,
+        (d - recorded).abs() <= 1.0 && d >= 7.0,
         "{d} s vs {recorded} s"
     );
-    ffmpeg_decodes(&mp4);
+    ffmpeg_decodes(mp4);
     // Not blank from the first frame on (the page had loaded), and moving.
-    let frames = gray_frames(&mp4);
+    let frames = gray_frames(mp4);
     assert!(frames.len() >= 100, "{} frames", frames.len());
     assert!(
         variance(&frames[0]) > 50.0,

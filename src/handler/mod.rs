@@ -221,6 +221,7 @@ fn run_pipeline(
     }
     *media = rec.media();
     rec.shutdown();
+    rec.detach_renderers();
     // Null closes the sinks; a hybrid MP4 without EOS is repaired by the caller or the service.
     // Bounded: some elements (wpesrc) can hang going to Null, and after EOS everything is
     // written already.

@@ -31,7 +31,7 @@ use streams::Streams;
 use crossbeam_channel::Receiver;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use slog::{Logger, info, warn};
+use slog::{Logger, info};
 
 use super::protocol::HandlerEvent;
 use super::{Control, emit};
@@ -52,11 +52,6 @@ const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
 const PAD_SETTLE: Duration = Duration::from_millis(1000);
 /// Reconnection attempts are at least this far apart.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// A page renderer that has not loaded its page after this long is made again (WPE WebKit here
-/// sometimes never launches its web process), at most `WEB_RESTARTS` times.
-const WEB_RESTART_AFTER: Duration = Duration::from_secs(8);
-const WEB_RESTARTS: u32 = 2;
 
 const MEDIA_MESSAGE: &str = "egress-media";
 const OUT_EOS_MESSAGE: &str = "egress-out-eos";
@@ -258,11 +253,11 @@ impl<'a> Recording<'a> {
         for s in &self.spec.sources {
             if let Source::Web { url, .. } = s {
                 crate::pipeline::source_web::preflight(url, Duration::from_secs(5))?;
+                web::serve_default_context();
             }
         }
         // The page's load time counts from here, after its answer.
         let load_since = Instant::now();
-        let mut web_restarts = 0u32;
         if self.sources.is_empty() {
             self.build_graph()?;
         }
@@ -297,20 +292,6 @@ impl<'a> Recording<'a> {
                 return Err(PipelineError::Build(
                     "no EOS within 60 s of the stop".into(),
                 ));
-            }
-            if let Some(loaded) = &self.web_loaded
-                && !loaded.load(Ordering::Relaxed)
-                && self.stopping.is_none()
-                && web_restarts < WEB_RESTARTS
-                && load_since.elapsed() > WEB_RESTART_AFTER * (web_restarts + 1)
-            {
-                web_restarts += 1;
-                warn!(self.log, "the page has not loaded: a new renderer"; "attempt" => web_restarts);
-                for (i, s) in self.spec.sources.iter().enumerate() {
-                    if let Source::Web { url, .. } = s {
-                        web::restart(&self.pipeline, i, url, web_restarts)?;
-                    }
-                }
             }
             if let Some(loaded) = &self.web_loaded
                 && !loaded.load(Ordering::Relaxed)
@@ -474,6 +455,16 @@ impl<'a> Recording<'a> {
     pub fn shutdown(&mut self) {
         if let Some(s) = &mut self.outs {
             s.end_all();
+        }
+    }
+
+    /// Takes the page renderers out of the pipeline before it goes to Null: they never stop
+    /// (see `web::detach`).
+    pub fn detach_renderers(&self) {
+        for (i, s) in self.spec.sources.iter().enumerate() {
+            if matches!(s, Source::Web { .. }) {
+                web::detach(&self.pipeline, i);
+            }
         }
     }
 

@@ -89,37 +89,37 @@ fn watch_audio(pipeline: &gst::Pipeline, web: &gst::Element, i: usize) {
     });
 }
 
-/// Replaces source `i`'s page renderer with a new one (attempt `n`): WPE WebKit here sometimes
-/// never launches its web process, and a renderer made again loads. The old one goes to Null
-/// on a thread of its own (it may hang there).
-pub fn restart(pipeline: &gst::Pipeline, i: usize, url: &str, n: u32) -> Result<(), PipelineError> {
-    let caps = pipeline
-        .by_name(&source_web::caps_name(i))
-        .ok_or_else(|| PipelineError::Build("no web caps".into()))?;
-    let names = [source_web::element_name(i)]
-        .into_iter()
-        .chain((1..n).map(|k| format!("{}_r{k}", source_web::element_name(i))));
-    for name in names {
-        if let Some(old) = pipeline.by_name(&name) {
-            old.unlink(&caps);
-            let _ = pipeline.remove(&old);
-            std::thread::spawn(move || {
-                let _ = old.set_state(gst::State::Null);
-            });
-        }
+/// Iterates GLib's global default main context on a thread of its own, for the life of the
+/// process. Why: in GStreamer 1.22's wpesrc, `WPEContextThread::threading.ready` has no
+/// initializer, so its constructor can skip waiting for the WPE thread, and the job that
+/// creates the page's view is then attached to a null context, which is the default one.
+/// gst-launch iterates that context (its main loop); a handler that polls its bus does not,
+/// and the page never loaded (seen with two pages starting at once, and under load). With the
+/// default context served, that job runs here instead, and the page loads.
+pub fn serve_default_context() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("glib-default".into())
+            .spawn(|| gst::glib::MainLoop::new(None, false).run());
+    });
+}
+
+/// Unlinks and removes source `i`'s wpesrc from the pipeline and leaks it, so the pipeline's
+/// Null never reaches it; the process exits soon after and the OS takes it back. Why: when the
+/// page's view was made on the default context's thread (`serve_default_context`), wpesrc
+/// destroys it on its own thread at Null, and WebKit aborts the process (seen: SIGABRT in
+/// `g_object_unref` of the view); and wpesrc can hang going to Null anyway. After EOS every
+/// output is written, and a failed recording needs nothing more from the page.
+pub fn detach(pipeline: &gst::Pipeline, i: usize) {
+    let Some(web) = pipeline.by_name(&source_web::element_name(i)) else {
+        return;
+    };
+    if let Some(caps) = pipeline.by_name(&source_web::caps_name(i)) {
+        web.unlink(&caps);
     }
-    let web = gst::ElementFactory::make("wpesrc")
-        .name(format!("{}_r{n}", source_web::element_name(i)))
-        .property("location", url)
-        .property("draw-background", true)
-        .build()
-        .map_err(|_| PipelineError::MissingElement("wpesrc".into()))?;
-    pipeline.add(&web)?;
-    web.link(&caps)
-        .map_err(|_| PipelineError::Build("cannot link the new page renderer".into()))?;
-    watch_audio(pipeline, &web, i);
-    web.sync_state_with_parent()?;
-    Ok(())
+    let _ = pipeline.remove(&web);
+    std::mem::forget(web);
 }
 
 fn link_audio(p: &gst::Pipeline, pad: &gst::Pad, mixer: &str) -> Option<()> {
