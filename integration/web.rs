@@ -86,6 +86,22 @@ fn gray_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
     out.stdout.chunks(80 * 60).map(<[u8]>::to_vec).collect()
 }
 
+/// The audio of a file as mono 48 kHz samples, decoded by ffmpeg.
+fn mono_samples(path: &std::path::Path) -> Vec<i16> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-map", "0:a", "-f", "s16le", "-ac", "1", "-ar", "48000", "-",
+        ])
+        .output()
+        .expect("ffmpeg");
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
 fn variance(f: &[u8]) -> f64 {
     let m = f.iter().map(|&x| f64::from(x)).sum::<f64>() / f.len() as f64;
     f.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / f.len() as f64
@@ -155,8 +171,8 @@ fn a_web_page_is_recorded_from_its_first_loaded_frame() {
     }
 }
 
-/// A recording of `PAGE` that lasted `recorded` seconds: H.264 and AAC, as long, not blank from
-/// its first frame, and moving.
+/// A recording of `PAGE` that lasted `recorded` seconds: H.264 and AAC, as long, with the
+/// page's sound, not blank from its first frame, and moving.
 fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
     let probe = ffprobe(mp4);
     assert_eq!(
@@ -170,6 +186,22 @@ fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
         "{d} s vs {recorded} s"
     );
     ffmpeg_decodes(mp4);
+    // The page's sound: its 440 Hz tone (RMS 5657 at amplitude 8000, 880 zero crossings a
+    // second), not the silence the track is mixed over.
+    let samples = mono_samples(mp4);
+    let secs = samples.len() as f64 / 48_000.0;
+    let rms = (samples.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>()
+        / samples.len().max(1) as f64)
+        .sqrt();
+    let crossings = samples
+        .windows(2)
+        .filter(|w| (w[0] < 0) != (w[1] < 0))
+        .count() as f64
+        / secs;
+    assert!(
+        rms > 3000.0 && (800.0..=960.0).contains(&crossings),
+        "not the page's tone: RMS {rms:.0}, {crossings:.0} zero crossings/s over {secs:.1} s"
+    );
     // Not blank from the first frame on (the page had loaded), and moving.
     let frames = gray_frames(mp4);
     assert!(frames.len() >= 100, "{} frames", frames.len());

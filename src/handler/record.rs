@@ -14,6 +14,7 @@
 //!    The end is when EOS reaches `out_file_sink`.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use streams::Streams;
 use crossbeam_channel::Receiver;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use slog::{Logger, info};
+use slog::{Logger, info, warn};
 
 use super::protocol::HandlerEvent;
 use super::{Control, emit};
@@ -254,6 +255,14 @@ impl<'a> Recording<'a> {
             if let Source::Web { url, .. } = s {
                 crate::pipeline::source_web::preflight(url, Duration::from_secs(5))?;
                 web::serve_default_context();
+                let state_dir = self.spec.result_path.parent().and_then(Path::parent);
+                match state_dir.map(web::load_plugin) {
+                    Some(Ok(true)) => info!(self.log, "wpe plugin loaded beside its web extension"),
+                    Some(Err(e)) => {
+                        warn!(self.log, "no page audio: the wpe plugin cannot find its web extension"; "error" => e)
+                    }
+                    _ => {}
+                }
             }
         }
         // The page's load time counts from here, after its answer.

@@ -2,8 +2,9 @@
 //! process) at the egress's size and rate. Its frames are held back until the page has loaded
 //! (the handler opens the gate on `wpe-stats` `estimated-load-progress` 100), so the first
 //! frame of a recording is the page, not a blank background. Audio: the page's `audio_%u` pads
-//! (when this WPE build gives them) are mixed with live silence, so an audio track is there from
-//! the first frame whether or not the page plays anything.
+//! (the handler makes the plugin find the web extension that gives them: `web::load_plugin`) are
+//! mixed with live silence, so an audio track is there from the first frame whether or not the
+//! page plays anything.
 //!
 //! ```text
 //!   src0_web (wpesrc) ─► src0_web_caps (BGRA WxH@fps) ─► [gate: drops until loaded] ─► video

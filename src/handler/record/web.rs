@@ -1,6 +1,6 @@
 //! A web source on the handler's side: frames are held back until the page has loaded and
-//! painted, and
-//! the page's audio pads (when WPE gives them) are mixed into the egress's audio.
+//! painted, the page's audio pads are mixed into the egress's audio, and the workarounds this
+//! machine's wpesrc (GStreamer 1.22, Debian 12) needs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +9,10 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use crate::error::PipelineError;
+use crate::pipeline::source_web;
 
 /// Longest the first paint is waited for after the load event.
 const FIRST_PAINT: std::time::Duration = std::time::Duration::from_secs(3);
-use crate::pipeline::source_web;
 
 /// Drops the page's frames until `loaded`; links page audio pads into the mixer (or discards
 /// them when the egress records no audio).
@@ -120,6 +120,55 @@ pub fn detach(pipeline: &gst::Pipeline, i: usize) {
     }
     let _ = pipeline.remove(&web);
     std::mem::forget(web);
+}
+
+/// Loads the wpe plugin so that it finds its web extension, which hands the page's audio to
+/// wpesrc as `audio_%u` pads. Why: Debian's gstreamer1.0-wpe 1.22 was built to look for it in
+/// `/usr/lib/x86_64-1-gnu/...` (`linux` is a C macro, stringified as 1), so its pages played
+/// their sound to no device and wpesrc gave no audio pads. The plugin looks beside its own file
+/// first (`<dir>/wpe-extension`), so it is loaded through `state_dir/wpe/`: a link to the
+/// plugin and a link to where the package put the extension. Returns whether it did so (false
+/// where the plugin finds its extension already, or none is installed).
+pub fn load_plugin(state_dir: &std::path::Path) -> Result<bool, String> {
+    let plugin = gst::Registry::get()
+        .find_plugin("wpe")
+        .ok_or("the wpe plugin (gstreamer1.0-wpe) is not installed")?;
+    let Some(file) = plugin.filename() else {
+        return Ok(false);
+    };
+    let Some(dir) = file.parent() else {
+        return Ok(false);
+    };
+    if dir.join("wpe-extension").is_dir() {
+        return Ok(false);
+    }
+    let Some(ext) = dir
+        .parent()
+        .map(|d| d.join("gst-plugins-bad").join("wpe-extension"))
+        .filter(|e| e.is_dir())
+    else {
+        return Ok(false);
+    };
+    let links = state_dir.join("wpe");
+    std::fs::create_dir_all(&links).map_err(|e| format!("{}: {e}", links.display()))?;
+    let lib = links.join(file.file_name().unwrap_or_default());
+    link(&file, &lib)?;
+    link(&ext, &links.join("wpe-extension"))?;
+    gst::Plugin::load_file(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+    Ok(true)
+}
+
+/// Makes `at` a symbolic link to `target`, replacing another one atomically (handlers starting
+/// at once make the same links).
+fn link(target: &std::path::Path, at: &std::path::Path) -> Result<(), String> {
+    if std::fs::read_link(at).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    let tmp = at.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, at))
+        .map_err(|e| format!("{}: {e}", at.display()))
 }
 
 fn link_audio(p: &gst::Pipeline, pad: &gst::Pad, mixer: &str) -> Option<()> {
