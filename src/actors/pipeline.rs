@@ -134,7 +134,32 @@ pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::C
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(false);
+    if setup
+        .spec
+        .sources
+        .iter()
+        .any(|s| matches!(s, crate::model::Source::Web { .. }))
+    {
+        cmd.env(
+            "GLIBC_TUNABLES",
+            web_tunables(std::env::var("GLIBC_TUNABLES").ok()),
+        );
+    }
     cmd.spawn()
+}
+
+/// glibc tunables for a handler that renders a page: every `malloc` returns zeroed memory
+/// (`perturb` 255 fills it with !255; no per-thread cache, which would skip that). Why: in
+/// GStreamer 1.22's wpesrc, `WPEContextThread::threading.ready` has no initializer; when the
+/// heap gives it a non-zero byte, the WPE thread is not waited for and the page's view is made
+/// on another thread, which froze or never loaded pages here (8 of 12 pages started three at
+/// a time; none of 12 with these). The cost is a memset per allocation (see the README).
+fn web_tunables(existing: Option<String>) -> String {
+    const ZEROED: &str = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255";
+    match existing.filter(|e| !e.is_empty()) {
+        Some(e) => format!("{e}:{ZEROED}"),
+        None => ZEROED.to_string(),
+    }
 }
 
 impl Pipeline {
@@ -712,5 +737,21 @@ impl Handler<HandlerExited> for Pipeline {
                 }
             },
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::web_tunables;
+
+    #[test]
+    fn web_tunables_keep_the_operators_own() {
+        let z = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255";
+        assert_eq!(web_tunables(None), z);
+        assert_eq!(web_tunables(Some(String::new())), z);
+        assert_eq!(
+            web_tunables(Some("glibc.malloc.arena_max=2".into())),
+            format!("glibc.malloc.arena_max=2:{z}")
+        );
     }
 }

@@ -92,10 +92,10 @@ fn watch_audio(pipeline: &gst::Pipeline, web: &gst::Element, i: usize) {
 /// Iterates GLib's global default main context on a thread of its own, for the life of the
 /// process. Why: in GStreamer 1.22's wpesrc, `WPEContextThread::threading.ready` has no
 /// initializer, so its constructor can skip waiting for the WPE thread, and the job that
-/// creates the page's view is then attached to a null context, which is the default one.
-/// gst-launch iterates that context (its main loop); a handler that polls its bus does not,
-/// and the page never loaded (seen with two pages starting at once, and under load). With the
-/// default context served, that job runs here instead, and the page loads.
+/// creates the page's view is then attached to a null context, which is the default one. The
+/// service starts web handlers with a zeroed `malloc` so that this does not happen
+/// (`actors::pipeline::web_tunables`); should it still, the page loads here instead of never
+/// (its frames may then freeze: the view lives on this thread, wpesrc drives it from its own).
 pub fn serve_default_context() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
