@@ -134,12 +134,7 @@ pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::C
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(false);
-    if setup
-        .spec
-        .sources
-        .iter()
-        .any(|s| matches!(s, crate::model::Source::Web { .. }))
-    {
+    if setup.spec.egress_type == crate::model::EgressType::Web {
         cmd.env(
             "GLIBC_TUNABLES",
             web_tunables(std::env::var("GLIBC_TUNABLES").ok()),

@@ -17,7 +17,7 @@
 //! muxers want different stream formats: MP4 and FLV take AVC, MPEG-TS byte-stream.
 
 use super::graph::{Node, caps, el, from, tee};
-use crate::model::{EgressSpec, PipelineOptions, Source};
+use crate::model::{EgressSpec, EgressType, PipelineOptions};
 
 /// A video codec an output needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub const AUDIO_RAW_TEE: &str = "audio_raw_tee";
 pub fn video_raw(spec: &EgressSpec) -> Vec<Node> {
     let v = &spec.video;
     let mut rate = el("videorate", "video_rate");
-    if spec.sources.iter().any(|s| matches!(s, Source::Web { .. })) {
+    if spec.egress_type == EgressType::Web {
         // A page's frames before its load are dropped (the handler's gate), so its first frame
         // comes late in the segment: the video starts there, as the audio does, instead of
         // that frame repeated back to the segment's start (a file longer by the load time).
