@@ -429,4 +429,5 @@ fn cli_lists_the_fleet() {
         Some(2),
         "{both}"
     );
+    assert!(both["capacity"]["desired_nodes"].is_number(), "{both}");
 }

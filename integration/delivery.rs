@@ -510,7 +510,12 @@ fn a_recording_finalized_while_the_service_was_dead_is_uploaded_on_restart() {
     body["upload"] = moto.target("rec", "o");
     let id = svc.start_egress(&body);
     svc.wait_active(&id);
-    std::thread::sleep(Duration::from_secs(2)); // media for the file, not sync
+    wait_for(Duration::from_secs(30), "media in the file", || {
+        let len = std::fs::metadata(dirs.output().join("orphan.mkv"))
+            .ok()?
+            .len();
+        (len > 100_000).then_some(())
+    });
     svc.signal(libc::SIGKILL);
     svc.wait_exit(Duration::from_secs(10));
     // The handler finalizes on its own; the next run settles the egress and uploads its file.

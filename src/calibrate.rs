@@ -424,10 +424,8 @@ pub fn run(
         };
         let mut e = e.clone();
         e.calibrated = true;
-        let configured = CostClass::parse(class).map_or(0.0, |c| {
-            cfg.cpu_cost.cost(c.egress_type)
-                + f64::from(c.encodes.saturating_sub(1)) * cfg.cpu_cost.encode
-        });
+        let configured = CostClass::parse(class)
+            .map_or(0.0, |c| cfg.cpu_cost.of_class(c.egress_type, c.encodes));
         measured.push(Measured {
             class: class.clone(),
             p50: e.p50,

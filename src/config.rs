@@ -632,6 +632,11 @@ impl CpuCostConfig {
         self.cost(t) + extra_outputs * self.output + extra_encodes * self.encode
     }
 
+    /// `priced` for a learned-cost class: `encodes` encoders, one output each.
+    pub fn of_class(&self, t: EgressType, encodes: u32) -> f64 {
+        self.cost(t) + f64::from(encodes.saturating_sub(1)) * (self.encode + self.output)
+    }
+
     pub fn cost(&self, t: EgressType) -> f64 {
         match t {
             EgressType::RoomComposite => self.room_composite,

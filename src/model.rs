@@ -12,9 +12,10 @@ use crate::error::RequestError;
 mod outputs;
 
 pub use outputs::{
-    FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, OutputRequest,
-    OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo, StreamRequest,
-    StreamStatus, StreamsUpdate, TemplateValues, check_stream_url, redact_stream_url,
+    FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, MAX_STREAMS,
+    OutputRequest, OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo,
+    StreamRequest, StreamStatus, StreamsUpdate, TemplateValues, check_stream_url,
+    redact_stream_url,
 };
 
 /// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.

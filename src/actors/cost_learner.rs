@@ -51,14 +51,20 @@ pub fn read_table(path: &Path) -> Result<CostTable, String> {
 /// Writes a table file atomically (temp file, fsync, rename): a crash leaves the old or the new.
 pub fn write_table(path: &Path, table: &CostTable) -> std::io::Result<()> {
     use std::io::Write;
-    // A name of its own per write: a last write at exit may overlap one under way.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Writes the pricer's table as it is when the write starts: one write at a time in this
+/// process, the table read under that lock, so the last write to finish holds the newest table
+/// (the write at exit may overlap one under way).
+fn save(pricer: &Pricer, path: &Path) -> std::io::Result<()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    write_table(path, &pricer.table())
 }
 
 /// Read access to the learned table, and the prices made from it.
@@ -127,8 +133,7 @@ impl Pricer {
 
     /// The configured price of a class with one output per encode.
     pub fn configured(&self, class: &CostClass) -> f64 {
-        self.configured.cost(class.egress_type)
-            + f64::from(class.encodes.saturating_sub(1)) * self.configured.encode
+        self.configured.of_class(class.egress_type, class.encodes)
     }
 
     /// A type at its default video, one output.
@@ -290,9 +295,9 @@ impl CostLearner {
         }
         self.writing = true;
         self.dirty = false;
-        let table = self.pricer.table();
+        let pricer = self.pricer.clone();
         let path = self.path.clone();
-        let write = actix_rt::task::spawn_blocking(move || write_table(&path, &table));
+        let write = actix_rt::task::spawn_blocking(move || save(&pricer, &path));
         ctx.spawn(
             actix::fut::wrap_future(write).map(|r, act: &mut Self, ctx| {
                 act.writing = false;
@@ -433,8 +438,12 @@ impl Handler<JobEnded> for CostLearner {
         info!(self.log, "learned from a job"; "egress_id" => &msg.egress_id, "class" => &key,
               "p50" => summary.p50, "p95" => summary.p95, "max" => summary.max,
               "class_p95" => local.p95, "class_jobs" => local.jobs);
-        self.persist(ctx);
-        if let Some(fleet) = self.fleet.clone() {
+        let Some(fleet) = self.fleet.clone() else {
+            self.persist(ctx);
+            return;
+        };
+        // In a fleet the table is written once the fleet answered (its estimate replaces ours).
+        {
             let k = key.clone();
             let fold = async move { fleet.fold_cost(&k, &summary, &local, now).await };
             ctx.spawn(actix::fut::wrap_future(fold).map(move |r, act: &mut Self, ctx| match r {
@@ -449,6 +458,7 @@ impl Handler<JobEnded> for CostLearner {
                 Err(e) => {
                     warn!(act.log, "cannot share a learned cost with the fleet (pushed at the next sync)"; "error" => %e);
                     act.unshared.insert(key);
+                    act.persist(ctx);
                 }
             }));
         }
@@ -489,11 +499,11 @@ impl Handler<SaveCosts> for CostLearner {
     type Result = ResponseFuture<bool>;
 
     fn handle(&mut self, _: SaveCosts, _: &mut Context<Self>) -> Self::Result {
-        let table = self.pricer.table();
+        let pricer = self.pricer.clone();
         let path = self.path.clone();
         let log = self.log.clone();
         Box::pin(async move {
-            match actix_rt::task::spawn_blocking(move || write_table(&path, &table)).await {
+            match actix_rt::task::spawn_blocking(move || save(&pricer, &path)).await {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     warn!(log, "cannot write the learned cost table"; "error" => %e);

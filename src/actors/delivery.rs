@@ -172,7 +172,12 @@ impl Delivery {
                 .map(|t| t.entry.id.clone())
                 .collect();
             for id in stale {
-                self.entries.remove(&id);
+                if let Some(t) = self.entries.remove(&id)
+                    && t.entry.snapshot_of.is_some()
+                {
+                    // The replaced playlist's copy (the journal's load skips dot files).
+                    let _ = std::fs::remove_file(&t.entry.local_path);
+                }
                 self.waiting.retain(|w| *w != id);
                 let _ = self.journal.remove(&id);
             }
@@ -197,7 +202,12 @@ impl Delivery {
             multipart: None,
             queued_at_ms: now_ms(),
         };
-        self.journal.put(&entry)?;
+        if let Err(e) = self.journal.put(&entry) {
+            if entry.snapshot_of.is_some() {
+                let _ = std::fs::remove_file(&entry.local_path);
+            }
+            return Err(e);
+        }
         let id = entry.id.clone();
         self.entries.insert(
             id.clone(),

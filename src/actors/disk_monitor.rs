@@ -243,8 +243,9 @@ fn confined(root: &std::path::Path, p: &std::path::Path) -> bool {
     }
 }
 
-/// The file at `p`; or, for a path that is no file (`dir/stem`), every file in `dir` whose name
-/// starts with `stem`.
+/// The file at `p`; or, for a path that is no file (`dir/stem_` of segments or images), the
+/// numbered files of that stem in `dir` (`stem_00000.ts`, `stem_00001.4242.ts`, `stem_00002.jpg`):
+/// never another egress's whose prefix only starts the same (`stem_b_00000.ts`).
 fn matching_files(p: &std::path::Path) -> Vec<PathBuf> {
     if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
         return vec![p.to_path_buf()];
@@ -252,37 +253,33 @@ fn matching_files(p: &std::path::Path) -> Vec<PathBuf> {
     let (Some(dir), Some(stem)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
+    let numbered = |rest: &str| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits >= 5 && rest.as_bytes().get(digits) == Some(&b'.')
+    };
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(stem)))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix(stem))
+                        .is_some_and(numbered)
+                })
                 .map(|e| e.path())
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// Bytes of a file; or, for a path that is no file (`dir/stem` of segments or images), of every
-/// file in `dir` whose name starts with `stem` (a directory may hold other egresses' outputs).
+/// Bytes of what `matching_files` finds at `p`.
 fn size_of(p: &std::path::Path) -> u64 {
-    if let Ok(m) = std::fs::symlink_metadata(p)
-        && m.is_file()
-    {
-        return m.len();
-    }
-    let (Some(dir), Some(stem)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
-        return 0;
-    };
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(stem)))
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+    matching_files(p)
+        .iter()
+        .filter_map(|f| std::fs::symlink_metadata(f).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 impl Actor for DiskMonitor {
@@ -385,5 +382,38 @@ impl Handler<GetDiskState> for DiskMonitor {
             min_free_bytes: self.min_free,
             stop_free_bytes: self.stop_free,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{matching_files, size_of};
+
+    #[test]
+    fn a_stem_matches_its_numbered_files_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, len) in [
+            ("show_00000.ts", 10),
+            ("show_00001.4242.ts", 20),
+            ("show_123456.jpg", 40),
+            ("show_b_00000.ts", 1000),
+            ("show_final.mp4", 1000),
+            ("show.m3u8", 1000),
+            ("show_0001.ts", 1000),
+        ] {
+            std::fs::write(dir.path().join(name), vec![0u8; len]).expect("write");
+        }
+        let stem = dir.path().join("show_");
+        let mut found: Vec<String> = matching_files(&stem)
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            ["show_00000.ts", "show_00001.4242.ts", "show_123456.jpg"]
+        );
+        assert_eq!(size_of(&stem), 70);
+        assert_eq!(size_of(&dir.path().join("show_final.mp4")), 1000);
     }
 }

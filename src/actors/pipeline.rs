@@ -19,8 +19,8 @@ use crate::actors::supervisor::{Supervisor, UpdateEgress};
 use crate::error::{ApiError, RequestError};
 use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::model::{
-    EgressInfo, EgressSpec, EgressStatus, PipelineOptions, StreamInfo, StreamStatus, StreamsUpdate,
-    check_stream_url, now_ms, reason, redact_stream_url,
+    EgressInfo, EgressSpec, EgressStatus, MAX_STREAMS, PipelineOptions, StreamInfo, StreamStatus,
+    StreamsUpdate, check_stream_url, now_ms, reason, redact_stream_url,
 };
 
 /// How long past `start_timeout` a handler that is not recording yet is killed.
@@ -177,7 +177,7 @@ impl Pipeline {
         let actor = Pipeline {
             outputs: crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path),
             stream_urls: setup.spec.outputs.stream_urls.clone(),
-            streamable: setup.spec.outputs.stream || setup.spec.outputs.wants_h264(),
+            streamable: setup.spec.outputs.stream,
             info: setup.info,
             commands: Some(tx),
             pid,
@@ -377,14 +377,23 @@ impl Actor for Pipeline {
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
         let stop = ctx.address().recipient();
-        // What grows on disk: the file, and the segments and images by their name stems.
+        // What grows on disk: the file, and the segments and images by their `{stem}_` (the
+        // disk monitor counts the numbered files of a stem: `disk_monitor::matching_files`).
         let o = &self.outputs;
         let paths: Vec<PathBuf> = o
             .file
             .iter()
             .map(|f| f.1.clone())
-            .chain(o.segments.iter().map(|s| s.dir.join(&s.stem)))
-            .chain(o.images.iter().map(|(dir, stem)| dir.join(stem)))
+            .chain(
+                o.segments
+                    .iter()
+                    .map(|s| s.dir.join(format!("{}_", s.stem))),
+            )
+            .chain(
+                o.images
+                    .iter()
+                    .map(|(dir, stem)| dir.join(format!("{stem}_"))),
+            )
             .collect();
         crate::actors::delivery::started(self.delivery.as_ref(), &self.info.egress_id, paths, stop);
         // The handler fails a source that shows nothing within `start_timeout` itself, with the
@@ -605,7 +614,13 @@ impl Handler<ChangeStreams> for Pipeline {
         let mut remove = Vec::new();
         for (k, url) in u.remove_urls.iter().enumerate() {
             match self.streaming(url) {
-                Some(i) => remove.push(i),
+                Some(i) if !remove.contains(&i) => remove.push(i),
+                Some(_) => {
+                    return Err(ApiError::from(RequestError::invalid(
+                        &format!("remove_urls[{k}]"),
+                        "listed twice",
+                    )));
+                }
                 None => {
                     return Err(ApiError::from(RequestError::invalid(
                         &format!("remove_urls[{k}]"),
@@ -623,7 +638,7 @@ impl Handler<ChangeStreams> for Pipeline {
             .iter()
             .filter(|s| s.status == StreamStatus::Active)
             .count();
-        if active - remove.len() + u.add_urls.len() > MAX_STREAMS {
+        if active.saturating_sub(remove.len()) + u.add_urls.len() > MAX_STREAMS {
             return Err(ApiError::from(RequestError::invalid(
                 "add_urls",
                 format!("at most {MAX_STREAMS} streams at once"),
@@ -665,8 +680,6 @@ impl Handler<ChangeStreams> for Pipeline {
         Ok(self.info.clone())
     }
 }
-
-const MAX_STREAMS: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 struct ExitInfo {

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::table::{bytes, duration, fields, number, table, utc};
 use super::{CliError, Client, Connection, print_json};
+use crate::model::now_ms;
 
 #[derive(Subcommand, Debug)]
 pub enum EgressCommand {
@@ -193,13 +194,6 @@ fn items(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Time recorded so far (or in all, once ended): from start (or creation) to end (or now).
 fn elapsed_ms(e: &Value) -> u64 {
     let from = e["started_at"]
@@ -351,7 +345,9 @@ fn watch(conn: &Connection, client: &Client, id: &str, interval_ms: u64) -> Resu
 }
 
 fn is_final(status: &str) -> bool {
-    matches!(status, "complete" | "failed" | "aborted" | "limit_reached")
+    crate::model::EgressStatus::ALL
+        .iter()
+        .any(|s| s.as_str() == status && s.is_final())
 }
 
 /// Complete or limit_reached is a recording to keep (exit 0); failed or aborted is not.

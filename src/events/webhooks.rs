@@ -318,6 +318,9 @@ impl Sender {
         };
         if let Some(l) = self.lanes.get_mut(&name) {
             l.items.remove(at);
+            if l.items.is_empty() {
+                self.lanes.remove(&name);
+            }
         }
         self.queued -= 1;
         METRICS.webhook_queue_depth.dec();

@@ -659,9 +659,6 @@ impl<'a> Recording<'a> {
             }
         }
         self.pending_sinks = desc.sinks.clone();
-        if self.segments.is_some() {
-            self.pending_sinks.push(output_segments::SINK.into());
-        }
         for name in self.pending_sinks.clone() {
             let e = self
                 .pipeline

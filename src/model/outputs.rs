@@ -386,7 +386,8 @@ fn split_prefix(
     Ok((dir, stem))
 }
 
-const MAX_STREAMS: usize = 8;
+/// Stream URLs an egress sends to at once.
+pub const MAX_STREAMS: usize = 8;
 
 /// Checks a stream URL: rtmp, rtmps or srt, with a host; no characters that would need quoting.
 pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {

@@ -50,4 +50,5 @@ pub fn add(d: &mut Desc, s: &SegmentsOutput, video: bool, audio: bool) {
         d.push(chain);
     }
     d.media.push(SINK.into());
+    d.sinks.push(SINK.into());
 }

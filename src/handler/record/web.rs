@@ -32,29 +32,32 @@ pub fn attach(
     // showed before it loaded are held back too (for at most FIRST_PAINT), so the recording's
     // first frame is the page. Audio is held back until the first frame passes.
     let painted = Arc::new(AtomicBool::new(false));
-    let background: Arc<std::sync::Mutex<Option<u64>>> = Arc::default();
-    let since: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
+    // The background's hash, and when the first frame after the load came.
+    let seen: std::sync::Mutex<(Option<u64>, Option<std::time::Instant>)> = Default::default();
     let p = painted.clone();
     caps.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let Some(buf) = info.buffer() else {
             return gst::PadProbeReturn::Ok;
         };
-        let hash = buf.map_readable().ok().map(|m| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            m.as_slice().hash(&mut h);
-            h.finish()
-        });
-        let mut bg = background.lock().unwrap_or_else(|e| e.into_inner());
+        // Hashed only while it decides something: the first frame, then frames after the load.
+        let hash = || {
+            buf.map_readable().ok().map(|m| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                m.as_slice().hash(&mut h);
+                h.finish()
+            })
+        };
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (background, since) = &mut *seen;
         if !loaded.load(Ordering::Relaxed) {
-            if bg.is_none() {
-                *bg = hash;
+            if background.is_none() {
+                *background = hash();
             }
             return gst::PadProbeReturn::Drop;
         }
-        let mut t = since.lock().unwrap_or_else(|e| e.into_inner());
-        let first = *t.get_or_insert_with(std::time::Instant::now);
-        if hash.is_some() && hash == *bg && first.elapsed() < FIRST_PAINT {
+        let first = *since.get_or_insert_with(std::time::Instant::now);
+        if first.elapsed() < FIRST_PAINT && background.is_some() && hash() == *background {
             return gst::PadProbeReturn::Drop;
         }
         p.store(true, Ordering::Relaxed);
