@@ -5,6 +5,7 @@ mod admission;
 mod api;
 mod cli;
 mod common;
+mod conformance;
 mod costs;
 mod dashboard;
 mod degraded;

@@ -7,9 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::media::StreamSpans;
 use crate::model::{
-    Container, EgressInfo, FileInfo, OutputsSpec, SegmentsOutput, StreamStatus, now_ms,
+    Container, EgressInfo, EgressStatus, FileInfo, OutputsSpec, SegmentsOutput, StreamStatus,
+    now_ms,
 };
+use crate::rules::fidelity::Expected;
 
 /// What the Pipeline actor knows of an egress's outputs (a restarted service rebuilds it from
 /// the record: `from_info`).
@@ -19,6 +22,10 @@ pub struct Outputs {
     pub segments: Option<SegmentsOutput>,
     pub images: Option<(PathBuf, String)>,
     pub manifest: PathBuf,
+    /// Where the handler wrote the MP4's track starts (`timeline`), if it did.
+    pub timeline: Option<PathBuf>,
+    /// What the handler's graph records (its `recording` event): the file is judged against it.
+    pub expected: Option<crate::rules::fidelity::Expected>,
 }
 
 impl Outputs {
@@ -31,7 +38,15 @@ impl Outputs {
             segments: o.segments.clone(),
             images: o.images.as_ref().map(|i| (i.dir.clone(), i.stem.clone())),
             manifest: manifest.to_path_buf(),
+            timeline: None,
+            expected: None,
         }
+    }
+
+    /// With the handler's timeline file (see `timeline::path_for`).
+    pub fn with_timeline(mut self, path: PathBuf) -> Outputs {
+        self.timeline = Some(path);
+        self
     }
 
     /// From a record a previous run left (paths as they were resolved then).
@@ -73,6 +88,8 @@ impl Outputs {
             segments,
             images,
             manifest: dir.join(format!("{}.json", info.egress_id)),
+            timeline: None,
+            expected: None,
         }
     }
 }
@@ -85,7 +102,8 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
     if let Some((name, path, container)) = &o.file {
         // A hybrid MP4 is fragmented until remuxed here, after a graceful end as after a kill.
         if media && *container == Container::Mp4 {
-            match crate::repair::mp4_if_needed(path) {
+            let timeline = o.timeline.as_deref().and_then(crate::timeline::Timeline::read);
+            match crate::repair::mp4_if_needed(path, timeline) {
                 Some(Ok(())) => notes.push("hybrid MP4 remuxed into a normal MP4".into()),
                 Some(Err(e)) => {
                     notes.push(format!("MP4 repair failed, the fragmented file stays: {e}"))
@@ -93,7 +111,11 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
                 None => {}
             }
         }
-        info.files = describe_file(name, path);
+        let (files, spans) = describe_file(name, path);
+        info.files = files;
+        if let (Some(expected), false) = (o.expected, info.files.is_empty()) {
+            judge(info, expected, &spans);
+        }
         if info.files.first().is_some_and(|f| f.size_bytes == 0) {
             crate::outputs::remove_if_empty(path);
             info.files.clear();
@@ -143,18 +165,55 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
 
 /// Size and Discoverer duration of a closed output file; no entry when there is none (the
 /// handler deletes an output that got no media).
-pub fn describe_file(filename: &str, path: &Path) -> Vec<FileInfo> {
+pub fn describe_file(filename: &str, path: &Path) -> (Vec<FileInfo>, StreamSpans) {
     let Ok(meta) = std::fs::metadata(path) else {
-        return Vec::new();
+        return (Vec::new(), StreamSpans::default());
     };
     let duration_s = crate::media::discover(path, Duration::from_secs(10))
         .ok()
         .and_then(|m| m.duration_s);
-    vec![FileInfo {
+    // Every packet is read (not decoded): a local file goes at hundreds of MB/s.
+    let timeout = Duration::from_secs(10 + meta.len() / 20_000_000);
+    let spans = crate::media::spans(path, timeout).unwrap_or_default();
+    let files = vec![FileInfo {
         filename: filename.to_string(),
         location: path.display().to_string(),
         size_bytes: meta.len(),
         duration_s,
+        video_s: spans.video_s(),
+        audio_s: spans.audio_s(),
         upload: None,
-    }]
+    }];
+    (files, spans)
+}
+
+/// A `complete` egress whose file lacks an announced stream fails; one whose file holds it for
+/// less than the recording gets warnings (`rules::fidelity`).
+fn judge(info: &mut EgressInfo, expected: Expected, spans: &StreamSpans) {
+    if info.status != EgressStatus::Complete {
+        return;
+    }
+    let recorded_s = match (info.started_at, info.ended_at) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let v = crate::rules::fidelity::judge(expected, spans, recorded_s);
+    let gaps = &crate::metrics::METRICS.recording_gaps_total;
+    if let Some(f) = v.failure {
+        for stream in ["video", "audio"] {
+            if f.contains(stream) {
+                gaps.with_label_values(&[stream, "missing"]).inc();
+            }
+        }
+        info.status = EgressStatus::Failed;
+        info.end_reason = Some(crate::model::reason::FAILURE.into());
+        info.error = Some(f);
+    }
+    for w in v.warnings {
+        let stream = if w.starts_with("video") { "video" } else { "audio" };
+        gaps.with_label_values(&[stream, "partial"]).inc();
+        if !info.warnings.contains(&w) {
+            info.warnings.push(w);
+        }
+    }
 }

@@ -235,6 +235,10 @@ pub struct PipelineConfig {
     /// How long a stalled source may take to come back; then the egress ends "Source lost".
     #[serde(default = "default_source_reconnect")]
     pub source_reconnect_s: f64,
+    /// How long a source that announced video may take to send its first keyframe (encoders
+    /// send one every 2-8 s); then the egress fails "no keyframe from source".
+    #[serde(default = "default_first_keyframe")]
+    pub first_keyframe_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -541,6 +545,9 @@ fn default_source_stall() -> f64 {
 fn default_source_reconnect() -> f64 {
     10.0
 }
+fn default_first_keyframe() -> f64 {
+    12.0
+}
 fn default_reservation_ttl() -> u64 {
     10_000
 }
@@ -618,6 +625,7 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             start_timeout_s: p.start_timeout_s,
             source_stall_s: p.source_stall_s,
             source_reconnect_s: p.source_reconnect_s,
+            first_keyframe_s: p.first_keyframe_s,
         }
     }
 }
@@ -836,6 +844,11 @@ impl Config {
                 "must be a number of seconds in [0, 86400]",
             ));
         }
+        positive(
+            "pipeline.first_keyframe_s",
+            self.pipeline.first_keyframe_s,
+            600.0,
+        )?;
         if !(0..=19).contains(&self.pipeline.handler_nice) {
             return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
         }

@@ -27,6 +27,8 @@
 //! - `events/`: the live event hub (every record and node state change), its SSE streams and
 //!   the webhook senders with their durable queue.
 //! - `dashboard/`: the one-page dashboard's static HTML, CSS and JS (built in, served at `/`).
+//! - `timeline`: where each track of a hybrid MP4 really starts (written by the handler, used
+//!   by the remux).
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
@@ -59,3 +61,4 @@ pub mod repair;
 pub mod rules;
 pub mod service;
 pub mod store;
+pub mod timeline;

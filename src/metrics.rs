@@ -44,6 +44,9 @@ pub struct Metrics {
     pub fleet_unpublished_records: Gauge,
     /// Live-source events reported by handlers: stalled, recovered, lost.
     pub source_events_total: IntCounterVec,
+    /// Recordings whose file lacks part of a stream the source announced, by stream (video,
+    /// audio) and what (missing: none at all, the egress failed; partial: a warning).
+    pub recording_gaps_total: IntCounterVec,
     /// Bytes the object stores confirmed.
     pub upload_bytes_total: IntCounter,
     /// Time from the start of an upload (its first attempt) to the store's confirmation.
@@ -231,6 +234,12 @@ impl Metrics {
                 "egress_source_events_total",
                 "Live-source events: stalled (reconnecting), recovered, lost",
                 &["event"],
+            ),
+            recording_gaps_total: counter_vec(
+                &r,
+                "egress_recording_gaps_total",
+                "Recordings lacking part of an announced stream, by stream and what",
+                &["stream", "what"],
             ),
             upload_bytes_total: int_counter(
                 &r,

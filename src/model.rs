@@ -422,6 +422,9 @@ pub struct PipelineOptions {
     /// How long a stalled source may take to come back before the egress ends, in seconds.
     #[serde(default = "default_source_reconnect_s")]
     pub source_reconnect_s: f64,
+    /// How long a source that announced video may take to send its first keyframe, in seconds.
+    #[serde(default = "default_first_keyframe_s")]
+    pub first_keyframe_s: f64,
 }
 
 fn default_mp4_fragment_s() -> f64 {
@@ -439,6 +442,9 @@ fn default_source_stall_s() -> f64 {
 fn default_source_reconnect_s() -> f64 {
     10.0
 }
+fn default_first_keyframe_s() -> f64 {
+    12.0
+}
 
 impl Default for PipelineOptions {
     fn default() -> Self {
@@ -449,6 +455,7 @@ impl Default for PipelineOptions {
             start_timeout_s: default_start_timeout_s(),
             source_stall_s: default_source_stall_s(),
             source_reconnect_s: default_source_reconnect_s(),
+            first_keyframe_s: default_first_keyframe_s(),
         }
     }
 }
@@ -483,6 +490,13 @@ pub struct FileInfo {
     pub size_bytes: u64,
     /// Read back with Discoverer; absent when the file could not be read.
     pub duration_s: Option<f64>,
+    /// Seconds of video the file holds (from its first to its last frame), read back at the
+    /// end; absent while recording and when the file has no video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_s: Option<f64>,
+    /// Seconds of audio the file holds, read back at the end; absent without audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_s: Option<f64>,
     /// Upload state when the egress has an upload target; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadState>,
@@ -527,6 +541,11 @@ pub struct EgressInfo {
     /// The image output, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImagesInfo>,
+    /// What the outputs lack of what the source announced (e.g. "video missing from 3.2 s to
+    /// the end"): a `complete` egress with no warning holds every announced stream for the
+    /// whole recording.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Where the final record was written (`{egress_id}.json` beside the outputs), once ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
@@ -1094,6 +1113,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         streams: vec![],
         images: None,
         manifest: None,
+        warnings: Vec::new(),
         handler_pid: Some(42),
         cpu_cost: 0.5,
         placement: None,

@@ -238,6 +238,7 @@ impl Node {
             streams: Vec::new(),
             images: None,
             manifest: None,
+            warnings: Vec::new(),
             handler_pid: None,
             cpu_cost: cost,
             placement: placement.map(str::to_string),

@@ -52,7 +52,12 @@ pub fn is_fragmented(path: &Path) -> std::io::Result<bool> {
 }
 
 /// Remuxes a fragmented MP4 into a normal one in place; the original stays if anything fails.
-pub fn remux_mp4(path: &Path, timeout: Duration) -> Result<(), String> {
+/// `timeline`, when known, puts the tracks back at their true distance (see `timeline`).
+pub fn remux_mp4(
+    path: &Path,
+    timeout: Duration,
+    timeline: Option<crate::timeline::Timeline>,
+) -> Result<(), String> {
     gst::init().map_err(|e| e.to_string())?;
     let name = path
         .file_name()
@@ -60,7 +65,7 @@ pub fn remux_mp4(path: &Path, timeout: Duration) -> Result<(), String> {
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.repair.tmp"));
     let _ = std::fs::remove_file(&tmp);
-    let result = remux_into(path, &tmp, timeout).and_then(|()| {
+    let result = remux_into(path, &tmp, timeout, timeline).and_then(|()| {
         let d = crate::media::discover(&tmp, Duration::from_secs(10))?;
         if d.duration_s.unwrap_or(0.0) <= 0.0 {
             return Err("the remuxed file has no duration".into());
@@ -73,7 +78,13 @@ pub fn remux_mp4(path: &Path, timeout: Duration) -> Result<(), String> {
     result
 }
 
-fn remux_into(src: &Path, dst: &Path, timeout: Duration) -> Result<(), String> {
+fn remux_into(
+    src: &Path,
+    dst: &Path,
+    timeout: Duration,
+    timeline: Option<crate::timeline::Timeline>,
+) -> Result<(), String> {
+    let (video_shift, audio_shift) = timeline.map(|t| t.shifts()).unwrap_or((0, 0));
     let make = |f: &str| {
         gst::ElementFactory::make(f)
             .build()
@@ -100,11 +111,23 @@ fn remux_into(src: &Path, dst: &Path, timeout: Duration) -> Result<(), String> {
         let Ok(q) = gst::ElementFactory::make("queue").build() else {
             return;
         };
-        let template = if pad.name().starts_with("video") {
-            "video_%u"
-        } else {
-            "audio_%u"
-        };
+        let video = pad.name().starts_with("video");
+        let template = if video { "video_%u" } else { "audio_%u" };
+        let shift = gst::ClockTime::from_nseconds(if video { video_shift } else { audio_shift });
+        if !shift.is_zero() {
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+                    let b = b.make_mut();
+                    if let Some(p) = b.pts() {
+                        b.set_pts(p + shift);
+                    }
+                    if let Some(d) = b.dts() {
+                        b.set_dts(d + shift);
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         if p.add(&q).is_err() {
             return;
         }
@@ -141,13 +164,16 @@ fn remux_into(src: &Path, dst: &Path, timeout: Duration) -> Result<(), String> {
 }
 
 /// Repairs the MP4 at `path` when it is left fragmented; says what happened, for the log.
-pub fn mp4_if_needed(path: &Path) -> Option<Result<(), String>> {
+pub fn mp4_if_needed(
+    path: &Path,
+    timeline: Option<crate::timeline::Timeline>,
+) -> Option<Result<(), String>> {
     match is_fragmented(path) {
         Ok(true) => {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             // Local remuxing runs at hundreds of MB/s; the margin is for a loaded disk.
             let timeout = Duration::from_secs(30 + size / 5_000_000);
-            Some(remux_mp4(path, timeout))
+            Some(remux_mp4(path, timeout, timeline))
         }
         Ok(false) | Err(_) => None,
     }

@@ -175,7 +175,8 @@ impl Pipeline {
             options: setup.options.clone(),
         });
         let actor = Pipeline {
-            outputs: crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path),
+            outputs: crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path)
+                .with_timeline(crate::timeline::path_for(&setup.spec.result_path)),
             stream_urls: setup.spec.outputs.stream_urls.clone(),
             streamable: setup.spec.outputs.stream,
             info: setup.info,
@@ -443,6 +444,10 @@ impl Handler<HandlerLine> for Pipeline {
     fn handle(&mut self, msg: HandlerLine, ctx: &mut Context<Self>) {
         match msg.0 {
             HandlerEvent::Started => info!(self.log, "output open; sources connecting"),
+            HandlerEvent::Recording { video, audio } => {
+                info!(self.log, "graph decided"; "video" => video, "audio" => audio);
+                self.outputs.expected = Some(crate::rules::fidelity::Expected { video, audio });
+            }
             HandlerEvent::SourceStalled { source } => {
                 warn!(self.log, "source stalled; handler reconnecting"; "source" => source);
                 crate::metrics::METRICS
@@ -469,12 +474,13 @@ impl Handler<HandlerLine> for Pipeline {
                     self.report();
                 }
             }
-            HandlerEvent::Playing => {
+            HandlerEvent::Playing { since_ms } => {
                 // Media reached the outputs: a kill from now on leaves something to repair.
                 self.media = true;
                 if self.info.status == EgressStatus::Starting {
                     self.info.status = EgressStatus::Active;
-                    self.info.started_at = Some(now_ms());
+                    // When the first media the outputs hold arrived (not when it got through).
+                    self.info.started_at = Some(now_ms().saturating_sub(since_ms.min(30_000)));
                     info!(self.log, "recording");
                     self.report();
                     if let Some(d) = self.max_duration {

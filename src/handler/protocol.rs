@@ -41,8 +41,16 @@ pub enum HandlerCommand {
 pub enum HandlerEvent {
     /// The output is open and the sources are connecting.
     Started,
-    /// Media reached the output: the egress is recording.
-    Playing,
+    /// Media reached the output: the egress is recording. `since_ms`: how long ago (ms) the
+    /// first media the output holds arrived from the source (it may have waited for the graph
+    /// to be built); the record's `started_at` is then.
+    Playing {
+        #[serde(default)]
+        since_ms: u64,
+    },
+    /// The graph is decided: whether its outputs record video and audio (what the sources
+    /// announced and the egress type takes).
+    Recording { video: bool, audio: bool },
     /// Source `source` sent nothing for `pipeline.source_stall_s`: the handler reconnects.
     SourceStalled { source: usize },
     /// A stalled source delivers media again; the output goes on on the same timeline.

@@ -23,6 +23,7 @@ mod images;
 mod live;
 mod segments;
 mod streams;
+mod timing;
 mod web;
 
 use live::disconnect;
@@ -38,6 +39,7 @@ use super::protocol::HandlerEvent;
 use super::{Control, emit};
 use crate::error::PipelineError;
 use crate::model::{EgressSpec, PipelineOptions, Source};
+use crate::pipeline::announce::{self, Announced};
 use crate::pipeline::errors;
 use crate::pipeline::graph::{self, Desc, StreamKind};
 use crate::pipeline::source_uri::{self, Connection, Held};
@@ -51,6 +53,8 @@ const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
 /// A source that shows only audio or only video is taken as complete this long after its last
 /// pad.
 const PAD_SETTLE: Duration = Duration::from_millis(1000);
+/// How long the last HLS fragment may take to be reported closed after EOS reached every sink.
+const SEGMENT_CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Reconnection attempts are at least this far apart.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -91,28 +95,67 @@ struct UriSource {
     last_pad: Option<Instant>,
     /// Streams `decodebin3` selected for the current connection: the pads to expect.
     expected: Option<usize>,
-    linked: bool,
+    /// What the source's metadata announced (FLV `onMetaData`).
+    announced: Option<Announced>,
+    /// Every stream type `decodebin3`'s collections listed for the current connection.
+    collection: Announced,
+    /// Streams appear one by one (FLV, RTSP): the collection is not the whole set.
+    flv: bool,
+    /// How many of `pads` are linked (to the graph or a discard sink).
+    linked: usize,
     state: SrcState,
 }
 
 impl UriSource {
+    fn has(&self, prefix: &str) -> bool {
+        self.pads
+            .iter()
+            .any(|p| source_uri::caps_name(p).starts_with(prefix))
+    }
+
+    /// What the transport announced: FLV metadata, else `decodebin3`'s stream collection (an
+    /// MPEG-TS PMT, a container header or an SDP list every stream at once; FLV's collection
+    /// grows tag by tag, so it announces nothing).
+    fn announced(&self) -> Option<Announced> {
+        self.announced.or_else(|| {
+            (!self.flv && (self.collection.video || self.collection.audio))
+                .then_some(self.collection)
+        })
+    }
+
     /// Whether this connection showed every stream the graph may use: a video and an audio
-    /// pad (no source gives the graph more), else all the streams `decodebin3` selected and no
-    /// new pad for `PAD_SETTLE` (RTMP and RTSP announce their streams one by one).
-    fn complete(&self) -> bool {
-        let has = |prefix: &str| {
-            self.pads
-                .iter()
-                .any(|p| source_uri::caps_name(p).starts_with(prefix))
-        };
-        if has("video/") && has("audio/") {
+    /// pad (no source gives the graph more), or every stream the source announced; without an
+    /// announcement, all the streams `decodebin3` selected and no new pad for `PAD_SETTLE`
+    /// (for FLV without metadata, `first_keyframe` since the start: its video comes with a
+    /// keyframe). An announced audio stream that has not shown by `first_keyframe` is given
+    /// up (video is not: see `missing_video`).
+    fn complete(&self, first_keyframe: Duration) -> bool {
+        let (video, audio) = (self.has("video/"), self.has("audio/"));
+        if video && audio {
             return true;
         }
+        if self.pads.is_empty() {
+            return false;
+        }
+        let waited = self.started.elapsed() >= first_keyframe;
+        if let Some(a) = self.announced() {
+            return (video || !a.video) && (audio || !a.audio || waited);
+        }
         let settled = self.last_pad.is_some_and(|t| t.elapsed() >= PAD_SETTLE);
+        if self.flv && !video {
+            return waited;
+        }
         match self.expected {
             Some(n) => n > 0 && self.pads.len() >= n && settled,
             None => settled,
         }
+    }
+
+    /// Whether the source announced video that has not come within `first_keyframe`.
+    fn missing_video(&self, first_keyframe: Duration) -> bool {
+        self.started.elapsed() >= first_keyframe
+            && self.announced().is_some_and(|a| a.video)
+            && !self.has("video/")
     }
 }
 
@@ -185,7 +228,10 @@ impl<'a> Recording<'a> {
                     pads: Vec::new(),
                     last_pad: None,
                     expected: None,
-                    linked: false,
+                    announced: None,
+                    collection: Announced::default(),
+                    flv: announce::is_incremental(uri),
+                    linked: 0,
                     state: SrcState::Discovering,
                 };
                 r.connect(&mut src)?;
@@ -220,7 +266,9 @@ impl<'a> Recording<'a> {
         src.pads.clear();
         src.last_pad = None;
         src.expected = None;
-        src.linked = false;
+        src.announced = None;
+        src.collection = Announced::default();
+        src.linked = 0;
         if self.pipeline.current_state() == gst::State::Playing {
             bin.sync_state_with_parent()?;
         }
@@ -295,6 +343,14 @@ impl<'a> Recording<'a> {
                 _ => {}
             }
             self.poll_streams();
+            // Every sink saw EOS but splitmuxsink has not reported its last fragment: it is
+            // measured on disk instead (`Segments::finish`).
+            if let Some((_, since)) = &self.stopping
+                && self.pending_sinks.is_empty()
+                && since.elapsed() > SEGMENT_CLOSE_WAIT
+            {
+                return Ok(self.finished());
+            }
             if let Some((_, since)) = &self.stopping
                 && since.elapsed() > ORPHAN_EOS_TIMEOUT
             {
@@ -316,11 +372,15 @@ impl<'a> Recording<'a> {
                     debug: String::new(),
                 });
             }
+            let first_keyframe = Duration::from_secs_f64(self.opts.first_keyframe_s);
             if self.entries.is_none() {
-                if self.sources.iter().all(UriSource::complete) {
+                if let Some(src) = self.sources.iter().find(|s| s.missing_video(first_keyframe)) {
+                    return Err(self.no_keyframe(src));
+                }
+                if self.sources.iter().all(|s| s.complete(first_keyframe)) {
                     self.build_graph()?;
                 } else if self.epoch.elapsed() > start_timeout {
-                    let src = self.sources.iter().find(|s| !s.complete());
+                    let src = self.sources.iter().find(|s| !s.complete(first_keyframe));
                     let uri = src.map(|s| s.uri.as_str()).unwrap_or("");
                     return Err(PipelineError::Bus {
                         element: src
@@ -332,6 +392,9 @@ impl<'a> Recording<'a> {
                     });
                 }
             } else if self.stopping.is_none() {
+                if let Some(src) = self.sources.iter().find(|s| self.keyframe_late(s)) {
+                    return Err(self.no_keyframe(src));
+                }
                 self.watch_sources()?;
             }
             let Some(msg) = bus.timed_pop(BUS_POLL) else {
@@ -340,6 +403,29 @@ impl<'a> Recording<'a> {
             if let Some(ended) = self.on_message(&msg)? {
                 return Ok(ended);
             }
+        }
+    }
+
+    /// Whether `src`'s first connection gave the graph its video pad but no keyframe within
+    /// `first_keyframe_s` (a sender whose keyframes never come, or come too seldom).
+    fn keyframe_late(&self, src: &UriSource) -> bool {
+        src.attempt == 0
+            && src.state == SrcState::Live
+            && src.has("video/")
+            && plan::records(self.spec, &self.streams, src.index, true)
+            && !src.conn.video_started.load(Ordering::Relaxed)
+            && src.started.elapsed().as_secs_f64() > self.opts.first_keyframe_s
+    }
+
+    fn no_keyframe(&self, src: &UriSource) -> PipelineError {
+        PipelineError::Bus {
+            element: src
+                .bin
+                .as_ref()
+                .map(|b| b.path_string().to_string())
+                .unwrap_or_default(),
+            message: errors::no_keyframe(&src.uri, self.opts.first_keyframe_s),
+            debug: String::new(),
         }
     }
 
@@ -365,9 +451,30 @@ impl<'a> Recording<'a> {
                         };
                         self.on_pad(i as usize, pad, msg.src())?;
                     }
+                    announce::ANNOUNCED_MESSAGE => {
+                        if let Ok(i) = s.get::<u32>("source")
+                            && let Some(k) = self.source_of(msg)
+                            && self.sources[k].index == i as usize
+                        {
+                            let a = Announced {
+                                video: s.get("video").unwrap_or(false),
+                                audio: s.get("audio").unwrap_or(false),
+                            };
+                            info!(self.log, "source announced"; "source" => i,
+                                  "video" => a.video, "audio" => a.audio);
+                            self.sources[k].announced = Some(a);
+                        }
+                    }
                     MEDIA_MESSAGE => {
-                        info!(self.log, "recording"; "after_ms" => self.epoch.elapsed().as_millis() as u64);
-                        emit(&HandlerEvent::Playing);
+                        // The output's timeline places its first buffer where it arrived
+                        // (`source_uri::gate`): the recording began that long ago.
+                        let since_ms = match (s.get::<u64>("rt"), self.pipeline.current_running_time()) {
+                            (Ok(rt), Some(now)) => now.mseconds().saturating_sub(rt / 1_000_000),
+                            _ => 0,
+                        };
+                        info!(self.log, "recording"; "after_ms" => self.epoch.elapsed().as_millis() as u64,
+                              "media_since_ms" => since_ms);
+                        emit(&HandlerEvent::Playing { since_ms });
                     }
                     OUT_EOS_MESSAGE => {
                         let sink = s.get::<String>("sink").unwrap_or_default();
@@ -403,6 +510,16 @@ impl<'a> Recording<'a> {
                 }
             }
             V::Eos(_) => return Ok(Some(self.finished())),
+            V::StreamCollection(c) => {
+                if let Some(k) = self.source_of(msg) {
+                    for st in c.stream_collection().iter() {
+                        let t = st.stream_type();
+                        let col = &mut self.sources[k].collection;
+                        col.video |= t.contains(gst::StreamType::VIDEO);
+                        col.audio |= t.contains(gst::StreamType::AUDIO);
+                    }
+                }
+            }
             V::StreamsSelected(s) => {
                 if let Some(k) = self.source_of(msg) {
                     let n = s
@@ -535,7 +652,10 @@ impl<'a> Recording<'a> {
         let src = &mut self.sources[k];
         src.pads.push(pad);
         src.last_pad = Some(Instant::now());
-        if self.entries.is_some() && self.sources[k].complete() {
+        // Once the graph exists every pad is linked as it comes (a reconnection's, or a stream
+        // that showed after the graph was decided): none stays held, which would stop the
+        // source.
+        if self.entries.is_some() {
             self.link_source(k)?;
         }
         Ok(())
@@ -569,6 +689,12 @@ impl<'a> Recording<'a> {
             });
         }
         self.streams = streams;
+        let n = self.spec.sources.len();
+        let records = |video| (0..n).any(|i| plan::records(self.spec, &self.streams, i, video));
+        emit(&HandlerEvent::Recording {
+            video: records(true),
+            audio: records(false),
+        });
         let desc = plan::describe(self.spec, self.opts, &self.streams);
         // Stream keys never reach a log.
         let launch = self
@@ -590,6 +716,11 @@ impl<'a> Recording<'a> {
         }
         self.attach_outputs();
         self.watch_output(&desc)?;
+        timing::compensate_priming(&self.pipeline);
+        timing::watch_mux_starts(
+            &self.pipeline,
+            crate::timeline::path_for(&self.spec.result_path),
+        );
         if let Some(pad) = self
             .pipeline
             .by_name("video_parse")
@@ -646,11 +777,19 @@ impl<'a> Recording<'a> {
             for pad in e.sink_pads() {
                 let media = self.media.clone();
                 let m = e.downgrade();
-                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
                     if !media.swap(true, Ordering::Relaxed)
                         && let Some(m) = m.upgrade()
                     {
-                        let s = gst::Structure::new_empty(MEDIA_MESSAGE);
+                        let rt = info.buffer().and_then(|b| {
+                            let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+                            let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
+                            seg.to_running_time(b.dts_or_pts()?)
+                        });
+                        let mut s = gst::Structure::new_empty(MEDIA_MESSAGE);
+                        if let Some(rt) = rt {
+                            s.set("rt", rt.nseconds());
+                        }
                         let _ =
                             m.post_message(gst::message::Application::builder(s).src(&m).build());
                     }
@@ -691,14 +830,13 @@ impl<'a> Recording<'a> {
             return Ok(());
         };
         let src = &self.sources[k];
-        if src.linked {
-            return Ok(());
-        }
         let i = src.index;
         let names: Vec<String> = src.pads.iter().map(source_uri::caps_name).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let (_, kinds) = SourceStreams::from_pads(&names);
-        for (n, (pad, kind)) in src.pads.iter().zip(kinds).enumerate() {
+        // Pads keep their kinds as later ones come (the first video and audio win), so only
+        // the new ones are linked.
+        for (n, (pad, kind)) in src.pads.iter().zip(kinds).enumerate().skip(src.linked) {
             let video = matches!(kind, StreamKind::RawVideo | StreamKind::H264);
             let entry = (kind != StreamKind::Unused
                 && plan::records(self.spec, &self.streams, i, video))
@@ -706,7 +844,7 @@ impl<'a> Recording<'a> {
             .flatten();
             match entry {
                 Some(entry) => {
-                    source_uri::gate(pad, &src.conn, video, &self.pipeline);
+                    source_uri::gate(pad, &src.conn, &src.held, video, &self.pipeline);
                     pad.link(entry).map_err(|e| {
                         PipelineError::Build(format!("cannot link {}: {e:?}", pad.name()))
                     })?;
@@ -718,7 +856,7 @@ impl<'a> Recording<'a> {
             }
             src.held.release(pad);
         }
-        self.sources[k].linked = true;
+        self.sources[k].linked = self.sources[k].pads.len();
         Ok(())
     }
 

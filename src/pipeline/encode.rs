@@ -17,7 +17,7 @@
 //! muxers want different stream formats: MP4 and FLV take AVC, MPEG-TS byte-stream.
 
 use super::graph::{Node, caps, el, from, tee};
-use crate::model::{EgressSpec, EgressType, PipelineOptions};
+use crate::model::{EgressSpec, PipelineOptions};
 
 /// A video codec an output needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +68,12 @@ pub const AUDIO_RAW_TEE: &str = "audio_raw_tee";
 /// Raw video in -> scaled, converted, at the egress's rate -> `video_raw_tee`.
 pub fn video_raw(spec: &EgressSpec) -> Vec<Node> {
     let v = &spec.video;
-    let mut rate = el("videorate", "video_rate");
-    if spec.egress_type == EgressType::Web {
-        // A page's frames before its load are dropped (the handler's gate), so its first frame
-        // comes late in the segment: the video starts there, as the audio does, instead of
-        // that frame repeated back to the segment's start (a file longer by the load time).
-        rate = rate.p("skip-to-first", true);
-    }
+    // The video starts at its first frame, as the audio does (both from the first keyframe,
+    // see `source_uri::gate`), instead of that frame repeated back to the segment's start: a
+    // live source's first frame lands at the pipeline's running time when it connected (and a
+    // page's after it loaded), so without this the file would open with seconds of a frozen
+    // frame and the audio would lead the picture by as long.
+    let rate = el("videorate", "video_rate").p("skip-to-first", true);
     vec![
         el("queue", "video_queue"),
         el("videoconvert", "video_convert"),

@@ -126,6 +126,14 @@ pub fn no_streams(uri: &str, secs: f64) -> String {
     )
 }
 
+/// A source that announced video but sent no keyframe (or no video at all) in time.
+pub fn no_keyframe(uri: &str, secs: f64) -> String {
+    format!(
+        "no keyframe from source {} within {secs} s (pipeline.first_keyframe_s): its encoder's keyframe interval is longer, or it sends no video",
+        redact(uri)
+    )
+}
+
 fn clean(message: &str) -> String {
     let m = message
         .trim()

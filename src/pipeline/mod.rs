@@ -15,6 +15,7 @@
 //! baseline (`launch_line`), so the comparison is like for like. `errors` turns GStreamer errors
 //! into texts for users.
 
+pub mod announce;
 pub mod compose;
 pub mod encode;
 pub mod errors;

@@ -23,8 +23,11 @@ use gstreamer::prelude::*;
 
 use crate::error::PipelineError;
 
-/// How long audio waits for the first video keyframe before it is dropped instead.
-const KEYFRAME_WAIT: Duration = Duration::from_secs(10);
+/// How long the first audio of a connection waits for the first video keyframe (a sender may
+/// interleave audio ahead of the video of the same instant); after that, audio before the
+/// keyframe is dropped at once, so the demuxer never stalls on a full audio queue while the
+/// keyframe is seconds away.
+const AUDIO_HOLD: Duration = Duration::from_millis(500);
 
 /// Application message a `uridecodebin3` posts (from its streaming thread) for each new pad.
 pub const PAD_MESSAGE: &str = "egress-pad-added";
@@ -32,10 +35,16 @@ pub const PAD_MESSAGE: &str = "egress-pad-added";
 /// The pads of a connection held since they appeared, until `release`; and its source element.
 #[derive(Debug, Default)]
 pub struct Held {
-    pads: Mutex<Vec<(gst::Pad, gst::PadProbeId)>>,
+    /// Each held pad with its probes, removed in order on release (a drop probe before the
+    /// block probe added after it, so the buffer the block holds is not dropped).
+    pads: Mutex<Vec<(gst::Pad, Vec<gst::PadProbeId>)>>,
     /// The element `uridecodebin3` made for the URI: a failing one may be out of the bin
     /// already when its error is read, so errors are matched against it too.
     source: Mutex<Option<gst::Element>>,
+    /// Arrival running time minus the stream's own running time, from the first buffer that
+    /// reached a held pad: what places the stream on the pipeline's timeline where it arrived,
+    /// not where it was released (it may wait there for the graph, seconds for a late video).
+    offset: Mutex<Option<i64>>,
 }
 
 impl Held {
@@ -51,8 +60,10 @@ impl Held {
     pub fn release(&self, pad: &gst::Pad) {
         let mut held = self.pads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = held.iter().position(|(p, _)| p == pad) {
-            let (p, id) = held.swap_remove(i);
-            p.remove_probe(id);
+            let (p, ids) = held.swap_remove(i);
+            for id in ids {
+                p.remove_probe(id);
+            }
         }
     }
 }
@@ -79,8 +90,15 @@ pub fn connect(
         .map_err(|_| PipelineError::MissingElement("uridecodebin3".into()))?;
     let held = Arc::new(Held::default());
     let h = held.clone();
+    let flv = super::announce::is_flv(uri);
     bin.connect("source-setup", false, move |args| {
         if let Some(Ok(e)) = args.get(1).map(|v| v.get::<gst::Element>()) {
+            if let Some(Ok(bin)) = args.first().map(|v| v.get::<gst::Element>()) {
+                if flv {
+                    super::announce::watch_flv(&e, &bin, index);
+                }
+                super::announce::watch_sdp(&e, &bin, index);
+            }
             *h.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
         None
@@ -88,15 +106,49 @@ pub fn connect(
     let h = held.clone();
     bin.connect_pad_added(move |bin, pad| {
         // Held until linked: data must not reach an unlinked pad (not-linked would stop the
-        // source) nor run ahead of the graph decision.
-        if let Some(id) = pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
-            gst::PadProbeReturn::Ok
-        }) {
-            h.pads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((pad.clone(), id));
-        }
+        // source) nor run ahead of the graph decision. Video is blocked, so its first keyframe
+        // is kept; audio (and the rest) is dropped meanwhile: blocked, it would fill the
+        // demuxer's queue and stop the source before a late video stream ever showed up (an
+        // RTMP server sends video from the next keyframe, seconds after the audio). Audio
+        // before the first keyframe is not recorded anyway.
+        let arrived = |pad: &gst::Pad, info: &gst::PadProbeInfo, held: &Held| {
+            let mut off = held.offset.lock().unwrap_or_else(|p| p.into_inner());
+            if off.is_none()
+                && let Some(rt) = info.buffer().and_then(|b| running_time(pad, b))
+                && let Some(now) = pad
+                    .parent_element()
+                    .and_then(|e| e.current_running_time())
+            {
+                *off = Some(now.nseconds() as i64 - rt);
+            }
+        };
+        let block = |pad: &gst::Pad| {
+            let h = h.clone();
+            pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, move |pad, info| {
+                arrived(pad, info, &h);
+                gst::PadProbeReturn::Ok
+            })
+        };
+        let mut pads = h.pads.lock().unwrap_or_else(|p| p.into_inner());
+        let video = caps_name(pad).starts_with("video/");
+        let video_held = pads.iter().any(|(p, _)| caps_name(p).starts_with("video/"));
+        let probe = if video {
+            // From now on the graph can be decided: the rest waits with the video.
+            for (p, ids) in pads.iter_mut() {
+                ids.extend(block(p));
+            }
+            block(pad)
+        } else if video_held {
+            block(pad)
+        } else {
+            let h = h.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                arrived(pad, info, &h);
+                gst::PadProbeReturn::Drop
+            })
+        };
+        pads.push((pad.clone(), probe.into_iter().collect()));
+        drop(pads);
         let s = gst::Structure::builder(PAD_MESSAGE)
             .field("source", index as u32)
             .field("pad", pad)
@@ -121,6 +173,10 @@ pub struct Connection {
     last_buffer_ms: AtomicU64,
     /// Whether a buffer went through the gate.
     pub delivered: AtomicBool,
+    /// Whether a video buffer went through the gate (the first keyframe came).
+    pub video_started: AtomicBool,
+    /// When the first audio buffer waited for the keyframe: audio holds at most `AUDIO_HOLD`.
+    audio_hold_since: Mutex<Option<Instant>>,
     /// Whether video gates audio (the source's video is recorded).
     video_gates: bool,
     /// Running time (connection's own) of the first video keyframe, once seen.
@@ -139,6 +195,8 @@ impl Connection {
         Arc::new(Connection {
             last_buffer_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
             delivered: AtomicBool::new(false),
+            video_started: AtomicBool::new(false),
+            audio_hold_since: Mutex::new(None),
             video_gates,
             keyframe_rt: Mutex::new(None),
             keyframe_seen: Condvar::new(),
@@ -168,8 +226,15 @@ impl Connection {
 
 /// Installs the gate and timeline probe on a pad of `conn` that carries video (`video`) or
 /// audio into the graph of `pipeline`.
-pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst::Pipeline) {
+pub fn gate(
+    pad: &gst::Pad,
+    conn: &Arc<Connection>,
+    held: &Arc<Held>,
+    video: bool,
+    pipeline: &gst::Pipeline,
+) {
     let conn = conn.clone();
+    let held = held.clone();
     let weak = pipeline.downgrade();
     let offset_set = AtomicBool::new(false);
     let last_rt: Mutex<Option<i64>> = Mutex::new(None);
@@ -185,24 +250,30 @@ pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst:
             .map(|d| d.nseconds() as i64)
             .filter(|d| *d > 0)
             .unwrap_or(if video { 10_000_000 } else { 1_000_000 });
-        if conn.video_gates {
+        // Video starts at its first keyframe (a sender is mid-GOP when the egress starts).
+        if video {
             let mut kf = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
-            if video {
-                if kf.is_none() {
-                    if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                        return gst::PadProbeReturn::Drop;
-                    }
-                    *kf = Some(rt.unwrap_or(0));
-                    conn.keyframe_seen.notify_all();
+            if kf.is_none() {
+                if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                    return gst::PadProbeReturn::Drop;
                 }
-            } else {
+                *kf = Some(rt.unwrap_or(0));
+                conn.keyframe_seen.notify_all();
+            }
+        } else if conn.video_gates {
+            let mut kf = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
+            {
                 // Audio starts with the picture: nothing before the first keyframe. A sender
-                // may interleave audio ahead of the video of the same instant, so audio waits
-                // here (this pad's thread only) until the keyframe's time is known.
-                let since = Instant::now();
+                // may interleave audio ahead of the video of the same instant, so the first
+                // audio waits here (this pad's thread only) a moment for the keyframe's time.
+                let since = *conn
+                    .audio_hold_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Instant::now);
                 while kf.is_none()
                     && !conn.closed.load(Ordering::Relaxed)
-                    && since.elapsed() < KEYFRAME_WAIT
+                    && since.elapsed() < AUDIO_HOLD
                 {
                     kf = conn
                         .keyframe_seen
@@ -219,7 +290,11 @@ pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst:
         }
         if !offset_set.swap(true, Ordering::Relaxed) {
             let mut off = conn.offset.lock().unwrap_or_else(|p| p.into_inner());
+            let arrived = *held.offset.lock().unwrap_or_else(|p| p.into_inner());
             let o = *off.get_or_insert_with(|| {
+                if let Some(o) = arrived {
+                    return o;
+                }
                 // The first buffer of the connection lands at the pipeline's current running
                 // time: sources share one timeline, and a reconnection continues after the gap.
                 let now = weak
@@ -255,6 +330,9 @@ pub fn gate(pad: &gst::Pad, conn: &Arc<Connection>, video: bool, pipeline: &gst:
             *last_rt = rt;
         }
         conn.delivered.store(true, Ordering::Relaxed);
+        if video {
+            conn.video_started.store(true, Ordering::Relaxed);
+        }
         gst::PadProbeReturn::Ok
     });
 }

@@ -8,10 +8,12 @@
 //! - `costs`: cost classes, per-job CPU summaries, the learned estimate per class and prices
 //!   (`CostLearner`).
 //! - `capacity`: the fleet's autoscaling figures from its nodes' reports (`GET /v1/fleet/capacity`).
+//! - `fidelity`: whether a recording holds what its source announced (failure, warnings).
 //! - `overload`: the soft/hard escalation that picks one egress to stop, then kill (`Supervisor`).
 
 pub mod admission;
 pub mod capacity;
 pub mod costs;
+pub mod fidelity;
 pub mod overload;
 pub mod scoring;

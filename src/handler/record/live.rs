@@ -160,7 +160,7 @@ pub(super) fn disconnect(pipeline: &gst::Pipeline, src: &mut UriSource) {
         });
     }
     src.pads.clear();
-    src.linked = false;
+    src.linked = 0;
 }
 
 fn err_code(err: &gst::glib::Error) -> i32 {

@@ -22,6 +22,8 @@ pub struct Segments {
     open: Vec<(String, u64)>,
     /// EOS reached the splitmuxsink; the next close is the last.
     pub eos: bool,
+    /// A fragment closed after EOS reached the input (the last one, unless `settled` says not).
+    closed_after_eos: bool,
     pub done: bool,
     bytes: u64,
 }
@@ -50,6 +52,7 @@ impl Segments {
             out: out.clone(),
             open: Vec::new(),
             eos: false,
+            closed_after_eos: false,
             done: false,
             bytes: 0,
         }
@@ -82,9 +85,8 @@ impl Segments {
                 };
                 let secs = rt.saturating_sub(start) as f64 / 1e9;
                 self.closed(Path::new(&location), secs, log);
-                if self.eos && self.open.is_empty() {
-                    self.done = true;
-                }
+                self.closed_after_eos |= self.eos;
+                self.done = self.closed_after_eos && self.settled();
             }
             _ => {}
         }
@@ -114,15 +116,39 @@ impl Segments {
     }
 
     /// EOS reached the output: done now if no segment is open, else at its close.
+    /// EOS reached splitmuxsink's input. It still holds the last GOP then, which it writes and
+    /// closes after: the end waits for that close (or `SEGMENT_CLOSE_WAIT` in the handler).
     pub fn on_eos(&mut self) {
         self.eos = true;
-        if self.open.is_empty() {
-            self.done = true;
-        }
+    }
+
+    /// Whether every fragment was closed: none open, and none on disk beyond the playlist (at
+    /// EOS splitmuxsink writes the last fragment before it says it opened it).
+    fn settled(&self) -> bool {
+        self.open.is_empty() && !self.unlisted(self.playlist.segments.len() as u32)
+    }
+
+    /// Whether fragment `n` is on disk with data.
+    fn unlisted(&self, n: u32) -> bool {
+        std::fs::metadata(self.out.dir.join(segment_name(&self.out, n))).is_ok_and(|m| m.len() > 0)
     }
 
     /// The end: the playlist gets `#EXT-X-ENDLIST`.
     pub fn finish(&mut self, log: &Logger) {
+        // A fragment splitmuxsink has not reported closed is complete by now (its muxer saw
+        // EOS): it is measured from its packets, as after a kill.
+        self.open.clear();
+        loop {
+            let n = self.playlist.segments.len() as u32;
+            if !self.unlisted(n) {
+                break;
+            }
+            let path = self.out.dir.join(segment_name(&self.out, n));
+            match crate::repair::ts_span(&path, std::time::Duration::from_secs(10)) {
+                Some(secs) => self.closed(&path, secs, log),
+                None => break,
+            }
+        }
         self.playlist.ended = true;
         if let Err(e) = crate::repair::write_playlists(&self.out, &self.playlist) {
             warn!(log, "cannot end the playlist"; "error" => %e);

@@ -1,0 +1,458 @@
+//! Producers as people configure them (issue 21): Debian's ffmpeg sending the way OBS and
+//! hardware encoders do (x264 with B-frames, keyframes every 2-8 s, HEVC, Opus, MP2, one stream
+//! only), over RTMP (nginx-rtmp) and SRT, recorded as `track` and `participant` from wherever
+//! the sender is in its GOP. Every stream of every output is checked with ffprobe against the
+//! time recorded; the A/V offset is measured (`scripts/av-offset`) against `ffmpeg -c copy` of
+//! the same stream in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::producers::*;
+
+const CONFIG: &str = "sources: { allowed_schemes: [test, srt, rtmp] }";
+
+/// What an encoder sends.
+#[derive(Clone, Copy)]
+struct Profile {
+    /// (ffmpeg encoder, keyframe interval in s, B-frames); None: audio only.
+    video: Option<(&'static str, u32, u32)>,
+    /// ffmpeg audio encoder; None: video only.
+    audio: Option<&'static str>,
+    /// Video flashes white and audio beeps at the same instant, once a second.
+    sync: bool,
+}
+
+const FPS: u32 = 30;
+
+impl Profile {
+    fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = ["-hide_banner", "-loglevel", "error", "-re"]
+            .map(String::from)
+            .to_vec();
+        if self.video.is_some() {
+            let src = if self.sync {
+                format!(
+                    "color=c=black:s=320x240:r={FPS},drawbox=c=white:t=fill:enable='lt(mod(n,{FPS}),1)'"
+                )
+            } else {
+                format!("testsrc=size=320x240:rate={FPS}")
+            };
+            a.extend(["-f".into(), "lavfi".into(), "-i".into(), src]);
+        }
+        if self.audio.is_some() {
+            let src = if self.sync {
+                "aevalsrc='if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)':s=48000"
+                    .to_string()
+            } else {
+                "sine=frequency=440:sample_rate=48000".to_string()
+            };
+            a.extend(["-f".into(), "lavfi".into(), "-i".into(), src]);
+        }
+        if let Some((codec, gop_s, bframes)) = self.video {
+            a.extend(
+                [
+                    "-c:v",
+                    codec,
+                    "-preset",
+                    "veryfast",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-g",
+                    &(gop_s * FPS).to_string(),
+                    "-bf",
+                    &bframes.to_string(),
+                ]
+                .map(String::from),
+            );
+            if codec == "libx265" {
+                a.extend(["-x265-params".into(), "log-level=error".into()]);
+            }
+        }
+        if let Some(codec) = self.audio {
+            a.extend(["-c:a", codec, "-b:a", "96k", "-ar", "48000"].map(String::from));
+        }
+        a
+    }
+}
+
+fn spawn_ffmpeg(args: &[String], url: String) -> Producer {
+    let child = Command::new("ffmpeg")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg must be installed (scripts/setup)");
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url,
+    }
+}
+
+/// `profile` published to `nginx` as stream `key`; waits until the server relays it (a
+/// subscriber gets its metadata).
+fn publish(nginx: &Producer, key: &str, profile: Profile) -> Producer {
+    let url = format!("{}/{key}", nginx.url);
+    let mut args = profile.args();
+    args.extend(["-f".into(), "flv".into(), url.clone()]);
+    let p = spawn_ffmpeg(&args, url.clone());
+    wait_for(Duration::from_secs(20), "the RTMP stream to be relayed", || {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "3000000", "-show_entries", "stream=codec_type", "-of", "csv=p=0"])
+            .arg(&url)
+            .output()
+            .ok()?;
+        (out.status.success() && !out.stdout.is_empty()).then_some(())
+    });
+    p
+}
+
+/// `profile` from an ffmpeg SRT listener (MPEG-TS) that takes one caller.
+fn srt_sender(profile: Profile) -> Producer {
+    let port = free_udp_port();
+    let url = format!("srt://127.0.0.1:{port}");
+    let mut args = profile.args();
+    args.extend(["-f".into(), "mpegts".into(), format!("{url}?mode=listener")]);
+    let p = spawn_ffmpeg(&args, url);
+    wait_for(Duration::from_secs(20), "the SRT listener to bind", || {
+        let t = std::fs::read_to_string("/proc/net/udp").ok()?;
+        let hex = format!(":{port:04X} ");
+        t.lines()
+            .any(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&hex)))
+            .then_some(())
+    });
+    p
+}
+
+/// A request for `egress_type` of `uri` into `{name}.mp4` and HLS `{name}`.
+fn body(egress_type: &str, uri: &str, name: &str) -> Value {
+    json!({
+        "type": egress_type,
+        "sources": [{"uri": uri}],
+        "outputs": [{"file": {"filename": format!("{name}.mp4")}},
+                    {"segments": {"prefix": name, "segment_duration_s": 2}}],
+        "video": {"width": 320, "height": 240, "fps": FPS, "bitrate_kbps": 500},
+        "estimated_cpu": 0.3,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One egress under test: its id and when the test asked it to stop.
+struct Run {
+    id: String,
+    stopped_ms: u64,
+}
+
+fn stop(svc: &Service, id: &str) -> Run {
+    let stopped_ms = now_ms();
+    let (s, v) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    assert_eq!(s, 200, "{v}");
+    Run {
+        id: id.to_string(),
+        stopped_ms,
+    }
+}
+
+/// The durations (s) of each stream of a file: (video, audio).
+fn stream_durations(path: &Path) -> (Option<f64>, Option<f64>) {
+    let probe = ffprobe(path);
+    let of = |t: &str| {
+        probe["streams"].as_array().and_then(|s| {
+            s.iter()
+                .find(|s| s["codec_type"] == t)
+                .and_then(|s| s["duration"].as_str().and_then(|d| d.parse().ok()))
+        })
+    };
+    (of("video"), of("audio"))
+}
+
+/// The ended record of `run`, checked: `complete` with no warning, its file and every HLS
+/// segment decoding with the streams `want` (video, audio), each lasting the time recorded
+/// (from `active` to the stop) within `slack` s. Returns the record and the recorded time.
+fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f64) {
+    let done = svc.wait_status(&run.id, &["complete", "failed", "aborted"], Duration::from_secs(20));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    assert!(done["warnings"].is_null(), "warnings: {done}");
+    // A graceful stop finishes within 2 s (the handler has finalized and exited).
+    let took = done["ended_at"].as_u64().unwrap_or(0).saturating_sub(run.stopped_ms);
+    assert!(took <= 2_000, "the stop took {took} ms: {done}");
+    let started = done["started_at"].as_u64().expect("started_at");
+    let recorded = run.stopped_ms.saturating_sub(started) as f64 / 1000.0;
+    let path = output(&done);
+    ffmpeg_decodes(&path);
+    let (v, a) = stream_durations(&path);
+    eprintln!(
+        "{}: recorded {recorded:.3} s, video {v:?} s, audio {a:?} s, stop {took} ms",
+        path.display()
+    );
+    for (kind, wanted, got) in [("video", want.0, v), ("audio", want.1, a)] {
+        match (wanted, got) {
+            (true, Some(d)) => assert!(
+                (d - recorded).abs() <= slack,
+                "{kind} of {} lasts {d} s, recorded {recorded} s: {done}",
+                path.display()
+            ),
+            (true, None) => panic!("no {kind} in {}: {done}", path.display()),
+            (false, Some(_)) => panic!("{kind} in {} though the source has none", path.display()),
+            (false, None) => {}
+        }
+    }
+    // The record says what the file holds.
+    let f = &done["files"][0];
+    assert_eq!(f["video_s"].is_number(), want.0, "{f}");
+    assert_eq!(f["audio_s"].is_number(), want.1, "{f}");
+    // Every segment decodes and holds what the file holds.
+    let seg = &done["segments"];
+    let playlist = PathBuf::from(seg["location"].as_str().expect("playlist"));
+    let dir = playlist.parent().expect("dir").to_path_buf();
+    let text = std::fs::read_to_string(&playlist).expect("playlist");
+    let segments: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert!(!segments.is_empty(), "{text}");
+    for s in &segments {
+        let p = dir.join(s);
+        ffmpeg_decodes(&p);
+        let probe = ffprobe(&p);
+        let (sv, sa) = codecs(&probe);
+        assert_eq!((sv.is_some(), sa.is_some()), want, "{}: {probe}", p.display());
+    }
+    let hls = seg["duration_s"].as_f64().expect("segments duration");
+    assert!(
+        (hls - recorded).abs() <= slack + 0.5,
+        "HLS holds {hls} s, recorded {recorded} s: {done}"
+    );
+    (done, recorded)
+}
+
+/// The HLS segments of a record joined into one MPEG-TS file (as a player plays them).
+fn joined_segments(done: &Value) -> PathBuf {
+    let playlist = PathBuf::from(done["segments"]["location"].as_str().expect("playlist"));
+    let dir = playlist.parent().expect("dir");
+    let text = std::fs::read_to_string(&playlist).expect("playlist");
+    let mut all = Vec::new();
+    for s in text.lines().filter(|l| l.ends_with(".ts")) {
+        all.extend(std::fs::read(dir.join(s)).expect("segment"));
+    }
+    let out = playlist.with_extension("joined.ts");
+    std::fs::write(&out, all).expect("joined segments");
+    out
+}
+
+/// `scripts/av-offset` on a file: the median offset of beeps against flashes, in ms.
+fn av_offset(path: &Path) -> f64 {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/av-offset");
+    let out = Command::new(script).arg(path).output().expect("scripts/av-offset");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("av-offset {}: {}", path.display(), String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(v["flashes"].as_u64() >= Some(5), "{v}");
+    v["median_ms"].as_f64().unwrap_or_else(|| panic!("no offset in {v}"))
+}
+
+/// A pause of 0-`max_ms` ms: the egress starts at another point of the sender's GOP each run.
+fn somewhere_in_the_gop(max_ms: u64) {
+    let ms = now_ms() % max_ms.max(1);
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// The field's most common case (OBS to an RTMP server: x264 with B-frames, a keyframe every
+/// 2 s, AAC), recorded as `track` and `participant` mid-GOP: both record video and audio for the
+/// whole time, and their A/V offset is that of `ffmpeg -c copy` of the same stream within 20 ms,
+/// in the MP4 and in the HLS segments.
+#[test]
+fn rtmp_as_obs_sends_it_is_recorded_whole_and_in_sync() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let nginx = nginx_rtmp();
+    let profile = Profile {
+        video: Some(("libx264", 2, 2)),
+        audio: Some("aac"),
+        sync: true,
+    };
+    let sender = publish(&nginx, "obs", profile);
+    somewhere_in_the_gop(2000);
+    let reference = dirs.root.path().join("reference.mp4");
+    let mut copy = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", &sender.url, "-c", "copy", "-t", "16", "-y"])
+        .arg(&reference)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    let ids: Vec<String> = ["track", "participant"]
+        .iter()
+        .map(|t| svc.start_egress(&body(t, &sender.url, t)))
+        .collect();
+    for id in &ids {
+        svc.wait_status(id, &["active"], Duration::from_secs(15));
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let runs: Vec<Run> = ids.iter().map(|id| stop(&svc, id)).collect();
+    let _ = copy.wait();
+    let want = av_offset(&reference);
+    for run in &runs {
+        let (done, _) = check(&svc, run, (true, true), 0.5);
+        let file = output(&done);
+        let (first_pts, key) = first_frame(&file, "v");
+        assert!(key, "{} starts with a keyframe (pts {first_pts})", file.display());
+        let got = av_offset(&file);
+        eprintln!("{}: A/V offset {got} ms, ffmpeg -c copy {want} ms", file.display());
+        assert!(
+            (got - want).abs() <= 20.0,
+            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
+            file.display()
+        );
+        let seg = joined_segments(&done);
+        let got = av_offset(&seg);
+        eprintln!("{}: A/V offset {got} ms, ffmpeg -c copy {want} ms", seg.display());
+        assert!(
+            (got - want).abs() <= 20.0,
+            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
+            seg.display()
+        );
+    }
+}
+
+/// Keyframes every 4 and every 8 s (hardware encoders, OBS set for bandwidth): the egress waits
+/// for the first keyframe (video starts there, audio with it) and records both streams; before,
+/// it decided its graph 1 s after the audio and recorded audio only, reported `complete`.
+#[test]
+fn rtmp_with_long_keyframe_intervals_records_video_from_the_first_keyframe() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let nginx = nginx_rtmp();
+    let mut runs = Vec::new();
+    let senders: Vec<Producer> = [4, 8]
+        .iter()
+        .map(|gop| {
+            let p = Profile {
+                video: Some(("libx264", *gop, 3)),
+                audio: Some("aac"),
+                sync: false,
+            };
+            publish(&nginx, &format!("gop{gop}"), p)
+        })
+        .collect();
+    somewhere_in_the_gop(4000);
+    let mut ids = Vec::new();
+    for (s, gop) in senders.iter().zip([4, 8]) {
+        for t in ["track", "participant"] {
+            let id = svc.start_egress(&body(t, &s.url, &format!("{t}_gop{gop}")));
+            ids.push(id);
+        }
+    }
+    for id in &ids {
+        svc.wait_status(id, &["active"], Duration::from_secs(15));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    for id in &ids {
+        runs.push(stop(&svc, id));
+    }
+    for run in &runs {
+        let (done, _) = check(&svc, run, (true, true), 0.5);
+        let (_, key) = first_frame(&output(&done), "v");
+        assert!(key, "starts with a keyframe: {done}");
+    }
+}
+
+/// One stream only: an RTMP sender with audio only (its metadata says so: the graph is decided
+/// at once) and an SRT sender with video only; recorded as what they are, no warnings.
+#[test]
+fn one_stream_only_is_recorded_as_it_is() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let nginx = nginx_rtmp();
+    let audio = publish(
+        &nginx,
+        "radio",
+        Profile {
+            video: None,
+            audio: Some("aac"),
+            sync: false,
+        },
+    );
+    let video = srt_sender(Profile {
+        video: Some(("libx264", 2, 2)),
+        audio: None,
+        sync: false,
+    });
+    let t0 = Instant::now();
+    let a = svc.start_egress(&body("track", &audio.url, "radio"));
+    let v = svc.start_egress(&body("participant", &video.url, "camera"));
+    for id in [&a, &v] {
+        svc.wait_status(id, &["active"], Duration::from_secs(15));
+    }
+    // Audio only: no wait for a video stream that never comes.
+    assert!(t0.elapsed() < Duration::from_secs(5), "active after {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(6));
+    let ra = stop(&svc, &a);
+    let rv = stop(&svc, &v);
+    check(&svc, &ra, (false, true), 0.5);
+    check(&svc, &rv, (true, false), 0.5);
+}
+
+/// Codecs encoders send besides H.264 + AAC: HEVC with B-frames and MP2 audio; H.264 with
+/// Opus. Recorded with both streams, for the whole time.
+#[test]
+fn hevc_mp2_and_opus_senders_are_recorded_with_both_streams() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let hevc = srt_sender(Profile {
+        video: Some(("libx265", 2, 2)),
+        audio: Some("mp2"),
+        sync: false,
+    });
+    let opus = srt_sender(Profile {
+        video: Some(("libx264", 2, 2)),
+        audio: Some("libopus"),
+        sync: false,
+    });
+    let h = svc.start_egress(&body("track", &hevc.url, "hevc"));
+    let o = svc.start_egress(&body("participant", &opus.url, "opus"));
+    for id in [&h, &o] {
+        svc.wait_status(id, &["active"], Duration::from_secs(15));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let rh = stop(&svc, &h);
+    let ro = stop(&svc, &o);
+    check(&svc, &rh, (true, true), 0.5);
+    check(&svc, &ro, (true, true), 0.5);
+}
+
+/// A sender whose keyframes are further apart than `pipeline.first_keyframe_s`: the egress
+/// fails with a message that says so, instead of recording audio and calling it complete.
+#[test]
+fn no_keyframe_in_time_fails_clearly() {
+    let dirs = Dirs::new();
+    let svc = Service::start(
+        &dirs,
+        &format!("{CONFIG}\npipeline: {{ first_keyframe_s: 3 }}"),
+    );
+    let nginx = nginx_rtmp();
+    let sender = publish(
+        &nginx,
+        "sparse",
+        Profile {
+            video: Some(("libx264", 60, 2)),
+            audio: Some("aac"),
+            sync: false,
+        },
+    );
+    let id = svc.start_egress(&body("track", &sender.url, "sparse"));
+    let done = svc.wait_status(&id, &["complete", "failed", "aborted"], Duration::from_secs(20));
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or_default();
+    assert!(err.contains("no keyframe from source"), "{done}");
+    assert!(!err.contains("STREAM_KEY") && err.contains("first_keyframe_s"), "{err}");
+}

@@ -1,0 +1,91 @@
+//! Timing the outputs keep true to the source:
+//! - an AAC encoder's priming (the silence it puts before the first input sample) is taken off
+//!   its timestamps, as FFmpeg's encoders do, so the decoded sound is not late by it;
+//! - each track's first running time at the MP4 muxer is written down (`timeline`), so the remux
+//!   can undo the fragmented muxer's habit of starting every track at zero.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use crate::timeline::Timeline;
+
+/// `voaacenc` delays its output by 1600 samples (measured: a tone from the first sample decodes
+/// from sample 1600 on; FFmpeg's `aac` delays by 1024). The graph's audio is always 48 kHz.
+const VOAACENC_PRIMING: gst::ClockTime = gst::ClockTime::from_nseconds(1600 * 1_000_000_000 / 48_000);
+
+/// Takes the encoder's priming off the timestamps of `audio_aac_enc`'s output.
+pub fn compensate_priming(pipeline: &gst::Pipeline) {
+    let Some(enc) = pipeline.by_name("audio_aac_enc") else {
+        return;
+    };
+    if enc.factory().map(|f| f.name()) != Some("voaacenc".into()) {
+        return;
+    }
+    let Some(pad) = enc.static_pad("src") else {
+        return;
+    };
+    let by = VOAACENC_PRIMING;
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+            match b.pts() {
+                // Only a source that starts at zero (a test source) has frames this early:
+                // they hold the priming itself.
+                Some(p) if p < by => return gst::PadProbeReturn::Drop,
+                Some(p) => {
+                    let b = b.make_mut();
+                    b.set_pts(p - by);
+                    if let Some(d) = b.dts() {
+                        b.set_dts(d.saturating_sub(by));
+                    }
+                }
+                None => {}
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Writes the first running time of `file_mux`'s video and audio to `path` once both are known
+/// (MP4 only: other containers keep each track's own timestamps).
+pub fn watch_mux_starts(pipeline: &gst::Pipeline, path: PathBuf) {
+    let Some(mux) = pipeline.by_name("file_mux") else {
+        return;
+    };
+    if mux.factory().map(|f| f.name()) != Some("mp4mux".into()) {
+        return;
+    }
+    let starts: Arc<Mutex<[Option<i64>; 2]>> = Arc::default();
+    for pad in mux.sink_pads() {
+        let slot = if pad.name().starts_with("video") { 0 } else { 1 };
+        let starts = starts.clone();
+        let path = path.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(rt) = info.buffer().and_then(|b| running_time(pad, b)) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let mut s = starts.lock().unwrap_or_else(|p| p.into_inner());
+            s[slot] = Some(rt);
+            if let [Some(v), Some(a)] = *s {
+                let t = Timeline {
+                    video_start_ns: v,
+                    audio_start_ns: a,
+                };
+                let _ = t.write(&path);
+            }
+            gst::PadProbeReturn::Remove
+        });
+    }
+}
+
+/// The running time of `buf` (its decode time, else its presentation time) on `pad`.
+fn running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<i64> {
+    let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+    let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
+    seg.to_running_time_full(buf.dts_or_pts()?).map(|s| match s {
+        gst::Signed::Positive(t) => t.nseconds() as i64,
+        gst::Signed::Negative(t) => -(t.nseconds() as i64),
+    })
+}
