@@ -321,7 +321,8 @@ impl Service {
                 let text = resp.body_mut().read_to_string().unwrap_or_default();
                 (status, text)
             }
-            Err(e) => panic!("{method} {url}: {e}"),
+            // The service is gone: its log says why.
+            Err(e) => panic!("{method} {url}: {e}\n--- service log ---\n{}", self.log()),
         }
     }
 

@@ -456,3 +456,25 @@ fn no_keyframe_in_time_fails_clearly() {
     assert!(err.contains("no keyframe from source"), "{done}");
     assert!(!err.contains("STREAM_KEY") && err.contains("first_keyframe_s"), "{err}");
 }
+
+/// A live HLS source (ffmpeg's, MPEG-TS segments) remuxed by `track`: its pads say what they
+/// carry only after they appear; it used to fail at once, "carries neither audio nor video".
+#[test]
+fn a_live_hls_source_is_remuxed_by_track() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "sources: { allowed_schemes: [test, http] }");
+    let hls = hls_origin();
+    let id = svc.start_egress(&body("track", &hls.url, "hls"));
+    svc.wait_status(&id, &["active"], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+    let run = stop(&svc, &id);
+    let done = svc.wait_status(&id, &["complete", "failed", "aborted"], Duration::from_secs(20));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    let path = output(&done);
+    ffmpeg_decodes(&path);
+    let probe = ffprobe(&path);
+    assert_eq!(codecs(&probe), (Some("h264".into()), Some("aac".into())), "{probe}");
+    let (v, a) = stream_durations(&path);
+    assert!(v.is_some_and(|d| d > 2.0) && a.is_some_and(|d| d > 2.0), "{probe}");
+    drop(run);
+}

@@ -113,7 +113,7 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
         }
         let (files, spans) = describe_file(name, path);
         info.files = files;
-        if let (Some(expected), false) = (o.expected, info.files.is_empty()) {
+        if let (Some(expected), Some(spans)) = (o.expected, spans) {
             judge(info, expected, &spans);
         }
         if info.files.first().is_some_and(|f| f.size_bytes == 0) {
@@ -165,23 +165,25 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
 
 /// Size and Discoverer duration of a closed output file; no entry when there is none (the
 /// handler deletes an output that got no media).
-pub fn describe_file(filename: &str, path: &Path) -> (Vec<FileInfo>, StreamSpans) {
+/// Also where its streams start and end, when its packets could be read.
+pub fn describe_file(filename: &str, path: &Path) -> (Vec<FileInfo>, Option<StreamSpans>) {
     let Ok(meta) = std::fs::metadata(path) else {
-        return (Vec::new(), StreamSpans::default());
+        return (Vec::new(), None);
     };
     let duration_s = crate::media::discover(path, Duration::from_secs(10))
         .ok()
         .and_then(|m| m.duration_s);
     // Every packet is read (not decoded): a local file goes at hundreds of MB/s.
     let timeout = Duration::from_secs(10 + meta.len() / 20_000_000);
-    let spans = crate::media::spans(path, timeout).unwrap_or_default();
+    let spans = crate::media::spans(path, timeout).ok();
+    let (video_s, audio_s) = spans.map_or((None, None), |s| (s.video_s(), s.audio_s()));
     let files = vec![FileInfo {
         filename: filename.to_string(),
         location: path.display().to_string(),
         size_bytes: meta.len(),
         duration_s,
-        video_s: spans.video_s(),
-        audio_s: spans.audio_s(),
+        video_s,
+        audio_s,
         upload: None,
     }];
     (files, spans)

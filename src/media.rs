@@ -181,14 +181,26 @@ fn round_ms(s: f64) -> f64 {
 /// Reads every packet of a local file (demuxed and parsed, not decoded: fast) for the span of
 /// its video and its audio.
 pub fn spans(path: &Path, timeout: Duration) -> Result<StreamSpans, String> {
-    let uri = file_uri(path)?;
+    gst::init().map_err(|e| e.to_string())?;
+    // The container's own demuxer, nothing else: no typefinding, parsing or decoding.
+    let demuxer = match path.extension().and_then(|e| e.to_str()) {
+        Some("mp4" | "m4a" | "mov") => "qtdemux",
+        Some("mkv" | "webm") => "matroskademux",
+        Some("ts") => "tsdemux",
+        _ => return Err(format!("{}: no demuxer for this file", path.display())),
+    };
     let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("uridecodebin3")
-        .property("uri", uri.as_str())
-        .property("caps", gst::Caps::new_any())
+    let filesrc = gst::ElementFactory::make("filesrc")
+        .property("location", path.to_string_lossy().as_ref())
         .build()
         .map_err(|e| e.to_string())?;
-    pipeline.add(&src).map_err(|e| e.to_string())?;
+    let src = gst::ElementFactory::make(demuxer)
+        .build()
+        .map_err(|e| e.to_string())?;
+    pipeline
+        .add_many([&filesrc, &src])
+        .map_err(|e| e.to_string())?;
+    filesrc.link(&src).map_err(|e| e.to_string())?;
     let found: Arc<Mutex<StreamSpans>> = Arc::default();
     let weak = pipeline.downgrade();
     let f = found.clone();
@@ -210,20 +222,20 @@ pub fn spans(path: &Path, timeout: Duration) -> Result<StreamSpans, String> {
             let _ = pad.link(&sinkpad);
         }
         let f = f.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-            let (Some(buf), Some(caps)) = (info.buffer(), pad.current_caps()) else {
+        let name = pad.name().to_string();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
                 return gst::PadProbeReturn::Ok;
             };
-            let Some(pts) = buf.pts() else {
-                return gst::PadProbeReturn::Ok;
-            };
-            let name = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+            let buf = info.buffer().expect("a buffer");
             let start = pts.nseconds() as f64 / 1e9;
             let end = start + buf.duration().map_or(0.0, |d| d.nseconds() as f64 / 1e9);
             let mut s = f.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = if name.starts_with("video/") {
+            // Demuxers name their pads by kind: video_0, audio_0 (qtdemux, matroskademux,
+            // tsdemux's video_0_0100...).
+            let slot = if name.starts_with("video") {
                 &mut s.video
-            } else if name.starts_with("audio/") {
+            } else if name.starts_with("audio") {
                 &mut s.audio
             } else {
                 return gst::PadProbeReturn::Ok;

@@ -270,11 +270,33 @@ impl Node {
         &self,
         statuses: Option<Vec<EgressStatus>>,
     ) -> Result<Vec<EgressInfo>, ApiError> {
-        self.inner
+        let mut list = self
+            .inner
             .supervisor
             .send(ListEgresses { statuses })
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(ApiError::from_mailbox)?;
+        // Recording files show their sizes now, as `get` does (the dashboard lists them).
+        let running: Vec<(usize, Vec<crate::model::FileInfo>)> = list
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.status.is_final() && !e.files.is_empty())
+            .map(|(i, e)| (i, e.files.clone()))
+            .collect();
+        if !running.is_empty()
+            && let Ok(sized) = actix_web::rt::task::spawn_blocking(move || {
+                running
+                    .into_iter()
+                    .map(|(i, f)| (i, with_live_sizes(f)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        {
+            for (i, files) in sized {
+                list[i].files = files;
+            }
+        }
+        Ok(list)
     }
 
     /// One egress, if this node has it. While it records, its files' `size_bytes` are their

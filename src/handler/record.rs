@@ -54,7 +54,7 @@ const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
 /// pad.
 const PAD_SETTLE: Duration = Duration::from_millis(1000);
 /// How long the last HLS fragment may take to be reported closed after EOS reached every sink.
-const SEGMENT_CLOSE_WAIT: Duration = Duration::from_secs(3);
+const SEGMENT_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Reconnection attempts are at least this far apart.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -134,7 +134,9 @@ impl UriSource {
         if video && audio {
             return true;
         }
-        if self.pads.is_empty() {
+        // A pad that has not said what it carries yet (HLS gives its caps after its pads).
+        if self.pads.is_empty() || self.pads.iter().any(|p| source_uri::caps_name(p).is_empty())
+        {
             return false;
         }
         let waited = self.started.elapsed() >= first_keyframe;
@@ -349,6 +351,9 @@ impl<'a> Recording<'a> {
                 && self.pending_sinks.is_empty()
                 && since.elapsed() > SEGMENT_CLOSE_WAIT
             {
+                if let Some(seg) = &mut self.segments {
+                    seg.finish(self.log, true);
+                }
                 return Ok(self.finished());
             }
             if let Some((_, since)) = &self.stopping
@@ -597,7 +602,7 @@ impl<'a> Recording<'a> {
     /// The end: EOS reached every output (or the whole pipeline).
     fn finished(&mut self) -> Ended {
         if let Some(seg) = &mut self.segments {
-            seg.finish(self.log);
+            seg.finish(self.log, false);
         }
         self.shutdown();
         match &self.stopping {
@@ -717,10 +722,14 @@ impl<'a> Recording<'a> {
         self.attach_outputs();
         self.watch_output(&desc)?;
         timing::compensate_priming(&self.pipeline);
-        timing::watch_mux_starts(
-            &self.pipeline,
-            crate::timeline::path_for(&self.spec.result_path),
-        );
+        // Live URI sources start their tracks where the keyframe and the audio after it came;
+        // test sources and pages start both together (a page's audio waits for its first frame).
+        if !self.sources.is_empty() {
+            timing::watch_mux_starts(
+                &self.pipeline,
+                crate::timeline::path_for(&self.spec.result_path),
+            );
+        }
         if let Some(pad) = self
             .pipeline
             .by_name("video_parse")

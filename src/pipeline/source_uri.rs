@@ -122,15 +122,20 @@ pub fn connect(
                 *off = Some(now.nseconds() as i64 - rt);
             }
         };
+        // Buffers only: events (caps above all) go on, so a pad whose caps come after it
+        // (HLS) says what it carries while it is held.
         let block = |pad: &gst::Pad| {
             let h = h.clone();
-            pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, move |pad, info| {
+            let t = gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+            pad.add_probe(t, move |pad, info| {
                 arrived(pad, info, &h);
                 gst::PadProbeReturn::Ok
             })
         };
         let mut pads = h.pads.lock().unwrap_or_else(|p| p.into_inner());
-        let video = caps_name(pad).starts_with("video/");
+        // A pad that does not say yet what it carries is held like video (its keyframe kept).
+        let name = caps_name(pad);
+        let video = name.starts_with("video/") || name.is_empty();
         let video_held = pads.iter().any(|(p, _)| caps_name(p).starts_with("video/"));
         let probe = if video {
             // From now on the graph can be decided: the rest waits with the video.
@@ -158,9 +163,16 @@ pub fn connect(
     Ok((bin, held))
 }
 
-/// The caps name of a pad of a connection (current caps, else what it can do).
+/// The caps name of a pad of a connection (current caps, else what it can do); empty while it
+/// does not say (ANY, or several kinds).
 pub fn caps_name(pad: &gst::Pad) -> String {
     let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    if caps.is_any() || caps.size() != 1 && !caps.is_fixed() {
+        let names: Vec<String> = caps.iter().map(|s| s.name().to_string()).collect();
+        if names.is_empty() || names.iter().any(|n| n != &names[0]) {
+            return String::new();
+        }
+    }
     caps.structure(0)
         .map(|s| s.name().to_string())
         .unwrap_or_default()

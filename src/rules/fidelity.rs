@@ -8,9 +8,13 @@
 
 use crate::media::StreamSpans;
 
-/// How far a stream may start after, or end before, the recording without a warning: a
-/// keyframe interval's worth of rounding at the edges is not a loss.
-pub const SLACK_S: f64 = 1.0;
+/// How far a stream may start after, or end before, the recording without a warning: the
+/// record's times are the service's (the stop's handling, a sender's backlog), not the file's.
+pub const SLACK_S: f64 = 2.0;
+
+/// Recordings shorter than this are not judged: a stop right after the start may leave a
+/// file whose first video frame is still in the encoder.
+pub const MIN_JUDGED_S: f64 = 2.0;
 
 /// What the outputs were built to record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,6 +36,9 @@ pub struct Verdict {
 /// first media to the end).
 pub fn judge(expected: Expected, spans: &StreamSpans, recorded_s: f64) -> Verdict {
     let mut v = Verdict::default();
+    if recorded_s < MIN_JUDGED_S {
+        return v;
+    }
     let kinds = [
         ("video", expected.video, spans.video),
         ("audio", expected.audio, spans.audio),
@@ -93,6 +100,11 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_right_after_the_start_is_not_judged() {
+        assert_eq!(judge(AV, &spans(None, Some((0.0, 0.3))), 0.4), Verdict::default());
+    }
+
+    #[test]
     fn an_announced_stream_with_nothing_recorded_fails() {
         let s = spans(None, Some((0.0, 9.0)));
         assert_eq!(
@@ -119,6 +131,7 @@ mod tests {
         );
         // Both streams end early against the time recorded.
         let s = spans(Some((0.0, 2.0)), Some((0.0, 2.0)));
+        assert!(judge(AV, &spans(Some((0.0, 7.5)), Some((0.0, 7.4))), 9.0).warnings.is_empty());
         assert_eq!(judge(AV, &s, 9.0).warnings.len(), 2);
     }
 }

@@ -134,11 +134,14 @@ impl Segments {
     }
 
     /// The end: the playlist gets `#EXT-X-ENDLIST`.
-    pub fn finish(&mut self, log: &Logger) {
+    /// Ends the playlist. `measure_unlisted`: fragments on disk that splitmuxsink never said
+    /// it closed are measured and listed (after `SEGMENT_CLOSE_WAIT`, when they are whole);
+    /// otherwise a fragment it may still be writing is left out.
+    pub fn finish(&mut self, log: &Logger, measure_unlisted: bool) {
         // A fragment splitmuxsink has not reported closed is complete by now (its muxer saw
         // EOS): it is measured from its packets, as after a kill.
         self.open.clear();
-        loop {
+        while measure_unlisted {
             let n = self.playlist.segments.len() as u32;
             if !self.unlisted(n) {
                 break;
