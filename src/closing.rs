@@ -22,7 +22,8 @@ pub struct Outputs {
     pub segments: Option<SegmentsOutput>,
     pub images: Option<(PathBuf, String)>,
     pub manifest: PathBuf,
-    /// Where the handler wrote the MP4's track starts (`timeline`), if it did.
+    /// Where the handler wrote the MP4's track starts (`timeline`), if it did; its spans file
+    /// (what the file received of each stream) is beside it.
     pub timeline: Option<PathBuf>,
     /// What the handler's graph records (its `recording` event): the file is judged against it.
     pub expected: Option<crate::rules::fidelity::Expected>,
@@ -111,8 +112,19 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
                 None => {}
             }
         }
-        let (files, spans) = describe_file(name, path);
-        info.files = files;
+        let spans = o
+            .timeline
+            .as_deref()
+            .and_then(|t| crate::timeline::Spans::read(&t.with_extension("").with_extension("spans.json")))
+            .map(|s| StreamSpans {
+                video: s.video,
+                audio: s.audio,
+            });
+        info.files = describe_file(name, path);
+        if let (Some(f), Some(s)) = (info.files.first_mut(), spans) {
+            f.video_s = s.video_s();
+            f.audio_s = s.audio_s();
+        }
         if let (Some(expected), Some(spans)) = (o.expected, spans) {
             judge(info, expected, &spans);
         }
@@ -165,28 +177,23 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
 
 /// Size and Discoverer duration of a closed output file; no entry when there is none (the
 /// handler deletes an output that got no media).
-/// Also where its streams start and end, when its packets could be read.
-pub fn describe_file(filename: &str, path: &Path) -> (Vec<FileInfo>, Option<StreamSpans>) {
+pub fn describe_file(filename: &str, path: &Path) -> Vec<FileInfo> {
     let Ok(meta) = std::fs::metadata(path) else {
-        return (Vec::new(), None);
+        return Vec::new();
     };
     let duration_s = crate::media::discover(path, Duration::from_secs(10))
         .ok()
         .and_then(|m| m.duration_s);
-    // Every packet is read (not decoded): a local file goes at hundreds of MB/s.
-    let timeout = Duration::from_secs(10 + meta.len() / 20_000_000);
-    let spans = crate::media::spans(path, timeout).ok();
-    let (video_s, audio_s) = spans.map_or((None, None), |s| (s.video_s(), s.audio_s()));
     let files = vec![FileInfo {
         filename: filename.to_string(),
         location: path.display().to_string(),
         size_bytes: meta.len(),
         duration_s,
-        video_s,
-        audio_s,
+        video_s: None,
+        audio_s: None,
         upload: None,
     }];
-    (files, spans)
+    files
 }
 
 /// A `complete` egress whose file lacks an announced stream fails; one whose file holds it for

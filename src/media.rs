@@ -156,7 +156,8 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
     Ok(rep)
 }
 
-/// Where a file's video and audio start and end, in seconds of its timeline.
+/// Where a file's video and audio start and end, in seconds (measured by the handler at its
+/// muxer, see `timeline::Spans`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StreamSpans {
     /// (first pts, last pts + duration) of the first video stream.
@@ -176,95 +177,4 @@ impl StreamSpans {
 
 fn round_ms(s: f64) -> f64 {
     (s.max(0.0) * 1000.0).round() / 1000.0
-}
-
-/// Reads every packet of a local file (demuxed and parsed, not decoded: fast) for the span of
-/// its video and its audio.
-pub fn spans(path: &Path, timeout: Duration) -> Result<StreamSpans, String> {
-    gst::init().map_err(|e| e.to_string())?;
-    // The container's own demuxer, nothing else: no typefinding, parsing or decoding.
-    let demuxer = match path.extension().and_then(|e| e.to_str()) {
-        Some("mp4" | "m4a" | "mov") => "qtdemux",
-        Some("mkv" | "webm") => "matroskademux",
-        Some("ts") => "tsdemux",
-        _ => return Err(format!("{}: no demuxer for this file", path.display())),
-    };
-    let pipeline = gst::Pipeline::new();
-    let filesrc = gst::ElementFactory::make("filesrc")
-        .property("location", path.to_string_lossy().as_ref())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let src = gst::ElementFactory::make(demuxer)
-        .build()
-        .map_err(|e| e.to_string())?;
-    pipeline
-        .add_many([&filesrc, &src])
-        .map_err(|e| e.to_string())?;
-    filesrc.link(&src).map_err(|e| e.to_string())?;
-    let found: Arc<Mutex<StreamSpans>> = Arc::default();
-    let weak = pipeline.downgrade();
-    let f = found.clone();
-    src.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else {
-            return;
-        };
-        let Ok(sink) = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-        else {
-            return;
-        };
-        if pipeline.add(&sink).is_err() {
-            return;
-        }
-        let _ = sink.sync_state_with_parent();
-        if let Some(sinkpad) = sink.static_pad("sink") {
-            let _ = pad.link(&sinkpad);
-        }
-        let f = f.clone();
-        let name = pad.name().to_string();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
-                return gst::PadProbeReturn::Ok;
-            };
-            let buf = info.buffer().expect("a buffer");
-            let start = pts.nseconds() as f64 / 1e9;
-            let end = start + buf.duration().map_or(0.0, |d| d.nseconds() as f64 / 1e9);
-            let mut s = f.lock().unwrap_or_else(|p| p.into_inner());
-            // Demuxers name their pads by kind: video_0, audio_0 (qtdemux, matroskademux,
-            // tsdemux's video_0_0100...).
-            let slot = if name.starts_with("video") {
-                &mut s.video
-            } else if name.starts_with("audio") {
-                &mut s.audio
-            } else {
-                return gst::PadProbeReturn::Ok;
-            };
-            let cur = slot.get_or_insert((start, end));
-            cur.0 = cur.0.min(start);
-            cur.1 = cur.1.max(end);
-            gst::PadProbeReturn::Ok
-        });
-    });
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let bus = pipeline.bus().ok_or("pipeline without a bus")?;
-    let deadline = std::time::Instant::now() + timeout;
-    let outcome = loop {
-        if std::time::Instant::now() >= deadline {
-            break Err(format!("reading {} took longer than {timeout:?}", path.display()));
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => break Err(format!("{}: {}", path.display(), e.error())),
-            _ => {}
-        }
-    };
-    let _ = pipeline.set_state(gst::State::Null);
-    outcome?;
-    Ok(*found.lock().unwrap_or_else(|p| p.into_inner()))
 }

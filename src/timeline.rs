@@ -39,6 +39,30 @@ impl Timeline {
     }
 }
 
+/// Where each stream the file output received starts and ends, in seconds of running time,
+/// measured by the handler at the muxer's inputs (`{egress_id}.spans.json`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spans {
+    pub video: Option<(f64, f64)>,
+    pub audio: Option<(f64, f64)>,
+}
+
+impl Spans {
+    pub fn read(path: &Path) -> Option<Spans> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        crate::hls::write_atomic(path, &json)
+    }
+}
+
+/// The spans file beside the timeline file (see `path_for`).
+pub fn spans_path_for(result_path: &Path) -> PathBuf {
+    path_for(result_path).with_extension("").with_extension("spans.json")
+}
+
 /// The timeline file of the egress whose handler writes its result to `result_path`.
 pub fn path_for(result_path: &Path) -> PathBuf {
     let name = result_path
@@ -67,6 +91,10 @@ mod tests {
         assert_eq!(
             path_for(Path::new("/s/egresses/EG_a.result.json")),
             Path::new("/s/egresses/EG_a.timeline.json")
+        );
+        assert_eq!(
+            spans_path_for(Path::new("/s/egresses/EG_a.result.json")),
+            Path::new("/s/egresses/EG_a.spans.json")
         );
     }
 }

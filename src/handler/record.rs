@@ -184,6 +184,8 @@ pub struct Recording<'a> {
     stream_changes: Vec<StreamChange>,
     /// A web source's page has loaded (its frames flow from then on); None without one.
     web_loaded: Option<Arc<AtomicBool>>,
+    /// What the file output received of each stream (written at the end for the record).
+    mux_spans: timing::MuxSpans,
 }
 
 impl<'a> Recording<'a> {
@@ -216,6 +218,7 @@ impl<'a> Recording<'a> {
                 .iter()
                 .any(|s| matches!(s, Source::Web { .. }))
                 .then(Arc::default),
+            mux_spans: timing::MuxSpans::default(),
         };
         for (i, s) in spec.sources.iter().enumerate() {
             if let Source::Uri { uri } = s {
@@ -601,6 +604,9 @@ impl<'a> Recording<'a> {
 
     /// The end: EOS reached every output (or the whole pipeline).
     fn finished(&mut self) -> Ended {
+        let _ = self
+            .mux_spans
+            .write(&crate::timeline::spans_path_for(&self.spec.result_path));
         if let Some(seg) = &mut self.segments {
             seg.finish(self.log, false);
         }
@@ -722,6 +728,7 @@ impl<'a> Recording<'a> {
         self.attach_outputs();
         self.watch_output(&desc)?;
         timing::compensate_priming(&self.pipeline);
+        self.mux_spans = timing::MuxSpans::watch(&self.pipeline);
         // Live URI sources start their tracks where the keyframe and the audio after it came;
         // test sources and pages start both together (a page's audio waits for its first frame).
         if !self.sources.is_empty() {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use crate::timeline::Timeline;
+use crate::timeline::{Spans, Timeline};
 
 /// `voaacenc` delays its output by 1600 samples (measured: a tone from the first sample decodes
 /// from sample 1600 on; FFmpeg's `aac` delays by 1024). The graph's audio is always 48 kHz.
@@ -88,4 +88,52 @@ fn running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<i64> {
         gst::Signed::Positive(t) => t.nseconds() as i64,
         gst::Signed::Negative(t) => -(t.nseconds() as i64),
     })
+}
+
+/// Where each stream entering `file_mux` starts and ends (running time, s): what the file holds,
+/// written by `write` when the recording ends.
+#[derive(Clone, Default)]
+pub struct MuxSpans(Arc<Mutex<Spans>>);
+
+impl MuxSpans {
+    /// Probes `file_mux`'s inputs; a graph without a file output gives an empty one.
+    pub fn watch(pipeline: &gst::Pipeline) -> MuxSpans {
+        let spans = MuxSpans::default();
+        let Some(mux) = pipeline.by_name("file_mux") else {
+            return spans;
+        };
+        for pad in mux.sink_pads() {
+            let video = pad.name().starts_with("video");
+            let inner = spans.0.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                let Some(buf) = info.buffer() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let Some(start) = pts_running_time(pad, buf) else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let end = start + buf.duration().map_or(0.0, |d| d.nseconds() as f64 / 1e9);
+                let mut s = inner.lock().unwrap_or_else(|p| p.into_inner());
+                let slot = if video { &mut s.video } else { &mut s.audio };
+                let cur = slot.get_or_insert((start, end));
+                cur.0 = cur.0.min(start);
+                cur.1 = cur.1.max(end);
+                gst::PadProbeReturn::Ok
+            });
+        }
+        spans
+    }
+
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let s = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.write(path)
+    }
+}
+
+/// The running time of `buf`'s presentation, in seconds.
+fn pts_running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<f64> {
+    let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+    let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
+    seg.to_running_time(buf.pts()?)
+        .map(|t| t.nseconds() as f64 / 1e9)
 }
