@@ -103,14 +103,27 @@ fn publish(nginx: &Producer, key: &str, profile: Profile) -> Producer {
     let mut args = profile.args();
     args.extend(["-f".into(), "flv".into(), url.clone()]);
     let p = spawn_ffmpeg(&args, url.clone());
-    wait_for(Duration::from_secs(20), "the RTMP stream to be relayed", || {
-        let out = Command::new("ffprobe")
-            .args(["-v", "error", "-rw_timeout", "3000000", "-show_entries", "stream=codec_type", "-of", "csv=p=0"])
-            .arg(&url)
-            .output()
-            .ok()?;
-        (out.status.success() && !out.stdout.is_empty()).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the RTMP stream to be relayed",
+        || {
+            let out = Command::new("ffprobe")
+                .args([
+                    "-v",
+                    "error",
+                    "-rw_timeout",
+                    "3000000",
+                    "-show_entries",
+                    "stream=codec_type",
+                    "-of",
+                    "csv=p=0",
+                ])
+                .arg(&url)
+                .output()
+                .ok()?;
+            (out.status.success() && !out.stdout.is_empty()).then_some(())
+        },
+    );
     p
 }
 
@@ -125,7 +138,11 @@ fn srt_sender(profile: Profile) -> Producer {
         let t = std::fs::read_to_string("/proc/net/udp").ok()?;
         let hex = format!(":{port:04X} ");
         t.lines()
-            .any(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&hex)))
+            .any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").ends_with(&hex))
+            })
             .then_some(())
     });
     p
@@ -183,11 +200,18 @@ fn stream_durations(path: &Path) -> (Option<f64>, Option<f64>) {
 /// segment decoding with the streams `want` (video, audio), each lasting the time recorded
 /// (from `active` to the stop) within `slack` s. Returns the record and the recorded time.
 fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f64) {
-    let done = svc.wait_status(&run.id, &["complete", "failed", "aborted"], Duration::from_secs(20));
+    let done = svc.wait_status(
+        &run.id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(20),
+    );
     assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
     assert!(done["warnings"].is_null(), "warnings: {done}");
     // A graceful stop finishes within 2 s (the handler has finalized and exited).
-    let took = done["ended_at"].as_u64().unwrap_or(0).saturating_sub(run.stopped_ms);
+    let took = done["ended_at"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(run.stopped_ms);
     assert!(took <= 2_000, "the stop took {took} ms: {done}");
     let started = done["started_at"].as_u64().expect("started_at");
     let recorded = run.stopped_ms.saturating_sub(started) as f64 / 1000.0;
@@ -226,7 +250,12 @@ fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f6
         ffmpeg_decodes(&p);
         let probe = ffprobe(&p);
         let (sv, sa) = codecs(&probe);
-        assert_eq!((sv.is_some(), sa.is_some()), want, "{}: {probe}", p.display());
+        assert_eq!(
+            (sv.is_some(), sa.is_some()),
+            want,
+            "{}: {probe}",
+            p.display()
+        );
     }
     let hls = seg["duration_s"].as_f64().expect("segments duration");
     assert!(
@@ -253,12 +282,21 @@ fn joined_segments(done: &Value) -> PathBuf {
 /// `scripts/av-offset` on a file: the median offset of beeps against flashes, in ms.
 fn av_offset(path: &Path) -> f64 {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/av-offset");
-    let out = Command::new(script).arg(path).output().expect("scripts/av-offset");
+    let out = Command::new(script)
+        .arg(path)
+        .output()
+        .expect("scripts/av-offset");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("av-offset {}: {}", path.display(), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "av-offset {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     assert!(v["flashes"].as_u64() >= Some(5), "{v}");
-    v["median_ms"].as_f64().unwrap_or_else(|| panic!("no offset in {v}"))
+    v["median_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no offset in {v}"))
 }
 
 /// A pause of 0-`max_ms` ms: the egress starts at another point of the sender's GOP each run.
@@ -285,7 +323,17 @@ fn rtmp_as_obs_sends_it_is_recorded_whole_and_in_sync() {
     somewhere_in_the_gop(2000);
     let reference = dirs.root.path().join("reference.mp4");
     let mut copy = Command::new("ffmpeg")
-        .args(["-v", "error", "-i", &sender.url, "-c", "copy", "-t", "16", "-y"])
+        .args([
+            "-v",
+            "error",
+            "-i",
+            &sender.url,
+            "-c",
+            "copy",
+            "-t",
+            "16",
+            "-y",
+        ])
         .arg(&reference)
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -305,9 +353,16 @@ fn rtmp_as_obs_sends_it_is_recorded_whole_and_in_sync() {
         let (done, _) = check(&svc, run, (true, true), 0.5);
         let file = output(&done);
         let (first_pts, key) = first_frame(&file, "v");
-        assert!(key, "{} starts with a keyframe (pts {first_pts})", file.display());
+        assert!(
+            key,
+            "{} starts with a keyframe (pts {first_pts})",
+            file.display()
+        );
         let got = av_offset(&file);
-        eprintln!("{}: A/V offset {got} ms, ffmpeg -c copy {want} ms", file.display());
+        eprintln!(
+            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
+            file.display()
+        );
         assert!(
             (got - want).abs() <= 20.0,
             "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
@@ -315,7 +370,10 @@ fn rtmp_as_obs_sends_it_is_recorded_whole_and_in_sync() {
         );
         let seg = joined_segments(&done);
         let got = av_offset(&seg);
-        eprintln!("{}: A/V offset {got} ms, ffmpeg -c copy {want} ms", seg.display());
+        eprintln!(
+            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
+            seg.display()
+        );
         assert!(
             (got - want).abs() <= 20.0,
             "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
@@ -387,19 +445,38 @@ fn one_stream_only_is_recorded_as_it_is() {
         audio: None,
         sync: false,
     });
+    let to_active = record_each(
+        &svc,
+        &[
+            ("track", &audio.url, "radio", (false, true)),
+            ("participant", &video.url, "camera", (true, false)),
+        ],
+    );
+    // Audio only: no wait for a video stream that never comes.
+    assert!(
+        to_active < Duration::from_secs(5),
+        "active after {to_active:?}"
+    );
+}
+
+/// Starts an egress per (type, source, name, streams wanted), records 6 s, stops them and
+/// checks each (`check`); returns how long they took to be active.
+fn record_each(svc: &Service, cases: &[(&str, &str, &str, (bool, bool))]) -> Duration {
     let t0 = Instant::now();
-    let a = svc.start_egress(&body("track", &audio.url, "radio"));
-    let v = svc.start_egress(&body("participant", &video.url, "camera"));
-    for id in [&a, &v] {
+    let ids: Vec<String> = cases
+        .iter()
+        .map(|(t, uri, name, _)| svc.start_egress(&body(t, uri, name)))
+        .collect();
+    for id in &ids {
         svc.wait_status(id, &["active"], Duration::from_secs(15));
     }
-    // Audio only: no wait for a video stream that never comes.
-    assert!(t0.elapsed() < Duration::from_secs(5), "active after {:?}", t0.elapsed());
+    let to_active = t0.elapsed();
     std::thread::sleep(Duration::from_secs(6));
-    let ra = stop(&svc, &a);
-    let rv = stop(&svc, &v);
-    check(&svc, &ra, (false, true), 0.5);
-    check(&svc, &rv, (true, false), 0.5);
+    let runs: Vec<Run> = ids.iter().map(|id| stop(svc, id)).collect();
+    for (run, case) in runs.iter().zip(cases) {
+        check(svc, run, case.3, 0.5);
+    }
+    to_active
 }
 
 /// Codecs encoders send besides H.264 + AAC: HEVC with B-frames and MP2 audio; H.264 with
@@ -418,16 +495,13 @@ fn hevc_mp2_and_opus_senders_are_recorded_with_both_streams() {
         audio: Some("libopus"),
         sync: false,
     });
-    let h = svc.start_egress(&body("track", &hevc.url, "hevc"));
-    let o = svc.start_egress(&body("participant", &opus.url, "opus"));
-    for id in [&h, &o] {
-        svc.wait_status(id, &["active"], Duration::from_secs(15));
-    }
-    std::thread::sleep(Duration::from_secs(6));
-    let rh = stop(&svc, &h);
-    let ro = stop(&svc, &o);
-    check(&svc, &rh, (true, true), 0.5);
-    check(&svc, &ro, (true, true), 0.5);
+    record_each(
+        &svc,
+        &[
+            ("track", &hevc.url, "hevc", (true, true)),
+            ("participant", &opus.url, "opus", (true, true)),
+        ],
+    );
 }
 
 /// A sender whose keyframes are further apart than `pipeline.first_keyframe_s`: the egress
@@ -450,11 +524,18 @@ fn no_keyframe_in_time_fails_clearly() {
         },
     );
     let id = svc.start_egress(&body("track", &sender.url, "sparse"));
-    let done = svc.wait_status(&id, &["complete", "failed", "aborted"], Duration::from_secs(20));
+    let done = svc.wait_status(
+        &id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(20),
+    );
     assert_eq!(done["status"], "failed", "{done}");
     let err = done["error"].as_str().unwrap_or_default();
     assert!(err.contains("no keyframe from source"), "{done}");
-    assert!(!err.contains("STREAM_KEY") && err.contains("first_keyframe_s"), "{err}");
+    assert!(
+        !err.contains("STREAM_KEY") && err.contains("first_keyframe_s"),
+        "{err}"
+    );
 }
 
 /// A live HLS source (ffmpeg's, MPEG-TS segments) remuxed by `track`: its pads say what they
@@ -468,13 +549,24 @@ fn a_live_hls_source_is_remuxed_by_track() {
     svc.wait_status(&id, &["active"], Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(4));
     let run = stop(&svc, &id);
-    let done = svc.wait_status(&id, &["complete", "failed", "aborted"], Duration::from_secs(20));
+    let done = svc.wait_status(
+        &id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(20),
+    );
     assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
     let path = output(&done);
     ffmpeg_decodes(&path);
     let probe = ffprobe(&path);
-    assert_eq!(codecs(&probe), (Some("h264".into()), Some("aac".into())), "{probe}");
+    assert_eq!(
+        codecs(&probe),
+        (Some("h264".into()), Some("aac".into())),
+        "{probe}"
+    );
     let (v, a) = stream_durations(&path);
-    assert!(v.is_some_and(|d| d > 2.0) && a.is_some_and(|d| d > 2.0), "{probe}");
+    assert!(
+        v.is_some_and(|d| d > 2.0) && a.is_some_and(|d| d > 2.0),
+        "{probe}"
+    );
     drop(run);
 }

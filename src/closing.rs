@@ -103,7 +103,10 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
     if let Some((name, path, container)) = &o.file {
         // A hybrid MP4 is fragmented until remuxed here, after a graceful end as after a kill.
         if media && *container == Container::Mp4 {
-            let timeline = o.timeline.as_deref().and_then(crate::timeline::Timeline::read);
+            let timeline = o
+                .timeline
+                .as_deref()
+                .and_then(crate::timeline::Timeline::read);
             match crate::repair::mp4_if_needed(path, timeline) {
                 Some(Ok(())) => notes.push("hybrid MP4 remuxed into a normal MP4".into()),
                 Some(Err(e)) => {
@@ -115,7 +118,7 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
         let spans = o
             .timeline
             .as_deref()
-            .and_then(|t| crate::timeline::Spans::read(&t.with_extension("").with_extension("spans.json")))
+            .and_then(|t| crate::timeline::Spans::read(&crate::timeline::spans_beside(t)))
             .map(|s| StreamSpans {
                 video: s.video,
                 audio: s.audio,
@@ -219,7 +222,11 @@ fn judge(info: &mut EgressInfo, expected: Expected, spans: &StreamSpans) {
         info.error = Some(f);
     }
     for w in v.warnings {
-        let stream = if w.starts_with("video") { "video" } else { "audio" };
+        let stream = if w.starts_with("video") {
+            "video"
+        } else {
+            "audio"
+        };
         gaps.with_label_values(&[stream, "partial"]).inc();
         if !info.warnings.contains(&w) {
             info.warnings.push(w);

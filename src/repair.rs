@@ -117,13 +117,7 @@ fn remux_into(
         if !shift.is_zero() {
             pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
-                    let b = b.make_mut();
-                    if let Some(p) = b.pts() {
-                        b.set_pts(p + shift);
-                    }
-                    if let Some(d) = b.dts() {
-                        b.set_dts(d + shift);
-                    }
+                    crate::pipeline::delay(b.make_mut(), shift);
                 }
                 gst::PadProbeReturn::Ok
             });

@@ -2,7 +2,7 @@
 //! track at zero, so a track that began later (video at its first keyframe, audio at its first
 //! frame after it, tens of ms apart) would be shifted against the other: the sync would be off
 //! by that difference for the whole file. The handler measures each track's first running time
-//! at the muxer and writes it here (`{egress_id}.timeline.json` in the state directory); the
+//! at the muxer and writes it here (`{egress_id}.timeline` in the state directory; JSON, named apart from the records); the
 //! remux into a progressive MP4 (after a graceful end as after a kill) puts the tracks back at
 //! their true distance, which `mp4mux` then keeps in an edit list.
 
@@ -40,7 +40,7 @@ impl Timeline {
 }
 
 /// Where each stream the file output received starts and ends, in seconds of running time,
-/// measured by the handler at the muxer's inputs (`{egress_id}.spans.json`).
+/// measured by the handler at the muxer's inputs (`{egress_id}.spans`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Spans {
     pub video: Option<(f64, f64)>,
@@ -58,17 +58,22 @@ impl Spans {
     }
 }
 
-/// The spans file beside the timeline file (see `path_for`).
+/// The spans file of the egress whose handler writes its result to `result_path`.
 pub fn spans_path_for(result_path: &Path) -> PathBuf {
-    path_for(result_path).with_extension("").with_extension("spans.json")
+    spans_beside(&path_for(result_path))
+}
+
+/// The spans file beside a timeline file.
+pub fn spans_beside(timeline: &Path) -> PathBuf {
+    timeline.with_extension("spans")
 }
 
 /// The timeline file of the egress whose handler writes its result to `result_path`.
 pub fn path_for(result_path: &Path) -> PathBuf {
     let name = result_path
         .file_name()
-        .map(|n| n.to_string_lossy().replace(".result.json", ".timeline.json"))
-        .unwrap_or_else(|| "timeline.json".into());
+        .map(|n| n.to_string_lossy().replace(".result.json", ".timeline"))
+        .unwrap_or_else(|| "timeline".into());
     result_path.with_file_name(name)
 }
 
@@ -90,11 +95,11 @@ mod tests {
         assert_eq!(t.shifts(), (0, 33_000_000));
         assert_eq!(
             path_for(Path::new("/s/egresses/EG_a.result.json")),
-            Path::new("/s/egresses/EG_a.timeline.json")
+            Path::new("/s/egresses/EG_a.timeline")
         );
         assert_eq!(
             spans_path_for(Path::new("/s/egresses/EG_a.result.json")),
-            Path::new("/s/egresses/EG_a.spans.json")
+            Path::new("/s/egresses/EG_a.spans")
         );
     }
 }

@@ -294,8 +294,9 @@ async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf)
     }
     // Outputs a killed handler left unfinished are made whole, then read back.
     let media = info.status != EgressStatus::Aborted;
-    let outputs = crate::closing::Outputs::from_info(&info, &output_root)
-        .with_timeline(crate::timeline::path_for(&store.result_path(&info.egress_id)));
+    let outputs = crate::closing::Outputs::from_info(&info, &output_root).with_timeline(
+        crate::timeline::path_for(&store.result_path(&info.egress_id)),
+    );
     let mut closed = info.clone();
     match actix_web::rt::task::spawn_blocking(move || {
         crate::closing::close(&mut closed, &outputs, media);

@@ -135,7 +135,11 @@ impl UriSource {
             return true;
         }
         // A pad that has not said what it carries yet (HLS gives its caps after its pads).
-        if self.pads.is_empty() || self.pads.iter().any(|p| source_uri::caps_name(p).is_empty())
+        if self.pads.is_empty()
+            || self
+                .pads
+                .iter()
+                .any(|p| source_uri::caps_name(p).is_empty())
         {
             return false;
         }
@@ -382,7 +386,11 @@ impl<'a> Recording<'a> {
             }
             let first_keyframe = Duration::from_secs_f64(self.opts.first_keyframe_s);
             if self.entries.is_none() {
-                if let Some(src) = self.sources.iter().find(|s| s.missing_video(first_keyframe)) {
+                if let Some(src) = self
+                    .sources
+                    .iter()
+                    .find(|s| s.missing_video(first_keyframe))
+                {
                     return Err(self.no_keyframe(src));
                 }
                 if self.sources.iter().all(|s| s.complete(first_keyframe)) {
@@ -476,10 +484,13 @@ impl<'a> Recording<'a> {
                     MEDIA_MESSAGE => {
                         // The output's timeline places its first buffer where it arrived
                         // (`source_uri::gate`): the recording began that long ago.
-                        let since_ms = match (s.get::<u64>("rt"), self.pipeline.current_running_time()) {
-                            (Ok(rt), Some(now)) => now.mseconds().saturating_sub(rt / 1_000_000),
-                            _ => 0,
-                        };
+                        let since_ms =
+                            match (s.get::<u64>("rt"), self.pipeline.current_running_time()) {
+                                (Ok(rt), Some(now)) => {
+                                    now.mseconds().saturating_sub(rt / 1_000_000)
+                                }
+                                _ => 0,
+                            };
                         info!(self.log, "recording"; "after_ms" => self.epoch.elapsed().as_millis() as u64,
                               "media_since_ms" => since_ms);
                         emit(&HandlerEvent::Playing { since_ms });

@@ -71,6 +71,16 @@ fn codec_present(bytes: &[u8], key: &str) -> bool {
     }
 }
 
+/// Posts `ANNOUNCED_MESSAGE` for source `index` from its `uridecodebin3`.
+fn post(bin: &gst::Element, index: usize, a: Announced) {
+    let s = gst::Structure::builder(ANNOUNCED_MESSAGE)
+        .field("source", index as u32)
+        .field("video", a.video)
+        .field("audio", a.audio)
+        .build();
+    let _ = bin.post_message(gst::message::Application::builder(s).src(bin).build());
+}
+
 /// Reads the metadata of FLV bytes leaving `element`'s src pad (the element `uridecodebin3`
 /// made for an `rtmp://` URI) and posts `ANNOUNCED_MESSAGE` for source `index` from `bin`.
 pub fn watch_flv(element: &gst::Element, bin: &gst::Element, index: usize) {
@@ -87,12 +97,7 @@ pub fn watch_flv(element: &gst::Element, bin: &gst::Element, index: usize) {
             .and_then(|m| flv_metadata(m.as_slice()));
         if let Some(a) = found {
             if let Some(bin) = bin.upgrade() {
-                let s = gst::Structure::builder(ANNOUNCED_MESSAGE)
-                    .field("source", index as u32)
-                    .field("video", a.video)
-                    .field("audio", a.audio)
-                    .build();
-                let _ = bin.post_message(gst::message::Application::builder(s).src(&bin).build());
+                post(&bin, index, a);
             }
             return gst::PadProbeReturn::Remove;
         }
@@ -123,12 +128,7 @@ pub fn watch_sdp(element: &gst::Element, bin: &gst::Element, index: usize) {
         a.video |= media == "video";
         a.audio |= media == "audio";
         if let Some(bin) = bin.upgrade() {
-            let s = gst::Structure::builder(ANNOUNCED_MESSAGE)
-                .field("source", index as u32)
-                .field("video", a.video)
-                .field("audio", a.audio)
-                .build();
-            let _ = bin.post_message(gst::message::Application::builder(s).src(&bin).build());
+            post(&bin, index, *a);
         }
         Some(true.to_value())
     });
@@ -146,7 +146,10 @@ pub fn is_flv(uri: &str) -> bool {
     let lower = uri.to_ascii_lowercase();
     lower.starts_with("rtmp://")
         || lower.starts_with("rtmps://")
-        || lower.split(['?', '#']).next().is_some_and(|p| p.ends_with(".flv"))
+        || lower
+            .split(['?', '#'])
+            .next()
+            .is_some_and(|p| p.ends_with(".flv"))
 }
 
 #[cfg(test)]

@@ -48,3 +48,13 @@ pub fn launch_line(spec: &EgressSpec, opts: &PipelineOptions) -> String {
         .collect();
     describe(spec, opts, &streams).launch()
 }
+
+/// Moves a buffer later by `by` (its presentation and decode times alike).
+pub fn delay(b: &mut gstreamer::BufferRef, by: gstreamer::ClockTime) {
+    if let Some(p) = b.pts() {
+        b.set_pts(p + by);
+    }
+    if let Some(d) = b.dts() {
+        b.set_dts(d + by);
+    }
+}

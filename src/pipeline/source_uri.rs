@@ -115,9 +115,7 @@ pub fn connect(
             let mut off = held.offset.lock().unwrap_or_else(|p| p.into_inner());
             if off.is_none()
                 && let Some(rt) = info.buffer().and_then(|b| running_time(pad, b))
-                && let Some(now) = pad
-                    .parent_element()
-                    .and_then(|e| e.current_running_time())
+                && let Some(now) = pad.parent_element().and_then(|e| e.current_running_time())
             {
                 *off = Some(now.nseconds() as i64 - rt);
             }
@@ -126,7 +124,9 @@ pub fn connect(
         // (HLS) says what it carries while it is held.
         let block = |pad: &gst::Pad| {
             let h = h.clone();
-            let t = gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+            let t = gst::PadProbeType::BLOCK
+                | gst::PadProbeType::BUFFER
+                | gst::PadProbeType::BUFFER_LIST;
             pad.add_probe(t, move |pad, info| {
                 arrived(pad, info, &h);
                 gst::PadProbeReturn::Ok
@@ -328,13 +328,7 @@ pub fn gate(
         {
             let shift = gst::ClockTime::from_nseconds((last + step - t) as u64);
             if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
-                let b = b.make_mut();
-                if let Some(p) = b.pts() {
-                    b.set_pts(p + shift);
-                }
-                if let Some(d) = b.dts() {
-                    b.set_dts(d + shift);
-                }
+                super::delay(b.make_mut(), shift);
             }
             rt = Some(last + step);
         }

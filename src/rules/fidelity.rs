@@ -96,12 +96,18 @@ mod tests {
             video: true,
             audio: false,
         };
-        assert_eq!(judge(v, &spans(Some((0.0, 9.5)), None), 9.6), Verdict::default());
+        assert_eq!(
+            judge(v, &spans(Some((0.0, 9.5)), None), 9.6),
+            Verdict::default()
+        );
     }
 
     #[test]
     fn a_stop_right_after_the_start_is_not_judged() {
-        assert_eq!(judge(AV, &spans(None, Some((0.0, 0.3))), 0.4), Verdict::default());
+        assert_eq!(
+            judge(AV, &spans(None, Some((0.0, 0.3))), 0.4),
+            Verdict::default()
+        );
     }
 
     #[test]
@@ -131,7 +137,11 @@ mod tests {
         );
         // Both streams end early against the time recorded.
         let s = spans(Some((0.0, 2.0)), Some((0.0, 2.0)));
-        assert!(judge(AV, &spans(Some((0.0, 7.5)), Some((0.0, 7.4))), 9.0).warnings.is_empty());
+        assert!(
+            judge(AV, &spans(Some((0.0, 7.5)), Some((0.0, 7.4))), 9.0)
+                .warnings
+                .is_empty()
+        );
         assert_eq!(judge(AV, &s, 9.0).warnings.len(), 2);
     }
 }

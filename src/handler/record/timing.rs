@@ -14,7 +14,8 @@ use crate::timeline::{Spans, Timeline};
 
 /// `voaacenc` delays its output by 1600 samples (measured: a tone from the first sample decodes
 /// from sample 1600 on; FFmpeg's `aac` delays by 1024). The graph's audio is always 48 kHz.
-const VOAACENC_PRIMING: gst::ClockTime = gst::ClockTime::from_nseconds(1600 * 1_000_000_000 / 48_000);
+const VOAACENC_PRIMING: gst::ClockTime =
+    gst::ClockTime::from_nseconds(1600 * 1_000_000_000 / 48_000);
 
 /// Takes the encoder's priming off the timestamps of `audio_aac_enc`'s output.
 pub fn compensate_priming(pipeline: &gst::Pipeline) {
@@ -59,7 +60,11 @@ pub fn watch_mux_starts(pipeline: &gst::Pipeline, path: PathBuf) {
     }
     let starts: Arc<Mutex<[Option<i64>; 2]>> = Arc::default();
     for pad in mux.sink_pads() {
-        let slot = if pad.name().starts_with("video") { 0 } else { 1 };
+        let slot = if pad.name().starts_with("video") {
+            0
+        } else {
+            1
+        };
         let starts = starts.clone();
         let path = path.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
@@ -84,10 +89,11 @@ pub fn watch_mux_starts(pipeline: &gst::Pipeline, path: PathBuf) {
 fn running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<i64> {
     let ev = pad.sticky_event::<gst::event::Segment>(0)?;
     let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
-    seg.to_running_time_full(buf.dts_or_pts()?).map(|s| match s {
-        gst::Signed::Positive(t) => t.nseconds() as i64,
-        gst::Signed::Negative(t) => -(t.nseconds() as i64),
-    })
+    seg.to_running_time_full(buf.dts_or_pts()?)
+        .map(|s| match s {
+            gst::Signed::Positive(t) => t.nseconds() as i64,
+            gst::Signed::Negative(t) => -(t.nseconds() as i64),
+        })
 }
 
 /// Where each stream entering `file_mux` starts and ends (running time, s): what the file holds,
