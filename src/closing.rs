@@ -7,12 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::media::StreamSpans;
 use crate::model::{
     Container, EgressInfo, EgressStatus, FileInfo, OutputsSpec, SegmentsOutput, StreamStatus,
     now_ms,
 };
-use crate::rules::fidelity::Expected;
+use crate::rules::fidelity::{Expected, StreamSpans};
 
 /// What the Pipeline actor knows of an egress's outputs (a restarted service rebuilds it from
 /// the record: `from_info`).
@@ -118,11 +117,7 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
         let spans = o
             .timeline
             .as_deref()
-            .and_then(|t| crate::timeline::Spans::read(&crate::timeline::spans_beside(t)))
-            .map(|s| StreamSpans {
-                video: s.video,
-                audio: s.audio,
-            });
+            .and_then(|t| crate::timeline::read_spans(&crate::timeline::spans_beside(t)));
         info.files = describe_file(name, path);
         if let (Some(f), Some(s)) = (info.files.first_mut(), spans) {
             f.video_s = s.video_s();

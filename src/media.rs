@@ -155,26 +155,3 @@ pub fn decode(path: &Path, timeout: Duration) -> Result<DecodeReport, String> {
     let rep = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(rep)
 }
-
-/// Where a file's video and audio start and end, in seconds (measured by the handler at its
-/// muxer, see `timeline::Spans`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct StreamSpans {
-    /// (first pts, last pts + duration) of the first video stream.
-    pub video: Option<(f64, f64)>,
-    /// The same for the first audio stream.
-    pub audio: Option<(f64, f64)>,
-}
-
-impl StreamSpans {
-    pub fn video_s(&self) -> Option<f64> {
-        self.video.map(|(a, b)| round_ms(b - a))
-    }
-    pub fn audio_s(&self) -> Option<f64> {
-        self.audio.map(|(a, b)| round_ms(b - a))
-    }
-}
-
-fn round_ms(s: f64) -> f64 {
-    (s.max(0.0) * 1000.0).round() / 1000.0
-}

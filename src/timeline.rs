@@ -39,23 +39,17 @@ impl Timeline {
     }
 }
 
-/// Where each stream the file output received starts and ends, in seconds of running time,
-/// measured by the handler at the muxer's inputs (`{egress_id}.spans`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Spans {
-    pub video: Option<(f64, f64)>,
-    pub audio: Option<(f64, f64)>,
+/// What the file output received of each stream (`{egress_id}.spans`, measured by the handler
+/// at the muxer's inputs).
+pub use crate::rules::fidelity::StreamSpans as Spans;
+
+pub fn read_spans(path: &Path) -> Option<Spans> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-impl Spans {
-    pub fn read(path: &Path) -> Option<Spans> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-    }
-
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::hls::write_atomic(path, &json)
-    }
+pub fn write_spans(spans: &Spans, path: &Path) -> std::io::Result<()> {
+    let json = serde_json::to_vec(spans).map_err(std::io::Error::other)?;
+    crate::hls::write_atomic(path, &json)
 }
 
 /// The spans file of the egress whose handler writes its result to `result_path`.

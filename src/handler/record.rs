@@ -24,11 +24,13 @@ mod live;
 mod segments;
 mod streams;
 mod timing;
+mod uri_source;
 mod web;
 
 use live::disconnect;
 use segments::Segments;
 use streams::Streams;
+use uri_source::{SrcState, UriSource};
 
 use crossbeam_channel::Receiver;
 use gstreamer as gst;
@@ -42,7 +44,7 @@ use crate::model::{EgressSpec, PipelineOptions, Source};
 use crate::pipeline::announce::{self, Announced};
 use crate::pipeline::errors;
 use crate::pipeline::graph::{self, Desc, StreamKind};
-use crate::pipeline::source_uri::{self, Connection, Held};
+use crate::pipeline::source_uri::{self, Connection};
 use crate::pipeline::{SourceStreams, plan};
 use crate::pipeline::{output_images, output_segments};
 
@@ -68,101 +70,6 @@ pub struct Ended {
     pub cause: String,
     /// Whether any media reached the output.
     pub media: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum SrcState {
-    /// First connection, before the graph exists.
-    Discovering,
-    Live,
-    /// Stalled at `since`; attempts until `since + source_reconnect_s`.
-    Reconnecting {
-        since: Instant,
-    },
-}
-
-struct UriSource {
-    index: usize,
-    uri: String,
-    bin: Option<gst::Element>,
-    held: Arc<Held>,
-    conn: Arc<Connection>,
-    /// Connection number: 0 first, then one per reconnection attempt.
-    attempt: u32,
-    started: Instant,
-    /// Pads of the current connection, in order, and when the last one came.
-    pads: Vec<gst::Pad>,
-    last_pad: Option<Instant>,
-    /// Streams `decodebin3` selected for the current connection: the pads to expect.
-    expected: Option<usize>,
-    /// What the source's metadata announced (FLV `onMetaData`).
-    announced: Option<Announced>,
-    /// Every stream type `decodebin3`'s collections listed for the current connection.
-    collection: Announced,
-    /// Streams appear one by one (FLV, RTSP): the collection is not the whole set.
-    flv: bool,
-    /// How many of `pads` are linked (to the graph or a discard sink).
-    linked: usize,
-    state: SrcState,
-}
-
-impl UriSource {
-    fn has(&self, prefix: &str) -> bool {
-        self.pads
-            .iter()
-            .any(|p| source_uri::caps_name(p).starts_with(prefix))
-    }
-
-    /// What the transport announced: FLV metadata, else `decodebin3`'s stream collection (an
-    /// MPEG-TS PMT, a container header or an SDP list every stream at once; FLV's collection
-    /// grows tag by tag, so it announces nothing).
-    fn announced(&self) -> Option<Announced> {
-        self.announced.or_else(|| {
-            (!self.flv && (self.collection.video || self.collection.audio))
-                .then_some(self.collection)
-        })
-    }
-
-    /// Whether this connection showed every stream the graph may use: a video and an audio
-    /// pad (no source gives the graph more), or every stream the source announced; without an
-    /// announcement, all the streams `decodebin3` selected and no new pad for `PAD_SETTLE`
-    /// (for FLV without metadata, `first_keyframe` since the start: its video comes with a
-    /// keyframe). An announced audio stream that has not shown by `first_keyframe` is given
-    /// up (video is not: see `missing_video`).
-    fn complete(&self, first_keyframe: Duration) -> bool {
-        let (video, audio) = (self.has("video/"), self.has("audio/"));
-        if video && audio {
-            return true;
-        }
-        // A pad that has not said what it carries yet (HLS gives its caps after its pads).
-        if self.pads.is_empty()
-            || self
-                .pads
-                .iter()
-                .any(|p| source_uri::caps_name(p).is_empty())
-        {
-            return false;
-        }
-        let waited = self.started.elapsed() >= first_keyframe;
-        if let Some(a) = self.announced() {
-            return (video || !a.video) && (audio || !a.audio || waited);
-        }
-        let settled = self.last_pad.is_some_and(|t| t.elapsed() >= PAD_SETTLE);
-        if self.flv && !video {
-            return waited;
-        }
-        match self.expected {
-            Some(n) => n > 0 && self.pads.len() >= n && settled,
-            None => settled,
-        }
-    }
-
-    /// Whether the source announced video that has not come within `first_keyframe`.
-    fn missing_video(&self, first_keyframe: Duration) -> bool {
-        self.started.elapsed() >= first_keyframe
-            && self.announced().is_some_and(|a| a.video)
-            && !self.has("video/")
-    }
 }
 
 /// Stream URLs to add (index, URL) and indices to remove.

@@ -6,7 +6,30 @@
 //! stream with nothing in the file fails the egress; one that starts late or ends early by more
 //! than `SLACK_S` is a warning that says where it is missing.
 
-use crate::media::StreamSpans;
+use serde::{Deserialize, Serialize};
+
+/// Where each stream of a file starts and ends, in seconds (running time at the muxer, as the
+/// handler measured it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamSpans {
+    /// (first pts, last pts + duration) of the video.
+    pub video: Option<(f64, f64)>,
+    /// The same for the audio.
+    pub audio: Option<(f64, f64)>,
+}
+
+impl StreamSpans {
+    pub fn video_s(&self) -> Option<f64> {
+        self.video.map(|(a, b)| round_ms(b - a))
+    }
+    pub fn audio_s(&self) -> Option<f64> {
+        self.audio.map(|(a, b)| round_ms(b - a))
+    }
+}
+
+fn round_ms(s: f64) -> f64 {
+    (s.max(0.0) * 1000.0).round() / 1000.0
+}
 
 /// How far a stream may start after, or end before, the recording without a warning: the
 /// record's times are the service's (the stop's handling, a sender's backlog), not the file's.

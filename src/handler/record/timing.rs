@@ -132,7 +132,7 @@ impl MuxSpans {
 
     pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
         let s = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.write(path)
+        crate::timeline::write_spans(&s, path)
     }
 }
 
