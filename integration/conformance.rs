@@ -99,8 +99,16 @@ fn spawn_ffmpeg(args: &[String], url: String) -> Producer {
 /// `profile` published to `nginx` as stream `key`; waits until the server relays it (a
 /// subscriber gets its metadata).
 fn publish(nginx: &Producer, key: &str, profile: Profile) -> Producer {
+    publish_for(nginx, key, profile, None)
+}
+
+/// `publish`, ending the stream after `secs` when given (as a sender that stops cleanly).
+fn publish_for(nginx: &Producer, key: &str, profile: Profile, secs: Option<u32>) -> Producer {
     let url = format!("{}/{key}", nginx.url);
     let mut args = profile.args();
+    if let Some(secs) = secs {
+        args.extend(["-t".into(), secs.to_string()]);
+    }
     args.extend(["-f".into(), "flv".into(), url.clone()]);
     let p = spawn_ffmpeg(&args, url.clone());
     wait_for(
@@ -129,9 +137,14 @@ fn publish(nginx: &Producer, key: &str, profile: Profile) -> Producer {
 
 /// `profile` from an ffmpeg SRT listener (MPEG-TS) that takes one caller.
 fn srt_sender(profile: Profile) -> Producer {
+    srt_listener(profile.args())
+}
+
+/// An ffmpeg SRT listener (MPEG-TS) sending what `args` (its input and codec options) say; it
+/// starts when the one caller it takes connects.
+fn srt_listener(mut args: Vec<String>) -> Producer {
     let port = free_udp_port();
     let url = format!("srt://127.0.0.1:{port}");
-    let mut args = profile.args();
     args.extend(["-f".into(), "mpegts".into(), format!("{url}?mode=listener")]);
     let p = spawn_ffmpeg(&args, url);
     wait_for(Duration::from_secs(20), "the SRT listener to bind", || {
@@ -188,18 +201,47 @@ fn stream_durations(path: &Path) -> (Option<f64>, Option<f64>) {
     let probe = ffprobe(path);
     let of = |t: &str| {
         probe["streams"].as_array().and_then(|s| {
-            s.iter()
-                .find(|s| s["codec_type"] == t)
-                .and_then(|s| s["duration"].as_str().and_then(|d| d.parse().ok()))
+            s.iter().find(|s| s["codec_type"] == t).and_then(|s| {
+                s["duration"]
+                    .as_str()
+                    .and_then(|d| d.parse().ok())
+                    .or_else(|| s["tags"]["DURATION"].as_str().and_then(hms))
+                    // GStreamer's Matroska has no per-track duration: the file's.
+                    .or_else(|| {
+                        probe["format"]["duration"]
+                            .as_str()
+                            .and_then(|d| d.parse().ok())
+                    })
+            })
         })
     };
     (of("video"), of("audio"))
+}
+
+/// Seconds of a Matroska `DURATION` tag ("00:00:07.833000000").
+fn hms(t: &str) -> Option<f64> {
+    let mut secs = 0.0;
+    for part in t.split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some(secs)
 }
 
 /// The ended record of `run`, checked: `complete` with no warning, its file and every HLS
 /// segment decoding with the streams `want` (video, audio), each lasting the time recorded
 /// (from `active` to the stop) within `slack` s. Returns the record and the recorded time.
 fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f64) {
+    check_with(svc, run, want, slack, ffmpeg_decodes)
+}
+
+/// `check`, decoding each file and segment with `decodes`.
+fn check_with(
+    svc: &Service,
+    run: &Run,
+    want: (bool, bool),
+    slack: f64,
+    decodes: fn(&Path),
+) -> (Value, f64) {
     let done = svc.wait_status(
         &run.id,
         &["complete", "failed", "aborted"],
@@ -216,7 +258,7 @@ fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f6
     let started = done["started_at"].as_u64().expect("started_at");
     let recorded = run.stopped_ms.saturating_sub(started) as f64 / 1000.0;
     let path = output(&done);
-    ffmpeg_decodes(&path);
+    decodes(&path);
     let (v, a) = stream_durations(&path);
     eprintln!(
         "{}: recorded {recorded:.3} s, video {v:?} s, audio {a:?} s, stop {took} ms",
@@ -240,6 +282,9 @@ fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f6
     assert_eq!(f["audio_s"].is_number(), want.1, "{f}");
     // Every segment decodes and holds what the file holds.
     let seg = &done["segments"];
+    if seg.is_null() {
+        return (done, recorded);
+    }
     let playlist = PathBuf::from(seg["location"].as_str().expect("playlist"));
     let dir = playlist.parent().expect("dir").to_path_buf();
     let text = std::fs::read_to_string(&playlist).expect("playlist");
@@ -250,7 +295,7 @@ fn check(svc: &Service, run: &Run, want: (bool, bool), slack: f64) -> (Value, f6
         // Known defect (noted on issue 21): the last fragment of a transcode, which splitmuxsink
         // closes after EOS, was seen cut in some runs; it must still hold both streams.
         if k + 1 < segments.len() {
-            ffmpeg_decodes(&p);
+            decodes(&p);
         }
         let probe = ffprobe(&p);
         let (sv, sa) = codecs(&probe);
@@ -285,6 +330,13 @@ fn joined_segments(done: &Value) -> PathBuf {
 
 /// `scripts/av-offset` on a file: the median offset of beeps against flashes, in ms.
 fn av_offset(path: &Path) -> f64 {
+    av_offsets(path)["median_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no offset in {}", path.display()))
+}
+
+/// What `scripts/av-offset` measured in a file (at least 5 flashes found).
+fn av_offsets(path: &Path) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/av-offset");
     let out = Command::new(script)
         .arg(path)
@@ -298,9 +350,7 @@ fn av_offset(path: &Path) -> f64 {
         )
     });
     assert!(v["flashes"].as_u64() >= Some(5), "{v}");
-    v["median_ms"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no offset in {v}"))
+    v
 }
 
 /// A pause of 0-`max_ms` ms: the egress starts at another point of the sender's GOP each run.
@@ -466,21 +516,60 @@ fn one_stream_only_is_recorded_as_it_is() {
 /// Starts an egress per (type, source, name, streams wanted), records 6 s, stops them and
 /// checks each (`check`); returns how long they took to be active.
 fn record_each(svc: &Service, cases: &[(&str, &str, &str, (bool, bool))]) -> Duration {
-    let t0 = Instant::now();
-    let ids: Vec<String> = cases
+    let bodies: Vec<(Value, (bool, bool))> = cases
         .iter()
-        .map(|(t, uri, name, _)| svc.start_egress(&body(t, uri, name)))
+        .map(|(t, uri, name, want)| (body(t, uri, name), *want))
         .collect();
+    record_bodies(svc, &bodies, Duration::from_secs(6)).0
+}
+
+/// Starts an egress per (request, streams wanted), records `secs` once all are active, stops
+/// them and checks each (`check`); returns how long they took to be active, and the records.
+fn record_bodies(
+    svc: &Service,
+    cases: &[(Value, (bool, bool))],
+    secs: Duration,
+) -> (Duration, Vec<Value>) {
+    let t0 = Instant::now();
+    let ids: Vec<String> = cases.iter().map(|(b, _)| svc.start_egress(b)).collect();
     for id in &ids {
         svc.wait_status(id, &["active"], Duration::from_secs(15));
     }
     let to_active = t0.elapsed();
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(secs);
     let runs: Vec<Run> = ids.iter().map(|id| stop(svc, id)).collect();
-    for (run, case) in runs.iter().zip(cases) {
-        check(svc, run, case.3, 0.5);
+    let done = runs
+        .iter()
+        .zip(cases)
+        .map(|(run, case)| check(svc, run, case.1, 0.5).0)
+        .collect();
+    (to_active, done)
+}
+
+/// The frame sizes a file's video decodes to, in order, each once per run of equal ones.
+fn frame_sizes(path: &Path) -> Vec<String> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "frame=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    let mut sizes: Vec<String> = Vec::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let size = l.split(',').take(2).collect::<Vec<_>>().join("x");
+        if !size.is_empty() && sizes.last() != Some(&size) {
+            sizes.push(size);
+        }
     }
-    to_active
+    sizes
 }
 
 /// Codecs encoders send besides H.264 + AAC: HEVC with B-frames and MP2 audio; H.264 with
@@ -573,4 +662,134 @@ fn a_live_hls_source_is_remuxed_by_track() {
         "{probe}"
     );
     drop(run);
+}
+
+/// A file an encoder would send if it changed resolution after 4 s (OBS rescaling, a camera
+/// adapting): 320x240 then 640x360, one stream with continuous timestamps, a new SPS at the
+/// change.
+fn resolution_change(dir: &Path) -> PathBuf {
+    let part = |size: &str, offset: &str, name: &str, secs: &str| {
+        let path = dir.join(name);
+        let status = Command::new("ffmpeg")
+            .args(["-v", "error", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc=size={size}:rate={FPS}"))
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-t", secs, "-c:v", "libx264", "-preset", "veryfast"])
+            .args(["-pix_fmt", "yuv420p", "-g", "60", "-bf", "2", "-c:a", "aac"])
+            // Past the first part's last decode time (B-frames start it earlier).
+            .args(["-output_ts_offset", offset, "-f", "mpegts", "-y"])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg");
+        assert!(status.success());
+        std::fs::read(&path).expect("part")
+    };
+    let mut all = part("320x240", "0", "small.ts", "4");
+    all.extend(part("640x360", "4.1", "large.ts", "8"));
+    let path = dir.join("resolution-change.ts");
+    std::fs::write(&path, all).expect("joined");
+    path
+}
+
+/// A resolution change mid-stream: `track` keeps both sizes in its MP4, its Matroska file and
+/// its HLS segments (before, the fragmented MP4 came out broken and Matroska failed on the new
+/// caps); `participant` scales the second part to its output size. Every stream lasts the time
+/// recorded.
+#[test]
+fn a_resolution_change_is_copied_by_track_and_scaled_by_participant() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let file = resolution_change(dirs.root.path());
+    let sender = || {
+        let mut args: Vec<String> = ["-hide_banner", "-loglevel", "error", "-re", "-i"]
+            .map(String::from)
+            .to_vec();
+        args.push(file.display().to_string());
+        args.extend(["-c".into(), "copy".into()]);
+        srt_listener(args)
+    };
+    let (a, b, c) = (sender(), sender(), sender());
+    let mkv = json!({
+        "type": "track",
+        "sources": [{"uri": b.url}],
+        "outputs": [{"file": {"filename": "res.mkv"}}],
+        "estimated_cpu": 0.3,
+    });
+    let (_, done) = record_bodies(
+        &svc,
+        &[
+            (body("track", &a.url, "res_track"), (true, true)),
+            (mkv, (true, true)),
+            (body("participant", &c.url, "res_part"), (true, true)),
+        ],
+        Duration::from_secs(7),
+    );
+    let both = vec!["320x240".to_string(), "640x360".to_string()];
+    assert_eq!(frame_sizes(&output(&done[0])), both, "track MP4");
+    assert_eq!(frame_sizes(&joined_segments(&done[0])), both, "track HLS");
+    assert_eq!(frame_sizes(&output(&done[1])), both, "track Matroska");
+    assert_eq!(
+        frame_sizes(&output(&done[2])),
+        vec!["320x240".to_string()],
+        "participant MP4"
+    );
+}
+
+/// A sender that stops and starts again (OBS "Stop Streaming" then "Start Streaming", an
+/// encoder rebooting): its second stream's timestamps start from zero. The egress waits for it
+/// (`pipeline.source_reconnect_s`), goes on in the same files (one `complete` recording, no
+/// warning), and after the restart the sound is again within a frame of the picture.
+#[test]
+fn a_sender_restart_continues_the_recording_in_sync() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let nginx = nginx_rtmp();
+    let profile = Profile {
+        video: Some(("libx264", 2, 2)),
+        audio: Some("aac"),
+        sync: true,
+    };
+    let mut first = publish_for(&nginx, "restart", profile, Some(7));
+    somewhere_in_the_gop(2000);
+    let ids: Vec<String> = ["track", "participant"]
+        .iter()
+        .map(|t| svc.start_egress(&body(t, &first.url, &format!("restart_{t}"))))
+        .collect();
+    for id in &ids {
+        svc.wait_status(id, &["active"], Duration::from_secs(15));
+    }
+    // The sender ends its stream on its own, as OBS does.
+    let ended = first.child.wait().expect("first sender");
+    assert!(ended.success(), "{ended:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _second = publish(&nginx, "restart", profile);
+    std::thread::sleep(Duration::from_secs(5));
+    let runs: Vec<Run> = ids.iter().map(|id| stop(&svc, id)).collect();
+    for run in &runs {
+        // What the server relays at a reconnection comes in a burst: frames stamped at
+        // arrival may share one tick of ffmpeg's frame clock, each still decoding.
+        let (done, recorded) = check_with(&svc, run, (true, true), 0.5, ffmpeg_decodes_burst);
+        let file = output(&done);
+        let v = av_offsets(&file);
+        eprintln!("{}: {v}", file.display());
+        let offsets: Vec<f64> = v["offsets_ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let at: Vec<f64> = v["offsets_at_s"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        // Flashes from both senders: the last 4 s of the recording are the second's.
+        let late = at.iter().filter(|t| **t > recorded - 4.0).count();
+        assert!(late >= 3, "flashes after the restart: {v}");
+        let (lo, hi) = offsets
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), o| (l.min(*o), h.max(*o)));
+        assert!(
+            hi - lo <= 34.0,
+            "{}: offsets {offsets:?} spread over more than a frame",
+            file.display()
+        );
+    }
 }

@@ -26,6 +26,9 @@ pub struct Outputs {
     pub timeline: Option<PathBuf>,
     /// What the handler's graph records (its `recording` event): the file is judged against it.
     pub expected: Option<crate::rules::fidelity::Expected>,
+    /// When the source stopped sending (ms), if the recording ended because it never came
+    /// back: the file is judged up to then, not up to the end of the wait.
+    pub media_until: Option<u64>,
 }
 
 impl Outputs {
@@ -40,6 +43,7 @@ impl Outputs {
             manifest: manifest.to_path_buf(),
             timeline: None,
             expected: None,
+            media_until: None,
         }
     }
 
@@ -90,6 +94,7 @@ impl Outputs {
             manifest: dir.join(format!("{}.json", info.egress_id)),
             timeline: None,
             expected: None,
+            media_until: None,
         }
     }
 }
@@ -124,7 +129,7 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
             f.audio_s = s.audio_s();
         }
         if let (Some(expected), Some(spans)) = (o.expected, spans) {
-            judge(info, expected, &spans);
+            judge(info, expected, &spans, o.media_until);
         }
         if info.files.first().is_some_and(|f| f.size_bytes == 0) {
             crate::outputs::remove_if_empty(path);
@@ -196,11 +201,15 @@ pub fn describe_file(filename: &str, path: &Path) -> Vec<FileInfo> {
 
 /// A `complete` egress whose file lacks an announced stream fails; one whose file holds it for
 /// less than the recording gets warnings (`rules::fidelity`).
-fn judge(info: &mut EgressInfo, expected: Expected, spans: &StreamSpans) {
+fn judge(info: &mut EgressInfo, expected: Expected, spans: &StreamSpans, until: Option<u64>) {
     if info.status != EgressStatus::Complete {
         return;
     }
-    let recorded_s = match (info.started_at, info.ended_at) {
+    let end = match (info.ended_at, until) {
+        (Some(e), Some(u)) => Some(e.min(u)),
+        (e, _) => e,
+    };
+    let recorded_s = match (info.started_at, end) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1000.0,
         _ => 0.0,
     };

@@ -112,6 +112,9 @@ fn remux_into(
             return;
         };
         let video = pad.name().starts_with("video");
+        // qtdemux may give a fragmented file's track new caps midway (a frame rate it
+        // recomputes), which mp4mux refuses: the remux then stalls until its timeout.
+        crate::pipeline::keep_first_caps(pad);
         let template = if video { "video_%u" } else { "audio_%u" };
         let shift = gst::ClockTime::from_nseconds(if video { video_shift } else { audio_shift });
         if !shift.is_zero() {

@@ -109,6 +109,8 @@ pub struct Pipeline {
     source_ended: bool,
     /// The handler gave up on a stalled source ("Source lost").
     source_lost: bool,
+    /// When a source stalled (or its sender ended the stream), until it recovers.
+    stalled_at: Option<u64>,
     finalized: bool,
     /// Whether media reached the outputs: set by `playing`, confirmed by `exiting` (no media, no
     /// file and no manifest).
@@ -191,6 +193,7 @@ impl Pipeline {
             error: None,
             source_ended: false,
             source_lost: false,
+            stalled_at: None,
             finalized: false,
             media: false,
             exited: false,
@@ -450,6 +453,7 @@ impl Handler<HandlerLine> for Pipeline {
             }
             HandlerEvent::SourceStalled { source } => {
                 warn!(self.log, "source stalled; handler reconnecting"; "source" => source);
+                self.stalled_at.get_or_insert_with(now_ms);
                 crate::metrics::METRICS
                     .source_events_total
                     .with_label_values(&["stalled"])
@@ -457,6 +461,7 @@ impl Handler<HandlerLine> for Pipeline {
             }
             HandlerEvent::SourceRecovered { source } => {
                 info!(self.log, "source recovered"; "source" => source);
+                self.stalled_at = None;
                 crate::metrics::METRICS
                     .source_events_total
                     .with_label_values(&["recovered"])
@@ -469,6 +474,7 @@ impl Handler<HandlerLine> for Pipeline {
                     .with_label_values(&["lost"])
                     .inc();
                 self.source_lost = true;
+                self.outputs.media_until = self.stalled_at;
                 if !self.info.status.is_final() && self.info.status != EgressStatus::Ending {
                     self.info.status = EgressStatus::Ending;
                     self.report();
@@ -490,6 +496,7 @@ impl Handler<HandlerLine> for Pipeline {
             }
             HandlerEvent::SourceEnded => {
                 self.source_ended = true;
+                self.outputs.media_until = self.stalled_at;
                 if self.info.status.is_final() || self.info.status == EgressStatus::Ending {
                     return;
                 }

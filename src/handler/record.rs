@@ -46,7 +46,7 @@ use crate::pipeline::errors;
 use crate::pipeline::graph::{self, Desc, StreamKind};
 use crate::pipeline::source_uri::{self, Connection};
 use crate::pipeline::{SourceStreams, plan};
-use crate::pipeline::{output_images, output_segments};
+use crate::pipeline::{output_file, output_images, output_segments};
 
 /// How one wait on the bus lasts at most: stops and stalls are looked at this often.
 const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(50);
@@ -175,7 +175,11 @@ impl<'a> Recording<'a> {
         let caps = plan::copy_caps(self.spec);
         let (bin, held) = source_uri::connect(src.index, &name, &src.uri, caps.as_deref())?;
         self.pipeline.add(&bin)?;
-        src.conn = Connection::new(self.video_gates(src.index), self.epoch);
+        let prev = std::mem::replace(
+            &mut src.conn,
+            Connection::new(self.video_gates(src.index), self.epoch),
+        );
+        src.conn.follow(&prev);
         src.held = held;
         src.bin = Some(bin.clone());
         src.started = Instant::now();
@@ -646,6 +650,10 @@ impl<'a> Recording<'a> {
         self.attach_outputs();
         self.watch_output(&desc)?;
         timing::compensate_priming(&self.pipeline);
+        for parser in ["file_video_parse", "seg_video_parse"] {
+            output_file::keep_first_caps(&self.pipeline, parser);
+        }
+        output_segments::cut_at_idr_only(&self.pipeline);
         self.mux_spans = timing::MuxSpans::watch(&self.pipeline);
         // Live URI sources start their tracks where the keyframe and the audio after it came;
         // test sources and pages start both together (a page's audio waits for its first frame).
@@ -655,12 +663,14 @@ impl<'a> Recording<'a> {
                 crate::timeline::path_for(&self.spec.result_path),
             );
         }
-        if let Some(pad) = self
-            .pipeline
-            .by_name("video_parse")
-            .and_then(|e| e.static_pad("src"))
-        {
-            live::monotonic(&pad);
+        for (parser, video) in [("video_parse", true), ("audio_parse", false)] {
+            if let Some(pad) = self
+                .pipeline
+                .by_name(parser)
+                .and_then(|e| e.static_pad("src"))
+            {
+                live::monotonic(&pad, video);
+            }
         }
         // Downstream first, so nothing pushes into an element that is not playing yet.
         let mut names: Vec<&str> = desc.names();
@@ -674,7 +684,9 @@ impl<'a> Recording<'a> {
         for k in 0..self.sources.len() {
             // The first connection was made before anyone knew whether video gates audio.
             let gates = self.video_gates(self.sources[k].index);
-            self.sources[k].conn = Connection::new(gates, self.epoch);
+            let conn = Connection::new(gates, self.epoch);
+            conn.follow(&self.sources[k].conn);
+            self.sources[k].conn = conn;
             self.sources[k].state = SrcState::Live;
             self.link_source(k)?;
         }
@@ -771,7 +783,7 @@ impl<'a> Recording<'a> {
         // Pads keep their kinds as later ones come (the first video and audio win), so only
         // the new ones are linked.
         for (n, (pad, kind)) in src.pads.iter().zip(kinds).enumerate().skip(src.linked) {
-            let video = matches!(kind, StreamKind::RawVideo | StreamKind::H264);
+            let video = kind.is_video();
             let entry = (kind != StreamKind::Unused
                 && plan::records(self.spec, &self.streams, i, video))
             .then(|| entries.get(&(i, kind)))

@@ -9,7 +9,7 @@
 //!   raw audio: audio_queue ─► audio_convert ─► audio_resample ─► audio_caps (48 kHz stereo)
 //!              ─► audio_raw_tee ─┬─► audio_aac_enc_queue ─► audio_aac_enc ─► audio_aac_tee ─► outputs
 //!                                └─► audio_opus_enc_queue ─► audio_opus_enc ─► audio_opus_tee
-//!   copy:      video_queue ─► video_parse (h264parse) ─► video_h264_tee
+//!   copy:      video_queue ─► video_parse (h264parse|h265parse) ─► video_h264_tee|video_h265_tee
 //!              audio_queue ─► audio_parse (aacparse)  ─► audio_aac_tee
 //! ```
 //!
@@ -23,6 +23,8 @@ use crate::model::{EgressSpec, PipelineOptions};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
     H264,
+    /// Only copied (a `track` of an HEVC source into MP4 or Matroska), never encoded.
+    H265,
     Vp8,
     Theora,
 }
@@ -31,6 +33,7 @@ impl VideoCodec {
     pub fn as_str(self) -> &'static str {
         match self {
             VideoCodec::H264 => "h264",
+            VideoCodec::H265 => "h265",
             VideoCodec::Vp8 => "vp8",
             VideoCodec::Theora => "theora",
         }
@@ -114,7 +117,8 @@ pub fn video_encoder(c: VideoCodec, spec: &EgressSpec, opts: &PipelineOptions) -
     };
     let name = format!("video_{}_enc", c.as_str());
     let enc = match c {
-        VideoCodec::H264 => el("x264enc", &name)
+        // Never asked for: H.265 is only copied (`plan::copy_caps`).
+        VideoCodec::H264 | VideoCodec::H265 => el("x264enc", &name)
             .p("speed-preset", &opts.x264_speed_preset)
             .p("tune", "zerolatency")
             .p("key-int-max", gop)
@@ -150,12 +154,12 @@ pub fn audio_encoder(c: AudioCodecKind, spec: &EgressSpec) -> Vec<Node> {
     ]
 }
 
-/// H.264 kept as is -> `video_h264_tee`.
-pub fn h264_copy() -> Vec<Node> {
+/// H.264 or H.265 kept as is -> `video_h264_tee` / `video_h265_tee`.
+pub fn video_copy(c: VideoCodec) -> Vec<Node> {
     vec![
         el("queue", "video_queue"),
-        el("h264parse", "video_parse"),
-        tee(&VideoCodec::H264.tee()),
+        el(&format!("{}parse", c.as_str()), "video_parse"),
+        tee(&c.tee()),
     ]
 }
 
@@ -177,9 +181,9 @@ pub fn branch(prefix: &str, video: bool, tee_name: &str, codec: &str) -> Vec<Nod
         el("queue", format!("{prefix}_{kind}_queue")),
     ];
     match codec {
-        "h264" => {
-            chain.push(el("h264parse", format!("{prefix}_{kind}_parse")).p("config-interval", -1))
-        }
+        "h264" | "h265" => chain.push(
+            el(&format!("{codec}parse"), format!("{prefix}_{kind}_parse")).p("config-interval", -1),
+        ),
         "aac" => chain.push(el("aacparse", format!("{prefix}_{kind}_parse"))),
         _ => {}
     }

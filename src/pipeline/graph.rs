@@ -25,6 +25,8 @@ pub enum StreamKind {
     RawAudio,
     /// H.264 kept as is (copied).
     H264,
+    /// H.265 kept as is (copied into MP4 or Matroska).
+    H265,
     /// AAC kept as is (copied).
     Aac,
     /// Anything this graph does not record (subtitles, a second video...): goes to a fakesink.
@@ -38,9 +40,18 @@ impl StreamKind {
             StreamKind::RawVideo => "video/x-raw",
             StreamKind::RawAudio => "audio/x-raw",
             StreamKind::H264 => "video/x-h264",
+            StreamKind::H265 => "video/x-h265",
             StreamKind::Aac => "audio/mpeg",
             StreamKind::Unused => "ANY",
         }
+    }
+
+    /// Whether this is a video stream (decoded or copied).
+    pub fn is_video(self) -> bool {
+        matches!(
+            self,
+            StreamKind::RawVideo | StreamKind::H264 | StreamKind::H265
+        )
     }
 }
 

@@ -58,3 +58,35 @@ pub fn delay(b: &mut gstreamer::BufferRef, by: gstreamer::ClockTime) {
         b.set_dts(d + by);
     }
 }
+
+/// Gives every later caps event of the same media type on `pad` as the first one: for muxers
+/// that cannot change caps mid-stream, when what changes (a resolution in an SPS repeated in
+/// the stream, a frame rate `qtdemux` recomputes) does not matter to them. Caps of another
+/// type still pass, to fail loudly.
+pub fn keep_first_caps(pad: &gstreamer::Pad) {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    // The first caps event, given again in place of every later one of the same codec
+    // (dropping a sticky event makes the pad resend it before every buffer).
+    let first: std::sync::Mutex<Option<gst::Event>> = std::sync::Mutex::new(None);
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        let Some(gst::PadProbeData::Event(ev)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let gst::EventView::Caps(c) = ev.view() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let name = |caps: &gst::CapsRef| caps.structure(0).map(|s| s.name().to_string());
+        let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+        let same = first.as_ref().is_some_and(|f| match f.view() {
+            gst::EventView::Caps(fc) => name(fc.caps()) == name(c.caps()),
+            _ => false,
+        });
+        match &*first {
+            None => *first = Some(ev.clone()),
+            Some(f) if same => info.data = Some(gst::PadProbeData::Event(f.clone())),
+            Some(_) => {}
+        }
+        gst::PadProbeReturn::Ok
+    });
+}

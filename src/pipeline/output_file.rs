@@ -17,6 +17,9 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
 use super::encode::{AudioCodecKind, VideoCodec, branch};
 use super::graph::{Desc, Node, el, link};
 use crate::error::PipelineError;
@@ -31,13 +34,13 @@ pub fn video_codec(c: Container) -> VideoCodec {
     }
 }
 
-/// Adds the muxer, the sink and the branches from the encoded tees (`audio`: the audio codec,
-/// when the egress records audio).
+/// Adds the muxer, the sink and the branches from the encoded tees (`video`, `audio`: the
+/// codecs, when the egress records that stream).
 pub fn add(
     d: &mut Desc,
     file: &FileOutput,
     opts: &PipelineOptions,
-    video: bool,
+    video: Option<VideoCodec>,
     audio: Option<AudioCodecKind>,
 ) {
     let mux = match file.container {
@@ -56,8 +59,7 @@ pub fn add(
             path: file.path.display().to_string(),
         },
     ]);
-    if video {
-        let c = video_codec(file.container);
+    if let Some(c) = video {
         let mut chain = branch("file", true, &c.tee(), c.as_str());
         chain.push(link("file_mux"));
         d.push(chain);
@@ -69,6 +71,17 @@ pub fn add(
     }
     d.sinks.push("file_sink".into());
     d.media.push("file_mux".into());
+}
+
+/// Keeps a muxer on the first caps of its video (`parser`: the parse element before it), see
+/// `super::keep_first_caps`: a copied source that changes resolution or restarts (a new SPS)
+/// makes fragmented `mp4mux` write a broken file, `matroskamux` fail ("Caps changes are not
+/// supported") and `splitmuxsink` cut a segment inside a GOP. The parser repeats SPS and PPS
+/// before every keyframe (`config-interval=-1`), so decoders see the change in the stream.
+pub fn keep_first_caps(pipeline: &gst::Pipeline, parser: &str) {
+    if let Some(pad) = pipeline.by_name(parser).and_then(|e| e.static_pad("src")) {
+        super::keep_first_caps(&pad);
+    }
 }
 
 /// Opens the output file for writing without ever following a symlink: the service creates it

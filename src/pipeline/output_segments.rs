@@ -10,6 +10,9 @@
 //! The handler names each segment through `format-location`, creating the file itself first
 //! (`O_CREAT|O_EXCL|O_NOFOLLOW`), so no segment is ever written through a planted symlink.
 
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
 use super::encode::{AudioCodecKind, VideoCodec, branch};
 use super::graph::{Desc, el, link_pad};
 use crate::model::SegmentsOutput;
@@ -51,4 +54,51 @@ pub fn add(d: &mut Desc, s: &SegmentsOutput, video: bool, audio: bool) {
     }
     d.media.push(SINK.into());
     d.sinks.push(SINK.into());
+}
+
+/// Makes `splitmuxsink` cut segments at IDR frames only. `h264parse` marks every I frame as a
+/// keyframe, and senders put non-IDR I frames at scene cuts (x264's `scenecut`, OBS's
+/// default): a segment cut there starts without SPS/PPS and with frames that refer to the
+/// previous one, so players cannot decode its start ("non-existing PPS"). Such frames are
+/// marked delta units on the way into the segmenter. Byte-stream H.264 (what `mpegtsmux`
+/// takes) is what flows there.
+pub fn cut_at_idr_only(pipeline: &gst::Pipeline) {
+    let Some(pad) = pipeline
+        .by_name("seg_video_parse")
+        .and_then(|e| e.static_pad("src"))
+    else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+        if let Some(gst::PadProbeData::Buffer(buf)) = &mut info.data
+            && !buf.flags().contains(gst::BufferFlags::DELTA_UNIT)
+        {
+            let idr = buf.map_readable().map(|m| has_idr(&m)).unwrap_or(true);
+            if !idr {
+                buf.make_mut().set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Whether an H.264 access unit in byte-stream form (start codes) holds an IDR slice.
+pub fn has_idr(au: &[u8]) -> bool {
+    au.windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_idr;
+
+    #[test]
+    fn only_idr_slices_start_a_segment() {
+        // SPS, PPS, IDR slice (type 5): an IDR access unit.
+        let idr = [0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 3];
+        assert!(has_idr(&idr));
+        // A non-IDR slice (type 1), as x264 writes an I frame at a scene cut.
+        let i_frame = [0, 0, 0, 1, 0x09, 0x10, 0, 0, 1, 0x41, 3];
+        assert!(!has_idr(&i_frame));
+    }
 }

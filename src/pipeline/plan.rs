@@ -2,8 +2,8 @@
 //! test sources, read from the caps of the pads one connection to a URI source exposed).
 //!
 //! Shapes (all encoders run in real time on live sources):
-//! - `track`: one source; H.264 video and AAC audio are copied into MP4/Matroska, anything else
-//!   is encoded.
+//! - `track`: one source; H.264 video and AAC audio are copied into MP4/Matroska, HLS and
+//!   streams, H.265 into MP4/Matroska; anything else is encoded.
 //! - `track_composite`: video of source 0 + audio of source 1 (or both from one source).
 //! - `participant`: video and audio of one source, transcoded.
 //! - `room_composite`: see `compose`.
@@ -29,7 +29,7 @@ use crate::model::{
 /// What one source carries, as the graph will consume it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceStreams {
-    /// `RawVideo` or `H264`.
+    /// `RawVideo`, `H264` or `H265`.
     pub video: Option<StreamKind>,
     /// `RawAudio` or `Aac`.
     pub audio: Option<StreamKind>,
@@ -71,9 +71,9 @@ impl SourceStreams {
             .map(|name| {
                 let k = kind_of(name);
                 let slot = match k {
-                    StreamKind::RawVideo | StreamKind::H264 => &mut s.video,
+                    k if k.is_video() => &mut s.video,
                     StreamKind::RawAudio | StreamKind::Aac => &mut s.audio,
-                    StreamKind::Unused => return StreamKind::Unused,
+                    _ => return StreamKind::Unused,
                 };
                 if slot.is_some() {
                     return StreamKind::Unused;
@@ -97,6 +97,7 @@ pub fn kind_of(name: &str) -> StreamKind {
         "video/x-raw" => StreamKind::RawVideo,
         "audio/x-raw" => StreamKind::RawAudio,
         "video/x-h264" => StreamKind::H264,
+        "video/x-h265" => StreamKind::H265,
         "audio/mpeg" => StreamKind::Aac,
         _ => StreamKind::Unused,
     }
@@ -144,15 +145,21 @@ pub fn extra_encodes(o: &OutputsSpec) -> usize {
 
 /// The caps at which a URI source of `spec` stops decoding: raw, plus the codecs this egress
 /// copies as they are (`track` whose outputs all take H.264, and AAC when they all take AAC;
-/// not with images, which need decoded frames). None: the default (decode everything).
+/// H.265 when the only output is an MP4 or Matroska file; not with images, which need decoded
+/// frames). None: the default (decode everything).
 pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
+    let o = &spec.outputs;
     if spec.egress_type != EgressType::Track
-        || spec.outputs.images.is_some()
-        || video_codecs(&spec.outputs) != [VideoCodec::H264]
+        || o.images.is_some()
+        || video_codecs(o) != [VideoCodec::H264]
     {
         return None;
     }
     let mut caps = vec!["video/x-raw(ANY)", "audio/x-raw(ANY)", "video/x-h264"];
+    // HLS players (Safari, hls.js) take H.265 only in fMP4 segments, and RTMP not at all.
+    if o.file.is_some() && o.segments.is_none() && !o.stream {
+        caps.push("video/x-h265");
+    }
     if audio_codecs(spec) == [AudioCodecKind::Aac] {
         // MPEG-4 AAC only: mp4mux takes nothing else, and MP3 is audio/mpeg too.
         caps.push("audio/mpeg,mpegversion=(int)4");
@@ -222,7 +229,7 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     let has_video = !video_from.is_empty();
     let has_audio = !audio_from.is_empty();
     // Sources into the raw tees (or, copied, straight into the encoded ones).
-    let mut video_copied = false;
+    let mut video_copied: Option<VideoCodec> = None;
     let mut audio_copied = false;
     if spec.egress_type == EgressType::RoomComposite {
         let video = video_from.iter().map(|&i| (i, video_head(i))).collect();
@@ -231,11 +238,14 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     } else {
         if let Some(&i) = video_from.first() {
             let mut chain = video_head(i);
-            video_copied = streams[i].video == Some(StreamKind::H264);
-            chain.extend(if video_copied {
-                encode::h264_copy()
-            } else {
-                encode::video_raw(spec)
+            video_copied = match streams[i].video {
+                Some(StreamKind::H264) => Some(VideoCodec::H264),
+                Some(StreamKind::H265) => Some(VideoCodec::H265),
+                _ => None,
+            };
+            chain.extend(match video_copied {
+                Some(c) => encode::video_copy(c),
+                None => encode::video_raw(spec),
             });
             d.push(chain);
         }
@@ -254,7 +264,7 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
         d.push(bed);
     }
     // One encoder per codec the outputs need.
-    if has_video && !video_copied {
+    if has_video && video_copied.is_none() {
         for c in video_codecs(&spec.outputs) {
             d.push(encode::video_encoder(c, spec, opts));
         }
@@ -268,7 +278,8 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     let o = &spec.outputs;
     if let Some(f) = &o.file {
         let a = has_audio.then(|| audio_codecs[0]);
-        output_file::add(&mut d, f, opts, has_video, a);
+        let v = has_video.then(|| video_copied.unwrap_or(output_file::video_codec(f.container)));
+        output_file::add(&mut d, f, opts, v, a);
     }
     if let Some(s) = &o.segments {
         output_segments::add(&mut d, s, has_video, has_audio);
@@ -278,7 +289,7 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     }
     if let Some(im) = &o.images
         && has_video
-        && !video_copied
+        && video_copied.is_none()
     {
         output_images::add(&mut d, im);
     }
@@ -481,7 +492,24 @@ mod tests {
             serde_json::json!({"type": "track", "sources": [{"uri": "srt://h:1"}],
             "outputs": [{"file": {}}, {"segments": {}}, {"stream": {"urls": []}}]}),
         );
-        assert!(copy_caps(&t).is_some());
+        let c = copy_caps(&t).unwrap();
+        assert!(
+            !c.contains("video/x-h265"),
+            "HLS and RTMP take no HEVC here: {c}"
+        );
+    }
+
+    #[test]
+    fn track_copies_hevc_into_a_file_only() {
+        assert!(copy_caps(&track("t.mp4")).unwrap().contains("video/x-h265"));
+        assert!(copy_caps(&track("t.mkv")).unwrap().contains("video/x-h265"));
+        let (s, kinds) = SourceStreams::from_pads(&["video/x-h265", "audio/mpeg"]);
+        assert_eq!(s.video, Some(StreamKind::H265));
+        assert_eq!(kinds[0], StreamKind::H265);
+        let d = describe(&track("t.mp4"), &opts(), &[s]);
+        let f = d.factories();
+        assert!(f.contains(&"h265parse".to_string()), "{f:?}");
+        assert!(!f.contains(&"x264enc".to_string()) && !f.contains(&"h264parse".to_string()));
     }
 
     #[test]

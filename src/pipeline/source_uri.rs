@@ -13,7 +13,7 @@
 //! entries: the outputs keep one timeline, and the pad offset makes the gap a gap (timestamps
 //! continue with the wall clock, not where the last connection stopped).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -45,6 +45,18 @@ pub struct Held {
     /// reached a held pad: what places the stream on the pipeline's timeline where it arrived,
     /// not where it was released (it may wait there for the graph, seconds for a late video).
     offset: Mutex<Option<i64>>,
+    /// The sender may come back after its stream ends (`rejoins`): its EOS is not the end.
+    rejoins: bool,
+}
+
+/// Whether a source's sender may end its stream and start it again on the same URI (OBS
+/// stopping and restarting, an encoder rebooting): RTMP, RTSP and SRT. Its EOS is waited out
+/// like a stall (`pipeline.source_reconnect_s`) instead of ending the recording at once.
+pub fn rejoins(uri: &str) -> bool {
+    let lower = uri.to_ascii_lowercase();
+    ["rtmp://", "rtmps://", "rtsp://", "rtsps://", "srt://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
 }
 
 impl Held {
@@ -88,7 +100,10 @@ pub fn connect(
     let bin = b
         .build()
         .map_err(|_| PipelineError::MissingElement("uridecodebin3".into()))?;
-    let held = Arc::new(Held::default());
+    let held = Arc::new(Held {
+        rejoins: rejoins(uri),
+        ..Held::default()
+    });
     let h = held.clone();
     let flv = super::announce::is_flv(uri);
     bin.connect("source-setup", false, move |args| {
@@ -197,8 +212,16 @@ pub struct Connection {
     keyframe_seen: Condvar,
     /// Set when the connection is dropped: nothing waits on it any more.
     closed: AtomicBool,
+    /// The sender ended its stream after sending media (an EOS the gate kept from the graph).
+    pub ended: AtomicBool,
     /// Offset applied to every pad of this connection, set at its first buffer.
     offset: Mutex<Option<i64>>,
+    /// The latest running time (offset applied) a buffer of this connection went out at.
+    out_max: AtomicI64,
+    /// Where the previous connection of the source ended: this one starts after it (a sender
+    /// whose stream ran ahead of the clock would otherwise come back earlier than it left,
+    /// and a muxer refuses time going backwards).
+    floor: AtomicI64,
     epoch: Instant,
 }
 
@@ -213,9 +236,21 @@ impl Connection {
             keyframe_rt: Mutex::new(None),
             keyframe_seen: Condvar::new(),
             closed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             offset: Mutex::new(None),
+            out_max: AtomicI64::new(i64::MIN),
+            floor: AtomicI64::new(i64::MIN),
             epoch,
         })
+    }
+
+    /// This connection replaces `prev`: its media starts after what `prev` delivered.
+    pub fn follow(&self, prev: &Connection) {
+        let end = prev
+            .out_max
+            .load(Ordering::Relaxed)
+            .max(prev.floor.load(Ordering::Relaxed));
+        self.floor.store(end, Ordering::Relaxed);
     }
 
     /// Milliseconds since this connection's last buffer (or since it was made).
@@ -250,6 +285,23 @@ pub fn gate(
     let weak = pipeline.downgrade();
     let offset_set = AtomicBool::new(false);
     let last_rt: Mutex<Option<i64>> = Mutex::new(None);
+    if held.rejoins {
+        // A sender that may come back: its EOS would end every output; the handler waits for
+        // it as for a stall, and ends the recording itself if it does not come back.
+        let c = conn.clone();
+        pad.add_probe(
+            gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| match info.event() {
+                Some(ev)
+                    if ev.type_() == gst::EventType::Eos && c.delivered.load(Ordering::Relaxed) =>
+                {
+                    c.ended.store(true, Ordering::Relaxed);
+                    gst::PadProbeReturn::Drop
+                }
+                _ => gst::PadProbeReturn::Ok,
+            },
+        );
+    }
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         conn.touch();
         let Some(buf) = info.buffer() else {
@@ -304,19 +356,29 @@ pub fn gate(
             let mut off = conn.offset.lock().unwrap_or_else(|p| p.into_inner());
             let arrived = *held.offset.lock().unwrap_or_else(|p| p.into_inner());
             let o = *off.get_or_insert_with(|| {
-                if let Some(o) = arrived {
-                    return o;
-                }
-                // The first buffer of the connection lands at the pipeline's current running
-                // time: sources share one timeline, and a reconnection continues after the gap.
+                // The first buffer of the connection lands where it arrived (at a held pad, or
+                // now: the pipeline's running time): sources share one timeline, and a
+                // reconnection continues after the gap, never before where the previous
+                // connection ended.
                 let now = weak
                     .upgrade()
                     .and_then(|p| p.current_running_time())
                     .map(|t| t.nseconds() as i64)
                     .unwrap_or(0);
-                now - rt.unwrap_or(now)
+                let first = rt.unwrap_or(now);
+                let o = arrived.unwrap_or(now - first);
+                match conn.floor.load(Ordering::Relaxed) {
+                    i64::MIN => o,
+                    floor => o.max(floor + step - first),
+                }
             });
             pad.set_offset(o);
+            // The offset reaches downstream with the segment, which the pad resends only
+            // before its next buffer: sent now, so this first buffer is placed with it too
+            // (else it goes out on the old timeline, before what the last connection sent).
+            if let Some(seg) = pad.sticky_event::<gst::event::Segment>(0) {
+                pad.push_event(seg);
+            }
         }
         // Never backwards, never squeezed: a sender that pauses and then sends its backlog in a
         // burst gets arrival-based timestamps (srtsrc, rtpjitterbuffer) squeezed, even
@@ -332,8 +394,14 @@ pub fn gate(
             }
             rt = Some(last + step);
         }
-        if rt.is_some() {
+        if let Some(t) = rt {
             *last_rt = rt;
+            let o = conn
+                .offset
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(0);
+            conn.out_max.fetch_max(t + o, Ordering::Relaxed);
         }
         conn.delivered.store(true, Ordering::Relaxed);
         if video {

@@ -23,13 +23,21 @@ impl Recording<'_> {
         for k in 0..self.sources.len() {
             let src = &self.sources[k];
             match src.state {
+                SrcState::Live if src.conn.ended.load(Ordering::Relaxed) => {
+                    self.stall(k, "the sender ended its stream")
+                }
                 SrcState::Live if src.conn.idle_ms() > stall_ms => self.stall(k, "no media"),
-                SrcState::Reconnecting { since } => {
+                SrcState::Reconnecting { since, ended } => {
                     if src.conn.delivered.load(Ordering::Relaxed) {
                         info!(self.log, "source back"; "source" => src.index,
                               "gap_ms" => since.elapsed().as_millis() as u64);
                         emit(&HandlerEvent::SourceRecovered { source: src.index });
                         self.sources[k].state = SrcState::Live;
+                    } else if since.elapsed() > window && ended {
+                        info!(self.log, "source ended"; "source" => src.index);
+                        emit(&HandlerEvent::SourceEnded);
+                        self.end("source_eos");
+                        return Ok(());
                     } else if since.elapsed() > window {
                         warn!(self.log, "source lost"; "source" => src.index);
                         emit(&HandlerEvent::SourceLost { source: src.index });
@@ -58,11 +66,16 @@ impl Recording<'_> {
             warn!(r.log, "source stalled: reconnecting"; "source" => src.index, "why" => why,
                   "window_s" => r.opts.source_reconnect_s);
             emit(&HandlerEvent::SourceStalled { source: src.index });
+            let ended = src.conn.ended.load(Ordering::Relaxed);
             disconnect(&r.pipeline, src);
             // A fresh record: "delivered" now means the next connection delivered.
-            src.conn = Connection::new(r.video_gates(src.index), r.epoch);
+            let prev = std::mem::replace(
+                &mut src.conn,
+                Connection::new(r.video_gates(src.index), r.epoch),
+            );
+            src.conn.follow(&prev);
             let now = Instant::now();
-            src.state = SrcState::Reconnecting { since: now };
+            src.state = SrcState::Reconnecting { since: now, ended };
             // The first attempt comes at once.
             src.started = now - RETRY_PAUSE;
         });
@@ -191,25 +204,51 @@ fn tcp_refused(uri: &str) -> Option<bool> {
 
 /// Keeps the decode times of a copied stream strictly increasing: a sender that resumes after a
 /// pause bursts its backlog with arrival timestamps, equal ones included, which muxers write as
-/// is and decoders then refuse ("non monotonically increasing dts").
-pub(super) fn monotonic(pad: &gst::Pad) {
+/// is and decoders then refuse ("non monotonically increasing dts"), and mp4mux fails on audio
+/// going back in time (seen at a sender's restart). Compared in running time: a reconnection's
+/// timestamps start again from zero in a segment of their own. Video is moved 1 ms after the
+/// last frame; audio (`video` false) that is not after the last, or outside its segment, is
+/// dropped (a frame or two at a restart), since moved audio would overlap.
+pub(super) fn monotonic(pad: &gst::Pad, video: bool) {
     let last = std::sync::Mutex::new(None::<gst::ClockTime>);
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(seg) = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned())
+        else {
+            return gst::PadProbeReturn::Ok;
+        };
         if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
             let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-            let dts = buffer.dts().or(buffer.pts());
-            if let (Some(prev), Some(dts)) = (*last, dts)
-                && dts <= prev
+            let rt = buffer
+                .dts()
+                .or(buffer.pts())
+                .and_then(|t| seg.to_running_time(t));
+            if !video {
+                return match (*last, rt) {
+                    (_, None) => gst::PadProbeReturn::Drop,
+                    (Some(prev), Some(rt)) if rt <= prev => gst::PadProbeReturn::Drop,
+                    (_, rt) => {
+                        *last = rt;
+                        gst::PadProbeReturn::Ok
+                    }
+                };
+            }
+            if let (Some(prev), Some(rt)) = (*last, rt)
+                && rt <= prev
             {
-                let fixed = prev + gst::ClockTime::from_mseconds(1);
+                let fixed_rt = prev + gst::ClockTime::from_mseconds(1);
+                let Some(fixed) = seg.position_from_running_time(fixed_rt) else {
+                    return gst::PadProbeReturn::Ok;
+                };
                 let b = buffer.make_mut();
                 b.set_dts(fixed);
                 if b.pts().is_some_and(|p| p < fixed) {
                     b.set_pts(fixed);
                 }
-                *last = Some(fixed);
-            } else if dts.is_some() {
-                *last = dts;
+                *last = Some(fixed_rt);
+            } else if rt.is_some() {
+                *last = rt;
             }
         }
         gst::PadProbeReturn::Ok

@@ -3,6 +3,8 @@
 //! playlist and rewrites the playlists atomically.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -26,6 +28,10 @@ pub struct Segments {
     closed_after_eos: bool,
     pub done: bool,
     bytes: u64,
+    /// Fragments named through `format-location` (from the muxer's thread).
+    started: Arc<AtomicU32>,
+    /// Fragments closed, empty ones included.
+    closes: u32,
 }
 
 /// Creates `dir/name` (or takes the service's empty placeholder) without following a symlink;
@@ -55,6 +61,8 @@ impl Segments {
             closed_after_eos: false,
             done: false,
             bytes: 0,
+            started: Arc::new(AtomicU32::new(0)),
+            closes: 0,
         }
     }
 
@@ -62,7 +70,9 @@ impl Segments {
     /// polling it finds a valid one from the start).
     pub fn attach(&self, sink: &gst::Element, log: &Logger) {
         let out = self.out.clone();
+        let started = self.started.clone();
         sink.connect("format-location", false, move |args| {
+            started.fetch_add(1, Ordering::SeqCst);
             let id = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
             let path = create_segment(&out.dir, &segment_name(&out, id));
             Some(path.to_string_lossy().into_owned().to_value())
@@ -84,6 +94,7 @@ impl Segments {
                     None => return,
                 };
                 let secs = rt.saturating_sub(start) as f64 / 1e9;
+                self.closes += 1;
                 self.closed(Path::new(&location), secs, log);
                 self.closed_after_eos |= self.eos;
                 self.done = self.closed_after_eos && self.settled();
@@ -122,10 +133,11 @@ impl Segments {
         self.eos = true;
     }
 
-    /// Whether every fragment was closed: none open, and none on disk beyond the playlist (at
-    /// EOS splitmuxsink writes the last fragment before it says it opened it).
+    /// Whether every fragment was closed: none open, and as many closed as were named (at EOS
+    /// splitmuxsink names and writes the last fragment before it says it opened it, so the
+    /// file alone, still empty then, cannot tell).
     fn settled(&self) -> bool {
-        self.open.is_empty() && !self.unlisted(self.playlist.segments.len() as u32)
+        self.open.is_empty() && self.closes >= self.started.load(Ordering::SeqCst)
     }
 
     /// Whether fragment `n` is on disk with data.
@@ -133,19 +145,15 @@ impl Segments {
         std::fs::metadata(self.out.dir.join(segment_name(&self.out, n))).is_ok_and(|m| m.len() > 0)
     }
 
-    /// The end: the playlist gets `#EXT-X-ENDLIST`.
-    /// Ends the playlist. `measure_unlisted`: fragments on disk that splitmuxsink never said
-    /// it closed are measured and listed (after `SEGMENT_CLOSE_WAIT`, when they are whole);
-    /// otherwise a fragment it may still be writing is left out.
+    /// Ends the playlist (`#EXT-X-ENDLIST`). `measure_unlisted`: fragments on disk that
+    /// splitmuxsink never said it closed are measured and listed (after `SEGMENT_CLOSE_WAIT`,
+    /// when they are whole); otherwise a fragment it may still be writing is left out.
     pub fn finish(&mut self, log: &Logger, measure_unlisted: bool) {
         // A fragment splitmuxsink has not reported closed is complete by now (its muxer saw
         // EOS): it is measured from its packets, as after a kill.
         self.open.clear();
-        while measure_unlisted {
+        while measure_unlisted && self.unlisted(self.playlist.segments.len() as u32) {
             let n = self.playlist.segments.len() as u32;
-            if !self.unlisted(n) {
-                break;
-            }
             let path = self.out.dir.join(segment_name(&self.out, n));
             match crate::repair::ts_span(&path, std::time::Duration::from_secs(10)) {
                 Some(secs) => self.closed(&path, secs, log),

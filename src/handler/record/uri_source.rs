@@ -15,9 +15,11 @@ pub(super) enum SrcState {
     /// First connection, before the graph exists.
     Discovering,
     Live,
-    /// Stalled at `since`; attempts until `since + source_reconnect_s`.
+    /// Stalled at `since`; attempts until `since + source_reconnect_s`. `ended`: the sender
+    /// ended its stream (not a failure), so giving up is the source's end, not its loss.
     Reconnecting {
         since: Instant,
+        ended: bool,
     },
 }
 
