@@ -783,6 +783,16 @@ fn a_sender_restart_continues_the_recording_in_sync() {
         // Flashes from both senders: the last 4 s of the recording are the second's.
         let late = at.iter().filter(|t| **t > recorded - 4.0).count();
         assert!(late >= 3, "flashes after the restart: {v}");
+        // The restarted sender's first beep starts with its first keyframe, where the audio
+        // before that keyframe is cut: its onset is not the sender's, so it is left out.
+        let gap =
+            (1..at.len()).max_by(|&a, &b| (at[a] - at[a - 1]).total_cmp(&(at[b] - at[b - 1])));
+        let offsets: Vec<f64> = offsets
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| Some(*k) != gap)
+            .map(|(_, o)| *o)
+            .collect();
         let (lo, hi) = offsets
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), o| (l.min(*o), h.max(*o)));

@@ -663,7 +663,15 @@ impl<'a> Recording<'a> {
                 crate::timeline::path_for(&self.spec.result_path),
             );
         }
-        for (parser, video) in [("video_parse", true), ("audio_parse", false)] {
+        // The copy chain's parsers, and the audio parsers right before the muxers: what a
+        // muxer gets never goes back in time, whatever a reconnection did upstream.
+        let parsers = [
+            ("video_parse", true),
+            ("audio_parse", false),
+            ("file_audio_parse", false),
+            ("seg_audio_parse", false),
+        ];
+        for (parser, video) in parsers {
             if let Some(pad) = self
                 .pipeline
                 .by_name(parser)
