@@ -326,6 +326,28 @@ impl Service {
         }
     }
 
+    /// GET `path` as bytes: (status, content type, body).
+    pub fn get_bytes(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let url = format!("{}{}", self.base, path);
+        let mut r = self.agent.get(&url);
+        for (k, v) in self.auth(Vec::new()) {
+            r = r.header(&k, &v);
+        }
+        match r.call() {
+            Ok(mut resp) => {
+                let ct = resp
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let body = resp.body_mut().read_to_vec().unwrap_or_default();
+                (resp.status().as_u16(), ct, body)
+            }
+            Err(e) => panic!("GET {url}: {e}\n--- service log ---\n{}", self.log()),
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         let (s, t) = self.raw("GET", path, None, &[]);
         (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))

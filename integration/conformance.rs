@@ -803,3 +803,48 @@ fn a_sender_restart_continues_the_recording_in_sync() {
         );
     }
 }
+
+/// Every running egress shows its latest picture at `GET /v1/egress/{id}/thumbnail.jpg`: a
+/// `track` copying H.264 (a keyframe decoded at most every `pipeline.thumbnail_s`) and a
+/// `participant` (off its raw frames), both 320 px wide JPEGs that change as the recording
+/// goes on; an audio-only egress has none (404), nor has an unknown one.
+#[test]
+fn a_running_egress_shows_its_latest_picture() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let sender = srt_sender(Profile {
+        video: Some(("libx264", 2, 2)),
+        audio: Some("aac"),
+        sync: false,
+    });
+    let track = svc.start_egress(&body("track", &sender.url, "thumb_track"));
+    let participant = svc.start_egress(&body("participant", "test://av", "thumb_participant"));
+    let radio = svc.start_egress(&body("track", "test://audio", "thumb_radio"));
+    let picture = |id: &str| {
+        let (s, ct, jpeg) = svc.get_bytes(&format!("/v1/egress/{id}/thumbnail.jpg"));
+        (s == 200).then(|| {
+            assert_eq!(ct, "image/jpeg");
+            jpeg
+        })
+    };
+    for id in [&track, &participant] {
+        let first = wait_for(Duration::from_secs(20), "a picture", || picture(id));
+        let path = dirs.root.path().join(format!("{id}.jpg"));
+        std::fs::write(&path, &first).expect("jpeg");
+        let probe = ffprobe(&path);
+        assert_eq!(probe["streams"][0]["codec_name"], "mjpeg", "{probe}");
+        assert_eq!(probe["streams"][0]["width"], 320, "{probe}");
+        // Taken again while it records: testsrc moves every frame.
+        wait_for(Duration::from_secs(10), "a newer picture", || {
+            picture(id).filter(|p| *p != first)
+        });
+    }
+    svc.wait_status(&radio, &["active"], Duration::from_secs(15));
+    let (s, _, body) = svc.get_bytes(&format!("/v1/egress/{radio}/thumbnail.jpg"));
+    assert_eq!(s, 404, "{}", String::from_utf8_lossy(&body));
+    let (s, v) = svc.get("/v1/egress/EG_AAAAAAAAAAAA/thumbnail.jpg");
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+    for id in [&track, &participant, &radio] {
+        stop(&svc, id);
+    }
+}

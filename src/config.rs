@@ -239,6 +239,10 @@ pub struct PipelineConfig {
     /// send one every 2-8 s); then the egress fails "no keyframe from source".
     #[serde(default = "default_first_keyframe")]
     pub first_keyframe_s: f64,
+    /// A running egress's latest picture (`GET /v1/egress/{id}/thumbnail.jpg`) is taken at most
+    /// this often, in seconds (copied video: from a keyframe, decoded once); 0 turns it off.
+    #[serde(default = "default_thumbnail")]
+    pub thumbnail_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -548,6 +552,9 @@ fn default_source_reconnect() -> f64 {
 fn default_first_keyframe() -> f64 {
     12.0
 }
+fn default_thumbnail() -> f64 {
+    2.0
+}
 fn default_reservation_ttl() -> u64 {
     10_000
 }
@@ -626,6 +633,7 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             source_stall_s: p.source_stall_s,
             source_reconnect_s: p.source_reconnect_s,
             first_keyframe_s: p.first_keyframe_s,
+            thumbnail_s: p.thumbnail_s,
         }
     }
 }
@@ -849,6 +857,13 @@ impl Config {
             self.pipeline.first_keyframe_s,
             600.0,
         )?;
+        let t = self.pipeline.thumbnail_s;
+        if !(t == 0.0 || (0.5..=3600.0).contains(&t)) {
+            return Err(invalid(
+                "pipeline.thumbnail_s",
+                "must be 0 (off) or a number of seconds in [0.5, 3600]",
+            ));
+        }
         if !(0..=19).contains(&self.pipeline.handler_nice) {
             return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
         }

@@ -120,6 +120,12 @@ pub fn relative_uri(from: &Path, target: &Path) -> String {
 /// never through a symlink), then renamed over `path` (a rename replaces a symlink rather than
 /// writing through it).
 pub fn write_atomic(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    replace_file(path, text, true)
+}
+
+/// `write_atomic`, durable (`sync`: on disk before the rename) or not (a picture replaced
+/// every few seconds: a crash may lose the last one, never leave half of one).
+pub fn replace_file(path: &Path, text: &[u8], sync: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -134,7 +140,9 @@ pub fn write_atomic(path: &Path, text: &[u8]) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)?;
     f.write_all(text)?;
-    f.sync_data()?;
+    if sync {
+        f.sync_data()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)
 }

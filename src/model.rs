@@ -425,6 +425,9 @@ pub struct PipelineOptions {
     /// How long a source that announced video may take to send its first keyframe, in seconds.
     #[serde(default = "default_first_keyframe_s")]
     pub first_keyframe_s: f64,
+    /// The thumbnail is taken at most this often, in seconds; 0: none.
+    #[serde(default = "default_thumbnail_s")]
+    pub thumbnail_s: f64,
 }
 
 fn default_mp4_fragment_s() -> f64 {
@@ -445,6 +448,9 @@ fn default_source_reconnect_s() -> f64 {
 fn default_first_keyframe_s() -> f64 {
     12.0
 }
+fn default_thumbnail_s() -> f64 {
+    2.0
+}
 
 impl Default for PipelineOptions {
     fn default() -> Self {
@@ -456,6 +462,7 @@ impl Default for PipelineOptions {
             source_stall_s: default_source_stall_s(),
             source_reconnect_s: default_source_reconnect_s(),
             first_keyframe_s: default_first_keyframe_s(),
+            thumbnail_s: default_thumbnail_s(),
         }
     }
 }

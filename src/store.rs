@@ -5,6 +5,8 @@
 //!   node_id                    this node's id when the config leaves it empty
 //!   egresses/EG_x.json         the EgressInfo, rewritten (atomically) on every change
 //!   egresses/EG_x.result.json  written by the handler itself when it ends (see HandlerResult)
+//!   egresses/EG_x.timeline     its MP4's track starts; EG_x.spans: what each stream covered
+//!   egresses/EG_x.jpg          its latest picture while it runs (`pipeline.thumbnail_s`)
 //!   logs/EG_x.log              the handler's stderr
 //!   webhooks/{receiver}/       webhook events not yet delivered (`events::queue`)
 //! ```

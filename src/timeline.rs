@@ -62,6 +62,21 @@ pub fn spans_beside(timeline: &Path) -> PathBuf {
     timeline.with_extension("spans")
 }
 
+/// The thumbnail (latest picture, JPEG) of the egress whose handler writes its result to
+/// `result_path`.
+pub fn thumbnail_path_for(result_path: &Path) -> PathBuf {
+    let name = result_path
+        .file_name()
+        .map(|n| n.to_string_lossy().replace(".result.json", ".jpg"))
+        .unwrap_or_else(|| "thumbnail.jpg".into());
+    result_path.with_file_name(name)
+}
+
+/// The thumbnail of egress `id` in `state_dir` (`egresses/EG_x.jpg`).
+pub fn thumbnail_path(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("egresses").join(format!("{id}.jpg"))
+}
+
 /// The timeline file of the egress whose handler writes its result to `result_path`.
 pub fn path_for(result_path: &Path) -> PathBuf {
     let name = result_path

@@ -36,6 +36,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/egress/{id}/streams")
             .route(web::post().to(streams))
             .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/egress/{id}/thumbnail.jpg")
+            .route(web::get().to(thumbnail))
+            .default_service(web::to(method_not_allowed)),
     );
 }
 
@@ -175,4 +180,35 @@ async fn streams(
         )));
     }
     Err(ApiError::NotFound(format!("no egress {id}")))
+}
+
+/// The latest picture of an egress of this node (`pipeline.thumbnail_s`): taken while it
+/// records, kept after it ends.
+async fn thumbnail(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    check_id(&id)?;
+    if state.node.get(&id).await?.is_none() {
+        if let Some(fleet) = &state.fleet
+            && let Some(info) = fleet.get(&id).await?
+        {
+            return Err(ApiError::Conflict(format!(
+                "egress {id} runs on node {}: ask that node for its picture",
+                info.node_id
+            )));
+        }
+        return Err(ApiError::NotFound(format!("no egress {id}")));
+    }
+    let path = crate::timeline::thumbnail_path(&state.cfg.storage.state_dir, &id);
+    match web::block(move || std::fs::read(path)).await {
+        Ok(Ok(jpeg)) => Ok(HttpResponse::Ok()
+            .content_type("image/jpeg")
+            .insert_header(("Cache-Control", "no-store"))
+            .body(jpeg)),
+        _ => Err(ApiError::NotFound(format!(
+            "no picture of egress {id} yet: it has no video, none has reached it, or \
+             pipeline.thumbnail_s is 0"
+        ))),
+    }
 }

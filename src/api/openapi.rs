@@ -189,6 +189,17 @@ mod ops {
         ))]
     fn egress_streams() {}
 
+    #[utoipa::path(get, path = "/v1/egress/{id}/thumbnail.jpg", tag = "egress",
+        summary = "The egress's latest picture (320 px wide JPEG, at most pipeline.thumbnail_s old while it records)",
+        params(("id" = String, Path, pattern = "^EG_[A-Za-z0-9]{12}$")),
+        responses(
+            (status = 200, description = "the picture", body = Vec<u8>, content_type = "image/jpeg"),
+            (status = 404, description = "unknown egress, or no picture (no video yet, none at all, or thumbnails off)", body = ErrorBody),
+            (status = 409, description = "the egress runs on another node of the fleet", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn egress_thumbnail() {}
+
     #[utoipa::path(get, path = "/v1/node", tag = "node",
         summary = "This node's capacity, load and per-type counts",
         responses(
@@ -323,7 +334,7 @@ mod ops {
     ),
     paths(
         ops::start_egress, ops::list_egresses, ops::get_egress, ops::stop_egress,
-        ops::kill_egress, ops::egress_streams, ops::node_state, ops::drain, ops::affinity_score,
+        ops::kill_egress, ops::egress_streams, ops::egress_thumbnail, ops::node_state, ops::drain, ops::affinity_score,
         ops::affinity_claim, ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::events,
         ops::dashboard, ops::openapi_json, ops::node_costs, ops::fleet_capacity,
         ops::healthz, ops::readyz, ops::metrics

@@ -262,6 +262,39 @@ function outputs(e) {
   return out;
 }
 
+// ---- thumbnails: each running egress's latest picture (fetched with the token, shown as a
+// blob: URL, since an <img> cannot send a header) ----
+
+const thumbs = new Map(); // egress id -> blob: URL of its latest picture
+
+function thumb(e) {
+  const url = thumbs.get(e.egress_id);
+  if (FINAL.includes(e.status) && !url) return null;
+  const img = el('img', { class: 'thumb', alt: 'latest picture', 'data-thumb': e.egress_id });
+  img.hidden = !url;
+  if (url) img.src = url;
+  return img;
+}
+
+async function refreshThumbs() {
+  for (const e of [...st.egresses.values()]) {
+    if (e.status !== 'active' && e.status !== 'ending') continue;
+    if (st.nodeId && e.node_id !== st.nodeId) continue;
+    try {
+      const r = await fetch('/v1/egress/' + e.egress_id + '/thumbnail.jpg', { headers: headers(), cache: 'no-store' });
+      if (!r.ok) continue;
+      const url = URL.createObjectURL(await r.blob());
+      const old = thumbs.get(e.egress_id);
+      thumbs.set(e.egress_id, url);
+      for (const img of document.querySelectorAll('img[data-thumb="' + e.egress_id + '"]')) {
+        img.src = url;
+        img.hidden = false;
+      }
+      if (old) URL.revokeObjectURL(old);
+    } catch (_) { /* the next round tries again */ }
+  }
+}
+
 function row(e) {
   const running = !FINAL.includes(e.status);
   const actions = el('div', { class: 'actions' });
@@ -272,7 +305,7 @@ function row(e) {
   }
   const why = [e.end_reason, e.error].filter(Boolean).join(': ');
   return el('tr', { 'data-egress-id': e.egress_id },
-    el('td', { 'data-label': 'egress' }, el('span', { class: 'id' }, e.egress_id),
+    el('td', { 'data-label': 'egress' }, thumb(e), el('span', { class: 'id' }, e.egress_id),
       el('div', { class: 'muted detail' }, e.type + ' on ' + e.node_id)),
     el('td', { 'data-label': 'status' }, el('span', { class: 'badge status s-' + e.status }, e.status),
       why ? el('div', { class: 'muted detail reason' }, why) : null),
@@ -453,6 +486,7 @@ async function boot() {
 }
 
 setInterval(tickElapsed, 1000);
+setInterval(refreshThumbs, 2000);
 // The chart moves on even when nothing changes (node_updated is sent on change only).
 setInterval(() => { if (st.node && Date.now() - (st.history.at(-1) || { t: 0 }).t > 1900) sample(); }, 2000);
 window.addEventListener('resize', drawChart);

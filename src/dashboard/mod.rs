@@ -41,7 +41,7 @@ fn build() -> Page {
         .replacen("<style></style>", &format!("<style>{CSS}</style>"), 1)
         .replacen("<script></script>", &format!("<script>{JS}</script>"), 1);
     let csp = format!(
-        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; \
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data: blob:; \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         csp_hash(JS),
         csp_hash(CSS)

@@ -23,6 +23,7 @@ mod images;
 mod live;
 mod segments;
 mod streams;
+mod thumb;
 mod timing;
 mod uri_source;
 mod web;
@@ -712,6 +713,13 @@ impl<'a> Recording<'a> {
         }
         if let (Some(im), Some(sink)) = (&o.images, self.pipeline.by_name(output_images::SINK)) {
             images::attach(&sink, im);
+        }
+        if self.opts.thumbnail_s > 0.0 {
+            thumb::attach(
+                &self.pipeline,
+                crate::timeline::thumbnail_path_for(&self.spec.result_path),
+                Duration::from_secs_f64(self.opts.thumbnail_s),
+            );
         }
         self.outs = Streams::attach(
             &self.pipeline,

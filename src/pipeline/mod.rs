@@ -24,6 +24,7 @@ pub mod output_file;
 pub mod output_images;
 pub mod output_segments;
 pub mod output_stream;
+pub mod output_thumb;
 pub mod plan;
 pub mod source_test;
 pub mod source_uri;

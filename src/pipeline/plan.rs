@@ -19,8 +19,8 @@
 use super::encode::{AudioCodecKind, VideoCodec};
 use super::graph::{Desc, Node, StreamKind};
 use super::{
-    compose, encode, output_file, output_images, output_segments, output_stream, source_test,
-    source_web,
+    compose, encode, output_file, output_images, output_segments, output_stream, output_thumb,
+    source_test, source_web,
 };
 use crate::model::{
     AudioCodec, EgressSpec, EgressType, OutputsSpec, PipelineOptions, Source, TestMedia,
@@ -293,6 +293,9 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     {
         output_images::add(&mut d, im);
     }
+    if has_video && opts.thumbnail_s > 0.0 {
+        output_thumb::add(&mut d, video_copied);
+    }
     d
 }
 
@@ -455,9 +458,10 @@ mod tests {
                 })
                 .count()
         };
+        // Two JPEG encoders: the images output's and the thumbnail's.
         assert_eq!(
             (count("x264enc"), count("voaacenc"), count("jpegenc")),
-            (1, 1, 1)
+            (1, 1, 2)
         );
         assert_eq!(count("splitmuxsink"), 1);
         let l = d.launch();
@@ -496,6 +500,36 @@ mod tests {
         assert!(
             !c.contains("video/x-h265"),
             "HLS and RTMP take no HEVC here: {c}"
+        );
+    }
+
+    #[test]
+    fn a_thumbnail_comes_off_the_raw_frames_or_a_decoder_of_the_copy() {
+        let copied = SourceStreams {
+            video: Some(StreamKind::H264),
+            audio: Some(StreamKind::Aac),
+        };
+        let f = describe(&track("t.mp4"), &opts(), &[copied]).factories();
+        assert!(f.contains(&"avdec_h264".to_string()) && f.contains(&"jpegenc".to_string()));
+        let f = describe(&track("t.mp4"), &opts(), &[SourceStreams::AV_RAW]).factories();
+        assert!(!f.contains(&"avdec_h264".to_string()) && f.contains(&"jpegenc".to_string()));
+        let off = PipelineOptions {
+            thumbnail_s: 0.0,
+            ..opts()
+        };
+        assert!(
+            !describe(&track("t.mp4"), &off, &[copied])
+                .factories()
+                .contains(&"jpegenc".to_string())
+        );
+        let audio_only = SourceStreams {
+            video: None,
+            audio: Some(StreamKind::Aac),
+        };
+        assert!(
+            !describe(&track("t.mp4"), &opts(), &[audio_only])
+                .factories()
+                .contains(&"jpegenc".to_string())
         );
     }
 
