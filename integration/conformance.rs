@@ -14,20 +14,24 @@ use serde_json::{Value, json};
 use crate::common::*;
 use crate::producers::*;
 
-const CONFIG: &str = "sources: { allowed_schemes: [test, srt, rtmp] }";
+pub(crate) const SOURCES: &str = "sources: { allowed_schemes: [test, srt, rtmp] }";
+/// The producers here are synthetic (a black picture that flashes, silence that beeps): health
+/// warnings, true of them, are tested in `health.rs`, not here.
+pub(crate) const CONFIG: &str =
+    "sources: { allowed_schemes: [test, srt, rtmp] }\npipeline: { health_window_s: 3600 }";
 
 /// What an encoder sends.
 #[derive(Clone, Copy)]
-struct Profile {
+pub(crate) struct Profile {
     /// (ffmpeg encoder, keyframe interval in s, B-frames); None: audio only.
-    video: Option<(&'static str, u32, u32)>,
+    pub video: Option<(&'static str, u32, u32)>,
     /// ffmpeg audio encoder; None: video only.
-    audio: Option<&'static str>,
+    pub audio: Option<&'static str>,
     /// Video flashes white and audio beeps at the same instant, once a second.
-    sync: bool,
+    pub sync: bool,
 }
 
-const FPS: u32 = 30;
+pub(crate) const FPS: u32 = 30;
 
 impl Profile {
     fn args(&self) -> Vec<String> {
@@ -136,13 +140,13 @@ fn publish_for(nginx: &Producer, key: &str, profile: Profile, secs: Option<u32>)
 }
 
 /// `profile` from an ffmpeg SRT listener (MPEG-TS) that takes one caller.
-fn srt_sender(profile: Profile) -> Producer {
+pub(crate) fn srt_sender(profile: Profile) -> Producer {
     srt_listener(profile.args())
 }
 
 /// An ffmpeg SRT listener (MPEG-TS) sending what `args` (its input and codec options) say; it
 /// starts when the one caller it takes connects.
-fn srt_listener(mut args: Vec<String>) -> Producer {
+pub(crate) fn srt_listener(mut args: Vec<String>) -> Producer {
     let port = free_udp_port();
     let url = format!("srt://127.0.0.1:{port}");
     args.extend(["-f".into(), "mpegts".into(), format!("{url}?mode=listener")]);
@@ -162,7 +166,7 @@ fn srt_listener(mut args: Vec<String>) -> Producer {
 }
 
 /// A request for `egress_type` of `uri` into `{name}.mp4` and HLS `{name}`.
-fn body(egress_type: &str, uri: &str, name: &str) -> Value {
+pub(crate) fn body(egress_type: &str, uri: &str, name: &str) -> Value {
     json!({
         "type": egress_type,
         "sources": [{"uri": uri}],
@@ -181,12 +185,12 @@ fn now_ms() -> u64 {
 }
 
 /// One egress under test: its id and when the test asked it to stop.
-struct Run {
+pub(crate) struct Run {
     id: String,
     stopped_ms: u64,
 }
 
-fn stop(svc: &Service, id: &str) -> Run {
+pub(crate) fn stop(svc: &Service, id: &str) -> Run {
     let stopped_ms = now_ms();
     let (s, v) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
     assert_eq!(s, 200, "{v}");
@@ -604,7 +608,7 @@ fn no_keyframe_in_time_fails_clearly() {
     let dirs = Dirs::new();
     let svc = Service::start(
         &dirs,
-        &format!("{CONFIG}\npipeline: {{ first_keyframe_s: 3 }}"),
+        &format!("{SOURCES}\npipeline: {{ first_keyframe_s: 3, health_window_s: 3600 }}"),
     );
     let nginx = nginx_rtmp();
     let sender = publish(
@@ -801,50 +805,5 @@ fn a_sender_restart_continues_the_recording_in_sync() {
             "{}: offsets {offsets:?} spread over more than a frame",
             file.display()
         );
-    }
-}
-
-/// Every running egress shows its latest picture at `GET /v1/egress/{id}/thumbnail.jpg`: a
-/// `track` copying H.264 (a keyframe decoded at most every `pipeline.thumbnail_s`) and a
-/// `participant` (off its raw frames), both 320 px wide JPEGs that change as the recording
-/// goes on; an audio-only egress has none (404), nor has an unknown one.
-#[test]
-fn a_running_egress_shows_its_latest_picture() {
-    let dirs = Dirs::new();
-    let svc = Service::start(&dirs, CONFIG);
-    let sender = srt_sender(Profile {
-        video: Some(("libx264", 2, 2)),
-        audio: Some("aac"),
-        sync: false,
-    });
-    let track = svc.start_egress(&body("track", &sender.url, "thumb_track"));
-    let participant = svc.start_egress(&body("participant", "test://av", "thumb_participant"));
-    let radio = svc.start_egress(&body("track", "test://audio", "thumb_radio"));
-    let picture = |id: &str| {
-        let (s, ct, jpeg) = svc.get_bytes(&format!("/v1/egress/{id}/thumbnail.jpg"));
-        (s == 200).then(|| {
-            assert_eq!(ct, "image/jpeg");
-            jpeg
-        })
-    };
-    for id in [&track, &participant] {
-        let first = wait_for(Duration::from_secs(20), "a picture", || picture(id));
-        let path = dirs.root.path().join(format!("{id}.jpg"));
-        std::fs::write(&path, &first).expect("jpeg");
-        let probe = ffprobe(&path);
-        assert_eq!(probe["streams"][0]["codec_name"], "mjpeg", "{probe}");
-        assert_eq!(probe["streams"][0]["width"], 320, "{probe}");
-        // Taken again while it records: testsrc moves every frame.
-        wait_for(Duration::from_secs(10), "a newer picture", || {
-            picture(id).filter(|p| *p != first)
-        });
-    }
-    svc.wait_status(&radio, &["active"], Duration::from_secs(15));
-    let (s, _, body) = svc.get_bytes(&format!("/v1/egress/{radio}/thumbnail.jpg"));
-    assert_eq!(s, 404, "{}", String::from_utf8_lossy(&body));
-    let (s, v) = svc.get("/v1/egress/EG_AAAAAAAAAAAA/thumbnail.jpg");
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
-    for id in [&track, &participant, &radio] {
-        stop(&svc, id);
     }
 }

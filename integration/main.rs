@@ -13,6 +13,7 @@ mod delivery;
 mod egress;
 mod events;
 mod fleet;
+mod health;
 mod outputs;
 mod overload;
 mod placement;

@@ -243,6 +243,11 @@ pub struct PipelineConfig {
     /// this often, in seconds (copied video: from a keyframe, decoded once); 0 turns it off.
     #[serde(default = "default_thumbnail")]
     pub thumbnail_s: f64,
+    /// A picture that stays black or frozen, or sound that stays silent, this long becomes a
+    /// warning on the egress (raised and cleared live); the picture is judged on the thumbnail
+    /// frames, so `thumbnail_s` 0 turns black and frozen off.
+    #[serde(default = "default_health_window")]
+    pub health_window_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -555,6 +560,9 @@ fn default_first_keyframe() -> f64 {
 fn default_thumbnail() -> f64 {
     2.0
 }
+fn default_health_window() -> f64 {
+    10.0
+}
 fn default_reservation_ttl() -> u64 {
     10_000
 }
@@ -634,6 +642,7 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             source_reconnect_s: p.source_reconnect_s,
             first_keyframe_s: p.first_keyframe_s,
             thumbnail_s: p.thumbnail_s,
+            health_window_s: p.health_window_s,
         }
     }
 }
@@ -856,6 +865,11 @@ impl Config {
             "pipeline.first_keyframe_s",
             self.pipeline.first_keyframe_s,
             600.0,
+        )?;
+        positive(
+            "pipeline.health_window_s",
+            self.pipeline.health_window_s,
+            3600.0,
         )?;
         let t = self.pipeline.thumbnail_s;
         if !(t == 0.0 || (0.5..=3600.0).contains(&t)) {

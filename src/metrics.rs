@@ -47,6 +47,11 @@ pub struct Metrics {
     /// Recordings whose file lacks part of a stream the source announced, by stream (video,
     /// audio) and what (missing: none at all, the egress failed; partial: a warning).
     pub recording_gaps_total: IntCounterVec,
+    /// Health warnings raised (a picture black or frozen, sound silent, for longer than
+    /// `pipeline.health_window_s`), by condition.
+    pub health_warnings_total: IntCounterVec,
+    /// Egresses with a health condition now, by condition.
+    pub health_active: IntGaugeVec,
     /// Bytes the object stores confirmed.
     pub upload_bytes_total: IntCounter,
     /// Time from the start of an upload (its first attempt) to the store's confirmation.
@@ -240,6 +245,18 @@ impl Metrics {
                 "egress_recording_gaps_total",
                 "Recordings lacking part of an announced stream, by stream and what",
                 &["stream", "what"],
+            ),
+            health_warnings_total: counter_vec(
+                &r,
+                "egress_health_warnings_total",
+                "Health warnings raised: black or frozen picture, silent sound",
+                &["condition"],
+            ),
+            health_active: int_gauge_vec(
+                &r,
+                "egress_health_active",
+                "Egresses whose picture is black or frozen, or sound silent, now",
+                &["condition"],
             ),
             upload_bytes_total: int_counter(
                 &r,

@@ -428,6 +428,9 @@ pub struct PipelineOptions {
     /// The thumbnail is taken at most this often, in seconds; 0: none.
     #[serde(default = "default_thumbnail_s")]
     pub thumbnail_s: f64,
+    /// A black or frozen picture, or silent sound, this long becomes a warning, in seconds.
+    #[serde(default = "default_health_window_s")]
+    pub health_window_s: f64,
 }
 
 fn default_mp4_fragment_s() -> f64 {
@@ -451,6 +454,9 @@ fn default_first_keyframe_s() -> f64 {
 fn default_thumbnail_s() -> f64 {
     2.0
 }
+fn default_health_window_s() -> f64 {
+    10.0
+}
 
 impl Default for PipelineOptions {
     fn default() -> Self {
@@ -463,6 +469,7 @@ impl Default for PipelineOptions {
             source_reconnect_s: default_source_reconnect_s(),
             first_keyframe_s: default_first_keyframe_s(),
             thumbnail_s: default_thumbnail_s(),
+            health_window_s: default_health_window_s(),
         }
     }
 }

@@ -111,6 +111,10 @@ pub struct Pipeline {
     source_lost: bool,
     /// When a source stalled (or its sender ended the stream), until it recovers.
     stalled_at: Option<u64>,
+    /// `pipeline.health_window_s`, for the health warnings' text.
+    health_window_s: f64,
+    /// Health conditions raised now (counted in `egress_health_active`).
+    health: Vec<crate::rules::health::Condition>,
     finalized: bool,
     /// Whether media reached the outputs: set by `playing`, confirmed by `exiting` (no media, no
     /// file and no manifest).
@@ -194,6 +198,8 @@ impl Pipeline {
             source_ended: false,
             source_lost: false,
             stalled_at: None,
+            health_window_s: setup.options.health_window_s,
+            health: Vec::new(),
             finalized: false,
             media: false,
             exited: false,
@@ -378,6 +384,16 @@ async fn read_events(
 impl Actor for Pipeline {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Conditions still raised at the end stay in the record, not in the live gauge.
+        for c in self.health.drain(..) {
+            crate::metrics::METRICS
+                .health_active
+                .with_label_values(&[c.as_str()])
+                .dec();
+        }
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
         info!(self.log, "handler launched"; "type" => self.info.egress_type.as_str());
         let stop = ctx.address().recipient();
@@ -537,6 +553,25 @@ impl Handler<HandlerLine> for Pipeline {
                     &self.outputs,
                     count,
                 );
+            }
+            HandlerEvent::Health { condition, raised } => {
+                let m = &crate::metrics::METRICS;
+                let label = [condition.as_str()];
+                if raised && !self.health.contains(&condition) {
+                    warn!(self.log, "health warning"; "condition" => condition.as_str());
+                    self.health.push(condition);
+                    m.health_warnings_total.with_label_values(&label).inc();
+                    m.health_active.with_label_values(&label).inc();
+                    self.info
+                        .warnings
+                        .push(condition.warning(self.health_window_s));
+                } else if !raised && self.health.contains(&condition) {
+                    info!(self.log, "health warning cleared"; "condition" => condition.as_str());
+                    self.health.retain(|c| *c != condition);
+                    m.health_active.with_label_values(&label).dec();
+                    self.info.warnings.retain(|w| !condition.is_warning(w));
+                }
+                self.report();
             }
             HandlerEvent::ImageWritten { count } => {
                 if let Some(im) = &mut self.info.images {

@@ -77,6 +77,12 @@ pub enum HandlerEvent {
     },
     /// A JPEG snapshot was written: images so far.
     ImageWritten { count: u32 },
+    /// A health condition (black or frozen picture, silent sound) held for
+    /// `pipeline.health_window_s` (`raised`), or ended (not `raised`).
+    Health {
+        condition: crate::rules::health::Condition,
+        raised: bool,
+    },
     /// Stream `index` changed state: `active` (connecting or sending), `failed` (gave up after
     /// `stream_retry_s`; `error` says why) or `ended`. `error` is redacted of stream keys.
     Stream {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod health;
 mod images;
 mod live;
 mod segments;
@@ -714,6 +715,7 @@ impl<'a> Recording<'a> {
         if let (Some(im), Some(sink)) = (&o.images, self.pipeline.by_name(output_images::SINK)) {
             images::attach(&sink, im);
         }
+        health::attach(&self.pipeline, self.opts.health_window_s);
         if self.opts.thumbnail_s > 0.0 {
             thumb::attach(
                 &self.pipeline,

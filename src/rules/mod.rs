@@ -9,11 +9,13 @@
 //!   (`CostLearner`).
 //! - `capacity`: the fleet's autoscaling figures from its nodes' reports (`GET /v1/fleet/capacity`).
 //! - `fidelity`: whether a recording holds what its source announced (failure, warnings).
+//! - `health`: when a black or frozen picture or silent sound becomes a warning, and clears.
 //! - `overload`: the soft/hard escalation that picks one egress to stop, then kill (`Supervisor`).
 
 pub mod admission;
 pub mod capacity;
 pub mod costs;
 pub mod fidelity;
+pub mod health;
 pub mod overload;
 pub mod scoring;
