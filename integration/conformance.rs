@@ -577,28 +577,43 @@ fn frame_sizes(path: &Path) -> Vec<String> {
 }
 
 /// Codecs encoders send besides H.264 + AAC: HEVC with B-frames and MP2 audio; H.264 with
-/// Opus. Recorded with both streams, for the whole time.
+/// Opus. Recorded with both streams, for the whole time; a `track` of HEVC into an MP4 alone
+/// copies it (HEVC in the file, no encoder), with HLS it is encoded to H.264 (players take HEVC
+/// only in fMP4 segments).
 #[test]
 fn hevc_mp2_and_opus_senders_are_recorded_with_both_streams() {
     let dirs = Dirs::new();
     let svc = Service::start(&dirs, CONFIG);
-    let hevc = srt_sender(Profile {
+    let hevc_profile = Profile {
         video: Some(("libx265", 2, 2)),
         audio: Some("mp2"),
         sync: false,
-    });
+    };
+    let hevc = srt_sender(hevc_profile);
+    let hevc_file = srt_sender(hevc_profile);
     let opus = srt_sender(Profile {
         video: Some(("libx264", 2, 2)),
         audio: Some("libopus"),
         sync: false,
     });
-    record_each(
+    let file_only = json!({
+        "type": "track",
+        "sources": [{"uri": hevc_file.url}],
+        "outputs": [{"file": {"filename": "hevc_copy.mp4"}}],
+        "estimated_cpu": 0.3,
+    });
+    let (_, done) = record_bodies(
         &svc,
         &[
-            ("track", &hevc.url, "hevc", (true, true)),
-            ("participant", &opus.url, "opus", (true, true)),
+            (body("track", &hevc.url, "hevc"), (true, true)),
+            (file_only, (true, true)),
+            (body("participant", &opus.url, "opus"), (true, true)),
         ],
+        Duration::from_secs(6),
     );
+    let video_codec = |d: &Value| codecs(&ffprobe(&output(d))).0;
+    assert_eq!(video_codec(&done[0]), Some("h264".into()), "{}", done[0]);
+    assert_eq!(video_codec(&done[1]), Some("hevc".into()), "{}", done[1]);
 }
 
 /// A sender whose keyframes are further apart than `pipeline.first_keyframe_s`: the egress
