@@ -822,3 +822,86 @@ fn a_sender_restart_continues_the_recording_in_sync() {
         );
     }
 }
+
+/// The frames per second a file's video decodes to.
+fn decoded_fps(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v", "-count_frames"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = text.trim().split(',');
+    let duration: f64 = f.next().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    let frames: f64 = f.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+    frames / duration.max(0.001)
+}
+
+/// An RTSP camera as they are set up (15 fps, a keyframe every 4 s, B-frames), joined anywhere
+/// in its GOP: `track` copies it at its own 15 fps, `participant` makes 30 fps of it; both play
+/// at real speed (every stream lasts the time recorded) with both streams.
+#[test]
+fn an_rtsp_camera_at_15_fps_is_recorded_at_real_speed() {
+    let dirs = Dirs::new();
+    let svc = Service::start(
+        &dirs,
+        "sources: { allowed_schemes: [test, rtsp] }\npipeline: { health_window_s: 3600 }",
+    );
+    let cam = rtsp_camera("x264enc speed-preset=ultrafast key-int-max=60 bframes=2");
+    somewhere_in_the_gop(4000);
+    let (_, done) = record_bodies(
+        &svc,
+        &[
+            (body("track", &cam.url, "cam_track"), (true, true)),
+            (
+                body("participant", &cam.url, "cam_participant"),
+                (true, true),
+            ),
+        ],
+        Duration::from_secs(8),
+    );
+    let (track, participant) = (
+        decoded_fps(&output(&done[0])),
+        decoded_fps(&output(&done[1])),
+    );
+    eprintln!("RTSP camera: track {track:.2} fps, participant {participant:.2} fps");
+    assert!((track - 15.0).abs() < 1.0, "track at {track} fps");
+    assert!(
+        (participant - FPS as f64).abs() < 1.0,
+        "participant at {participant} fps"
+    );
+}
+
+/// A room of two senders as they come (x264 with B-frames, keyframes every 2 s and every 4 s,
+/// one joined mid-GOP): `room_composite` records both pictures side by side and their mixed
+/// sound for the whole time, from the first keyframe on.
+#[test]
+fn a_room_of_two_senders_is_composited_for_the_whole_time() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let a = srt_sender(Profile {
+        video: Some(("libx264", 2, 2)),
+        audio: Some("aac"),
+        sync: false,
+    });
+    let b = srt_sender(Profile {
+        video: Some(("libx264", 4, 2)),
+        audio: Some("libopus"),
+        sync: false,
+    });
+    let room = json!({
+        "type": "room_composite",
+        "sources": [{"uri": a.url}, {"uri": b.url}],
+        "outputs": [{"file": {"filename": "room.mp4"}},
+                    {"segments": {"prefix": "room", "segment_duration_s": 2}}],
+        "video": {"width": 640, "height": 240, "fps": FPS, "bitrate_kbps": 800},
+        "estimated_cpu": 0.3,
+    });
+    record_bodies(&svc, &[(room, (true, true))], Duration::from_secs(7));
+}

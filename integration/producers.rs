@@ -287,8 +287,9 @@ Gst.init(None)
 server = GstRtspServer.RTSPServer()
 server.set_address('127.0.0.1'); server.set_service(sys.argv[1])
 f = GstRtspServer.RTSPMediaFactory()
+enc = sys.argv[2] if len(sys.argv) > 2 else 'x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15'
 f.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 '
-             '! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! rtph264pay name=pay0 pt=96 '
+             '! ' + enc + ' ! rtph264pay name=pay0 pt=96 '
              'audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! voaacenc ! rtpmp4gpay name=pay1 pt=97 )')
 f.set_shared(True)
 server.get_mount_points().add_factory('/cam', f)
@@ -299,12 +300,19 @@ GLib.MainLoop().run()
 
 /// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (H.264 + AAC).
 pub fn rtsp_server() -> Producer {
+    rtsp_camera("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15")
+}
+
+/// `rtsp_server` whose 320x240@15 video is encoded by `encoder` (a launch fragment ending in
+/// an H.264 encoder), as a camera is configured.
+pub fn rtsp_camera(encoder: &str) -> Producer {
     let port = free_tcp_port();
     let child = spawn(
         Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(RTSP_SERVER)
-            .arg(port.to_string()),
+            .arg(port.to_string())
+            .arg(encoder),
         "python3-gi and gir1.2-gst-rtsp-server-1.0",
     );
     wait_for(Duration::from_secs(20), "the RTSP server to listen", || {
