@@ -128,6 +128,23 @@ fn bodies_must_be_json_or_nothing_is_started() {
             "{ct}: {a:?}"
         );
     }
+    // The same route spelled with percent-escapes (the router decodes them) is checked alike.
+    for path in ["/v1/%65gress", "/v1/egres%73", "/%761/egress"] {
+        let a = send(
+            &svc,
+            "POST",
+            path,
+            &[("Content-Type", "text/plain")],
+            &start,
+        );
+        assert_eq!(
+            (a.status, a.code()),
+            (415, "unsupported_media_type"),
+            "{path}: {a:?}"
+        );
+        let a = send(&svc, "POST", path, &[JSON], b"[]");
+        assert_eq!((a.status, a.code()), (400, "bad_json"), "{path}: {a:?}");
+    }
     // A body with no content type at all.
     let a = send(&svc, "POST", "/v1/egress", &[], &start);
     assert_eq!(a.status, 415, "{a:?}");

@@ -177,7 +177,7 @@ fn preflight(req: &ServiceRequest, origin: &HeaderValue) -> Option<HttpResponse>
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let methods = allowed_methods(req.path()).filter(|_| asks)?;
+    let methods = allowed_methods(route_path(req)).filter(|_| asks)?;
     Some(
         HttpResponse::NoContent()
             .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()))
@@ -222,13 +222,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The path as the router matches it: percent-escapes of unreserved characters decoded
+/// (`/v1/%65gress` is `/v1/egress` to the router, so it must be to every check here too).
+fn route_path(req: &ServiceRequest) -> &str {
+    req.match_info().as_str()
+}
+
 /// Whether a route of the table takes this method and path (others end as 404/405 anyway).
 fn routed(req: &ServiceRequest) -> bool {
-    routes_for(req.path()).any(|r| r.method == req.method().as_str())
+    routes_for(route_path(req)).any(|r| r.method == req.method().as_str())
 }
 
 fn reads_json_body(req: &ServiceRequest) -> bool {
-    routes_for(req.path()).any(|r| r.json_body && r.method == req.method().as_str())
+    routes_for(route_path(req)).any(|r| r.json_body && r.method == req.method().as_str())
 }
 
 /// True for `application/json`, with any parameters (`; charset=utf-8`).
