@@ -431,3 +431,37 @@ fn cli_lists_the_fleet() {
     );
     assert!(both["capacity"]["desired_nodes"].is_number(), "{both}");
 }
+
+/// The README's main example, a body with `"outputs"` (a file and HLS), started from a file
+/// with `--body`: the CLI used to refuse it ("give --file (or --body with "output")").
+#[test]
+fn cli_starts_the_readme_outputs_example_from_a_body_file() {
+    let dirs = Dirs::new();
+    let svc = node_with_token(&dirs);
+    let body = serde_json::json!({
+        "type": "participant",
+        "sources": [{"uri": "test://av"}],
+        "outputs": [{"file": {"filename": "readme.mp4"}},
+                    {"segments": {"prefix": "readme", "segment_duration_s": 2}}],
+        "estimated_cpu": 0.2,
+    });
+    let path = dirs.root.path().join("request.json");
+    std::fs::write(&path, body.to_string()).expect("request.json");
+    let out = cli(
+        &svc,
+        &[
+            "egress",
+            "start",
+            "--body",
+            path.to_str().expect("path"),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let started: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let id = started["egress_id"].as_str().expect("id").to_string();
+    assert_eq!(started["segments"]["playlist"], "readme.m3u8", "{started}");
+    svc.wait_active(&id);
+    ok(&svc, &["egress", "stop", &id]);
+    svc.wait_status(&id, &["complete"], Duration::from_secs(20));
+}

@@ -156,7 +156,7 @@ pub fn start_body(args: &StartArgs, stdin: &mut dyn Read) -> Result<Value, CliEr
         body.insert("sources".into(), Value::Array(sources));
     }
     if let Some(f) = &args.file {
-        body.insert("output".into(), json!({ "file": { "filename": f } }));
+        set_file(&mut body, f);
     }
     if let Some(d) = args.max_duration_s {
         body.insert("max_duration_s".into(), json!(d));
@@ -176,18 +176,34 @@ pub fn start_body(args: &StartArgs, stdin: &mut dyn Read) -> Result<Value, CliEr
             }
         }
     }
-    for (key, flag) in [
-        ("type", "--type"),
-        ("sources", "--source"),
-        ("output", "--file"),
-    ] {
+    for (key, flag) in [("type", "--type"), ("sources", "--source")] {
         if !body.contains_key(key) {
             return Err(CliError::Usage(format!(
                 "the request has no {key}: give {flag} (or --body with \"{key}\")"
             )));
         }
     }
+    if !body.contains_key("output") && !body.contains_key("outputs") {
+        return Err(CliError::Usage(
+            "the request has no outputs: give --file (or --body with \"outputs\" or \"output\")"
+                .into(),
+        ));
+    }
     Ok(Value::Object(body))
+}
+
+/// `--file`: the file output of the request, in whichever form the body gives its outputs
+/// (`"outputs": [...]`, or the older `"output": {"file": ...}`).
+fn set_file(body: &mut Map<String, Value>, filename: &str) {
+    let file = json!({ "filename": filename });
+    if let Some(Value::Array(outputs)) = body.get_mut("outputs") {
+        match outputs.iter_mut().find(|o| o.get("file").is_some()) {
+            Some(o) => o["file"] = file,
+            None => outputs.push(json!({ "file": file })),
+        }
+    } else {
+        body.insert("output".into(), json!({ "file": file }));
+    }
 }
 
 fn items(v: &Value) -> &[Value] {
@@ -425,6 +441,24 @@ mod tests {
         assert_eq!(b["output"]["file"]["filename"], "b.mkv");
         assert_eq!(b["video"], json!({"width": 320, "fps": 25}));
         assert_eq!(b["type"], "track");
+    }
+
+    #[test]
+    fn a_body_with_outputs_is_taken_as_it_is_and_file_sets_its_file() {
+        let mut a = args();
+        a.body = Some("-".into());
+        let readme = r#"{"type":"participant","sources":[{"uri":"test://av"}],
+            "outputs":[{"file":{"filename":"a.mp4"}},{"segments":{"prefix":"a"}}]}"#;
+        let b = start_body(&a, &mut readme.as_bytes()).unwrap();
+        assert_eq!(b["outputs"][1]["segments"]["prefix"], "a");
+        assert!(b.get("output").is_none(), "{b}");
+        a.file = Some("b.mkv".into());
+        let b = start_body(&a, &mut readme.as_bytes()).unwrap();
+        assert_eq!(b["outputs"][0]["file"]["filename"], "b.mkv");
+        let only_hls =
+            r#"{"type":"track","sources":[{"uri":"test://av"}],"outputs":[{"segments":{}}]}"#;
+        let b = start_body(&a, &mut only_hls.as_bytes()).unwrap();
+        assert_eq!(b["outputs"][1]["file"]["filename"], "b.mkv");
     }
 
     #[test]
