@@ -53,6 +53,19 @@ fn bad_requests_get_clear_4xx_and_leave_nothing_behind() {
     );
     assert_error(s, &v, 400, "scheme_not_allowed");
 
+    // One `stream` output holds every URL: 2,000 of them were accepted.
+    let mut streams = ok.clone();
+    let mut outputs = vec![json!({"file": {"filename": "s.mp4"}})];
+    outputs.extend((0..2000).map(|_| json!({"stream": {"urls": []}})));
+    streams["outputs"] = json!(outputs);
+    streams.as_object_mut().map(|o| o.remove("output"));
+    let (s, v) = svc.post("/v1/egress", &streams);
+    assert_error(s, &v, 400, "invalid_field");
+    assert!(
+        v.to_string().contains("outputs[2]") && v.to_string().contains("at most one stream"),
+        "{v}"
+    );
+
     for name in [
         "../escape.mp4",
         "/tmp/abs.mp4",

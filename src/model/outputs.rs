@@ -475,7 +475,7 @@ pub fn redacted(outputs: &[OutputRequest]) -> Vec<OutputRequest> {
 }
 
 /// Resolves the requested outputs: templates, defaults, paths inside `output_dir`, at most one
-/// file, one segments and one images output, distinct paths.
+/// output of each kind (one `stream` output holds every URL), distinct paths.
 pub fn resolve(
     outputs: &[OutputRequest],
     output_dir: &Path,
@@ -557,6 +557,9 @@ pub fn resolve(
                 });
             }
             OutputRequest::Stream(s) => {
+                if spec.stream {
+                    return Err(dup("stream"));
+                }
                 spec.stream = true;
                 for (k, u) in s.urls.iter().enumerate() {
                     check_stream_url(u, &format!("{at}.stream.urls[{k}]"))?;
