@@ -432,12 +432,20 @@ fn templates_expand_and_outputs_stay_inside_the_output_dir() {
         );
     }
     // A symlink leading outside is never followed, for segments and images too.
-    for outputs in [
-        json!([{"segments": {"prefix": "escape/seg"}}]),
-        json!([{"images": {"prefix": "escape/img"}}]),
+    for (outputs, field) in [
+        (
+            json!([{"segments": {"prefix": "escape/seg"}}]),
+            "segments.prefix",
+        ),
+        (
+            json!([{"images": {"prefix": "escape/img"}}]),
+            "images.prefix",
+        ),
     ] {
         let (s, v) = bad(outputs.clone());
         assert_eq!(s, 400, "{outputs}: {v}");
+        // Named as what it is (it used to say output.file.filename).
+        assert_eq!(v["error"]["field"], field, "{v}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains("outside"),
             "{v}"

@@ -196,13 +196,14 @@ impl ApiError {
     }
 }
 
-impl From<crate::outputs::OutputError> for ApiError {
-    fn from(e: crate::outputs::OutputError) -> Self {
+/// An output that could not be created, and the request field it comes from.
+impl From<(&'static str, crate::outputs::OutputError)> for ApiError {
+    fn from((field, e): (&'static str, crate::outputs::OutputError)) -> Self {
         use crate::outputs::OutputError as O;
         match e {
             O::Exists(_) => ApiError::OutputExists(e.to_string()),
             O::Io { .. } => ApiError::Internal(e.to_string()),
-            _ => ApiError::BadRequest(RequestError::invalid("output.file.filename", e.to_string())),
+            _ => ApiError::BadRequest(RequestError::invalid(field, e.to_string())),
         }
     }
 }

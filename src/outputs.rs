@@ -133,8 +133,12 @@ pub fn prepare_file(root: &Path, rel: &str) -> Result<PathBuf, OutputError> {
 /// Creates every output of an egress (empty) the way `prepare_file` does, and returns them with
 /// their real paths: the file, the playlists and the first segment (which claim the HLS prefix:
 /// a second egress with the same prefix gets a 409), the first image (claiming its prefix).
-/// On an error nothing created here is left behind.
-pub fn prepare_all(root: &Path, o: &OutputsSpec) -> Result<OutputsSpec, OutputError> {
+/// On an error nothing created here is left behind; the error names the request field it is
+/// about (`output.file.filename`, `segments.prefix`, `images.prefix`).
+pub fn prepare_all(
+    root: &Path,
+    o: &OutputsSpec,
+) -> Result<OutputsSpec, (&'static str, OutputError)> {
     let mut done: Vec<PathBuf> = Vec::new();
     let result = prepare_each(root, o, &mut done);
     if result.is_err() {
@@ -149,26 +153,27 @@ fn prepare_each(
     root: &Path,
     o: &OutputsSpec,
     done: &mut Vec<PathBuf>,
-) -> Result<OutputsSpec, OutputError> {
+) -> Result<OutputsSpec, (&'static str, OutputError)> {
     let mut out = o.clone();
-    let mut make = |rel: &str| -> Result<PathBuf, OutputError> {
-        let p = prepare_file(root, rel)?;
-        done.push(p.clone());
-        Ok(p)
-    };
+    let mut make =
+        |rel: &str, field: &'static str| -> Result<PathBuf, (&'static str, OutputError)> {
+            let p = prepare_file(root, rel).map_err(|e| (field, e))?;
+            done.push(p.clone());
+            Ok(p)
+        };
     if let Some(f) = &mut out.file {
-        f.path = make(&f.filename)?;
+        f.path = make(&f.filename, "output.file.filename")?;
     }
     if let Some(s) = &mut out.segments {
-        s.playlist_path = make(&s.playlist)?;
+        s.playlist_path = make(&s.playlist, "segments.prefix")?;
         if let Some(l) = &mut s.live {
-            l.1 = make(&l.0)?;
+            l.1 = make(&l.0, "segments.prefix")?;
         }
-        let first = make(&format!("{}_00000.ts", s.prefix))?;
+        let first = make(&format!("{}_00000.ts", s.prefix), "segments.prefix")?;
         s.dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
     }
     if let Some(im) = &mut out.images {
-        let first = make(&format!("{}_00000.jpg", im.prefix))?;
+        let first = make(&format!("{}_00000.jpg", im.prefix), "images.prefix")?;
         im.dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
     }
     Ok(out)
