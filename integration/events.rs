@@ -787,3 +787,27 @@ fn a_refused_webhook_is_retried_before_its_egress_s_next_event() {
     assert!(metric(&svc, "egress_webhook_failures_total") >= all.len() as f64);
     receiver.stop();
 }
+
+/// Idle event streams are capped (`events.max_clients`): one more is answered 503 with a JSON
+/// error that says so, and the API goes on answering (4,000 idle ones were accepted before).
+#[test]
+fn event_streams_over_events_max_clients_get_503() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "events: { max_clients: 2 }");
+    let _a = SseClient::connect(&svc, "", None);
+    let _b = SseClient::connect(&svc, "", None);
+    let (s, v) = svc.get("/v1/events");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("events.max_clients"),
+        "{v}"
+    );
+    assert_eq!(svc.get("/v1/node").0, 200);
+}

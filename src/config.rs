@@ -87,6 +87,10 @@ pub struct EventsConfig {
     /// `node_updated` is sent when the node's state changed, at most this often.
     #[serde(default = "default_node_interval")]
     pub node_interval_ms: u64,
+    /// Event streams (`GET /v1/events`) open at once; one more is answered 503 (each holds a
+    /// connection and a worker's attention).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -584,6 +588,9 @@ fn default_events_buffer() -> usize {
 fn default_keepalive() -> u64 {
     15_000
 }
+fn default_max_clients() -> usize {
+    100
+}
 fn default_node_interval() -> u64 {
     1000
 }
@@ -1040,6 +1047,9 @@ impl Config {
         }
         if !(100..=600_000).contains(&e.keepalive_ms) {
             return Err(invalid("events.keepalive_ms", "must be in [100, 600000]"));
+        }
+        if !(1..=100_000).contains(&e.max_clients) {
+            return Err(invalid("events.max_clients", "must be in [1, 100000]"));
         }
         if !(100..=60_000).contains(&e.node_interval_ms) {
             return Err(invalid(

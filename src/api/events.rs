@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
 
 use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
@@ -48,6 +49,12 @@ async fn events(
                 })?,
         ),
     };
+    let slot = state.events.client_slot().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "{} event streams are open (events.max_clients): try again later",
+            state.events.max_clients()
+        ))
+    })?;
     // An id that is not text is no id of ours: the stream says so with its marker.
     let last = req
         .headers()
@@ -58,5 +65,11 @@ async fn events(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         // nginx would otherwise buffer the stream.
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(sse::stream(state.events.clone(), last.as_deref(), max)))
+        .streaming(
+            sse::stream(state.events.clone(), last.as_deref(), max).map(move |chunk| {
+                // The slot is freed when the stream (and this closure) is dropped.
+                let _held = &slot;
+                chunk
+            }),
+        ))
 }

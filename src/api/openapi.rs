@@ -297,6 +297,7 @@ mod ops {
         responses(
             (status = 200, description = "the stream", body = String, content_type = "text/event-stream"),
             (status = 400, description = "bad_query", body = ErrorBody),
+            (status = 503, description = "events.max_clients streams are open already", body = ErrorBody),
         ))]
     fn events() {}
 

@@ -157,6 +157,15 @@ pub struct Events {
     inner: Arc<Inner>,
 }
 
+/// One open event stream (`Events::client_slot`): the count goes down when it is dropped.
+pub struct ClientSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 struct Inner {
     node_id: String,
     ring: Mutex<Ring>,
@@ -168,6 +177,9 @@ struct Inner {
     relay: Mutex<Option<mpsc::UnboundedSender<Arc<Event>>>>,
     /// Set at shutdown: every stream ends (the HTTP server stops without waiting for them).
     closed: watch::Sender<bool>,
+    /// Event streams open now, and how many may be (`events.max_clients`).
+    clients: Arc<std::sync::atomic::AtomicUsize>,
+    max_clients: usize,
     /// `events.keepalive_ms`.
     keepalive: Duration,
 }
@@ -239,9 +251,27 @@ impl Events {
                 webhooks: Mutex::new(Vec::new()),
                 relay: Mutex::new(None),
                 closed,
+                clients: Arc::default(),
+                max_clients: cfg.max_clients,
                 keepalive: Duration::from_millis(cfg.keepalive_ms),
             }),
         }
+    }
+
+    /// A place for one more event stream, held until the stream ends; None when
+    /// `events.max_clients` are open.
+    pub fn client_slot(&self) -> Option<ClientSlot> {
+        use std::sync::atomic::Ordering;
+        let c = &self.inner.clients;
+        c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < self.inner.max_clients).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ClientSlot(c.clone()))
+    }
+
+    pub fn max_clients(&self) -> usize {
+        self.inner.max_clients
     }
 
     pub fn node_id(&self) -> &str {
@@ -457,6 +487,25 @@ pub async fn watch_node(events: Events, node: Node, every: Duration) {
 mod tests {
     use super::*;
     use crate::model::{EgressStatus, sample_info};
+
+    #[test]
+    fn event_streams_take_a_slot_each_up_to_max_clients() {
+        let e = Events::new(
+            &EventsConfig {
+                max_clients: 2,
+                ..EventsConfig::default()
+            },
+            "ND_a".into(),
+        );
+        let a = e.client_slot().expect("first");
+        let _b = e.client_slot().expect("second");
+        assert!(e.client_slot().is_none(), "a third over max_clients");
+        drop(a);
+        assert!(
+            e.client_slot().is_some(),
+            "a slot comes back when its stream ends"
+        );
+    }
 
     fn hub(buffer: usize) -> Events {
         Events::new(
