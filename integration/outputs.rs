@@ -500,3 +500,56 @@ fn templates_expand_and_outputs_stay_inside_the_output_dir() {
         ffmpeg_decodes(&path_of(&done["files"][0]["location"]));
     }
 }
+
+/// Stops that leave a last HLS segment of a fraction of a second (0.1 to 0.5 s past a cut):
+/// every segment on disk is in the playlist and in `segments.count` (no empty or unlisted
+/// `.ts` left beside them), and the playlist lasts as long as the MP4.
+#[test]
+fn a_short_last_segment_is_in_the_playlist() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    let ids: Vec<(String, u64)> = [100u64, 250, 400, 500]
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| {
+            let body = small(json!([{"file": {"filename": format!("short{k}.mp4")}},
+                {"segments": {"prefix": format!("short{k}"), "segment_duration_s": 1}}]));
+            (svc.start_egress(&body), *ms)
+        })
+        .collect();
+    for (id, _) in &ids {
+        svc.wait_active(id);
+    }
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    for (id, ms) in &ids {
+        // Past the third segment by about `ms` (keyframes every second at 15 fps).
+        let at = Duration::from_millis(3000 + ms);
+        std::thread::sleep(at.saturating_sub(t0.elapsed()));
+        svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    }
+    for (k, (id, _)) in ids.iter().enumerate() {
+        let v = svc.wait_status(id, &["complete"], Duration::from_secs(20));
+        let pl = path_of(&v["segments"]["location"]);
+        let (listed, ended) = playlist(&pl);
+        assert!(ended, "{v}");
+        let dir = pl.parent().expect("dir");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("short{k}_")) && n.ends_with(".ts"))
+            .collect();
+        on_disk.sort();
+        let names: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names, on_disk, "{v}");
+        assert_eq!(
+            v["segments"]["count"].as_u64(),
+            Some(on_disk.len() as u64),
+            "{v}"
+        );
+        let hls: f64 = listed.iter().map(|(_, d)| d).sum();
+        let mp4 = v["files"][0]["duration_s"].as_f64().unwrap_or(0.0);
+        assert!((hls - mp4).abs() < 0.3, "HLS {hls} s, MP4 {mp4} s: {v}");
+    }
+}

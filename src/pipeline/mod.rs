@@ -79,13 +79,20 @@ pub fn keep_first_caps(pad: &gstreamer::Pad) {
         };
         let name = |caps: &gst::CapsRef| caps.structure(0).map(|s| s.name().to_string());
         let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
-        let same = first.as_ref().is_some_and(|f| match f.view() {
-            gst::EventView::Caps(fc) => name(fc.caps()) == name(c.caps()),
-            _ => false,
+        let kept = first.as_ref().and_then(|f| match f.view() {
+            gst::EventView::Caps(fc) => Some(fc.caps_owned()),
+            _ => None,
         });
-        match &*first {
+        match kept {
+            // The first, or the same caps made more precise (a parser adds `codec_data` once
+            // it has seen the stream's headers): that is what the muxer keeps.
             None => *first = Some(ev.clone()),
-            Some(f) if same => info.data = Some(gst::PadProbeData::Event(f.clone())),
+            Some(k) if c.caps().is_subset(&k) => *first = Some(ev.clone()),
+            Some(k) if name(c.caps()) == name(&k) => {
+                if let Some(f) = first.clone() {
+                    info.data = Some(gst::PadProbeData::Event(f));
+                }
+            }
             Some(_) => {}
         }
         gst::PadProbeReturn::Ok
