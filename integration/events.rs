@@ -811,3 +811,26 @@ fn event_streams_over_events_max_clients_get_503() {
     );
     assert_eq!(svc.get("/v1/node").0, 200);
 }
+
+/// An idle node is quiet: `node_updated` only when what a reader sees changed (it came about
+/// once a second from load jitter alone, so `curl -N /v1/events` scrolled forever).
+#[test]
+fn an_idle_node_does_not_chatter() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "events: { node_interval_ms: 200 }");
+    let sse = SseClient::connect(&svc, "", None);
+    let t0 = std::time::Instant::now();
+    let mut node_updates = 0;
+    while t0.elapsed() < Duration::from_secs(8) {
+        if let Some(e) = sse.next_event(Duration::from_millis(500))
+            && e.event == "node_updated"
+        {
+            node_updates += 1;
+        }
+    }
+    // The first state, and at most a couple of real moves of the host's load meanwhile.
+    assert!(
+        node_updates <= 3,
+        "{node_updates} node_updated in 8 s on an idle node"
+    );
+}

@@ -427,10 +427,15 @@ impl Events {
     }
 }
 
-/// What of a node's state is worth an event: counts, limits, draining and capacity exactly, CPU
-/// figures to a hundredth of a core (load to a percent). A node whose load jitters in the
-/// last digits sends nothing, so the buffer keeps minutes of history, not seconds.
-pub fn significant(s: &NodeState) -> String {
+/// Load moves of less than this (a fraction of the node) since the last `node_updated` are
+/// jitter: an idle node's load wanders by a few percent from second to second.
+pub const LOAD_STEP: f64 = 0.05;
+/// Free CPU moves of less than this (cores) since the last `node_updated` are jitter.
+pub const CPU_STEP: f64 = 0.1;
+
+/// What of a node's state a reader acts on, exactly: counts, limits, costs, claims, draining,
+/// capacity, the egresses.
+fn discrete(s: &NodeState) -> String {
     let cores = |x: f64| (x * 100.0).round() as i64;
     let types: Vec<String> = s
         .types
@@ -446,24 +451,34 @@ pub fn significant(s: &NodeState) -> String {
         })
         .collect();
     format!(
-        "{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}",
         cores(s.capacity_cores),
         cores(s.budget_cores),
-        (s.load * 100.0).round() as i64,
-        cores(s.available_cpu),
         s.draining,
         types.join(","),
         s.egress_ids.join(",")
     )
 }
 
+/// Whether `now` is worth a `node_updated` after `sent` (the last one sent): anything discrete
+/// changed, or load or free CPU moved by a step (`LOAD_STEP`, `CPU_STEP`) from what was sent,
+/// so an idle node is quiet and a slow drift is still reported once it adds up.
+pub fn worth_sending(sent: Option<&NodeState>, now: &NodeState) -> bool {
+    let Some(sent) = sent else {
+        return true;
+    };
+    discrete(sent) != discrete(now)
+        || (sent.load - now.load).abs() >= LOAD_STEP
+        || (sent.available_cpu - now.available_cpu).abs() >= CPU_STEP
+}
+
 /// Emits `node_updated` when the node's state (as `GET /v1/node` reports it) changed
-/// (`significant`), at most once per `every`; runs until the service stops.
+/// (`worth_sending`), at most once per `every`; runs until the service stops.
 pub async fn watch_node(events: Events, node: Node, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closed = events.closed();
-    let mut last = String::new();
+    let mut sent: Option<NodeState> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -472,12 +487,11 @@ pub async fn watch_node(events: Events, node: Node, every: Duration) {
         let Ok(state) = node.state().await else {
             continue;
         };
-        let key = significant(&state);
-        if key == last {
+        if !worth_sending(sent.as_ref(), &state) {
             continue;
         }
         if let Ok(json) = serde_json::to_string(&state) {
-            last = key;
+            sent = Some(state);
             events.node_changed(json);
         }
     }
@@ -541,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn node_events_ignore_jitter_below_a_percent_of_load() {
+    fn node_events_ignore_jitter_and_report_what_adds_up() {
         let cfg = crate::config::Config::default();
         let ledger = crate::rules::admission::Ledger::new(
             "ND_a".into(),
@@ -552,15 +566,23 @@ mod tests {
             1000,
         );
         let s = ledger.state(0);
+        assert!(worth_sending(None, &s));
         let mut t = s.clone();
-        t.load += 0.001;
-        t.available_cpu += 0.0001;
-        assert_eq!(significant(&s), significant(&t));
-        t.load += 0.02;
-        assert_ne!(significant(&s), significant(&t));
+        // An idle node's seconds: a few percent either way, a few hundredths of a core.
+        for (load, cpu) in [(0.02, 0.03), (-0.03, -0.05), (0.04, 0.08)] {
+            t.load = s.load + load;
+            t.available_cpu = s.available_cpu + cpu;
+            assert!(!worth_sending(Some(&s), &t), "{load} {cpu}");
+        }
+        // A drift that adds up, from what was sent.
+        t.load = s.load + 0.06;
+        assert!(worth_sending(Some(&s), &t));
+        t.load = s.load;
+        t.available_cpu = s.available_cpu - 0.15;
+        assert!(worth_sending(Some(&s), &t));
         let mut u = s.clone();
         u.draining = !u.draining;
-        assert_ne!(significant(&s), significant(&u));
+        assert!(worth_sending(Some(&s), &u));
     }
 
     #[test]
