@@ -199,23 +199,38 @@ pub fn read_playlist(s: &SegmentsOutput) -> (Playlist, u64) {
 /// has media) and `#EXT-X-ENDLIST`, and rewrites the live playlist to match.
 pub fn close_playlist(s: &SegmentsOutput) -> Result<(), String> {
     let (mut p, _) = read_playlist(s);
-    if p.ended {
-        return Ok(());
-    }
-    let next = s.dir.join(segment_name(s, p.segments.len() as u32));
+    let mut changed = !p.ended;
     let pdir = s
         .playlist_path
         .parent()
         .unwrap_or(Path::new("/"))
         .to_path_buf();
-    // A cut MPEG-TS says nothing of its duration: its packets are read and measured.
-    if std::fs::metadata(&next).is_ok_and(|m| m.len() > 0)
-        && let Some(secs) = ts_span(&next, Duration::from_secs(30))
-    {
-        p.segments.push(Segment {
-            uri: relative_uri(&pdir, &next),
-            duration_s: secs,
-        });
+    // Run once the handler is gone, so nothing is still being written: a segment beyond the
+    // playlist with data (one a kill cut, or one finished after the handler ended its
+    // playlist) is measured from its packets (a cut MPEG-TS says nothing of its duration) and
+    // listed; an empty one (splitmuxsink names one fragment more at EOS than it writes) goes.
+    loop {
+        let next = s.dir.join(segment_name(s, p.segments.len() as u32));
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.is_file() && m.len() > 0 => match ts_span(&next, Duration::from_secs(30)) {
+                Some(secs) => {
+                    p.segments.push(Segment {
+                        uri: relative_uri(&pdir, &next),
+                        duration_s: secs,
+                    });
+                    changed = true;
+                }
+                None => break,
+            },
+            Ok(_) => {
+                crate::outputs::remove_if_empty(&next);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if !changed {
+        return Ok(());
     }
     p.ended = true;
     write_playlists(s, &p).map_err(|e| e.to_string())

@@ -160,12 +160,6 @@ impl Segments {
                 None => break,
             }
         }
-        // At EOS splitmuxsink names one fragment more than it writes: the empty file made for
-        // it here (`create_segment`) goes, so every segment on disk is in the playlist.
-        let named = self.started.load(Ordering::SeqCst);
-        for n in self.playlist.segments.len() as u32..named.max(1) {
-            crate::outputs::remove_if_empty(&self.out.dir.join(segment_name(&self.out, n)));
-        }
         self.playlist.ended = true;
         if let Err(e) = crate::repair::write_playlists(&self.out, &self.playlist) {
             warn!(log, "cannot end the playlist"; "error" => %e);
