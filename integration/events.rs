@@ -843,5 +843,9 @@ fn an_idle_node_does_not_chatter() {
             w[1]
         );
     }
-    assert!(states.len() <= 8, "{} node_updated in 8 s on an idle node", states.len());
+    assert!(
+        states.len() <= 8,
+        "{} node_updated in 8 s on an idle node",
+        states.len()
+    );
 }

@@ -108,7 +108,15 @@ fn remux_into(
         let (Some(p), Some(mux)) = (weak.upgrade(), mux_w.upgrade()) else {
             return;
         };
-        let Ok(q) = gst::ElementFactory::make("queue").build() else {
+        // Unbounded: a track shifted by the timeline (audio that started seconds after the
+        // video) makes the muxer take one track's data seconds ahead of the other's, and a
+        // bounded queue would stall the demuxer for good (the remux then times out).
+        let Ok(q) = gst::ElementFactory::make("queue")
+            .property("max-size-time", 0u64)
+            .property("max-size-buffers", 0u32)
+            .property("max-size-bytes", 0u32)
+            .build()
+        else {
             return;
         };
         let video = pad.name().starts_with("video");
