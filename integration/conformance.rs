@@ -177,6 +177,16 @@ pub(crate) fn body(egress_type: &str, uri: &str, name: &str) -> Value {
     })
 }
 
+/// A request for `egress_type` of `uri` into one file, `filename`, and nothing else.
+fn file_body(egress_type: &str, uri: &str, filename: &str) -> Value {
+    json!({
+        "type": egress_type,
+        "sources": [{"uri": uri}],
+        "outputs": [{"file": {"filename": filename}}],
+        "estimated_cpu": 0.3,
+    })
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -596,17 +606,14 @@ fn hevc_mp2_and_opus_senders_are_recorded_with_both_streams() {
         audio: Some("libopus"),
         sync: false,
     });
-    let file_only = json!({
-        "type": "track",
-        "sources": [{"uri": hevc_file.url}],
-        "outputs": [{"file": {"filename": "hevc_copy.mp4"}}],
-        "estimated_cpu": 0.3,
-    });
     let (_, done) = record_bodies(
         &svc,
         &[
             (body("track", &hevc.url, "hevc"), (true, true)),
-            (file_only, (true, true)),
+            (
+                file_body("track", &hevc_file.url, "hevc_copy.mp4"),
+                (true, true),
+            ),
             (body("participant", &opus.url, "opus"), (true, true)),
         ],
         Duration::from_secs(6),
@@ -728,17 +735,11 @@ fn a_resolution_change_is_copied_by_track_and_scaled_by_participant() {
         srt_listener(args)
     };
     let (a, b, c) = (sender(), sender(), sender());
-    let mkv = json!({
-        "type": "track",
-        "sources": [{"uri": b.url}],
-        "outputs": [{"file": {"filename": "res.mkv"}}],
-        "estimated_cpu": 0.3,
-    });
     let (_, done) = record_bodies(
         &svc,
         &[
             (body("track", &a.url, "res_track"), (true, true)),
-            (mkv, (true, true)),
+            (file_body("track", &b.url, "res.mkv"), (true, true)),
             (body("participant", &c.url, "res_part"), (true, true)),
         ],
         Duration::from_secs(7),

@@ -58,8 +58,9 @@ fn a_running_egress_shows_its_latest_picture() {
     }
 }
 
-/// An SRT sender of `seconds` of lavfi `video` (320x240@30, x264 with keyframes every second)
-/// and `audio` (AAC).
+/// An SRT sender of `seconds` of lavfi `video` (x264 `veryfast`, a keyframe every second at
+/// 30 fps; not `zerolatency`: its still picture's decoded frames differ by more than the
+/// frozen threshold, noted on issue 21) and `audio` (AAC).
 fn lavfi_sender(video: &str, audio: &str, seconds: u32) -> Producer {
     let args: Vec<String> = [
         "-hide_banner",

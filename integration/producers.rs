@@ -88,8 +88,17 @@ fn ffmpeg_av() -> Vec<String> {
 /// ffmpeg arguments for `size`@`fps` test video (H.264, a keyframe every second) and a 440 Hz AAC
 /// tone, in real time.
 fn ffmpeg_av_sized(size: &str, fps: u32) -> Vec<String> {
-    let video = format!("testsrc=size={size}:rate={fps}");
-    let gop = fps.to_string();
+    ffmpeg_lavfi(
+        &format!("testsrc=size={size}:rate={fps}"),
+        "sine=frequency=440:sample_rate=48000",
+        fps,
+    )
+}
+
+/// ffmpeg arguments for lavfi `video` and `audio` in real time: H.264 with a keyframe every
+/// `gop` frames, AAC.
+pub fn ffmpeg_lavfi(video: &str, audio: &str, gop: u32) -> Vec<String> {
+    let gop = gop.to_string();
     [
         "-hide_banner",
         "-loglevel",
@@ -98,11 +107,11 @@ fn ffmpeg_av_sized(size: &str, fps: u32) -> Vec<String> {
         "-f",
         "lavfi",
         "-i",
-        &video,
+        video,
         "-f",
         "lavfi",
         "-i",
-        "sine=frequency=440:sample_rate=48000",
+        audio,
         "-c:v",
         "libx264",
         "-preset",
