@@ -100,13 +100,17 @@ fn cpu_budget_refuses_once_costs_fill_it() {
     );
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["reason"], "cpu");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("participant"),
-        "{v}"
-    );
+    // The refusal says what to do about it (issue 22 item 14).
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("participant"), "{v}");
+    for hint in [
+        "estimated_cpu",
+        "calibrate",
+        "cpu.capacity",
+        "cpu_cost.participant",
+    ] {
+        assert!(msg.contains(hint), "{hint}: {msg}");
+    }
 
     let first = svc.start_egress(&request("track", &["test://video"], "t1.mkv"));
     let (s, v) = svc.post("/v1/egress", &request("track", &["test://video"], "t2.mkv"));

@@ -488,6 +488,13 @@ fn calibrate_measures_a_type_and_a_node_prices_by_it_at_once() {
     assert_eq!(other.wait_exit(Duration::from_secs(15)), Some(0));
     let id = svc.start_egress(&workload("priced.mp4"));
     assert_eq!(svc.egress(&id)["cpu_cost"].as_f64(), Some(price));
+    // The node shows the price admission charges, not the configured cost (issue 22 item 14).
+    let (_, node) = svc.get("/v1/node");
+    assert_eq!(
+        node["types"]["participant"]["cost"].as_f64(),
+        Some(price),
+        "{node}"
+    );
     // The CLI shows the same table.
     let out = std::process::Command::new(bin())
         .args(["node", "costs"])

@@ -51,7 +51,11 @@ impl RequestError {
 /// Why the node refuses to take a job.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum AdmissionError {
-    #[error("not enough CPU for {egress_type}: needs {needed:.2} cores, {available:.2} available")]
+    #[error(
+        "not enough CPU for {egress_type}: needs {needed:.2} cores, {available:.2} available; \
+         give a smaller estimated_cpu with the request, learn this machine's real costs with \
+         `egress-engine calibrate`, or set cpu_cost.{egress_type} or cpu.capacity"
+    )]
     Cpu {
         egress_type: EgressType,
         needed: f64,

@@ -390,6 +390,13 @@ impl Node {
             .send(GetNodeState)
             .await
             .map_err(ApiError::from_mailbox)?;
+        // The price admission charges (learned, once a type's class is learned), not the
+        // configured one: after `calibrate` they differ.
+        for (t, v) in s.types.iter_mut() {
+            if let Some(t) = crate::model::EgressType::parse(t) {
+                v.cost = self.inner.pricer.price_of_type(t);
+            }
+        }
         if let Some(d) = &self.inner.delivery {
             s.disk = d
                 .disk

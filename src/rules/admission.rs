@@ -61,7 +61,8 @@ pub struct TypeState {
     pub active: u32,
     /// Concurrency limit (0 = none).
     pub limit: u32,
-    /// Configured cost, in cores.
+    /// What admission charges a job of this type (default video, one output), in cores: the
+    /// learned price once learned, else the configured cost.
     pub cost: f64,
     /// Live claims of this type.
     pub pending_claims: u32,
