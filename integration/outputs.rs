@@ -553,3 +553,36 @@ fn a_short_last_segment_is_in_the_playlist() {
         assert!((hls - mp4).abs() < 0.3, "HLS {hls} s, MP4 {mp4} s: {v}");
     }
 }
+
+/// A stream URL that never connects (a refused port) is `retrying` with the last error from
+/// its first failure on, not `active` with no error; when the egress stops first it ends
+/// `failed` with that cause, not `ended` (issue 22 item 12).
+#[test]
+fn a_stream_url_that_never_connects_says_so() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "pipeline: { stream_retry_s: 120 }");
+    let port = free_tcp_port();
+    let id = svc.start_egress(&small(json!([
+        {"file": {"filename": "nowhere.mp4"}},
+        {"stream": {"urls": [format!("rtmp://127.0.0.1:{port}/live/secretkey")]}},
+    ])));
+    svc.wait_active(&id);
+    let s = wait_for(Duration::from_secs(15), "the stream to be retrying", || {
+        let v = svc.egress(&id);
+        (v["streams"][0]["status"] == "retrying").then(|| v["streams"][0].clone())
+    });
+    let err = s["error"].as_str().unwrap_or_default().to_string();
+    assert!(!err.is_empty() && !err.contains("secretkey"), "{s}");
+    svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
+    assert_eq!(
+        done["status"], "complete",
+        "the recording itself is whole: {done}"
+    );
+    let s = &done["streams"][0];
+    assert_eq!(s["status"], "failed", "{done}");
+    assert!(
+        !s["error"].as_str().unwrap_or_default().is_empty(),
+        "{done}"
+    );
+}

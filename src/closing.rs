@@ -158,10 +158,13 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
         }
     }
     for s in &mut info.streams {
-        if s.status == StreamStatus::Active {
-            s.status = StreamStatus::Ended;
-            s.ended_at = Some(now_ms());
+        match s.status {
+            StreamStatus::Active => s.status = StreamStatus::Ended,
+            // Still failing at the end (the handler was killed before it said so).
+            StreamStatus::Retrying => s.status = StreamStatus::Failed,
+            _ => continue,
         }
+        s.ended_at = Some(now_ms());
     }
     if media || !info.files.is_empty() || info.segments.is_some() {
         info.manifest = Some(o.manifest.display().to_string());

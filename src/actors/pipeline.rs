@@ -602,12 +602,7 @@ impl Pipeline {
     /// The index of `url` among the streams still active.
     fn streaming(&self, url: &str) -> Option<usize> {
         self.stream_urls.iter().enumerate().position(|(i, s)| {
-            s == url
-                && self
-                    .info
-                    .streams
-                    .get(i)
-                    .is_some_and(|x| x.status == StreamStatus::Active)
+            s == url && self.info.streams.get(i).is_some_and(|x| x.status.is_live())
         })
     }
 
@@ -622,6 +617,7 @@ impl Pipeline {
             StreamStatus::Active => {
                 s.started_at.get_or_insert_with(now_ms);
             }
+            StreamStatus::Retrying => {}
             StreamStatus::Failed | StreamStatus::Ended => {
                 s.ended_at = Some(now_ms());
             }
@@ -684,7 +680,7 @@ impl Handler<ChangeStreams> for Pipeline {
             .info
             .streams
             .iter()
-            .filter(|s| s.status == StreamStatus::Active)
+            .filter(|s| s.status.is_live())
             .count();
         if active.saturating_sub(remove.len()) + u.add_urls.len() > MAX_STREAMS {
             return Err(ApiError::from(RequestError::invalid(

@@ -230,13 +230,23 @@ pub struct SegmentsInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamStatus {
-    /// Connecting or sending (retried with backoff after a failure, for
-    /// `pipeline.stream_retry_s`).
+    /// Connecting or sending.
     Active,
-    /// Gave up: the error says why. The egress's other outputs go on.
+    /// Failed, retried with backoff for `pipeline.stream_retry_s`: `error` is the last failure.
+    /// Back to `active` once it has sent for a while.
+    Retrying,
+    /// Gave up (or never connected before the egress ended): the error says why. The
+    /// egress's other outputs go on.
     Failed,
     /// Removed, or the egress ended.
     Ended,
+}
+
+impl StreamStatus {
+    /// Whether the URL is still being streamed to (or tried).
+    pub fn is_live(self) -> bool {
+        matches!(self, StreamStatus::Active | StreamStatus::Retrying)
+    }
 }
 
 /// What EgressInfo says of one stream URL.

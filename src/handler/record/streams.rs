@@ -149,7 +149,7 @@ impl Streams {
         let now = Instant::now();
         let mut urls = std::mem::take(&mut self.urls);
         for u in &mut urls {
-            if u.status != StreamStatus::Active {
+            if !u.status.is_live() {
                 continue;
             }
             // Errors of the running pipeline.
@@ -169,15 +169,30 @@ impl Streams {
             {
                 u.failing_since = None;
                 u.backoff = Duration::from_secs(1);
+                if u.status == StreamStatus::Retrying {
+                    u.status = StreamStatus::Active;
+                    emit(&HandlerEvent::Stream {
+                        index: u.index,
+                        status: StreamStatus::Active,
+                        error: None,
+                    });
+                }
             }
             if let Some(e) = error {
                 let e = redact_errors(&e, &u.url);
                 warn!(log, "stream failed"; "index" => u.index, "url" => redact_stream_url(&u.url), "error" => &e);
                 self.teardown(u);
-                u.last_error = Some(e);
                 u.failing_since.get_or_insert(now);
                 u.next_try = now + u.backoff;
                 u.backoff = (u.backoff * 2).min(MAX_BACKOFF);
+                retrying(u, e);
+            }
+            if u.pipe.is_none()
+                && let Some(e) = u.last_error.clone()
+                && u.status == StreamStatus::Active
+            {
+                // A start that failed (see `start`).
+                retrying(u, e);
             }
             if let Some(since) = u.failing_since
                 && u.pipe.is_none()
@@ -256,11 +271,14 @@ impl Streams {
             });
         u.pipe = Some(pipe);
         u.up_since = Some(Instant::now());
-        emit(&HandlerEvent::Stream {
-            index: u.index,
-            status: StreamStatus::Active,
-            error: None,
-        });
+        // While retrying it stays `retrying` until it has sent for a while (`poll`).
+        if u.status == StreamStatus::Active {
+            emit(&HandlerEvent::Stream {
+                index: u.index,
+                status: StreamStatus::Active,
+                error: None,
+            });
+        }
         // A new viewer starts at a keyframe: ask the shared encoder for one now.
         if let Some(enc) = &self.encoder
             && let Some(pad) = enc.static_pad("src")
@@ -284,14 +302,36 @@ impl Streams {
                 }
             }
             self.teardown(u);
-            if u.status == StreamStatus::Active {
-                emit(&HandlerEvent::Stream {
+            match u.status {
+                StreamStatus::Active => emit(&HandlerEvent::Stream {
                     index: u.index,
                     status: StreamStatus::Ended,
                     error: None,
-                });
+                }),
+                // Still failing when the egress ended: that is how it ends.
+                StreamStatus::Retrying => emit(&HandlerEvent::Stream {
+                    index: u.index,
+                    status: StreamStatus::Failed,
+                    error: u.last_error.clone(),
+                }),
+                _ => {}
             }
         }
+    }
+}
+
+/// A failure of `u` (redacted `error`): `retrying`, said once per distinct error.
+fn retrying(u: &mut Url, error: String) {
+    let changed = u.status != StreamStatus::Retrying || u.last_error.as_deref() != Some(&error);
+    u.status = StreamStatus::Retrying;
+    u.last_error = Some(error.clone());
+    u.up_since = None;
+    if changed {
+        emit(&HandlerEvent::Stream {
+            index: u.index,
+            status: StreamStatus::Retrying,
+            error: Some(error),
+        });
     }
 }
 
