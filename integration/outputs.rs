@@ -564,15 +564,30 @@ fn a_stream_url_that_never_connects_says_so() {
     let port = free_tcp_port();
     let id = svc.start_egress(&small(json!([
         {"file": {"filename": "nowhere.mp4"}},
-        {"stream": {"urls": [format!("rtmp://127.0.0.1:{port}/live/secretkey")]}},
+        {"stream": {"urls": [format!("rtmp://127.0.0.1:{port}/live/secretkey"),
+                             "srt://no-such-host.invalid:9000".to_string()]}},
     ])));
     svc.wait_active(&id);
-    let s = wait_for(Duration::from_secs(15), "the stream to be retrying", || {
-        let v = svc.egress(&id);
-        (v["streams"][0]["status"] == "retrying").then(|| v["streams"][0].clone())
-    });
-    let err = s["error"].as_str().unwrap_or_default().to_string();
-    assert!(!err.is_empty() && !err.contains("secretkey"), "{s}");
+    let v = wait_for(
+        Duration::from_secs(15),
+        "the streams to be retrying",
+        || {
+            let v = svc.egress(&id);
+            (v["streams"][0]["status"] == "retrying" && v["streams"][1]["status"] == "retrying")
+                .then_some(v)
+        },
+    );
+    let err = v["streams"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!err.is_empty() && !err.contains("secretkey"), "{v}");
+    // srtsink says only "Could not open resource for writing": the host is named.
+    let err = v["streams"][1]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("cannot resolve host no-such-host.invalid"),
+        "{v}"
+    );
     svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
     let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
     assert_eq!(

@@ -45,6 +45,9 @@ struct Url {
     backoff: Duration,
     last_error: Option<String>,
     status: StreamStatus,
+    /// Whether the host was looked up after a failure that did not say why (once: a lookup
+    /// can take seconds, on the handler's main loop), and what it found.
+    dns: Option<Option<String>>,
 }
 
 pub struct Streams {
@@ -108,6 +111,7 @@ impl Streams {
             backoff: Duration::from_secs(1),
             last_error: None,
             status: StreamStatus::Active,
+            dns: None,
         });
     }
 
@@ -320,9 +324,43 @@ impl Streams {
     }
 }
 
+/// What a failure was, where GStreamer's text does not say (`srtsink` answers every failure
+/// with "Could not open resource for writing"): a host name that does not resolve is named.
+fn explain(url: &str, error: String) -> String {
+    use std::net::ToSocketAddrs;
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return error;
+    };
+    let hostport = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = hostport
+        .rsplit_once(':')
+        .map_or(hostport, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() || error.contains("resolv") {
+        return error;
+    }
+    match (host, 0).to_socket_addrs() {
+        Err(e) if error.is_empty() => format!("cannot resolve host {host}: {e}: "),
+        Err(e) => format!("cannot resolve host {host}: {e} ({error})"),
+        Ok(_) => error,
+    }
+}
+
 /// A failure of `u` (redacted `error`): `retrying`, said once per distinct error.
 fn retrying(u: &mut Url, error: String) {
-    let changed = u.status != StreamStatus::Retrying || u.last_error.as_deref() != Some(&error);
+    let error = if error.contains("Could not open resource") {
+        let url = u.url.clone();
+        let found = u
+            .dns
+            .get_or_insert_with(|| Some(explain(&url, String::new())).filter(|e| !e.is_empty()));
+        match found {
+            Some(why) => format!("{why}{error}"),
+            None => error,
+        }
+    } else {
+        error
+    };
+    let changed = u.status != StreamStatus::Retrying || u.last_error.as_deref() != Some(&*error);
     u.status = StreamStatus::Retrying;
     u.last_error = Some(error.clone());
     u.up_since = None;
@@ -396,4 +434,25 @@ fn hook(tap: &gst::Element, targets: Targets, video: bool, has_video: bool) {
             })
             .build(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+
+    #[test]
+    fn an_unresolvable_host_is_named() {
+        let e = explain(
+            "srt://no-such-host.invalid:9000",
+            "Could not open resource".into(),
+        );
+        assert!(
+            e.starts_with("cannot resolve host no-such-host.invalid"),
+            "{e}"
+        );
+        let e = explain("rtmp://127.0.0.1:1/live/k", "Connection refused".into());
+        assert_eq!(e, "Connection refused");
+        let e = explain("rtmp://x.invalid/a/k", "Error resolving x.invalid".into());
+        assert_eq!(e, "Error resolving x.invalid");
+    }
 }
