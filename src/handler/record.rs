@@ -48,7 +48,7 @@ use crate::pipeline::errors;
 use crate::pipeline::graph::{self, Desc, StreamKind};
 use crate::pipeline::source_uri::{self, Connection};
 use crate::pipeline::{SourceStreams, plan};
-use crate::pipeline::{output_file, output_images, output_segments};
+use crate::pipeline::{output_images, output_segments};
 
 /// How one wait on the bus lasts at most: stops and stalls are looked at this often.
 const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(50);
@@ -652,10 +652,6 @@ impl<'a> Recording<'a> {
         self.attach_outputs();
         self.watch_output(&desc)?;
         timing::compensate_priming(&self.pipeline);
-        for parser in ["file_video_parse", "seg_video_parse"] {
-            output_file::keep_first_caps(&self.pipeline, parser);
-        }
-        output_segments::cut_at_idr_only(&self.pipeline);
         self.mux_spans = timing::MuxSpans::watch(&self.pipeline);
         // Live URI sources start their tracks where the keyframe and the audio after it came;
         // test sources and pages start both together (a page's audio waits for its first frame).
@@ -665,23 +661,7 @@ impl<'a> Recording<'a> {
                 crate::timeline::path_for(&self.spec.result_path),
             );
         }
-        // The copy chain's parsers, and the audio parsers right before the muxers: what a
-        // muxer gets never goes back in time, whatever a reconnection did upstream.
-        let parsers = [
-            ("video_parse", true),
-            ("audio_parse", false),
-            ("file_audio_parse", false),
-            ("seg_audio_parse", false),
-        ];
-        for (parser, video) in parsers {
-            if let Some(pad) = self
-                .pipeline
-                .by_name(parser)
-                .and_then(|e| e.static_pad("src"))
-            {
-                live::monotonic(&pad, video);
-            }
-        }
+        live::guard_muxer_inputs(&self.pipeline);
         // Downstream first, so nothing pushes into an element that is not playing yet.
         let mut names: Vec<&str> = desc.names();
         names.reverse();

@@ -17,9 +17,6 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use gstreamer as gst;
-use gstreamer::prelude::*;
-
 use super::encode::{AudioCodecKind, VideoCodec, branch};
 use super::graph::{Desc, Node, el, link};
 use crate::error::PipelineError;
@@ -71,17 +68,6 @@ pub fn add(
     }
     d.sinks.push("file_sink".into());
     d.media.push("file_mux".into());
-}
-
-/// Keeps a muxer on the first caps of its video (`parser`: the parse element before it), see
-/// `super::keep_first_caps`: a copied source that changes resolution or restarts (a new SPS)
-/// makes fragmented `mp4mux` write a broken file, `matroskamux` fail ("Caps changes are not
-/// supported") and `splitmuxsink` cut a segment inside a GOP. The parser repeats SPS and PPS
-/// before every keyframe (`config-interval=-1`), so decoders see the change in the stream.
-pub fn keep_first_caps(pipeline: &gst::Pipeline, parser: &str) {
-    if let Some(pad) = pipeline.by_name(parser).and_then(|e| e.static_pad("src")) {
-        super::keep_first_caps(&pad);
-    }
 }
 
 /// Opens the output file for writing without ever following a symlink: the service creates it

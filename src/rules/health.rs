@@ -22,8 +22,6 @@ pub enum Condition {
 }
 
 impl Condition {
-    pub const ALL: [Condition; 3] = [Condition::Black, Condition::Frozen, Condition::Silent];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Condition::Black => "black",

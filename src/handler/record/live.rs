@@ -202,6 +202,33 @@ fn tcp_refused(uri: &str) -> Option<bool> {
     }
 }
 
+/// What reaches each muxer stays muxable whatever the source does (a resolution change, a
+/// sender restart, scene-cut I frames): the file's and the segments' video keep their first
+/// caps (SPS/PPS stay in the stream, `config-interval=-1`: fragmented `mp4mux` wrote a broken
+/// file on new caps, `matroskamux` failed, `splitmuxsink` cut inside a GOP); segments are cut
+/// at IDR frames only; and the copy chain's parsers and the audio parsers before the muxers
+/// never go back in time (`monotonic`).
+pub(super) fn guard_muxer_inputs(pipeline: &gst::Pipeline) {
+    let src = |name: &str| pipeline.by_name(name).and_then(|e| e.static_pad("src"));
+    for parser in ["file_video_parse", "seg_video_parse"] {
+        if let Some(pad) = src(parser) {
+            crate::pipeline::keep_first_caps(&pad);
+        }
+    }
+    crate::pipeline::output_segments::cut_at_idr_only(pipeline);
+    let parsers = [
+        ("video_parse", true),
+        ("audio_parse", false),
+        ("file_audio_parse", false),
+        ("seg_audio_parse", false),
+    ];
+    for (parser, video) in parsers {
+        if let Some(pad) = src(parser) {
+            monotonic(&pad, video);
+        }
+    }
+}
+
 /// Keeps the decode times of a copied stream strictly increasing: a sender that resumes after a
 /// pause bursts its backlog with arrival timestamps, equal ones included, which muxers write as
 /// is and decoders then refuse ("non monotonically increasing dts"), and mp4mux fails on audio
@@ -209,7 +236,7 @@ fn tcp_refused(uri: &str) -> Option<bool> {
 /// timestamps start again from zero in a segment of their own. Video is moved 1 ms after the
 /// last frame; audio (`video` false) that is not after the last, or outside its segment, is
 /// dropped (a frame or two at a restart), since moved audio would overlap.
-pub(super) fn monotonic(pad: &gst::Pad, video: bool) {
+fn monotonic(pad: &gst::Pad, video: bool) {
     let last = std::sync::Mutex::new(None::<gst::ClockTime>);
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
         let Some(seg) = pad
