@@ -20,6 +20,7 @@ mod placement;
 mod producers;
 mod s3;
 mod safety;
+mod secrets;
 mod sentinel;
 mod sources;
 mod web;

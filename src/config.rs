@@ -1060,11 +1060,13 @@ impl Config {
         let w = &self.webhooks;
         for u in &w.urls {
             if let Err(why) = check_webhook_url(u) {
+                let u = crate::model::redact::url(u);
                 return Err(invalid("webhooks.urls", format!("'{u}': {why}")));
             }
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = w.urls.iter().find(|u| !seen.insert(u.as_str())) {
+            let dup = crate::model::redact::url(dup);
             return Err(invalid("webhooks.urls", format!("'{dup}' is listed twice")));
         }
         if !w.urls.is_empty() && w.signing_key.len() < 16 {
@@ -1141,11 +1143,25 @@ impl Config {
         Ok(())
     }
 
-    /// The config as `check-config` prints it: storage credentials redacted.
+    /// The config as `check-config` prints it: the API token, the webhook signing key, storage
+    /// credentials and the secrets of URLs (Redis password, webhook tokens) redacted.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.storage.upload = c.storage.upload.map(|t| t.redacted());
         c.storage.backup = c.storage.backup.map(|t| t.redacted());
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = crate::model::redact::MARK.into();
+            }
+        };
+        hide(&mut c.server.api_token);
+        hide(&mut c.webhooks.signing_key);
+        for u in &mut c.webhooks.urls {
+            *u = crate::model::redact::url(u);
+        }
+        if !c.fleet.redis_url.is_empty() {
+            c.fleet.redis_url = crate::model::redact::url(&c.fleet.redis_url);
+        }
         c
     }
 

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::RequestError;
 
 mod outputs;
+pub mod redact;
 
 pub use outputs::{
     FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, MAX_STREAMS,
     OutputRequest, OutputsSpec, SegmentsInfo, SegmentsOutput, SegmentsRequest, StreamInfo,
     StreamRequest, StreamStatus, StreamsUpdate, TemplateValues, check_stream_url,
-    redact_stream_url,
 };
 
 /// The kinds of recording job. Each has its own pipeline shape and so its own CPU cost.
@@ -839,7 +839,7 @@ pub fn parse_web_url(url: &str, allowed: &[String], audio: bool) -> Result<Sourc
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(RequestError::invalid(
             field,
-            format!("'{url}' is not a URL"),
+            format!("'{}' is not a URL", redact::url(url)),
         ));
     };
     if !["http", "https"].contains(&scheme.to_ascii_lowercase().as_str()) {
@@ -857,7 +857,7 @@ pub fn parse_web_url(url: &str, allowed: &[String], audio: bool) -> Result<Sourc
     }
     .to_ascii_lowercase();
     if host.is_empty() {
-        return Err(RequestError::invalid(field, format!("'{url}' has no host")));
+        return Err(RequestError::invalid(field, format!("'{}' has no host", redact::url(url))));
     }
     if allowed.is_empty() {
         return Err(RequestError::invalid(
@@ -892,7 +892,7 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Err(RequestError::invalid(
             field,
-            format!("'{uri}' is not a URI (scheme://...)"),
+            format!("'{}' is not a URI (scheme://...)", redact::url(uri)),
         ));
     };
     let scheme_lc = scheme.to_ascii_lowercase();
@@ -903,7 +903,7 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
     {
         return Err(RequestError::invalid(
             field,
-            format!("'{uri}' has no valid scheme"),
+            format!("'{}' has no valid scheme", redact::url(uri)),
         ));
     }
     if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&scheme_lc)) {
@@ -916,7 +916,7 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
         if rest.is_empty() {
             return Err(RequestError::invalid(
                 field,
-                format!("'{uri}' has nothing after the scheme"),
+                format!("'{}' has nothing after the scheme", redact::url(uri)),
             ));
         }
         return Ok(Source::Uri {
@@ -1081,9 +1081,14 @@ fn manifest_dir(o: &OutputsSpec, output_dir: &Path) -> PathBuf {
 }
 
 impl EgressRequest {
-    /// The request as EgressInfo echoes it: stream keys redacted.
+    /// The request as EgressInfo echoes it: every URL redacted (`model::redact`), upload
+    /// secrets hidden.
     pub fn redacted(&self) -> EgressRequest {
         let mut r = self.clone();
+        for s in &mut r.sources {
+            s.uri = redact::url(&s.uri);
+        }
+        r.url = r.url.map(|u| redact::url(&u));
         r.output = r
             .output
             .map(|o| outputs::redacted(std::slice::from_ref(&o)).remove(0));

@@ -20,7 +20,7 @@ use crate::error::{ApiError, RequestError};
 use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::model::{
     EgressInfo, EgressSpec, EgressStatus, MAX_STREAMS, PipelineOptions, StreamInfo, StreamStatus,
-    StreamsUpdate, check_stream_url, now_ms, reason, redact_stream_url,
+    StreamsUpdate, check_stream_url, now_ms, reason, redact,
 };
 
 /// How long past `start_timeout` a handler that is not recording yet is killed.
@@ -670,7 +670,7 @@ impl Handler<ChangeStreams> for Pipeline {
                         &format!("remove_urls[{k}]"),
                         format!(
                             "'{}' is not streaming in this egress",
-                            redact_stream_url(url)
+                            redact::url(url)
                         ),
                     )));
                 }
@@ -702,7 +702,7 @@ impl Handler<ChangeStreams> for Pipeline {
             let i = self.stream_urls.len();
             self.stream_urls.push(url.clone());
             self.info.streams.push(StreamInfo {
-                url: redact_stream_url(&url),
+                url: redact::url(&url),
                 status: StreamStatus::Active,
                 started_at: None,
                 ended_at: None,

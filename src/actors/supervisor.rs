@@ -458,7 +458,7 @@ fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
         .stream_urls
         .iter()
         .map(|u| StreamInfo {
-            url: crate::model::redact_stream_url(u),
+            url: crate::model::redact::url(u),
             status: StreamStatus::Active,
             started_at: None,
             ended_at: None,

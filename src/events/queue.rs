@@ -47,8 +47,18 @@ impl Queue {
         let q = Queue { dir };
         let url_file = q.dir.join("url");
         if fs::read_to_string(&url_file).ok().as_deref() != Some(url) {
-            fs::write(url_file, url)?;
+            // The URL may carry a token: readable by the service's user only.
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&url_file)?;
+            io::Write::write_all(&mut f, url.as_bytes())?;
         }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&url_file, fs::Permissions::from_mode(0o600))?;
         Ok(q)
     }
 

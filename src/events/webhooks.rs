@@ -81,7 +81,7 @@ pub fn start(
         for p in problems {
             warn!(log, "unreadable webhook queue entry"; "problem" => p);
         }
-        let log = log.new(slog::o!("webhook" => url.clone()));
+        let log = log.new(slog::o!("webhook" => crate::model::redact::url(&url)));
         if !pending.is_empty() {
             info!(log, "webhook events left by an earlier run are sent again"; "queued" => pending.len());
         }
@@ -137,7 +137,7 @@ fn warn_about_orphan_queues(cfg: &WebhooksConfig, state_dir: &std::path::Path, l
         if queued > 0 {
             let url = std::fs::read_to_string(d.path().join("url")).unwrap_or_default();
             warn!(log, "webhook events queued for a receiver that is no longer configured are kept, not sent";
-                  "url" => url, "queued" => queued, "dir" => %d.path().display());
+                  "url" => crate::model::redact::url(&url), "queued" => queued, "dir" => %d.path().display());
         }
     }
 }

@@ -597,6 +597,16 @@ impl<'a> Recording<'a> {
     }
 
     /// Decides the graph from the pads every source showed, builds it and links them.
+    /// Every URL of the spec that may carry a secret.
+    fn secret_urls(&self) -> impl Iterator<Item = &str> {
+        let sources = self.spec.sources.iter().filter_map(|s| match s {
+            Source::Uri { uri } => Some(uri.as_str()),
+            Source::Web { url, .. } => Some(url.as_str()),
+            Source::Test { .. } => None,
+        });
+        sources.chain(self.spec.outputs.stream_urls.iter().map(String::as_str))
+    }
+
     fn build_graph(&mut self) -> Result<(), PipelineError> {
         let mut streams = Vec::new();
         for (i, s) in self.spec.sources.iter().enumerate() {
@@ -631,15 +641,8 @@ impl<'a> Recording<'a> {
             audio: records(false),
         });
         let desc = plan::describe(self.spec, self.opts, &self.streams);
-        // Stream keys never reach a log.
-        let launch = self
-            .spec
-            .outputs
-            .stream_urls
-            .iter()
-            .fold(desc.launch(), |l, u| {
-                l.replace(u.as_str(), &crate::model::redact_stream_url(u))
-            });
+        // No URL's secrets reach a log: source credentials and tokens, stream keys.
+        let launch = crate::model::redact::in_text(&desc.launch(), self.secret_urls());
         info!(self.log, "graph decided"; "launch" => launch);
         let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
         if let Some(loaded) = &self.web_loaded {

@@ -1,7 +1,7 @@
 //! Outputs: what a request asks for (`OutputRequest`, one of file, segments, stream, images),
 //! what validation resolves it to (`OutputsSpec`: absolute paths inside the output directory,
 //! templates expanded), and what EgressInfo reports of each (`SegmentsInfo`, `StreamInfo`,
-//! `ImagesInfo`). Stream URLs carry keys: `redact_stream_url` is the only form that leaves the
+//! `ImagesInfo`). Stream URLs carry keys: `model::redact::url` is the only form that leaves the
 //! handler and the Pipeline actor.
 
 use std::path::{Component, Path, PathBuf};
@@ -402,7 +402,7 @@ pub const MAX_STREAMS: usize = 8;
 /// Checks a stream URL: rtmp, rtmps or srt, with a host; no characters that would need quoting.
 pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {
     let bad =
-        |why: &str| RequestError::invalid(field, format!("'{}': {why}", redact_stream_url(url)));
+        |why: &str| RequestError::invalid(field, format!("'{}': {why}", super::redact::url(url)));
     if url.len() > 2048
         || url
             .chars()
@@ -429,55 +429,13 @@ pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// The URL with what grants access hidden: an RTMP stream key (the last path segment), SRT
-/// `streamid` and `passphrase`, and any user:password.
-pub fn redact_stream_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "{redacted}".into();
-    };
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let rest = match rest[..auth_end].rfind('@') {
-        Some(at) => format!("{{redacted}}{}", &rest[at..]),
-        None => rest.to_string(),
-    };
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (rest.clone(), None),
-    };
-    let path = if scheme.eq_ignore_ascii_case("srt") {
-        path
-    } else {
-        let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() >= 3 && !parts[parts.len() - 1].is_empty() {
-            format!("{}/{{redacted}}", parts[..parts.len() - 1].join("/"))
-        } else {
-            path
-        }
-    };
-    let query = query.map(|q| {
-        q.split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if !["mode", "latency", "pbkeylen"].contains(&k) => {
-                    format!("{k}={{redacted}}")
-                }
-                _ => kv.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
-    match query {
-        Some(q) => format!("{scheme}://{path}?{q}"),
-        None => format!("{scheme}://{path}"),
-    }
-}
-
 /// The request's outputs with every stream URL redacted (what EgressInfo echoes).
 pub fn redacted(outputs: &[OutputRequest]) -> Vec<OutputRequest> {
     outputs
         .iter()
         .map(|o| match o {
             OutputRequest::Stream(s) => OutputRequest::Stream(StreamRequest {
-                urls: s.urls.iter().map(|u| redact_stream_url(u)).collect(),
+                urls: s.urls.iter().map(|u| super::redact::url(u)).collect(),
             }),
             other => other.clone(),
         })
@@ -687,23 +645,6 @@ mod tests {
         assert!(expand("a}.mp4", &v, "f").is_err());
         assert_eq!(utc(0), ("1970-01-01".into(), "19700101T000000Z".into()));
         assert_eq!(utc(951_782_400_000).0, "2000-02-29");
-    }
-
-    #[test]
-    fn stream_keys_are_redacted() {
-        assert_eq!(
-            redact_stream_url("rtmp://live.example.com/app/sk_live_123"),
-            "rtmp://live.example.com/app/{redacted}"
-        );
-        assert_eq!(
-            redact_stream_url("rtmps://u:p@h:443/live2/key?x=1"),
-            "rtmps://{redacted}@h:443/live2/{redacted}?x={redacted}"
-        );
-        assert_eq!(
-            redact_stream_url("srt://h:9000?streamid=publish:k&passphrase=secret&latency=200"),
-            "srt://h:9000?streamid={redacted}&passphrase={redacted}&latency=200"
-        );
-        assert_eq!(redact_stream_url("srt://h:9000"), "srt://h:9000");
     }
 
     #[test]

@@ -147,16 +147,9 @@ fn clean(message: &str) -> String {
     }
 }
 
-/// The URI without any `user:password@` (errors end up in records and logs).
+/// The URI as errors show it (they end up in records, events and logs).
 pub fn redact(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_string();
-    };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..auth_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => uri.to_string(),
-    }
+    crate::model::redact::url(uri)
 }
 
 /// `host:port` of a URI with a default port per scheme, for the TCP check.
@@ -268,8 +261,8 @@ mod tests {
 
     #[test]
     fn uris_lose_credentials_and_get_default_ports() {
-        assert_eq!(redact("rtsp://a:b@cam/x?y=@"), "rtsp://***@cam/x?y=@");
-        assert_eq!(redact("srt://h:1?streamid=x"), "srt://h:1?streamid=x");
+        assert_eq!(redact("rtsp://a:b@cam/x?y=@"), "rtsp://{redacted}@cam/x?y={redacted}");
+        assert_eq!(redact("srt://h:1?streamid=x"), "srt://h:1?streamid={redacted}");
         assert_eq!(host_port("http://h/x.m3u8").as_deref(), Some("h:80"));
         assert_eq!(host_port("http://u@h:8080/x").as_deref(), Some("h:8080"));
         assert_eq!(

@@ -86,12 +86,17 @@ pub fn preflight(url: &str, timeout: Duration) -> Result<(), PipelineError> {
         message,
         debug: String::new(),
     };
+    // The page's URL may hold a token or a password: errors show it redacted.
+    let shown = crate::model::redact::url(url);
     match agent.get(url).call() {
         Ok(r) if r.status().as_u16() < 400 => Ok(()),
         Ok(r) => Err(fail(format!(
-            "the page answered HTTP {}: {url}",
+            "the page answered HTTP {}: {shown}",
             r.status()
         ))),
-        Err(e) => Err(fail(format!("the page cannot be loaded: {e}: {url}"))),
+        Err(e) => {
+            let e = crate::model::redact::in_text(&e.to_string(), [url]);
+            Err(fail(format!("the page cannot be loaded: {e}: {shown}")))
+        }
     }
 }

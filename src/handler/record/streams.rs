@@ -14,7 +14,7 @@ use slog::{Logger, info, warn};
 
 use crate::handler::emit;
 use crate::handler::protocol::HandlerEvent;
-use crate::model::{StreamStatus, redact_stream_url};
+use crate::model::{StreamStatus, redact};
 use crate::pipeline::output_stream::{self, AUDIO_TAP, StreamPipe, VIDEO_TAP};
 
 /// After this long without an error a stream counts as healthy again.
@@ -119,7 +119,7 @@ impl Streams {
         if let Some(k) = self.urls.iter().position(|u| u.index == index) {
             let mut u = self.urls.remove(k);
             self.teardown(&mut u);
-            info!(log, "stream removed"; "index" => index, "url" => redact_stream_url(&u.url));
+            info!(log, "stream removed"; "index" => index, "url" => redact::url(&u.url));
             emit(&HandlerEvent::Stream {
                 index,
                 status: StreamStatus::Ended,
@@ -184,7 +184,7 @@ impl Streams {
             }
             if let Some(e) = error {
                 let e = redact_errors(&e, &u.url);
-                warn!(log, "stream failed"; "index" => u.index, "url" => redact_stream_url(&u.url), "error" => &e);
+                warn!(log, "stream failed"; "index" => u.index, "url" => redact::url(&u.url), "error" => &e);
                 self.teardown(u);
                 u.failing_since.get_or_insert(now);
                 u.next_try = now + u.backoff;
@@ -263,7 +263,7 @@ impl Streams {
             });
             return;
         }
-        info!(log, "stream started"; "index" => u.index, "url" => redact_stream_url(&u.url), "attempt" => u.attempt);
+        info!(log, "stream started"; "index" => u.index, "url" => redact::url(&u.url), "attempt" => u.attempt);
         self.targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -375,7 +375,7 @@ fn retrying(u: &mut Url, error: String) {
 
 /// GStreamer errors sometimes quote the location: never with its key.
 fn redact_errors(text: &str, url: &str) -> String {
-    text.replace(url, &redact_stream_url(url))
+    redact::in_text(text, [url])
 }
 
 /// Fans each sample of a tap out to every target, in running time.
