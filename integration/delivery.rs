@@ -14,7 +14,7 @@ use crate::s3::{Moto, Throttle};
 /// Config lines for a service uploading to `target` (YAML flow, from JSON).
 fn storage_extra(dirs: &Dirs, more: &str) -> String {
     format!(
-        "storage: {{ output_dir: \"{}\", state_dir: \"{}\"{more} }}\n",
+        "storage: {{ output_dir: \"{}\", state_dir: \"{}\", allowed_endpoints: [\"127.0.0.1\"]{more} }}\n",
         dirs.output().display(),
         dirs.state().display()
     )

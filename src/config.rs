@@ -166,6 +166,11 @@ pub struct StorageConfig {
     /// so callers cannot make this node connect to endpoints of their choosing.
     #[serde(default = "yes")]
     pub request_upload: bool,
+    /// Hosts a request's target may name as its `endpoint` (`*`, `*.example.com`, `host`);
+    /// empty (the default): only the providers' own endpoints. A host that resolves to a
+    /// loopback, private or link-local address must be listed by its own name.
+    #[serde(default)]
+    pub allowed_endpoints: Vec<String>,
     /// Second target, used when an upload still fails after `upload_retry_s`.
     #[serde(default)]
     pub backup: Option<crate::delivery::target::UploadTarget>,
@@ -650,6 +655,7 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             first_keyframe_s: p.first_keyframe_s,
             thumbnail_s: p.thumbnail_s,
             health_window_s: p.health_window_s,
+            allowed_web_hosts: Vec::new(),
         }
     }
 }
@@ -741,6 +747,7 @@ impl Config {
             .list_separator(",")
             .with_list_parse_key("sources.allowed_schemes")
             .with_list_parse_key("sources.allowed_web_hosts")
+            .with_list_parse_key("storage.allowed_endpoints")
             .with_list_parse_key("server.allowed_origins")
             .with_list_parse_key("webhooks.urls")
             .with_list_parse_key("webhooks.events");

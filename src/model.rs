@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RequestError;
 
+pub mod hosts;
 mod outputs;
 pub mod redact;
 
@@ -431,6 +432,9 @@ pub struct PipelineOptions {
     /// A black or frozen picture, or silent sound, this long becomes a warning, in seconds.
     #[serde(default = "default_health_window_s")]
     pub health_window_s: f64,
+    /// `sources.allowed_web_hosts`: what a web page's requests may reach (its filter's list).
+    #[serde(default)]
+    pub allowed_web_hosts: Vec<String>,
 }
 
 fn default_mp4_fragment_s() -> f64 {
@@ -470,6 +474,7 @@ impl Default for PipelineOptions {
             first_keyframe_s: default_first_keyframe_s(),
             thumbnail_s: default_thumbnail_s(),
             health_window_s: default_health_window_s(),
+            allowed_web_hosts: Vec::new(),
         }
     }
 }
@@ -612,6 +617,8 @@ pub struct ValidationContext<'a> {
     pub allowed_schemes: &'a [String],
     /// `sources.allowed_web_hosts`: hosts a `web` egress may record (`*` all, `*.example.com`).
     pub allowed_web_hosts: &'a [String],
+    /// `storage.allowed_endpoints`: hosts a request's upload target may name as `endpoint`.
+    pub allowed_endpoints: &'a [String],
 }
 
 const MAX_ROOM_SOURCES: usize = 16;
@@ -755,6 +762,17 @@ impl EgressRequest {
             u.validate().map_err(|(field, message)| {
                 RequestError::invalid(&format!("upload.{field}"), message)
             })?;
+            if let Some((field, endpoint)) = u.endpoint() {
+                let host = hosts::host_port(endpoint).map(|(h, _)| h).unwrap_or_default();
+                if hosts::listed(&host, ctx.allowed_endpoints) == hosts::Listed::No {
+                    return Err(RequestError::invalid(
+                        &format!("upload.{field}"),
+                        format!(
+                            "host '{host}' is not in storage.allowed_endpoints (a request's target may name only the endpoints the operator lists)"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(EgressSpec {
             egress_id: egress_id.to_string(),
@@ -865,14 +883,7 @@ pub fn parse_web_url(url: &str, allowed: &[String], audio: bool) -> Result<Sourc
             "web egress is off on this node: list the hosts it may record in sources.allowed_web_hosts",
         ));
     }
-    let ok = allowed.iter().any(|a| {
-        let a = a.to_ascii_lowercase();
-        a == "*"
-            || a == host
-            || a.strip_prefix("*.")
-                .is_some_and(|d| host == d || host.ends_with(&format!(".{d}")))
-    });
-    if !ok {
+    if hosts::listed(&host, allowed) == hosts::Listed::No {
         return Err(RequestError::invalid(
             field,
             format!("host '{host}' is not in sources.allowed_web_hosts"),
@@ -1178,6 +1189,7 @@ mod tests {
             state_dir: Path::new("/state"),
             allowed_schemes: &schemes,
             allowed_web_hosts: &[],
+        allowed_endpoints: &[],
         };
         r.validate("EG_abcdefghijkl", &ctx)
     }

@@ -153,8 +153,39 @@ impl Node {
             state_dir: &cfg.storage.state_dir,
             allowed_schemes: &cfg.sources.allowed_schemes,
             allowed_web_hosts: &cfg.sources.allowed_web_hosts,
+            allowed_endpoints: &cfg.storage.allowed_endpoints,
         };
         req.validate(egress_id, &ctx)
+    }
+
+    /// Refuses a page or an upload endpoint whose host resolves to an internal address,
+    /// unless its allow-list names that host itself (`model::hosts`).
+    async fn check_resolved(&self, req: &EgressRequest) -> Result<(), RequestError> {
+        use crate::model::hosts;
+        let cfg = &self.inner.cfg;
+        let mut checks = Vec::new();
+        if let Some(url) = &req.url {
+            checks.push(("url".to_string(), url.clone(), &cfg.sources.allowed_web_hosts, "sources.allowed_web_hosts"));
+        }
+        if let Some((field, e)) = req.upload.as_ref().and_then(|u| u.endpoint()) {
+            checks.push((format!("upload.{field}"), e.to_string(), &cfg.storage.allowed_endpoints, "storage.allowed_endpoints"));
+        }
+        for (field, url, allowed, key) in checks {
+            let Some((host, port)) = hosts::host_port(&url) else {
+                continue;
+            };
+            if hosts::listed(&host, allowed) == hosts::Listed::Exact {
+                continue;
+            }
+            let checked =
+                actix_web::rt::task::spawn_blocking(move || hosts::check_resolved(&host, port, key))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(why) = checked {
+                return Err(RequestError::invalid(&field, why));
+            }
+        }
+        Ok(())
     }
 
     /// Validates, admits and launches an egress here. `egress_id` is given when the fleet placed
@@ -186,6 +217,7 @@ impl Node {
             )
             .into());
         }
+        self.check_resolved(&req).await?;
         if let Some(d) = &self.inner.delivery {
             // Free space now, not at the last sample: a disk filled a moment ago refuses.
             let dir = self.inner.output_dir.clone();
@@ -248,7 +280,10 @@ impl Node {
             info,
             log_path: PathBuf::new(),
             nice: cfg.pipeline.handler_nice,
-            options: crate::model::PipelineOptions::from(&cfg.pipeline),
+            options: crate::model::PipelineOptions {
+                allowed_web_hosts: cfg.sources.allowed_web_hosts.clone(),
+                ..crate::model::PipelineOptions::from(&cfg.pipeline)
+            },
             spec,
             eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
             start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),

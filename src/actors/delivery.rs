@@ -137,7 +137,9 @@ impl Delivery {
         if let Some(c) = self.clients.get(&k) {
             return Ok(c.clone());
         }
-        let c = t.connect().map_err(|e| AttemptError {
+        // The node's own credentials sign only for the operator's targets.
+        let own = Some(t) == self.cfg.default_target.as_ref() || Some(t) == self.cfg.backup.as_ref();
+        let c = t.connect(own).map_err(|e| AttemptError {
             message: format!("{}: {e}", t.label()),
             permanent: true,
         })?;

@@ -140,13 +140,50 @@ pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::C
         .stderr(Stdio::from(stderr))
         .process_group(0)
         .kill_on_drop(false);
+    // Held until the child has its own copy.
+    let mut _filter = None;
     if setup.spec.egress_type == crate::model::EgressType::Web {
         cmd.env(
             "GLIBC_TUNABLES",
             web_tunables(std::env::var("GLIBC_TUNABLES").ok()),
         );
+        _filter = Some(web_filter_env(&mut cmd)?);
     }
     cmd.spawn()
+}
+
+/// Points every request of the handler's page at its filter (`handler::web_filter`): a
+/// listening socket bound here, inherited by the handler, named to WebKit as its proxy. Why
+/// the environment: wpesrc makes its own WebKit context, out of reach of any API; libproxy
+/// (through GIO's resolver, chosen here explicitly) reads `http_proxy`/`https_proxy` and, with
+/// `no_proxy` unset, sends loopback and every other address through the proxy too (seen: a
+/// 302 to 127.0.0.1, images, `fetch`, `ws://`, `https://` all arrived as proxy requests). The
+/// handler refuses to record a page whose requests never reached the filter.
+fn web_filter_env(cmd: &mut tokio::process::Command) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let fd = listener.as_raw_fd();
+    let proxy = format!("http://127.0.0.1:{port}");
+    for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+        cmd.env(k, &proxy);
+    }
+    for k in ["no_proxy", "NO_PROXY", "XDG_CURRENT_DESKTOP"] {
+        cmd.env_remove(k);
+    }
+    cmd.env("GIO_USE_PROXY_RESOLVER", "libproxy")
+        .env(crate::handler::web_filter::FD_ENV, fd.to_string());
+    // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, runs: it lets
+    // the listening socket survive exec (std opens every fd close-on-exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(listener)
 }
 
 /// glibc tunables for a handler that renders a page: every `malloc` returns zeroed memory

@@ -1,9 +1,10 @@
 //! Storage targets: where outputs are uploaded (`storage.upload`, `storage.backup`, a request's
 //! `"upload"`), and how each becomes an `object_store` client.
 //!
-//! Credentials come from the target itself, else from the standard environment variables
+//! Credentials come from the target itself; the operator's own targets (`storage.upload`,
+//! `storage.backup`) may also take them from the standard environment variables
 //! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `GOOGLE_SERVICE_ACCOUNT`,
-//! `AZURE_STORAGE_ACCOUNT_KEY`, ...). They are never shown: `redacted()` is what records echo,
+//! `AZURE_STORAGE_ACCOUNT_KEY`, ...), a request's never (`connect`). They are never shown: `redacted()` is what records echo,
 //! and `Debug` prints the redacted form, so a target in a log line leaks nothing.
 
 use std::sync::Arc;
@@ -169,6 +170,15 @@ impl UploadTarget {
         }
     }
 
+    /// The endpoint the target names, with its field (`s3.endpoint`); None = the provider's.
+    pub fn endpoint(&self) -> Option<(&'static str, &str)> {
+        match self {
+            UploadTarget::S3(t) => t.endpoint.as_deref().map(|e| ("s3.endpoint", e)),
+            UploadTarget::Azure(t) => t.endpoint.as_deref().map(|e| ("azure.endpoint", e)),
+            UploadTarget::Gcs(_) => None,
+        }
+    }
+
     fn prefix(&self) -> &str {
         match self {
             UploadTarget::S3(t) => t.prefix.as_deref(),
@@ -228,8 +238,12 @@ impl UploadTarget {
     }
 
     /// An `object_store` client for this target. Its own retries are short: the delivery queue
-    /// retries with backoff up to `storage.upload_retry_s` itself.
-    pub fn connect(&self) -> Result<Connected, object_store::Error> {
+    /// retries with backoff up to `storage.upload_retry_s` itself. `env` says whether the
+    /// node's credentials (environment, instance metadata) may sign for it: only for the
+    /// operator's own targets (`storage.upload`, `storage.backup`). A target a request named
+    /// uses the credentials in it, or none (unsigned requests), so a request cannot make the
+    /// node sign for a store it points at.
+    pub fn connect(&self, env: bool) -> Result<Connected, object_store::Error> {
         let retry = RetryConfig {
             max_retries: 2,
             retry_timeout: Duration::from_secs(10),
@@ -240,7 +254,14 @@ impl UploadTarget {
             .with_timeout(Duration::from_secs(120));
         match self {
             UploadTarget::S3(t) => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                let b = if env {
+                    object_store::aws::AmazonS3Builder::from_env()
+                } else {
+                    object_store::aws::AmazonS3Builder::new()
+                        .with_region("us-east-1")
+                        .with_skip_signature(t.access_key.is_none())
+                };
+                let mut b = b
                     .with_bucket_name(&t.bucket)
                     .with_retry(retry)
                     .with_client_options(client);
@@ -265,7 +286,13 @@ impl UploadTarget {
                 })
             }
             UploadTarget::Gcs(t) => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let b = if env {
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                } else {
+                    object_store::gcp::GoogleCloudStorageBuilder::new()
+                        .with_skip_signature(t.credentials_json.is_none())
+                };
+                let mut b = b
                     .with_bucket_name(&t.bucket)
                     .with_retry(retry)
                     .with_client_options(client);
@@ -279,7 +306,13 @@ impl UploadTarget {
                 })
             }
             UploadTarget::Azure(t) => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let b = if env {
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                } else {
+                    object_store::azure::MicrosoftAzureBuilder::new()
+                        .with_skip_signature(t.account_key.is_none())
+                };
+                let mut b = b
                     .with_container_name(&t.container_name)
                     .with_retry(retry)
                     .with_client_options(client);

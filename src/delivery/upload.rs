@@ -49,7 +49,7 @@ impl AttemptError {
                 || s.contains("AccessDenied")
         };
         AttemptError {
-            message: short(&e.to_string()),
+            message: summary(&e.to_string()),
             permanent,
         }
     }
@@ -61,7 +61,50 @@ impl AttemptError {
     }
 }
 
-/// Store errors can carry a whole XML body; a user needs the first few hundred characters.
+/// What a user reads of a store's error: the HTTP status and the store's error code
+/// (`<Code>AccessDenied</Code>`, a JSON `"reason"`), never its response body, which a store a
+/// request named could fill with anything; an error without a response (no connection, a
+/// timeout) as the client said it, on one line and short.
+pub fn summary(s: &str) -> String {
+    const STATUS: &str = "status code: ";
+    let Some(at) = s.find(STATUS) else {
+        let before_body = s.split("Server returned error response").next().unwrap_or(s);
+        return short(before_body);
+    };
+    let after = &s[at + STATUS.len()..];
+    let status: String = after
+        .chars()
+        .take_while(|c| *c != ':')
+        .collect::<String>()
+        .trim()
+        .to_string();
+    let body = after.split_once(':').map(|(_, b)| b).unwrap_or("");
+    let code = between(body, "<Code>", "</Code>")
+        .or_else(|| between(body, "\"reason\": \"", "\""))
+        .or_else(|| between(body, "\"reason\":\"", "\""))
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let op = s[..at]
+        .split(" - ")
+        .next()
+        .unwrap_or("")
+        .split("Server returned")
+        .next()
+        .unwrap_or("");
+    let op = short(op.trim().trim_end_matches(':'));
+    let what = match code {
+        Some(c) => format!("the store answered HTTP {status} ({c})"),
+        None => format!("the store answered HTTP {status}"),
+    };
+    if op.is_empty() { what } else { format!("{op}: {what}") }
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = s.find(open)? + open.len();
+    let len = s[start..].find(close)?;
+    Some(&s[start..start + len])
+}
+
+/// On one line, at most 400 bytes.
 fn short(s: &str) -> String {
     let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.len() <= 400 {
@@ -196,6 +239,20 @@ pub fn backoff(n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_s_body_is_summarised_never_echoed() {
+        let e = "Generic S3 error: Error performing PUT http://127.0.0.1:9/b/k in 3ms, after 2 retries, max_retries: 2, retry_timeout: 10s  - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>seen AKIA123 token</Message></Error>";
+        assert_eq!(
+            summary(e),
+            "Generic S3 error: Error performing PUT http://127.0.0.1:9/b/k in 3ms, after 2 retries, max_retries: 2, retry_timeout: 10s: the store answered HTTP 403 Forbidden (AccessDenied)"
+        );
+        let e = "Error performing PUT x - Server returned non-2xx status code: 500 Internal Server Error: <html>anything <Code>not a code!</Code>";
+        assert_eq!(summary(e), "Error performing PUT x: the store answered HTTP 500 Internal Server Error");
+        let e = "Generic S3 error: Error performing PUT x - Server returned error response: secret body";
+        assert!(!summary(e).contains("secret body"), "{}", summary(e));
+        assert_eq!(summary("error sending request: connection refused"), "error sending request: connection refused");
+    }
     use std::sync::Arc;
 
     fn memory() -> Connected {

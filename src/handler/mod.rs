@@ -5,6 +5,7 @@
 
 pub mod protocol;
 mod record;
+pub mod web_filter;
 
 use std::io::{BufRead, Write};
 use std::os::fd::AsRawFd;

@@ -97,6 +97,8 @@ pub struct Recording<'a> {
     stream_changes: Vec<StreamChange>,
     /// A web source's page has loaded (its frames flow from then on); None without one.
     web_loaded: Option<Arc<AtomicBool>>,
+    /// The filter every request of the page goes through (`web_filter`); None without a page.
+    web_filter: Option<Arc<super::web_filter::Filter>>,
     /// What the file output received of each stream (written at the end for the record).
     mux_spans: timing::MuxSpans,
 }
@@ -132,7 +134,12 @@ impl<'a> Recording<'a> {
                 .any(|s| matches!(s, Source::Web { .. }))
                 .then(Arc::default),
             mux_spans: timing::MuxSpans::default(),
+            web_filter: None,
         };
+        if r.web_loaded.is_some() {
+            r.web_filter = super::web_filter::inherited()
+                .map(|l| super::web_filter::start(l, opts.allowed_web_hosts.clone(), log));
+        }
         for (i, s) in spec.sources.iter().enumerate() {
             if let Source::Uri { uri } = s {
                 let mut src = UriSource {
@@ -223,7 +230,22 @@ impl<'a> Recording<'a> {
             .ok_or_else(|| PipelineError::Build("pipeline without a bus".into()))?;
         for s in &self.spec.sources {
             if let Source::Web { url, .. } = s {
-                crate::pipeline::source_web::preflight(url, Duration::from_secs(5))?;
+                let filter = self.web_filter.clone().ok_or_else(|| {
+                    PipelineError::Build(
+                        "a web egress without its request filter (the service passes it)".into(),
+                    )
+                })?;
+                let proxy = format!("http://{}", filter.addr);
+                let checked = crate::pipeline::source_web::preflight(url, &proxy, Duration::from_secs(5));
+                if let (Err(_), Some(why)) = (&checked, filter.last_refusal()) {
+                    return Err(PipelineError::Bus {
+                        element: String::new(),
+                        message: format!("the page cannot be loaded: {why}"),
+                        debug: String::new(),
+                    });
+                }
+                checked?;
+                filter.reset_count();
                 web::serve_default_context();
                 let state_dir = self.spec.result_path.parent().and_then(Path::parent);
                 match state_dir.map(web::load_plugin) {
@@ -431,6 +453,13 @@ impl<'a> Recording<'a> {
                     && !loaded.swap(true, Ordering::Relaxed)
                 {
                     info!(self.log, "page loaded"; "after_ms" => self.epoch.elapsed().as_millis() as u64);
+                    // Nothing reached the filter: WebKit went around it; nothing is recorded
+                    // of a page whose requests were not checked.
+                    if self.web_filter.as_ref().is_some_and(|f| f.admitted() == 0) {
+                        return Err(PipelineError::Build(
+                            "the page's requests did not go through its filter: not recorded".into(),
+                        ));
+                    }
                 }
             }
             V::Element(e) => {

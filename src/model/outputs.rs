@@ -401,8 +401,13 @@ pub const MAX_STREAMS: usize = 8;
 
 /// Checks a stream URL: rtmp, rtmps or srt, with a host; no characters that would need quoting.
 pub fn check_stream_url(url: &str, field: &str) -> Result<(), RequestError> {
-    let bad =
-        |why: &str| RequestError::invalid(field, format!("'{}': {why}", super::redact::url(url)));
+    // The URL is quoted redacted as an RTMP URL (its last segment hidden) whatever its
+    // scheme: a key sent with a mistyped scheme is still a key.
+    let shown = match url.split_once("://") {
+        Some((_, rest)) => super::redact::url(&format!("rtmp://{rest}")),
+        None => super::redact::MARK.to_string(),
+    };
+    let bad = |why: &str| RequestError::invalid(field, format!("'{shown}': {why}"));
     if url.len() > 2048
         || url
             .chars()

@@ -204,7 +204,7 @@ mod tests {
         );
         assert_eq!(
             user_text(&refused),
-            "connection refused: rtmp://***@127.0.0.1:1935/live/x"
+            "connection refused: rtmp://{redacted}@127.0.0.1:1935/live/{redacted}"
         );
         let rtsp = f(
             "rtspsrc",

@@ -75,10 +75,14 @@ pub fn audio_head(source: &Source, i: usize) -> Option<(Vec<Node>, Vec<Node>)> {
 /// Checks that the page answers before anything renders it: WebKit shows an error page for a
 /// 404 or a refused connection as if it were content, so the status is read here. Returns the
 /// reason a user reads.
-pub fn preflight(url: &str, timeout: Duration) -> Result<(), PipelineError> {
+/// `proxy` (`http://host:port`) is the page's request filter: redirects are followed through
+/// it, so each hop is checked as the page's own requests are.
+pub fn preflight(url: &str, proxy: &str, timeout: Duration) -> Result<(), PipelineError> {
+    let proxy = ureq::Proxy::new(proxy).map_err(|e| PipelineError::Build(e.to_string()))?;
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        .proxy(Some(proxy))
         .build()
         .new_agent();
     let fail = |message: String| PipelineError::Bus {
