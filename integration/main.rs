@@ -24,6 +24,7 @@ mod safety;
 mod secrets;
 mod sentinel;
 mod sources;
+mod stream_changes;
 mod web;
 mod web_filter;
 mod webdriver;

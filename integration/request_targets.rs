@@ -114,16 +114,29 @@ fn a_request_names_only_listed_endpoints_and_internal_ones_by_name() {
     for (endpoints, want) in [
         ("", "storage.allowed_endpoints"),
         (", allowed_endpoints: [\"*\"]", "internal address"),
-        (", allowed_endpoints: [\"*.example.com\"]", "storage.allowed_endpoints"),
+        (
+            ", allowed_endpoints: [\"*.example.com\"]",
+            "storage.allowed_endpoints",
+        ),
     ] {
         let dirs = Dirs::new();
         let svc = service(&dirs, endpoints);
         let (s, v) = svc.post("/v1/egress", &with_upload(store.target(None), "a.mp4"));
-        assert_eq!((s, v["error"]["field"].as_str()), (400, Some("upload.s3.endpoint")), "{endpoints}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(want), "{endpoints}: {v}");
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (400, Some("upload.s3.endpoint")),
+            "{endpoints}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{endpoints}: {v}"
+        );
         assert!(!dirs.output().join("a.mp4").exists());
     }
-    assert!(store.heads.lock().unwrap().is_empty(), "the store was contacted");
+    assert!(
+        store.heads.lock().unwrap().is_empty(),
+        "the store was contacted"
+    );
 }
 
 #[test]
@@ -132,7 +145,10 @@ fn a_request_s_target_is_signed_with_its_own_credentials_never_the_node_s() {
     let dirs = Dirs::new();
     let svc = service(&dirs, ", allowed_endpoints: [\"127.0.0.1\"]");
     let mut ids = Vec::new();
-    for (n, creds) in [None, Some(("AKIAREQUESTKEY", "request-secret"))].into_iter().enumerate() {
+    for (n, creds) in [None, Some(("AKIAREQUESTKEY", "request-secret"))]
+        .into_iter()
+        .enumerate()
+    {
         let id = svc.start_egress(&with_upload(store.target(creds), &format!("r{n}.mp4")));
         svc.wait_active(&id);
         ids.push(id);
@@ -146,8 +162,14 @@ fn a_request_s_target_is_signed_with_its_own_credentials_never_the_node_s() {
         let done = svc.wait_status(id, &["complete", "failed"], Duration::from_secs(60));
         assert_eq!(done["files"][0]["upload"], "failed", "{done}");
         let err = done["error"].as_str().unwrap_or_default();
-        assert!(err.contains("HTTP 403") && err.contains("AccessDenied"), "{err}");
-        assert!(!err.contains(BODY_TEXT), "the store's body came back: {err}");
+        assert!(
+            err.contains("HTTP 403") && err.contains("AccessDenied"),
+            "{err}"
+        );
+        assert!(
+            !err.contains(BODY_TEXT),
+            "the store's body came back: {err}"
+        );
         // The local copy stays and decodes.
         assert!(decoded(&dirs.output().join(format!("r{n}.mp4"))).video_frames > 5);
     }
@@ -160,9 +182,16 @@ fn a_request_s_target_is_signed_with_its_own_credentials_never_the_node_s() {
         );
     }
     // The target with credentials was signed with them; the one without was not signed.
-    assert!(heads.iter().any(|h| h.contains("Credential=AKIAREQUESTKEY/")), "{heads:?}");
     assert!(
-        heads.iter().any(|h| !h.to_ascii_lowercase().contains("authorization:")),
+        heads
+            .iter()
+            .any(|h| h.contains("Credential=AKIAREQUESTKEY/")),
+        "{heads:?}"
+    );
+    assert!(
+        heads
+            .iter()
+            .any(|h| !h.to_ascii_lowercase().contains("authorization:")),
         "{heads:?}"
     );
     assert!(!svc.log().contains(BODY_TEXT));

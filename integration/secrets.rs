@@ -33,7 +33,9 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         if p.is_dir() {
             files(&p, out);
         } else if !(p.file_name().is_some_and(|n| n == "url")
-            && p.parent().and_then(|d| d.parent()).is_some_and(|d| d.ends_with("webhooks")))
+            && p.parent()
+                .and_then(|d| d.parent())
+                .is_some_and(|d| d.ends_with("webhooks")))
         {
             out.push(p);
         }
@@ -57,10 +59,7 @@ fn ended(svc: &Service, id: &str) -> Value {
 #[test]
 fn secrets_of_urls_never_show_in_api_records_manifest_queue_or_logs() {
     let dirs = Dirs::new();
-    let hook = format!(
-        "http://127.0.0.1:{}/hook?token=hookTOKEN5",
-        free_tcp_port()
-    );
+    let hook = format!("http://127.0.0.1:{}/hook?token=hookTOKEN5", free_tcp_port());
     let svc = Service::start(
         &dirs,
         &format!(
@@ -126,12 +125,19 @@ fn secrets_of_urls_never_show_in_api_records_manifest_queue_or_logs() {
     assert_no_secret("the list", &list.to_string());
     // Every file the service wrote: records, manifests, the webhook queue, handler logs.
     wait_for(Duration::from_secs(10), "the manifest", || {
-        dirs.output().join(format!("{}.json", ids[3])).exists().then_some(())
+        dirs.output()
+            .join(format!("{}.json", ids[3]))
+            .exists()
+            .then_some(())
     });
     let mut written = Vec::new();
     files(&dirs.state(), &mut written);
     files(&dirs.output(), &mut written);
-    assert!(written.iter().any(|p| p.to_string_lossy().contains("webhooks")));
+    assert!(
+        written
+            .iter()
+            .any(|p| p.to_string_lossy().contains("webhooks"))
+    );
     for p in &written {
         let text = String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
         assert_no_secret(&p.display().to_string(), &text);
@@ -167,16 +173,16 @@ fn check_config_prints_no_secret() {
         .arg(&cfg)
         .output()
         .expect("check-config");
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{printed}");
     for s in ["apiTOKEN", "signKEY", "redisPASS77", "hookTOKEN5"] {
-        assert!(!printed.contains(s), "check-config prints '{s}':\n{printed}");
+        assert!(
+            !printed.contains(s),
+            "check-config prints '{s}':\n{printed}"
+        );
     }
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["server"]["api_token"], "{redacted}");
-    assert_eq!(
-        v["fleet"]["redis_url"],
-        "redis://{redacted}@127.0.0.1:6390"
-    );
+    assert_eq!(v["fleet"]["redis_url"], "redis://{redacted}@127.0.0.1:6390");
 }

@@ -64,7 +64,11 @@ impl Server {
 
 /// The internal server: what a page must never reach.
 fn internal(_: &str, _: u16) -> (u16, String, String) {
-    (200, String::new(), "<body style='background:#f0f'>INTERNAL</body>".into())
+    (
+        200,
+        String::new(),
+        "<body style='background:#f0f'>INTERNAL</body>".into(),
+    )
 }
 
 /// The allowed page: a redirect to the internal server, or a page that reaches for it.
@@ -91,7 +95,11 @@ fn web(url: &str, file: &str) -> Value {
 }
 
 fn ended(svc: &Service, id: &str) -> Value {
-    svc.wait_status(id, &["failed", "complete", "aborted"], Duration::from_secs(60))
+    svc.wait_status(
+        id,
+        &["failed", "complete", "aborted"],
+        Duration::from_secs(60),
+    )
 }
 
 #[test]
@@ -116,7 +124,10 @@ fn a_page_never_reaches_an_internal_server_by_redirect_subresource_or_navigation
         "{err}"
     );
     // The page records; everything it asks of the internal server is refused.
-    let id = svc.start_egress(&web(&format!("http://127.0.0.1:{}/page", page.port), "page.mp4"));
+    let id = svc.start_egress(&web(
+        &format!("http://127.0.0.1:{}/page", page.port),
+        "page.mp4",
+    ));
     svc.wait_active(&id);
     let log = || {
         std::fs::read_to_string(dirs.state().join("logs").join(format!("{id}.log")))
@@ -131,8 +142,16 @@ fn a_page_never_reaches_an_internal_server_by_redirect_subresource_or_navigation
     let done = ended(&svc, &id);
     assert_eq!(done["status"], "complete", "{done}\n{}", log());
     assert!(decoded(&dirs.output().join("page.mp4")).video_frames > 10);
-    assert!(page.hits().iter().any(|p| p == "/page"), "{:?}", page.hits());
-    assert_eq!(inside.hits(), Vec::<String>::new(), "the internal server was reached");
+    assert!(
+        page.hits().iter().any(|p| p == "/page"),
+        "{:?}",
+        page.hits()
+    );
+    assert_eq!(
+        inside.hits(),
+        Vec::<String>::new(),
+        "the internal server was reached"
+    );
     let refused = log().matches("page request refused").count();
     assert!(refused >= 4, "{refused} refusals:\n{}", log());
 }
@@ -149,7 +168,10 @@ fn an_internal_address_allowed_only_by_a_pattern_is_refused_at_the_request() {
         );
         assert_eq!((s, v["error"]["field"].as_str()), (400, Some("url")), "{v}");
         assert!(
-            v["error"]["message"].as_str().unwrap().contains("internal address"),
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("internal address"),
             "{v}"
         );
     }

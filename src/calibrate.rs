@@ -520,7 +520,7 @@ mod tests {
             state_dir: dir.path(),
             allowed_schemes: &["test".to_string()],
             allowed_web_hosts: &[],
-        allowed_endpoints: &[],
+            allowed_endpoints: &[],
         };
         for t in DEFAULT_TYPES {
             let req: crate::model::EgressRequest =

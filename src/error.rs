@@ -146,6 +146,10 @@ pub enum ApiError {
     NoCapacity(#[from] AdmissionError),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests of one kind for one egress in a short time (429 `rate_limited`);
+    /// `retry_after_s` goes out as `Retry-After`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -173,6 +177,7 @@ impl ApiError {
             ApiError::NoCapacity(AdmissionError::Draining) => "draining",
             ApiError::NoCapacity(_) => "no_capacity",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -229,6 +234,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StartPending { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -240,6 +246,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             resp.insert_header(("Allow", allow.as_str()));
+        }
+        if let ApiError::RateLimited { retry_after_s, .. } = self {
+            resp.insert_header(("Retry-After", retry_after_s.to_string()));
         }
         resp.json(self.body())
     }
@@ -279,6 +288,18 @@ impl From<gstreamer::glib::BoolError> for PipelineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limit_says_when_to_retry() {
+        let e = ApiError::RateLimited {
+            message: "slow down".into(),
+            retry_after_s: 7,
+        };
+        let r = e.error_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get("retry-after").unwrap(), "7");
+        assert_eq!(e.body()["error"]["code"], "rate_limited");
+    }
 
     #[test]
     fn a_pending_start_names_the_egress_to_look_up_before_a_retry() {

@@ -554,9 +554,14 @@ pub struct EgressInfo {
     /// The HLS output, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<SegmentsInfo>,
-    /// Every stream URL (redacted) with its state.
+    /// The stream URLs (redacted) with their state: those streaming or retrying, and the last
+    /// few that failed or ended on their own (at most `MAX_STREAMS` of those).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<StreamInfo>,
+    /// Stream URLs no longer listed in `streams`: removed with `remove_urls`, or ended beyond
+    /// the last `MAX_STREAMS` (the record stays small however often streams change).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub streams_removed: u32,
     /// The image output, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImagesInfo>,
@@ -581,6 +586,10 @@ pub struct EgressInfo {
     /// When retention (`storage.delete_after`) deleted the local outputs, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `EgressInfo::placement` of an egress placed while the fleet's Redis did not answer.
@@ -763,7 +772,9 @@ impl EgressRequest {
                 RequestError::invalid(&format!("upload.{field}"), message)
             })?;
             if let Some((field, endpoint)) = u.endpoint() {
-                let host = hosts::host_port(endpoint).map(|(h, _)| h).unwrap_or_default();
+                let host = hosts::host_port(endpoint)
+                    .map(|(h, _)| h)
+                    .unwrap_or_default();
                 if hosts::listed(&host, ctx.allowed_endpoints) == hosts::Listed::No {
                     return Err(RequestError::invalid(
                         &format!("upload.{field}"),
@@ -875,7 +886,10 @@ pub fn parse_web_url(url: &str, allowed: &[String], audio: bool) -> Result<Sourc
     }
     .to_ascii_lowercase();
     if host.is_empty() {
-        return Err(RequestError::invalid(field, format!("'{}' has no host", redact::url(url))));
+        return Err(RequestError::invalid(
+            field,
+            format!("'{}' has no host", redact::url(url)),
+        ));
     }
     if allowed.is_empty() {
         return Err(RequestError::invalid(
@@ -1148,6 +1162,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         cpu_cost: 0.5,
         placement: None,
         deleted_at: None,
+        streams_removed: 0,
     }
 }
 
@@ -1189,7 +1204,7 @@ mod tests {
             state_dir: Path::new("/state"),
             allowed_schemes: &schemes,
             allowed_web_hosts: &[],
-        allowed_endpoints: &[],
+            allowed_endpoints: &[],
         };
         r.validate("EG_abcdefghijkl", &ctx)
     }

@@ -165,10 +165,20 @@ impl Node {
         let cfg = &self.inner.cfg;
         let mut checks = Vec::new();
         if let Some(url) = &req.url {
-            checks.push(("url".to_string(), url.clone(), &cfg.sources.allowed_web_hosts, "sources.allowed_web_hosts"));
+            checks.push((
+                "url".to_string(),
+                url.clone(),
+                &cfg.sources.allowed_web_hosts,
+                "sources.allowed_web_hosts",
+            ));
         }
         if let Some((field, e)) = req.upload.as_ref().and_then(|u| u.endpoint()) {
-            checks.push((format!("upload.{field}"), e.to_string(), &cfg.storage.allowed_endpoints, "storage.allowed_endpoints"));
+            checks.push((
+                format!("upload.{field}"),
+                e.to_string(),
+                &cfg.storage.allowed_endpoints,
+                "storage.allowed_endpoints",
+            ));
         }
         for (field, url, allowed, key) in checks {
             let Some((host, port)) = hosts::host_port(&url) else {
@@ -177,10 +187,11 @@ impl Node {
             if hosts::listed(&host, allowed) == hosts::Listed::Exact {
                 continue;
             }
-            let checked =
-                actix_web::rt::task::spawn_blocking(move || hosts::check_resolved(&host, port, key))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+            let checked = actix_web::rt::task::spawn_blocking(move || {
+                hosts::check_resolved(&host, port, key)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
             if let Err(why) = checked {
                 return Err(RequestError::invalid(&field, why));
             }
@@ -275,6 +286,7 @@ impl Node {
             cpu_cost: cost,
             placement: placement.map(str::to_string),
             deleted_at: None,
+            streams_removed: 0,
         };
         let setup = PipelineSetup {
             info,

@@ -138,7 +138,8 @@ impl Delivery {
             return Ok(c.clone());
         }
         // The node's own credentials sign only for the operator's targets.
-        let own = Some(t) == self.cfg.default_target.as_ref() || Some(t) == self.cfg.backup.as_ref();
+        let own =
+            Some(t) == self.cfg.default_target.as_ref() || Some(t) == self.cfg.backup.as_ref();
         let c = t.connect(own).map_err(|e| AttemptError {
             message: format!("{}: {e}", t.label()),
             permanent: true,

@@ -91,8 +91,13 @@ pub struct Pipeline {
     info: EgressInfo,
     /// The outputs to read back (and repair, after a kill) at the end.
     outputs: crate::closing::Outputs,
-    /// Stream URLs with their keys, by index (`info.streams` has them redacted).
-    stream_urls: Vec<String>,
+    /// The handler's index and the URL with its key of each entry of `info.streams` (which
+    /// has them redacted), in the same order.
+    stream_slots: Vec<(usize, String)>,
+    /// The handler index the next added URL gets.
+    next_stream: usize,
+    /// When the last stream changes were made (at most `STREAM_CHANGES` in `STREAM_WINDOW`).
+    stream_changes: std::collections::VecDeque<std::time::Instant>,
     /// Whether the graph taps the encode for streams (URLs can be added while recording).
     streamable: bool,
     /// Commands to the handler's stdin; dropping it closes stdin (the handler then stops).
@@ -165,7 +170,14 @@ fn web_filter_env(cmd: &mut tokio::process::Command) -> std::io::Result<std::net
     let port = listener.local_addr()?.port();
     let fd = listener.as_raw_fd();
     let proxy = format!("http://127.0.0.1:{port}");
-    for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+    for k in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
         cmd.env(k, &proxy);
     }
     for k in ["no_proxy", "NO_PROXY", "XDG_CURRENT_DESKTOP"] {
@@ -220,7 +232,16 @@ impl Pipeline {
         let actor = Pipeline {
             outputs: crate::closing::Outputs::of(&setup.spec.outputs, &setup.spec.manifest_path)
                 .with_timeline(crate::timeline::path_for(&setup.spec.result_path)),
-            stream_urls: setup.spec.outputs.stream_urls.clone(),
+            stream_slots: setup
+                .spec
+                .outputs
+                .stream_urls
+                .iter()
+                .cloned()
+                .enumerate()
+                .collect(),
+            next_stream: setup.spec.outputs.stream_urls.len(),
+            stream_changes: Default::default(),
             streamable: setup.spec.outputs.stream,
             info: setup.info,
             commands: Some(tx),
@@ -636,15 +657,48 @@ impl Handler<HandlerLine> for Pipeline {
 }
 
 impl Pipeline {
-    /// The index of `url` among the streams still active.
+    /// The position in `info.streams` of `url` among the streams still live.
     fn streaming(&self, url: &str) -> Option<usize> {
-        self.stream_urls.iter().enumerate().position(|(i, s)| {
-            s == url && self.info.streams.get(i).is_some_and(|x| x.status.is_live())
-        })
+        self.stream_slots
+            .iter()
+            .enumerate()
+            .position(|(p, (_, u))| {
+                u == url && self.info.streams.get(p).is_some_and(|x| x.status.is_live())
+            })
+    }
+
+    /// Drops entry `p` from the record (counted in `streams_removed`).
+    fn drop_stream(&mut self, p: usize) {
+        if p < self.stream_slots.len() && p < self.info.streams.len() {
+            self.stream_slots.remove(p);
+            self.info.streams.remove(p);
+            self.info.streams_removed += 1;
+        }
+    }
+
+    /// Keeps at most `MAX_STREAMS` streams that ended on their own, the latest.
+    fn prune_streams(&mut self) {
+        while self
+            .info
+            .streams
+            .iter()
+            .filter(|s| !s.status.is_live())
+            .count()
+            > MAX_STREAMS
+        {
+            match self.info.streams.iter().position(|s| !s.status.is_live()) {
+                Some(p) => self.drop_stream(p),
+                None => break,
+            }
+        }
     }
 
     fn on_stream(&mut self, index: usize, status: StreamStatus, error: Option<String>) {
-        let Some(s) = self.info.streams.get_mut(index) else {
+        // A stream removed from the record stays removed, whatever the handler says late.
+        let Some(p) = self.stream_slots.iter().position(|(i, _)| *i == index) else {
+            return;
+        };
+        let Some(s) = self.info.streams.get_mut(p) else {
             return;
         };
         if s.status == status && s.error == error && s.started_at.is_some() {
@@ -668,9 +722,41 @@ impl Pipeline {
         }
         s.status = status;
         s.error = error;
+        self.prune_streams();
         self.report();
     }
+
+    /// Counts a change against the egress's rate, or says when the next one is allowed.
+    fn rate_stream_change(&mut self) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        while self
+            .stream_changes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= STREAM_WINDOW)
+        {
+            self.stream_changes.pop_front();
+        }
+        if self.stream_changes.len() >= STREAM_CHANGES {
+            let oldest = self.stream_changes.front().copied().unwrap_or(now);
+            let wait = STREAM_WINDOW.saturating_sub(now.duration_since(oldest));
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "at most {STREAM_CHANGES} stream changes in {} s per egress: retry in {} s",
+                    STREAM_WINDOW.as_secs(),
+                    wait.as_secs() + 1
+                ),
+                retry_after_s: wait.as_secs() + 1,
+            });
+        }
+        self.stream_changes.push_back(now);
+        Ok(())
+    }
 }
+
+/// Stream changes one egress takes in `STREAM_WINDOW` (each restarts a sink and writes the
+/// record, an event and a webhook: a client in a loop must not turn that into gigabytes).
+const STREAM_CHANGES: usize = 30;
+const STREAM_WINDOW: Duration = Duration::from_secs(60);
 
 /// Add or remove stream URLs of a recording egress; answers its record.
 #[derive(Message)]
@@ -705,10 +791,7 @@ impl Handler<ChangeStreams> for Pipeline {
                 None => {
                     return Err(ApiError::from(RequestError::invalid(
                         &format!("remove_urls[{k}]"),
-                        format!(
-                            "'{}' is not streaming in this egress",
-                            redact::url(url)
-                        ),
+                        format!("'{}' is not streaming in this egress", redact::url(url)),
                     )));
                 }
             }
@@ -734,10 +817,22 @@ impl Handler<ChangeStreams> for Pipeline {
                 )));
             }
         }
+        self.rate_stream_change()?;
+        // Handler indexes of the removed, before their entries leave the record.
+        let mut remove_positions = remove;
+        remove_positions.sort_unstable();
+        let remove: Vec<usize> = remove_positions
+            .iter()
+            .map(|&p| self.stream_slots[p].0)
+            .collect();
+        for &p in remove_positions.iter().rev() {
+            self.drop_stream(p);
+        }
         let mut add = Vec::new();
         for url in u.add_urls {
-            let i = self.stream_urls.len();
-            self.stream_urls.push(url.clone());
+            let i = self.next_stream;
+            self.next_stream += 1;
+            self.stream_slots.push((i, url.clone()));
             self.info.streams.push(StreamInfo {
                 url: redact::url(&url),
                 status: StreamStatus::Active,
@@ -746,12 +841,6 @@ impl Handler<ChangeStreams> for Pipeline {
                 error: None,
             });
             add.push((i, url));
-        }
-        for &i in &remove {
-            if let Some(s) = self.info.streams.get_mut(i) {
-                s.status = StreamStatus::Ended;
-                s.ended_at = Some(now_ms());
-            }
         }
         info!(self.log, "streams changed"; "added" => add.len(), "removed" => remove.len());
         if let Some(tx) = &self.commands {

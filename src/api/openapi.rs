@@ -185,6 +185,7 @@ mod ops {
             (status = 400, description = "invalid URL, or a URL not streaming", body = ErrorBody),
             (status = 404, description = "unknown egress", body = ErrorBody),
             (status = 409, description = "ended, ending, runs on another node, or encodes no H.264", body = ErrorBody),
+            (status = 429, description = "rate_limited: more than 30 changes in 60 s to this egress (Retry-After says when)", body = ErrorBody),
             (status = 503, description = "unavailable", body = ErrorBody),
         ))]
     fn egress_streams() {}

@@ -68,7 +68,10 @@ impl AttemptError {
 pub fn summary(s: &str) -> String {
     const STATUS: &str = "status code: ";
     let Some(at) = s.find(STATUS) else {
-        let before_body = s.split("Server returned error response").next().unwrap_or(s);
+        let before_body = s
+            .split("Server returned error response")
+            .next()
+            .unwrap_or(s);
         return short(before_body);
     };
     let after = &s[at + STATUS.len()..];
@@ -95,7 +98,11 @@ pub fn summary(s: &str) -> String {
         Some(c) => format!("the store answered HTTP {status} ({c})"),
         None => format!("the store answered HTTP {status}"),
     };
-    if op.is_empty() { what } else { format!("{op}: {what}") }
+    if op.is_empty() {
+        what
+    } else {
+        format!("{op}: {what}")
+    }
 }
 
 fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
@@ -248,10 +255,16 @@ mod tests {
             "Generic S3 error: Error performing PUT http://127.0.0.1:9/b/k in 3ms, after 2 retries, max_retries: 2, retry_timeout: 10s: the store answered HTTP 403 Forbidden (AccessDenied)"
         );
         let e = "Error performing PUT x - Server returned non-2xx status code: 500 Internal Server Error: <html>anything <Code>not a code!</Code>";
-        assert_eq!(summary(e), "Error performing PUT x: the store answered HTTP 500 Internal Server Error");
+        assert_eq!(
+            summary(e),
+            "Error performing PUT x: the store answered HTTP 500 Internal Server Error"
+        );
         let e = "Generic S3 error: Error performing PUT x - Server returned error response: secret body";
         assert!(!summary(e).contains("secret body"), "{}", summary(e));
-        assert_eq!(summary("error sending request: connection refused"), "error sending request: connection refused");
+        assert_eq!(
+            summary("error sending request: connection refused"),
+            "error sending request: connection refused"
+        );
     }
     use std::sync::Arc;
 

@@ -236,7 +236,8 @@ impl<'a> Recording<'a> {
                     )
                 })?;
                 let proxy = format!("http://{}", filter.addr);
-                let checked = crate::pipeline::source_web::preflight(url, &proxy, Duration::from_secs(5));
+                let checked =
+                    crate::pipeline::source_web::preflight(url, &proxy, Duration::from_secs(5));
                 if let (Err(_), Some(why)) = (&checked, filter.last_refusal()) {
                     return Err(PipelineError::Bus {
                         element: String::new(),
@@ -457,7 +458,8 @@ impl<'a> Recording<'a> {
                     // of a page whose requests were not checked.
                     if self.web_filter.as_ref().is_some_and(|f| f.admitted() == 0) {
                         return Err(PipelineError::Build(
-                            "the page's requests did not go through its filter: not recorded".into(),
+                            "the page's requests did not go through its filter: not recorded"
+                                .into(),
                         ));
                     }
                 }

@@ -51,7 +51,10 @@ impl Filter {
 
     /// Why the last request was refused.
     pub fn last_refusal(&self) -> Option<String> {
-        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The address to connect to for `host:port`, or why not.
@@ -125,7 +128,10 @@ pub fn inherited() -> Option<TcpListener> {
     let fd: i32 = std::env::var(FD_ENV).ok()?.parse().ok()?;
     // SAFETY: fstat on any integer is safe; it fails unless fd is open.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if fd < 3 || unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    if fd < 3
+        || unsafe { libc::fstat(fd, &mut st) } != 0
+        || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+    {
         return None;
     }
     // SAFETY: the fd is an open socket this process owns from now on (the service passed it
@@ -139,9 +145,13 @@ pub fn inherited() -> Option<TcpListener> {
 
 fn serve(f: &Filter, conn: TcpStream) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(read_half) = conn.try_clone() else { return };
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
     let mut r = BufReader::new(read_half);
-    let Some(head) = read_head(&mut r) else { return };
+    let Some(head) = read_head(&mut r) else {
+        return;
+    };
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or("");
     let mut parts = request_line.split(' ');
@@ -168,22 +178,37 @@ fn serve(f: &Filter, conn: TcpStream) {
         }
     };
     let Ok(mut upstream) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
-        let _ = (&conn).write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = (&conn).write_all(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
         return;
     };
     f.admitted.fetch_add(1, Ordering::Relaxed);
     if connect {
-        if (&conn).write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").is_err() {
+        if (&conn)
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .is_err()
+        {
             return;
         }
     } else {
         // One request per upstream connection: the next one may be for another host and
         // must be checked too.
-        let upgrade = lines.clone().any(|l| l.to_ascii_lowercase().starts_with("upgrade:"));
+        let upgrade = lines
+            .clone()
+            .any(|l| l.to_ascii_lowercase().starts_with("upgrade:"));
         let mut out = format!("{method} {path} {version}\r\n");
         for l in lines.filter(|l| !l.is_empty()) {
-            let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
-            if name.starts_with("proxy-") || name == "keep-alive" || (name == "connection" && !upgrade) {
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if name.starts_with("proxy-")
+                || name == "keep-alive"
+                || (name == "connection" && !upgrade)
+            {
                 continue;
             }
             out.push_str(l);
@@ -261,7 +286,8 @@ fn absolute(target: &str) -> Option<(String, u16, String)> {
 fn refuse(f: &Filter, conn: TcpStream, target: &str, why: String) {
     warn!(f.log, "page request refused"; "request" => crate::model::redact::url(target), "why" => &why);
     *f.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    let _ = (&conn).write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = (&conn)
+        .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let _ = conn.shutdown(Shutdown::Both);
 }
 
@@ -291,14 +317,29 @@ mod tests {
 
     #[test]
     fn proxy_targets_are_parsed() {
-        assert_eq!(absolute("http://H:81/x?y"), Some(("h".into(), 81, "/x?y".into())));
+        assert_eq!(
+            absolute("http://H:81/x?y"),
+            Some(("h".into(), 81, "/x?y".into()))
+        );
         assert_eq!(absolute("http://h"), Some(("h".into(), 80, "/".into())));
-        assert_eq!(absolute("ws://[::1]:9/ws"), Some(("::1".into(), 9, "/ws".into())));
-        assert_eq!(absolute("http://u:p@h/x"), Some(("h".into(), 80, "/x".into())));
+        assert_eq!(
+            absolute("ws://[::1]:9/ws"),
+            Some(("::1".into(), 9, "/ws".into()))
+        );
+        assert_eq!(
+            absolute("http://u:p@h/x"),
+            Some(("h".into(), 80, "/x".into()))
+        );
         assert_eq!(absolute("https://h/"), None);
         assert_eq!(absolute("/relative"), None);
-        assert_eq!(authority("h:443", 443), Some(("h".into(), 443, String::new())));
-        assert_eq!(authority("[::1]:8443", 443), Some(("::1".into(), 8443, String::new())));
+        assert_eq!(
+            authority("h:443", 443),
+            Some(("h".into(), 443, String::new()))
+        );
+        assert_eq!(
+            authority("[::1]:8443", 443),
+            Some(("::1".into(), 8443, String::new()))
+        );
         assert_eq!(authority(":443", 443), None);
     }
 }

@@ -132,8 +132,18 @@ mod tests {
     #[test]
     fn internal_addresses_are_known() {
         for a in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::",
         ] {
             assert!(is_internal(a.parse().unwrap()), "{a}");
         }
@@ -155,6 +165,9 @@ mod tests {
     #[test]
     fn a_name_for_loopback_is_refused_once_resolved() {
         let e = check_resolved("localhost", 80, "k").unwrap_err();
-        assert!(e.contains("internal address") && e.contains("'localhost'"), "{e}");
+        assert!(
+            e.contains("internal address") && e.contains("'localhost'"),
+            "{e}"
+        );
     }
 }

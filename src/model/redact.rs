@@ -113,22 +113,37 @@ mod tests {
             ("rtmp://h/live/KEY", "rtmp://h/live/{redacted}"),
             ("rtmp://h/live/KEY/", "rtmp://h/live/{redacted}/"),
             ("rtmp://h/KEY", "rtmp://h/{redacted}"),
-            ("rtmps://h:443/app/sub/KEY?x=1", "rtmps://h:443/app/sub/{redacted}?x={redacted}"),
+            (
+                "rtmps://h:443/app/sub/KEY?x=1",
+                "rtmps://h:443/app/sub/{redacted}?x={redacted}",
+            ),
             ("RTMP://h/app/KEY", "RTMP://h/app/{redacted}"),
             ("rtmp://h", "rtmp://h"),
             ("rtmp://h/", "rtmp://h/"),
-            ("rtsp://u:p@cam:554/s?y=@", "rtsp://{redacted}@cam:554/s?y={redacted}"),
+            (
+                "rtsp://u:p@cam:554/s?y=@",
+                "rtsp://{redacted}@cam:554/s?y={redacted}",
+            ),
             ("rtsp://user@cam/stream", "rtsp://{redacted}@cam/stream"),
             ("http://u:p@h/live.m3u8", "http://{redacted}@h/live.m3u8"),
-            ("https://h/p.m3u8?token=abc&X-Amz-Signature=s", "https://h/p.m3u8?token={redacted}&X-Amz-Signature={redacted}"),
+            (
+                "https://h/p.m3u8?token=abc&X-Amz-Signature=s",
+                "https://h/p.m3u8?token={redacted}&X-Amz-Signature={redacted}",
+            ),
             (
                 "srt://h:9000?streamid=#!::r=live/k&passphrase=secret123&mode=caller&latency=200",
                 "srt://h:9000?streamid={redacted}&passphrase={redacted}&mode=caller&latency=200",
             ),
             ("srt://h:9000?mode=listener", "srt://h:9000?mode=listener"),
             ("https://h/room#frag", "https://h/room#frag"),
-            ("https://h/room?access_token=x#f", "https://h/room?access_token={redacted}#f"),
-            ("test://av?pattern=ball&freq=440", "test://av?pattern=ball&freq=440"),
+            (
+                "https://h/room?access_token=x#f",
+                "https://h/room?access_token={redacted}#f",
+            ),
+            (
+                "test://av?pattern=ball&freq=440",
+                "test://av?pattern=ball&freq=440",
+            ),
             ("redis://:pw@r:6379/0", "redis://{redacted}@r:6379/0"),
             ("not a url", "{redacted}"),
         ];

@@ -261,8 +261,14 @@ mod tests {
 
     #[test]
     fn uris_lose_credentials_and_get_default_ports() {
-        assert_eq!(redact("rtsp://a:b@cam/x?y=@"), "rtsp://{redacted}@cam/x?y={redacted}");
-        assert_eq!(redact("srt://h:1?streamid=x"), "srt://h:1?streamid={redacted}");
+        assert_eq!(
+            redact("rtsp://a:b@cam/x?y=@"),
+            "rtsp://{redacted}@cam/x?y={redacted}"
+        );
+        assert_eq!(
+            redact("srt://h:1?streamid=x"),
+            "srt://h:1?streamid={redacted}"
+        );
         assert_eq!(host_port("http://h/x.m3u8").as_deref(), Some("h:80"));
         assert_eq!(host_port("http://u@h:8080/x").as_deref(), Some("h:8080"));
         assert_eq!(

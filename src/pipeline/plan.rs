@@ -313,7 +313,7 @@ mod tests {
             state_dir: dir,
             allowed_schemes: &schemes,
             allowed_web_hosts: &[],
-        allowed_endpoints: &[],
+            allowed_endpoints: &[],
         };
         req.validate("EG_test", &ctx).unwrap()
     }

@@ -387,7 +387,7 @@ mod tests {
             state_dir: dir.path(),
             allowed_schemes: &["test".to_string(), "rtmp".to_string()],
             allowed_web_hosts: &[],
-        allowed_endpoints: &[],
+            allowed_endpoints: &[],
         };
         let req: crate::model::EgressRequest = serde_json::from_value(req).unwrap();
         CostClass::of(&req.validate("EG_x", &ctx).unwrap()).key()
