@@ -28,3 +28,4 @@ mod stream_changes;
 mod web;
 mod web_filter;
 mod webdriver;
+mod webhooks_tls;

@@ -96,12 +96,19 @@ pub struct EventsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
-    /// Receivers (`http://host[:port]/path`) each event is POSTed to; empty = no webhooks.
+    /// Receivers (`https://host[:port]/path`, or `http://`) each event is POSTed to; empty =
+    /// no webhooks.
     #[serde(default)]
     pub urls: Vec<String>,
-    /// Key of the `x-egress-signature` HMAC-SHA256; required (16+ bytes) when `urls` is set.
+    /// The signing secret (Standard Webhooks `webhook-signature`, and `x-egress-signature`):
+    /// `whsec_` + base64 of the key, as Standard Webhooks libraries take it, or the key itself
+    /// (16+ bytes); required when `urls` is set.
     #[serde(default)]
     pub signing_key: String,
+    /// A PEM file of CA certificates trusted for https receivers besides the system's roots
+    /// (a private CA); empty = the system's roots only.
+    #[serde(default)]
+    pub ca_file: String,
     /// Which events are sent: egress_started, egress_updated, egress_ended, node_updated.
     #[serde(default = "default_webhook_events")]
     pub events: Vec<String>,
@@ -1076,6 +1083,19 @@ impl Config {
             let dup = crate::model::redact::url(dup);
             return Err(invalid("webhooks.urls", format!("'{dup}' is listed twice")));
         }
+        if !w.ca_file.is_empty()
+            && let Err(e) = crate::events::webhooks::read_ca_file(Path::new(&w.ca_file))
+        {
+            return Err(invalid("webhooks.ca_file", e));
+        }
+        if w.signing_key.starts_with("whsec_")
+            && crate::events::webhooks::key_bytes(&w.signing_key).len() < 16
+        {
+            return Err(invalid(
+                "webhooks.signing_key",
+                "a whsec_ key is base64 of 16+ bytes",
+            ));
+        }
         if !w.urls.is_empty() && w.signing_key.len() < 16 {
             return Err(invalid(
                 "webhooks.signing_key",
@@ -1199,12 +1219,10 @@ impl Config {
 /// A receiver the webhook client can reach: `http://host[:port][/path]` (this build's HTTP
 /// client speaks no TLS: an https receiver goes behind a TLS-originating proxy).
 fn check_webhook_url(u: &str) -> Result<(), &'static str> {
-    if u.starts_with("https://") {
-        return Err(
-            "https is not supported by this build: use http:// (e.g. through a local TLS-originating proxy)",
-        );
-    }
-    let rest = u.strip_prefix("http://").ok_or("must start with http://")?;
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or("must start with https:// or http://")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
         return Err("must name a host (and no user:password@)");
@@ -1503,8 +1521,12 @@ mod tests {
             ("events: { buffer: 0 }", "events.buffer"),
             ("events: { keepalive_ms: 1 }", "events.keepalive_ms"),
             (
-                "webhooks: { urls: [\"https://a/x\"], signing_key: \"0123456789abcdef\" }",
-                "webhooks.urls",
+                "webhooks: { ca_file: \"/nonexistent/ca.pem\" }",
+                "webhooks.ca_file",
+            ),
+            (
+                "webhooks: { signing_key: \"whsec_c2hvcnQ=\" }",
+                "webhooks.signing_key",
             ),
             (
                 "webhooks: { urls: [\"ftp://a\"], signing_key: \"0123456789abcdef\" }",

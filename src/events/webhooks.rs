@@ -12,6 +12,9 @@
 //!             x-egress-event: egress_ended
 //!             x-egress-signature: sha256=<hex HMAC-SHA256(signing_key, body)>
 //!             x-egress-delivery-attempt: 3
+//!             webhook-id: ND_x-1764...              Standard Webhooks (standardwebhooks.com):
+//!             webhook-timestamp: 1764921600         the same id, this attempt's time,
+//!             webhook-signature: v1,<base64 HMAC-SHA256(key, id.timestamp.body)>
 //! ```
 //!
 //! A failure (no connection, a timeout, any status but 2xx) retries that lane's head after a
@@ -41,6 +44,78 @@ use crate::metrics::METRICS;
 const MAX_IN_FLIGHT: usize = 8;
 /// How much of a receiver's answer is read (and dropped) so its connection can be reused.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The key bytes of `webhooks.signing_key`: base64-decoded after a `whsec_` prefix (the form
+/// Standard Webhooks libraries take), else the string's own bytes.
+pub fn key_bytes(signing_key: &str) -> Vec<u8> {
+    use base64::Engine;
+    match signing_key.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim_end_matches('='))
+            .or_else(|_| {
+                base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64.trim_end_matches('='))
+            })
+            .unwrap_or_default(),
+        None => signing_key.as_bytes().to_vec(),
+    }
+}
+
+/// The Standard Webhooks signature header: `v1,` and the base64 HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}` (what `standardwebhooks`' `Webhook(secret).verify` checks).
+pub fn standard_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    format!("v1,{sig}")
+}
+
+/// The CA certificates of a PEM file (`webhooks.ca_file`); an error names what is wrong.
+pub fn read_ca_file(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The TLS config of the webhook client: the system's roots and `ca_file`'s.
+fn tls_config(ca_file: &str, log: &Logger) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        warn!(log, "a system CA certificate could not be read"; "error" => %e);
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if !ca_file.is_empty() {
+        for c in read_ca_file(std::path::Path::new(ca_file))? {
+            roots
+                .add(c)
+                .map_err(|e| format!("webhooks.ca_file {ca_file}: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        warn!(log, "no CA certificate for https receivers: install ca-certificates or set webhooks.ca_file"; "system" => added);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // awc speaks HTTP/1.1 to receivers.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
 
 /// `sha256=` and the hex HMAC-SHA256 of `body` under `key`: the `x-egress-signature` value.
 pub fn signature(key: &[u8], body: &[u8]) -> String {
@@ -74,6 +149,11 @@ pub fn start(
         .filter_map(|k| EventKind::parse(k))
         .collect();
     warn_about_orphan_queues(cfg, state_dir, log);
+    let tls = if cfg.urls.is_empty() {
+        None
+    } else {
+        Some(Arc::new(tls_config(&cfg.ca_file, log)?))
+    };
     for url in &cfg.urls {
         let queue = Queue::open(state_dir, url)
             .map_err(|e| format!("webhook queue for {url} in {}: {e}", state_dir.display()))?;
@@ -88,10 +168,16 @@ pub fn start(
         let (tx, rx) = mpsc::unbounded_channel();
         let mut sender = Sender {
             url: url.clone().into(),
-            key: cfg.signing_key.as_bytes().into(),
+            key: key_bytes(&cfg.signing_key).into(),
             queue,
             client: awc::Client::builder()
-                .connector(awc::Connector::new().timeout(Duration::from_millis(cfg.timeout_ms)))
+                .connector({
+                    let c = awc::Connector::new().timeout(Duration::from_millis(cfg.timeout_ms));
+                    match &tls {
+                        Some(t) => c.rustls_0_23(t.clone()),
+                        None => c,
+                    }
+                })
                 .timeout(Duration::from_millis(cfg.timeout_ms))
                 .disable_redirects()
                 .finish(),
@@ -171,6 +257,8 @@ struct Outcome {
     kind: String,
     /// Ok(status) when the receiver answered.
     result: Result<u16, &'static str>,
+    /// What the client said of a failure to send (a TLS error, a refused connection).
+    detail: Option<String>,
 }
 
 struct Sender {
@@ -379,7 +467,7 @@ impl Sender {
                     .inc();
                 let wait = lane.backoff.mul_f64(rand::random_range(0.8..1.2));
                 if lane.attempts == 1 || lane.attempts % 10 == 0 {
-                    warn!(self.log, "webhook delivery failed: retrying"; "reason" => reason,
+                    warn!(self.log, "webhook delivery failed: retrying"; "reason" => reason, "error" => &out.detail,
                           "status" => other.ok(), "lane" => &out.lane, "attempts" => lane.attempts,
                           "retry_in_ms" => wait.as_millis() as u64);
                 }
@@ -399,6 +487,10 @@ async fn attempt(
     item: Item,
     n: u32,
 ) -> Outcome {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let sent = client
         .post(&*url)
         .insert_header(("content-type", "application/json"))
@@ -409,9 +501,18 @@ async fn attempt(
         .insert_header(("x-egress-event-id", item.event_id.as_str()))
         .insert_header(("x-egress-event", item.kind.as_str()))
         .insert_header(("x-egress-signature", signature(&key, &item.body)))
+        // Standard Webhooks: the id is the same on every retry (receivers drop repeats), the
+        // timestamp is this attempt's (receivers refuse old ones: a replay fails).
+        .insert_header(("webhook-id", item.event_id.as_str()))
+        .insert_header(("webhook-timestamp", now_s.to_string()))
+        .insert_header((
+            "webhook-signature",
+            standard_signature(&key, &item.event_id, now_s, &item.body),
+        ))
         .insert_header(("x-egress-delivery-attempt", n.to_string()))
         .send_body(item.body.clone())
         .await;
+    let mut detail = None;
     let result = match sent {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
@@ -419,20 +520,43 @@ async fn attempt(
             Ok(status)
         }
         Err(awc::error::SendRequestError::Timeout) => Err("timeout"),
-        Err(awc::error::SendRequestError::Connect(_)) => Err("connect"),
-        Err(_) => Err("send"),
+        Err(awc::error::SendRequestError::Connect(e)) => {
+            detail = Some(e.to_string());
+            Err("connect")
+        }
+        Err(e) => {
+            detail = Some(e.to_string());
+            Err("send")
+        }
     };
     Outcome {
         lane,
         seq: item.seq,
         kind: item.kind,
         result,
+        detail,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standard_webhooks_signatures_match_the_spec_s_example() {
+        // The example of the Standard Webhooks spec (and its libraries' tests).
+        let key = key_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_eq!(
+            standard_signature(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(key_bytes("0123456789abcdef"), b"0123456789abcdef");
+    }
 
     #[test]
     fn signatures_are_rfc_4231_hmac_sha256() {
