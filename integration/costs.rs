@@ -524,3 +524,41 @@ fn calibrate_measures_a_type_and_a_node_prices_by_it_at_once() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--types"));
 }
+
+/// Three 9-s jobs on a fresh node, at the default sampling (1 s) and start hold (5 s): each is
+/// measured for about 4 s past its hold, and all three are learned (the span was read as first
+/// to last sample, 2 998 ms for some: those taught nothing).
+#[test]
+fn every_job_of_nine_seconds_is_learned_on_a_fresh_node() {
+    let dirs = Dirs::new();
+    let svc = Service::start(
+        &dirs,
+        "cpu: { capacity: 64, cost_mode: learned, learn_min_jobs: 3 }",
+    );
+    let class = "track_composite 320x240@15";
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            let mut body = request(
+                "track_composite",
+                &["test://video?pattern=ball", "test://audio?freq=440"],
+                &format!("t{n}.mp4"),
+            );
+            body["max_duration_s"] = json!(9);
+            svc.start_egress(&body)
+        })
+        .collect();
+    for id in &ids {
+        let done = svc.wait_status(
+            id,
+            &["limit_reached", "complete", "failed"],
+            Duration::from_secs(40),
+        );
+        assert_eq!(done["status"], "limit_reached", "{done}");
+    }
+    let line = wait_jobs(&svc, class, 3);
+    assert_eq!(
+        (line["samples"].as_u64(), &line["learned"]),
+        (Some(3), &json!(true)),
+        "{line}"
+    );
+}

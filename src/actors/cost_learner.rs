@@ -246,6 +246,8 @@ pub struct CostLearner {
     path: PathBuf,
     /// `cpu.pending_hold_ms`: samples before a job's hold is over do not count.
     hold_ms: u64,
+    /// `cpu.sample_interval_ms`: the time each sample stands for.
+    interval_ms: u64,
     jobs: HashMap<String, Tracked>,
     /// Fleet mode: the table is shared through Redis.
     fleet: Option<Arc<Fleet>>,
@@ -275,6 +277,7 @@ impl CostLearner {
             pricer,
             path: table_path(&cfg.storage.state_dir),
             hold_ms: cfg.cpu.pending_hold_ms,
+            interval_ms: cfg.cpu.sample_interval_ms,
             jobs: HashMap::new(),
             fleet,
             writing: false,
@@ -419,7 +422,7 @@ impl Handler<JobEnded> for CostLearner {
         let Some(job) = self.jobs.remove(&msg.egress_id) else {
             return;
         };
-        let Some(summary) = JobSummary::of(&job.samples) else {
+        let Some(summary) = JobSummary::of(&job.samples, self.interval_ms) else {
             return;
         };
         let now = now_ms();
@@ -632,7 +635,7 @@ mod tests {
         })
         .await
         .unwrap();
-        for t in [0, 1000, 2900] {
+        for t in [0, 1000, 1900] {
             a.send(sample(t, &[("EG_a", 1.0)])).await.unwrap();
         }
         a.send(JobEnded {

@@ -139,7 +139,8 @@ pub struct JobSummary {
     pub p50: f64,
     pub p95: f64,
     pub max: f64,
-    /// Span of the counted samples.
+    /// The time the counted samples cover: from the first to the last, plus the one interval
+    /// the last sample stands for (four samples a second apart cover 4 s, not 3).
     pub span_ms: u64,
 }
 
@@ -150,8 +151,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 impl JobSummary {
-    /// Summarises `(at_ms, cores)` samples; None without any.
-    pub fn of(samples: &[(u64, f64)]) -> Option<JobSummary> {
+    /// Summarises `(at_ms, cores)` samples taken every `interval_ms`; None without any.
+    pub fn of(samples: &[(u64, f64)], interval_ms: u64) -> Option<JobSummary> {
         let first = samples.iter().map(|s| s.0).min()?;
         let last = samples.iter().map(|s| s.0).max()?;
         let mut v: Vec<f64> = samples
@@ -163,7 +164,7 @@ impl JobSummary {
             p50: percentile(&v, 0.5),
             p95: percentile(&v, 0.95),
             max: v[v.len() - 1],
-            span_ms: last - first,
+            span_ms: last - first + interval_ms,
         })
     }
 
@@ -435,15 +436,22 @@ mod tests {
     fn summary_takes_nearest_rank_percentiles() {
         // 1..=20 cores over 19 s: p50 is the 10th value, p95 the 19th.
         let samples: Vec<(u64, f64)> = (1..=20).map(|i| (i * 1000, i as f64)).collect();
-        let s = JobSummary::of(&samples).unwrap();
-        assert_eq!((s.p50, s.p95, s.max, s.span_ms), (10.0, 19.0, 20.0, 19_000));
+        let s = JobSummary::of(&samples, 1000).unwrap();
+        assert_eq!((s.p50, s.p95, s.max, s.span_ms), (10.0, 19.0, 20.0, 20_000));
         assert!(s.counts());
-        let one = JobSummary::of(&[(5, 0.5)]).unwrap();
-        assert_eq!((one.p50, one.p95, one.max, one.span_ms), (0.5, 0.5, 0.5, 0));
+        let one = JobSummary::of(&[(5, 0.5)], 1000).unwrap();
+        assert_eq!(
+            (one.p50, one.p95, one.max, one.span_ms),
+            (0.5, 0.5, 0.5, 1000)
+        );
         assert!(!one.counts());
-        assert_eq!(JobSummary::of(&[]), None);
+        assert_eq!(JobSummary::of(&[], 1000), None);
+        // Four samples a second apart, a few ms early: 4 s measured, it counts (it did not, as
+        // 2 998 ms between first and last, for about one 9-s job in three here).
+        let four = [(0, 1.0), (999, 1.0), (1998, 1.0), (2998, 1.0)];
+        assert!(JobSummary::of(&four, 1000).unwrap().counts());
         // Garbage counts as nothing rather than poisoning the figures.
-        let s = JobSummary::of(&[(0, f64::NAN), (3000, -1.0), (4000, 2.0)]).unwrap();
+        let s = JobSummary::of(&[(0, f64::NAN), (3000, -1.0), (4000, 2.0)], 1000).unwrap();
         assert_eq!((s.p50, s.max), (0.0, 2.0));
     }
 
