@@ -508,6 +508,10 @@ fn a_recording_finalized_while_the_service_was_dead_is_uploaded_on_restart() {
     // redacted.
     let mut body = request("track", &["test://video?pattern=ball"], "orphan.mkv");
     body["upload"] = moto.target("rec", "o");
+    body.as_object_mut().unwrap().remove("output");
+    body["outputs"] = json!([{"file": {"filename": "orphan.mkv"}},
+                             {"segments": {"prefix": "hls/orphan", "segment_duration_s": 1}},
+                             {"images": {"prefix": "img/orphan", "interval_s": 1, "width": 160, "height": 120}}]);
     let id = svc.start_egress(&body);
     svc.wait_active(&id);
     wait_for(Duration::from_secs(30), "media in the file", || {
@@ -535,6 +539,33 @@ fn a_recording_finalized_while_the_service_was_dead_is_uploaded_on_restart() {
     let got = fetch_to(&moto, "rec", "o/orphan.mkv", dirs.root.path());
     assert!(decoded(&got).video_frames > 10);
     assert!(!svc.log().contains("test-secret-never-shown"));
+    // Everything a normal finish delivers: every segment and the final playlist, every image,
+    // the manifest (a previous run uploaded only the file).
+    let text = String::from_utf8(moto.get("rec", "o/hls/orphan.m3u8").expect("playlist")).unwrap();
+    assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+    let segs: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert_eq!(
+        segs.len() as u64,
+        done["segments"]["count"].as_u64().unwrap(),
+        "{text}
+{done}"
+    );
+    assert!(segs.len() >= 2, "{text}");
+    for seg in &segs {
+        assert!(moto.get("rec", &format!("o/hls/{seg}")).is_some(), "{seg}");
+    }
+    assert_eq!(done["segments"]["upload"], "done", "{done}");
+    let images = done["images"]["count"].as_u64().unwrap();
+    assert!(images >= 2, "{done}");
+    for n in 0..images {
+        let key = format!("o/img/orphan_{n:05}.jpg");
+        assert!(moto.get("rec", &key).is_some(), "{key}");
+    }
+    assert_eq!(done["images"]["upload"], "done", "{done}");
+    let key = format!("o/{id}.json");
+    assert_eq!(done["manifest"], format!("s3://rec/{key}"), "{done}");
+    let m: Value = serde_json::from_slice(&moto.get("rec", &key).expect("manifest")).unwrap();
+    assert_eq!(m["status"], "complete", "{m}");
 }
 
 #[test]

@@ -983,6 +983,23 @@ pub fn finish(
     link.target.as_ref()?;
     let mut pending = info.clone();
     pending.handler_pid = None;
+    let extra = deliverables(info, outputs);
+    let ask = link.delivery.send(FinishEgress {
+        info: pending.clone(),
+        extra,
+        target: link.target.clone(),
+        report: Some(report),
+    });
+    Some(async move { ask.await.unwrap_or(pending) })
+}
+
+/// Every output of an ended egress besides its files, as `FinishEgress::extra`. The same list
+/// whether the egress ended under this run or a previous run left it (`Supervisor::recover`),
+/// so the bucket holds the same objects either way.
+pub fn deliverables(
+    info: &EgressInfo,
+    outputs: &crate::closing::Outputs,
+) -> Vec<(UploadKind, PathBuf, String)> {
     // Every segment and image the closed outputs hold (those not queued yet go up now), then
     // the final playlists.
     let mut extra = Vec::new();
@@ -1028,11 +1045,5 @@ pub fn finish(
             ));
         }
     }
-    let ask = link.delivery.send(FinishEgress {
-        info: pending.clone(),
-        extra,
-        target: link.target.clone(),
-        report: Some(report),
-    });
-    Some(async move { ask.await.unwrap_or(pending) })
+    extra
 }

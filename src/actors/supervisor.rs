@@ -236,13 +236,18 @@ impl Supervisor {
                 {
                     return done;
                 }
-                let settled = settle_orphan(info, store, root).await;
-                // A file the handler finalized on its own is uploaded like any other.
+                let result_path = store.result_path(&info.egress_id);
+                let settled = settle_orphan(info, store, root.clone()).await;
+                // What the handler finalized on its own is uploaded like any other ending:
+                // files, every segment, the final playlists, images and the manifest.
+                let outputs = crate::closing::Outputs::from_info(&settled, &root)
+                    .with_timeline(crate::timeline::path_for(&result_path));
+                let extra = crate::actors::delivery::deliverables(&settled, &outputs);
                 match delivery {
                     Some(d) => d
                         .send(crate::actors::delivery::FinishEgress {
                             info: settled.clone(),
-                            extra: Vec::new(),
+                            extra,
                             target: None,
                             report: Some(report),
                         })
