@@ -14,6 +14,7 @@ mod egress;
 mod events;
 mod fleet;
 mod health;
+mod history;
 mod outputs;
 mod overload;
 mod placement;

@@ -207,6 +207,14 @@ pub struct StorageConfig {
     /// `30m`, `45s`); empty = keep forever. Never one still recording or queued for upload.
     #[serde(default)]
     pub delete_after: String,
+    /// Prune the records (and handler logs) of egresses ended this long ago (`30d`, `12h`...);
+    /// empty = keep every record forever. Outputs are `delete_after`'s, not this.
+    #[serde(default = "default_records_retention")]
+    pub records_retention: String,
+}
+
+fn default_records_retention() -> String {
+    "30d".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1167,6 +1175,8 @@ impl Config {
         }
         crate::delivery::retention::parse_duration(&s.delete_after)
             .map_err(|m| invalid("storage.delete_after", m))?;
+        crate::delivery::retention::parse_duration(&s.records_retention)
+            .map_err(|m| invalid("storage.records_retention", m))?;
         Ok(())
     }
 
@@ -1190,6 +1200,13 @@ impl Config {
             c.fleet.redis_url = crate::model::redact::url(&c.fleet.redis_url);
         }
         c
+    }
+
+    /// `storage.records_retention` in seconds; None = keep forever (validated at load).
+    pub fn records_retention_s(&self) -> Option<f64> {
+        crate::delivery::retention::parse_duration(&self.storage.records_retention)
+            .ok()
+            .flatten()
     }
 
     /// `storage.delete_after` in seconds; None = keep forever (validated at load).

@@ -24,7 +24,8 @@ use crate::actors::affinity::{Affinity, AffinityScorer, GetAffinity};
 use crate::actors::cost_learner::Pricer;
 use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
 use crate::actors::supervisor::{
-    CountRunning, EndAll, GetEgress, KillEgress, ListEgresses, StartEgress, StopEgress, Supervisor,
+    CountRunning, EgressPage, EndAll, GetEgress, KillEgress, ListEgresses, StartEgress, StopEgress,
+    Supervisor,
 };
 use crate::config::Config;
 use crate::error::{ApiError, RequestError};
@@ -312,17 +313,33 @@ impl Node {
             .map_err(ApiError::from_mailbox)?
     }
 
-    /// This node's egresses, newest first, optionally only those in `statuses`.
+    /// Every egress of this node, newest first, optionally only those in `statuses` (the
+    /// fleet's merged list; the API pages with `list_page`).
     pub async fn list(
         &self,
         statuses: Option<Vec<EgressStatus>>,
     ) -> Result<Vec<EgressInfo>, ApiError> {
-        let mut list = self
+        Ok(self.list_page(statuses, None, usize::MAX).await?.egresses)
+    }
+
+    /// A page of this node's egresses, newest first, optionally only those in `statuses`.
+    pub async fn list_page(
+        &self,
+        statuses: Option<Vec<EgressStatus>>,
+        after: Option<crate::store::index::Cursor>,
+        limit: usize,
+    ) -> Result<EgressPage, ApiError> {
+        let mut page = self
             .inner
             .supervisor
-            .send(ListEgresses { statuses })
+            .send(ListEgresses {
+                statuses,
+                after,
+                limit,
+            })
             .await
             .map_err(ApiError::from_mailbox)?;
+        let list = &mut page.egresses;
         // Recording files show their sizes now, as `get` does (the dashboard lists them).
         let running: Vec<(usize, Vec<crate::model::FileInfo>)> = list
             .iter()
@@ -343,7 +360,7 @@ impl Node {
                 list[i].files = files;
             }
         }
-        Ok(list)
+        Ok(page)
     }
 
     /// One egress, if this node has it. While it records, its files' `size_bytes` are their

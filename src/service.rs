@@ -87,7 +87,7 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
         .map_err(storage_err(&cfg.storage.state_dir))?;
     let log = log.new(slog::o!("node_id" => node_id.clone()));
     // Records of earlier runs are read here, before any actor runs (the disk is not theirs).
-    let (records, problems) = store.load_all();
+    let (index, records, problems) = store.load_index();
     for p in problems {
         warn!(log, "unreadable egress record"; "problem" => p);
     }
@@ -98,6 +98,7 @@ pub fn run(cfg: Config) -> Result<(), ServiceError> {
         node_id,
         output_dir,
         store.clone(),
+        index,
         records,
     ));
     if !store.flush(Duration::from_secs(5)) {
@@ -112,6 +113,7 @@ async fn serve(
     node_id: String,
     output_dir: PathBuf,
     store: Store,
+    index: crate::store::index::RecordIndex,
     records: Vec<EgressInfo>,
 ) -> Result<(), ServiceError> {
     let cfg = Arc::new(cfg);
@@ -195,6 +197,7 @@ async fn serve(
     .map_err(ServiceError::Webhooks)?;
     let supervisor = Supervisor::new(
         store,
+        index,
         records,
         admission.clone(),
         cpu.clone(),

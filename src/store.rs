@@ -4,6 +4,7 @@
 //! state_dir/
 //!   node_id                    this node's id when the config leaves it empty
 //!   egresses/EG_x.json         the EgressInfo, rewritten (atomically) on every change
+//!   egresses/index             what listing needs of every record, a line per change (`index`)
 //!   egresses/EG_x.result.json  written by the handler itself when it ends (see HandlerResult)
 //!   egresses/EG_x.timeline     its MP4's track starts; EG_x.spans: what each stream covered
 //!   egresses/EG_x.jpg          its latest picture while it runs (`pipeline.thumbnail_s`)
@@ -19,6 +20,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::model::{EgressInfo, HandlerResult, is_valid_egress_id};
 
+pub mod index;
+
+use index::{Entry, Line, RecordIndex};
+
 #[derive(Clone)]
 pub struct Store {
     /// `state_dir/egresses`.
@@ -31,7 +36,10 @@ pub struct Store {
 
 /// What the writer thread is asked to do.
 enum WriteCmd {
-    Save(Box<EgressInfo>),
+    /// The record, and whether its index entry changed (a line is appended after it).
+    Save(Box<EgressInfo>, bool),
+    /// Records pruned by retention: their files go, a removal line each.
+    Remove(Vec<String>),
     /// Answer once everything sent before is on disk.
     Flush(Sender<()>),
 }
@@ -69,25 +77,47 @@ impl Store {
 
     fn write_loop(&self, rx: &Receiver<WriteCmd>, log: &slog::Logger) {
         while let Ok(first) = rx.recv() {
-            let mut batch: Vec<EgressInfo> = Vec::new();
+            let mut batch: Vec<(EgressInfo, bool)> = Vec::new();
+            let mut removed = Vec::new();
             let mut acks = Vec::new();
             for cmd in std::iter::once(first).chain(rx.try_iter()) {
                 match cmd {
-                    WriteCmd::Save(info) => {
-                        batch.retain(|i| i.egress_id != info.egress_id);
-                        batch.push(*info);
+                    WriteCmd::Save(info, indexed) => {
+                        let mut indexed = indexed;
+                        batch.retain(|(i, ix)| {
+                            let same = i.egress_id == info.egress_id;
+                            indexed |= same && *ix;
+                            !same
+                        });
+                        batch.push((*info, indexed));
                     }
+                    WriteCmd::Remove(ids) => removed.extend(ids),
                     WriteCmd::Flush(ack) => acks.push(ack),
                 }
             }
-            for info in &batch {
+            let mut lines = Vec::new();
+            for (info, indexed) in &batch {
                 // A state_dir removed under us is recreated: records are never dropped for it.
                 let r = self
                     .save(info)
                     .or_else(|_| self.ensure_dirs().and_then(|()| self.save(info)));
-                if let Err(e) = r {
-                    slog::warn!(log, "cannot persist egress record"; "egress_id" => &info.egress_id, "error" => %e);
+                match r {
+                    Ok(()) if *indexed => lines.push(Line {
+                        id: info.egress_id.clone(),
+                        entry: Some(Entry::of(info)),
+                    }),
+                    Ok(()) => {}
+                    Err(e) => {
+                        slog::warn!(log, "cannot persist egress record"; "egress_id" => &info.egress_id, "error" => %e);
+                    }
                 }
+            }
+            for id in removed {
+                self.remove_files(&id);
+                lines.push(Line { id, entry: None });
+            }
+            if let Err(e) = self.append_index(&lines) {
+                slog::warn!(log, "cannot append to the record index (rebuilt at the next start)"; "error" => %e);
             }
             for a in acks {
                 let _ = a.send(());
@@ -95,15 +125,165 @@ impl Store {
         }
     }
 
-    /// Queues a record for the writer thread (or writes it now when there is none).
-    pub fn save_later(&self, info: &EgressInfo) {
-        let queued = self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.send(WriteCmd::Save(Box::new(info.clone()))).is_ok());
+    /// Queues a record for the writer thread (or writes it now when there is none); `indexed`:
+    /// its index entry changed.
+    pub fn save_later(&self, info: &EgressInfo, indexed: bool) {
+        let queued = self.writer.as_ref().is_some_and(|w| {
+            w.send(WriteCmd::Save(Box::new(info.clone()), indexed))
+                .is_ok()
+        });
         if !queued {
             let _ = self.save(info);
+            if indexed {
+                let _ = self.append_index(&[Line {
+                    id: info.egress_id.clone(),
+                    entry: Some(Entry::of(info)),
+                }]);
+            }
         }
+    }
+
+    /// Queues the removal of pruned records (record, result, sidecars, log).
+    pub fn remove_later(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(w) = &self.writer
+            && let Err(crossbeam_channel::SendError(WriteCmd::Remove(ids))) =
+                w.send(WriteCmd::Remove(ids))
+        {
+            for id in &ids {
+                self.remove_files(id);
+            }
+        }
+    }
+
+    fn remove_files(&self, id: &str) {
+        for ext in ["json", "result.json", "timeline", "spans", "jpg"] {
+            let _ = fs::remove_file(self.egress_dir.join(format!("{id}.{ext}")));
+        }
+        let _ = fs::remove_file(self.log_path(id));
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.egress_dir.join("index")
+    }
+
+    /// Appends lines to the index, on disk before it returns.
+    fn append_index(&self, lines: &[Line]) -> io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for l in lines {
+            serde_json::to_writer(&mut text, l).map_err(io::Error::other)?;
+            text.push(b'\n');
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.index_path())?;
+        f.write_all(&text)?;
+        f.sync_data()
+    }
+
+    /// The record of `id` as stored.
+    pub fn load(&self, id: &str) -> Option<EgressInfo> {
+        let b = fs::read(self.record_path(id)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// The index (read from its file, completed with any record the file lacks: a state_dir of
+    /// an older version, or lines a crash cut), compacted when it holds many dead lines; and the
+    /// records not final, whole (a restart settles them). Unreadable lines and records are
+    /// reported, not fatal. Blocks: run it before the actors start.
+    pub fn load_index(&self) -> (RecordIndex, Vec<EgressInfo>, Vec<String>) {
+        let mut ix = RecordIndex::default();
+        let mut problems = Vec::new();
+        let mut lines = 0usize;
+        if let Ok(text) = fs::read(self.index_path()) {
+            for (n, l) in text.split(|b| *b == b'\n').enumerate() {
+                if l.is_empty() {
+                    continue;
+                }
+                lines += 1;
+                match serde_json::from_slice::<Line>(l) {
+                    Ok(line) => ix.apply(line),
+                    // A line a crash cut short: the record itself is read below.
+                    Err(e) => problems.push(format!("index line {}: {e}", n + 1)),
+                }
+            }
+        }
+        // Records the index lacks, and index entries whose record is gone.
+        let mut on_disk = std::collections::HashSet::new();
+        let mut added = Vec::new();
+        if let Ok(entries) = fs::read_dir(&self.egress_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                    continue;
+                };
+                if !is_valid_egress_id(id) {
+                    continue;
+                }
+                on_disk.insert(id.to_string());
+                if ix.get(id).is_some() {
+                    continue;
+                }
+                match self.read(&e.path()) {
+                    Ok(info) => {
+                        ix.upsert(id, Entry::of(&info));
+                        added.push(id.to_string());
+                    }
+                    Err(err) => problems.push(err),
+                }
+            }
+        }
+        let gone: Vec<String> = ix
+            .lines()
+            .map(|l| l.id)
+            .filter(|id| !on_disk.contains(id))
+            .collect();
+        for id in &gone {
+            ix.remove(id);
+        }
+        let mut unfinished = Vec::new();
+        for id in ix.unfinished() {
+            match self.read(&self.record_path(&id)) {
+                // The file is the truth: an index line may lag behind it.
+                Ok(info) => {
+                    ix.upsert(&id, Entry::of(&info));
+                    if !info.status.is_final() {
+                        unfinished.push(info);
+                    }
+                }
+                Err(err) => problems.push(err),
+            }
+        }
+        unfinished.sort_by_key(|i| i.created_at);
+        if lines > 2 * ix.len() + 1000 || !added.is_empty() || !gone.is_empty() {
+            if let Err(e) = self.rewrite_index(&ix) {
+                problems.push(format!("cannot rewrite the record index: {e}"));
+            }
+        }
+        (ix, unfinished, problems)
+    }
+
+    fn read(&self, path: &Path) -> Result<EgressInfo, String> {
+        fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<EgressInfo>(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes the index with one line per entry (atomically).
+    fn rewrite_index(&self, ix: &RecordIndex) -> io::Result<()> {
+        let mut text = Vec::with_capacity(ix.len() * 80);
+        for l in ix.lines() {
+            serde_json::to_writer(&mut text, &l).map_err(io::Error::other)?;
+            text.push(b'\n');
+        }
+        crate::hls::write_atomic(&self.index_path(), &text)
     }
 
     /// Waits (at most `timeout`) until every record queued so far is on disk. Blocks.
@@ -135,33 +315,6 @@ impl Store {
         f.write_all(&serde_json::to_vec_pretty(info).map_err(io::Error::other)?)?;
         f.sync_data()?;
         fs::rename(&tmp, &path)
-    }
-
-    /// Every stored record, oldest first; unreadable files are reported, not fatal.
-    pub fn load_all(&self) -> (Vec<EgressInfo>, Vec<String>) {
-        let mut out = Vec::new();
-        let mut problems = Vec::new();
-        let Ok(entries) = fs::read_dir(&self.egress_dir) else {
-            return (out, problems);
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(id) = name.strip_suffix(".json") else {
-                continue;
-            };
-            if !is_valid_egress_id(id) {
-                continue;
-            }
-            match fs::read(e.path())
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<EgressInfo>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(info) => out.push(info),
-                Err(err) => problems.push(format!("{}: {err}", e.path().display())),
-            }
-        }
-        out.sort_by_key(|i| i.created_at);
-        (out, problems)
     }
 
     pub fn read_result(&self, id: &str) -> Option<HandlerResult> {
@@ -287,12 +440,44 @@ mod tests {
         s.save(&info("EG_bbbbbbbbbbbb", 2)).unwrap();
         s.save(&info("EG_aaaaaaaaaaaa", 1)).unwrap();
         fs::write(dir.path().join("egresses/EG_cccccccccccc.json"), b"{broken").unwrap();
-        let (all, problems) = s.load_all();
+        let (ix, all, problems) = s.load_index();
         assert_eq!(
             all.iter().map(|i| i.egress_id.as_str()).collect::<Vec<_>>(),
             ["EG_aaaaaaaaaaaa", "EG_bbbbbbbbbbbb"]
         );
-        assert_eq!(problems.len(), 1);
+        assert_eq!((ix.len(), problems.len()), (2, 1));
+        // The index was written: the next load reads it and the same records.
+        assert!(dir.path().join("egresses/index").is_file());
+        let (ix, all, _) = s.load_index();
+        assert_eq!((ix.len(), all.len()), (2, 2));
+    }
+
+    #[test]
+    fn the_index_pages_ended_records_without_loading_them_and_prunes_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.start_writer(slog::Logger::root(slog::Discard, slog::o!()))
+            .unwrap();
+        for n in 0..30u64 {
+            let mut i = info(&format!("EG_{n:012}"), n);
+            s.save_later(&i, true);
+            i.status = EgressStatus::Complete;
+            i.ended_at = Some(n + 100);
+            s.save_later(&i, true);
+        }
+        s.remove_later(vec!["EG_000000000003".into()]);
+        assert!(s.flush(std::time::Duration::from_secs(5)));
+        let (ix, unfinished, problems) = s.load_index();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((ix.len(), unfinished.len()), (29, 0));
+        assert!(!dir.path().join("egresses/EG_000000000003.json").exists());
+        let (page, next) = ix.page(None, None, 5);
+        assert_eq!(page[0], "EG_000000000029");
+        assert!(next.is_some());
+        assert_eq!(
+            s.load("EG_000000000029").unwrap().status,
+            EgressStatus::Complete
+        );
     }
 
     #[test]
@@ -304,14 +489,17 @@ mod tests {
             .unwrap();
         fs::remove_dir_all(&state).unwrap();
         let mut i = info("EG_aaaaaaaaaaaa", 1);
-        s.save_later(&i);
+        s.save_later(&i, true);
         i.status = EgressStatus::Complete;
-        s.save_later(&i);
+        s.save_later(&i, true);
         assert!(s.flush(std::time::Duration::from_secs(5)));
-        let (all, problems) = s.load_all();
+        let (ix, unfinished, problems) = s.load_index();
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].status, EgressStatus::Complete);
+        assert_eq!((ix.len(), unfinished.len()), (1, 0));
+        assert_eq!(
+            s.load("EG_aaaaaaaaaaaa").unwrap().status,
+            EgressStatus::Complete
+        );
         assert!(state.join("logs").is_dir());
     }
 

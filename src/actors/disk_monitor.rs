@@ -18,12 +18,12 @@ use slog::{Logger, info, warn};
 
 use crate::actors::delivery::{Delivery, QueuedEgresses};
 use crate::actors::pipeline::{StopPipeline, StopReason};
-use crate::actors::supervisor::{ListEgresses, MarkDeleted, Supervisor};
+use crate::actors::supervisor::{EndedBefore, MarkDeleted, Supervisor};
 use crate::config::Config;
 use crate::delivery::disk::{DiskState, Growth, admit, reserved_bytes, victim};
 use crate::error::AdmissionError;
 use crate::metrics::METRICS;
-use crate::model::{EgressStatus, now_ms};
+use crate::model::now_ms;
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -162,14 +162,10 @@ impl DiskMonitor {
         let root = self.output_dir.clone();
         let log = self.log.clone();
         let work = async move {
-            let finals: Vec<EgressStatus> = EgressStatus::ALL
-                .into_iter()
-                .filter(|s| s.is_final())
-                .collect();
+            // Those ended long enough ago whose outputs are still there (the index knows).
+            let before_ms = now_ms().saturating_sub((after_s * 1000.0) as u64);
             let records = sup
-                .send(ListEgresses {
-                    statuses: Some(finals),
-                })
+                .send(EndedBefore { before_ms })
                 .await
                 .unwrap_or_default();
             let queued = match &delivery {

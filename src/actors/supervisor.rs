@@ -24,14 +24,22 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::Events;
 use crate::metrics::METRICS;
-use crate::model::{EgressInfo, EgressStatus, now_ms, reason};
+use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms, reason};
 use crate::rules::costs::CostClass;
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
+use crate::store::index::{Cursor, Entry, RecordIndex};
 use crate::store::{Store, handler_alive};
 
 pub struct Supervisor {
-    /// Every egress this node knows, running or finished.
+    /// The records of the egresses that run and of the last `RECENT_ENDED` that ended; the
+    /// others are read from the store when asked for (`record`).
     egresses: HashMap<String, EgressInfo>,
+    /// What listing needs of every record this node keeps, running or ended.
+    index: RecordIndex,
+    /// Ended records held in `egresses`, oldest first.
+    recent: std::collections::VecDeque<String>,
+    /// `storage.records_retention` in ms: ended records older are pruned; None = kept.
+    records_retention_ms: Option<u64>,
     /// The Pipeline actor of each egress that still runs.
     pipelines: HashMap<String, Addr<Pipeline>>,
     store: Store,
@@ -61,13 +69,21 @@ pub struct Supervisor {
     log: Logger,
 }
 
+/// Ended records kept in memory (the most recent); older ones are read from the store.
+const RECENT_ENDED: usize = 500;
+
+/// How often records past `storage.records_retention` are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// How long a kill waits for the killed handler's final record before it answers.
 const KILL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Supervisor {
-    /// `output_root` is `storage.output_dir`, canonical; `loaded` the records in the store.
+    /// `output_root` is `storage.output_dir`, canonical; `index` every record in the store,
+    /// `loaded` those not final (whole).
     pub fn new(
         store: Store,
+        index: RecordIndex,
         loaded: Vec<EgressInfo>,
         admission: Addr<Admission>,
         cpu: Addr<CpuMonitor>,
@@ -77,6 +93,9 @@ impl Supervisor {
     ) -> Self {
         Supervisor {
             egresses: HashMap::new(),
+            index,
+            recent: Default::default(),
+            records_retention_ms: cfg.records_retention_s().map(|s| (s * 1000.0) as u64),
             pipelines: HashMap::new(),
             store,
             admission,
@@ -133,22 +152,75 @@ impl Supervisor {
         self
     }
 
-    fn count(info: &EgressInfo, delta: i64) {
+    fn count(e: &Entry, delta: i64) {
         METRICS
             .egresses
-            .with_label_values(&[info.egress_type.as_str(), info.status.as_str()])
+            .with_label_values(&[e.egress_type.as_str(), e.status.as_str()])
             .add(delta);
+    }
+
+    /// The record of `id`: from memory, else read from the store (an ended one).
+    fn record(&self, id: &str) -> Option<EgressInfo> {
+        if let Some(i) = self.egresses.get(id) {
+            return Some(i.clone());
+        }
+        self.index.get(id)?;
+        self.store.load(id)
+    }
+
+    /// Keeps `info` in memory: every running record, and the most recent ended ones.
+    fn hold(&mut self, info: EgressInfo) {
+        let id = info.egress_id.clone();
+        let ended = info.status.is_final();
+        self.egresses.insert(id.clone(), info);
+        if ended {
+            self.recent.push_back(id);
+            while self.recent.len() > RECENT_ENDED {
+                if let Some(old) = self.recent.pop_front()
+                    && self.egresses.get(&old).is_some_and(|i| i.status.is_final())
+                {
+                    self.egresses.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Prunes ended records past `storage.records_retention` (and their logs and sidecars).
+    fn prune(&mut self) {
+        let Some(keep) = self.records_retention_ms else {
+            return;
+        };
+        let due = self
+            .index
+            .ended_before(now_ms().saturating_sub(keep), false);
+        if due.is_empty() {
+            return;
+        }
+        for id in &due {
+            if let Some(e) = self.index.get(id).copied() {
+                Self::count(&e, -1);
+            }
+            self.index.remove(id);
+            self.egresses.remove(id);
+        }
+        self.recent.retain(|id| self.egresses.contains_key(id));
+        info!(self.log, "records pruned"; "count" => due.len(), "older_than_ms" => keep);
+        self.store.remove_later(due);
     }
 
     /// Stores a new version of a record: metrics, disk, and the end-of-job bookkeeping.
     fn put(&mut self, mut info: EgressInfo) {
+        if self
+            .index
+            .get(&info.egress_id)
+            .is_some_and(|e| e.status.is_final())
+        {
+            // A final record never changes again (late reports are ignored).
+            return;
+        }
         let old = self.egresses.get(&info.egress_id).cloned();
-        if let Some(old) = &old {
-            if old.status.is_final() {
-                // A final record never changes again (late reports are ignored).
-                return;
-            }
-            Self::count(old, -1);
+        if let Some(e) = self.index.get(&info.egress_id).copied() {
+            Self::count(&e, -1);
         }
         if info.status.is_final() {
             // The file the service created for a handler that never wrote to it (a failed
@@ -165,8 +237,10 @@ impl Supervisor {
                 });
             }
         }
-        Self::count(&info, 1);
-        self.store.save_later(&info);
+        let entry = Entry::of(&info);
+        Self::count(&entry, 1);
+        let changed = self.index.upsert(&info.egress_id, entry);
+        self.store.save_later(&info, changed);
         let was_final = old.as_ref().map(|o| o.status.is_final()).unwrap_or(false);
         if info.status.is_final() && !was_final {
             self.pipelines.remove(&info.egress_id);
@@ -199,25 +273,31 @@ impl Supervisor {
         if let Some(ev) = &self.events {
             ev.egress_changed(old.as_ref(), &info);
         }
-        self.egresses.insert(info.egress_id.clone(), info);
+        self.hold(info);
     }
 
-    fn lookup(&self, id: &str) -> Result<&EgressInfo, ApiError> {
-        self.egresses
-            .get(id)
+    fn lookup(&self, id: &str) -> Result<EgressInfo, ApiError> {
+        self.record(id)
             .ok_or_else(|| ApiError::NotFound(format!("no egress {id} on this node")))
     }
 
     /// Settles records a previous run left unfinished: waits for a handler that still runs
     /// (it is finalizing on its own after losing its parent), then reads its result and files.
     fn recover(&mut self, ctx: &mut Context<Self>) {
+        let mut counts: HashMap<(EgressType, EgressStatus), i64> = HashMap::new();
+        for (_, e) in self.index.entries() {
+            *counts.entry((e.egress_type, e.status)).or_default() += 1;
+        }
+        for ((t, st), n) in counts {
+            METRICS
+                .egresses
+                .with_label_values(&[t.as_str(), st.as_str()])
+                .add(n);
+        }
+        self.prune();
+        ctx.run_interval(PRUNE_EVERY, |act, _| act.prune());
         for info in std::mem::take(&mut self.loaded) {
-            let unfinished = !info.status.is_final();
             self.egresses.insert(info.egress_id.clone(), info.clone());
-            Self::count(&info, 1);
-            if !unfinished {
-                continue;
-            }
             info!(self.log, "settling an egress left by a previous run"; "egress_id" => &info.egress_id);
             let store = self.store.clone();
             let resume = self.delivery.clone().map(|d| {
@@ -340,7 +420,7 @@ impl Handler<StartEgress> for Supervisor {
     fn handle(&mut self, msg: StartEgress, _: &mut Context<Self>) -> Self::Result {
         let mut setup = *msg.setup;
         let id = setup.info.egress_id.clone();
-        if self.egresses.contains_key(&id) {
+        if self.egresses.contains_key(&id) || self.index.get(&id).is_some() {
             let e = ApiError::Conflict(format!("egress {id} exists already"));
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
         }
@@ -494,7 +574,7 @@ impl Supervisor {
     /// A running egress's record and Pipeline actor: 404 when unknown, 409 once it has ended
     /// (or while its end is being settled).
     fn running(&self, egress_id: &str) -> Result<(EgressInfo, Addr<Pipeline>), ApiError> {
-        let info = self.lookup(egress_id)?.clone();
+        let info = self.lookup(egress_id)?;
         if info.status.is_final() {
             return Err(ApiError::Conflict(format!(
                 "egress {} has already ended ({})",
@@ -597,32 +677,55 @@ pub struct GetEgress(pub String);
 impl Handler<GetEgress> for Supervisor {
     type Result = Option<EgressInfo>;
     fn handle(&mut self, msg: GetEgress, _: &mut Context<Self>) -> Self::Result {
-        self.egresses.get(&msg.0).cloned()
+        self.record(&msg.0)
     }
 }
 
-/// Records of this node's egresses, newest first, optionally only those in `statuses`.
+/// A page of this node's records, newest first, optionally only those in `statuses`: at most
+/// `limit`, after `after`; with the cursor of the next page when there is more.
 #[derive(Message)]
-#[rtype(result = "Vec<EgressInfo>")]
+#[rtype(result = "EgressPage")]
 pub struct ListEgresses {
     pub statuses: Option<Vec<EgressStatus>>,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// One page of records, and where the next starts (None: this was the last).
+#[derive(Debug, Default, actix::MessageResponse)]
+pub struct EgressPage {
+    pub egresses: Vec<EgressInfo>,
+    pub next: Option<Cursor>,
 }
 
 impl Handler<ListEgresses> for Supervisor {
-    type Result = Vec<EgressInfo>;
+    type Result = EgressPage;
     fn handle(&mut self, msg: ListEgresses, _: &mut Context<Self>) -> Self::Result {
-        let mut v: Vec<EgressInfo> = self
-            .egresses
-            .values()
-            .filter(|i| msg.statuses.as_ref().is_none_or(|s| s.contains(&i.status)))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then(a.egress_id.cmp(&b.egress_id))
-        });
-        v
+        let (ids, next) = self
+            .index
+            .page(msg.statuses.as_deref(), msg.after.as_ref(), msg.limit);
+        // At most `limit` small reads for the ended records not in memory.
+        let egresses = ids.iter().filter_map(|id| self.record(id)).collect();
+        EgressPage { egresses, next }
+    }
+}
+
+/// Ended records whose end is before `before_ms` and whose outputs retention has not deleted
+/// yet (what `storage.delete_after` deletes), oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<EgressInfo>")]
+pub struct EndedBefore {
+    pub before_ms: u64,
+}
+
+impl Handler<EndedBefore> for Supervisor {
+    type Result = Vec<EgressInfo>;
+    fn handle(&mut self, msg: EndedBefore, _: &mut Context<Self>) -> Self::Result {
+        self.index
+            .ended_before(msg.before_ms, true)
+            .iter()
+            .filter_map(|id| self.record(id))
+            .collect()
     }
 }
 
@@ -638,16 +741,20 @@ pub struct MarkDeleted {
 impl Handler<MarkDeleted> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: MarkDeleted, _: &mut Context<Self>) {
-        let Some(info) = self.egresses.get_mut(&msg.egress_id) else {
+        let Some(mut info) = self.record(&msg.egress_id) else {
             return;
         };
         if !info.status.is_final() || info.deleted_at.is_some() {
             return;
         }
         info.deleted_at = Some(msg.at_ms);
-        self.store.save_later(info);
+        let changed = self.index.upsert(&info.egress_id, Entry::of(&info));
+        self.store.save_later(&info, changed);
         if let Some(m) = &self.mirror {
             let _ = m.send(info.clone());
+        }
+        if self.egresses.contains_key(&info.egress_id) {
+            self.egresses.insert(info.egress_id.clone(), info);
         }
     }
 }

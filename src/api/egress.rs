@@ -9,6 +9,7 @@ use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
 use crate::model::{EgressInfo, EgressRequest, EgressStatus, StreamsUpdate, is_valid_egress_id};
 use crate::node::EndAction;
+use crate::store::index::{self, Cursor};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -46,7 +47,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EgressList {
+    /// Newest first: at most `limit` (default 100).
     pub egresses: Vec<EgressInfo>,
+    /// Pass it as `page_token` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
     /// Set when the list is this node's alone because the fleet's Redis does not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<String>,
@@ -71,7 +76,7 @@ async fn start(
 /// `?status=active` or `?status=active,ending`.
 pub fn parse_statuses(q: &HashMap<String, String>) -> Result<Option<Vec<EgressStatus>>, ApiError> {
     for k in q.keys() {
-        if k != "status" {
+        if !["status", "limit", "page_token"].contains(&k.as_str()) {
             return Err(ApiError::BadQuery(format!("unknown query parameter '{k}'")));
         }
     }
@@ -89,24 +94,89 @@ pub fn parse_statuses(q: &HashMap<String, String>) -> Result<Option<Vec<EgressSt
         .map(Some)
 }
 
+/// A page's size when `limit` is not given, and the largest one may ask for.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+/// `limit` and `page_token` of a list request.
+pub fn parse_page(q: &HashMap<String, String>) -> Result<(Option<Cursor>, usize), ApiError> {
+    let limit = match q.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadQuery(format!("limit must be a whole number in [1, {MAX_LIMIT}]"))
+            })?,
+    };
+    let after =
+        match q.get("page_token") {
+            None => None,
+            Some(t) => Some(index::cursor(t).ok_or_else(|| {
+                ApiError::BadQuery("page_token is not one this service gave".into())
+            })?),
+        };
+    Ok((after, limit))
+}
+
+/// The page of `all` (newest first) after `after`: for the fleet's merged list.
+fn page_of(all: Vec<EgressInfo>, after: Option<&Cursor>, limit: usize) -> EgressList {
+    let start = match after {
+        Some((c, id)) => all
+            .iter()
+            .position(|i| {
+                (std::cmp::Reverse(i.created_at), &i.egress_id) > (std::cmp::Reverse(*c), id)
+            })
+            .unwrap_or(all.len()),
+        None => 0,
+    };
+    let rest = all.len().saturating_sub(start);
+    let egresses: Vec<EgressInfo> = all.into_iter().skip(start).take(limit).collect();
+    let next_page_token = (rest > limit)
+        .then(|| {
+            egresses
+                .last()
+                .map(|i| index::token(&(i.created_at, i.egress_id.clone())))
+        })
+        .flatten();
+    EgressList {
+        egresses,
+        next_page_token,
+        partial: None,
+    }
+}
+
 async fn list(
     state: web::Data<AppState>,
     q: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     let statuses = parse_statuses(&q)?;
-    let (egresses, partial) = match &state.fleet {
+    let (after, limit) = parse_page(&q)?;
+    let local = || async {
+        let page = state
+            .node
+            .list_page(statuses.clone(), after.clone(), limit)
+            .await?;
+        Ok::<_, ApiError>(EgressList {
+            egresses: page.egresses,
+            next_page_token: page.next.as_ref().map(index::token),
+            partial: None,
+        })
+    };
+    let list = match &state.fleet {
         Some(fleet) => match fleet.list(&state.node, statuses.clone()).await {
-            Ok(all) => (all, None),
+            Ok(all) => page_of(all, after.as_ref(), limit),
             // Degraded: what this node knows, said to be partial.
-            Err(e) if e.is_unreachable() => (
-                state.node.list(statuses).await?,
-                Some(format!("this node's egresses only: {}", ApiError::from(e))),
-            ),
+            Err(e) if e.is_unreachable() => EgressList {
+                partial: Some(format!("this node's egresses only: {}", ApiError::from(e))),
+                ..local().await?
+            },
             Err(e) => return Err(e.into()),
         },
-        None => (state.node.list(statuses).await?, None),
+        None => local().await?,
     };
-    Ok(HttpResponse::Ok().json(EgressList { egresses, partial }))
+    Ok(HttpResponse::Ok().json(list))
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {

@@ -70,8 +70,11 @@ struct ErrorDetail {
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 struct EgressList {
-    /// Newest first.
+    /// Newest first: at most `limit` (default 100).
     egresses: Vec<EgressInfo>,
+    /// Pass it as `page_token` for the next page; absent on the last page.
+    #[schema(nullable = false)]
+    next_page_token: Option<String>,
     /// Present when the list is this node's alone (the fleet's Redis does not answer).
     #[schema(nullable = false)]
     partial: Option<String>,
@@ -136,7 +139,11 @@ mod ops {
 
     #[utoipa::path(get, path = "/v1/egress", tag = "egress",
         summary = "List egresses, newest first",
-        params(("status" = Option<String>, Query, description = "comma-separated statuses", pattern = "^(starting|active|ending|complete|failed|aborted|limit_reached)(,(starting|active|ending|complete|failed|aborted|limit_reached))*$")),
+        params(
+            ("status" = Option<String>, Query, description = "comma-separated statuses", pattern = "^(starting|active|ending|complete|failed|aborted|limit_reached)(,(starting|active|ending|complete|failed|aborted|limit_reached))*$"),
+            ("limit" = Option<u32>, Query, description = "page size, 1..1000 (default 100)", minimum = 1, maximum = 1000),
+            ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page (opaque)"),
+        ),
         responses(
             (status = 200, description = "egresses", body = EgressList),
             (status = 400, description = "bad_query", body = ErrorBody),

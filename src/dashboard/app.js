@@ -18,6 +18,7 @@ const st = {
   node: null,
   history: [],
   egresses: new Map(),
+  nextPage: null,
   fleet: null,
   lastEventId: null,
   retryMs: 2000,
@@ -374,13 +375,37 @@ $('#start-form').addEventListener('submit', async (ev) => {
 
 // ---- live events ----
 
+// The list comes a page at a time (a node may keep 200,000 records): the newest first, older
+// ones on demand; events keep what is shown up to date.
+const PAGE = 50;
+
+function showMore(list) {
+  st.nextPage = list.next_page_token || null;
+  $('#egress-more').hidden = !st.nextPage;
+}
+
 async function loadAll() {
-  const [node, list] = await Promise.all([api('GET', '/v1/node'), api('GET', '/v1/egress')]);
+  const [node, list] = await Promise.all([api('GET', '/v1/node'), api('GET', '/v1/egress?limit=' + PAGE)]);
   setNode(node);
   st.egresses.clear();
   for (const e of list.egresses) upsert(e);
+  showMore(list);
   renderEgresses();
 }
+
+$('#egress-more').addEventListener('click', async () => {
+  if (!st.nextPage) return;
+  const btn = $('#egress-more');
+  btn.disabled = true;
+  try {
+    const list = await api('GET', '/v1/egress?limit=' + PAGE + '&page_token=' + encodeURIComponent(st.nextPage));
+    for (const e of list.egresses) upsert(e);
+    showMore(list);
+    renderEgresses();
+  } finally {
+    btn.disabled = false;
+  }
+});
 
 function onEvent(kind, data) {
   if (kind === 'events_lost') {
