@@ -82,15 +82,17 @@ fn a_long_history_pages_newest_first_and_old_records_are_pruned() {
     }
     let mut svc = Service::start(&dirs, "");
     // Pruned at start (default records_retention 30d): record and log gone.
-    for n in 240..243 {
-        assert!(
-            !dirs
-                .state()
-                .join(format!("egresses/{}.json", id(n)))
-                .exists()
-        );
-        assert!(!dirs.state().join(format!("logs/{}.log", id(n))).exists());
-    }
+    wait_for(Duration::from_secs(10), "the old records pruned", || {
+        (240..243)
+            .all(|n| {
+                !dirs
+                    .state()
+                    .join(format!("egresses/{}.json", id(n)))
+                    .exists()
+                    && !dirs.state().join(format!("logs/{}.log", id(n))).exists()
+            })
+            .then_some(())
+    });
     let (s, first) = svc.get("/v1/egress");
     assert_eq!(s, 200);
     assert_eq!(

@@ -25,6 +25,7 @@ mod safety;
 mod secrets;
 mod sentinel;
 mod sources;
+mod stores;
 mod stream_changes;
 mod web;
 mod web_filter;

@@ -206,3 +206,45 @@ fn a_failed_start_leaves_no_empty_file_that_blocks_its_name() {
     let again = svc.start_egress(&request("track", &["test://video"], "f.mkv"));
     svc.wait_active(&again);
 }
+
+/// Numbered outputs whose later names are taken (an earlier recording's `x_00001.jpg`) are
+/// refused like a file that exists: images would skip the taken number and their count lie.
+#[test]
+fn a_prefix_whose_numbered_names_are_taken_is_refused() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    std::fs::create_dir_all(dirs.output().join("img")).unwrap();
+    std::fs::write(dirs.output().join("img/x_00001.jpg"), b"earlier").unwrap();
+    std::fs::create_dir_all(dirs.output().join("hls")).unwrap();
+    std::fs::write(dirs.output().join("hls/y_00003.ts"), b"earlier").unwrap();
+    for (outputs, field, taken) in [
+        (
+            serde_json::json!([{"images": {"prefix": "img/x", "interval_s": 1}}]),
+            "images.prefix",
+            "img/x_00001.jpg",
+        ),
+        (
+            serde_json::json!([{"segments": {"prefix": "hls/y"}}]),
+            "segments.prefix",
+            "hls/y_00003.ts",
+        ),
+    ] {
+        let mut body = request("track", &["test://video"], "unused.mp4");
+        body.as_object_mut().unwrap().remove("output");
+        body["outputs"] = outputs;
+        let (s, v) = svc.post("/v1/egress", &body);
+        assert_error(s, &v, 409, "output_exists");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(taken),
+            "{field}: {v}"
+        );
+    }
+    // Nothing of the refused starts is left, and the earlier files are untouched.
+    assert!(!dirs.output().join("img/x_00000.jpg").exists());
+    assert!(!dirs.output().join("hls/y_00000.ts").exists());
+    assert!(!dirs.output().join("hls/y.m3u8").exists());
+    assert_eq!(
+        std::fs::read(dirs.output().join("img/x_00001.jpg")).unwrap(),
+        b"earlier"
+    );
+}

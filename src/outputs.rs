@@ -171,12 +171,46 @@ fn prepare_each(
         }
         let first = make(&format!("{}_00000.ts", s.prefix), "segments.prefix")?;
         s.dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+        refuse_taken(&first, &s.prefix, "ts").map_err(|e| ("segments.prefix", e))?;
     }
     if let Some(im) = &mut out.images {
         let first = make(&format!("{}_00000.jpg", im.prefix), "images.prefix")?;
         im.dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+        refuse_taken(&first, &im.prefix, "jpg").map_err(|e| ("images.prefix", e))?;
     }
     Ok(out)
+}
+
+/// A numbered output whose later names are taken already (`img_00001.jpg` of an earlier
+/// recording with the same prefix) is refused like a file that exists: none would be
+/// overwritten, so the images or segments would skip numbers and their count would lie.
+fn refuse_taken(first: &Path, prefix: &str, ext: &str) -> Result<(), OutputError> {
+    let (Some(dir), Some(stem)) = (
+        first.parent(),
+        Path::new(prefix).file_name().and_then(|s| s.to_str()),
+    ) else {
+        return Ok(());
+    };
+    let taken = fs::read_dir(dir).into_iter().flatten().flatten().find(|e| {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { return false };
+        n.strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('_'))
+            .and_then(|r| r.strip_suffix(&format!(".{ext}")))
+            .is_some_and(|num| {
+                num.len() == 5 && num != "00000" && num.bytes().all(|b| b.is_ascii_digit())
+            })
+    });
+    match taken {
+        Some(e) => {
+            let rel = Path::new(prefix)
+                .parent()
+                .map(|p| p.join(e.file_name()))
+                .unwrap_or_else(|| e.file_name().into());
+            Err(OutputError::Exists(rel.display().to_string()))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Opens `path` for writing a new output: created exclusively, or the empty placeholder

@@ -353,6 +353,19 @@ impl Delivery {
         }
         if let Some(im) = info.images.as_mut() {
             im.upload = self.aggregate(&id, &[UploadKind::Image]);
+            // Once every image is up, the prefix is the bucket's, as a file's location is.
+            let stem = format!("{}_", im.location);
+            if im.upload == Some(UploadState::Done)
+                && let Some(l) = outcomes
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| o.state == UploadState::Done)
+                    .filter(|o| o.local_path.to_string_lossy().starts_with(&stem))
+                    .find_map(|o| o.location.clone())
+                && let Some(cut) = l.rfind('_')
+            {
+                im.location = l[..cut].to_string();
+            }
         }
         if !final_ {
             return;

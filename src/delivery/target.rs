@@ -68,6 +68,11 @@ pub struct GcsTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 512)]
     pub prefix: Option<String>,
+    /// `http(s)://host[:port]` of an emulator or a private endpoint; default: Google's.
+    /// Without `credentials_json` requests to it go unsigned (an emulator checks none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1024, pattern = "^https?://[^@\\s]+$")]
+    pub endpoint: Option<String>,
     /// A service account key (JSON); default: `GOOGLE_SERVICE_ACCOUNT` /
     /// `GOOGLE_APPLICATION_CREDENTIALS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +165,7 @@ impl UploadTarget {
             }
             UploadTarget::Gcs(t) => {
                 name_ok("gcs.bucket", &t.bucket, 3, 222)?;
+                endpoint_ok("gcs.endpoint", t.endpoint.as_deref())?;
                 prefix_ok("gcs.prefix", t.prefix.as_deref())
             }
             UploadTarget::Azure(t) => {
@@ -175,7 +181,7 @@ impl UploadTarget {
         match self {
             UploadTarget::S3(t) => t.endpoint.as_deref().map(|e| ("s3.endpoint", e)),
             UploadTarget::Azure(t) => t.endpoint.as_deref().map(|e| ("azure.endpoint", e)),
-            UploadTarget::Gcs(_) => None,
+            UploadTarget::Gcs(t) => t.endpoint.as_deref().map(|e| ("gcs.endpoint", e)),
         }
     }
 
@@ -214,11 +220,9 @@ impl UploadTarget {
                     .or_else(|| std::env::var("AZURE_STORAGE_ACCOUNT_NAME").ok())
                     .unwrap_or_default();
                 match &t.endpoint {
-                    Some(e) => format!(
-                        "{}/{account}/{}/{key}",
-                        e.trim_end_matches('/'),
-                        t.container_name
-                    ),
+                    // The endpoint is the account's URL (Azurite's `http://host:10000/
+                    // devstoreaccount1`, a private endpoint): blobs are under it directly.
+                    Some(e) => format!("{}/{}/{key}", e.trim_end_matches('/'), t.container_name),
                     None => format!(
                         "https://{account}.blob.core.windows.net/{}/{key}",
                         t.container_name
@@ -286,16 +290,34 @@ impl UploadTarget {
                 })
             }
             UploadTarget::Gcs(t) => {
+                // An emulator (an endpoint without a key) checks no signature.
+                let unsigned = t.credentials_json.is_none() && (!env || t.endpoint.is_some());
                 let b = if env {
                     object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 } else {
                     object_store::gcp::GoogleCloudStorageBuilder::new()
-                        .with_skip_signature(t.credentials_json.is_none())
+                };
+                let client = match &t.endpoint {
+                    Some(e) => client.with_allow_http(e.starts_with("http://")),
+                    None => client,
                 };
                 let mut b = b
+                    .with_skip_signature(unsigned)
                     .with_bucket_name(&t.bucket)
                     .with_retry(retry)
                     .with_client_options(client);
+                if let Some(e) = &t.endpoint {
+                    b = b.with_base_url(e.trim_end_matches('/'));
+                }
+                if unsigned {
+                    // object_store 0.14's GCS PUT asks its credential provider even with
+                    // skip_signature: an empty bearer keeps it off the metadata server.
+                    b = b.with_credentials(Arc::new(object_store::StaticCredentialProvider::new(
+                        object_store::gcp::GcpCredential {
+                            bearer: String::new(),
+                        },
+                    )));
+                }
                 if let Some(c) = &t.credentials_json {
                     b = b.with_service_account_key(c);
                 }
