@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::EgressType;
 
+mod redis_url;
+mod webhook_keys;
+pub use redis_url::{DEFAULT_KEY_PREFIX, RedisTarget};
+pub use webhook_keys::{key_bytes, read_ca_file};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {message}")]
@@ -168,7 +173,7 @@ pub struct StorageConfig {
     /// force_path_style, access_key, secret}}`, `{gcs: {...}}`, `{azure: {...}}`); a request's
     /// `upload` overrides it; unset = outputs stay local.
     #[serde(default)]
-    pub upload: Option<crate::delivery::target::UploadTarget>,
+    pub upload: Option<crate::model::upload::UploadTarget>,
     /// Whether a request may name its own target (`upload`); false = such a request is a 400,
     /// so callers cannot make this node connect to endpoints of their choosing.
     #[serde(default = "yes")]
@@ -180,7 +185,7 @@ pub struct StorageConfig {
     pub allowed_endpoints: Vec<String>,
     /// Second target, used when an upload still fails after `upload_retry_s`.
     #[serde(default)]
-    pub backup: Option<crate::delivery::target::UploadTarget>,
+    pub backup: Option<crate::model::upload::UploadTarget>,
     /// How long one target is retried (exponential backoff) before the backup is tried.
     #[serde(default = "default_upload_retry")]
     pub upload_retry_s: f64,
@@ -564,7 +569,7 @@ fn default_heartbeat() -> u64 {
     1000
 }
 fn default_key_prefix() -> String {
-    crate::fleet::keys::DEFAULT_PREFIX.to_string()
+    DEFAULT_KEY_PREFIX.to_string()
 }
 fn default_node_ttl() -> u64 {
     3000
@@ -676,13 +681,13 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
 }
 
 impl CpuCostConfig {
-    /// The cost of an egress of type `t` with these outputs: the type's cost covers its encode
-    /// and first output; each further output sharing that encode adds `output`, and each extra
-    /// encoder (an output needing another codec) adds `encode`.
-    pub fn priced(&self, t: EgressType, outputs: &crate::model::OutputsSpec) -> f64 {
-        let extra_outputs = outputs.count().saturating_sub(1) as f64;
-        let extra_encodes = crate::pipeline::plan::extra_encodes(outputs) as f64;
-        self.cost(t) + extra_outputs * self.output + extra_encodes * self.encode
+    /// The cost of an egress of type `t` with `outputs` outputs of which `extra_encodes` need
+    /// an encoder of their own: the type's cost covers its encode and first output; each
+    /// further output sharing that encode adds `output`, and each extra encoder adds `encode`
+    /// (`pipeline::plan::extra_encodes` counts them).
+    pub fn priced(&self, t: EgressType, outputs: usize, extra_encodes: usize) -> f64 {
+        let extra_outputs = outputs.saturating_sub(1) as f64;
+        self.cost(t) + extra_outputs * self.output + extra_encodes as f64 * self.encode
     }
 
     /// `priced` for a learned-cost class: `encodes` encoders, one output each.
@@ -1006,7 +1011,7 @@ impl Config {
             ));
         }
         if !self.fleet.redis_url.is_empty()
-            && let Err(e) = crate::fleet::connection::Target::parse(&self.fleet.redis_url)
+            && let Err(e) = RedisTarget::parse(&self.fleet.redis_url)
         {
             return Err(invalid(
                 "fleet.redis_url",
@@ -1092,13 +1097,11 @@ impl Config {
             return Err(invalid("webhooks.urls", format!("'{dup}' is listed twice")));
         }
         if !w.ca_file.is_empty()
-            && let Err(e) = crate::events::webhooks::read_ca_file(Path::new(&w.ca_file))
+            && let Err(e) = read_ca_file(Path::new(&w.ca_file))
         {
             return Err(invalid("webhooks.ca_file", e));
         }
-        if w.signing_key.starts_with("whsec_")
-            && crate::events::webhooks::key_bytes(&w.signing_key).len() < 16
-        {
+        if w.signing_key.starts_with("whsec_") && key_bytes(&w.signing_key).len() < 16 {
             return Err(invalid(
                 "webhooks.signing_key",
                 "a whsec_ key is base64 of 16+ bytes",
@@ -1111,7 +1114,7 @@ impl Config {
             ));
         }
         for k in &w.events {
-            if crate::events::EventKind::parse(k).is_none() {
+            if crate::model::EventKind::parse(k).is_none() {
                 return Err(invalid(
                     "webhooks.events",
                     format!(
@@ -1154,7 +1157,7 @@ impl Config {
         if !(1..=64).contains(&s.upload_concurrency) {
             return Err(invalid("storage.upload_concurrency", "must be in [1, 64]"));
         }
-        let min_part = crate::delivery::upload::MIN_PART_BYTES;
+        let min_part = crate::model::upload::MIN_PART_BYTES;
         if !(min_part..=(5u64 << 30)).contains(&s.upload_part_bytes) {
             return Err(invalid(
                 "storage.upload_part_bytes",
@@ -1173,9 +1176,8 @@ impl Config {
                 "must be a number of seconds in [0, 86400]",
             ));
         }
-        crate::delivery::retention::parse_duration(&s.delete_after)
-            .map_err(|m| invalid("storage.delete_after", m))?;
-        crate::delivery::retention::parse_duration(&s.records_retention)
+        parse_duration(&s.delete_after).map_err(|m| invalid("storage.delete_after", m))?;
+        parse_duration(&s.records_retention)
             .map_err(|m| invalid("storage.records_retention", m))?;
         Ok(())
     }
@@ -1204,16 +1206,14 @@ impl Config {
 
     /// `storage.records_retention` in seconds; None = keep forever (validated at load).
     pub fn records_retention_s(&self) -> Option<f64> {
-        crate::delivery::retention::parse_duration(&self.storage.records_retention)
+        parse_duration(&self.storage.records_retention)
             .ok()
             .flatten()
     }
 
     /// `storage.delete_after` in seconds; None = keep forever (validated at load).
     pub fn delete_after_s(&self) -> Option<f64> {
-        crate::delivery::retention::parse_duration(&self.storage.delete_after)
-            .ok()
-            .flatten()
+        parse_duration(&self.storage.delete_after).ok().flatten()
     }
 
     pub fn cost_mode(&self) -> CostMode {
@@ -1320,6 +1320,38 @@ fn describe_deser_error(e: &config::ConfigError) -> ConfigError {
         return invalid(key, msg.clone());
     }
     invalid("<config>", msg)
+}
+
+/// `7d`, `12h`, `30m`, `45s` (or a plain number of seconds) → seconds; "" = never.
+pub fn parse_duration(s: &str) -> Result<Option<f64>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let (num, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let mult = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        "w" => 7.0 * 86400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}': use s, m, h, d or w (e.g. 7d)"
+            ));
+        }
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 7d, 12h or 30s"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("'{s}' must be more than 0"));
+    }
+    Ok(Some(n * mult))
 }
 
 #[cfg(test)]
@@ -1492,7 +1524,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             c.storage.upload,
-            Some(crate::delivery::target::UploadTarget::S3(_))
+            Some(crate::model::upload::UploadTarget::S3(_))
         ));
         assert_eq!(c.delete_after_s(), Some(604800.0));
         assert_eq!(c.storage.min_free_bytes, 1 << 30);

@@ -6,47 +6,7 @@ use serde_json::json;
 
 use crate::model::EgressType;
 
-/// A request that fails validation. Each variant is a 400 with its own code.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum RequestError {
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-    #[error("{0}")]
-    UnknownType(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
-    SchemeNotAllowed(String),
-}
-
-impl RequestError {
-    /// The same error with a field path prefix replaced (`outputs[0]` -> `output` for a request
-    /// that used the single `output` form).
-    pub fn reprefixed(self, from: &str, to: &str) -> Self {
-        match self {
-            RequestError::Invalid { field, message } if field.starts_with(from) => {
-                RequestError::Invalid {
-                    message: message.replacen(from, to, 1),
-                    field: format!("{to}{}", &field[from.len()..]),
-                }
-            }
-            other => other,
-        }
-    }
-
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        RequestError::Invalid {
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            RequestError::Invalid { field, .. } => Some(field),
-            _ => None,
-        }
-    }
-}
+pub use crate::model::validate::RequestError;
 
 /// Why the node refuses to take a job.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -202,18 +162,6 @@ impl ApiError {
 
     pub fn from_mailbox(e: actix::MailboxError) -> Self {
         ApiError::Unavailable(format!("service is shutting down ({e})"))
-    }
-}
-
-/// An output that could not be created, and the request field it comes from.
-impl From<(&'static str, crate::outputs::OutputError)> for ApiError {
-    fn from((field, e): (&'static str, crate::outputs::OutputError)) -> Self {
-        use crate::outputs::OutputError as O;
-        match e {
-            O::Exists(_) => ApiError::OutputExists(e.to_string()),
-            O::Io { .. } => ApiError::Internal(e.to_string()),
-            _ => ApiError::BadRequest(RequestError::invalid(field, e.to_string())),
-        }
     }
 }
 

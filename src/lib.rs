@@ -2,11 +2,16 @@
 //! supervised GStreamer pipelines, one child process per job, controlled over an HTTP admin API.
 //!
 //! # Layout
-//! - `config`: the YAML/env configuration, validated before anything starts.
-//! - `model`: requests, validated specs and egress records; request validation.
+//! The modules form layers (`layers`, kept by a test): each uses only its own layer and those
+//! before it, model -> config -> error -> pipeline -> rules -> actors -> node -> fleet -> api ->
+//! service.
+//! - `config`: the YAML/env configuration, validated before anything starts (the Redis target,
+//!   webhook keys and durations parsed there).
+//! - `model`: requests, validated specs and egress records; request validation
+//!   (`RequestError`), upload targets, event kinds, URL redaction, host allow-lists.
 //! - `error`: typed errors per domain and their single HTTP mapping.
 //! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer,
-//!   CostLearner).
+//!   CostLearner, Delivery, DiskMonitor).
 //!   `actors.md` at the top of the repository draws who sends what to whom.
 //! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload,
 //!   learned costs, fleet capacity.
@@ -32,6 +37,7 @@
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
 //!   state_dir lock.
 //! - `metrics`: every Prometheus metric.
+//! - `logging`: the slog root (terminal or JSON) and its async drain.
 //! - `service`: the one function that wires everything and runs the service.
 //! - `calibrate`: `egress-engine calibrate`: each type measured on this machine, into the
 //!   learned cost table.
@@ -50,6 +56,7 @@ pub mod events;
 pub mod fleet;
 pub mod handler;
 pub mod hls;
+pub mod layers;
 pub mod logging;
 pub mod media;
 pub mod metrics;

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RequestError;
+pub use validate::RequestError;
 
 pub mod hosts;
 mod outputs;
 pub mod redact;
+pub mod upload;
+pub mod validate;
 
 pub use outputs::{
     FileOutputRequest, ImagesInfo, ImagesOutput, ImagesRequest, LivePlaylistRequest, MAX_STREAMS,
@@ -191,7 +193,7 @@ pub struct EgressRequest {
     pub estimated_cpu: Option<f64>,
     /// Where the outputs are uploaded (overrides `storage.upload`); secrets are never echoed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upload: Option<crate::delivery::target::UploadTarget>,
+    pub upload: Option<upload::UploadTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -590,6 +592,42 @@ pub struct EgressInfo {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// What happened, as events (SSE, webhooks) and `webhooks.events` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new egress record (status `starting`).
+    EgressStarted,
+    /// Any later change before the end (active, ending, files).
+    EgressUpdated,
+    /// The final record (complete, failed, aborted, limit_reached).
+    EgressEnded,
+    /// The node's load, draining flag or per-type counts changed.
+    NodeUpdated,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::EgressStarted,
+        EventKind::EgressUpdated,
+        EventKind::EgressEnded,
+        EventKind::NodeUpdated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::EgressStarted => "egress_started",
+            EventKind::EgressUpdated => "egress_updated",
+            EventKind::EgressEnded => "egress_ended",
+            EventKind::NodeUpdated => "node_updated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// `EgressInfo::placement` of an egress placed while the fleet's Redis did not answer.

@@ -263,7 +263,11 @@ impl Node {
                 target: req.upload.clone().or_else(|| cfg.storage.upload.clone()),
             });
         let cost = req.estimated_cpu.unwrap_or_else(|| {
-            let configured = cfg.cpu_cost.priced(spec.egress_type, &spec.outputs);
+            let configured = cfg.cpu_cost.priced(
+                spec.egress_type,
+                spec.outputs.count(),
+                crate::pipeline::plan::extra_encodes(&spec.outputs),
+            );
             self.inner.pricer.price(&CostClass::of(&spec), configured)
         });
         let info = EgressInfo {

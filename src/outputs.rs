@@ -268,6 +268,19 @@ fn classify(name: &str, dir: &Path, source: io::Error) -> OutputError {
     }
 }
 
+/// An output that could not be created, and the request field it comes from.
+impl From<(&'static str, OutputError)> for crate::error::ApiError {
+    fn from((field, e): (&'static str, OutputError)) -> Self {
+        use crate::error::{ApiError, RequestError};
+        use OutputError as O;
+        match e {
+            O::Exists(_) => ApiError::OutputExists(e.to_string()),
+            O::Io { .. } => ApiError::Internal(e.to_string()),
+            _ => ApiError::BadRequest(RequestError::invalid(field, e.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,7 +181,9 @@ async fn serve(
     let costs = CostLearner::new(
         &cfg,
         pricer.clone(),
-        fleet.clone(),
+        fleet
+            .clone()
+            .map(|f| f as Arc<dyn crate::actors::cost_learner::SharedCosts>),
         log.new(slog::o!("actor" => "cost_learner")),
     )
     .start();
@@ -239,7 +241,7 @@ async fn serve(
         fleet: fleet.clone(),
         events: events.clone(),
     });
-    actix_rt::spawn(crate::events::watch_node(
+    actix_rt::spawn(watch_node(
         events.clone(),
         node.clone(),
         Duration::from_millis(cfg.events.node_interval_ms),
@@ -404,6 +406,31 @@ async fn control_loop(
                 warn!(log, "egresses still running after the EOS timeout: exiting"; "running" => running);
                 return;
             }
+        }
+    }
+}
+
+/// Emits `node_updated` when the node's state (as `GET /v1/node` reports it) changed
+/// (`worth_sending`), at most once per `every`; runs until the service stops.
+async fn watch_node(events: Events, node: Node, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = events.closed();
+    let mut sent: Option<crate::rules::admission::NodeState> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closed.changed() => return,
+        }
+        let Ok(state) = node.state().await else {
+            continue;
+        };
+        if !crate::events::worth_sending(sent.as_ref(), &state) {
+            continue;
+        }
+        if let Ok(json) = serde_json::to_string(&state) {
+            sent = Some(state);
+            events.node_changed(json);
         }
     }
 }

@@ -19,12 +19,34 @@ use slog::{Logger, debug, info, warn};
 
 use crate::actors::cpu_monitor::CpuSample;
 use crate::config::{Config, CostMode, CpuCostConfig};
-use crate::fleet::Fleet;
 use crate::metrics::METRICS;
 use crate::model::{EgressType, now_ms};
 use crate::rules::costs::{
     CostClass, CostTable, Estimate, JobSummary, MAX_JOB_SAMPLES, PricePolicy, learn, merge,
 };
+
+/// What a node's answer from the shared table is: a value, or why not (said in the log).
+pub type SharedFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + 'a>>;
+
+/// A cost table shared with other nodes (the fleet's, in Redis: `fleet::costs` implements it).
+/// Here as a trait so this actor needs nothing of the fleet above it.
+pub trait SharedCosts {
+    /// Adds what this node knows better; answers how many classes were taken.
+    fn push_costs<'a>(&'a self, table: &'a CostTable) -> SharedFuture<'a, i64>;
+    /// The shared table's version (None before any write).
+    fn costs_version(&self) -> SharedFuture<'_, Option<i64>>;
+    /// The whole shared table.
+    fn load_costs(&self) -> SharedFuture<'_, CostTable>;
+    /// Folds one job into the shared estimate of `class`; answers the shared estimate.
+    fn fold_cost<'a>(
+        &'a self,
+        class: &'a str,
+        job: &'a JobSummary,
+        local: &'a Estimate,
+        now_ms: u64,
+    ) -> SharedFuture<'a, Estimate>;
+}
 
 /// How often a fleet node merges the fleet's table into its own (and pushes what it knows better).
 const COST_REFRESH: Duration = Duration::from_secs(2);
@@ -250,7 +272,7 @@ pub struct CostLearner {
     interval_ms: u64,
     jobs: HashMap<String, Tracked>,
     /// Fleet mode: the table is shared through Redis.
-    fleet: Option<Arc<Fleet>>,
+    fleet: Option<Arc<dyn SharedCosts>>,
     /// A write of the file is under way (writes are serialized: the newest table wins).
     writing: bool,
     /// The table changed while a write was under way.
@@ -269,7 +291,7 @@ impl CostLearner {
     pub fn new(
         cfg: &Config,
         pricer: Pricer,
-        fleet: Option<Arc<Fleet>>,
+        fleet: Option<Arc<dyn SharedCosts>>,
         log: Logger,
     ) -> CostLearner {
         let pricer_keys = pricer.table().into_keys().collect();
@@ -343,7 +365,7 @@ impl CostLearner {
             } else {
                 None
             };
-            Ok::<_, crate::fleet::FleetError>((push, pushed, version, theirs))
+            Ok::<_, String>((push, pushed, version, theirs))
         };
         ctx.spawn(actix::fut::wrap_future(work).map(|r, act: &mut Self, ctx| {
             act.syncing = false;

@@ -20,56 +20,13 @@ use crate::error::{ApiError, RequestError};
 use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::model::{
     EgressInfo, EgressSpec, EgressStatus, MAX_STREAMS, PipelineOptions, StreamInfo, StreamStatus,
-    StreamsUpdate, check_stream_url, now_ms, reason, redact,
+    StreamsUpdate, check_stream_url, now_ms, redact,
 };
 
 /// How long past `start_timeout` a handler that is not recording yet is killed.
 const START_GRACE: Duration = Duration::from_secs(5);
 
-/// Why a graceful stop was asked for; decides the final status when EOS completes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// `POST /v1/egress/{id}/stop`.
-    Api,
-    /// `max_duration_s` elapsed.
-    SessionLimit,
-    /// Overload supervision chose this egress.
-    CpuLimit,
-    /// The service is shutting down or draining past its timeout.
-    Shutdown,
-    /// Drain timeout elapsed.
-    DrainTimeout,
-    /// Free disk under the output directory fell below `storage.stop_free_bytes`.
-    DiskFull,
-}
-
-impl StopReason {
-    fn outcome(self) -> (EgressStatus, &'static str) {
-        match self {
-            StopReason::Api => (EgressStatus::Complete, reason::STOP_API),
-            StopReason::SessionLimit => (EgressStatus::LimitReached, reason::SESSION_LIMIT),
-            StopReason::CpuLimit => (EgressStatus::Complete, reason::CPU_LIMIT),
-            StopReason::Shutdown => (EgressStatus::Complete, reason::SERVICE_STOPPED),
-            StopReason::DrainTimeout => (EgressStatus::Complete, reason::DRAIN_TIMEOUT),
-            StopReason::DiskFull => (EgressStatus::Complete, reason::DISK_FULL),
-        }
-    }
-}
-
-/// Why the handler was killed by us; decides the final status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KillReason {
-    /// `POST /v1/egress/{id}/kill`.
-    Api,
-    /// A graceful stop did not reach EOS within `pipeline.eos_timeout_s`.
-    EosTimeout,
-    /// Overload stayed above the hard threshold after a graceful stop.
-    CpuExhausted,
-    /// The pipeline did not reach PLAYING within `pipeline.start_timeout_s`.
-    StartTimeout,
-    /// A second SIGINT: stop everything now.
-    Shutdown,
-}
+pub use crate::rules::outcome::{KillReason, StopReason};
 
 /// Everything a Pipeline actor needs to run one egress.
 pub struct PipelineSetup {
@@ -317,78 +274,19 @@ impl Pipeline {
 
     /// The final status, end reason and error once the handler has exited.
     fn outcome(&self, exit: &ExitInfo) -> (EgressStatus, String, Option<String>) {
-        let eos_s = self.eos_timeout.as_secs_f64();
-        if let Some(k) = self.kill_reason {
-            return match k {
-                KillReason::Api => (EgressStatus::Aborted, reason::KILL_API.into(), None),
-                KillReason::Shutdown => {
-                    (EgressStatus::Aborted, reason::SERVICE_STOPPED.into(), None)
-                }
-                KillReason::EosTimeout => (
-                    EgressStatus::Failed,
-                    reason::EOS_TIMEOUT.into(),
-                    Some(format!("no EOS within {eos_s} s; handler killed")),
-                ),
-                KillReason::CpuExhausted => (
-                    EgressStatus::Failed,
-                    reason::CPU_EXHAUSTED.into(),
-                    Some("killed: CPU load stayed above the hard threshold".into()),
-                ),
-                KillReason::StartTimeout => (
-                    EgressStatus::Failed,
-                    reason::FAILURE.into(),
-                    Some(format!(
-                        "pipeline did not start within {} s",
-                        (self.start_timeout + START_GRACE).as_secs_f64()
-                    )),
-                ),
-            };
-        }
-        if let Some(e) = &self.error {
-            return (
-                EgressStatus::Failed,
-                reason::FAILURE.into(),
-                Some(e.clone()),
-            );
-        }
-        if exit.code == Some(0) && self.finalized {
-            // `complete` always means a file that decodes: with no media there is none.
-            if !self.media {
-                return (
-                    EgressStatus::Aborted,
-                    reason::STOPPED_BEFORE_START.into(),
-                    None,
-                );
-            }
-            if self.source_lost {
-                return (EgressStatus::Complete, reason::SOURCE_LOST.into(), None);
-            }
-            if let Some(r) = self.stop_reason {
-                let (s, why) = r.outcome();
-                return (s, why.into(), None);
-            }
-            return (EgressStatus::Complete, reason::SOURCE_CLOSED.into(), None);
-        }
-        let error = match (exit.code, exit.signal) {
-            (_, Some(sig)) => format!("handler killed by signal {sig}{}", signal_name(sig)),
-            (Some(c), _) => format!("handler exited with code {c}"),
-            _ => "handler exited".to_string(),
-        };
-        (
-            EgressStatus::Failed,
-            reason::PROCESS_KILLED.into(),
-            Some(error),
-        )
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGKILL => " (SIGKILL)",
-        libc::SIGSEGV => " (SIGSEGV)",
-        libc::SIGABRT => " (SIGABRT)",
-        libc::SIGTERM => " (SIGTERM)",
-        _ => "",
+        let o = crate::rules::outcome::decide(&crate::rules::outcome::Ending {
+            kill: self.kill_reason,
+            stop: self.stop_reason,
+            error: self.error.as_deref(),
+            exit_code: exit.code,
+            signal: exit.signal,
+            finalized: self.finalized,
+            media: self.media,
+            source_lost: self.source_lost,
+            eos_timeout_s: self.eos_timeout.as_secs_f64(),
+            start_timeout_s: (self.start_timeout + START_GRACE).as_secs_f64(),
+        });
+        (o.status, o.end_reason, o.error)
     }
 }
 

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::events::Events;
 use crate::metrics::METRICS;
-use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms, reason};
+use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms};
 use crate::rules::costs::CostClass;
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
 use crate::store::index::{Cursor, Entry, RecordIndex};
@@ -352,30 +352,16 @@ async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf)
     let result = store.read_result(&info.egress_id);
     info.handler_pid = None;
     info.ended_at = Some(result.as_ref().map(|r| r.ended_at).unwrap_or_else(now_ms));
-    match result {
+    // The same rules as a supervised end (`rules::outcome`), from the handler's result file.
+    let o = crate::rules::outcome::orphan(result.as_ref());
+    if o.status == EgressStatus::Aborted {
         // The handler deleted an output that got no media: nothing was recorded.
-        Some(r) if r.finalized && !r.media => {
-            info.status = EgressStatus::Aborted;
-            info.end_reason = Some(reason::STOPPED_BEFORE_START.into());
-            info.files.clear();
-        }
-        Some(r) if r.finalized => {
-            info.status = EgressStatus::Complete;
-            info.end_reason = Some(reason::SERVICE_STOPPED.into());
-        }
-        Some(r) => {
-            info.status = EgressStatus::Failed;
-            info.end_reason = Some(reason::FAILURE.into());
-            info.error = Some(
-                r.error
-                    .unwrap_or_else(|| format!("handler ended: {}", r.cause)),
-            );
-        }
-        None => {
-            info.status = EgressStatus::Failed;
-            info.end_reason = Some(reason::PROCESS_KILLED.into());
-            info.error = Some("the service stopped and the handler left no result".into());
-        }
+        info.files.clear();
+    }
+    info.status = o.status;
+    info.end_reason = Some(o.end_reason);
+    if o.error.is_some() {
+        info.error = o.error;
     }
     // Outputs a killed handler left unfinished are made whole, then read back.
     let media = info.status != EgressStatus::Aborted;

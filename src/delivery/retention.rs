@@ -3,37 +3,7 @@
 
 use crate::model::EgressInfo;
 
-/// `7d`, `12h`, `30m`, `45s` (or a plain number of seconds) → seconds; "" = never.
-pub fn parse_duration(s: &str) -> Result<Option<f64>, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    let (num, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let mult = match unit {
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        "w" => 7.0 * 86400.0,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}': use s, m, h, d or w (e.g. 7d)"
-            ));
-        }
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 7d, 12h or 30s"))?;
-    if !(n.is_finite() && n > 0.0) {
-        return Err(format!("'{s}' must be more than 0"));
-    }
-    Ok(Some(n * mult))
-}
+pub use crate::config::parse_duration;
 
 /// Ended egresses whose outputs are older than `after_s`, not deleted yet, and not still
 /// queued for upload (`queued(egress_id)`).

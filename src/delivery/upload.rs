@@ -13,8 +13,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::delivery::target::Connected;
 
-/// Smallest part S3 takes (every part but the last).
-pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+pub use crate::model::upload::MIN_PART_BYTES;
 
 /// How an upload is cut up.
 #[derive(Debug, Clone, Copy)]

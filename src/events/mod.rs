@@ -31,44 +31,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::EventsConfig;
 use crate::model::{EgressInfo, now_ms};
-use crate::node::Node;
 use crate::rules::admission::NodeState;
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A new egress record (status `starting`).
-    EgressStarted,
-    /// Any later change before the end (active, ending, files).
-    EgressUpdated,
-    /// The final record (complete, failed, aborted, limit_reached).
-    EgressEnded,
-    /// The node's load, draining flag or per-type counts changed.
-    NodeUpdated,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 4] = [
-        EventKind::EgressStarted,
-        EventKind::EgressUpdated,
-        EventKind::EgressEnded,
-        EventKind::NodeUpdated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::EgressStarted => "egress_started",
-            EventKind::EgressUpdated => "egress_updated",
-            EventKind::EgressEnded => "egress_ended",
-            EventKind::NodeUpdated => "node_updated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+pub use crate::model::EventKind;
 
 /// One event as the hub keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -470,31 +435,6 @@ pub fn worth_sending(sent: Option<&NodeState>, now: &NodeState) -> bool {
     discrete(sent) != discrete(now)
         || (sent.load - now.load).abs() >= LOAD_STEP
         || (sent.available_cpu - now.available_cpu).abs() >= CPU_STEP
-}
-
-/// Emits `node_updated` when the node's state (as `GET /v1/node` reports it) changed
-/// (`worth_sending`), at most once per `every`; runs until the service stops.
-pub async fn watch_node(events: Events, node: Node, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closed = events.closed();
-    let mut sent: Option<NodeState> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = closed.changed() => return,
-        }
-        let Ok(state) = node.state().await else {
-            continue;
-        };
-        if !worth_sending(sent.as_ref(), &state) {
-            continue;
-        }
-        if let Ok(json) = serde_json::to_string(&state) {
-            sent = Some(state);
-            events.node_changed(json);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use sha2::Sha256;
 use slog::{Logger, info, warn};
 use tokio::sync::mpsc;
 
-use crate::config::WebhooksConfig;
+use crate::config::{WebhooksConfig, key_bytes, read_ca_file};
 use crate::events::queue::{Queue, Queued};
 use crate::events::{EventKind, Events, WebhookCmd};
 use crate::metrics::METRICS;
@@ -44,21 +44,6 @@ use crate::metrics::METRICS;
 const MAX_IN_FLIGHT: usize = 8;
 /// How much of a receiver's answer is read (and dropped) so its connection can be reused.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// The key bytes of `webhooks.signing_key`: base64-decoded after a `whsec_` prefix (the form
-/// Standard Webhooks libraries take), else the string's own bytes.
-pub fn key_bytes(signing_key: &str) -> Vec<u8> {
-    use base64::Engine;
-    match signing_key.strip_prefix("whsec_") {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64.trim_end_matches('='))
-            .or_else(|_| {
-                base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64.trim_end_matches('='))
-            })
-            .unwrap_or_default(),
-        None => signing_key.as_bytes().to_vec(),
-    }
-}
 
 /// The Standard Webhooks signature header: `v1,` and the base64 HMAC-SHA256 of
 /// `{id}.{timestamp}.{body}` (what `standardwebhooks`' `Webhook(secret).verify` checks).
@@ -71,21 +56,6 @@ pub fn standard_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> 
     mac.update(body);
     let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     format!("v1,{sig}")
-}
-
-/// The CA certificates of a PEM file (`webhooks.ca_file`); an error names what is wrong.
-pub fn read_ca_file(
-    path: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
-    }
-    Ok(certs)
 }
 
 /// The TLS config of the webhook client: the system's roots and `ca_file`'s.

@@ -139,3 +139,38 @@ impl Fleet {
         Ok(inv.invoke_async(&mut con).await?)
     }
 }
+/// The learner's shared table is the fleet's (`actors::cost_learner::SharedCosts`).
+impl crate::actors::cost_learner::SharedCosts for Fleet {
+    fn push_costs<'a>(
+        &'a self,
+        table: &'a CostTable,
+    ) -> crate::actors::cost_learner::SharedFuture<'a, i64> {
+        Box::pin(async move {
+            Fleet::push_costs(self, table)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn costs_version(&self) -> crate::actors::cost_learner::SharedFuture<'_, Option<i64>> {
+        Box::pin(async move { Fleet::costs_version(self).await.map_err(|e| e.to_string()) })
+    }
+
+    fn load_costs(&self) -> crate::actors::cost_learner::SharedFuture<'_, CostTable> {
+        Box::pin(async move { Fleet::load_costs(self).await.map_err(|e| e.to_string()) })
+    }
+
+    fn fold_cost<'a>(
+        &'a self,
+        class: &'a str,
+        job: &'a JobSummary,
+        local: &'a Estimate,
+        now_ms: u64,
+    ) -> crate::actors::cost_learner::SharedFuture<'a, Estimate> {
+        Box::pin(async move {
+            Fleet::fold_cost(self, class, job, local, now_ms)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}

@@ -19,7 +19,7 @@ pub struct Keys {
 }
 
 /// The prefix when `fleet.key_prefix` is not set.
-pub const DEFAULT_PREFIX: &str = "egress:";
+pub const DEFAULT_PREFIX: &str = crate::config::DEFAULT_KEY_PREFIX;
 
 impl Default for Keys {
     fn default() -> Keys {

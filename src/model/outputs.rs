@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::RequestError;
 use super::{Container, EgressType, FileOutput};
-use crate::error::RequestError;
 
 /// One output: `{"file": {...}}`, `{"segments": {...}}`, `{"stream": {...}}` or `{"images": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -17,5 +17,6 @@ pub mod capacity;
 pub mod costs;
 pub mod fidelity;
 pub mod health;
+pub mod outcome;
 pub mod overload;
 pub mod scoring;
