@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use validate::RequestError;
 
 pub mod hosts;
+pub mod numbered;
 mod outputs;
 pub mod redact;
 pub mod upload;

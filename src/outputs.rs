@@ -191,15 +191,12 @@ fn refuse_taken(first: &Path, prefix: &str, ext: &str) -> Result<(), OutputError
     ) else {
         return Ok(());
     };
+    let names = crate::model::numbered::NumberedName::new(stem, ext);
     let taken = fs::read_dir(dir).into_iter().flatten().flatten().find(|e| {
-        let name = e.file_name();
-        let Some(n) = name.to_str() else { return false };
-        n.strip_prefix(stem)
-            .and_then(|r| r.strip_prefix('_'))
-            .and_then(|r| r.strip_suffix(&format!(".{ext}")))
-            .is_some_and(|num| {
-                num.len() == 5 && num != "00000" && num.bytes().all(|b| b.is_ascii_digit())
-            })
+        e.file_name()
+            .to_str()
+            .and_then(|n| names.number(n))
+            .is_some_and(|n| n > 0)
     });
     match taken {
         Some(e) => {

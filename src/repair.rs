@@ -368,8 +368,9 @@ pub fn segments_of(info: &SegmentsInfo, output_root: &Path, target_s: f64) -> Se
 
 /// How many images `{stem}_00000.jpg`, ... exist in a row.
 pub fn count_images(dir: &Path, stem: &str) -> u32 {
+    let names = crate::model::numbered::NumberedName::new(stem, "jpg");
     let mut n = 0;
-    while dir.join(format!("{stem}_{n:05}.jpg")).exists() {
+    while dir.join(names.name(n)).exists() {
         n += 1;
     }
     n

@@ -968,7 +968,7 @@ pub fn image_written(
     let (Some((dir, stem)), Some(n)) = (&outputs.images, count.checked_sub(1)) else {
         return;
     };
-    let name = format!("{stem}_{n:05}.jpg");
+    let name = crate::model::numbered::NumberedName::new(stem, "jpg").name(n);
     let key = beside(prefix, &name);
     enqueue(link, egress_id, dir.join(&name), &key, UploadKind::Image);
 }
@@ -1050,7 +1050,7 @@ pub fn deliverables(
     }
     if let (Some((dir, stem)), Some(im)) = (&outputs.images, &info.images) {
         for n in 0..im.count {
-            let name = format!("{stem}_{n:05}.jpg");
+            let name = crate::model::numbered::NumberedName::new(stem, "jpg").name(n);
             extra.push((
                 UploadKind::Image,
                 dir.join(&name),

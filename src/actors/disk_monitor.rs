@@ -249,10 +249,6 @@ fn matching_files(p: &std::path::Path) -> Vec<PathBuf> {
     let (Some(dir), Some(stem)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
-    let numbered = |rest: &str| {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        digits >= 5 && rest.as_bytes().get(digits) == Some(&b'.')
-    };
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -260,7 +256,7 @@ fn matching_files(p: &std::path::Path) -> Vec<PathBuf> {
                     e.file_name()
                         .to_str()
                         .and_then(|n| n.strip_prefix(stem))
-                        .is_some_and(numbered)
+                        .is_some_and(crate::model::numbered::is_numbered_rest)
                 })
                 .map(|e| e.path())
                 .collect()

@@ -15,7 +15,7 @@ pub const SINK: &str = "img_sink";
 
 /// The file name of image `n`.
 pub fn image_name(im: &ImagesOutput, n: u32) -> String {
-    format!("{}_{n:05}.jpg", im.stem)
+    crate::model::numbered::NumberedName::new(&im.stem, "jpg").name(n)
 }
 
 /// `1 / interval_s` as a fraction (num, den).
@@ -55,7 +55,9 @@ pub fn add(d: &mut Desc, im: &ImagesOutput) {
             name: SINK.into(),
             launch: format!(
                 "multifilesink name={SINK} 'location={}'",
-                im.dir.join(format!("{}_%05d.jpg", im.stem)).display()
+                im.dir
+                    .join(crate::model::numbered::NumberedName::new(&im.stem, "jpg").pattern())
+                    .display()
             ),
         },
     ]);

@@ -21,12 +21,14 @@ pub const SINK: &str = "seg_sink";
 
 /// The path of segment `n`.
 pub fn segment_name(s: &SegmentsOutput, n: u32) -> String {
-    format!("{}_{n:05}.ts", s.stem)
+    crate::model::numbered::NumberedName::new(&s.stem, "ts").name(n)
 }
 
 pub fn add(d: &mut Desc, s: &SegmentsOutput, video: bool, audio: bool) {
     let ns = (s.segment_duration_s * 1e9).round() as u64;
-    let pattern = s.dir.join(format!("{}_%05d.ts", s.stem));
+    let pattern = s
+        .dir
+        .join(crate::model::numbered::NumberedName::new(&s.stem, "ts").pattern());
     d.push(vec![
         // The handler gives it the muxer and an unbuffered filesink (what a killed handler
         // wrote is on disk); a launch line names their factories instead.
