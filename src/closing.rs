@@ -170,7 +170,9 @@ pub fn close(info: &mut EgressInfo, o: &Outputs, media: bool) -> Vec<String> {
         info.manifest = Some(o.manifest.display().to_string());
         match serde_json::to_vec_pretty(&info) {
             Ok(json) => {
-                if let Err(e) = crate::hls::write_atomic(&o.manifest, &json) {
+                if let Err(e) =
+                    crate::store::write_atomic(&o.manifest, &json, crate::store::Durability::Data)
+                {
                     notes.push(format!("cannot write the manifest: {e}"));
                     info.manifest = None;
                 }

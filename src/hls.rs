@@ -6,7 +6,6 @@
 //! Both are written atomically (a temporary file renamed over the old one), so a player never
 //! reads half a playlist, and after a crash the playlist lists only whole, closed segments.
 
-use std::io::Write;
 use std::path::Path;
 
 /// One closed segment: its URI relative to the playlist, and its duration.
@@ -116,37 +115,6 @@ pub fn relative_uri(from: &Path, target: &Path) -> String {
     parts.join("/")
 }
 
-/// Writes `text` to `path` atomically: a new temporary file beside it (created exclusively,
-/// never through a symlink), then renamed over `path` (a rename replaces a symlink rather than
-/// writing through it).
-pub fn write_atomic(path: &Path, text: &[u8]) -> std::io::Result<()> {
-    replace_file(path, text, true)
-}
-
-/// `write_atomic`, durable (`sync`: on disk before the rename) or not (a picture replaced
-/// every few seconds: a crash may lose the last one, never leave half of one).
-pub fn replace_file(path: &Path, text: &[u8], sync: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
-    f.write_all(text)?;
-    if sync {
-        f.sync_data()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,23 +159,5 @@ mod tests {
         assert_eq!(r("/rec/hls", "/rec/hls/a_00000.ts"), "a_00000.ts");
         assert_eq!(r("/rec", "/rec/hls/a_00000.ts"), "hls/a_00000.ts");
         assert_eq!(r("/rec/p", "/rec/hls/a.ts"), "../hls/a.ts");
-    }
-
-    #[test]
-    fn atomic_write_replaces_a_symlink_instead_of_following_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = dir.path().join("outside.txt");
-        std::fs::write(&outside, "keep").unwrap();
-        let link = dir.path().join("p.m3u8");
-        std::os::unix::fs::symlink(&outside, &link).unwrap();
-        write_atomic(&link, b"#EXTM3U\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
-        assert_eq!(std::fs::read_to_string(&link).unwrap(), "#EXTM3U\n");
-        assert!(
-            !std::fs::symlink_metadata(&link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
     }
 }

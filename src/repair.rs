@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use crate::hls::{Playlist, Segment, relative_uri, write_atomic};
+use crate::hls::{Playlist, Segment, relative_uri};
 use crate::model::{SegmentsInfo, SegmentsOutput};
 use crate::pipeline::output_segments::segment_name;
+use crate::store::{Durability, write_atomic};
 
 /// Whether the MP4 at `path` still has fragments (`moof` boxes at the top level): a hybrid
 /// MP4 that was never finalized.
@@ -317,9 +318,17 @@ pub fn ts_span(path: &Path, timeout: Duration) -> Option<f64> {
 
 /// Writes the EVENT playlist and the live one (when asked for), atomically.
 pub fn write_playlists(s: &SegmentsOutput, p: &Playlist) -> std::io::Result<()> {
-    write_atomic(&s.playlist_path, p.render_event().as_bytes())?;
+    write_atomic(
+        &s.playlist_path,
+        p.render_event().as_bytes(),
+        Durability::Data,
+    )?;
     if let Some((_, path, len)) = &s.live {
-        write_atomic(path, p.render_live(*len as usize).as_bytes())?;
+        write_atomic(
+            path,
+            p.render_live(*len as usize).as_bytes(),
+            Durability::Data,
+        )?;
     }
     Ok(())
 }

@@ -20,7 +20,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::model::{EgressInfo, HandlerResult, is_valid_egress_id};
 
+mod atomic;
 pub mod index;
+
+pub use atomic::{Durability, write_atomic, write_atomic_private};
 
 use index::{Entry, Line, RecordIndex};
 
@@ -283,7 +286,7 @@ impl Store {
             serde_json::to_writer(&mut text, &l).map_err(io::Error::other)?;
             text.push(b'\n');
         }
-        crate::hls::write_atomic(&self.index_path(), &text)
+        write_atomic(&self.index_path(), &text, Durability::Data)
     }
 
     /// Waits (at most `timeout`) until every record queued so far is on disk. Blocks.
@@ -309,12 +312,8 @@ impl Store {
 
     /// Writes the record atomically (temp file + rename), so a crash never leaves half a record.
     pub fn save(&self, info: &EgressInfo) -> io::Result<()> {
-        let path = self.record_path(&info.egress_id);
-        let tmp = path.with_extension("json.tmp");
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(info).map_err(io::Error::other)?)?;
-        f.sync_data()?;
-        fs::rename(&tmp, &path)
+        let json = serde_json::to_vec_pretty(info).map_err(io::Error::other)?;
+        write_atomic(&self.record_path(&info.egress_id), &json, Durability::Data)
     }
 
     pub fn read_result(&self, id: &str) -> Option<HandlerResult> {

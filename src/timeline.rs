@@ -35,7 +35,7 @@ impl Timeline {
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::hls::write_atomic(path, &json)
+        crate::store::write_atomic(path, &json, crate::store::Durability::Data)
     }
 }
 
@@ -49,7 +49,7 @@ pub fn read_spans(path: &Path) -> Option<Spans> {
 
 pub fn write_spans(spans: &Spans, path: &Path) -> std::io::Result<()> {
     let json = serde_json::to_vec(spans).map_err(std::io::Error::other)?;
-    crate::hls::write_atomic(path, &json)
+    crate::store::write_atomic(path, &json, crate::store::Durability::Data)
 }
 
 /// The spans file of the egress whose handler writes its result to `result_path`.

@@ -70,14 +70,10 @@ pub fn read_table(path: &Path) -> Result<CostTable, String> {
     }
 }
 
-/// Writes a table file atomically (temp file, fsync, rename): a crash leaves the old or the new.
+/// Writes a table file atomically: a crash leaves the old or the new.
 pub fn write_table(path: &Path, table: &CostTable) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let json = serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?;
+    crate::store::write_atomic(path, &json, crate::store::Durability::Data)
 }
 
 /// Writes the pricer's table as it is when the write starts: one write at a time in this

@@ -441,7 +441,9 @@ impl Delivery {
             shown.manifest = Some(target.location(&target.key_for(&name)));
             let written = serde_json::to_vec_pretty(&shown)
                 .map_err(std::io::Error::other)
-                .and_then(|json| crate::hls::write_atomic(&path, &json))
+                .and_then(|json| {
+                    crate::store::write_atomic(&path, &json, crate::store::Durability::Data)
+                })
                 .and_then(|()| self.queue(egress_id, UploadKind::Manifest, path, name, target));
             match written {
                 Ok(_) => return,

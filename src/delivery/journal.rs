@@ -17,8 +17,7 @@
 //! credentials included when a request gave them.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -77,20 +76,13 @@ impl Journal {
 
     fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let body = serde_json::to_vec(v).map_err(io::Error::other)?;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        // The rename itself is durable only once the directory is synced.
-        fs::File::open(&self.dir)?.sync_all()
+        // Entries hold a request's upload credentials: private; the rename durable too.
+        crate::store::write_atomic_private(
+            &self.dir.join(name),
+            &body,
+            crate::store::Durability::Full,
+        )
     }
 
     /// Writes (or rewrites) an entry durably.

@@ -12,7 +12,7 @@
 //! call it from `spawn_blocking`.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -48,14 +48,11 @@ impl Queue {
         let url_file = q.dir.join("url");
         if fs::read_to_string(&url_file).ok().as_deref() != Some(url) {
             // The URL may carry a token: readable by the service's user only.
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&url_file)?;
-            io::Write::write_all(&mut f, url.as_bytes())?;
+            crate::store::write_atomic_private(
+                &url_file,
+                url.as_bytes(),
+                crate::store::Durability::Data,
+            )?;
         }
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&url_file, fs::Permissions::from_mode(0o600))?;
@@ -79,12 +76,7 @@ impl Queue {
     }
 
     fn write(&self, seq: u64, body: &[u8]) -> io::Result<()> {
-        let path = self.path(seq);
-        let tmp = path.with_extension("json.tmp");
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_data()?;
-        fs::rename(&tmp, &path)
+        crate::store::write_atomic(&self.path(seq), body, crate::store::Durability::Data)
     }
 
     /// Forgets a delivered (or dropped) event; one already gone is fine.

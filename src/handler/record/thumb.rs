@@ -47,7 +47,11 @@ pub fn attach(pipeline: &gst::Pipeline, path: PathBuf, every: Duration) {
                     && let Ok(map) = buf.map_readable()
                 {
                     // Best effort: a picture that cannot be written is skipped.
-                    let _ = crate::hls::replace_file(&path, map.as_slice(), false);
+                    let _ = crate::store::write_atomic(
+                        &path,
+                        map.as_slice(),
+                        crate::store::Durability::Cached,
+                    );
                 }
                 Ok(gst::FlowSuccess::Ok)
             })
