@@ -527,3 +527,32 @@ fn two_fleets_share_one_redis_under_their_own_key_prefixes() {
         );
     }
 }
+
+/// A placer that picks itself starts the job in-process: here its advertised URL leads
+/// nowhere, so a start over HTTP to itself (as before) could not succeed.
+#[test]
+fn a_placer_that_picks_itself_starts_the_job_without_calling_itself() {
+    let redis = Redis::start();
+    let dirs = Dirs::new();
+    let nowhere = format!("http://127.0.0.1:{}", crate::producers::free_tcp_port());
+    let cfg = node_config(&redis).replace(
+        "fleet: {",
+        &format!("fleet: {{ advertise_url: \"{nowhere}\","),
+    );
+    let node = Service::start(&dirs, &cfg);
+    wait_for(Duration::from_secs(10), "the node in the fleet", || {
+        let (s, v) = node.get("/v1/fleet/nodes");
+        (s == 200 && v["nodes"].as_array().is_some_and(|a| a.len() == 1)).then_some(())
+    });
+    let (s, v) = node.post("/v1/egress", &audio_job("self.mp4"));
+    assert_eq!(s, 201, "{v}\n{}", node.log());
+    assert_eq!(v["node_id"], node.node_id.as_str(), "{v}");
+    assert!(
+        v.get("placement").is_none(),
+        "placed through the fleet, not degraded: {v}"
+    );
+    let id = v["egress_id"].as_str().unwrap().to_string();
+    node.wait_active(&id);
+    let (s, _) = node.post(&format!("/v1/egress/{id}/stop"), &json!({}));
+    assert_eq!(s, 200);
+}

@@ -70,6 +70,14 @@ pub struct RemoteError {
 }
 
 impl RemoteError {
+    /// What this node's own API would have answered with `e`: the placer that picks itself
+    /// starts the job in-process and reads the refusal the same way as another node's.
+    pub fn of_local(e: &crate::error::ApiError) -> RemoteError {
+        use actix_web::ResponseError;
+        let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+        RemoteError::parse(e.status_code().as_u16(), &body)
+    }
+
     fn parse(status: u16, body: &[u8]) -> RemoteError {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let e = &v["error"];

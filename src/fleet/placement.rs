@@ -278,7 +278,7 @@ impl Fleet {
                         .with_label_values(&["retried"])
                         .inc();
                 }
-                match self.start_on(&chosen, &egress_id, &req).await {
+                match self.start_on(node, &chosen, &egress_id, &req).await {
                     StartOutcome::Placed(info) => {
                         if info.node_id == chosen.node_id {
                             self.shorten_later(&chosen.node_id, &egress_id);
@@ -482,8 +482,15 @@ impl Fleet {
         });
     }
 
-    /// Starts the egress on the chosen node; settles an `already_placed` answer.
-    async fn start_on(&self, cand: &Chosen, egress_id: &str, req: &EgressRequest) -> StartOutcome {
+    /// Starts the egress on the chosen node (in-process when it is this one, over HTTP
+    /// otherwise); settles an `already_placed` answer.
+    async fn start_on(
+        &self,
+        node: &Node,
+        cand: &Chosen,
+        egress_id: &str,
+        req: &EgressRequest,
+    ) -> StartOutcome {
         let target = Target {
             url: &cand.url,
             token: &self.token,
@@ -495,7 +502,18 @@ impl Fleet {
                 claim_id: None,
                 request: req.clone(),
             };
-            match client::start(target, &body, START_TIMEOUT).await {
+            let started = if cand.node_id == self.node_id {
+                // The same steps as `POST /v1/node/egress` on this node, without the HTTP call.
+                self.start_owned(node, body).await.map_err(|e| match e {
+                    FleetError::Node(e) => CallError::Remote(Box::new(RemoteError::of_local(&e))),
+                    other => {
+                        CallError::Remote(Box::new(RemoteError::of_local(&ApiError::from(other))))
+                    }
+                })
+            } else {
+                client::start(target, &body, START_TIMEOUT).await
+            };
+            match started {
                 Ok(info) => return StartOutcome::Placed(Box::new(info)),
                 Err(CallError::Remote(r)) if r.code == "already_placed" => {
                     match self
