@@ -87,14 +87,36 @@ pub struct Pipeline {
     log: Logger,
 }
 
-/// Launches the handler process for `spec`; returns it running (the caller makes the actor).
-pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::Child> {
+/// What launching a handler needs (taken out of a `PipelineSetup`, so it can go to a
+/// blocking thread while the setup stays with the actor).
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub egress_id: String,
+    pub nice: i32,
+    pub log_path: PathBuf,
+    pub web: bool,
+}
+
+impl Launch {
+    pub fn of(setup: &PipelineSetup) -> Launch {
+        Launch {
+            egress_id: setup.spec.egress_id.clone(),
+            nice: setup.nice,
+            log_path: setup.log_path.clone(),
+            web: setup.spec.egress_type == crate::model::EgressType::Web,
+        }
+    }
+}
+
+/// Launches the handler process (fork, exec, its log file created): blocking, so the
+/// Supervisor runs it in `spawn_blocking`. Returns it running (the caller makes the actor).
+pub fn spawn_handler(setup: &Launch) -> std::io::Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
     let stderr = std::fs::File::create(&setup.log_path)?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("handler")
         .arg("--egress-id")
-        .arg(&setup.spec.egress_id)
+        .arg(&setup.egress_id)
         .arg("--nice")
         .arg(setup.nice.to_string())
         .stdin(Stdio::piped())
@@ -104,7 +126,7 @@ pub fn spawn_handler(setup: &PipelineSetup) -> std::io::Result<tokio::process::C
         .kill_on_drop(false);
     // Held until the child has its own copy.
     let mut _filter = None;
-    if setup.spec.egress_type == crate::model::EgressType::Web {
+    if setup.web {
         cmd.env(
             "GLIBC_TUNABLES",
             web_tunables(std::env::var("GLIBC_TUNABLES").ok()),

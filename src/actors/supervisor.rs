@@ -345,7 +345,13 @@ async fn settle_orphan(mut info: EgressInfo, store: Store, output_root: PathBuf)
     if let Some(pid) = info.handler_pid {
         // The handler saw its stdin close and is finalizing; give it the time it needs.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while handler_alive(pid, &info.egress_id) && std::time::Instant::now() < deadline {
+        // `/proc` is read on a blocking thread, never on the actor's.
+        let alive = |id: String| async move {
+            actix_web::rt::task::spawn_blocking(move || handler_alive(pid, &id))
+                .await
+                .unwrap_or(false)
+        };
+        while alive(info.egress_id.clone()).await && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -420,14 +426,19 @@ impl Handler<StartEgress> for Supervisor {
         let store = self.store.clone();
         let outputs = setup.spec.outputs.clone();
         let admission = self.admission.clone();
+        setup.log_path = self.store.log_path(&id);
+        let launch = crate::actors::pipeline::Launch::of(&setup);
         let work = async move {
             admit.await.map_err(ApiError::from_mailbox)??;
-            // Disk work off the actor thread; the actor still takes no other message meanwhile.
+            // Disk and process work off the actor thread (outputs created, then the handler
+            // forked and exec'd); the actor still takes no other message meanwhile.
             let prepared = actix_web::rt::task::spawn_blocking(move || {
                 store
                     .ensure_dirs()
                     .map_err(|e| ApiError::Unavailable(format!("state_dir: {e}")))?;
-                crate::outputs::prepare_all(&root, &outputs).map_err(ApiError::from)
+                let outputs =
+                    crate::outputs::prepare_all(&root, &outputs).map_err(ApiError::from)?;
+                Ok((outputs, spawn_handler(&launch)))
             })
             .await
             .map_err(|e| ApiError::Internal(format!("output check failed: {e}")))
@@ -439,25 +450,30 @@ impl Handler<StartEgress> for Supervisor {
             }
             prepared
         };
+        type Prepared = (
+            crate::model::OutputsSpec,
+            std::io::Result<tokio::process::Child>,
+        );
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(work).map(
-            move |prepared: Result<crate::model::OutputsSpec, ApiError>, act: &mut Self, ctx| {
-                setup.spec.outputs = prepared?;
-                act.launch(setup, ctx)
+            move |prepared: Result<Prepared, ApiError>, act: &mut Self, ctx| {
+                let (outputs, child) = prepared?;
+                setup.spec.outputs = outputs;
+                act.launch(setup, child, ctx)
             },
         )))
     }
 }
 
 impl Supervisor {
-    /// Spawns the handler of an admitted egress whose output file exists (empty).
+    /// Takes on the handler spawned for an admitted egress whose outputs exist (empty).
     fn launch(
         &mut self,
         mut setup: PipelineSetup,
+        child: std::io::Result<tokio::process::Child>,
         ctx: &mut Context<Self>,
     ) -> Result<EgressInfo, ApiError> {
         let id = setup.info.egress_id.clone();
-        setup.log_path = self.store.log_path(&id);
-        let child = match spawn_handler(&setup) {
+        let child = match child {
             Ok(c) => c,
             Err(e) => {
                 self.admission.do_send(EndJob { egress_id: id });
