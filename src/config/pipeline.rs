@@ -1,0 +1,108 @@
+//! `pipeline`: how handlers record (timeouts, encoder preset, fragments, sources' stalls).
+
+use super::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// How long a graceful stop waits for EOS before the handler is killed.
+    #[serde(default = "default_eos_timeout")]
+    pub eos_timeout_s: f64,
+    /// How long a handler may take to reach PLAYING before its egress fails.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_s: f64,
+    /// x264 speed preset (ultrafast .. veryslow): the main CPU/quality dial.
+    #[serde(default = "default_x264_preset")]
+    pub x264_speed_preset: String,
+    /// Hybrid MP4 fragment length while recording: a kill loses about this much media (the
+    /// file is fragmented until a graceful end rewrites it as a normal MP4).
+    #[serde(default = "default_mp4_fragment")]
+    pub mp4_fragment_s: f64,
+    /// How long a failing stream URL is retried, with backoff, before it is marked failed.
+    #[serde(default = "default_stream_retry")]
+    pub stream_retry_s: f64,
+    /// Niceness of handler processes (0-19): above 0, the service's API, placement and overload
+    /// supervision keep answering promptly while recordings saturate the CPU.
+    #[serde(default = "default_handler_nice")]
+    pub handler_nice: i32,
+    /// A live source that sends nothing for this long is stalled: the handler reconnects.
+    #[serde(default = "default_source_stall")]
+    pub source_stall_s: f64,
+    /// How long a stalled source may take to come back; then the egress ends "Source lost".
+    #[serde(default = "default_source_reconnect")]
+    pub source_reconnect_s: f64,
+    /// How long a source that announced video may take to send its first keyframe (encoders
+    /// send one every 2-8 s); then the egress fails "no keyframe from source".
+    #[serde(default = "default_first_keyframe")]
+    pub first_keyframe_s: f64,
+    /// A running egress's latest picture (`GET /v1/egress/{id}/thumbnail.jpg`) is taken at most
+    /// this often, in seconds (copied video: from a keyframe, decoded once); 0 turns it off.
+    #[serde(default = "default_thumbnail")]
+    pub thumbnail_s: f64,
+    /// A picture that stays black or frozen, or sound that stays silent, this long becomes a
+    /// warning on the egress (raised and cleared live); the picture is judged on the thumbnail
+    /// frames, so `thumbnail_s` 0 turns black and frozen off.
+    #[serde(default = "default_health_window")]
+    pub health_window_s: f64,
+}
+
+fn default_eos_timeout() -> f64 {
+    30.0
+}
+
+fn default_start_timeout() -> f64 {
+    20.0
+}
+
+fn default_x264_preset() -> String {
+    "veryfast".into()
+}
+
+fn default_mp4_fragment() -> f64 {
+    1.0
+}
+
+fn default_stream_retry() -> f64 {
+    30.0
+}
+
+fn default_handler_nice() -> i32 {
+    10
+}
+
+fn default_source_stall() -> f64 {
+    5.0
+}
+
+fn default_source_reconnect() -> f64 {
+    10.0
+}
+
+fn default_first_keyframe() -> f64 {
+    12.0
+}
+
+fn default_thumbnail() -> f64 {
+    2.0
+}
+
+fn default_health_window() -> f64 {
+    10.0
+}
+
+impl From<&PipelineConfig> for crate::model::PipelineOptions {
+    fn from(p: &PipelineConfig) -> Self {
+        crate::model::PipelineOptions {
+            x264_speed_preset: p.x264_speed_preset.clone(),
+            mp4_fragment_s: p.mp4_fragment_s,
+            stream_retry_s: p.stream_retry_s,
+            start_timeout_s: p.start_timeout_s,
+            source_stall_s: p.source_stall_s,
+            source_reconnect_s: p.source_reconnect_s,
+            first_keyframe_s: p.first_keyframe_s,
+            thumbnail_s: p.thumbnail_s,
+            health_window_s: p.health_window_s,
+            allowed_web_hosts: Vec::new(),
+        }
+    }
+}
