@@ -1,0 +1,152 @@
+//! What a client sends: `POST /v1/egress`'s body, as given (validated into a spec by `validate`).
+
+use super::*;
+
+/// `POST /v1/egress` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRequest {
+    /// One of the egress types, as a string (kept raw so an unknown type gets its own error).
+    #[serde(rename = "type")]
+    #[schema(
+        pattern = "^(track|track_composite|participant|room_composite|web)$",
+        example = "track"
+    )]
+    pub egress_type: String,
+    /// The inputs: one for track/participant, video+audio for track_composite, 1..16 for rooms;
+    /// none for `web` (it records `url`).
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub sources: Vec<SourceRequest>,
+    /// `web`: the page to record (`http(s)://`, its host in `sources.allowed_web_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096, example = "https://example.com/room")]
+    pub url: Option<String>,
+    /// One output (the form older clients send): `{"file": {"filename": "a.mp4"}}`. Give this or
+    /// `outputs`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputRequest>,
+    /// Every output of the egress, all fed by one encode: at most one `file`, one `segments` and
+    /// one `images`, and one `stream` with any number of URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 4)]
+    pub outputs: Option<Vec<OutputRequest>>,
+    /// Video encoding overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoRequest>,
+    /// Audio: encoding overrides, or `false` to record no audio (`true`: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioField>,
+    /// Stop the egress after this many seconds with status `limit_reached`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 604800)]
+    pub max_duration_s: Option<f64>,
+    /// Overrides the type's configured CPU cost for admission, in cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 256)]
+    pub estimated_cpu: Option<f64>,
+    /// Where the outputs are uploaded (overrides `storage.upload`); secrets are never echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<upload::UploadTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRequest {
+    /// `scheme://...` with a scheme in `sources.allowed_schemes`; `test://video|audio|av?pattern=
+    /// ball&wave=sine&freq=440&width=1280&height=720&fps=30` is a synthetic live source.
+    #[schema(
+        max_length = 4096,
+        pattern = "^[A-Za-z0-9+.-]+://[^\\x00-\\x1f\\x7f-\\x9f]+$",
+        example = "test://av?pattern=ball&freq=440"
+    )]
+    pub uri: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VideoRequest {
+    /// Default 1280; odd values are rounded down to even.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 16, maximum = 3840)]
+    pub width: Option<u32>,
+    /// Default 720; odd values are rounded down to even.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 16, maximum = 2160)]
+    pub height: Option<u32>,
+    /// Default 30.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 1, maximum = 60)]
+    pub fps: Option<u32>,
+    /// Default 3000.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 100, maximum = 50000)]
+    pub bitrate_kbps: Option<u32>,
+}
+
+/// `"audio": true|false` or `"audio": {"codec", "bitrate_kbps"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AudioField {
+    Enabled(bool),
+    Settings(AudioRequest),
+}
+
+impl AudioField {
+    pub(super) fn settings(&self) -> AudioRequest {
+        match self {
+            AudioField::Settings(a) => a.clone(),
+            AudioField::Enabled(_) => AudioRequest::default(),
+        }
+    }
+    pub(super) fn enabled(&self) -> bool {
+        !matches!(self, AudioField::Enabled(false))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AudioRequest {
+    /// `aac` or `opus`; defaults by container (aac for mp4/mkv, opus for webm/ogg); webm and
+    /// ogg take opus only.
+    #[schema(pattern = "^(aac|opus)$")]
+    pub codec: Option<String>,
+    /// Default 128.
+    #[serde(default, deserialize_with = "whole_u32")]
+    #[schema(minimum = 8, maximum = 512)]
+    pub bitrate_kbps: Option<u32>,
+}
+
+/// An optional whole number written `30` or `30.0`: JSON Schema's `integer` (and so the OpenAPI
+/// document) allows both, and Python's `json` writes floats with `.0`.
+pub(super) fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(x) if x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&x) => {
+            Ok(Some(x as u32))
+        }
+        Some(x) => Err(D::Error::custom(format!(
+            "expected a whole number in [0, {}], got {x}",
+            u32::MAX
+        ))),
+    }
+}
+
+impl EgressRequest {
+    /// The request as EgressInfo echoes it: every URL redacted (`model::redact`), upload
+    /// secrets hidden.
+    pub fn redacted(&self) -> EgressRequest {
+        let mut r = self.clone();
+        for s in &mut r.sources {
+            s.uri = redact::url(&s.uri);
+        }
+        r.url = r.url.map(|u| redact::url(&u));
+        r.output = r
+            .output
+            .map(|o| outputs::redacted(std::slice::from_ref(&o)).remove(0));
+        r.outputs = r.outputs.map(|l| outputs::redacted(&l));
+        r.upload = r.upload.map(|u| u.redacted());
+        r
+    }
+}
