@@ -55,6 +55,47 @@ impl AdmissionError {
     }
 }
 
+/// Every error answer of the API: `{"error": {"code", "message", ...}}`. The API renders it
+/// (`ApiError::error_body`), and the CLI and the fleet's node client read it back.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct ErrorDetail {
+    /// Machine-readable: invalid_field, unknown_type, unsupported, scheme_not_allowed, bad_json,
+    /// bad_query, unauthorized, origin_not_allowed, bad_host, not_found, method_not_allowed,
+    /// conflict, output_exists, already_placed, payload_too_large, unsupported_media_type,
+    /// rate_limited, no_capacity, draining, unavailable, start_pending, internal.
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// `no_capacity`/`draining`: cpu, type_limit, disk or draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `invalid_field`: the request field at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `already_placed`, `start_pending`: the node that holds the egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// `start_pending`: the egress to look up before a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_id: Option<String>,
+}
+
+impl ErrorBody {
+    /// The error of an answer's body, when it is one of ours.
+    pub fn parse(body: &[u8]) -> Option<ErrorBody> {
+        serde_json::from_slice::<ErrorBody>(body).ok()
+    }
+}
+
 /// Errors of the HTTP admin API. `ResponseError` below is the only mapping to HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -142,22 +183,30 @@ impl ApiError {
         }
     }
 
+    /// The body of this error's answer.
+    pub fn error_body(&self) -> ErrorBody {
+        let mut d = ErrorDetail {
+            code: self.code().to_string(),
+            message: self.to_string(),
+            ..ErrorDetail::default()
+        };
+        match self {
+            ApiError::NoCapacity(a) => d.reason = Some(a.reason().to_string()),
+            ApiError::AlreadyPlaced { owner, .. } => d.owner = Some(owner.clone()),
+            ApiError::StartPending { egress_id, owner } => {
+                d.egress_id = Some(egress_id.clone());
+                d.owner = Some(owner.clone());
+            }
+            ApiError::BadRequest(RequestError::Invalid { field, .. }) => {
+                d.field = Some(field.clone())
+            }
+            _ => {}
+        }
+        ErrorBody { error: d }
+    }
+
     pub fn body(&self) -> serde_json::Value {
-        let mut err = json!({ "code": self.code(), "message": self.to_string() });
-        if let ApiError::NoCapacity(a) = self {
-            err["reason"] = json!(a.reason());
-        }
-        if let ApiError::AlreadyPlaced { owner, .. } = self {
-            err["owner"] = json!(owner);
-        }
-        if let ApiError::StartPending { egress_id, owner } = self {
-            err["egress_id"] = json!(egress_id);
-            err["owner"] = json!(owner);
-        }
-        if let ApiError::BadRequest(RequestError::Invalid { field, .. }) = self {
-            err["field"] = json!(field);
-        }
-        json!({ "error": err })
+        serde_json::to_value(self.error_body()).unwrap_or_else(|_| json!({}))
     }
 
     pub fn from_mailbox(e: actix::MailboxError) -> Self {
@@ -236,6 +285,19 @@ impl From<gstreamer::glib::BoolError> for PipelineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_body_reads_back_as_it_was_rendered() {
+        let e = ApiError::StartPending {
+            egress_id: "EG_abcdefghijkl".into(),
+            owner: "ND_b".into(),
+        };
+        let text = serde_json::to_vec(&e.body()).unwrap();
+        let back = ErrorBody::parse(&text).unwrap();
+        assert_eq!(back, e.error_body());
+        assert_eq!(back.error.owner.as_deref(), Some("ND_b"));
+        assert_eq!(ErrorBody::parse(b"<html>502</html>"), None);
+    }
 
     #[test]
     fn a_rate_limit_says_when_to_retry() {

@@ -35,36 +35,7 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(document())
 }
 
-/// Every error answer: `{"error": {"code", "message", ...}}`.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // only its schema is used
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-struct ErrorDetail {
-    /// Machine-readable: invalid_field, unknown_type, unsupported, scheme_not_allowed, bad_json,
-    /// bad_query, unauthorized, origin_not_allowed, bad_host, not_found, method_not_allowed,
-    /// conflict, output_exists, already_placed, payload_too_large, unsupported_media_type,
-    /// no_capacity, draining, unavailable, start_pending.
-    code: String,
-    /// For people.
-    message: String,
-    /// `no_capacity`/`draining`: cpu, type_limit, disk or draining.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    /// `invalid_field`: the request field at fault.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
-    /// `already_placed`/`start_pending`: the node holding the egress.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    owner: Option<String>,
-    /// `start_pending`: the egress to look up before retrying.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    egress_id: Option<String>,
-}
+use crate::error::{ErrorBody, ErrorDetail};
 
 /// `GET /v1/egress`.
 #[derive(Serialize, ToSchema)]

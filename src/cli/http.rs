@@ -151,15 +151,13 @@ impl Client {
 
 /// The typed error of a non-2xx answer: the API's own code and message when the body has them.
 pub fn api_error(status: u16, body: &str) -> CliError {
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let e = &v["error"];
-    match (e["code"].as_str(), e["message"].as_str()) {
-        (Some(code), Some(message)) => CliError::Api {
+    match crate::error::ErrorBody::parse(body.as_bytes()) {
+        Some(b) => CliError::Api {
             status,
-            code: code.to_string(),
-            message: message.to_string(),
+            code: b.error.code,
+            message: b.error.message,
         },
-        _ => CliError::Api {
+        None => CliError::Api {
             status,
             code: format!("http_{status}"),
             message: if body.trim().is_empty() {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use actix_web::web::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::model::{EgressInfo, EgressRequest};
 
@@ -79,17 +78,23 @@ impl RemoteError {
     }
 
     fn parse(status: u16, body: &[u8]) -> RemoteError {
-        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let e = &v["error"];
-        let s = |k: &str| e[k].as_str().map(str::to_string);
-        RemoteError {
-            status,
-            code: s("code").unwrap_or_default(),
-            message: s("message")
-                .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect()),
-            reason: s("reason"),
-            owner: s("owner"),
-            field: s("field"),
+        match crate::error::ErrorBody::parse(body) {
+            Some(b) => RemoteError {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+                reason: b.error.reason,
+                owner: b.error.owner,
+                field: b.error.field,
+            },
+            None => RemoteError {
+                status,
+                code: String::new(),
+                message: String::from_utf8_lossy(body).chars().take(200).collect(),
+                reason: None,
+                owner: None,
+                field: None,
+            },
         }
     }
 }
