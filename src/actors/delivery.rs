@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use crate::actors::supervisor::UpdateEgress;
 use crate::config::Config;
 use crate::delivery::journal::{Entry, Journal, UploadKind};
+use crate::delivery::progress::{Queued, Settled};
 use crate::delivery::target::{Connected, UploadTarget};
 use crate::delivery::upload::{AttemptError, UploadShape, abort_stale, backoff, upload_file};
 use crate::metrics::METRICS;
@@ -63,16 +64,6 @@ impl DeliveryConfig {
     }
 }
 
-/// How one queued upload ended.
-#[derive(Debug, Clone)]
-struct Outcome {
-    local_path: PathBuf,
-    kind: UploadKind,
-    state: UploadState,
-    location: Option<String>,
-    error: Option<String>,
-}
-
 /// An entry this run knows about.
 struct Tracked {
     entry: Entry,
@@ -98,7 +89,7 @@ pub struct Delivery {
     waiting: VecDeque<String>,
     active: usize,
     /// Settled uploads of egresses not finished yet.
-    outcomes: HashMap<String, Vec<Outcome>>,
+    outcomes: HashMap<String, Vec<Settled>>,
     finishing: HashMap<String, Finishing>,
     /// Final records of egresses resumed from the journal that the Supervisor has not asked for.
     unclaimed: HashMap<String, EgressInfo>,
@@ -287,7 +278,7 @@ impl Delivery {
         }
     }
 
-    fn settled(&mut self, id: &str, outcome: Outcome, _: &mut Context<Self>) {
+    fn settled(&mut self, id: &str, outcome: Settled, _: &mut Context<Self>) {
         let Some(t) = self.entries.remove(id) else {
             return;
         };
@@ -318,105 +309,25 @@ impl Delivery {
         report.do_send(UpdateEgress(shown));
     }
 
-    /// Fills in each file's upload state and location from the entries and outcomes; with
-    /// `final_`, an upload that failed fails the egress.
+    /// Fills in each output's upload state and location (`delivery::progress::apply`): from the
+    /// egress's settled uploads and those still queued; with `final_`, a failed one fails it.
     fn apply(&self, info: &mut EgressInfo, final_: bool) {
-        let outcomes = self.outcomes.get(&info.egress_id);
-        for f in info.files.iter_mut() {
-            let local = Path::new(&f.location);
-            if let Some(o) = outcomes.and_then(|v| v.iter().find(|o| o.local_path == local)) {
-                f.upload = Some(o.state);
-                if let Some(l) = &o.location {
-                    f.location = l.clone();
-                }
-            } else if let Some(t) = self
-                .entries
-                .values()
-                .find(|t| t.entry.egress_id == info.egress_id && t.entry.local_path == local)
-            {
-                f.upload = Some(t.state);
-            }
-        }
-        let id = info.egress_id.clone();
-        if let Some(seg) = info.segments.as_mut() {
-            seg.upload = self.aggregate(&id, &[UploadKind::Segment, UploadKind::Playlist]);
-            let playlist = Path::new(&seg.location).to_path_buf();
-            if let Some(l) = outcomes
-                .into_iter()
-                .flatten()
-                .filter(|o| o.local_path == playlist && o.state == UploadState::Done)
-                .find_map(|o| o.location.clone())
-                && seg.upload == Some(UploadState::Done)
-            {
-                seg.location = l;
-            }
-        }
-        if let Some(im) = info.images.as_mut() {
-            im.upload = self.aggregate(&id, &[UploadKind::Image]);
-            // Once every image is up, the prefix is the bucket's, as a file's location is.
-            let stem = format!("{}_", im.location);
-            if im.upload == Some(UploadState::Done)
-                && let Some(l) = outcomes
-                    .into_iter()
-                    .flatten()
-                    .filter(|o| o.state == UploadState::Done)
-                    .filter(|o| o.local_path.to_string_lossy().starts_with(&stem))
-                    .find_map(|o| o.location.clone())
-                && let Some(cut) = l.rfind('_')
-            {
-                im.location = l[..cut].to_string();
-            }
-        }
-        if !final_ {
-            return;
-        }
-        let failed: Vec<&str> = outcomes
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.error.as_deref())
-            .collect();
-        if let Some(first) = failed.first() {
-            if info.status != EgressStatus::Failed {
-                info.status = EgressStatus::Failed;
-            }
-            let more = if failed.len() > 1 {
-                format!(" (and {} more)", failed.len() - 1)
-            } else {
-                String::new()
-            };
-            let msg = format!("{first}{more}");
-            info.error = Some(match info.error.take() {
-                Some(e) => format!("{e}; {msg}"),
-                None => msg,
-            });
-        }
-    }
-
-    /// One state for all uploads of `kinds` of an egress: failed if one failed, else under way
-    /// while one is, else done; None when there are none.
-    fn aggregate(&self, egress_id: &str, kinds: &[UploadKind]) -> Option<UploadState> {
-        let states: Vec<UploadState> = self
+        let settled: &[Settled] = self
             .outcomes
-            .get(egress_id)
-            .into_iter()
-            .flatten()
-            .filter(|o| kinds.contains(&o.kind))
-            .map(|o| o.state)
-            .chain(
-                self.entries
-                    .values()
-                    .filter(|t| t.entry.egress_id == egress_id && kinds.contains(&t.entry.kind))
-                    .map(|t| t.state),
-            )
+            .get(&info.egress_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let queued: Vec<Queued<'_>> = self
+            .entries
+            .values()
+            .filter(|t| t.entry.egress_id == info.egress_id)
+            .map(|t| Queued {
+                local_path: &t.entry.local_path,
+                kind: t.entry.kind,
+                state: t.state,
+            })
             .collect();
-        [
-            UploadState::Failed,
-            UploadState::Uploading,
-            UploadState::Pending,
-            UploadState::Done,
-        ]
-        .into_iter()
-        .find(|s| states.contains(s))
+        crate::delivery::progress::apply(info, settled, &queued, final_);
     }
 
     /// Settles an egress once none of its uploads is left.
@@ -514,7 +425,7 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self) -> Outcome {
+    async fn run(self) -> Settled {
         let started = Instant::now();
         let mut entry = self.entry.clone();
         // A previous run died with a multipart upload open: abort it, then upload whole again.
@@ -587,7 +498,7 @@ impl Job {
                 }
                 info!(self.log, "uploaded"; "entry" => &entry.id, "location" => &location,
                       "seconds" => started.elapsed().as_secs_f64());
-                Outcome {
+                Settled {
                     local_path,
                     kind: entry.kind,
                     state: UploadState::Done,
@@ -599,7 +510,7 @@ impl Job {
                 METRICS.upload_failures_total.inc();
                 warn!(self.log, "upload failed for good; the local copy stays";
                       "entry" => &entry.id, "error" => &error);
-                Outcome {
+                Settled {
                     local_path,
                     kind: entry.kind,
                     state: UploadState::Failed,

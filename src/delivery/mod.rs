@@ -15,6 +15,7 @@
 
 pub mod disk;
 pub mod journal;
+pub mod progress;
 pub mod retention;
 pub mod target;
 pub mod upload;

@@ -4,7 +4,7 @@
 use super::*;
 
 /// One output file, described after it was closed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileInfo {
     pub filename: String,
     /// The local path; once uploaded, where the object is (`s3://bucket/key`, `gs://...`, the
