@@ -907,8 +907,7 @@ pub fn finish(
 ) -> Option<impl std::future::Future<Output = EgressInfo> + use<>> {
     let link = link?;
     link.target.as_ref()?;
-    let mut pending = info.clone();
-    pending.handler_pid = None;
+    let pending = info.clone();
     let extra = deliverables(info, outputs);
     let ask = link.delivery.send(FinishEgress {
         info: pending.clone(),

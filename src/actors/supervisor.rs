@@ -563,12 +563,9 @@ fn describe_outputs(info: &mut EgressInfo, o: &crate::model::OutputsSpec) {
 impl Handler<UpdateEgress> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: UpdateEgress, _: &mut Context<Self>) {
-        let mut info = msg.0;
-        if info.status.is_final() {
-            // The files as the Pipeline actor read them back replace the placeholder.
-            info.handler_pid = None;
-        }
-        self.put(info);
+        // `handler_pid` is the Pipeline actor's to clear (when its handler exits), as a
+        // restart's is `settle_orphan`'s: a record never loses it anywhere else.
+        self.put(msg.0);
     }
 }
 

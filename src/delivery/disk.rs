@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 /// What `GET /v1/node` shows of the disk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct DiskState {
     /// Free bytes under `storage.output_dir` at the last sample.
     pub free_bytes: u64,

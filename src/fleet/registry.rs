@@ -44,40 +44,8 @@ pub fn publish(
     crate::fleet::reservations::publish(keys, node_id, Some(&record.to_string()), ttl_ms)
 }
 
-/// One type's counts in a node's report (as `GET /v1/node` gives them).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default)]
-pub struct TypeReport {
-    pub active: u32,
-    pub limit: u32,
-    pub cost: f64,
-    pub pending_claims: u32,
-}
-
-/// A node's admission state (`NodeState` from the Admission actor, read back).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeReport {
-    pub node_id: String,
-    pub capacity_cores: f64,
-    /// Cores admission may commit (capacity autoscaling sums these).
-    pub budget_cores: f64,
-    pub load: f64,
-    pub available_cpu: f64,
-    /// `available_cpu` unclamped (negative when over budget).
-    pub headroom_cpu: f64,
-    pub draining: bool,
-    pub types: BTreeMap<String, TypeReport>,
-    /// The egresses it runs (capacity reads their records for drain candidates).
-    pub egress_ids: Vec<String>,
-}
-
-impl NodeReport {
-    /// Claims the node holds, of every type.
-    pub fn pending_claims(&self) -> u32 {
-        self.types.values().map(|t| t.pending_claims).sum()
-    }
-}
+/// A node's admission state as it publishes it: the very `NodeState` of `GET /v1/node`.
+pub use crate::rules::admission::{NodeState as NodeReport, TypeState as TypeReport};
 
 /// What a node writes at each heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

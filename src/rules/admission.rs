@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, CpuConfig, CpuCostConfig, LimitsConfig};
 use crate::error::AdmissionError;
@@ -55,7 +55,8 @@ pub struct PendingClaim {
 }
 
 /// One type's line in `NodeState`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct TypeState {
     /// Running jobs of this type.
     pub active: u32,
@@ -68,8 +69,10 @@ pub struct TypeState {
     pub pending_claims: u32,
 }
 
-/// What `GET /v1/node` reports.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+/// What `GET /v1/node` reports, and what a fleet node publishes of itself at each heartbeat
+/// (other nodes read it back: `fleet::registry::NodeRecord`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct NodeState {
     pub node_id: String,
     pub capacity_cores: f64,
@@ -91,6 +94,13 @@ pub struct NodeState {
     /// Free and reserved disk under the output directory (filled in by the node layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<crate::delivery::disk::DiskState>,
+}
+
+impl NodeState {
+    /// Claims the node holds, of every type.
+    pub fn pending_claims(&self) -> u32 {
+        self.types.values().map(|t| t.pending_claims).sum()
+    }
 }
 
 /// The node's admission state.
