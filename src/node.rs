@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::{Admission, GetNodeState, ReleaseClaim, SetDraining, WatchState};
 use crate::actors::affinity::{Affinity, AffinityScorer, GetAffinity};
-use crate::actors::cost_learner::Pricer;
 use crate::actors::pipeline::{KillReason, PipelineSetup, StopReason};
 use crate::actors::supervisor::{
     CountRunning, EgressPage, EndAll, GetEgress, KillEgress, ListEgresses, StartEgress, StopEgress,
@@ -34,6 +33,7 @@ use crate::model::{
 };
 use crate::rules::admission::NodeState;
 use crate::rules::costs::CostClass;
+use crate::rules::pricer::Pricer;
 
 /// Free bytes below which `/readyz` calls a directory full (unusable). The disk rule of
 /// admission (`storage.min_free_bytes` plus the running egresses' horizon) is separate: it

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
-use crate::actors::cost_learner::{CostLearner, Pricer, SaveCosts, table_path};
+use crate::actors::cost_learner::{CostLearner, SaveCosts, table_path};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::delivery::{Delivery, DeliveryConfig};
 use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
@@ -33,6 +33,7 @@ use crate::fleet::Fleet;
 use crate::metrics::METRICS;
 use crate::model::EgressInfo;
 use crate::node::{Control, Node, Parts};
+use crate::rules::pricer::Pricer;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,9 +11,9 @@ use serde::Serialize;
 use slog::{Logger, debug, warn};
 
 use crate::actors::admission::{Admission, CheckRequest, GetNodeState, TakeClaim};
-use crate::actors::cost_learner::Pricer;
 use crate::config::AffinityMode;
 use crate::model::EgressType;
+use crate::rules::pricer::Pricer;
 use crate::rules::scoring::{REFUSED, score};
 
 pub struct AffinityScorer {

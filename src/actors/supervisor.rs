@@ -15,7 +15,7 @@ use slog::{Logger, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
-use crate::actors::cost_learner::{CostLearner, JobEnded, Pricer, TrackJob};
+use crate::actors::cost_learner::{CostLearner, JobEnded, TrackJob};
 use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{
     KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
@@ -27,6 +27,7 @@ use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms};
 use crate::rules::costs::CostClass;
 use crate::rules::overload::{JobLoad, Overload, OverloadAction};
+use crate::rules::pricer::Pricer;
 use crate::store::index::{Cursor, Entry, RecordIndex};
 use crate::store::{Store, handler_alive};
 

@@ -11,7 +11,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::actors::affinity::Affinity;
-use crate::actors::cost_learner::{ClassCost, CostsReport};
 use crate::api::ROUTES;
 use crate::api::node::AffinityRequest;
 use crate::delivery::disk::DiskState;
@@ -26,6 +25,7 @@ use crate::model::{
 };
 use crate::rules::admission::{NodeState, TypeState};
 use crate::rules::capacity::{Capacity, DrainCandidate};
+use crate::rules::pricer::{ClassCost, CostsReport};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/openapi.json", web::get().to(openapi));

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use slog::debug;
 
-use crate::actors::cost_learner::Pricer;
 use crate::fleet::{Fleet, FleetError};
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressType, now_ms};
 use crate::rules::capacity::{Capacity, NodeView, TypeView, capacity};
 use crate::rules::costs::CostClass;
+use crate::rules::pricer::Pricer;
 
 /// How often the fleet gauges are refreshed (by one node of the fleet; the others read its
 /// figures): an autoscaler acts on a scale of tens of seconds.

@@ -19,4 +19,5 @@ pub mod fidelity;
 pub mod health;
 pub mod outcome;
 pub mod overload;
+pub mod pricer;
 pub mod scoring;
