@@ -149,22 +149,23 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn an_https_receiver_verifies_every_webhook_with_the_standard_library() {
-    let dirs = Dirs::new();
+/// A Standard Webhooks secret: whsec_ + base64 of the key.
+const SECRET: &str = "whsec_ZWdyZXNzLWVuZ2luZS13ZWJob29rLWtleS0wMQ==";
+
+/// The receiver, listening on a free port with a certificate of a private CA: (it, its port,
+/// the CA's certificate, the file it writes a line to per request).
+fn start_receiver(dirs: &Dirs) -> (Receiver, u16, std::path::PathBuf, std::path::PathBuf) {
     let (ca, cert, key) = certificate(dirs.root.path());
     let port = free_tcp_port();
     let script = dirs.root.path().join("receiver.py");
     std::fs::write(&script, RECEIVER).unwrap();
     let out = dirs.root.path().join("received.jsonl");
-    // A Standard Webhooks secret: whsec_ + base64 of the key.
-    let secret = "whsec_ZWdyZXNzLWVuZ2luZS13ZWJob29rLWtleS0wMQ==";
     let mut child = Command::new("python3")
         .arg(&script)
         .arg(port.to_string())
         .arg(&cert)
         .arg(&key)
-        .arg(secret)
+        .arg(SECRET)
         .arg(&out)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -176,16 +177,23 @@ fn an_https_receiver_verifies_every_webhook_with_the_standard_library() {
         &mut ready,
     )
     .unwrap();
-    let _receiver = Receiver { child };
+    let receiver = Receiver { child };
     assert_eq!(
         ready.trim(),
         "ready",
         "the receiver (is standardwebhooks installed?)"
     );
+    (receiver, port, ca, out)
+}
+
+#[test]
+fn an_https_receiver_verifies_every_webhook_with_the_standard_library() {
+    let dirs = Dirs::new();
+    let (_receiver, port, ca, out) = start_receiver(&dirs);
     let svc = Service::start(
         &dirs,
         &format!(
-            "webhooks: {{ urls: [\"https://127.0.0.1:{port}/hook\"], signing_key: \"{secret}\", \
+            "webhooks: {{ urls: [\"https://127.0.0.1:{port}/hook\"], signing_key: \"{SECRET}\", \
              ca_file: \"{}\", events: [egress_started, egress_ended] }}",
             ca.display()
         ),
@@ -218,29 +226,12 @@ fn an_https_receiver_verifies_every_webhook_with_the_standard_library() {
 #[test]
 fn an_https_receiver_the_node_cannot_trust_gets_nothing() {
     let dirs = Dirs::new();
-    let (_, cert, key) = certificate(dirs.root.path());
-    let port = free_tcp_port();
-    let script = dirs.root.path().join("receiver.py");
-    std::fs::write(&script, RECEIVER).unwrap();
-    let out = dirs.root.path().join("received.jsonl");
-    let secret = "whsec_ZWdyZXNzLWVuZ2luZS13ZWJob29rLWtleS0wMQ==";
-    let child = Command::new("python3")
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(&cert)
-        .arg(&key)
-        .arg(secret)
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let _receiver = Receiver { child };
-    // No ca_file: the self-signed certificate is not trusted.
+    let (_receiver, port, _, out) = start_receiver(&dirs);
+    // No ca_file: the private CA's certificate is not trusted.
     let svc = Service::start(
         &dirs,
         &format!(
-            "webhooks: {{ urls: [\"https://127.0.0.1:{port}/hook\"], signing_key: \"{secret}\", \
+            "webhooks: {{ urls: [\"https://127.0.0.1:{port}/hook\"], signing_key: \"{SECRET}\", \
              events: [egress_started], backoff_initial_ms: 100 }}"
         ),
     );
