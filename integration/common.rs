@@ -662,3 +662,81 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// What a `TinyServer` answers a request with: status line text, extra header lines (each
+/// ending `\r\n`), content type, body.
+pub type Answer = (&'static str, String, &'static str, String);
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for tests that play a store or a web server: every
+/// request's head is kept, its body read, and `route(first line, other port)` answers it
+/// (keep-alive: one connection may carry several requests).
+pub struct TinyServer {
+    pub port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TinyServer {
+    pub fn start(route: fn(&str, u16) -> Answer, other_port: u16) -> TinyServer {
+        use std::io::{BufRead, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let heads: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let first = head.lines().next().unwrap_or("").to_string();
+                        seen.lock().unwrap().push(head);
+                        let (status, headers, ctype, body) = route(&first, other_port);
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 {status}\r\n{headers}Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                });
+            }
+        });
+        TinyServer { port, heads }
+    }
+
+    /// Every request's head so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// The path of every request so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.heads()
+            .iter()
+            .filter_map(|h| h.split(' ').nth(1).map(str::to_string))
+            .collect()
+    }
+}

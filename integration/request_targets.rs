@@ -3,9 +3,6 @@
 //! with the credentials it carries and never with the node's (environment), and what the store
 //! answers comes back summarised (status and code), never as its body.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -14,67 +11,24 @@ use crate::common::*;
 
 /// A store that records each request's head and refuses it with a 403 whose body carries text
 /// no user should see.
-struct Refusing {
-    port: u16,
-    heads: Arc<Mutex<Vec<String>>>,
-}
+struct Refusing(TinyServer);
 
 const BODY_TEXT: &str = "ECHOED_RECEIVER_BODY";
 
+fn refuse(_: &str, _: u16) -> Answer {
+    let xml = format!(
+        "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>{BODY_TEXT}</Message></Error>"
+    );
+    ("403 Forbidden", String::new(), "application/xml", xml)
+}
+
 impl Refusing {
     fn start() -> Refusing {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let heads: Arc<Mutex<Vec<String>>> = Default::default();
-        let seen = heads.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let mut conn = conn;
-                    loop {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push_str(&line);
-                        }
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        let mut body = vec![0; len];
-                        if r.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        seen.lock().unwrap().push(head);
-                        let xml = format!(
-                            "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>{BODY_TEXT}</Message></Error>"
-                        );
-                        let _ = write!(
-                            conn,
-                            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
-                            xml.len()
-                        );
-                    }
-                });
-            }
-        });
-        Refusing { port, heads }
+        Refusing(TinyServer::start(refuse, 0))
     }
 
     fn target(&self, creds: Option<(&str, &str)>) -> Value {
-        let mut t = json!({"bucket": "rec", "endpoint": format!("http://127.0.0.1:{}", self.port),
+        let mut t = json!({"bucket": "rec", "endpoint": format!("http://127.0.0.1:{}", self.0.port),
                            "region": "us-east-1", "force_path_style": true});
         if let Some((k, s)) = creds {
             t["access_key"] = json!(k);
@@ -133,10 +87,7 @@ fn a_request_names_only_listed_endpoints_and_internal_ones_by_name() {
         );
         assert!(!dirs.output().join("a.mp4").exists());
     }
-    assert!(
-        store.heads.lock().unwrap().is_empty(),
-        "the store was contacted"
-    );
+    assert!(store.0.heads().is_empty(), "the store was contacted");
 }
 
 #[test]
@@ -173,7 +124,7 @@ fn a_request_s_target_is_signed_with_its_own_credentials_never_the_node_s() {
         // The local copy stays and decodes.
         assert!(decoded(&dirs.output().join(format!("r{n}.mp4"))).video_frames > 5);
     }
-    let heads = store.heads.lock().unwrap().clone();
+    let heads = store.0.heads();
     assert!(!heads.is_empty());
     for h in &heads {
         assert!(

@@ -3,82 +3,36 @@
 //! `fetch`, frames and a navigation to one, all refused, and the internal server never hit; a
 //! host allowed only by a pattern that is an internal address is refused at the request.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// A tiny HTTP server on 127.0.0.1: `route(path)` gives status, extra headers and body; every
-/// request's path is kept.
-struct Server {
-    port: u16,
-    hits: Arc<Mutex<Vec<String>>>,
-}
-
-type Route = fn(&str, u16) -> (u16, String, String);
-
-impl Server {
-    fn start(route: Route, other_port: u16) -> Server {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let hits: Arc<Mutex<Vec<String>>> = Default::default();
-        let seen = hits.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let mut first = String::new();
-                    if r.read_line(&mut first).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut l = String::new();
-                        if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                            break;
-                        }
-                    }
-                    let path = first.split(' ').nth(1).unwrap_or("").to_string();
-                    seen.lock().unwrap().push(path.clone());
-                    let (status, headers, body) = route(&path, other_port);
-                    let mut conn = conn;
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status} X\r\n{headers}Content-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                });
-            }
-        });
-        Server { port, hits }
-    }
-
-    fn hits(&self) -> Vec<String> {
-        self.hits.lock().unwrap().clone()
-    }
-}
-
 /// The internal server: what a page must never reach.
-fn internal(_: &str, _: u16) -> (u16, String, String) {
+fn internal(_: &str, _: u16) -> Answer {
     (
-        200,
+        "200 OK",
         String::new(),
+        "text/html",
         "<body style='background:#f0f'>INTERNAL</body>".into(),
     )
 }
 
 /// The allowed page: a redirect to the internal server, or a page that reaches for it.
-fn allowed_page(path: &str, internal: u16) -> (u16, String, String) {
+fn allowed_page(request_line: &str, internal: u16) -> Answer {
     let inside = format!("http://localhost:{internal}");
-    match path {
-        "/redirect" => (302, format!("Location: {inside}/secret\r\n"), String::new()),
-        _ => (
-            200,
+    match request_line.split(' ').nth(1).unwrap_or("") {
+        "/redirect" => (
+            "302 Found",
+            format!("Location: {inside}/secret\r\n"),
+            "text/html",
             String::new(),
+        ),
+        _ => (
+            "200 OK",
+            String::new(),
+            "text/html",
             format!(
                 "<!doctype html><body style='margin:0;background:#0a0'>\
                  <img src='{inside}/img.png'><iframe src='{inside}/frame'></iframe>\
@@ -104,8 +58,8 @@ fn ended(svc: &Service, id: &str) -> Value {
 
 #[test]
 fn a_page_never_reaches_an_internal_server_by_redirect_subresource_or_navigation() {
-    let inside = Server::start(internal, 0);
-    let page = Server::start(allowed_page, inside.port);
+    let inside = TinyServer::start(internal, 0);
+    let page = TinyServer::start(allowed_page, inside.port);
     let dirs = Dirs::new();
     let svc = Service::start(
         &dirs,
@@ -143,12 +97,12 @@ fn a_page_never_reaches_an_internal_server_by_redirect_subresource_or_navigation
     assert_eq!(done["status"], "complete", "{done}\n{}", log());
     assert!(decoded(&dirs.output().join("page.mp4")).video_frames > 10);
     assert!(
-        page.hits().iter().any(|p| p == "/page"),
+        page.paths().iter().any(|p| p == "/page"),
         "{:?}",
-        page.hits()
+        page.paths()
     );
     assert_eq!(
-        inside.hits(),
+        inside.paths(),
         Vec::<String>::new(),
         "the internal server was reached"
     );
@@ -158,7 +112,7 @@ fn a_page_never_reaches_an_internal_server_by_redirect_subresource_or_navigation
 
 #[test]
 fn an_internal_address_allowed_only_by_a_pattern_is_refused_at_the_request() {
-    let page = Server::start(allowed_page, 1);
+    let page = TinyServer::start(allowed_page, 1);
     let dirs = Dirs::new();
     let svc = Service::start(&dirs, "sources: { allowed_web_hosts: [\"*\"] }");
     for host in ["127.0.0.1", "localhost"] {
@@ -175,5 +129,5 @@ fn an_internal_address_allowed_only_by_a_pattern_is_refused_at_the_request() {
             "{v}"
         );
     }
-    assert!(page.hits().is_empty());
+    assert!(page.paths().is_empty());
 }
