@@ -171,6 +171,33 @@ impl Supervisor {
         self.store.load(id)
     }
 
+    /// The records of `ids` in order (those it knows): from memory, the others read from the
+    /// store on a blocking thread, never on the actor's.
+    fn records(
+        &self,
+        ids: Vec<String>,
+    ) -> impl std::future::Future<Output = Vec<EgressInfo>> + use<> {
+        let found: Vec<Result<EgressInfo, String>> = ids
+            .into_iter()
+            .filter(|id| self.egresses.contains_key(id) || self.index.get(id).is_some())
+            .map(|id| self.egresses.get(&id).cloned().ok_or(id))
+            .collect();
+        let store = self.store.clone();
+        async move {
+            if found.iter().all(Result::is_ok) {
+                return found.into_iter().flatten().collect();
+            }
+            actix_web::rt::task::spawn_blocking(move || {
+                found
+                    .into_iter()
+                    .filter_map(|r| r.or_else(|id| store.load(&id).ok_or(())).ok())
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        }
+    }
+
     /// Keeps `info` in memory: every running record, and the most recent ended ones.
     fn hold(&mut self, info: EgressInfo) {
         let id = info.egress_id.clone();
@@ -573,9 +600,10 @@ impl Handler<KillEgress> for Supervisor {
 pub struct GetEgress(pub String);
 
 impl Handler<GetEgress> for Supervisor {
-    type Result = Option<EgressInfo>;
+    type Result = ResponseFuture<Option<EgressInfo>>;
     fn handle(&mut self, msg: GetEgress, _: &mut Context<Self>) -> Self::Result {
-        self.record(&msg.0)
+        let read = self.records(vec![msg.0]);
+        Box::pin(async move { read.await.pop() })
     }
 }
 
@@ -597,14 +625,18 @@ pub struct EgressPage {
 }
 
 impl Handler<ListEgresses> for Supervisor {
-    type Result = EgressPage;
+    type Result = ResponseFuture<EgressPage>;
     fn handle(&mut self, msg: ListEgresses, _: &mut Context<Self>) -> Self::Result {
         let (ids, next) = self
             .index
             .page(msg.statuses.as_deref(), msg.after.as_ref(), msg.limit);
-        // At most `limit` small reads for the ended records not in memory.
-        let egresses = ids.iter().filter_map(|id| self.record(id)).collect();
-        EgressPage { egresses, next }
+        let read = self.records(ids);
+        Box::pin(async move {
+            EgressPage {
+                egresses: read.await,
+                next,
+            }
+        })
     }
 }
 
@@ -617,13 +649,9 @@ pub struct EndedBefore {
 }
 
 impl Handler<EndedBefore> for Supervisor {
-    type Result = Vec<EgressInfo>;
+    type Result = ResponseFuture<Vec<EgressInfo>>;
     fn handle(&mut self, msg: EndedBefore, _: &mut Context<Self>) -> Self::Result {
-        self.index
-            .ended_before(msg.before_ms, true)
-            .iter()
-            .filter_map(|id| self.record(id))
-            .collect()
+        Box::pin(self.records(self.index.ended_before(msg.before_ms, true)))
     }
 }
 
