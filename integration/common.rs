@@ -108,9 +108,12 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
+        // EGRESS_IT_KEEP=1 keeps every test's files and logs, for reading a failure after it.
+        let keep = std::env::var_os("EGRESS_IT_KEEP").is_some();
         Dirs {
             root: tempfile::Builder::new()
                 .prefix("egress-it-")
+                .disable_cleanup(keep)
                 .tempdir()
                 .expect("tempdir"),
         }

@@ -57,8 +57,6 @@ const ORPHAN_EOS_TIMEOUT: Duration = Duration::from_secs(60);
 /// A source that shows only audio or only video is taken as complete this long after its last
 /// pad.
 const PAD_SETTLE: Duration = Duration::from_millis(1000);
-/// How long the last HLS fragment may take to be reported closed after EOS reached every sink.
-const SEGMENT_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Reconnection attempts are at least this far apart.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -290,13 +288,12 @@ impl<'a> Recording<'a> {
             self.poll_streams();
             // Every sink saw EOS but splitmuxsink has not reported its last fragment: it is
             // measured on disk instead (`Segments::finish`).
-            if let Some((_, since)) = &self.stopping
+            if self.stopping.is_some()
                 && self.pending_sinks.is_empty()
-                && since.elapsed() > SEGMENT_CLOSE_WAIT
+                && let Some(seg) = &mut self.segments
+                && seg.waited_enough()
             {
-                if let Some(seg) = &mut self.segments {
-                    seg.finish(self.log, true);
-                }
+                seg.finish(self.log, true);
                 return Ok(self.finished());
             }
             if let Some((_, since)) = &self.stopping

@@ -3,8 +3,9 @@
 //! playlist and rewrites the playlists atomically.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -32,7 +33,19 @@ pub struct Segments {
     started: Arc<AtomicU32>,
     /// Fragments closed, empty ones included.
     closes: u32,
+    /// The file of the fragment named last (from the muxer's thread).
+    newest: Arc<Mutex<Option<PathBuf>>>,
+    /// When EOS reached the input, and the newest fragment's size when last seen and since when.
+    eos_at: Option<Instant>,
+    seen: (u64, Instant),
 }
+
+/// After EOS, the last fragment is waited for at least this long, and while it grows.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// ... but no longer than this: a fragment that stopped growing this long is whole.
+const QUIET: Duration = Duration::from_millis(700);
+/// ... and never longer than this.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(20);
 
 /// Creates `dir/name` (or takes the service's empty placeholder) without following a symlink;
 /// when something else is there, a unique name beside it.
@@ -63,6 +76,9 @@ impl Segments {
             bytes: 0,
             started: Arc::new(AtomicU32::new(0)),
             closes: 0,
+            newest: Arc::default(),
+            eos_at: None,
+            seen: (0, Instant::now()),
         }
     }
 
@@ -71,10 +87,14 @@ impl Segments {
     pub fn attach(&self, sink: &gst::Element, log: &Logger) {
         let out = self.out.clone();
         let started = self.started.clone();
+        let newest = self.newest.clone();
         sink.connect("format-location", false, move |args| {
             started.fetch_add(1, Ordering::SeqCst);
             let id = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
             let path = create_segment(&out.dir, &segment_name(&out, id));
+            if let Ok(mut n) = newest.lock() {
+                *n = Some(path.clone());
+            }
             Some(path.to_string_lossy().into_owned().to_value())
         });
         if let Err(e) = crate::repair::write_playlists(&self.out, &self.playlist) {
@@ -128,9 +148,32 @@ impl Segments {
 
     /// EOS reached the output: done now if no segment is open, else at its close.
     /// EOS reached splitmuxsink's input. It still holds the last GOP then, which it writes and
-    /// closes after: the end waits for that close (or `SEGMENT_CLOSE_WAIT` in the handler).
+    /// closes after: the end waits for that close (or `waited_enough`).
     pub fn on_eos(&mut self) {
         self.eos = true;
+        self.eos_at = Some(Instant::now());
+    }
+
+    /// Whether to stop waiting for splitmuxsink to report its last fragment closed: EOS
+    /// reached it at least `CLOSE_WAIT` ago and its newest fragment has not grown for `QUIET`
+    /// (a loaded machine can take seconds to mux the last GOP; ending the pipeline then would
+    /// cut that segment short), or `CLOSE_WAIT_MAX` passed.
+    pub fn waited_enough(&mut self) -> bool {
+        let Some(eos_at) = self.eos_at else {
+            return false;
+        };
+        let size = self
+            .newest
+            .lock()
+            .ok()
+            .and_then(|n| n.clone())
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
+        if size != self.seen.0 {
+            self.seen = (size, Instant::now());
+        }
+        let waited = eos_at.elapsed();
+        waited > CLOSE_WAIT_MAX || (waited > CLOSE_WAIT && self.seen.1.elapsed() > QUIET)
     }
 
     /// Whether every fragment was closed: none open, and as many closed as were named (at EOS
@@ -146,7 +189,7 @@ impl Segments {
     }
 
     /// Ends the playlist (`#EXT-X-ENDLIST`). `measure_unlisted`: fragments on disk that
-    /// splitmuxsink never said it closed are measured and listed (after `SEGMENT_CLOSE_WAIT`,
+    /// splitmuxsink never said it closed are measured and listed (after `waited_enough`,
     /// when they are whole); otherwise a fragment it may still be writing is left out.
     pub fn finish(&mut self, log: &Logger, measure_unlisted: bool) {
         // A fragment splitmuxsink has not reported closed is complete by now (its muxer saw
