@@ -31,3 +31,4 @@ mod web;
 mod web_filter;
 mod webdriver;
 mod webhooks_tls;
+mod webrtc;

@@ -17,6 +17,7 @@ mod redis_url;
 mod server;
 mod storage;
 mod webhook_keys;
+mod webrtc;
 pub use cpu::*;
 pub use events::*;
 pub use fleet::*;
@@ -25,6 +26,7 @@ pub use redis_url::{DEFAULT_KEY_PREFIX, RedisTarget};
 pub use server::*;
 pub use storage::*;
 pub use webhook_keys::{key_bytes, read_ca_file};
+pub use webrtc::WebrtcConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,6 +92,9 @@ pub struct Config {
     /// Events POSTed to receivers.
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// WHIP sources: ICE ports and addresses.
+    #[serde(default)]
+    pub webrtc: WebrtcConfig,
 }
 
 fn yes() -> bool {
@@ -106,6 +111,7 @@ macro_rules! default_from_serde {
 }
 default_from_serde!(
     Config,
+    WebrtcConfig,
     ServerConfig,
     StorageConfig,
     SourcesConfig,
@@ -171,6 +177,7 @@ impl Config {
 
     /// Every rule a running service relies on; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.webrtc.validate()?;
         let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
             invalid(
                 "server.listen",

@@ -162,6 +162,18 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A new WHIP token: `wt_` and 32 random alphanumerics (190 bits).
+pub fn new_whip_token() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    let s: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    format!("wt_{s}")
+}
+
 /// A new egress id: `EG_` and 12 random alphanumerics.
 pub fn new_egress_id() -> String {
     use rand::Rng;
@@ -193,10 +205,7 @@ mod tests {
     fn req(t: &str, uris: &[&str], filename: &str) -> EgressRequest {
         EgressRequest {
             egress_type: t.into(),
-            sources: uris
-                .iter()
-                .map(|u| SourceRequest { uri: u.to_string() })
-                .collect(),
+            sources: uris.iter().map(|u| SourceRequest::uri(u)).collect(),
             url: None,
             output: Some(OutputRequest::File(FileOutputRequest {
                 filename: Some(filename.into()),

@@ -93,6 +93,9 @@ struct Inner {
     control: mpsc::UnboundedSender<Control>,
     /// Uploads and disk safety (None only where a test builds a node without them).
     delivery: Option<Delivery>,
+    /// This node's URL as others reach it (`fleet.advertise_url`, else the bound address), set
+    /// once the HTTP server is bound: what WHIP URLs start with.
+    base_url: std::sync::OnceLock<String>,
 }
 
 /// The delivery actors: uploads, and the disk's admission, stops and retention.
@@ -125,12 +128,21 @@ impl Node {
                 pricer: parts.pricer,
                 control: parts.control,
                 delivery: parts.delivery,
+                base_url: std::sync::OnceLock::new(),
             }),
         }
     }
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Sets where this node is reached (once, after the server is bound).
+    pub fn set_base_url(&self, url: &str) {
+        let _ = self
+            .inner
+            .base_url
+            .set(url.trim_end_matches('/').to_string());
     }
 
     pub fn config(&self) -> &Config {
@@ -292,6 +304,30 @@ impl Node {
             placement: placement.map(str::to_string),
             deleted_at: None,
             streams_removed: 0,
+            whip: Vec::new(),
+            whip_token: None,
+        };
+        let mut info = info;
+        let base = self.inner.base_url.get().cloned().unwrap_or_default();
+        for (i, s) in spec.sources.iter().enumerate() {
+            if matches!(s, crate::model::Source::Whip) {
+                info.whip.push(crate::model::WhipInfo {
+                    source: i,
+                    url: format!("{base}/v1/whip/{}/{i}", info.egress_id),
+                    publishing: false,
+                });
+            }
+        }
+        if !info.whip.is_empty() {
+            info.whip_token = Some(crate::model::new_whip_token());
+        }
+        // A WHIP source starts when its publisher does: the egress waits for it that long.
+        let start_timeout_s = if info.whip.is_empty() {
+            cfg.pipeline.start_timeout_s
+        } else {
+            cfg.pipeline
+                .start_timeout_s
+                .max(cfg.webrtc.publish_timeout_s)
         };
         let setup = PipelineSetup {
             info,
@@ -299,11 +335,13 @@ impl Node {
             nice: cfg.pipeline.handler_nice,
             options: crate::model::PipelineOptions {
                 allowed_web_hosts: cfg.sources.allowed_web_hosts.clone(),
+                webrtc: webrtc_options(&cfg.webrtc),
+                start_timeout_s,
                 ..crate::model::PipelineOptions::from(&cfg.pipeline)
             },
             spec,
             eos_timeout: Duration::from_secs_f64(cfg.pipeline.eos_timeout_s),
-            start_timeout: Duration::from_secs_f64(cfg.pipeline.start_timeout_s),
+            start_timeout: Duration::from_secs_f64(start_timeout_s),
             max_duration: req.max_duration_s.map(Duration::from_secs_f64),
             delivery: link,
         };
@@ -440,6 +478,38 @@ impl Node {
         }
     }
 
+    /// A WHIP publisher's offer for source `source` of egress `id` (running here).
+    pub async fn whip_publish(
+        &self,
+        id: &str,
+        offer: crate::actors::pipeline::WhipPublish,
+    ) -> Result<crate::actors::pipeline::WhipSession, ApiError> {
+        self.inner
+            .supervisor
+            .send(crate::actors::supervisor::PublishWhip {
+                egress_id: id.to_string(),
+                offer,
+            })
+            .await
+            .map_err(ApiError::from_mailbox)?
+    }
+
+    /// A WHIP publisher ends its session.
+    pub async fn whip_end(
+        &self,
+        id: &str,
+        end: crate::actors::pipeline::WhipEnd,
+    ) -> Result<(), ApiError> {
+        self.inner
+            .supervisor
+            .send(crate::actors::supervisor::EndWhip {
+                egress_id: id.to_string(),
+                end,
+            })
+            .await
+            .map_err(ApiError::from_mailbox)?
+    }
+
     /// Stops or kills every running egress (SIGINT, drain timeout); returns how many ran.
     pub async fn end_all(&self, all: EndAll) -> usize {
         self.inner.supervisor.send(all).await.unwrap_or(0)
@@ -546,4 +616,15 @@ fn with_live_sizes(mut files: Vec<crate::model::FileInfo>) -> Vec<crate::model::
         }
     }
     files
+}
+
+/// What handlers need of `webrtc.*`.
+fn webrtc_options(w: &crate::config::WebrtcConfig) -> crate::model::WebrtcOptions {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    crate::model::WebrtcOptions {
+        udp_ports: w.port_range().ok().flatten(),
+        public_ip: some(&w.public_ip),
+        stun_server: some(&w.stun_server),
+        turn_server: some(&w.turn_server),
+    }
 }

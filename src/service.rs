@@ -275,16 +275,19 @@ async fn serve(
     let server = server.run();
     let handle = server.handle();
     actix_rt::spawn(server);
+    let url = if cfg.fleet.advertise_url.is_empty() {
+        format!("http://{bound}")
+    } else {
+        cfg.fleet.advertise_url.trim_end_matches('/').to_string()
+    };
+    node.set_base_url(&url);
     if let Some(f) = &fleet {
-        let url = if cfg.fleet.advertise_url.is_empty() {
-            if addrs.first().is_some_and(|a| a.ip().is_unspecified()) {
-                warn!(log, "listening on all interfaces without fleet.advertise_url: other nodes cannot reach this one";
-                      "addr" => &bound);
-            }
-            format!("http://{bound}")
-        } else {
-            cfg.fleet.advertise_url.trim_end_matches('/').to_string()
-        };
+        if cfg.fleet.advertise_url.is_empty()
+            && addrs.first().is_some_and(|a| a.ip().is_unspecified())
+        {
+            warn!(log, "listening on all interfaces without fleet.advertise_url: other nodes cannot reach this one";
+                  "addr" => &bound);
+        }
         if let Err(e) = f.join(url, node.clone()).await {
             handle.stop(false).await;
             return Err(ServiceError::Fleet(format!(

@@ -29,8 +29,10 @@ pub use crate::rules::outcome::{KillReason, StopReason};
 
 mod process;
 mod streams;
+mod whip;
 pub use process::{Launch, spawn_handler};
 pub use streams::ChangeStreams;
+pub use whip::{WhipEnd, WhipPublish, WhipSession};
 
 /// Everything a Pipeline actor needs to run one egress.
 pub struct PipelineSetup {
@@ -88,6 +90,8 @@ pub struct Pipeline {
     /// The handler has exited (uploads may still run): nothing left to stop or kill.
     exited: bool,
     delivery: Option<crate::actors::delivery::DeliveryLink>,
+    /// Its WHIP sources' publishers.
+    whip: whip::Whip,
     log: Logger,
 }
 
@@ -141,6 +145,7 @@ impl Pipeline {
             media: false,
             exited: false,
             delivery: setup.delivery,
+            whip: Default::default(),
             log,
         };
         Pipeline::create(move |ctx| {
@@ -345,8 +350,14 @@ impl Handler<HandlerLine> for Pipeline {
                 info!(self.log, "graph decided"; "video" => video, "audio" => audio);
                 self.outputs.expected = Some(crate::rules::fidelity::Expected { video, audio });
             }
+            HandlerEvent::WhipAnswer {
+                session,
+                sdp,
+                error,
+            } => self.on_whip_answer(session, sdp, error),
             HandlerEvent::SourceStalled { source } => {
                 warn!(self.log, "source stalled; handler reconnecting"; "source" => source);
+                self.whip_gone(source);
                 self.stalled_at.get_or_insert_with(now_ms);
                 crate::metrics::METRICS
                     .source_events_total
@@ -363,6 +374,7 @@ impl Handler<HandlerLine> for Pipeline {
             }
             HandlerEvent::SourceLost { source } => {
                 warn!(self.log, "source lost"; "source" => source);
+                self.whip_gone(source);
                 crate::metrics::METRICS
                     .source_events_total
                     .with_label_values(&["lost"])

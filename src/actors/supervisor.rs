@@ -297,11 +297,13 @@ impl Supervisor {
                 let _ = w.send(info.clone());
             }
         }
+        // Others see the record without its WHIP token (the fleet mirror, events, webhooks).
+        let shared = info.clone().shared();
         if let Some(m) = &self.mirror {
-            let _ = m.send(info.clone());
+            let _ = m.send(shared.clone());
         }
         if let Some(ev) = &self.events {
-            ev.egress_changed(old.as_ref(), &info);
+            ev.egress_changed(old.map(EgressInfo::shared).as_ref(), &shared);
         }
         self.hold(info);
     }
@@ -561,6 +563,44 @@ impl Handler<ChangeEgressStreams> for Supervisor {
     }
 }
 
+/// A WHIP publisher's offer for a running egress (its Pipeline actor answers).
+#[derive(Message)]
+#[rtype(result = "Result<crate::actors::pipeline::WhipSession, ApiError>")]
+pub struct PublishWhip {
+    pub egress_id: String,
+    pub offer: crate::actors::pipeline::WhipPublish,
+}
+
+impl Handler<PublishWhip> for Supervisor {
+    type Result = ResponseFuture<Result<crate::actors::pipeline::WhipSession, ApiError>>;
+    fn handle(&mut self, msg: PublishWhip, _: &mut Context<Self>) -> Self::Result {
+        let p = match self.running(&msg.egress_id) {
+            Ok((_, p)) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        Box::pin(async move { p.send(msg.offer).await.map_err(ApiError::from_mailbox)? })
+    }
+}
+
+/// A WHIP publisher ends its session of a running egress.
+#[derive(Message)]
+#[rtype(result = "Result<(), ApiError>")]
+pub struct EndWhip {
+    pub egress_id: String,
+    pub end: crate::actors::pipeline::WhipEnd,
+}
+
+impl Handler<EndWhip> for Supervisor {
+    type Result = ResponseFuture<Result<(), ApiError>>;
+    fn handle(&mut self, msg: EndWhip, _: &mut Context<Self>) -> Self::Result {
+        let p = match self.running(&msg.egress_id) {
+            Ok((_, p)) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        Box::pin(async move { p.send(msg.end).await.map_err(ApiError::from_mailbox)? })
+    }
+}
+
 /// Kill an egress's handler at once; returns its record. 409 once it has ended.
 #[derive(Message)]
 #[rtype(result = "Result<EgressInfo, ApiError>")]
@@ -633,7 +673,8 @@ impl Handler<ListEgresses> for Supervisor {
         let read = self.records(ids);
         Box::pin(async move {
             EgressPage {
-                egresses: read.await,
+                // A list shows no WHIP token: it is for whoever created the egress.
+                egresses: read.await.into_iter().map(EgressInfo::shared).collect(),
                 next,
             }
         })

@@ -43,6 +43,14 @@ pub async fn guard<B: MessageBody + 'static>(
         .unwrap_or_default();
     let server = &cfg.server;
     let local = req.app_config().local_addr();
+    // Publishers (WHIP) come from any page and show the egress's own token, which the route
+    // checks: only the Host check applies to them here.
+    if crate::api::whip::is_whip_path(route_path(&req)) {
+        if let Err(e) = check_host(&req, local) {
+            return Ok(reply(req, &e, None));
+        }
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     let cors = match check_host(&req, local).and_then(|()| check_origin(&req, server)) {
         Ok(cors) => cors,
         Err(e) => return Ok(reply(req, &e, None)),

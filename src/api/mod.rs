@@ -11,6 +11,7 @@ pub mod fleet;
 mod guard;
 pub mod node;
 pub mod openapi;
+pub mod whip;
 
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -74,6 +75,10 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/healthz", false),
     route("GET", "/readyz", false),
     route("GET", "/metrics", false),
+    route("POST", "/v1/whip/{id}/{source}", false),
+    route("OPTIONS", "/v1/whip/{id}/{source}", false),
+    route("DELETE", "/v1/whip/{id}/{source}/{session}", false),
+    route("OPTIONS", "/v1/whip/{id}/{source}/{session}", false),
 ];
 
 /// Whether a concrete path matches a route pattern, segment by segment (as actix matches them).
@@ -130,6 +135,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     events::configure(cfg);
     dashboard::configure(cfg);
     openapi::configure(cfg);
+    whip::configure(cfg);
 }
 
 fn json_error(err: JsonPayloadError, max_body: usize) -> ApiError {

@@ -23,6 +23,7 @@ use crate::model::{
     ImagesInfo, ImagesRequest, LivePlaylistRequest, OutputRequest, SegmentsInfo, SegmentsRequest,
     SourceRequest, StreamInfo, StreamRequest, StreamStatus, StreamsUpdate, VideoRequest,
 };
+use crate::model::{WhipInfo, WhipRequest};
 use crate::rules::admission::{NodeState, TypeState};
 use crate::rules::capacity::{Capacity, DrainCandidate};
 use crate::rules::pricer::{ClassCost, CostsReport};
@@ -179,6 +180,45 @@ mod ops {
         ))]
     fn egress_thumbnail() {}
 
+    #[utoipa::path(post, path = "/v1/whip/{id}/{source}", tag = "whip",
+        summary = "Publish a WHIP source (RFC 9725): the SDP offer in, the answer out",
+        description = "Authorization: Bearer <the egress's whip_token> (not the admin token). Any origin may publish.",
+        params(("id" = String, Path), ("source" = String, Path)),
+        request_body(content = String, content_type = "application/sdp"),
+        responses(
+            (status = 201, description = "the SDP answer; Location is the session", body = String, content_type = "application/sdp"),
+            (status = 400, description = "invalid_field: not an SDP offer, or no codec in common", body = ErrorBody),
+            (status = 401, description = "unauthorized: missing or wrong WHIP token", body = ErrorBody),
+            (status = 404, description = "unknown egress or WHIP source", body = ErrorBody),
+            (status = 409, description = "the source has a publisher already, or the egress ended", body = ErrorBody),
+            (status = 503, description = "the recording did not answer in time", body = ErrorBody),
+        ))]
+    fn whip_publish() {}
+
+    #[utoipa::path(options, path = "/v1/whip/{id}/{source}", tag = "whip",
+        summary = "CORS preflight and Accept-Post for publishers",
+        params(("id" = String, Path), ("source" = String, Path)),
+        responses((status = 204, description = "what a publisher may send")))]
+    fn whip_options() {}
+
+    #[utoipa::path(delete, path = "/v1/whip/{id}/{source}/{session}", tag = "whip",
+        summary = "End a WHIP session (the source is lost unless a publisher comes back within pipeline.source_reconnect_s)",
+        params(("id" = String, Path), ("source" = String, Path), ("session" = String, Path)),
+        responses(
+            (status = 200, description = "ended"),
+            (status = 401, description = "unauthorized: missing or wrong WHIP token", body = ErrorBody),
+            (status = 404, description = "unknown egress, source or session", body = ErrorBody),
+            (status = 409, description = "the egress ended", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn whip_end() {}
+
+    #[utoipa::path(options, path = "/v1/whip/{id}/{source}/{session}", tag = "whip",
+        summary = "CORS preflight for ending a session",
+        params(("id" = String, Path), ("source" = String, Path), ("session" = String, Path)),
+        responses((status = 204, description = "what a publisher may send")))]
+    fn whip_session_options() {}
+
     #[utoipa::path(get, path = "/v1/node", tag = "node",
         summary = "This node's capacity, load and per-type counts",
         responses(
@@ -317,7 +357,8 @@ mod ops {
         ops::kill_egress, ops::egress_streams, ops::egress_thumbnail, ops::node_state, ops::drain, ops::affinity_score,
         ops::affinity_claim, ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::events,
         ops::dashboard, ops::openapi_json, ops::node_costs, ops::fleet_capacity,
-        ops::healthz, ops::readyz, ops::metrics
+        ops::healthz, ops::readyz, ops::metrics, ops::whip_publish, ops::whip_options,
+        ops::whip_end, ops::whip_session_options
     ),
     components(schemas(
         ErrorBody, ErrorDetail, EgressList, AffinityRelease, FleetNodes, Health, Ready,
@@ -326,7 +367,8 @@ mod ops {
         AudioRequest, EgressInfo, FileInfo, SegmentsInfo, StreamInfo, StreamStatus, ImagesInfo, EgressType, EgressStatus, NodeState, TypeState,
         Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
         Capacity, DrainCandidate,
-        UploadTarget, S3Target, GcsTarget, AzureTarget, UploadState, DiskState
+        UploadTarget, S3Target, GcsTarget, AzureTarget, UploadState, DiskState, WhipRequest,
+        WhipInfo
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

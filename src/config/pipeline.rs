@@ -103,6 +103,7 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             thumbnail_s: p.thumbnail_s,
             health_window_s: p.health_window_s,
             allowed_web_hosts: Vec::new(),
+            webrtc: Default::default(),
         }
     }
 }

@@ -29,6 +29,16 @@ pub(crate) enum Control {
         add: Vec<(usize, String)>,
         remove: Vec<usize>,
     },
+    /// A WHIP publisher's offer for source `source` (session `session`).
+    WhipOffer {
+        source: usize,
+        session: String,
+        sdp: String,
+    },
+    /// The publisher of source `source` ended its session (DELETE).
+    WhipEnd {
+        source: usize,
+    },
 }
 
 /// Why the handler is stopping.
@@ -84,6 +94,20 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
                 }
                 Some(HandlerCommand::Streams { add, remove }) => {
                     let _ = tx.send(Control::Streams { add, remove });
+                }
+                Some(HandlerCommand::WhipOffer {
+                    source,
+                    session,
+                    sdp,
+                }) => {
+                    let _ = tx.send(Control::WhipOffer {
+                        source,
+                        session,
+                        sdp,
+                    });
+                }
+                Some(HandlerCommand::WhipEnd { source }) => {
+                    let _ = tx.send(Control::WhipEnd { source });
                 }
                 Some(HandlerCommand::Start { .. }) | None => {}
             }

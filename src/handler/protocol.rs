@@ -33,6 +33,16 @@ pub enum HandlerCommand {
         #[serde(default)]
         remove: Vec<usize>,
     },
+    /// A WHIP publisher's SDP offer for source `source`; answered by `whip_answer` with the
+    /// same `session`.
+    WhipOffer {
+        source: usize,
+        session: String,
+        sdp: String,
+    },
+    /// The publisher of WHIP source `source` ended its session: the source is lost as a
+    /// stalled one is, unless a publisher comes back within `source_reconnect_s`.
+    WhipEnd { source: usize },
 }
 
 /// Handler -> service.
@@ -88,6 +98,15 @@ pub enum HandlerEvent {
     Stream {
         index: usize,
         status: crate::model::StreamStatus,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// The answer to `whip_offer` `session`: the SDP answer, or why there is none (`error`,
+    /// for the publisher: a bad offer, no codec in common).
+    WhipAnswer {
+        session: String,
+        #[serde(default)]
+        sdp: Option<String>,
         #[serde(default)]
         error: Option<String>,
     },

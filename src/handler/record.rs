@@ -28,6 +28,7 @@ mod thumb;
 mod timing;
 mod uri_source;
 mod web;
+mod whip;
 
 use live::disconnect;
 use segments::Segments;
@@ -139,9 +140,15 @@ impl<'a> Recording<'a> {
                 .map(|l| super::web_filter::start(l, opts.allowed_web_hosts.clone(), log));
         }
         for (i, s) in spec.sources.iter().enumerate() {
-            if let Source::Uri { uri } = s {
+            let (uri, whip) = match s {
+                Source::Uri { uri } => (uri.clone(), false),
+                Source::Whip => (format!("whip (source {i})"), true),
+                _ => continue,
+            };
+            {
                 let mut src = UriSource {
                     index: i,
+                    whip,
                     uri: uri.clone(),
                     bin: None,
                     held: Arc::default(),
@@ -153,7 +160,7 @@ impl<'a> Recording<'a> {
                     expected: None,
                     announced: None,
                     collection: Announced::default(),
-                    flv: announce::is_incremental(uri),
+                    flv: !whip && announce::is_incremental(&uri),
                     linked: 0,
                     state: SrcState::Discovering,
                 };
@@ -173,14 +180,24 @@ impl<'a> Recording<'a> {
         self.media.load(Ordering::Relaxed)
     }
 
-    /// Opens a new connection for `src` (the first, or a reconnection).
+    /// Opens a new connection for `src` (the first, or a reconnection). A WHIP source has
+    /// none until its publisher's offer (`whip_offer`).
     fn connect(&self, src: &mut UriSource) -> Result<(), PipelineError> {
-        let name = match src.attempt {
-            0 => format!("src{}", src.index),
-            n => format!("src{}_r{n}", src.index),
-        };
+        if src.whip {
+            return Ok(());
+        }
         let caps = plan::copy_caps(self.spec);
-        let (bin, held) = source_uri::connect(src.index, &name, &src.uri, caps.as_deref())?;
+        let (bin, held) = source_uri::connect(src.index, &src.name(), &src.uri, caps.as_deref())?;
+        self.adopt(src, bin, held)
+    }
+
+    /// Makes `bin` (with its held pads) `src`'s current connection, in the pipeline.
+    fn adopt(
+        &self,
+        src: &mut UriSource,
+        bin: gst::Element,
+        held: Arc<source_uri::Held>,
+    ) -> Result<(), PipelineError> {
         self.pipeline.add(&bin)?;
         let prev = std::mem::replace(
             &mut src.conn,
@@ -283,6 +300,12 @@ impl<'a> Recording<'a> {
                 Ok(Control::Streams { add, remove }) => {
                     self.stream_changes.push((add, remove));
                 }
+                Ok(Control::WhipOffer {
+                    source,
+                    session,
+                    sdp,
+                }) => self.whip_offer(source, session, &sdp),
+                Ok(Control::WhipEnd { source }) => self.whip_end(source),
                 _ => {}
             }
             self.poll_streams();
@@ -630,7 +653,7 @@ impl<'a> Recording<'a> {
         let sources = self.spec.sources.iter().filter_map(|s| match s {
             Source::Uri { uri } => Some(uri.as_str()),
             Source::Web { url, .. } => Some(url.as_str()),
-            Source::Test { .. } => None,
+            Source::Test { .. } | Source::Whip => None,
         });
         sources.chain(self.spec.outputs.stream_urls.iter().map(String::as_str))
     }
@@ -643,8 +666,9 @@ impl<'a> Recording<'a> {
                 Source::Web { audio, .. } => {
                     SourceStreams::of_web(*audio && self.spec.audio.enabled)
                 }
-                Source::Uri { uri } => {
+                Source::Uri { .. } | Source::Whip => {
                     let src = self.sources.iter().find(|s| s.index == i);
+                    let uri = src.map(|s| s.uri.as_str()).unwrap_or_default();
                     let names: Vec<String> = src
                         .map(|s| s.pads.iter().map(source_uri::caps_name).collect())
                         .unwrap_or_default();
@@ -868,7 +892,7 @@ impl<'a> Recording<'a> {
                         }
                     }
                 }
-                Source::Uri { .. } => {}
+                Source::Uri { .. } | Source::Whip => {}
             }
         }
     }

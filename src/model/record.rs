@@ -91,6 +91,35 @@ pub struct EgressInfo {
     /// When retention (`storage.delete_after`) deleted the local outputs, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<u64>,
+    /// Where each WHIP source is published (`{advertise_url}/v1/whip/{egress_id}/{source}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whip: Vec<WhipInfo>,
+    /// The bearer token WHIP publishers of this egress send; shown in the answer to the create
+    /// and in `GET /v1/egress/{id}`, `[redacted]` in lists, events, webhooks and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whip_token: Option<String>,
+}
+
+/// One WHIP source of an egress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhipInfo {
+    /// The source's index in `request.sources`.
+    pub source: usize,
+    /// Where a publisher POSTs its SDP offer.
+    pub url: String,
+    /// Whether a publisher is connected now.
+    #[serde(default)]
+    pub publishing: bool,
+}
+
+impl EgressInfo {
+    /// The record as lists, events, webhooks and logs show it: the WHIP token hidden.
+    pub fn shared(mut self) -> EgressInfo {
+        if self.whip_token.is_some() {
+            self.whip_token = Some(upload::REDACTED.to_string());
+        }
+        self
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -151,9 +180,7 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         error: None,
         request: EgressRequest {
             egress_type: "track".into(),
-            sources: vec![SourceRequest {
-                uri: "test://video".into(),
-            }],
+            sources: vec![SourceRequest::uri("test://video")],
             url: None,
             output: Some(OutputRequest::File(FileOutputRequest {
                 filename: Some("a.mp4".into()),
@@ -175,6 +202,8 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         cpu_cost: 0.5,
         placement: None,
         deleted_at: None,
+        whip: Vec::new(),
+        whip_token: None,
         streams_removed: 0,
     }
 }

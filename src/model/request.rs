@@ -50,17 +50,40 @@ pub struct EgressRequest {
     pub upload: Option<upload::UploadTarget>,
 }
 
+/// One input: a URI the handler opens, or a WebRTC publisher that pushes to the egress over
+/// WHIP. Exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub struct SourceRequest {
     /// `scheme://...` with a scheme in `sources.allowed_schemes`; `test://video|audio|av?pattern=
     /// ball&wave=sine&freq=440&width=1280&height=720&fps=30` is a synthetic live source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(
         max_length = 4096,
         pattern = "^[A-Za-z0-9+.-]+://[^\\x00-\\x1f\\x7f-\\x9f]+$",
         example = "test://av?pattern=ball&freq=440"
     )]
-    pub uri: String,
+    pub uri: Option<String>,
+    /// `{}`: a WebRTC publisher (browser, OBS, encoder, SFU) sends this source to the egress's
+    /// `whip[].url` with its `whip_token` (WHIP, RFC 9725).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whip: Option<WhipRequest>,
+}
+
+/// A WHIP source's options (none yet: `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhipRequest {}
+
+impl SourceRequest {
+    /// A URI source.
+    pub fn uri(uri: &str) -> SourceRequest {
+        SourceRequest {
+            uri: Some(uri.to_string()),
+            whip: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -139,7 +162,7 @@ impl EgressRequest {
     pub fn redacted(&self) -> EgressRequest {
         let mut r = self.clone();
         for s in &mut r.sources {
-            s.uri = redact::url(&s.uri);
+            s.uri = s.uri.as_deref().map(redact::url);
         }
         r.url = r.url.map(|u| redact::url(&u));
         r.output = r

@@ -26,6 +26,8 @@ pub enum Source {
     Uri { uri: String },
     /// A web page rendered by WPE WebKit (`wpesrc`) at the egress's video size.
     Web { url: String, audio: bool },
+    /// A WebRTC publisher that sends its media over WHIP (`webrtcbin` in the handler).
+    Whip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,14 +43,14 @@ impl Source {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Audio),
             Source::Web { .. } => Some(true),
-            Source::Uri { .. } => None,
+            Source::Uri { .. } | Source::Whip => None,
         }
     }
     pub fn has_audio(&self) -> Option<bool> {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Video),
             Source::Web { audio, .. } => Some(*audio),
-            Source::Uri { .. } => None,
+            Source::Uri { .. } | Source::Whip => None,
         }
     }
 }
@@ -161,6 +163,24 @@ pub struct PipelineOptions {
     /// `sources.allowed_web_hosts`: what a web page's requests may reach (its filter's list).
     #[serde(default)]
     pub allowed_web_hosts: Vec<String>,
+    /// `webrtc.*`: how WHIP sources are received.
+    #[serde(default)]
+    pub webrtc: WebrtcOptions,
+}
+
+/// What a handler needs of `webrtc.*` (checked at the service's start).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebrtcOptions {
+    /// ICE's UDP port range; None for any.
+    #[serde(default)]
+    pub udp_ports: Option<(u16, u16)>,
+    /// Also offer host candidates with this address (1:1 NAT).
+    #[serde(default)]
+    pub public_ip: Option<String>,
+    #[serde(default)]
+    pub stun_server: Option<String>,
+    #[serde(default)]
+    pub turn_server: Option<String>,
 }
 
 fn default_mp4_fragment_s() -> f64 {
@@ -208,6 +228,7 @@ impl Default for PipelineOptions {
             thumbnail_s: default_thumbnail_s(),
             health_window_s: default_health_window_s(),
             allowed_web_hosts: Vec::new(),
+            webrtc: WebrtcOptions::default(),
         }
     }
 }

@@ -94,8 +94,15 @@ impl EgressRequest {
             self.sources
                 .iter()
                 .enumerate()
-                .map(|(i, s)| {
-                    parse_source(&s.uri, ctx.allowed_schemes, &format!("sources[{i}].uri"))
+                .map(|(i, s)| match (&s.uri, &s.whip) {
+                    (Some(uri), None) => {
+                        parse_source(uri, ctx.allowed_schemes, &format!("sources[{i}].uri"))
+                    }
+                    (None, Some(_)) => Ok(Source::Whip),
+                    _ => Err(RequestError::invalid(
+                        &format!("sources[{i}]"),
+                        "give a source's uri or whip, one of them",
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };

@@ -60,6 +60,16 @@ pub fn rejoins(uri: &str) -> bool {
 }
 
 impl Held {
+    /// The held pads of a connection whose media comes from inside `source` (a sender that may
+    /// come back if `rejoins`).
+    pub fn of(source: &gst::Element, rejoins: bool) -> Arc<Held> {
+        Arc::new(Held {
+            source: Mutex::new(Some(source.clone())),
+            rejoins,
+            ..Held::default()
+        })
+    }
+
     /// Whether `obj` is (inside) this connection's source element.
     pub fn owns(&self, obj: &gst::Object) -> bool {
         let source = self.source.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,63 +129,66 @@ pub fn connect(
         None
     });
     let h = held.clone();
-    bin.connect_pad_added(move |bin, pad| {
-        // Held until linked: data must not reach an unlinked pad (not-linked would stop the
-        // source) nor run ahead of the graph decision. Video is blocked, so its first keyframe
-        // is kept; audio (and the rest) is dropped meanwhile: blocked, it would fill the
-        // demuxer's queue and stop the source before a late video stream ever showed up (an
-        // RTMP server sends video from the next keyframe, seconds after the audio). Audio
-        // before the first keyframe is not recorded anyway.
-        let arrived = |pad: &gst::Pad, info: &gst::PadProbeInfo, held: &Held| {
-            let mut off = held.offset.lock().unwrap_or_else(|p| p.into_inner());
-            if off.is_none()
-                && let Some(rt) = info.buffer().and_then(|b| running_time(pad, b))
-                && let Some(now) = pad.parent_element().and_then(|e| e.current_running_time())
-            {
-                *off = Some(now.nseconds() as i64 - rt);
-            }
-        };
-        // Buffers only: events (caps above all) go on, so a pad whose caps come after it
-        // (HLS) says what it carries while it is held.
-        let block = |pad: &gst::Pad| {
-            let h = h.clone();
-            let t = gst::PadProbeType::BLOCK
-                | gst::PadProbeType::BUFFER
-                | gst::PadProbeType::BUFFER_LIST;
-            pad.add_probe(t, move |pad, info| {
-                arrived(pad, info, &h);
-                gst::PadProbeReturn::Ok
-            })
-        };
-        let mut pads = h.pads.lock().unwrap_or_else(|p| p.into_inner());
-        // A pad that does not say yet what it carries is held like video (its keyframe kept).
-        let name = caps_name(pad);
-        let video = name.starts_with("video/") || name.is_empty();
-        let video_held = pads.iter().any(|(p, _)| caps_name(p).starts_with("video/"));
-        let probe = if video {
-            // From now on the graph can be decided: the rest waits with the video.
-            for (p, ids) in pads.iter_mut() {
-                ids.extend(block(p));
-            }
-            block(pad)
-        } else if video_held {
-            block(pad)
-        } else {
-            let h = h.clone();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-                arrived(pad, info, &h);
-                gst::PadProbeReturn::Drop
-            })
-        };
-        pads.push((pad.clone(), probe.into_iter().collect()));
-        drop(pads);
-        let s = gst::Structure::builder(PAD_MESSAGE)
-            .field("source", index as u32)
-            .field("pad", pad)
-            .build();
-        let _ = bin.post_message(gst::message::Application::builder(s).src(bin).build());
-    });
+    bin.connect_pad_added(move |bin, pad| hold(bin, pad, index, &h));
     Ok((bin, held))
+}
+
+/// Holds a new pad of a connection's element `bin` until the handler links it, and tells the
+/// handler of it (`PAD_MESSAGE`, from `bin`).
+pub fn hold(bin: &gst::Element, pad: &gst::Pad, index: usize, h: &Arc<Held>) {
+    // Held until linked: data must not reach an unlinked pad (not-linked would stop the
+    // source) nor run ahead of the graph decision. Video is blocked, so its first keyframe
+    // is kept; audio (and the rest) is dropped meanwhile: blocked, it would fill the
+    // demuxer's queue and stop the source before a late video stream ever showed up (an
+    // RTMP server sends video from the next keyframe, seconds after the audio). Audio
+    // before the first keyframe is not recorded anyway.
+    let arrived = |pad: &gst::Pad, info: &gst::PadProbeInfo, held: &Held| {
+        let mut off = held.offset.lock().unwrap_or_else(|p| p.into_inner());
+        if off.is_none()
+            && let Some(rt) = info.buffer().and_then(|b| running_time(pad, b))
+            && let Some(now) = pad.parent_element().and_then(|e| e.current_running_time())
+        {
+            *off = Some(now.nseconds() as i64 - rt);
+        }
+    };
+    // Buffers only: events (caps above all) go on, so a pad whose caps come after it
+    // (HLS) says what it carries while it is held.
+    let block = |pad: &gst::Pad| {
+        let h = h.clone();
+        let t =
+            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+        pad.add_probe(t, move |pad, info| {
+            arrived(pad, info, &h);
+            gst::PadProbeReturn::Ok
+        })
+    };
+    let mut pads = h.pads.lock().unwrap_or_else(|p| p.into_inner());
+    // A pad that does not say yet what it carries is held like video (its keyframe kept).
+    let name = caps_name(pad);
+    let video = name.starts_with("video/") || name.is_empty();
+    let video_held = pads.iter().any(|(p, _)| caps_name(p).starts_with("video/"));
+    let probe = if video {
+        // From now on the graph can be decided: the rest waits with the video.
+        for (p, ids) in pads.iter_mut() {
+            ids.extend(block(p));
+        }
+        block(pad)
+    } else if video_held {
+        block(pad)
+    } else {
+        let h = h.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            arrived(pad, info, &h);
+            gst::PadProbeReturn::Drop
+        })
+    };
+    pads.push((pad.clone(), probe.into_iter().collect()));
+    drop(pads);
+    let s = gst::Structure::builder(PAD_MESSAGE)
+        .field("source", index as u32)
+        .field("pad", pad)
+        .build();
+    let _ = bin.post_message(gst::message::Application::builder(s).src(bin).build());
 }
 
 /// The caps name of a pad of a connection (current caps, else what it can do); empty while it

@@ -61,7 +61,7 @@ impl Recording<'_> {
     }
 
     /// Source `k` stopped sending (or failed): drop its connection, start reconnecting.
-    fn stall(&mut self, k: usize, why: &str) {
+    pub(super) fn stall(&mut self, k: usize, why: &str) {
         self.with_source(k, |r, src| {
             warn!(r.log, "source stalled: reconnecting"; "source" => src.index, "why" => why,
                   "window_s" => r.opts.source_reconnect_s);

@@ -25,6 +25,8 @@ pub(super) enum SrcState {
 
 pub(super) struct UriSource {
     pub(super) index: usize,
+    /// A WHIP source: its connections are its publishers' sessions, made on their offers.
+    pub(super) whip: bool,
     pub(super) uri: String,
     pub(super) bin: Option<gst::Element>,
     pub(super) held: Arc<Held>,
@@ -49,6 +51,14 @@ pub(super) struct UriSource {
 }
 
 impl UriSource {
+    /// The name of the current connection's element: `src{i}`, then `src{i}_r{n}`.
+    pub(super) fn name(&self) -> String {
+        match self.attempt {
+            0 => format!("src{}", self.index),
+            n => format!("src{}_r{n}", self.index),
+        }
+    }
+
     pub(super) fn has(&self, prefix: &str) -> bool {
         self.pads
             .iter()

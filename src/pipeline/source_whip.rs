@@ -1,0 +1,240 @@
+//! WHIP sources: one `webrtcbin` per publish session, in a bin of its own that shows the
+//! decoded (or, for a `track` copy, parsed) streams as pads, held like a URI connection's
+//! (`source_uri::hold`), so the rest of the handler treats a publisher as one more connection.
+//!
+//! ```text
+//!   src0 (bin)
+//!     webrtcbin (recvonly, ICE by libnice) ─ RTP ─► decodebin3 caps=... ─► ghost video_0 / audio_0
+//! ```
+//!
+//! The SDP exchange blocks on `webrtcbin`'s promises and its ICE gathering, so it runs on a
+//! thread of its own (`negotiate`), never on the handler's main loop.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_sdp as gst_sdp;
+use gstreamer_webrtc as gst_webrtc;
+
+use super::source_uri::{self, Held};
+use crate::error::PipelineError;
+use crate::model::WebrtcOptions;
+
+/// What each offered m-line may carry: the codecs the graph takes from a publisher.
+const VIDEO_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000;\
+     application/x-rtp,media=video,encoding-name=VP8,clock-rate=90000;\
+     application/x-rtp,media=video,encoding-name=VP9,clock-rate=90000";
+const AUDIO_CAPS: &str = "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000";
+
+/// How long each step of the exchange may take, and ICE gathering in all.
+const STEP: Duration = Duration::from_secs(5);
+const GATHERING: Duration = Duration::from_secs(3);
+
+/// The name of the `webrtcbin` inside source bin `name`.
+pub fn webrtc_name(name: &str) -> String {
+    format!("{name}_webrtc")
+}
+
+/// A bin named `name` holding a `webrtcbin` for source `index`: its media pads are held and
+/// announced as a URI connection's are. `caps`: what may leave undecoded (a `track` copy).
+pub fn connect(
+    index: usize,
+    name: &str,
+    caps: Option<&str>,
+    opts: &WebrtcOptions,
+) -> Result<(gst::Element, Arc<Held>), PipelineError> {
+    let bin = gst::Bin::with_name(name);
+    let webrtc = gst::ElementFactory::make("webrtcbin")
+        .name(webrtc_name(name))
+        .build()
+        .map_err(|_| PipelineError::MissingElement("webrtcbin (gstreamer1.0-nice)".into()))?;
+    webrtc.set_property_from_str("bundle-policy", "max-bundle");
+    if let Some(s) = &opts.stun_server {
+        webrtc.set_property("stun-server", s);
+    }
+    if let Some(t) = &opts.turn_server {
+        webrtc.set_property("turn-server", t);
+    }
+    if let Some((min, max)) = opts.udp_ports {
+        let ice = webrtc.property::<gst::glib::Object>("ice-agent");
+        ice.set_property("min-rtp-port", min as u32);
+        ice.set_property("max-rtp-port", max as u32);
+    }
+    bin.add(&webrtc)?;
+    let element = bin.clone().upcast::<gst::Element>();
+    let held = Held::of(&element, false);
+    // A keyframe is asked for (PLI) whenever a depayloader sees loss.
+    bin.connect_deep_element_added(|_, _, e| {
+        if e.has_property("request-keyframe") {
+            e.set_property("request-keyframe", true);
+        }
+    });
+    let caps: gst::Caps = caps
+        .unwrap_or("video/x-raw(ANY);audio/x-raw(ANY)")
+        .parse()
+        .map_err(|_| PipelineError::Build("bad caps".into()))?;
+    let weak = bin.downgrade();
+    let h = held.clone();
+    webrtc.connect_pad_added(move |_, pad| {
+        if pad.direction() != gst::PadDirection::Src {
+            return;
+        }
+        let Some(bin) = weak.upgrade() else { return };
+        let Ok(dec) = gst::ElementFactory::make("decodebin3")
+            .property("caps", &caps)
+            .build()
+        else {
+            return;
+        };
+        if bin.add(&dec).is_err() {
+            return;
+        }
+        let _ = dec.sync_state_with_parent();
+        let outer = bin.downgrade();
+        let h = h.clone();
+        dec.connect_pad_added(move |_, p| {
+            let Some(bin) = outer.upgrade() else { return };
+            let Ok(ghost) = gst::GhostPad::builder_with_target(p).map(|b| b.build()) else {
+                return;
+            };
+            let _ = ghost.set_active(true);
+            if bin.add_pad(&ghost).is_err() {
+                return;
+            }
+            let video = source_uri::caps_name(ghost.upcast_ref()).starts_with("video/");
+            source_uri::hold(bin.upcast_ref(), ghost.upcast_ref(), index, &h);
+            if video {
+                // Start from a keyframe now, not at the publisher's next one (PLI).
+                let ev = gst::event::CustomUpstream::new(
+                    gst::Structure::builder("GstForceKeyUnit")
+                        .field("all-headers", true)
+                        .build(),
+                );
+                ghost.push_event(ev);
+            }
+        });
+        let _ = pad.link(&dec.static_pad("sink").expect("decodebin3 sink"));
+    });
+    Ok((element, held))
+}
+
+/// Waits for a `webrtcbin` promise's reply.
+fn reply(f: impl FnOnce(gst::Promise), what: &str) -> Result<Option<gst::Structure>, String> {
+    let (tx, rx) = mpsc::channel();
+    let promise = gst::Promise::with_change_func(move |r| {
+        let _ = tx.send(r.ok().flatten().map(|s| s.to_owned()));
+    });
+    f(promise);
+    let r = rx
+        .recv_timeout(STEP)
+        .map_err(|_| format!("{what}: no answer from webrtcbin"))?;
+    if let Some(s) = &r
+        && let Ok(e) = s.get::<gst::glib::Error>("error")
+    {
+        return Err(format!("{what}: {}", e.message()));
+    }
+    Ok(r)
+}
+
+/// Plays `offer` (an SDP offer from a publisher) on the `webrtcbin` of `bin` and returns the
+/// SDP answer once ICE has gathered its candidates (no trickle: WHIP answers hold them all).
+/// `Err` says why in words for the publisher (a bad offer above all).
+pub fn negotiate(
+    bin: &gst::Element,
+    offer: &str,
+    public_ip: Option<&str>,
+) -> Result<String, String> {
+    let webrtc = bin
+        .downcast_ref::<gst::Bin>()
+        .and_then(|b| b.by_name(&webrtc_name(&bin.name())))
+        .ok_or("no webrtcbin")?;
+    let sdp = gst_sdp::SDPMessage::parse_buffer(offer.as_bytes())
+        .map_err(|_| "the body is not an SDP offer".to_string())?;
+    let kinds: Vec<String> = sdp
+        .medias()
+        .map(|m| m.media().unwrap_or_default().to_string())
+        .collect();
+    if !kinds.iter().any(|k| k == "video" || k == "audio") {
+        return Err("the offer has no audio or video".into());
+    }
+    for k in &kinds {
+        let caps: gst::Caps = match k.as_str() {
+            "video" => VIDEO_CAPS.parse().map_err(|_| "caps")?,
+            "audio" => AUDIO_CAPS.parse().map_err(|_| "caps")?,
+            _ => continue,
+        };
+        webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+        );
+    }
+    let offer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, sdp);
+    reply(
+        |p| webrtc.emit_by_name::<()>("set-remote-description", &[&offer, &p]),
+        "the offer",
+    )?;
+    let answer = reply(
+        |p| webrtc.emit_by_name::<()>("create-answer", &[&None::<gst::Structure>, &p]),
+        "the answer",
+    )?
+    .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok())
+    .ok_or("no codec of the offer can be recorded (H.264, VP8, VP9, Opus)")?;
+    reply(
+        |p| webrtc.emit_by_name::<()>("set-local-description", &[&answer, &p]),
+        "the answer",
+    )?;
+    let since = Instant::now();
+    while webrtc.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+        != gst_webrtc::WebRTCICEGatheringState::Complete
+        && since.elapsed() < GATHERING
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let local = webrtc
+        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
+        .ok_or("no local description")?;
+    let text = local.sdp().as_text().map_err(|e| e.to_string())?;
+    Ok(match public_ip {
+        Some(ip) => with_public_ip(&text, ip),
+        None => text,
+    })
+}
+
+/// `sdp` with each IPv4 host candidate offered again at `ip` (a node behind 1:1 NAT).
+pub fn with_public_ip(sdp: &str, ip: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() * 2);
+    for line in sdp.split_inclusive('\n') {
+        out.push_str(line);
+        let l = line.trim_end();
+        if let Some(rest) = l.strip_prefix("a=candidate:")
+            && l.contains(" typ host")
+        {
+            let f: Vec<&str> = rest.split(' ').collect();
+            if f.len() > 5 && f[4].parse::<std::net::Ipv4Addr>().is_ok() && f[4] != ip {
+                let mut g = f.clone();
+                let foundation = format!("{}9", f[0]);
+                g[0] = &foundation;
+                g[4] = ip;
+                out.push_str(&format!("a=candidate:{}\r\n", g.join(" ")));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_ip_adds_a_candidate_beside_each_ipv4_host_one() {
+        let sdp = "v=0\r\na=candidate:1 1 UDP 2015363327 10.0.0.5 50000 typ host\r\n\
+                   a=candidate:2 1 UDP 2015363327 fd00::2 50001 typ host\r\n";
+        let out = with_public_ip(sdp, "203.0.113.7");
+        assert!(out.contains("a=candidate:19 1 UDP 2015363327 203.0.113.7 50000 typ host\r\n"));
+        assert_eq!(out.matches("a=candidate:").count(), 3, "{out}");
+    }
+}
