@@ -307,6 +307,13 @@ impl Service {
                 }
                 r.call()
             }
+            "OPTIONS" => {
+                let mut r = self.agent.options(&url);
+                for (k, v) in &headers {
+                    r = r.header(k, v);
+                }
+                r.call()
+            }
             _ => {
                 let mut r = match method {
                     "PUT" => self.agent.put(&url),
