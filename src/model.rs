@@ -162,28 +162,25 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A new WHIP token: `wt_` and 32 random alphanumerics (190 bits).
-pub fn new_whip_token() -> String {
+/// `n` random alphanumerics (what ids, tokens and sessions are made of).
+pub fn random_alnum(n: usize) -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
-    let s: String = rand::rng()
+    rand::rng()
         .sample_iter(&Alphanumeric)
-        .take(32)
+        .take(n)
         .map(char::from)
-        .collect();
-    format!("wt_{s}")
+        .collect()
+}
+
+/// A new WHIP token: `wt_` and 32 random alphanumerics (190 bits).
+pub fn new_whip_token() -> String {
+    format!("wt_{}", random_alnum(32))
 }
 
 /// A new egress id: `EG_` and 12 random alphanumerics.
 pub fn new_egress_id() -> String {
-    use rand::Rng;
-    use rand::distr::Alphanumeric;
-    let s: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(12)
-        .map(char::from)
-        .collect();
-    format!("EG_{s}")
+    format!("EG_{}", random_alnum(12))
 }
 
 /// True for ids this engine issues; ids arrive in URLs, so anything else is refused early.

@@ -282,6 +282,20 @@ impl Node {
             );
             self.inner.pricer.price(&CostClass::of(&spec), configured)
         });
+        // Each WHIP source's URL on this node, and the token its publishers show.
+        let base = self.inner.base_url.get().cloned().unwrap_or_default();
+        let whip: Vec<crate::model::WhipInfo> = spec
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, crate::model::Source::Whip))
+            .map(|(i, _)| crate::model::WhipInfo {
+                source: i,
+                url: format!("{base}/v1/whip/{id}/{i}"),
+                publishing: false,
+            })
+            .collect();
+        let whip_token = (!whip.is_empty()).then(crate::model::new_whip_token);
         let info = EgressInfo {
             egress_id: id,
             node_id: self.inner.id.clone(),
@@ -304,23 +318,9 @@ impl Node {
             placement: placement.map(str::to_string),
             deleted_at: None,
             streams_removed: 0,
-            whip: Vec::new(),
-            whip_token: None,
+            whip,
+            whip_token,
         };
-        let mut info = info;
-        let base = self.inner.base_url.get().cloned().unwrap_or_default();
-        for (i, s) in spec.sources.iter().enumerate() {
-            if matches!(s, crate::model::Source::Whip) {
-                info.whip.push(crate::model::WhipInfo {
-                    source: i,
-                    url: format!("{base}/v1/whip/{}/{i}", info.egress_id),
-                    publishing: false,
-                });
-            }
-        }
-        if !info.whip.is_empty() {
-            info.whip_token = Some(crate::model::new_whip_token());
-        }
         // A WHIP source starts when its publisher does: the egress waits for it that long.
         let start_timeout_s = if info.whip.is_empty() {
             cfg.pipeline.start_timeout_s
@@ -335,7 +335,7 @@ impl Node {
             nice: cfg.pipeline.handler_nice,
             options: crate::model::PipelineOptions {
                 allowed_web_hosts: cfg.sources.allowed_web_hosts.clone(),
-                webrtc: webrtc_options(&cfg.webrtc),
+                webrtc: crate::model::WebrtcOptions::from(&cfg.webrtc),
                 start_timeout_s,
                 ..crate::model::PipelineOptions::from(&cfg.pipeline)
             },
@@ -616,15 +616,4 @@ fn with_live_sizes(mut files: Vec<crate::model::FileInfo>) -> Vec<crate::model::
         }
     }
     files
-}
-
-/// What handlers need of `webrtc.*`.
-fn webrtc_options(w: &crate::config::WebrtcConfig) -> crate::model::WebrtcOptions {
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    crate::model::WebrtcOptions {
-        udp_ports: w.port_range().ok().flatten(),
-        public_ip: some(&w.public_ip),
-        stun_server: some(&w.stun_server),
-        turn_server: some(&w.turn_server),
-    }
 }

@@ -500,6 +500,20 @@ impl Handler<UpdateEgress> for Supervisor {
 impl Supervisor {
     /// A running egress's record and Pipeline actor: 404 when unknown, 409 once it has ended
     /// (or while its end is being settled).
+    /// Passes `msg` to the Pipeline actor of running egress `egress_id` and its answer back.
+    fn to_pipeline<M, R>(&self, egress_id: &str, msg: M) -> ResponseFuture<Result<R, ApiError>>
+    where
+        M: Message<Result = Result<R, ApiError>> + Send + 'static,
+        R: Send + 'static,
+        Pipeline: Handler<M>,
+    {
+        let p = match self.running(egress_id) {
+            Ok((_, p)) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        Box::pin(async move { p.send(msg).await.map_err(ApiError::from_mailbox)? })
+    }
+
     fn running(&self, egress_id: &str) -> Result<(EgressInfo, Addr<Pipeline>), ApiError> {
         let info = self.lookup(egress_id)?;
         if info.status.is_final() {
@@ -551,15 +565,10 @@ pub struct ChangeEgressStreams {
 impl Handler<ChangeEgressStreams> for Supervisor {
     type Result = ResponseFuture<Result<EgressInfo, ApiError>>;
     fn handle(&mut self, msg: ChangeEgressStreams, _: &mut Context<Self>) -> Self::Result {
-        let p = match self.running(&msg.egress_id) {
-            Ok((_, p)) => p,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        Box::pin(async move {
-            p.send(crate::actors::pipeline::ChangeStreams(msg.update))
-                .await
-                .map_err(ApiError::from_mailbox)?
-        })
+        self.to_pipeline(
+            &msg.egress_id,
+            crate::actors::pipeline::ChangeStreams(msg.update),
+        )
     }
 }
 
@@ -574,11 +583,7 @@ pub struct PublishWhip {
 impl Handler<PublishWhip> for Supervisor {
     type Result = ResponseFuture<Result<crate::actors::pipeline::WhipSession, ApiError>>;
     fn handle(&mut self, msg: PublishWhip, _: &mut Context<Self>) -> Self::Result {
-        let p = match self.running(&msg.egress_id) {
-            Ok((_, p)) => p,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        Box::pin(async move { p.send(msg.offer).await.map_err(ApiError::from_mailbox)? })
+        self.to_pipeline(&msg.egress_id, msg.offer)
     }
 }
 
@@ -593,11 +598,7 @@ pub struct EndWhip {
 impl Handler<EndWhip> for Supervisor {
     type Result = ResponseFuture<Result<(), ApiError>>;
     fn handle(&mut self, msg: EndWhip, _: &mut Context<Self>) -> Self::Result {
-        let p = match self.running(&msg.egress_id) {
-            Ok((_, p)) => p,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        Box::pin(async move { p.send(msg.end).await.map_err(ApiError::from_mailbox)? })
+        self.to_pipeline(&msg.egress_id, msg.end)
     }
 }
 

@@ -74,6 +74,18 @@ impl WebrtcConfig {
     }
 }
 
+impl From<&WebrtcConfig> for crate::model::WebrtcOptions {
+    fn from(w: &WebrtcConfig) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        crate::model::WebrtcOptions {
+            udp_ports: w.port_range().ok().flatten(),
+            public_ip: some(&w.public_ip),
+            stun_server: some(&w.stun_server),
+            turn_server: some(&w.turn_server),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,7 +116,9 @@ pub fn connect(
                 ghost.push_event(ev);
             }
         });
-        let _ = pad.link(&dec.static_pad("sink").expect("decodebin3 sink"));
+        if let Some(sink) = dec.static_pad("sink") {
+            let _ = pad.link(&sink);
+        }
     });
     Ok((element, held))
 }

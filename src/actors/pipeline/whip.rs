@@ -130,7 +130,7 @@ impl Handler<WhipPublish> for Pipeline {
         let Some(tx) = &self.commands else {
             return ready(Err(ApiError::Conflict("the handler is gone".into())));
         };
-        let session = crate::model::new_whip_token()[3..19].to_string();
+        let session = crate::model::random_alnum(16);
         let (answer_tx, answer_rx) = oneshot::channel();
         self.whip.pending.insert(session.clone(), answer_tx);
         self.whip.sessions.insert(msg.source, session.clone());

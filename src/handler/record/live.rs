@@ -43,7 +43,8 @@ impl Recording<'_> {
                         emit(&HandlerEvent::SourceLost { source: src.index });
                         self.end("source_lost");
                         return Ok(());
-                    } else if (src.bin.is_none() || src.conn.idle_ms() > stall_ms)
+                    } else if !src.whip
+                        && (src.bin.is_none() || src.conn.idle_ms() > stall_ms)
                         && src.started.elapsed() >= RETRY_PAUSE
                     {
                         self.with_source(k, |r, src| {

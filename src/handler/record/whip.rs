@@ -38,7 +38,9 @@ impl Recording<'_> {
                 // A new publisher replaces one that stopped sending.
                 super::disconnect(&r.pipeline, src);
             }
-            if src.state != SrcState::Discovering || src.attempt > 0 || src.started != r.epoch {
+            // Every offer after the first is a new connection (`src0_r1`, ...): an offer sets
+            // `started`, which is the recording's epoch until then.
+            if src.started != r.epoch {
                 src.attempt += 1;
             }
             let (bin, held) =
