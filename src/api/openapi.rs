@@ -384,12 +384,22 @@ impl Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+            c.add_security_scheme(
+                "whip_token",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("the egress's whip_token (EgressInfo.whip_token)"))
+                        .build(),
+                ),
+            );
         }
     }
 }
 
 /// Paths anyone may read without the token (as `api::guard` lets them through).
 use super::guard::OPEN_PATHS;
+use super::whip::is_whip_path;
 
 fn error_response(description: &str) -> Value {
     json!({"description": description,
@@ -414,14 +424,27 @@ pub fn document() -> Value {
         if !op.is_object() {
             continue; // the unit test below reports it
         }
-        if OPEN_PATHS.contains(&r.path) {
+        if OPEN_PATHS.contains(&r.path) || (is_whip_path(r.path) && r.method == "OPTIONS") {
             op["security"] = json!([]);
+        } else if is_whip_path(r.path) {
+            // Publishers show the egress's whip_token, not the admin token.
+            op["security"] = json!([{"whip_token": []}]);
         }
         let responses = &mut op["responses"];
         responses["403"] = error_response(
             "origin_not_allowed: a cross-origin request from an origin not in \
              server.allowed_origins; bad_host: a Host that is not this loopback listener",
         );
+        if is_whip_path(r.path) {
+            if r.method != "OPTIONS" {
+                responses["401"] = error_response("unauthorized: missing or wrong WHIP token");
+            }
+            if r.method == "POST" {
+                responses["415"] =
+                    error_response("unsupported_media_type: an offer that is not application/sdp");
+            }
+            continue;
+        }
         if !OPEN_PATHS.contains(&r.path) {
             responses["401"] = error_response("unauthorized: missing or wrong bearer token");
         }

@@ -40,12 +40,15 @@ fn cors(b: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseB
         ))
 }
 
-fn token(req: &HttpRequest) -> Option<String> {
+/// The publisher's bearer token; none at all is refused before anything else is looked at
+/// (a wrong one is refused by the recording, which holds the egress's token).
+fn token(req: &HttpRequest) -> Result<String, ApiError> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .map(str::to_string)
+        .ok_or_else(|| ApiError::Unauthorized)
 }
 
 fn source_index(s: &str) -> Result<usize, ApiError> {
@@ -74,6 +77,7 @@ async fn publish(
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let token = token(&req)?;
     let (id, source) = path.into_inner();
     let source = source_index(&source)?;
     let ct = req
@@ -101,7 +105,7 @@ async fn publish(
             &id,
             WhipPublish {
                 source,
-                token: token(&req),
+                token: Some(token),
                 sdp,
             },
         )
@@ -119,6 +123,7 @@ async fn end(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let token = token(&req)?;
     let (id, source, session) = path.into_inner();
     let source = source_index(&source)?;
     state
@@ -128,7 +133,7 @@ async fn end(
             WhipEnd {
                 source,
                 session,
-                token: token(&req),
+                token: Some(token),
             },
         )
         .await?;
