@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::actors::cost_learner::{read_table, table_path, write_table};
 use crate::config::Config;
 use crate::model::EgressType;
-use crate::rules::costs::{CostClass, CostTable, DEFAULT_VIDEO, MIN_JOB_MS, PricePolicy};
+use crate::rules::costs::{
+    CostClass, CostTable, DEFAULT_VIDEO, MIN_JOB_MS, PricePolicy, keep_known,
+};
+use crate::store::costs::{read_table, table_path, write_table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -409,9 +411,12 @@ pub fn run(
     }
     // What the child learned, from its table: marked calibrated, replacing those classes.
     let learned = read_table(&table_path(&scratch.join("state")))
+        .map(keep_known)
         .map_err(|e| CalibrateError::Service(format!("its learned table: {e}")))?;
     let path = table_path(&cfg.storage.state_dir);
-    let mut table: CostTable = read_table(&path).map_err(CalibrateError::State)?;
+    let mut table: CostTable = read_table(&path)
+        .map(keep_known)
+        .map_err(CalibrateError::State)?;
     let policy = PricePolicy {
         mode: crate::config::CostMode::Learned,
         ..PricePolicy::from_config(&cfg)

@@ -35,7 +35,7 @@
 //! - `timeline`: where each track of a hybrid MP4 really starts (written by the handler, used
 //!   by the remux).
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
-//!   state_dir lock.
+//!   state_dir lock, the learned cost table's file, the one atomic writer.
 //! - `metrics`: every Prometheus metric.
 //! - `logging`: the slog root (terminal or JSON) and its async drain.
 //! - `service`: the one function that wires everything and runs the service.

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
-use crate::actors::cost_learner::{CostLearner, SaveCosts, table_path};
+use crate::actors::cost_learner::{CostLearner, SaveCosts};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::delivery::{Delivery, DeliveryConfig};
 use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
@@ -135,11 +135,13 @@ async fn serve(
     .start();
     // The learned cost table of earlier runs (and of calibrate); an unreadable one is ignored
     // (and replaced by the next job learned).
-    let table = crate::actors::cost_learner::read_table(&table_path(&cfg.storage.state_dir))
-        .unwrap_or_else(|e| {
-            warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);
-            Default::default()
-        });
+    let table =
+        crate::store::costs::read_table(&crate::store::costs::table_path(&cfg.storage.state_dir))
+            .map(crate::rules::costs::keep_known)
+            .unwrap_or_else(|e| {
+                warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);
+                Default::default()
+            });
     let pricer = Pricer::new(&cfg, table);
     let affinity = AffinityScorer::new(
         cfg.affinity_mode(),
