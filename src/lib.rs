@@ -9,7 +9,8 @@
 //!   webhook keys and durations parsed there).
 //! - `model`: requests, validated specs and egress records; request validation
 //!   (`RequestError`), upload targets, event kinds, URL redaction, host allow-lists.
-//! - `error`: typed errors per domain and their single HTTP mapping.
+//! - `error`: typed errors per domain (`NodeError`: what the actors and the node answer) and
+//!   their single HTTP mapping.
 //! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer,
 //!   CostLearner, Delivery, DiskMonitor).
 //!   `actors.md` at the top of the repository draws who sends what to whom.
