@@ -40,9 +40,10 @@
 //! - `metrics`: every Prometheus metric.
 //! - `logging`: the slog root (terminal or JSON) and its async drain.
 //! - `service`: the one function that wires everything and runs the service.
-//! - `calibrate`: `egress-engine calibrate`: each type measured on this machine, into the
-//!   learned cost table.
-//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP.
+//! - `calibrate`: `egress-engine calibrate`: each type measured on this machine (a child service
+//!   driven through `cli::Client`), into the learned cost table.
+//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP;
+//!   `cli::http` is the one client (calibrate's too).
 
 pub mod actors;
 pub mod api;
