@@ -186,7 +186,7 @@ fn child_config(cfg: &Config, scratch: &Path) -> Config {
     c.limits = Default::default();
     c.overload.soft_threshold = 10.0;
     c.overload.hard_threshold = 10.0;
-    c.log.level = "warning".into();
+    c.log.level = crate::logging::LogLevel::Warning;
     c
 }
 

@@ -68,7 +68,7 @@ fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceErro
 /// Runs the service until it is told to exit.
 pub fn run(cfg: Config) -> Result<(), ServiceError> {
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
-    let log = crate::logging::root(&cfg.log.format, &cfg.log.level);
+    let log = crate::logging::root(cfg.log.format, cfg.log.level);
     // First: a second service on this state_dir must stop before it touches anything in it.
     let _lock =
         crate::store::lock_state_dir(&cfg.storage.state_dir).map_err(ServiceError::StateLocked)?;
@@ -303,7 +303,7 @@ async fn serve(
         serde_json::json!({"listening": bound, "node_id": node_id})
     );
     info!(log, "listening"; "addr" => &bound, "capacity_cores" => capacity,
-          "affinity_mode" => &cfg.affinity.mode, "auth" => !cfg.server.api_token.is_empty());
+          "affinity_mode" => cfg.affinity.mode.as_str(), "auth" => !cfg.server.api_token.is_empty());
 
     spawn_signal_listeners(control_tx, log.clone());
     control_loop(control_rx, &node, &cfg, &log).await;

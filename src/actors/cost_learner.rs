@@ -390,7 +390,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.storage.state_dir = dir.path().to_path_buf();
         cfg.cpu.pending_hold_ms = 1000;
-        cfg.cpu.cost_mode = "learned".into();
+        cfg.cpu.cost_mode = crate::config::CostMode::Learned;
         cfg.cpu.learn_min_jobs = 1;
         let pricer = Pricer::new(&cfg, CostTable::new());
         let class = CostClass::default_of(EgressType::Participant);
