@@ -15,7 +15,8 @@
 //!   CostLearner, Delivery, DiskMonitor).
 //!   `actors.md` at the top of the repository draws who sends what to whom.
 //! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload,
-//!   learned costs, fleet capacity.
+//!   learned costs and prices, an egress's final status, fleet placement's refusals and
+//!   retries, fleet capacity.
 //! - `pipeline/`: GStreamer graph building per egress type and per output.
 //! - `handler/`: the child process that runs one pipeline and its stdio protocol.
 //! - `media`: reading finished files back with Discoverer.
@@ -42,6 +43,7 @@
 //! - `service`: the one function that wires everything and runs the service.
 //! - `calibrate`: `egress-engine calibrate`: each type measured on this machine (a child service
 //!   driven through `cli::Client`), into the learned cost table.
+//! - `layers`: the layer order and the test that keeps every import to it.
 //! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP;
 //!   `cli::http` is the one client (calibrate's too).
 
