@@ -3,9 +3,10 @@
 //!
 //! It runs the service's own machinery: a child `egress-engine serve` on a loopback port with a
 //! scratch state and output directory (no fleet, no limits, a capacity so large that neither
-//! admission nor overload interferes), and drives it over its API, one job at a time: each type
-//! at its default profile (and any `--profiles`) from test sources, for the start hold plus
-//! `--seconds` (at least 3 s, the shortest job a class learns from), then a graceful stop. The service learns each job as it would in production
+//! admission nor overload interferes), and drives it over its API with the command-line client's
+//! `cli::Client`, one job at a time: each type at its default profile (and any `--profiles`) from
+//! test sources, for the start hold plus `--seconds` (at least 3 s, the shortest job a class
+//! learns from), then a graceful stop. The service learns each job as it would in production
 //! (samples after the start hold); the figures it learned are marked `calibrated` (learned at
 //! once, whatever `cpu.learn_min_jobs`) and replace those classes in `state_dir/costs.json`. The
 //! real `state_dir` is locked meanwhile, so a service cannot run on it at the same time. In a
@@ -16,12 +17,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::actors::cost_learner::{read_table, table_path, write_table};
+use crate::cli::{CliError, Client, Connection};
 use crate::config::Config;
-use crate::model::EgressType;
-use crate::rules::costs::{CostClass, CostTable, DEFAULT_VIDEO, MIN_JOB_MS, PricePolicy};
+use crate::model::{EgressInfo, EgressStatus, EgressType};
+use crate::rules::costs::{
+    CostClass, CostTable, DEFAULT_VIDEO, MIN_JOB_MS, PricePolicy, keep_known,
+};
+use crate::rules::pricer::{ClassCost, CostsReport};
+use crate::store::costs::{read_table, table_path, write_table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -179,7 +186,7 @@ fn child_config(cfg: &Config, scratch: &Path) -> Config {
     c.limits = Default::default();
     c.overload.soft_threshold = 10.0;
     c.overload.hard_threshold = 10.0;
-    c.log.level = "warning".into();
+    c.log.level = crate::logging::LogLevel::Warning;
     c
 }
 
@@ -229,62 +236,49 @@ fn spawn(cfg: &Config, scratch: &Path) -> Result<Child_, CalibrateError> {
     Ok(c)
 }
 
-async fn call(
-    client: &awc::Client,
-    method: &str,
-    url: &str,
-    body: Option<&Value>,
-) -> Result<(u16, Value), String> {
-    let req = match method {
-        "POST" => client.post(url),
-        _ => client.get(url),
-    }
-    .timeout(Duration::from_secs(30));
-    let mut res = match body {
-        Some(b) => req.send_json(b).await,
-        None => req.send().await,
-    }
-    .map_err(|e| format!("{method} {url}: {e}"))?;
-    let bytes = res
-        .body()
-        .limit(8 << 20)
-        .await
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    Ok((
-        res.status().as_u16(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+/// The child's API, through the command-line client's `Client` (plain HTTP on loopback, no
+/// token, 30 s per answer).
+fn client(base: &str) -> Result<Client, CalibrateError> {
+    Client::new(&Connection {
+        url: base.to_string(),
+        token: None,
+        json: false,
+        http_timeout_s: 30.0,
+    })
+    .map_err(|e| CalibrateError::Service(e.to_string()))
 }
 
-/// Polls `GET path` every 100 ms until `done` holds for the answer, up to `timeout`.
-async fn poll(
-    client: &awc::Client,
-    url: &str,
+/// Polls `GET path` every 100 ms until `done` holds for the answer, up to `timeout`. An error
+/// answer is polled again; a child that does not answer at all ends the wait.
+fn poll<T: DeserializeOwned + Serialize>(
+    client: &Client,
+    path: &str,
     timeout: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Result<Value, String> {
+    done: impl Fn(&T) -> bool,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let (s, v) = call(client, "GET", url, None).await?;
-        if s == 200 && done(&v) {
-            return Ok(v);
-        }
+        let last = match client.get_as::<T>(path) {
+            Ok(v) if done(&v) => return Ok(v),
+            Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
+            Err(e @ CliError::Unreachable { .. }) => return Err(e.to_string()),
+            Err(e) => e.to_string(),
+        };
         if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?} on {url}: {v}"));
+            return Err(format!("timed out after {timeout:?} on {path}: {last}"));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// Runs one job of `t` at `profile` for the hold plus `seconds`; returns the class's learned line.
-async fn measure(
-    client: &awc::Client,
-    base: &str,
+fn measure(
+    client: &Client,
     t: EgressType,
     profile: (u32, u32, u32),
     hold: Duration,
     seconds: f64,
-) -> Result<(Value, Duration), String> {
+) -> Result<(ClassCost, Duration), String> {
     let t0 = Instant::now();
     let class = CostClass {
         egress_type: t,
@@ -300,53 +294,50 @@ async fn measure(
         profile.1,
         profile.2
     );
-    let (s, v) = call(
-        client,
-        "POST",
-        &format!("{base}/v1/egress"),
-        Some(&job(t, profile, &file)),
-    )
-    .await?;
-    if s != 201 {
-        return Err(format!("start refused ({s}): {v}"));
-    }
-    let id = v["egress_id"].as_str().unwrap_or_default().to_string();
-    let url = format!("{base}/v1/egress/{id}");
-    let v = poll(client, &url, Duration::from_secs(60), |v| {
-        v["status"] != "starting"
-    })
-    .await?;
-    if v["status"] != "active" {
-        return Err(format!("the job did not record: {v}"));
+    let started: EgressInfo = client
+        .post_as("/v1/egress", Some(&job(t, profile, &file)))
+        .map_err(|e| format!("start refused: {e}"))?;
+    let path = format!("/v1/egress/{}", started.egress_id);
+    let info: EgressInfo = poll(client, &path, Duration::from_secs(60), |e: &EgressInfo| {
+        e.status != EgressStatus::Starting
+    })?;
+    if info.status != EgressStatus::Active {
+        return Err(format!("the job did not record: {}", record(&info)));
     }
     // Measuring: the job runs its hold and the asked time; nothing to wait for but time.
-    tokio::time::sleep(hold + Duration::from_secs_f64(seconds)).await;
-    call(client, "POST", &format!("{url}/stop"), None).await?;
-    let v = poll(client, &url, Duration::from_secs(60), |v| {
-        ["complete", "failed", "aborted", "limit_reached"]
-            .contains(&v["status"].as_str().unwrap_or(""))
-    })
-    .await?;
-    if v["status"] != "complete" {
-        return Err(format!("the job ended {}: {v}", v["status"]));
+    std::thread::sleep(hold + Duration::from_secs_f64(seconds));
+    // The stop's own answer does not matter (the job may have ended meanwhile): its record does.
+    if let Err(e @ CliError::Unreachable { .. }) = client.post(&format!("{path}/stop"), None) {
+        return Err(e.to_string());
     }
-    let costs = poll(
+    let info: EgressInfo = poll(client, &path, Duration::from_secs(60), |e: &EgressInfo| {
+        e.status.is_final()
+    })?;
+    if info.status != EgressStatus::Complete {
+        return Err(format!(
+            "the job ended {}: {}",
+            info.status.as_str(),
+            record(&info)
+        ));
+    }
+    let has_samples = |c: &ClassCost| c.class == class && c.samples >= 1;
+    let costs: CostsReport = poll(
         client,
-        &format!("{base}/v1/node/costs"),
+        "/v1/node/costs",
         Duration::from_secs(10),
-        |v| {
-            v["classes"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|c| c["class"] == class.as_str() && c["samples"].as_u64() >= Some(1))
-            })
-        },
-    )
-    .await?;
-    let line = costs["classes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["class"] == class.as_str()).cloned())
-        .unwrap_or(Value::Null);
+        |r: &CostsReport| r.classes.iter().any(has_samples),
+    )?;
+    let line = costs
+        .classes
+        .into_iter()
+        .find(has_samples)
+        .ok_or_else(|| format!("{class}: not in the learned costs"))?;
     Ok((line, t0.elapsed()))
+}
+
+/// A record as the API gave it, for an error message.
+fn record(info: &EgressInfo) -> String {
+    serde_json::to_string(info).unwrap_or_default()
 }
 
 /// Runs the plan; writes the calibrated classes into `state_dir/costs.json`. Prints progress on
@@ -365,31 +356,22 @@ pub fn run(
     // The hold, plus two sample intervals: the first counted sample may come up to one interval
     // after the hold ends, and the last one up to one before the stop.
     let hold = Duration::from_millis(cfg.cpu.pending_hold_ms + 2 * cfg.cpu.sample_interval_ms);
-    let base = child.base.clone();
-    let plan2 = plan.clone();
-    let results = actix_rt::System::new().block_on(async move {
-        let client = awc::Client::default();
-        let mut out = Vec::new();
-        for t in &plan2.types {
-            for p in &plan2.profiles {
-                eprintln!(
-                    "calibrating {} {}x{}@{} for {:.0} s (+{:.1} s start hold)...",
-                    t.as_str(),
-                    p.0,
-                    p.1,
-                    p.2,
-                    plan2.seconds,
-                    hold.as_secs_f64()
-                );
-                out.push((
-                    *t,
-                    *p,
-                    measure(&client, &base, *t, *p, hold, plan2.seconds).await,
-                ));
-            }
+    let client = client(&child.base)?;
+    let mut results = Vec::new();
+    for t in &plan.types {
+        for p in &plan.profiles {
+            eprintln!(
+                "calibrating {} {}x{}@{} for {:.0} s (+{:.1} s start hold)...",
+                t.as_str(),
+                p.0,
+                p.1,
+                p.2,
+                plan.seconds,
+                hold.as_secs_f64()
+            );
+            results.push((*t, *p, measure(&client, *t, *p, hold, plan.seconds)));
         }
-        out
-    });
+    }
     let mut child = child;
     // SAFETY: signalling the child this function started.
     unsafe { libc::kill(child.child.id() as i32, libc::SIGTERM) };
@@ -401,17 +383,18 @@ pub fn run(
     let mut done: Vec<(String, Duration)> = Vec::new();
     for (t, p, r) in results {
         match r {
-            Ok((line, took)) => {
-                done.push((line["class"].as_str().unwrap_or_default().to_string(), took))
-            }
+            Ok((line, took)) => done.push((line.class, took)),
             Err(e) => failures.push(format!("{} {}x{}@{}: {e}", t.as_str(), p.0, p.1, p.2)),
         }
     }
     // What the child learned, from its table: marked calibrated, replacing those classes.
     let learned = read_table(&table_path(&scratch.join("state")))
+        .map(keep_known)
         .map_err(|e| CalibrateError::Service(format!("its learned table: {e}")))?;
     let path = table_path(&cfg.storage.state_dir);
-    let mut table: CostTable = read_table(&path).map_err(CalibrateError::State)?;
+    let mut table: CostTable = read_table(&path)
+        .map(keep_known)
+        .map_err(CalibrateError::State)?;
     let policy = PricePolicy {
         mode: crate::config::CostMode::Learned,
         ..PricePolicy::from_config(&cfg)

@@ -320,15 +320,6 @@ impl Config {
                 format!("must be one of {}", PRESETS.join(", ")),
             ));
         }
-        if !["term", "json"].contains(&self.log.format.as_str()) {
-            return Err(invalid("log.format", "must be term or json"));
-        }
-        if crate::logging::parse_level(&self.log.level).is_none() {
-            return Err(invalid(
-                "log.level",
-                "must be trace, debug, info, warning, error or critical",
-            ));
-        }
         if !(50..=60_000).contains(&self.cpu.sample_interval_ms) {
             return Err(invalid("cpu.sample_interval_ms", "must be in [50, 60000]"));
         }
@@ -343,9 +334,6 @@ impl Config {
         }
         if !(self.cpu.max_utilization > 0.0 && self.cpu.max_utilization <= 1.0) {
             return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
-        }
-        if CostMode::parse(&self.cpu.cost_mode).is_none() {
-            return Err(invalid("cpu.cost_mode", "must be static or learned"));
         }
         if !(self.cpu.cost_margin.is_finite() && (1.0..=10.0).contains(&self.cpu.cost_margin)) {
             return Err(invalid("cpu.cost_margin", "must be in [1, 10]"));
@@ -373,12 +361,6 @@ impl Config {
                     "must be a number of cores in [0, 256]",
                 ));
             }
-        }
-        if AffinityMode::parse(&self.affinity.mode).is_none() {
-            return Err(invalid(
-                "affinity.mode",
-                "must be pack (consolidate), spread or type_aware",
-            ));
         }
         if !(10..=600_000).contains(&self.affinity.pending_claim_ttl_ms) {
             return Err(invalid(
@@ -605,11 +587,11 @@ impl Config {
     }
 
     pub fn cost_mode(&self) -> CostMode {
-        CostMode::parse(&self.cpu.cost_mode).unwrap_or(CostMode::Static)
+        self.cpu.cost_mode
     }
 
     pub fn affinity_mode(&self) -> AffinityMode {
-        AffinityMode::parse(&self.affinity.mode).unwrap_or(AffinityMode::Spread)
+        self.affinity.mode
     }
 
     pub fn listen_is_loopback(&self) -> bool {
@@ -677,8 +659,43 @@ fn positive(key: &str, v: f64, max: f64) -> Result<(), ConfigError> {
 
 /// The config crate reports type errors with their key, but serde's unknown-field errors without
 /// the section; give both a key.
+/// The values a key takes, as serde spells them.
+type Choices = fn() -> String;
+
+/// The keys whose values are one of a fixed set (serde enums), with those values.
+const CHOICE_KEYS: &[(&str, Choices)] = &[
+    ("cpu.cost_mode", choices::<CostMode>),
+    ("affinity.mode", choices::<AffinityMode>),
+    ("affinity.load_distribution", choices::<AffinityMode>),
+    ("log.format", choices::<crate::logging::LogFormat>),
+    ("log.level", choices::<crate::logging::LogLevel>),
+];
+
+/// "`static` or `learned`": the values enum `T` takes, from serde's own error for one it does
+/// not.
+fn choices<T: serde::de::DeserializeOwned>() -> String {
+    let e = serde_json::from_value::<T>(serde_json::Value::String(String::new()))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    e.split("expected ").nth(1).unwrap_or(&e).to_string()
+}
+
 fn describe_deser_error(e: &config::ConfigError) -> ConfigError {
     let msg = e.to_string();
+    // A value that is not one of a key's choices (or not a word at all): say which they are.
+    if let Some((key, of)) = CHOICE_KEYS
+        .iter()
+        .find(|(k, _)| msg.contains(&format!("for key `{k}`")))
+    {
+        return match msg.split("does not have variant constructor ").nth(1) {
+            Some(rest) => {
+                let got = rest.split(" for key `").next().unwrap_or("?");
+                invalid(key, format!("must be {} (got '{got}')", of()))
+            }
+            None => invalid(key, format!("must be {}", of())),
+        };
+    }
     if let Some(rest) = msg.split("unknown field `").nth(1) {
         let field = rest.split('`').next().unwrap_or("?");
         let section = msg
@@ -846,6 +863,33 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:2");
         assert_eq!(c.limits.max_concurrent_participant, 3);
         assert_eq!(c.sources.allowed_schemes, vec!["test", "file"]);
+    }
+
+    #[test]
+    fn a_value_outside_a_keys_choices_names_the_key_and_the_choices() {
+        for (yaml, key, says) in [
+            (
+                "cpu: { cost_mode: guess }",
+                "cpu.cost_mode",
+                "`static` or `learned`",
+            ),
+            ("log: { format: xml }", "log.format", "`term` or `json`"),
+            ("log: { level: loud }", "log.level", "`warning`"),
+            ("affinity: { mode: 3 }", "affinity.mode", "`type_aware`"),
+        ] {
+            match load_yaml(yaml, &[]).unwrap_err() {
+                ConfigError::Invalid { key: k, message } => {
+                    assert_eq!(k, key, "{yaml}");
+                    assert!(message.contains(says), "{yaml}: {message}");
+                }
+                other => panic!("{yaml}: {other}"),
+            }
+        }
+        let c = load_yaml("log: { level: warn }\naffinity: { mode: consolidate }", &[]).unwrap();
+        assert_eq!(
+            (c.log.level, c.affinity_mode()),
+            (crate::logging::LogLevel::Warning, AffinityMode::Pack)
+        );
     }
 
     #[test]

@@ -55,6 +55,70 @@ impl AdmissionError {
     }
 }
 
+/// Why this node's actors (and the `Node` over them) refuse or fail a request: domain errors,
+/// no HTTP in them. `api/` turns them into answers (`From<NodeError> for ApiError`, below).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The request (or a stream change) is not one this node can take as it is.
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    /// No such egress on this node.
+    #[error("{0}")]
+    NotFound(String),
+    /// A publisher's token is missing or not the egress's `whip_token`.
+    #[error("missing or wrong token")]
+    Unauthorized,
+    /// The egress is not in a state that takes this (it ended, is ending, exists already...).
+    #[error("{0}")]
+    Conflict(String),
+    /// An output file of the request exists already.
+    #[error("{0}")]
+    OutputExists(String),
+    /// Admission (CPU, a type's limit, disk, draining) refused the job.
+    #[error("{0}")]
+    NoCapacity(#[from] AdmissionError),
+    /// The node cannot do it now (shutting down, `state_dir` unusable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Too many changes of one kind for one egress in a short time; the next one is allowed in
+    /// `retry_after_s`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    /// An actor that no longer answers: the service is shutting down.
+    pub fn from_mailbox(e: actix::MailboxError) -> Self {
+        NodeError::Unavailable(format!("service is shutting down ({e})"))
+    }
+}
+
+/// The one mapping of the node's errors to the API's (and so to codes and statuses).
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        match e {
+            NodeError::Request(r) => ApiError::BadRequest(r),
+            NodeError::NotFound(m) => ApiError::NotFound(m),
+            NodeError::Unauthorized => ApiError::Unauthorized,
+            NodeError::Conflict(m) => ApiError::Conflict(m),
+            NodeError::OutputExists(m) => ApiError::OutputExists(m),
+            NodeError::NoCapacity(a) => ApiError::NoCapacity(a),
+            NodeError::Unavailable(m) => ApiError::Unavailable(m),
+            NodeError::RateLimited {
+                message,
+                retry_after_s,
+            } => ApiError::RateLimited {
+                message,
+                retry_after_s,
+            },
+            // Displayed by `ApiError` with its own "internal error: " prefix.
+            NodeError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 /// Every error answer of the API: `{"error": {"code", "message", ...}}`. The API renders it
 /// (`ApiError::error_body`), and the CLI and the fleet's node client read it back.
 #[derive(
@@ -297,6 +361,61 @@ mod tests {
         assert_eq!(back, e.error_body());
         assert_eq!(back.error.owner.as_deref(), Some("ND_b"));
         assert_eq!(ErrorBody::parse(b"<html>502</html>"), None);
+    }
+
+    #[test]
+    fn a_node_error_answers_as_the_api_error_it_stands_for() {
+        let cases: Vec<(NodeError, StatusCode, &str)> = vec![
+            (
+                RequestError::invalid("add_urls", "listed twice").into(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+            ),
+            (
+                NodeError::NotFound("no egress EG_x".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                NodeError::Conflict("ended".into()),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                NodeError::OutputExists("a.mp4".into()),
+                StatusCode::CONFLICT,
+                "output_exists",
+            ),
+            (
+                AdmissionError::Draining.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+            ),
+            (
+                NodeError::Unavailable("state_dir".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                NodeError::RateLimited {
+                    message: "slow down".into(),
+                    retry_after_s: 3,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+            ),
+            (
+                NodeError::Internal("spawn".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (n, status, code) in cases {
+            let message = n.to_string();
+            let a = ApiError::from(n);
+            assert_eq!((a.status_code(), a.code()), (status, code), "{message}");
+            assert_eq!(a.to_string(), message);
+        }
     }
 
     #[test]

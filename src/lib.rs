@@ -9,12 +9,14 @@
 //!   webhook keys and durations parsed there).
 //! - `model`: requests, validated specs and egress records; request validation
 //!   (`RequestError`), upload targets, event kinds, URL redaction, host allow-lists.
-//! - `error`: typed errors per domain and their single HTTP mapping.
+//! - `error`: typed errors per domain (`NodeError`: what the actors and the node answer) and
+//!   their single HTTP mapping.
 //! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer,
 //!   CostLearner, Delivery, DiskMonitor).
 //!   `actors.md` at the top of the repository draws who sends what to whom.
 //! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload,
-//!   learned costs, fleet capacity.
+//!   learned costs and prices, an egress's final status, fleet placement's refusals and
+//!   retries, fleet capacity.
 //! - `pipeline/`: GStreamer graph building per egress type and per output.
 //! - `handler/`: the child process that runs one pipeline and its stdio protocol.
 //! - `media`: reading finished files back with Discoverer.
@@ -35,13 +37,15 @@
 //! - `timeline`: where each track of a hybrid MP4 really starts (written by the handler, used
 //!   by the remux).
 //! - `store`: egress records persisted in `state_dir` (written by a thread of its own), the
-//!   state_dir lock.
+//!   state_dir lock, the learned cost table's file, the one atomic writer.
 //! - `metrics`: every Prometheus metric.
 //! - `logging`: the slog root (terminal or JSON) and its async drain.
 //! - `service`: the one function that wires everything and runs the service.
-//! - `calibrate`: `egress-engine calibrate`: each type measured on this machine, into the
-//!   learned cost table.
-//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP.
+//! - `calibrate`: `egress-engine calibrate`: each type measured on this machine (a child service
+//!   driven through `cli::Client`), into the learned cost table.
+//! - `layers`: the layer order and the test that keeps every import to it.
+//! - `cli/`: the client commands (`egress`, `node`, `fleet`) that call a node's API over HTTP;
+//!   `cli::http` is the one client (calibrate's too).
 
 pub mod actors;
 pub mod api;

@@ -165,7 +165,10 @@ fn main() -> ExitCode {
                 // handler at the service's priority, which is harmless.
                 unsafe { libc::nice(nice) };
             }
-            let (log, guard) = egress_engine::logging::root_with_guard("term", "info");
+            let (log, guard) = egress_engine::logging::root_with_guard(
+                egress_engine::logging::LogFormat::Term,
+                egress_engine::logging::LogLevel::Info,
+            );
             let log = log.new(slog::o!("egress_id" => egress_id.clone()));
             let code = egress_engine::handler::run(&egress_id, log).clamp(0, 255);
             // Everything that matters is done: the output finalized, the result file written,

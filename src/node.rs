@@ -27,7 +27,7 @@ use crate::actors::supervisor::{
     Supervisor,
 };
 use crate::config::Config;
-use crate::error::{ApiError, RequestError};
+use crate::error::{NodeError, RequestError};
 use crate::model::{
     EgressInfo, EgressRequest, EgressSpec, EgressStatus, ValidationContext, new_egress_id, now_ms,
 };
@@ -219,7 +219,7 @@ impl Node {
         req: EgressRequest,
         egress_id: Option<String>,
         claim_id: Option<String>,
-    ) -> Result<EgressInfo, ApiError> {
+    ) -> Result<EgressInfo, NodeError> {
         self.start_placed(req, egress_id, claim_id, None).await
     }
 
@@ -230,7 +230,7 @@ impl Node {
         egress_id: Option<String>,
         claim_id: Option<String>,
         placement: Option<&str>,
-    ) -> Result<EgressInfo, ApiError> {
+    ) -> Result<EgressInfo, NodeError> {
         let id = egress_id.unwrap_or_else(new_egress_id);
         let spec = self.validate(&req, &id)?;
         let cfg = &self.inner.cfg;
@@ -254,13 +254,13 @@ impl Node {
                 .disk
                 .send(crate::actors::disk_monitor::CheckDisk { free_bytes })
                 .await
-                .map_err(ApiError::from_mailbox)?;
+                .map_err(NodeError::from_mailbox)?;
             if let Err(e) = disk {
                 crate::metrics::METRICS
                     .admissions_total
                     .with_label_values(&[spec.egress_type.as_str(), e.reason()])
                     .inc();
-                return Err(ApiError::NoCapacity(e));
+                return Err(NodeError::NoCapacity(e));
             }
         }
         // The request's own target (credentials included) goes to the uploads; the record
@@ -352,7 +352,7 @@ impl Node {
                 claim_id,
             })
             .await
-            .map_err(ApiError::from_mailbox)?
+            .map_err(NodeError::from_mailbox)?
     }
 
     /// Every egress of this node, newest first, optionally only those in `statuses` (the
@@ -360,7 +360,7 @@ impl Node {
     pub async fn list(
         &self,
         statuses: Option<Vec<EgressStatus>>,
-    ) -> Result<Vec<EgressInfo>, ApiError> {
+    ) -> Result<Vec<EgressInfo>, NodeError> {
         Ok(self.list_page(statuses, None, usize::MAX).await?.egresses)
     }
 
@@ -370,7 +370,7 @@ impl Node {
         statuses: Option<Vec<EgressStatus>>,
         after: Option<crate::store::index::Cursor>,
         limit: usize,
-    ) -> Result<EgressPage, ApiError> {
+    ) -> Result<EgressPage, NodeError> {
         let mut page = self
             .inner
             .supervisor
@@ -380,7 +380,7 @@ impl Node {
                 limit,
             })
             .await
-            .map_err(ApiError::from_mailbox)?;
+            .map_err(NodeError::from_mailbox)?;
         let list = &mut page.egresses;
         // Recording files show their sizes now, as `get` does (the dashboard lists them).
         let running: Vec<(usize, Vec<crate::model::FileInfo>)> = list
@@ -407,13 +407,13 @@ impl Node {
 
     /// One egress, if this node has it. While it records, its files' `size_bytes` are their
     /// sizes now (the record holds 0 until a file is closed), so a client can follow it.
-    pub async fn get(&self, id: &str) -> Result<Option<EgressInfo>, ApiError> {
+    pub async fn get(&self, id: &str) -> Result<Option<EgressInfo>, NodeError> {
         let info = self
             .inner
             .supervisor
             .send(GetEgress(id.to_string()))
             .await
-            .map_err(ApiError::from_mailbox)?;
+            .map_err(NodeError::from_mailbox)?;
         match info {
             Some(mut info) if !info.status.is_final() && !info.files.is_empty() => {
                 let files = info.files.clone();
@@ -430,8 +430,8 @@ impl Node {
     }
 
     /// Stops (gracefully) or kills an egress of this node: its record (a kill's shows the killed
-    /// status once the handler is gone), None when this node does not have it, 409 once ended.
-    pub async fn end(&self, id: &str, action: EndAction) -> Result<Option<EgressInfo>, ApiError> {
+    /// status once the handler is gone), None when this node does not have it, `Conflict` once ended.
+    pub async fn end(&self, id: &str, action: EndAction) -> Result<Option<EgressInfo>, NodeError> {
         let sup = &self.inner.supervisor;
         let r = match action {
             EndAction::Stop => sup
@@ -440,18 +440,18 @@ impl Node {
                     reason: StopReason::Api,
                 })
                 .await
-                .map_err(ApiError::from_mailbox)?,
+                .map_err(NodeError::from_mailbox)?,
             EndAction::Kill => sup
                 .send(KillEgress {
                     egress_id: id.to_string(),
                     reason: KillReason::Api,
                 })
                 .await
-                .map_err(ApiError::from_mailbox)?,
+                .map_err(NodeError::from_mailbox)?,
         };
         match r {
             Ok(info) => Ok(Some(info)),
-            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(NodeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -461,7 +461,7 @@ impl Node {
         &self,
         id: &str,
         update: crate::model::StreamsUpdate,
-    ) -> Result<Option<EgressInfo>, ApiError> {
+    ) -> Result<Option<EgressInfo>, NodeError> {
         let r = self
             .inner
             .supervisor
@@ -470,10 +470,10 @@ impl Node {
                 update,
             })
             .await
-            .map_err(ApiError::from_mailbox)?;
+            .map_err(NodeError::from_mailbox)?;
         match r {
             Ok(info) => Ok(Some(info)),
-            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(NodeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -483,7 +483,7 @@ impl Node {
         &self,
         id: &str,
         offer: crate::actors::pipeline::WhipPublish,
-    ) -> Result<crate::actors::pipeline::WhipSession, ApiError> {
+    ) -> Result<crate::actors::pipeline::WhipSession, NodeError> {
         self.inner
             .supervisor
             .send(crate::actors::supervisor::PublishWhip {
@@ -491,7 +491,7 @@ impl Node {
                 offer,
             })
             .await
-            .map_err(ApiError::from_mailbox)?
+            .map_err(NodeError::from_mailbox)?
     }
 
     /// A WHIP publisher ends its session.
@@ -499,7 +499,7 @@ impl Node {
         &self,
         id: &str,
         end: crate::actors::pipeline::WhipEnd,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), NodeError> {
         self.inner
             .supervisor
             .send(crate::actors::supervisor::EndWhip {
@@ -507,7 +507,7 @@ impl Node {
                 end,
             })
             .await
-            .map_err(ApiError::from_mailbox)?
+            .map_err(NodeError::from_mailbox)?
     }
 
     /// Stops or kills every running egress (SIGINT, drain timeout); returns how many ran.
@@ -521,13 +521,13 @@ impl Node {
     }
 
     /// Capacity, load, per-type counts and disk (`GET /v1/node`).
-    pub async fn state(&self) -> Result<NodeState, ApiError> {
+    pub async fn state(&self) -> Result<NodeState, NodeError> {
         let mut s = self
             .inner
             .admission
             .send(GetNodeState)
             .await
-            .map_err(ApiError::from_mailbox)?;
+            .map_err(NodeError::from_mailbox)?;
         // The price admission charges (learned, once a type's class is learned), not the
         // configured one: after `calibrate` they differ.
         for (t, v) in s.types.iter_mut() {
@@ -558,35 +558,35 @@ impl Node {
     }
 
     /// Wakes `notify` on every change of the node's admission state (the fleet publishes it).
-    pub async fn watch_state(&self, notify: Arc<tokio::sync::Notify>) -> Result<(), ApiError> {
+    pub async fn watch_state(&self, notify: Arc<tokio::sync::Notify>) -> Result<(), NodeError> {
         self.inner
             .admission
             .send(WatchState(notify))
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(NodeError::from_mailbox)
     }
 
     /// This node's placement score for a request (see `AffinityScorer`).
-    pub async fn affinity(&self, ask: GetAffinity) -> Result<Affinity, ApiError> {
+    pub async fn affinity(&self, ask: GetAffinity) -> Result<Affinity, NodeError> {
         self.inner
             .affinity
             .send(ask)
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(NodeError::from_mailbox)
     }
 
     /// Gives back a claim before its expiry (idempotent).
-    pub async fn release_claim(&self, claim_id: String) -> Result<(), ApiError> {
+    pub async fn release_claim(&self, claim_id: String) -> Result<(), NodeError> {
         self.inner
             .admission
             .send(ReleaseClaim { claim_id })
             .await
-            .map_err(ApiError::from_mailbox)
+            .map_err(NodeError::from_mailbox)
     }
 
     /// Ready when not draining and both the state and the output directory take writes and
     /// have room (directories removed under the service are recreated here).
-    pub async fn readiness(&self) -> Result<Readiness, ApiError> {
+    pub async fn readiness(&self) -> Result<Readiness, NodeError> {
         let state = self.state().await?;
         if state.draining {
             return Ok(Readiness::NotReady("the node is draining".into()));
@@ -600,7 +600,7 @@ impl Node {
                 .try_for_each(|d| crate::store::dir_ready(d, READY_MIN_FREE_BYTES))
         })
         .await
-        .map_err(|e| ApiError::Internal(format!("readiness check failed: {e}")))?;
+        .map_err(|e| NodeError::Internal(format!("readiness check failed: {e}")))?;
         Ok(match checked {
             Ok(()) => Readiness::Ready,
             Err(why) => Readiness::NotReady(why),

@@ -266,14 +266,14 @@ fn classify(name: &str, dir: &Path, source: io::Error) -> OutputError {
 }
 
 /// An output that could not be created, and the request field it comes from.
-impl From<(&'static str, OutputError)> for crate::error::ApiError {
+impl From<(&'static str, OutputError)> for crate::error::NodeError {
     fn from((field, e): (&'static str, OutputError)) -> Self {
-        use crate::error::{ApiError, RequestError};
+        use crate::error::{NodeError, RequestError};
         use OutputError as O;
         match e {
-            O::Exists(_) => ApiError::OutputExists(e.to_string()),
-            O::Io { .. } => ApiError::Internal(e.to_string()),
-            _ => ApiError::BadRequest(RequestError::invalid(field, e.to_string())),
+            O::Exists(_) => NodeError::OutputExists(e.to_string()),
+            O::Io { .. } => NodeError::Internal(e.to_string()),
+            _ => NodeError::Request(RequestError::invalid(field, e.to_string())),
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::admission::Admission;
 use crate::actors::affinity::AffinityScorer;
-use crate::actors::cost_learner::{CostLearner, SaveCosts, table_path};
+use crate::actors::cost_learner::{CostLearner, SaveCosts};
 use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_capacity};
 use crate::actors::delivery::{Delivery, DeliveryConfig};
 use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
@@ -68,7 +68,7 @@ fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> ServiceErro
 /// Runs the service until it is told to exit.
 pub fn run(cfg: Config) -> Result<(), ServiceError> {
     gstreamer::init().map_err(|e| ServiceError::Gstreamer(e.to_string()))?;
-    let log = crate::logging::root(&cfg.log.format, &cfg.log.level);
+    let log = crate::logging::root(cfg.log.format, cfg.log.level);
     // First: a second service on this state_dir must stop before it touches anything in it.
     let _lock =
         crate::store::lock_state_dir(&cfg.storage.state_dir).map_err(ServiceError::StateLocked)?;
@@ -135,11 +135,13 @@ async fn serve(
     .start();
     // The learned cost table of earlier runs (and of calibrate); an unreadable one is ignored
     // (and replaced by the next job learned).
-    let table = crate::actors::cost_learner::read_table(&table_path(&cfg.storage.state_dir))
-        .unwrap_or_else(|e| {
-            warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);
-            Default::default()
-        });
+    let table =
+        crate::store::costs::read_table(&crate::store::costs::table_path(&cfg.storage.state_dir))
+            .map(crate::rules::costs::keep_known)
+            .unwrap_or_else(|e| {
+                warn!(log, "unreadable learned cost table: starting without it"; "problem" => e);
+                Default::default()
+            });
     let pricer = Pricer::new(&cfg, table);
     let affinity = AffinityScorer::new(
         cfg.affinity_mode(),
@@ -304,7 +306,7 @@ async fn serve(
         serde_json::json!({"listening": bound, "node_id": node_id})
     );
     info!(log, "listening"; "addr" => &bound, "capacity_cores" => capacity,
-          "affinity_mode" => &cfg.affinity.mode, "auth" => !cfg.server.api_token.is_empty());
+          "affinity_mode" => cfg.affinity.mode.as_str(), "auth" => !cfg.server.api_token.is_empty());
 
     spawn_signal_listeners(control_tx, log.clone());
     control_loop(control_rx, &node, &cfg, &log).await;

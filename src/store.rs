@@ -3,6 +3,7 @@
 //! ```text
 //! state_dir/
 //!   node_id                    this node's id when the config leaves it empty
+//!   costs.json                 the learned cost table (`costs`)
 //!   egresses/EG_x.json         the EgressInfo, rewritten (atomically) on every change
 //!   egresses/index             what listing needs of every record, a line per change (`index`)
 //!   egresses/EG_x.result.json  written by the handler itself when it ends (see HandlerResult)
@@ -21,6 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::model::{EgressInfo, HandlerResult, is_valid_egress_id};
 
 mod atomic;
+pub mod costs;
 pub mod index;
 
 pub use atomic::{Durability, write_atomic, write_atomic_private};

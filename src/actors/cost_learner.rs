@@ -2,14 +2,14 @@
 //! `rules::costs`). The Supervisor tells it when a job launches (`TrackJob`, with its class) and
 //! ends (`JobEnded`); CpuMonitor's samples give each running job's CPU. At a job's end its samples
 //! after the start hold are summarised and folded into the class's estimate, which is written to
-//! `state_dir/costs.json` (temp file + rename) and, in a fleet, folded into the fleet's table in
+//! `state_dir/costs.json` (`store::costs`) and, in a fleet, folded into the fleet's table in
 //! Redis (`fleet::costs`), which every node merges in every `COST_REFRESH`.
 //!
 //! Prices are read through a `Pricer`, a cheap handle on the same table that the node layer,
 //! affinity and placement use without a message round trip (a price is read on every start).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::rules::costs::{
     CostClass, CostTable, Estimate, JobSummary, MAX_JOB_SAMPLES, learn, merge,
 };
 pub use crate::rules::pricer::{ClassCost, CostsReport, Pricer};
+use crate::store::costs::{save_latest, table_path};
 
 /// What a node's answer from the shared table is: a value, or why not (said in the log).
 pub type SharedFuture<'a, T> =
@@ -49,40 +50,6 @@ pub trait SharedCosts {
 
 /// How often a fleet node merges the fleet's table into its own (and pushes what it knows better).
 const COST_REFRESH: Duration = Duration::from_secs(2);
-
-/// The file the table is kept in, under `storage.state_dir`.
-pub fn table_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("costs.json")
-}
-
-/// Reads a table file; a missing file is an empty table.
-pub fn read_table(path: &Path) -> Result<CostTable, String> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice::<CostTable>(&b)
-            .map(|mut t| {
-                t.retain(|k, e| e.sane() && CostClass::parse(k).is_some());
-                t
-            })
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CostTable::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-/// Writes a table file atomically: a crash leaves the old or the new.
-pub fn write_table(path: &Path, table: &CostTable) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?;
-    crate::store::write_atomic(path, &json, crate::store::Durability::Data)
-}
-
-/// Writes the pricer's table as it is when the write starts: one write at a time in this
-/// process, the table read under that lock, so the last write to finish holds the newest table
-/// (the write at exit may overlap one under way).
-fn save(pricer: &Pricer, path: &Path) -> std::io::Result<()> {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    write_table(path, &pricer.table())
-}
 
 /// A running job being measured.
 struct Tracked {
@@ -152,7 +119,7 @@ impl CostLearner {
         self.dirty = false;
         let pricer = self.pricer.clone();
         let path = self.path.clone();
-        let write = actix_rt::task::spawn_blocking(move || save(&pricer, &path));
+        let write = actix_rt::task::spawn_blocking(move || save_latest(&path, || pricer.table()));
         ctx.spawn(
             actix::fut::wrap_future(write).map(|r, act: &mut Self, ctx| {
                 act.writing = false;
@@ -355,7 +322,9 @@ impl Handler<SaveCosts> for CostLearner {
         let path = self.path.clone();
         let log = self.log.clone();
         Box::pin(async move {
-            match actix_rt::task::spawn_blocking(move || save(&pricer, &path)).await {
+            match actix_rt::task::spawn_blocking(move || save_latest(&path, || pricer.table()))
+                .await
+            {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     warn!(log, "cannot write the learned cost table"; "error" => %e);
@@ -385,6 +354,7 @@ mod tests {
     use super::*;
     use crate::actors::cpu_monitor::JobUsage;
     use crate::model::EgressType;
+    use crate::store::costs::read_table;
 
     fn log() -> Logger {
         Logger::root(slog::Discard, slog::o!())
@@ -420,7 +390,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.storage.state_dir = dir.path().to_path_buf();
         cfg.cpu.pending_hold_ms = 1000;
-        cfg.cpu.cost_mode = "learned".into();
+        cfg.cpu.cost_mode = crate::config::CostMode::Learned;
         cfg.cpu.learn_min_jobs = 1;
         let pricer = Pricer::new(&cfg, CostTable::new());
         let class = CostClass::default_of(EgressType::Participant);
@@ -456,11 +426,11 @@ mod tests {
         // On disk, atomically: the file reads back the same.
         let path = table_path(dir.path());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while read_table(&path).unwrap().is_empty() {
+        while read_table::<CostTable>(&path).unwrap().is_empty() {
             assert!(std::time::Instant::now() < deadline, "not written");
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(read_table(&path).unwrap(), pricer.table());
+        assert_eq!(read_table::<CostTable>(&path).unwrap(), pricer.table());
         // Every type's default class is reported, unlearned.
         let track = r
             .classes
@@ -499,14 +469,5 @@ mod tests {
         .await
         .unwrap();
         assert!(pricer.table().is_empty());
-    }
-
-    #[test]
-    fn a_broken_file_is_an_error_and_a_missing_one_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = table_path(dir.path());
-        assert_eq!(read_table(&p).unwrap(), CostTable::new());
-        std::fs::write(&p, b"{nope").unwrap();
-        assert!(read_table(&p).unwrap_err().contains("costs.json"));
     }
 }

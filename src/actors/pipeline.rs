@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::actors::supervisor::{Supervisor, UpdateEgress};
-use crate::error::{ApiError, RequestError};
+use crate::error::{NodeError, RequestError};
 use crate::handler::protocol::{HandlerCommand, HandlerEvent};
 use crate::model::{
     EgressInfo, EgressSpec, EgressStatus, MAX_STREAMS, PipelineOptions, StreamInfo, StreamStatus,

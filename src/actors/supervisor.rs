@@ -21,7 +21,7 @@ use crate::actors::pipeline::{
     KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
 };
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms};
@@ -308,9 +308,9 @@ impl Supervisor {
         self.hold(info);
     }
 
-    fn lookup(&self, id: &str) -> Result<EgressInfo, ApiError> {
+    fn lookup(&self, id: &str) -> Result<EgressInfo, NodeError> {
         self.record(id)
-            .ok_or_else(|| ApiError::NotFound(format!("no egress {id} on this node")))
+            .ok_or_else(|| NodeError::NotFound(format!("no egress {id} on this node")))
     }
 }
 
@@ -325,23 +325,23 @@ impl Actor for Supervisor {
 /// Start an egress: admit it (Admission, consuming `claim_id`), create its output file, spawn its
 /// handler and Pipeline actor, all in one turn of this actor (no other message is handled in
 /// between, so two starts never race for one filename or one slot). Returns its record, or why
-/// not: 409 for an id or an output that exists, 400 for an output path that cannot be, 503 when
-/// admission refuses. A refused start leaves no record, file or admitted cost behind.
+/// not: `Conflict` for an id that exists, `OutputExists`, `Request` for an output path that
+/// cannot be, `NoCapacity` when admission refuses. A refused start leaves no record, file or admitted cost behind.
 #[derive(Message)]
-#[rtype(result = "Result<EgressInfo, ApiError>")]
+#[rtype(result = "Result<EgressInfo, NodeError>")]
 pub struct StartEgress {
     pub setup: Box<PipelineSetup>,
     pub claim_id: Option<String>,
 }
 
 impl Handler<StartEgress> for Supervisor {
-    type Result = AtomicResponse<Self, Result<EgressInfo, ApiError>>;
+    type Result = AtomicResponse<Self, Result<EgressInfo, NodeError>>;
 
     fn handle(&mut self, msg: StartEgress, _: &mut Context<Self>) -> Self::Result {
         let mut setup = *msg.setup;
         let id = setup.info.egress_id.clone();
         if self.egresses.contains_key(&id) || self.index.get(&id).is_some() {
-            let e = ApiError::Conflict(format!("egress {id} exists already"));
+            let e = NodeError::Conflict(format!("egress {id} exists already"));
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
         }
         let admit = self.admission.send(AdmitJob {
@@ -357,19 +357,19 @@ impl Handler<StartEgress> for Supervisor {
         setup.log_path = self.store.log_path(&id);
         let launch = crate::actors::pipeline::Launch::of(&setup);
         let work = async move {
-            admit.await.map_err(ApiError::from_mailbox)??;
+            admit.await.map_err(NodeError::from_mailbox)??;
             // Disk and process work off the actor thread (outputs created, then the handler
             // forked and exec'd); the actor still takes no other message meanwhile.
             let prepared = actix_web::rt::task::spawn_blocking(move || {
                 store
                     .ensure_dirs()
-                    .map_err(|e| ApiError::Unavailable(format!("state_dir: {e}")))?;
+                    .map_err(|e| NodeError::Unavailable(format!("state_dir: {e}")))?;
                 let outputs =
-                    crate::outputs::prepare_all(&root, &outputs).map_err(ApiError::from)?;
+                    crate::outputs::prepare_all(&root, &outputs).map_err(NodeError::from)?;
                 Ok((outputs, spawn_handler(&launch)))
             })
             .await
-            .map_err(|e| ApiError::Internal(format!("output check failed: {e}")))
+            .map_err(|e| NodeError::Internal(format!("output check failed: {e}")))
             .and_then(|r| r);
             if prepared.is_err() {
                 admission.do_send(EndJob {
@@ -383,7 +383,7 @@ impl Handler<StartEgress> for Supervisor {
             std::io::Result<tokio::process::Child>,
         );
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(work).map(
-            move |prepared: Result<Prepared, ApiError>, act: &mut Self, ctx| {
+            move |prepared: Result<Prepared, NodeError>, act: &mut Self, ctx| {
                 let (outputs, child) = prepared?;
                 setup.spec.outputs = outputs;
                 act.launch(setup, child, ctx)
@@ -399,7 +399,7 @@ impl Supervisor {
         mut setup: PipelineSetup,
         child: std::io::Result<tokio::process::Child>,
         ctx: &mut Context<Self>,
-    ) -> Result<EgressInfo, ApiError> {
+    ) -> Result<EgressInfo, NodeError> {
         let id = setup.info.egress_id.clone();
         let child = match child {
             Ok(c) => c,
@@ -410,7 +410,7 @@ impl Supervisor {
                     let mut gone = setup.info;
                     crate::closing::close(&mut gone, &o, false);
                 });
-                return Err(ApiError::Internal(format!(
+                return Err(NodeError::Internal(format!(
                     "cannot launch the handler process: {e}"
                 )));
             }
@@ -498,12 +498,12 @@ impl Handler<UpdateEgress> for Supervisor {
 }
 
 impl Supervisor {
-    /// A running egress's record and Pipeline actor: 404 when unknown, 409 once it has ended
+    /// A running egress's record and Pipeline actor: `NotFound` when unknown, `Conflict` once it has ended
     /// (or while its end is being settled).
     /// Passes `msg` to the Pipeline actor of running egress `egress_id` and its answer back.
-    fn to_pipeline<M, R>(&self, egress_id: &str, msg: M) -> ResponseFuture<Result<R, ApiError>>
+    fn to_pipeline<M, R>(&self, egress_id: &str, msg: M) -> ResponseFuture<Result<R, NodeError>>
     where
-        M: Message<Result = Result<R, ApiError>> + Send + 'static,
+        M: Message<Result = Result<R, NodeError>> + Send + 'static,
         R: Send + 'static,
         Pipeline: Handler<M>,
     {
@@ -511,20 +511,20 @@ impl Supervisor {
             Ok((_, p)) => p,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        Box::pin(async move { p.send(msg).await.map_err(ApiError::from_mailbox)? })
+        Box::pin(async move { p.send(msg).await.map_err(NodeError::from_mailbox)? })
     }
 
-    fn running(&self, egress_id: &str) -> Result<(EgressInfo, Addr<Pipeline>), ApiError> {
+    fn running(&self, egress_id: &str) -> Result<(EgressInfo, Addr<Pipeline>), NodeError> {
         let info = self.lookup(egress_id)?;
         if info.status.is_final() {
-            return Err(ApiError::Conflict(format!(
+            return Err(NodeError::Conflict(format!(
                 "egress {} has already ended ({})",
                 info.egress_id,
                 info.status.as_str()
             )));
         }
         let Some(p) = self.pipelines.get(egress_id).cloned() else {
-            return Err(ApiError::Conflict(format!(
+            return Err(NodeError::Conflict(format!(
                 "egress {} is being settled",
                 info.egress_id
             )));
@@ -533,16 +533,16 @@ impl Supervisor {
     }
 }
 
-/// Stop an egress gracefully; returns its record (status `ending`). 409 once it has ended.
+/// Stop an egress gracefully; returns its record (status `ending`). `Conflict` once it has ended.
 #[derive(Message)]
-#[rtype(result = "Result<EgressInfo, ApiError>")]
+#[rtype(result = "Result<EgressInfo, NodeError>")]
 pub struct StopEgress {
     pub egress_id: String,
     pub reason: StopReason,
 }
 
 impl Handler<StopEgress> for Supervisor {
-    type Result = Result<EgressInfo, ApiError>;
+    type Result = Result<EgressInfo, NodeError>;
     fn handle(&mut self, msg: StopEgress, _: &mut Context<Self>) -> Self::Result {
         let (info, p) = self.running(&msg.egress_id)?;
         p.do_send(StopPipeline(msg.reason));
@@ -556,14 +556,14 @@ impl Handler<StopEgress> for Supervisor {
 
 /// Add or remove stream URLs of a running egress; returns its record.
 #[derive(Message)]
-#[rtype(result = "Result<EgressInfo, ApiError>")]
+#[rtype(result = "Result<EgressInfo, NodeError>")]
 pub struct ChangeEgressStreams {
     pub egress_id: String,
     pub update: crate::model::StreamsUpdate,
 }
 
 impl Handler<ChangeEgressStreams> for Supervisor {
-    type Result = ResponseFuture<Result<EgressInfo, ApiError>>;
+    type Result = ResponseFuture<Result<EgressInfo, NodeError>>;
     fn handle(&mut self, msg: ChangeEgressStreams, _: &mut Context<Self>) -> Self::Result {
         self.to_pipeline(
             &msg.egress_id,
@@ -574,14 +574,14 @@ impl Handler<ChangeEgressStreams> for Supervisor {
 
 /// A WHIP publisher's offer for a running egress (its Pipeline actor answers).
 #[derive(Message)]
-#[rtype(result = "Result<crate::actors::pipeline::WhipSession, ApiError>")]
+#[rtype(result = "Result<crate::actors::pipeline::WhipSession, NodeError>")]
 pub struct PublishWhip {
     pub egress_id: String,
     pub offer: crate::actors::pipeline::WhipPublish,
 }
 
 impl Handler<PublishWhip> for Supervisor {
-    type Result = ResponseFuture<Result<crate::actors::pipeline::WhipSession, ApiError>>;
+    type Result = ResponseFuture<Result<crate::actors::pipeline::WhipSession, NodeError>>;
     fn handle(&mut self, msg: PublishWhip, _: &mut Context<Self>) -> Self::Result {
         self.to_pipeline(&msg.egress_id, msg.offer)
     }
@@ -589,29 +589,29 @@ impl Handler<PublishWhip> for Supervisor {
 
 /// A WHIP publisher ends its session of a running egress.
 #[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "Result<(), NodeError>")]
 pub struct EndWhip {
     pub egress_id: String,
     pub end: crate::actors::pipeline::WhipEnd,
 }
 
 impl Handler<EndWhip> for Supervisor {
-    type Result = ResponseFuture<Result<(), ApiError>>;
+    type Result = ResponseFuture<Result<(), NodeError>>;
     fn handle(&mut self, msg: EndWhip, _: &mut Context<Self>) -> Self::Result {
         self.to_pipeline(&msg.egress_id, msg.end)
     }
 }
 
-/// Kill an egress's handler at once; returns its record. 409 once it has ended.
+/// Kill an egress's handler at once; returns its record. `Conflict` once it has ended.
 #[derive(Message)]
-#[rtype(result = "Result<EgressInfo, ApiError>")]
+#[rtype(result = "Result<EgressInfo, NodeError>")]
 pub struct KillEgress {
     pub egress_id: String,
     pub reason: KillReason,
 }
 
 impl Handler<KillEgress> for Supervisor {
-    type Result = ResponseFuture<Result<EgressInfo, ApiError>>;
+    type Result = ResponseFuture<Result<EgressInfo, NodeError>>;
     fn handle(&mut self, msg: KillEgress, _: &mut Context<Self>) -> Self::Result {
         let (info, p) = match self.running(&msg.egress_id) {
             Ok(r) => r,

@@ -1,8 +1,11 @@
 //! The HTTP side of the client: one blocking request at a time (ureq), the bearer token on each,
-//! and every answer turned into JSON or a typed error carrying the API's `code` and `message`.
+//! and every answer turned into JSON (or a model type) or a typed error carrying the API's `code`
+//! and `message` (read with the one `ErrorBody`). The command-line client and `calibrate` both
+//! speak to a node through it.
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::Connection;
@@ -118,6 +121,29 @@ impl Client {
             None => req.send_empty(),
         };
         Self::answer(&url, result)
+    }
+
+    /// `GET path`, its answer decoded as `T` (a model type: `EgressInfo`, `CostsReport`...).
+    pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let v = self.get(path)?;
+        self.decode(path, v)
+    }
+
+    /// `POST path`, its answer decoded as `T`.
+    pub fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, CliError> {
+        let v = self.post(path, body)?;
+        self.decode(path, v)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, path: &str, v: Value) -> Result<T, CliError> {
+        serde_json::from_value(v).map_err(|e| CliError::BadAnswer {
+            url: self.url(path),
+            detail: format!("not the answer this client expects: {e}"),
+        })
     }
 
     fn answer(

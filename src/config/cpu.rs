@@ -21,7 +21,7 @@ pub struct CpuConfig {
     /// `learned`: price a job by what jobs of its class measured on this hardware (or the fleet)
     /// once the class is learned, else by `cpu_cost`; `static`: always `cpu_cost`.
     #[serde(default = "default_cost_mode")]
-    pub cost_mode: String,
+    pub cost_mode: CostMode,
     /// A learned class is priced at its learned p95 times this (at least 1).
     #[serde(default = "default_cost_margin")]
     pub cost_margin: f64,
@@ -35,22 +35,13 @@ pub struct CpuConfig {
 }
 
 /// How admission prices a job (`cpu.cost_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CostMode {
     /// The configured `cpu_cost` of the type, always.
     Static,
     /// The class's learned price once learned, else the configured cost.
     Learned,
-}
-
-impl CostMode {
-    pub fn parse(s: &str) -> Option<CostMode> {
-        match s {
-            "static" => Some(CostMode::Static),
-            "learned" => Some(CostMode::Learned),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +97,7 @@ pub struct LimitsConfig {
 pub struct AffinityConfig {
     /// `pack` (alias `consolidate`), `spread` or `type_aware`.
     #[serde(default = "default_mode", alias = "load_distribution")]
-    pub mode: String,
+    pub mode: AffinityMode,
     /// A claim taken by an affinity request is released after this long if never used.
     #[serde(default = "default_claim_ttl")]
     pub pending_claim_ttl_ms: u64,
@@ -152,10 +143,10 @@ fn default_pending_hold() -> u64 {
     5000
 }
 
-fn default_cost_mode() -> String {
+fn default_cost_mode() -> CostMode {
     // Proven by integration/costs.rs: the learned price refuses at admission what the static
     // one lets overload stop; an unlearned class is priced as in static mode.
-    "learned".into()
+    CostMode::Learned
 }
 
 fn default_cost_margin() -> f64 {
@@ -190,8 +181,8 @@ fn cost_track() -> f64 {
     0.5
 }
 
-fn default_mode() -> String {
-    "spread".into()
+fn default_mode() -> AffinityMode {
+    AffinityMode::Spread
 }
 
 fn default_claim_ttl() -> u64 {
@@ -257,12 +248,21 @@ impl LimitsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AffinityMode {
+    #[serde(alias = "consolidate")]
     Pack,
     Spread,
     TypeAware,
 }
 
 impl AffinityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AffinityMode::Pack => "pack",
+            AffinityMode::Spread => "spread",
+            AffinityMode::TypeAware => "type_aware",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<AffinityMode> {
         match s {
             "pack" | "consolidate" => Some(AffinityMode::Pack),

@@ -1,6 +1,7 @@
 //! `node`, `server` and `log`: who this node is, where it listens, how it logs.
 
 use super::*;
+use crate::logging::{LogFormat, LogLevel};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,10 +37,10 @@ pub struct ServerConfig {
 pub struct LogConfig {
     /// `term` for humans, `json` for log shippers.
     #[serde(default = "default_log_format")]
-    pub format: String,
-    /// trace, debug, info, warning, error, critical.
+    pub format: LogFormat,
+    /// trace, debug, info, warning (alias warn), error, critical.
     #[serde(default = "default_log_level")]
-    pub level: String,
+    pub level: LogLevel,
 }
 
 fn default_listen() -> String {
@@ -54,10 +55,10 @@ fn default_workers() -> usize {
     2
 }
 
-fn default_log_format() -> String {
-    "term".into()
+fn default_log_format() -> LogFormat {
+    LogFormat::Term
 }
 
-fn default_log_level() -> String {
-    "info".into()
+fn default_log_level() -> LogLevel {
+    LogLevel::Info
 }

@@ -48,7 +48,7 @@ use slog::Logger;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, FleetConfig};
-use crate::error::ApiError;
+use crate::error::{ApiError, NodeError};
 use crate::fleet::placement::Placement;
 use crate::model::{EgressInfo, EgressRequest};
 use crate::node::Node;
@@ -122,6 +122,13 @@ impl FleetError {
     /// See `unreachable`.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, FleetError::Redis(e) if unreachable(e))
+    }
+}
+
+/// This node's own answer (in-process) is passed on as the API would give it.
+impl From<NodeError> for FleetError {
+    fn from(e: NodeError) -> FleetError {
+        FleetError::Node(e.into())
     }
 }
 

@@ -19,9 +19,12 @@
 //!
 //! The egress id is fixed before the first round, so every retry starts the same egress: the
 //! owner key (`records.rs`) guarantees that at most one node ever runs it.
+//!
+//! What is decided without I/O (a refusal's reason, whether to retry a round, who owns an id, the
+//! answer when nobody took the job) is in `rules::placement`; this file does the Redis calls and
+//! the starts.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -30,13 +33,15 @@ use redis::aio::MultiplexedConnection;
 use slog::debug;
 
 use crate::config::MIN_RESERVATION_TTL_MS;
-use crate::error::{AdmissionError, ApiError, RequestError};
+use crate::error::{ApiError, RequestError};
 use crate::fleet::client::{self, CallError, NodeStart, RemoteError, Target};
 use crate::fleet::reservations::{self, Ask, Chosen, Decision, SHORTEN};
 use crate::fleet::{Fleet, FleetError, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT};
 use crate::metrics::METRICS;
-use crate::model::{EgressInfo, EgressRequest, EgressType, PLACEMENT_LOCAL, new_egress_id};
+use crate::model::{EgressInfo, EgressRequest, PLACEMENT_LOCAL, new_egress_id};
 use crate::node::Node;
+pub use crate::rules::placement::Refusal;
+use crate::rules::placement::{Owner, RoundReport, describe, final_error, retry_after, settle};
 use crate::rules::scoring::curve;
 
 thread_local! {
@@ -45,111 +50,10 @@ thread_local! {
     static PLACER: RefCell<Option<MultiplexedConnection>> = const { RefCell::new(None) };
 }
 
-/// Most rounds one placement runs.
-pub const ROUND_LIMIT: u32 = 16;
-/// A new round is not started past this (from the start of the placement).
-pub const RETRY_BUDGET: Duration = Duration::from_secs(2);
-/// Longest pause between rounds.
-const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// How long the chosen node may take to admit and launch the egress (the reservation lives
 /// longer: `fleet.reservation_ttl_ms` >= `MIN_RESERVATION_TTL_MS`).
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 const _: () = assert!(START_TIMEOUT.as_millis() as u64 + 1_000 <= MIN_RESERVATION_TTL_MS);
-
-/// Why a node would not take the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Refusal {
-    Cpu,
-    TypeLimit,
-    Draining,
-    /// Anything else a node gave as its reason (e.g. its actors do not answer).
-    Other,
-}
-
-impl Refusal {
-    pub fn parse(reason: Option<&str>) -> Refusal {
-        match reason {
-            Some("cpu") => Refusal::Cpu,
-            Some("type_limit") => Refusal::TypeLimit,
-            Some("draining") => Refusal::Draining,
-            _ => Refusal::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Cpu => "cpu",
-            Refusal::TypeLimit => "type_limit",
-            Refusal::Draining => "draining",
-            Refusal::Other => "unavailable",
-        }
-    }
-}
-
-/// The reason most nodes gave (ties: cpu, then type_limit, then draining); None without refusals.
-pub fn dominant(refusals: &[Refusal]) -> Option<Refusal> {
-    let mut counts: BTreeMap<Refusal, usize> = BTreeMap::new();
-    for r in refusals {
-        *counts.entry(*r).or_default() += 1;
-    }
-    // max_by_key keeps the last maximum; iterate in reverse order of preference.
-    counts
-        .into_iter()
-        .rev()
-        .max_by_key(|(_, n)| *n)
-        .map(|(r, _)| r)
-}
-
-/// "2 nodes refused (cpu: 1, draining: 1)".
-pub fn describe(refusals: &[Refusal]) -> String {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in refusals {
-        *counts.entry(r.as_str()).or_default() += 1;
-    }
-    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-    let n = refusals.len();
-    format!(
-        "{n} node{} refused ({})",
-        if n == 1 { "" } else { "s" },
-        parts.join(", ")
-    )
-}
-
-/// What a round that placed nothing saw, for the retry decision.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RoundReport {
-    /// Nodes that cannot take the job: why, and the claims and reservations of other
-    /// placements they hold (of the type for `type_limit`, of every type for `cpu`).
-    pub refused: Vec<(Refusal, u32)>,
-    /// Starts on a chosen node that failed in a way that may pass (refused by its admission,
-    /// node unreachable or timed out).
-    pub transient_failures: u32,
-}
-
-/// Whether to run another round, and after how long. A refusal is worth a retry only while the
-/// refusing node holds claims or reservations of other placements (a refused start gives its
-/// reservation back within milliseconds); a fleet that is simply full, or draining, is answered
-/// at once.
-/// `jitter` is uniform in [0, 1): concurrent placers must not retry in lockstep.
-pub fn retry_after(
-    report: &RoundReport,
-    round: u32,
-    elapsed: Duration,
-    jitter: f64,
-) -> Option<Duration> {
-    let claims_in_the_way = report
-        .refused
-        .iter()
-        .any(|(why, pending)| matches!(why, Refusal::Cpu | Refusal::TypeLimit) && *pending > 0);
-    let may_pass = claims_in_the_way || report.transient_failures > 0;
-    if !may_pass || round >= ROUND_LIMIT {
-        return None;
-    }
-    let base_us = 1000.0 + 4000.0 * jitter.clamp(0.0, 1.0);
-    let backoff =
-        Duration::from_micros((base_us * f64::from(round.max(1))) as u64).min(MAX_BACKOFF);
-    (elapsed + backoff <= RETRY_BUDGET).then_some(backoff)
-}
 
 /// A placed egress and how long placing it took.
 #[derive(Debug, Clone)]
@@ -193,14 +97,6 @@ enum StartOutcome {
     },
     /// Stop the whole placement with this answer.
     Fatal(ApiError),
-}
-
-/// Who owns an egress id that a node refused as `already_placed`.
-enum Owner {
-    /// It runs there: this is its record.
-    Placed(Box<EgressInfo>),
-    /// Nobody live holds it any more: start it again.
-    Free,
 }
 
 impl Fleet {
@@ -579,22 +475,6 @@ impl Fleet {
     }
 }
 
-/// What the stored record and owner key of an egress id say: it runs on its live owner, or the
-/// id is free (no owner, or a dead one: a job lost with its node is started again), or it is
-/// still up to the live owner `Err(owner)` to start it or give it up.
-fn settle(
-    record: Option<EgressInfo>,
-    owner: Option<String>,
-    owner_live: bool,
-) -> Result<Owner, String> {
-    match (record, owner) {
-        (_, None) => Ok(Owner::Free),
-        (_, Some(_)) if !owner_live => Ok(Owner::Free),
-        (Some(info), Some(o)) if info.node_id == o => Ok(Owner::Placed(Box::new(info))),
-        (_, Some(o)) => Err(o),
-    }
-}
-
 /// A node's 4xx answer to the start, as this node's own error.
 fn client_error(r: RemoteError) -> ApiError {
     let strip = |m: &str, f: &str| m.strip_prefix(&format!("{f}: ")).unwrap_or(m).to_string();
@@ -618,68 +498,10 @@ fn client_error(r: RemoteError) -> ApiError {
     }
 }
 
-/// The answer when no round placed the job.
-fn final_error(
-    egress_type: EgressType,
-    refusals: &[Refusal],
-    failures: &[String],
-    nodes: usize,
-) -> ApiError {
-    match dominant(refusals) {
-        Some(reason) if reason != Refusal::Other => {
-            let mut detail = format!("{} of {nodes} live", describe(refusals));
-            if !failures.is_empty() {
-                detail.push_str(&format!(", {} failed to start it", failures.len()));
-            }
-            ApiError::NoCapacity(AdmissionError::NoNode {
-                egress_type,
-                reason: reason.as_str(),
-                detail,
-            })
-        }
-        _ => ApiError::Unavailable(format!(
-            "no node of the fleet ({nodes} live) could start the egress: {}",
-            if failures.is_empty() {
-                describe(refusals)
-            } else {
-                failures.join("; ")
-            }
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_web::ResponseError;
-
-    #[test]
-    fn an_egress_id_is_settled_only_by_its_live_owner() {
-        use crate::model::{EgressStatus, sample_info};
-        let on = |node: &str| Some(sample_info("EG_x", node, EgressStatus::Active, 1));
-        let b = || Some("ND_b".to_string());
-        let placed = |r: Result<Owner, String>| match r {
-            Ok(Owner::Placed(i)) => format!("placed on {}", i.node_id),
-            Ok(Owner::Free) => "free".into(),
-            Err(o) => format!("wait for {o}"),
-        };
-        let table = [
-            (on("ND_b"), b(), true, "placed on ND_b"),
-            // Its node died: the job went with it, the id may be started again.
-            (on("ND_b"), b(), false, "free"),
-            (None, b(), true, "wait for ND_b"),
-            (None, b(), false, "free"),
-            // An older record of another node: the live owner has not written its own yet.
-            (on("ND_a"), b(), true, "wait for ND_b"),
-            (on("ND_a"), b(), false, "free"),
-            (on("ND_b"), None, false, "free"),
-            (None, None, false, "free"),
-        ];
-        for (record, owner, live, want) in table {
-            let ctx = format!("{:?} {owner:?} {live}", record.as_ref().map(|r| &r.node_id));
-            assert_eq!(placed(settle(record, owner, live)), want, "{ctx}");
-        }
-    }
 
     #[test]
     fn a_script_error_is_a_500_and_an_unreachable_redis_a_503() {
@@ -697,60 +519,6 @@ mod tests {
         let loading =
             RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
         assert_eq!(status(loading), 503);
-    }
-
-    #[test]
-    fn dominant_reason_and_its_ties() {
-        use Refusal::*;
-        assert_eq!(dominant(&[]), None);
-        assert_eq!(dominant(&[Draining, Cpu, Draining]), Some(Draining));
-        assert_eq!(dominant(&[TypeLimit, Cpu]), Some(Cpu));
-        assert_eq!(dominant(&[Draining, TypeLimit]), Some(TypeLimit));
-        assert_eq!(
-            describe(&[Cpu, Draining, Cpu]),
-            "3 nodes refused (cpu: 2, draining: 1)"
-        );
-    }
-
-    #[test]
-    fn retry_decision() {
-        use Refusal::*;
-        let ms = Duration::from_millis;
-        let report = |refused: Vec<(Refusal, u32)>, transient_failures| RoundReport {
-            refused,
-            transient_failures,
-        };
-        // (report, round, elapsed, retries?)
-        let table = [
-            // A full fleet with no claims in the way: answer at once.
-            (report(vec![(Cpu, 0), (TypeLimit, 0)], 0), 1, ms(0), false),
-            // Draining never passes, claims or not.
-            (report(vec![(Draining, 3)], 0), 1, ms(0), false),
-            // Other placements hold claims: a burst.
-            (report(vec![(Cpu, 0), (Cpu, 2)], 0), 1, ms(0), true),
-            (report(vec![(TypeLimit, 1)], 0), 3, ms(100), true),
-            // A start that failed but may pass (refused without a claim, node unreachable).
-            (report(vec![], 1), 1, ms(0), true),
-            // Bounded in rounds and time.
-            (report(vec![(Cpu, 2)], 0), ROUND_LIMIT, ms(0), false),
-            (report(vec![(Cpu, 2)], 0), 2, RETRY_BUDGET, false),
-        ];
-        for (i, (r, round, elapsed, want)) in table.into_iter().enumerate() {
-            assert_eq!(
-                retry_after(&r, round, elapsed, 0.5).is_some(),
-                want,
-                "case {i}: {r:?}"
-            );
-        }
-        // Backoff: a few random ms, growing with the round, capped.
-        let r = report(vec![(Cpu, 1)], 0);
-        assert_eq!(retry_after(&r, 1, ms(0), 0.0), Some(ms(1)));
-        assert_eq!(
-            retry_after(&r, 1, ms(0), 0.999_999),
-            Some(Duration::from_micros(4999))
-        );
-        assert_eq!(retry_after(&r, 2, ms(0), 0.0), Some(ms(2)));
-        assert_eq!(retry_after(&r, 15, ms(0), 1.0), Some(MAX_BACKOFF));
     }
 
     #[test]
@@ -777,32 +545,5 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(e.code(), "output_exists");
-    }
-
-    #[test]
-    fn final_errors_name_the_dominant_reason() {
-        let e = final_error(
-            EgressType::Track,
-            &[Refusal::Cpu, Refusal::Cpu, Refusal::Draining],
-            &[],
-            3,
-        );
-        assert_eq!(
-            (e.code(), e.body()["error"]["reason"].as_str()),
-            ("no_capacity", Some("cpu"))
-        );
-        assert!(
-            e.to_string()
-                .contains("3 nodes refused (cpu: 2, draining: 1) of 3 live"),
-            "{e}"
-        );
-        let e = final_error(EgressType::Track, &[Refusal::Draining], &[], 1);
-        assert_eq!(
-            (e.code(), e.body()["error"]["reason"].as_str()),
-            ("no_capacity", Some("draining"))
-        );
-        let e = final_error(EgressType::Track, &[], &["ND_a: unreachable".into()], 1);
-        assert_eq!(e.code(), "unavailable");
-        assert!(e.to_string().contains("ND_a: unreachable"), "{e}");
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use slog::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, NodeError};
 use crate::fleet::client::{self, CallError, NodeStart, Target};
 use crate::fleet::registry::NodeRecord;
 use crate::fleet::{END_TIMEOUT, Fleet, FleetError};
@@ -292,7 +292,7 @@ impl Fleet {
             Err(e) => {
                 // "exists already" means it runs here: keep the id. Otherwise give it back, so a
                 // retry on another node can take it.
-                if !matches!(e, ApiError::Conflict(_)) {
+                if !matches!(e, NodeError::Conflict(_)) {
                     let r: Result<i64, _> = DISOWN
                         .key(self.keys.owner(&id))
                         .arg(&self.node_id)

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use crate::fleet::keys::Keys;
-use crate::fleet::placement::Refusal;
+use crate::rules::placement::Refusal;
 use crate::rules::scoring::Curve;
 
 /// What one placement asks of the script.

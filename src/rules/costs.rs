@@ -230,6 +230,12 @@ impl Estimate {
 /// The learned estimate of every class seen, by class key.
 pub type CostTable = BTreeMap<String, Estimate>;
 
+/// The table without what a file or Redis may hold that is not sane or not a class key.
+pub fn keep_known(mut table: CostTable) -> CostTable {
+    table.retain(|k, e| e.sane() && CostClass::parse(k).is_some());
+    table
+}
+
 /// How prices are made from the table (the `cpu.*` keys).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PricePolicy {

@@ -11,6 +11,10 @@
 //! - `fidelity`: whether a recording holds what its source announced (failure, warnings).
 //! - `health`: when a black or frozen picture or silent sound becomes a warning, and clears.
 //! - `overload`: the soft/hard escalation that picks one egress to stop, then kill (`Supervisor`).
+//! - `outcome`: the final status of an egress, for a supervised end and an orphan alike.
+//! - `placement`: fleet placement's refusals, its retry decision, an egress id's owner and the
+//!   answer when no node takes a job (`fleet::placement`).
+//! - `pricer`: the learned cost table's read side, shared without a message.
 
 pub mod admission;
 pub mod capacity;
@@ -19,5 +23,6 @@ pub mod fidelity;
 pub mod health;
 pub mod outcome;
 pub mod overload;
+pub mod placement;
 pub mod pricer;
 pub mod scoring;

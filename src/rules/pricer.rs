@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, CostMode, CpuCostConfig};
 use crate::metrics::METRICS;
@@ -20,7 +20,7 @@ pub struct Pricer {
 }
 
 /// One line of `GET /v1/node/costs`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClassCost {
     /// `type WxH@fps` (`type audio` for audio only; ` xN` for N encodes).
     pub class: String,
@@ -42,7 +42,7 @@ pub struct ClassCost {
 }
 
 /// `GET /v1/node/costs`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CostsReport {
     /// `static` or `learned` (`cpu.cost_mode`).
     pub mode: String,

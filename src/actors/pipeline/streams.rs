@@ -75,7 +75,7 @@ impl Pipeline {
     }
 
     /// Counts a change against the egress's rate, or says when the next one is allowed.
-    fn rate_stream_change(&mut self) -> Result<(), ApiError> {
+    fn rate_stream_change(&mut self) -> Result<(), NodeError> {
         let now = std::time::Instant::now();
         while self
             .stream_changes
@@ -87,7 +87,7 @@ impl Pipeline {
         if self.stream_changes.len() >= STREAM_CHANGES {
             let oldest = self.stream_changes.front().copied().unwrap_or(now);
             let wait = STREAM_WINDOW.saturating_sub(now.duration_since(oldest));
-            return Err(ApiError::RateLimited {
+            return Err(NodeError::RateLimited {
                 message: format!(
                     "at most {STREAM_CHANGES} stream changes in {} s per egress: retry in {} s",
                     STREAM_WINDOW.as_secs(),
@@ -108,21 +108,21 @@ const STREAM_WINDOW: Duration = Duration::from_secs(60);
 
 /// Add or remove stream URLs of a recording egress; answers its record.
 #[derive(Message)]
-#[rtype(result = "Result<EgressInfo, ApiError>")]
+#[rtype(result = "Result<EgressInfo, NodeError>")]
 pub struct ChangeStreams(pub StreamsUpdate);
 
 impl Handler<ChangeStreams> for Pipeline {
-    type Result = Result<EgressInfo, ApiError>;
+    type Result = Result<EgressInfo, NodeError>;
     fn handle(&mut self, msg: ChangeStreams, _: &mut Context<Self>) -> Self::Result {
         let u = msg.0;
         if self.stop_reason.is_some() || self.info.status == EgressStatus::Ending {
-            return Err(ApiError::Conflict(format!(
+            return Err(NodeError::Conflict(format!(
                 "egress {} is ending",
                 self.info.egress_id
             )));
         }
         if !self.streamable {
-            return Err(ApiError::Conflict(
+            return Err(NodeError::Conflict(
                 "this egress encodes no H.264: start it with a stream output to stream".into(),
             ));
         }
@@ -131,13 +131,13 @@ impl Handler<ChangeStreams> for Pipeline {
             match self.streaming(url) {
                 Some(i) if !remove.contains(&i) => remove.push(i),
                 Some(_) => {
-                    return Err(ApiError::from(RequestError::invalid(
+                    return Err(NodeError::from(RequestError::invalid(
                         &format!("remove_urls[{k}]"),
                         "listed twice",
                     )));
                 }
                 None => {
-                    return Err(ApiError::from(RequestError::invalid(
+                    return Err(NodeError::from(RequestError::invalid(
                         &format!("remove_urls[{k}]"),
                         format!("'{}' is not streaming in this egress", redact::url(url)),
                     )));
@@ -151,15 +151,15 @@ impl Handler<ChangeStreams> for Pipeline {
             .filter(|s| s.status.is_live())
             .count();
         if active.saturating_sub(remove.len()) + u.add_urls.len() > MAX_STREAMS {
-            return Err(ApiError::from(RequestError::invalid(
+            return Err(NodeError::from(RequestError::invalid(
                 "add_urls",
                 format!("at most {MAX_STREAMS} streams at once"),
             )));
         }
         for (k, url) in u.add_urls.iter().enumerate() {
-            check_stream_url(url, &format!("add_urls[{k}]")).map_err(ApiError::from)?;
+            check_stream_url(url, &format!("add_urls[{k}]")).map_err(NodeError::from)?;
             if self.streaming(url).is_some() || u.add_urls[..k].contains(url) {
-                return Err(ApiError::from(RequestError::invalid(
+                return Err(NodeError::from(RequestError::invalid(
                     &format!("add_urls[{k}]"),
                     "already streaming to this URL",
                 )));

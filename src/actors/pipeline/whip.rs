@@ -21,7 +21,7 @@ pub(super) struct Whip {
 
 /// A publisher's SDP offer for source `source`, with the bearer token it showed.
 #[derive(Message)]
-#[rtype(result = "Result<WhipSession, ApiError>")]
+#[rtype(result = "Result<WhipSession, NodeError>")]
 pub struct WhipPublish {
     pub source: usize,
     pub token: Option<String>,
@@ -37,7 +37,7 @@ pub struct WhipSession {
 
 /// A publisher ends session `session` of source `source` (DELETE).
 #[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "Result<(), NodeError>")]
 pub struct WhipEnd {
     pub source: usize,
     pub session: String,
@@ -51,16 +51,16 @@ fn same(a: &str, b: &str) -> bool {
 
 impl Pipeline {
     /// 404 unless `source` is a WHIP source of this egress; 401 unless `token` is its token.
-    fn whip_check(&self, source: usize, token: Option<&str>) -> Result<(), ApiError> {
+    fn whip_check(&self, source: usize, token: Option<&str>) -> Result<(), NodeError> {
         if !self.info.whip.iter().any(|w| w.source == source) {
-            return Err(ApiError::NotFound(format!(
+            return Err(NodeError::NotFound(format!(
                 "egress {} has no WHIP source {source}",
                 self.info.egress_id
             )));
         }
         match (&self.info.whip_token, token) {
             (Some(t), Some(given)) if same(t, given) => Ok(()),
-            _ => Err(ApiError::Unauthorized),
+            _ => Err(NodeError::Unauthorized),
         }
     }
 
@@ -108,27 +108,27 @@ impl Pipeline {
 }
 
 impl Handler<WhipPublish> for Pipeline {
-    type Result = ResponseFuture<Result<WhipSession, ApiError>>;
+    type Result = ResponseFuture<Result<WhipSession, NodeError>>;
     fn handle(&mut self, msg: WhipPublish, _: &mut Context<Self>) -> Self::Result {
         let ready = |r| Box::pin(std::future::ready(r)) as Self::Result;
         if let Err(e) = self.whip_check(msg.source, msg.token.as_deref()) {
             return ready(Err(e));
         }
         if self.info.status.is_final() || self.info.status == EgressStatus::Ending || self.exited {
-            return ready(Err(ApiError::Conflict(format!(
+            return ready(Err(NodeError::Conflict(format!(
                 "egress {} is {}: it takes no publisher",
                 self.info.egress_id,
                 self.info.status.as_str()
             ))));
         }
         if self.whip.sessions.contains_key(&msg.source) {
-            return ready(Err(ApiError::Conflict(format!(
+            return ready(Err(NodeError::Conflict(format!(
                 "source {} already has a publisher: DELETE its session first",
                 msg.source
             ))));
         }
         let Some(tx) = &self.commands else {
-            return ready(Err(ApiError::Conflict("the handler is gone".into())));
+            return ready(Err(NodeError::Conflict("the handler is gone".into())));
         };
         let session = crate::model::random_alnum(16);
         let (answer_tx, answer_rx) = oneshot::channel();
@@ -143,8 +143,8 @@ impl Handler<WhipPublish> for Pipeline {
         Box::pin(async move {
             match tokio::time::timeout(ANSWER_TIMEOUT, answer_rx).await {
                 Ok(Ok(Ok(sdp))) => Ok(WhipSession { session, sdp }),
-                Ok(Ok(Err(why))) => Err(ApiError::BadRequest(RequestError::invalid("sdp", why))),
-                _ => Err(ApiError::Unavailable(
+                Ok(Ok(Err(why))) => Err(NodeError::Request(RequestError::invalid("sdp", why))),
+                _ => Err(NodeError::Unavailable(
                     "the recording did not answer the offer in time".into(),
                 )),
             }
@@ -153,11 +153,11 @@ impl Handler<WhipPublish> for Pipeline {
 }
 
 impl Handler<WhipEnd> for Pipeline {
-    type Result = Result<(), ApiError>;
+    type Result = Result<(), NodeError>;
     fn handle(&mut self, msg: WhipEnd, _: &mut Context<Self>) -> Self::Result {
         self.whip_check(msg.source, msg.token.as_deref())?;
         if self.whip.sessions.get(&msg.source) != Some(&msg.session) {
-            return Err(ApiError::NotFound(format!(
+            return Err(NodeError::NotFound(format!(
                 "no session {} on source {}",
                 msg.session, msg.source
             )));
