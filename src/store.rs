@@ -266,10 +266,10 @@ impl Store {
             }
         }
         unfinished.sort_by_key(|i| i.created_at);
-        if lines > 2 * ix.len() + 1000 || !added.is_empty() || !gone.is_empty() {
-            if let Err(e) = self.rewrite_index(&ix) {
-                problems.push(format!("cannot rewrite the record index: {e}"));
-            }
+        if (lines > 2 * ix.len() + 1000 || !added.is_empty() || !gone.is_empty())
+            && let Err(e) = self.rewrite_index(&ix)
+        {
+            problems.push(format!("cannot rewrite the record index: {e}"));
         }
         (ix, unfinished, problems)
     }

@@ -84,6 +84,8 @@ const KILL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 impl Supervisor {
     /// `output_root` is `storage.output_dir`, canonical; `index` every record in the store,
     /// `loaded` those not final (whole).
+    // Each argument is a distinct part the start function wires in once.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         index: RecordIndex,

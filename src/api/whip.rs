@@ -48,7 +48,7 @@ fn token(req: &HttpRequest) -> Result<String, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .map(str::to_string)
-        .ok_or_else(|| ApiError::Unauthorized)
+        .ok_or(ApiError::Unauthorized)
 }
 
 fn source_index(s: &str) -> Result<usize, ApiError> {

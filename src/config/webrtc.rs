@@ -58,10 +58,8 @@ impl WebrtcConfig {
         if !self.stun_server.is_empty() && !self.stun_server.starts_with("stun://") {
             return Err(invalid("webrtc.stun_server", "must start with stun://"));
         }
-        if !self.turn_server.is_empty()
-            && !(self.turn_server.starts_with("turn://")
-                || self.turn_server.starts_with("turns://"))
-        {
+        let turn = &self.turn_server;
+        if !turn.is_empty() && !turn.starts_with("turn://") && !turn.starts_with("turns://") {
             return Err(invalid(
                 "webrtc.turn_server",
                 "must start with turn:// or turns://",

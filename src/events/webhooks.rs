@@ -131,7 +131,7 @@ pub fn start(
         for p in problems {
             warn!(log, "unreadable webhook queue entry"; "problem" => p);
         }
-        let log = log.new(slog::o!("webhook" => crate::model::redact::url(&url)));
+        let log = log.new(slog::o!("webhook" => crate::model::redact::url(url)));
         if !pending.is_empty() {
             info!(log, "webhook events left by an earlier run are sent again"; "queued" => pending.len());
         }
