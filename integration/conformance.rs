@@ -353,24 +353,6 @@ fn av_offset(path: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no offset in {}", path.display()))
 }
 
-/// What `scripts/av-offset` measured in a file (at least 5 flashes found).
-fn av_offsets(path: &Path) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/av-offset");
-    let out = Command::new(script)
-        .arg(path)
-        .output()
-        .expect("scripts/av-offset");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "av-offset {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(v["flashes"].as_u64() >= Some(5), "{v}");
-    v
-}
-
 /// A pause of 0-`max_ms` ms: the egress starts at another point of the sender's GOP each run.
 fn somewhere_in_the_gop(max_ms: u64) {
     let ms = now_ms() % max_ms.max(1);

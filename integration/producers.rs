@@ -472,3 +472,21 @@ pub fn output(v: &Value) -> PathBuf {
             .unwrap_or_else(|| panic!("no file in {v}")),
     )
 }
+
+/// What `scripts/av-offset` measured in a file (at least 5 flashes found).
+pub fn av_offsets(path: &Path) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/av-offset");
+    let out = Command::new(script)
+        .arg(path)
+        .output()
+        .expect("scripts/av-offset");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "av-offset {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(v["flashes"].as_u64() >= Some(5), "{v}");
+    v
+}

@@ -1,6 +1,8 @@
-//! WHIP ingest, against an independent WebRTC stack: `aiortc` (PyPI) publishes H.264 and Opus
-//! through `scripts/whip-publish` as an encoder does (POST the offer with the egress's token,
-//! play the answer, DELETE at the end). The recording is checked stream by stream.
+//! WHIP ingest, against two independent WebRTC stacks: `aiortc` (PyPI) publishes H.264 and
+//! Opus through `scripts/whip-publish` as an encoder does (POST the offer with the egress's
+//! token, play the answer, DELETE at the end), and Debian's headless Chromium publishes from a
+//! page with nothing but `RTCPeerConnection` and `fetch` (`scripts/whip-browser`), cross-origin
+//! as a web app does. The recording is checked stream by stream, and for sync.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::producers::ffprobe;
+use crate::producers::{av_offsets, ffprobe};
 
 fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-publish"))
@@ -18,6 +20,155 @@ fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("scripts/whip-publish (aiortc: scripts/setup installs it)")
+}
+
+/// A headless Chromium publishing a page through WHIP for `secs` s, then DELETE; `args` pick
+/// the page (`--sync`: flash and beep once a second; none: the fake camera and microphone).
+fn browser(url: &str, token: &str, secs: u32, args: &[&str]) -> std::process::Child {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-browser"))
+        .args([url, token, "--seconds", &secs.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("scripts/whip-browser (chromium: scripts/setup installs it)")
+}
+
+/// What a publisher script printed, once it exited (successfully).
+fn finished(mut p: std::process::Child) -> String {
+    let status = p.wait().expect("publisher");
+    let mut out = String::new();
+    use std::io::Read;
+    p.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .ok();
+    assert!(status.success(), "publisher: {out}");
+    out
+}
+
+/// A WHIP egress of `egress_type` into `filename`: (id, WHIP URL, token).
+fn whip_egress(svc: &Service, egress_type: &str, filename: &str) -> (String, String, String) {
+    let (s, eg) = svc.post(
+        "/v1/egress",
+        &json!({"type": egress_type, "sources": [{"whip": {}}],
+                "outputs": [{"file": {"filename": filename}}]}),
+    );
+    assert_eq!(s, 201, "{eg}");
+    let id = eg["egress_id"].as_str().expect("id").to_string();
+    let url = eg["whip"][0]["url"].as_str().expect("whip url").to_string();
+    let token = eg["whip_token"].as_str().expect("whip token").to_string();
+    (id, url, token)
+}
+
+/// Stops egress `id` and returns its file once `complete`.
+fn stopped_file(svc: &Service, id: &str) -> PathBuf {
+    let (s, stopped) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    assert_eq!(s, 200, "{stopped}");
+    let done = svc.wait_status(
+        id,
+        &["complete", "failed", "aborted"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    // Warnings are left out when there are none.
+    assert!(done.get("warnings").is_none(), "{done}");
+    PathBuf::from(done["files"][0]["location"].as_str().expect("file"))
+}
+
+/// Every frame of `file` decodes (ffmpeg, an independent decoder).
+fn decodes(file: &Path) {
+    let dec = Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
+}
+
+/// A browser's flash-and-beep page published for 20 s and recorded as `track`: H.264 copied
+/// (Chromium offers it; the answer picks it for a copy), video and audio for 19-21 s, every
+/// beep within 40 ms of its flash. A wrong token is 401 for the browser's URL.
+#[test]
+fn a_browser_publishes_through_whip_and_is_recorded_in_sync() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    let (id, url, token) = whip_egress(&svc, "track", "browser.mp4");
+    let path = format!("/v1/whip/{id}/0");
+    let (s, body) = svc.raw(
+        "POST",
+        &path,
+        Some(b"v=0\r\n"),
+        &[
+            ("content-type", "application/sdp"),
+            ("authorization", "Bearer wt_wrong"),
+        ],
+    );
+    assert_eq!(s, 401, "{body}");
+    let page = browser(&url, &token, 20, &["--sync"]);
+    let active = svc.wait_status(&id, &["active", "failed"], Duration::from_secs(40));
+    assert_eq!(active["status"], "active", "{active}\n{}", svc.log());
+    let said = finished(page);
+    assert!(said.contains("\"deleted\": 200"), "{said}");
+    let file = stopped_file(&svc, &id);
+    let probe = ffprobe(&file);
+    let codec = |kind: &str| {
+        probe["streams"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["codec_type"] == kind))
+            .map(|s| s["codec_name"].clone())
+    };
+    assert_eq!(codec("video"), Some(json!("h264")), "{probe}");
+    for kind in ["video", "audio"] {
+        let secs = stream_secs(&probe, kind)
+            .unwrap_or_else(|| panic!("no {kind} in {}: {probe}", file.display()));
+        assert!(
+            (19.0..=21.0).contains(&secs),
+            "{kind} lasts {secs} s of 20: {probe}"
+        );
+    }
+    decodes(&file);
+    let sync = av_offsets(&file);
+    eprintln!("browser WHIP track: {sync}");
+    assert!(sync["flashes"].as_u64() >= Some(18), "{sync}");
+    let offsets = sync["offsets_ms"].as_array().expect("offsets");
+    assert!(
+        offsets
+            .iter()
+            .all(|o| o.as_f64().is_some_and(|o| o.abs() <= 40.0)),
+        "a beep more than 40 ms from its flash: {sync}"
+    );
+}
+
+/// The browser's fake camera and microphone recorded as `participant` (decoded, encoded
+/// again): video and audio for 19-21 s, every frame decodes.
+#[test]
+fn a_browser_camera_is_recorded_as_participant() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    let (id, url, token) = whip_egress(&svc, "participant", "camera.mp4");
+    let page = browser(&url, &token, 20, &[]);
+    let active = svc.wait_status(&id, &["active", "failed"], Duration::from_secs(40));
+    assert_eq!(active["status"], "active", "{active}\n{}", svc.log());
+    let said = finished(page);
+    assert!(said.contains("\"deleted\": 200"), "{said}");
+    let file = stopped_file(&svc, &id);
+    let probe = ffprobe(&file);
+    for kind in ["video", "audio"] {
+        let secs = stream_secs(&probe, kind)
+            .unwrap_or_else(|| panic!("no {kind} in {}: {probe}", file.display()));
+        assert!(
+            (19.0..=21.0).contains(&secs),
+            "{kind} lasts {secs} s of 20: {probe}"
+        );
+    }
+    decodes(&file);
 }
 
 /// Seconds of the first `kind` stream of a file, by ffprobe.

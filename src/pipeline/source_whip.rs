@@ -28,6 +28,8 @@ const VIDEO_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock
      application/x-rtp,media=video,encoding-name=VP8,clock-rate=90000;\
      application/x-rtp,media=video,encoding-name=VP9,clock-rate=90000";
 const AUDIO_CAPS: &str = "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000";
+/// The video a `track` copies into its file: chosen whenever the publisher offers it.
+const H264_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000";
 
 /// How long each step of the exchange may take, and ICE gathering in all.
 const STEP: Duration = Duration::from_secs(5);
@@ -143,10 +145,12 @@ fn reply(f: impl FnOnce(gst::Promise), what: &str) -> Result<Option<gst::Structu
 
 /// Plays `offer` (an SDP offer from a publisher) on the `webrtcbin` of `bin` and returns the
 /// SDP answer once ICE has gathered its candidates (no trickle: WHIP answers hold them all).
-/// `Err` says why in words for the publisher (a bad offer above all).
+/// `copy_h264`: the graph copies H.264, so it is the one video codec answered when offered
+/// (browsers list VP8 first). `Err` says why in words for the publisher (a bad offer above all).
 pub fn negotiate(
     bin: &gst::Element,
     offer: &str,
+    copy_h264: bool,
     public_ip: Option<&str>,
 ) -> Result<String, String> {
     let webrtc = bin
@@ -162,8 +166,10 @@ pub fn negotiate(
     if !kinds.iter().any(|k| k == "video" || k == "audio") {
         return Err("the offer has no audio or video".into());
     }
+    let h264 = copy_h264 && codecs(&sdp, "video").iter().any(|c| c == "H264");
     for k in &kinds {
         let caps: gst::Caps = match k.as_str() {
+            "video" if h264 => H264_CAPS.parse().map_err(|_| "caps")?,
             "video" => VIDEO_CAPS.parse().map_err(|_| "caps")?,
             "audio" => AUDIO_CAPS.parse().map_err(|_| "caps")?,
             _ => continue,
@@ -205,6 +211,26 @@ pub fn negotiate(
     })
 }
 
+/// The encoding names (upper case) an SDP's `kind` m-lines list, in their order.
+pub fn codecs(sdp: &gst_sdp::SDPMessageRef, kind: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in sdp.medias().filter(|m| m.media() == Some(kind)) {
+        for a in m.attributes().filter(|a| a.key() == "rtpmap") {
+            let name = a
+                .value()
+                .and_then(|v| v.split_whitespace().nth(1))
+                .and_then(|v| v.split('/').next())
+                .map(str::to_ascii_uppercase);
+            if let Some(n) = name
+                && !out.contains(&n)
+            {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 /// `sdp` with each IPv4 host candidate offered again at `ip` (a node behind 1:1 NAT).
 pub fn with_public_ip(sdp: &str, ip: &str) -> String {
     let mut out = String::with_capacity(sdp.len() * 2);
@@ -230,6 +256,20 @@ pub fn with_public_ip(sdp: &str, ip: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codecs_are_read_per_kind_in_their_order() {
+        gst::init().expect("gstreamer");
+        let sdp = gst_sdp::SDPMessage::parse_buffer(
+            b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+              m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n\
+              a=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\n\
+              m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+        )
+        .expect("sdp");
+        assert_eq!(codecs(&sdp, "video"), ["VP8", "RTX", "H264"]);
+        assert_eq!(codecs(&sdp, "audio"), ["OPUS"]);
+    }
 
     #[test]
     fn a_public_ip_adds_a_candidate_beside_each_ipv4_host_one() {

@@ -55,18 +55,30 @@ impl Recording<'_> {
             Ok(b) => b,
             Err(e) => return answer(None, Some(e.to_string())),
         };
-        info!(self.log, "whip publisher offered"; "source" => source, "session" => &session);
+        let copy_h264 = caps.as_deref().is_some_and(|c| c.contains("video/x-h264"));
+        let listed = gstreamer_sdp::SDPMessage::parse_buffer(sdp.as_bytes())
+            .map(|m| {
+                let (v, a) = (
+                    source_whip::codecs(&m, "video"),
+                    source_whip::codecs(&m, "audio"),
+                );
+                format!("video {}; audio {}", v.join(" "), a.join(" "))
+            })
+            .unwrap_or_default();
+        info!(self.log, "whip publisher offered"; "source" => source, "session" => &session,
+              "codecs" => listed);
         let public_ip = self.opts.webrtc.public_ip.clone();
         let log = self.log.clone();
         let offer = sdp.to_string();
         std::thread::spawn(move || {
-            let (sdp, error) = match source_whip::negotiate(&bin, &offer, public_ip.as_deref()) {
-                Ok(a) => (Some(a), None),
-                Err(e) => {
-                    warn!(log, "whip offer refused"; "source" => source, "why" => &e);
-                    (None, Some(e))
-                }
-            };
+            let (sdp, error) =
+                match source_whip::negotiate(&bin, &offer, copy_h264, public_ip.as_deref()) {
+                    Ok(a) => (Some(a), None),
+                    Err(e) => {
+                        warn!(log, "whip offer refused"; "source" => source, "why" => &e);
+                        (None, Some(e))
+                    }
+                };
             emit(&HandlerEvent::WhipAnswer {
                 session,
                 sdp,
