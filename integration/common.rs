@@ -73,6 +73,14 @@ pub fn cpu_exclusive() -> CpuGuard {
     }
 }
 
+/// Milliseconds since the Unix epoch (records' times are in these).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Polls `f` every 50 ms until it returns Some, or returns None once `timeout` has passed.
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

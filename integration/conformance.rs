@@ -195,13 +195,6 @@ fn file_body(egress_type: &str, uri: &str, filename: &str) -> Value {
     })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// One egress under test: its id and when the test asked it to stop.
 pub(crate) struct Run {
     id: String,

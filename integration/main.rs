@@ -20,6 +20,7 @@ mod overload;
 mod placement;
 mod producers;
 mod request_targets;
+mod rooms;
 mod s3;
 mod safety;
 mod secrets;

@@ -146,11 +146,25 @@ pub fn srt_listener() -> Producer {
 
 /// `srt_listener` sending `size`@`fps` (the benchmark sends camera-sized video).
 pub fn srt_listener_sized(size: &str, fps: u32) -> Producer {
+    srt_listener_of(ffmpeg_av_sized(size, fps))
+}
+
+/// An SRT listener sending one plain colour (a room's tiles are told apart by it) and a tone.
+pub fn srt_colour(colour: &str) -> Producer {
+    srt_listener_of(ffmpeg_lavfi(
+        &format!("color=c={colour}:size=320x240:rate=15"),
+        "sine=frequency=440:sample_rate=48000",
+        15,
+    ))
+}
+
+/// ffmpeg with `args` (input and codecs) as an SRT listener sending MPEG-TS.
+fn srt_listener_of(args: Vec<String>) -> Producer {
     let port = free_udp_port();
     let url = format!("srt://127.0.0.1:{port}");
     let child = spawn(
         Command::new("ffmpeg")
-            .args(ffmpeg_av_sized(size, fps))
+            .args(args)
             .args(["-f", "mpegts"])
             .arg(format!("{url}?mode=listener")),
         "ffmpeg",

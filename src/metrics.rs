@@ -42,7 +42,8 @@ pub struct Metrics {
     pub fleet_degraded: Gauge,
     /// Egress records this node could not write to the fleet's Redis yet.
     pub fleet_unpublished_records: Gauge,
-    /// Live-source events reported by handlers: stalled, recovered, lost.
+    /// Live-source events: stalled, recovered, lost (reported by handlers); joined, removed (a
+    /// room's sources changed over the API).
     pub source_events_total: IntCounterVec,
     /// Recordings whose file lacks part of a stream the source announced, by stream (video,
     /// audio) and what (missing: none at all, the egress failed; partial: a warning).
@@ -237,7 +238,7 @@ impl Metrics {
             source_events_total: counter_vec(
                 &r,
                 "egress_source_events_total",
-                "Live-source events: stalled (reconnecting), recovered, lost",
+                "Live-source events: stalled (reconnecting), recovered, lost; a room's joined, removed",
                 &["event"],
             ),
             recording_gaps_total: counter_vec(

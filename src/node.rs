@@ -320,6 +320,21 @@ impl Node {
             streams_removed: 0,
             whip,
             whip_token,
+            sources: if spec.egress_type == crate::model::EgressType::RoomComposite {
+                req.sources
+                    .iter()
+                    .enumerate()
+                    .map(|(id, s)| crate::model::SourceInfo {
+                        id,
+                        source: s.redacted(),
+                        added_at: None,
+                        removed_at: None,
+                        lost_at: None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         // A WHIP source starts when its publisher does: the egress waits for it that long.
         let start_timeout_s = if info.whip.is_empty() {
@@ -468,6 +483,47 @@ impl Node {
             .send(crate::actors::supervisor::ChangeEgressStreams {
                 egress_id: id.to_string(),
                 update,
+            })
+            .await
+            .map_err(NodeError::from_mailbox)?;
+        match r {
+            Ok(info) => Ok(Some(info)),
+            Err(NodeError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sources join or leave a room running here (validated here: schemes are configuration);
+    /// None when it is not here.
+    pub async fn change_sources(
+        &self,
+        id: &str,
+        update: crate::model::SourcesUpdate,
+    ) -> Result<Option<EgressInfo>, NodeError> {
+        let cfg = &self.inner.cfg;
+        let mut add = Vec::new();
+        for (i, s) in update.add.iter().enumerate() {
+            let source = s.validate(&cfg.sources.allowed_schemes, &format!("add[{i}]"))?;
+            if let crate::model::Source::Test { .. } = source {
+                return Err(crate::error::RequestError::invalid(
+                    &format!("add[{i}]"),
+                    "a test source cannot join a recording room: give a uri or whip",
+                )
+                .into());
+            }
+            add.push((s.redacted(), source));
+        }
+        let base = self.inner.base_url.get().cloned().unwrap_or_default();
+        let r = self
+            .inner
+            .supervisor
+            .send(crate::actors::supervisor::ChangeEgressSources {
+                egress_id: id.to_string(),
+                change: crate::actors::pipeline::ChangeSources {
+                    add,
+                    remove: update.remove,
+                    base_url: base,
+                },
             })
             .await
             .map_err(NodeError::from_mailbox)?;

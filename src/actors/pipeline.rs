@@ -28,9 +28,11 @@ const START_GRACE: Duration = Duration::from_secs(5);
 pub use crate::rules::outcome::{KillReason, StopReason};
 
 mod process;
+mod room;
 mod streams;
 mod whip;
 pub use process::{Launch, spawn_handler};
+pub use room::ChangeSources;
 pub use streams::ChangeStreams;
 pub use whip::{WhipEnd, WhipPublish, WhipSession};
 
@@ -372,6 +374,7 @@ impl Handler<HandlerLine> for Pipeline {
                     .with_label_values(&["recovered"])
                     .inc();
             }
+            HandlerEvent::SourceLeft { source } => self.on_source_left(source),
             HandlerEvent::SourceLost { source } => {
                 warn!(self.log, "source lost"; "source" => source);
                 self.whip_gone(source);

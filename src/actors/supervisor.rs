@@ -574,6 +574,21 @@ impl Handler<ChangeEgressStreams> for Supervisor {
     }
 }
 
+/// Sources join or leave a running room; returns its record.
+#[derive(Message)]
+#[rtype(result = "Result<EgressInfo, NodeError>")]
+pub struct ChangeEgressSources {
+    pub egress_id: String,
+    pub change: crate::actors::pipeline::ChangeSources,
+}
+
+impl Handler<ChangeEgressSources> for Supervisor {
+    type Result = ResponseFuture<Result<EgressInfo, NodeError>>;
+    fn handle(&mut self, msg: ChangeEgressSources, _: &mut Context<Self>) -> Self::Result {
+        self.to_pipeline(&msg.egress_id, msg.change)
+    }
+}
+
 /// A WHIP publisher's offer for a running egress (its Pipeline actor answers).
 #[derive(Message)]
 #[rtype(result = "Result<crate::actors::pipeline::WhipSession, NodeError>")]

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{AppState, method_not_allowed};
 use crate::error::ApiError;
-use crate::model::{EgressInfo, EgressRequest, EgressStatus, StreamsUpdate, is_valid_egress_id};
+use crate::model::{
+    EgressInfo, EgressRequest, EgressStatus, SourcesUpdate, StreamsUpdate, is_valid_egress_id,
+};
 use crate::node::EndAction;
 use crate::store::index::{self, Cursor};
 
@@ -36,6 +38,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/egress/{id}/streams")
             .route(web::post().to(streams))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/egress/{id}/sources")
+            .route(web::post().to(sources))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -246,6 +253,35 @@ async fn streams(
     {
         return Err(ApiError::Conflict(format!(
             "egress {id} runs on node {}: send stream changes to that node",
+            info.node_id
+        )));
+    }
+    Err(ApiError::NotFound(format!("no egress {id}")))
+}
+
+/// Sources join or leave a recording room (on this node; in a fleet, the node that runs it).
+async fn sources(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<SourcesUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    check_id(&id)?;
+    let update = body.into_inner();
+    if update.add.is_empty() && update.remove.is_empty() {
+        return Err(crate::error::RequestError::invalid(
+            "add",
+            "give sources to add and/or ids to remove",
+        )
+        .into());
+    }
+    if let Some(info) = state.node.change_sources(&id, update).await? {
+        return Ok(HttpResponse::Ok().json(info));
+    }
+    if let Some(fleet) = &state.fleet
+        && let Some(info) = fleet.get(&id).await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "egress {id} runs on node {}: send source changes to that node",
             info.node_id
         )));
     }

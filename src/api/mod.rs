@@ -59,6 +59,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/egress/{id}/stop", false),
     route("POST", "/v1/egress/{id}/kill", false),
     route("POST", "/v1/egress/{id}/streams", true),
+    route("POST", "/v1/egress/{id}/sources", true),
     route("GET", "/v1/egress/{id}/thumbnail.jpg", false),
     route("GET", "/v1/node", false),
     route("POST", "/v1/node/drain", false),

@@ -23,7 +23,7 @@ use crate::model::{
     ImagesInfo, ImagesRequest, LivePlaylistRequest, OutputRequest, SegmentsInfo, SegmentsRequest,
     SourceRequest, StreamInfo, StreamRequest, StreamStatus, StreamsUpdate, VideoRequest,
 };
-use crate::model::{WhipInfo, WhipRequest};
+use crate::model::{SourceInfo, SourcesUpdate, WhipInfo, WhipRequest};
 use crate::rules::admission::{NodeState, TypeState};
 use crate::rules::capacity::{Capacity, DrainCandidate};
 use crate::rules::pricer::{ClassCost, CostsReport};
@@ -168,6 +168,20 @@ mod ops {
             (status = 503, description = "unavailable", body = ErrorBody),
         ))]
     fn egress_streams() {}
+
+    #[utoipa::path(post, path = "/v1/egress/{id}/sources", tag = "egress",
+        summary = "Sources join or leave a recording room_composite (the grid is laid out again)",
+        params(("id" = String, Path, pattern = "^EG_[A-Za-z0-9]{12}$")),
+        request_body = SourcesUpdate,
+        responses(
+            (status = 200, description = "the egress with its sources (`sources[]`, and `whip[]` for WHIP ones)", body = EgressInfo),
+            (status = 400, description = "invalid source, an id not in the room, or more than 16 sources", body = ErrorBody),
+            (status = 404, description = "unknown egress", body = ErrorBody),
+            (status = 409, description = "not a room_composite, ended, ending, runs on another node, or the last source would leave", body = ErrorBody),
+            (status = 429, description = "rate_limited: more than 30 changes in 60 s to this egress (Retry-After says when)", body = ErrorBody),
+            (status = 503, description = "unavailable", body = ErrorBody),
+        ))]
+    fn egress_sources() {}
 
     #[utoipa::path(get, path = "/v1/egress/{id}/thumbnail.jpg", tag = "egress",
         summary = "The egress's latest picture (320 px wide JPEG, at most pipeline.thumbnail_s old while it records)",
@@ -357,7 +371,7 @@ mod ops {
         ops::kill_egress, ops::egress_streams, ops::egress_thumbnail, ops::node_state, ops::drain, ops::affinity_score,
         ops::affinity_claim, ops::affinity_release, ops::node_egress, ops::fleet_nodes, ops::events,
         ops::dashboard, ops::openapi_json, ops::node_costs, ops::fleet_capacity,
-        ops::healthz, ops::readyz, ops::metrics, ops::whip_publish, ops::whip_options,
+        ops::egress_sources, ops::healthz, ops::readyz, ops::metrics, ops::whip_publish, ops::whip_options,
         ops::whip_end, ops::whip_session_options
     ),
     components(schemas(
@@ -368,7 +382,7 @@ mod ops {
         Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
         Capacity, DrainCandidate,
         UploadTarget, S3Target, GcsTarget, AzureTarget, UploadState, DiskState, WhipRequest,
-        WhipInfo
+        WhipInfo, SourcesUpdate, SourceInfo
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -35,6 +35,11 @@ pub(crate) enum Control {
         session: String,
         sdp: String,
     },
+    /// A room's sources join (id, source) or leave (ids).
+    Sources {
+        add: Vec<(usize, crate::model::Source)>,
+        remove: Vec<usize>,
+    },
     /// The publisher of source `source` ended its session (DELETE).
     WhipEnd {
         source: usize,
@@ -105,6 +110,9 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
                         session,
                         sdp,
                     });
+                }
+                Some(HandlerCommand::Sources { add, remove }) => {
+                    let _ = tx.send(Control::Sources { add, remove });
                 }
                 Some(HandlerCommand::WhipEnd { source }) => {
                     let _ = tx.send(Control::WhipEnd { source });

@@ -43,6 +43,14 @@ pub enum HandlerCommand {
     /// The publisher of WHIP source `source` ended its session: the source is lost as a
     /// stalled one is, unless a publisher comes back within `source_reconnect_s`.
     WhipEnd { source: usize },
+    /// A room's sources change: `add` (id, source) join with a tile each, the ids in `remove`
+    /// leave; the grid is laid out again for the sources present.
+    Sources {
+        #[serde(default)]
+        add: Vec<(usize, crate::model::Source)>,
+        #[serde(default)]
+        remove: Vec<usize>,
+    },
 }
 
 /// Handler -> service.
@@ -68,6 +76,9 @@ pub enum HandlerEvent {
     /// A stalled source did not come back within `pipeline.source_reconnect_s`: the handler
     /// finalizes the output and exits ("Source lost").
     SourceLost { source: usize },
+    /// A room's source did not come back within `pipeline.source_reconnect_s`, while others
+    /// still send: its tile keeps its last frame until it is removed; the recording goes on.
+    SourceLeft { source: usize },
     /// A source ended on its own (e.g. the stream closed): the handler finalizes and exits.
     SourceEnded,
     /// EOS went through the whole pipeline; the output is finalized.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 mod health;
 mod images;
 mod live;
+mod room;
 mod segments;
 mod streams;
 mod thumb;
@@ -145,28 +146,9 @@ impl<'a> Recording<'a> {
                 Source::Whip => (format!("whip (source {i})"), true),
                 _ => continue,
             };
-            {
-                let mut src = UriSource {
-                    index: i,
-                    whip,
-                    uri: uri.clone(),
-                    bin: None,
-                    held: Arc::default(),
-                    conn: Connection::new(false, epoch),
-                    attempt: 0,
-                    started: epoch,
-                    pads: Vec::new(),
-                    last_pad: None,
-                    expected: None,
-                    announced: None,
-                    collection: Announced::default(),
-                    flv: !whip && announce::is_incremental(&uri),
-                    linked: 0,
-                    state: SrcState::Discovering,
-                };
-                r.connect(&mut src)?;
-                r.sources.push(src);
-            }
+            let mut src = UriSource::new(i, uri, whip, epoch);
+            r.connect(&mut src)?;
+            r.sources.push(src);
         }
         Ok(r)
     }
@@ -219,13 +201,25 @@ impl<'a> Recording<'a> {
         Ok(())
     }
 
+    /// Whether the graph records source `i`'s video (or audio): as planned for the request's
+    /// sources, as its tile and mixer input were built for one that joined a room.
+    fn records(&self, i: usize, video: bool) -> bool {
+        if i >= self.spec.sources.len() {
+            return self
+                .entries
+                .as_ref()
+                .is_some_and(|e| e.keys().any(|(s, k)| *s == i && k.is_video() == video));
+        }
+        plan::records(self.spec, &self.streams, i, video)
+    }
+
     /// Whether source `i`'s video gates its audio: both recorded (known once the graph is).
     fn video_gates(&self, i: usize) -> bool {
         self.streams.get(i).is_some_and(|s| {
             s.video.is_some()
                 && s.audio.is_some()
-                && plan::records(self.spec, &self.streams, i, true)
-                && plan::records(self.spec, &self.streams, i, false)
+                && self.records(i, true)
+                && self.records(i, false)
         })
     }
 
@@ -306,6 +300,7 @@ impl<'a> Recording<'a> {
                     sdp,
                 }) => self.whip_offer(source, session, &sdp),
                 Ok(Control::WhipEnd { source }) => self.whip_end(source),
+                Ok(Control::Sources { add, remove }) => self.change_sources(add, remove),
                 _ => {}
             }
             self.poll_streams();
@@ -368,6 +363,7 @@ impl<'a> Recording<'a> {
                     return Err(self.no_keyframe(src));
                 }
                 self.watch_sources()?;
+                self.attach_joined()?;
             }
             let Some(msg) = bus.timed_pop(BUS_POLL) else {
                 continue;
@@ -384,7 +380,7 @@ impl<'a> Recording<'a> {
         src.attempt == 0
             && src.state == SrcState::Live
             && src.has("video/")
-            && plan::records(self.spec, &self.streams, src.index, true)
+            && self.records(src.index, true)
             && !src.conn.video_started.load(Ordering::Relaxed)
             && src.started.elapsed().as_secs_f64() > self.opts.first_keyframe_s
     }
@@ -641,7 +637,8 @@ impl<'a> Recording<'a> {
         // Once the graph exists every pad is linked as it comes (a reconnection's, or a stream
         // that showed after the graph was decided): none stays held, which would stop the
         // source.
-        if self.entries.is_some() {
+        // A source joining a room is linked once its tile exists (`attach_joined`).
+        if self.entries.is_some() && self.sources[k].state != SrcState::Discovering {
             self.link_source(k)?;
         }
         Ok(())
@@ -837,10 +834,9 @@ impl<'a> Recording<'a> {
         // the new ones are linked.
         for (n, (pad, kind)) in src.pads.iter().zip(kinds).enumerate().skip(src.linked) {
             let video = kind.is_video();
-            let entry = (kind != StreamKind::Unused
-                && plan::records(self.spec, &self.streams, i, video))
-            .then(|| entries.get(&(i, kind)))
-            .flatten();
+            let entry = (kind != StreamKind::Unused && self.records(i, video))
+                .then(|| entries.get(&(i, kind)))
+                .flatten();
             match entry {
                 Some(entry) => {
                     source_uri::gate(pad, &src.conn, &src.held, video, &self.pipeline);

@@ -98,6 +98,37 @@ pub struct EgressInfo {
     /// and in `GET /v1/egress/{id}`, `[redacted]` in lists, events, webhooks and logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub whip_token: Option<String>,
+    /// A `room_composite`'s sources by id: those of the request (ids 0..), then those added
+    /// while it records (`POST /v1/egress/{id}/sources`); a removed source keeps its id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceInfo>,
+}
+
+/// One source of a room, by its stable id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceInfo {
+    /// The source's id: its place in the order sources were given and added, never reused
+    /// (WHIP URLs and `remove` name it).
+    pub id: usize,
+    /// The source as requested (URI credentials redacted).
+    pub source: SourceRequest,
+    /// When it was added while recording, ms since the epoch (absent for the request's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_at: Option<u64>,
+    /// When it was removed, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
+    /// When it was lost (its sender gone for `pipeline.source_reconnect_s`; its tile keeps the
+    /// last frame until it is removed), ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_at: Option<u64>,
+}
+
+impl SourceInfo {
+    /// Whether the source is still in the room (not removed).
+    pub fn present(&self) -> bool {
+        self.removed_at.is_none()
+    }
 }
 
 /// One WHIP source of an egress.
@@ -205,5 +236,6 @@ pub fn sample_info(id: &str, node: &str, status: EgressStatus, created_at: u64) 
         whip: Vec::new(),
         whip_token: None,
         streams_removed: 0,
+        sources: Vec::new(),
     }
 }

@@ -71,12 +71,35 @@ pub struct SourceRequest {
     pub whip: Option<WhipRequest>,
 }
 
+/// Sources to add to a recording `room_composite` and ids of sources to remove
+/// (`POST /v1/egress/{id}/sources`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesUpdate {
+    /// Sources that join: each gets the next id (`sources[].id` of the record) and a tile.
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub add: Vec<SourceRequest>,
+    /// Ids of sources that leave (their tiles go; the grid is laid out again).
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub remove: Vec<usize>,
+}
+
 /// A WHIP source's options (none yet: `{}`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhipRequest {}
 
 impl SourceRequest {
+    /// The source as records show it: URI credentials redacted.
+    pub fn redacted(&self) -> SourceRequest {
+        SourceRequest {
+            uri: self.uri.as_deref().map(redact::url),
+            whip: self.whip.clone(),
+        }
+    }
+
     /// A URI source.
     pub fn uri(uri: &str) -> SourceRequest {
         SourceRequest {
@@ -161,9 +184,7 @@ impl EgressRequest {
     /// secrets hidden.
     pub fn redacted(&self) -> EgressRequest {
         let mut r = self.clone();
-        for s in &mut r.sources {
-            s.uri = s.uri.as_deref().map(redact::url);
-        }
+        r.sources = r.sources.iter().map(SourceRequest::redacted).collect();
         r.url = r.url.map(|u| redact::url(&u));
         r.output = r
             .output

@@ -56,7 +56,7 @@ pub struct ValidationContext<'a> {
     pub allowed_endpoints: &'a [String],
 }
 
-const MAX_ROOM_SOURCES: usize = 16;
+pub const MAX_ROOM_SOURCES: usize = 16;
 
 impl EgressRequest {
     /// Checks every field and resolves defaults. Errors name the field.
@@ -94,16 +94,7 @@ impl EgressRequest {
             self.sources
                 .iter()
                 .enumerate()
-                .map(|(i, s)| match (&s.uri, &s.whip) {
-                    (Some(uri), None) => {
-                        parse_source(uri, ctx.allowed_schemes, &format!("sources[{i}].uri"))
-                    }
-                    (None, Some(_)) => Ok(Source::Whip),
-                    _ => Err(RequestError::invalid(
-                        &format!("sources[{i}]"),
-                        "give a source's uri or whip, one of them",
-                    )),
-                })
+                .map(|(i, s)| s.validate(ctx.allowed_schemes, &format!("sources[{i}]")))
                 .collect::<Result<Vec<_>, _>>()?
         };
         check_source_count(egress_type, &sources)?;
@@ -242,6 +233,24 @@ pub(super) fn ranged(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, Reque
         ));
     }
     Ok(v)
+}
+
+impl SourceRequest {
+    /// The source this request names; errors name `field` (`sources[2]`).
+    pub fn validate(
+        &self,
+        allowed_schemes: &[String],
+        field: &str,
+    ) -> Result<Source, RequestError> {
+        match (&self.uri, &self.whip) {
+            (Some(uri), None) => parse_source(uri, allowed_schemes, &format!("{field}.uri")),
+            (None, Some(_)) => Ok(Source::Whip),
+            _ => Err(RequestError::invalid(
+                field,
+                "give a source's uri or whip, one of them",
+            )),
+        }
+    }
 }
 
 fn check_source_count(t: EgressType, sources: &[Source]) -> Result<(), RequestError> {

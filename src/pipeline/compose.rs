@@ -13,12 +13,77 @@ use super::encode;
 use super::graph::{Desc, Node, caps, el, link};
 use crate::model::EgressSpec;
 
-/// Grid cell size for `n` tiles in a `w`x`h` frame: (columns, cell width, cell height), even sizes.
+/// Grid cell size for `n` tiles in a `w`x`h` frame: (columns, cell width, cell height), even
+/// sizes. The grids hold 1, 2 (side by side), 4, 9 and 16 tiles: a count in between takes the
+/// next one, so tiles keep their size as people join until the grid is full.
 pub fn grid(n: usize, w: u32, h: u32) -> (u32, u32, u32) {
     let n = n.max(1) as u32;
     let cols = (n as f64).sqrt().ceil() as u32;
-    let rows = n.div_ceil(cols);
+    let rows = if n == 2 { 1 } else { cols };
     (cols, (w / cols) & !1, (h / rows) & !1)
+}
+
+/// Where each tile goes: (source index, x, y, cell width, cell height) for the video
+/// sources `tiles`, in their order, on a `w`x`h` grid.
+pub fn layout(tiles: &[usize], w: u32, h: u32) -> Vec<(usize, u32, u32, u32, u32)> {
+    let (cols, cw, ch) = grid(tiles.len(), w, h);
+    tiles
+        .iter()
+        .enumerate()
+        .map(|(slot, &i)| {
+            let slot = slot as u32;
+            (i, (slot % cols) * cw, (slot / cols) * ch, cw, ch)
+        })
+        .collect()
+}
+
+/// The compositor's pad of source `i` (named by source, so it keeps its name as tiles move).
+pub fn tile_pad(i: usize) -> String {
+    format!("sink_{i}")
+}
+
+/// The caps of a `cw`x`ch` cell (the source scaled into it, its aspect kept with borders).
+pub fn cell_caps(cw: u32, ch: u32) -> String {
+    format!("video/x-raw,format=I420,width={cw},height={ch},pixel-aspect-ratio=1/1")
+}
+
+/// The elements between source `i`'s video and its compositor pad, and its audio and the
+/// mixer, in order (a source leaving the room takes them out).
+pub fn video_elements(i: usize) -> [String; 4] {
+    ["queue", "convert", "scale", "cell"].map(|e| format!("src{i}_video_{e}"))
+}
+
+pub fn audio_elements(i: usize) -> [String; 4] {
+    ["queue", "convert", "resample", "fmt"].map(|e| format!("src{i}_audio_{e}"))
+}
+
+/// Source `i`'s video from `head` into its `cw`x`ch` tile.
+pub fn video_tile(i: usize, mut head: Vec<Node>, cw: u32, ch: u32) -> Vec<Node> {
+    let [q, convert, scale, cell] = video_elements(i);
+    head.extend([
+        el("queue", q),
+        el("videoconvert", convert),
+        el("videoscale", scale),
+        caps(cell, cell_caps(cw, ch)),
+        Node::Link {
+            target: "comp".into(),
+            pad: Some(tile_pad(i)),
+        },
+    ]);
+    head
+}
+
+/// Source `i`'s audio from `head` into the mixer.
+pub fn audio_input(i: usize, mut head: Vec<Node>) -> Vec<Node> {
+    let [q, convert, resample, fmt] = audio_elements(i);
+    head.extend([
+        el("queue", q),
+        el("audioconvert", convert),
+        el("audioresample", resample),
+        caps(fmt, "audio/x-raw,rate=48000,channels=2"),
+        link("amix"),
+    ]);
+    head
 }
 
 /// Adds the mixers, feeding the raw tees; `video`/`audio` are (source index, head chain) pairs.
@@ -30,52 +95,46 @@ pub fn room(
 ) {
     let v = &spec.video;
     if !video.is_empty() {
-        let (cols, cw, ch) = grid(video.len(), v.width, v.height);
+        let tiles: Vec<usize> = video.iter().map(|(i, _)| *i).collect();
+        let cells = layout(&tiles, v.width, v.height);
         let mut comp = el("compositor", "comp").p("background", "black");
-        for (slot, _) in video.iter().enumerate() {
-            let (x, y) = ((slot as u32 % cols) * cw, (slot as u32 / cols) * ch);
+        for &(i, x, y, _, _) in &cells {
             comp = comp
-                .p(&format!("sink_{slot}::xpos"), x)
-                .p(&format!("sink_{slot}::ypos"), y);
+                .p(&format!("{}::xpos", tile_pad(i)), x)
+                .p(&format!("{}::ypos", tile_pad(i)), y);
         }
         let mut chain = vec![comp];
         chain.extend(encode::video_raw(spec));
         d.push(chain);
-        for (slot, (i, mut head)) in video.into_iter().enumerate() {
-            head.extend([
-                el("queue", format!("src{i}_video_queue")),
-                el("videoconvert", format!("src{i}_video_convert")),
-                el("videoscale", format!("src{i}_video_scale")),
-                caps(
-                    format!("src{i}_video_cell"),
-                    format!(
-                        "video/x-raw,format=I420,width={cw},height={ch},pixel-aspect-ratio=1/1"
-                    ),
-                ),
-                Node::Link {
-                    target: "comp".into(),
-                    pad: Some(format!("sink_{slot}")),
-                },
-            ]);
-            d.push(head);
+        for ((i, head), (_, _, _, cw, ch)) in video.into_iter().zip(cells) {
+            d.push(video_tile(i, head, cw, ch));
         }
     }
     if !audio.is_empty() {
         let mut chain = vec![el("audiomixer", "amix")];
         chain.extend(encode::audio_raw());
         d.push(chain);
-        for (i, mut head) in audio {
-            head.extend([
-                el("queue", format!("src{i}_audio_queue")),
-                el("audioconvert", format!("src{i}_audio_convert")),
-                el("audioresample", format!("src{i}_audio_resample")),
-                caps(
-                    format!("src{i}_audio_fmt"),
-                    "audio/x-raw,rate=48000,channels=2",
-                ),
-                link("amix"),
-            ]);
-            d.push(head);
+        for (i, head) in audio {
+            d.push(audio_input(i, head));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fill_one_two_four_nine_and_sixteen_grids() {
+        assert_eq!(layout(&[3], 1280, 720), vec![(3, 0, 0, 1280, 720)]);
+        assert_eq!(
+            layout(&[0, 2], 1280, 720),
+            vec![(0, 0, 0, 640, 720), (2, 640, 0, 640, 720)]
+        );
+        let three = layout(&[0, 1, 2], 1280, 720);
+        assert_eq!(three[2], (2, 0, 360, 640, 360));
+        assert_eq!(grid(5, 1280, 720), (3, 426, 240));
+        assert_eq!(grid(9, 1280, 720), (3, 426, 240));
+        assert_eq!(grid(16, 1280, 720), (4, 320, 180));
     }
 }

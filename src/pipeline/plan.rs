@@ -27,7 +27,7 @@ use crate::model::{
 };
 
 /// What one source carries, as the graph will consume it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SourceStreams {
     /// `RawVideo`, `H264` or `H265`.
     pub video: Option<StreamKind>,
@@ -562,7 +562,7 @@ mod tests {
         use super::compose::grid;
         assert_eq!(grid(1, 1280, 720), (1, 1280, 720));
         assert_eq!(grid(4, 1280, 720), (2, 640, 360));
-        assert_eq!(grid(5, 1280, 720), (3, 426, 360));
+        assert_eq!(grid(5, 1280, 720), (3, 426, 240));
         assert_eq!(grid(16, 1280, 720), (4, 320, 180));
     }
 }

@@ -75,7 +75,7 @@ impl Pipeline {
     }
 
     /// Counts a change against the egress's rate, or says when the next one is allowed.
-    fn rate_stream_change(&mut self) -> Result<(), NodeError> {
+    pub(super) fn rate_stream_change(&mut self) -> Result<(), NodeError> {
         let now = std::time::Instant::now();
         while self
             .stream_changes

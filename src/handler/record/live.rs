@@ -33,6 +33,16 @@ impl Recording<'_> {
                               "gap_ms" => since.elapsed().as_millis() as u64);
                         emit(&HandlerEvent::SourceRecovered { source: src.index });
                         self.sources[k].state = SrcState::Live;
+                    } else if since.elapsed() > window && self.room_goes_on(k) {
+                        // One person of a room left; the others are still recorded.
+                        self.source_gone(
+                            k,
+                            if ended {
+                                "ended its stream"
+                            } else {
+                                "did not come back"
+                            },
+                        );
                     } else if since.elapsed() > window && ended {
                         info!(self.log, "source ended"; "source" => src.index);
                         emit(&HandlerEvent::SourceEnded);
@@ -145,6 +155,12 @@ impl Recording<'_> {
             return Ok(());
         }
         match self.sources[k].state {
+            // A source joining a room that is already recording: it does not join.
+            SrcState::Discovering if self.entries.is_some() => {
+                let why = errors::user_text(&failure);
+                self.source_gone(k, &why);
+                Ok(())
+            }
             SrcState::Discovering => Err(PipelineError::Bus {
                 element,
                 message: errors::user_text(&failure),
@@ -159,6 +175,7 @@ impl Recording<'_> {
                 self.with_source(k, |r, src| disconnect(&r.pipeline, src));
                 Ok(())
             }
+            SrcState::Gone => Ok(()),
         }
     }
 }

@@ -21,6 +21,9 @@ pub(super) enum SrcState {
         since: Instant,
         ended: bool,
     },
+    /// A room's source that did not come back (or could not join): its tile keeps its last
+    /// frame, nothing more is tried until it is removed.
+    Gone,
 }
 
 pub(super) struct UriSource {
@@ -51,6 +54,28 @@ pub(super) struct UriSource {
 }
 
 impl UriSource {
+    /// Source `index` before its first connection (a WHIP source's comes with its offer).
+    pub(super) fn new(index: usize, uri: String, whip: bool, epoch: Instant) -> UriSource {
+        UriSource {
+            index,
+            whip,
+            flv: !whip && crate::pipeline::announce::is_incremental(&uri),
+            uri,
+            bin: None,
+            held: Arc::default(),
+            conn: Connection::new(false, epoch),
+            attempt: 0,
+            started: epoch,
+            pads: Vec::new(),
+            last_pad: None,
+            expected: None,
+            announced: None,
+            collection: Announced::default(),
+            linked: 0,
+            state: SrcState::Discovering,
+        }
+    }
+
     /// The name of the current connection's element: `src{i}`, then `src{i}_r{n}`.
     pub(super) fn name(&self) -> String {
         match self.attempt {

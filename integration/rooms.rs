@@ -1,0 +1,221 @@
+//! A `room_composite` whose people come and go while it records (`POST /v1/egress/{id}/sources`):
+//! real SRT senders of one plain colour each (ffmpeg) join and leave, and a WHIP publisher
+//! (aiortc) joins through the URL the answer gives it. The one file is decoded frame by frame
+//! to see the tiles at each moment (told apart by colour), and its audio second by second.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::producers::srt_colour;
+
+/// The colour at each of `points` (fractions of the frame's width and height) of the frame
+/// at `t` s: R, G, B, `.` (black: the background or a tile's border) or `?` (anything else).
+fn colours(file: &Path, t: f64, points: &[(f64, f64)]) -> String {
+    let (w, h) = (64usize, 36usize);
+    let raw = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &format!("{t:.2}"), "-i"])
+        .arg(file)
+        .args(["-frames:v", "1", "-vf", "scale=64:36", "-f", "rawvideo"])
+        .args(["-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg")
+        .stdout;
+    assert_eq!(raw.len(), w * h * 3, "no frame at {t} s");
+    points
+        .iter()
+        .map(|(fx, fy)| {
+            let (x, y) = ((fx * w as f64) as usize, (fy * h as f64) as usize);
+            let p = &raw[(y * w + x) * 3..(y * w + x) * 3 + 3];
+            match (p[0], p[1], p[2]) {
+                (r, g, b) if r > 150 && g < 80 && b < 80 => 'R',
+                (r, g, b) if g > 90 && r < 80 && b < 80 => 'G',
+                (r, g, b) if b > 150 && r < 80 && g < 80 => 'B',
+                (r, g, b) if r < 30 && g < 30 && b < 30 => '.',
+                _ => '?',
+            }
+        })
+        .collect()
+}
+
+/// RMS of each whole second of the file's audio (mono, 16-bit samples).
+fn audio_rms_per_second(file: &Path) -> Vec<f64> {
+    let pcm = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-vn", "-ac", "1", "-ar", "8000", "-f", "s16le", "-"])
+        .output()
+        .expect("ffmpeg")
+        .stdout;
+    let samples: Vec<f64> = pcm
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f64)
+        .collect();
+    samples
+        .chunks_exact(8000)
+        .map(|s| (s.iter().map(|x| x * x).sum::<f64>() / s.len() as f64).sqrt())
+        .collect()
+}
+
+fn change(svc: &Service, id: &str, body: Value) -> Value {
+    let (s, info) = svc.post(&format!("/v1/egress/{id}/sources"), &body);
+    assert_eq!(s, 200, "{body} -> {info}");
+    info
+}
+
+/// Seconds into the file of wall time `ms` (the file starts at `started_at`).
+fn at(info: &Value, ms: u64) -> f64 {
+    (ms as f64 - info["started_at"].as_f64().expect("started_at")) / 1000.0
+}
+
+fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-publish"))
+        .args([url, token, "--seconds", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("scripts/whip-publish (aiortc: scripts/setup installs it)")
+}
+
+/// Red alone, then green joins (two tiles side by side), then blue (a 4-grid of three), then
+/// red leaves (two again: green and blue), then a WHIP publisher joins (three): each layout
+/// is in the file from within 2.5 s of its change until the next, audio is there every
+/// second, and it is one continuous file.
+#[test]
+fn people_join_and_leave_a_recorded_room() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    let (red, green, blue) = (srt_colour("red"), srt_colour("green"), srt_colour("blue"));
+    let (s, eg) = svc.post(
+        "/v1/egress",
+        &json!({"type": "room_composite", "sources": [{"uri": red.url}],
+                "video": {"width": 640, "height": 360},
+                "outputs": [{"file": {"filename": "room.mp4"}}]}),
+    );
+    assert_eq!(s, 201, "{eg}");
+    let id = eg["egress_id"].as_str().expect("id").to_string();
+    assert_eq!(
+        eg["sources"],
+        json!([{"id": 0, "source": {"uri": red.url}}])
+    );
+    svc.wait_active(&id);
+
+    // What a room refuses: an id not in it, the last source leaving, a test source, nothing.
+    let path = format!("/v1/egress/{id}/sources");
+    let (s, e) = svc.post(&path, &json!({"remove": [5]}));
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_field")),
+        "{e}"
+    );
+    let (s, e) = svc.post(&path, &json!({"remove": [0]}));
+    assert_eq!(s, 409, "{e}");
+    let (s, e) = svc.post(&path, &json!({"add": [{"uri": "test://av"}]}));
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = svc.post(&path, &json!({}));
+    assert_eq!(s, 400, "{e}");
+
+    let hold = Duration::from_secs(6);
+    std::thread::sleep(hold);
+    let joined_green = change(&svc, &id, json!({"add": [{"uri": green.url}]}));
+    assert_eq!(joined_green["sources"][1]["id"], 1, "{joined_green}");
+    std::thread::sleep(hold);
+    let joined_blue = change(&svc, &id, json!({"add": [{"uri": blue.url}]}));
+    std::thread::sleep(hold);
+    let left_red = change(&svc, &id, json!({"remove": [0]}));
+    assert!(left_red["sources"][0]["removed_at"].is_u64(), "{left_red}");
+    std::thread::sleep(hold);
+    // A WHIP publisher joins through its own URL, with the egress's token.
+    let joined_whip = change(&svc, &id, json!({"add": [{"whip": {}}]}));
+    let whip = &joined_whip["whip"][0];
+    assert_eq!(whip["source"], 3, "{joined_whip}");
+    assert_eq!(whip["url"], format!("{}/v1/whip/{id}/3", svc.base));
+    let token = joined_whip["whip_token"].as_str().expect("token");
+    let mut p = publisher(whip["url"].as_str().expect("url"), token, 8);
+    wait_for(
+        Duration::from_secs(20),
+        "the WHIP publisher to publish",
+        || (svc.egress(&id)["whip"][0]["publishing"] == true).then_some(()),
+    );
+    let publishing_at = now_ms();
+    std::thread::sleep(hold);
+    let (s, stopped) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    assert_eq!(s, 200, "{stopped}");
+    let _ = p.wait();
+    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+
+    // Each layout, just before the next change. Tiles keep their 4:3 aspect (black borders).
+    let changes = [
+        (
+            at(
+                &done,
+                joined_green["sources"][1]["added_at"].as_u64().unwrap(),
+            ),
+            "red alone",
+        ),
+        (
+            at(
+                &done,
+                joined_blue["sources"][2]["added_at"].as_u64().unwrap(),
+            ),
+            "red and green",
+        ),
+        (
+            at(
+                &done,
+                left_red["sources"][0]["removed_at"].as_u64().unwrap(),
+            ),
+            "red, green, blue",
+        ),
+        (
+            at(
+                &done,
+                joined_whip["sources"][3]["added_at"].as_u64().unwrap(),
+            ),
+            "green and blue",
+        ),
+    ];
+    // Sampled at the tiles' centres and where a layout has only background.
+    let one = [(0.5, 0.5), (0.03, 0.5)];
+    let two = [(0.25, 0.5), (0.75, 0.5), (0.5, 0.05)];
+    let four = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)];
+    let layouts: [(&[(f64, f64)], &str); 4] =
+        [(&one, "R."), (&two, "RG."), (&four, "RGB."), (&two, "GB.")];
+    for (k, ((t, what), (points, want))) in changes.iter().zip(layouts).enumerate() {
+        let got = colours(&file, t - 0.5, points);
+        assert_eq!(got, want, "{what} before {:.1} s", t - 0.5);
+        if k > 0 {
+            // In place within 2.5 s of the change that made it.
+            let from = changes[k - 1].0 + 2.5;
+            assert_eq!(colours(&file, from, points), want, "{what} at {from:.1} s");
+        }
+    }
+    // Then the publisher's test pattern in the third cell, beside green and blue.
+    let t = at(&done, publishing_at) + 3.0;
+    let got = colours(&file, t, &four);
+    assert!(
+        got.starts_with("GB") && got.ends_with('.'),
+        "at {t:.1} s: {got}"
+    );
+    assert_ne!(&got[2..3], ".", "no WHIP tile at {t:.1} s: {got}");
+
+    // One file with audio all along: every second holds the senders' tone.
+    let rms = audio_rms_per_second(&file);
+    let duration = crate::producers::duration(&crate::producers::ffprobe(&file));
+    assert!(
+        rms.len() as f64 >= duration - 1.5,
+        "{} s of audio in {duration} s",
+        rms.len()
+    );
+    for (s, r) in rms.iter().enumerate() {
+        assert!(
+            *r > 300.0,
+            "second {s} of the audio is silent (RMS {r:.0}): {rms:?}"
+        );
+    }
+}

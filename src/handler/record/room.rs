@@ -1,0 +1,215 @@
+//! A `room_composite` whose people come and go while it records: a source that joins gets a
+//! connection like the request's own, and once it shows its streams, a tile in the
+//! compositor and an input of the audio mixer; one that leaves takes them out. Either way the
+//! grid is laid out again for the video sources present (1, 2, 4, 9, 16 tiles), in one file.
+//! A source lost while others still send keeps its tile (its last frame) until removed.
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use slog::{info, warn};
+
+use super::{Recording, SrcState, UriSource};
+use crate::error::PipelineError;
+use crate::handler::emit;
+use crate::handler::protocol::HandlerEvent;
+use crate::model::{EgressType, Source};
+use crate::pipeline::graph::{self, Desc, Node, StreamKind};
+use crate::pipeline::source_uri::{self, Connection};
+use crate::pipeline::{SourceStreams, compose};
+
+impl Recording<'_> {
+    /// Sources join (`add`: id and source) and leave (`remove`: ids).
+    pub(super) fn change_sources(&mut self, add: Vec<(usize, Source)>, remove: Vec<usize>) {
+        if self.spec.egress_type != EgressType::RoomComposite || self.stopping.is_some() {
+            return;
+        }
+        for id in remove {
+            self.remove_source(id);
+        }
+        for (id, source) in add {
+            let (uri, whip) = match source {
+                Source::Uri { uri } => (uri, false),
+                Source::Whip => (format!("whip (source {id})"), true),
+                _ => continue,
+            };
+            if self.sources.iter().any(|s| s.index == id) || id < self.spec.sources.len() {
+                continue;
+            }
+            let mut src = UriSource::new(id, uri, whip, self.epoch);
+            // It has until its streams show (or its publisher's offer) like a first start.
+            src.started = std::time::Instant::now();
+            info!(self.log, "source joins"; "source" => id, "whip" => whip);
+            match self.connect(&mut src) {
+                Ok(()) => self.sources.push(src),
+                Err(e) => {
+                    warn!(self.log, "source cannot join"; "source" => id, "error" => e.to_string());
+                    emit(&HandlerEvent::SourceLeft { source: id });
+                }
+            }
+        }
+        self.relayout();
+    }
+
+    /// Sources that joined after the graph was built and showed their streams get their
+    /// tiles; those that never do within the start timeout are given up.
+    pub(super) fn attach_joined(&mut self) -> Result<(), PipelineError> {
+        if self.entries.is_none() || self.stopping.is_some() {
+            return Ok(());
+        }
+        let first_keyframe = std::time::Duration::from_secs_f64(self.opts.first_keyframe_s);
+        let start_timeout = std::time::Duration::from_secs_f64(self.opts.start_timeout_s);
+        for k in 0..self.sources.len() {
+            let src = &self.sources[k];
+            if src.state != SrcState::Discovering {
+                continue;
+            }
+            if src.complete(first_keyframe) {
+                self.attach(k)?;
+            } else if src.started.elapsed() > start_timeout {
+                self.source_gone(k, "showed no stream in time");
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds source `k`'s tile and mixer input, lays the grid out again and links it.
+    fn attach(&mut self, k: usize) -> Result<(), PipelineError> {
+        let i = self.sources[k].index;
+        let names: Vec<String> = self.sources[k]
+            .pads
+            .iter()
+            .map(source_uri::caps_name)
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (st, _) = SourceStreams::from_pads(&names);
+        let mut d = Desc::default();
+        let (cw, ch) = (self.spec.video.width / 2, self.spec.video.height / 2);
+        let entry = |kind| vec![Node::Entry { source: i, kind }];
+        if self.pipeline.by_name("comp").is_some() && st.video.is_some() {
+            let kind = st.video.unwrap_or(StreamKind::RawVideo);
+            d.push(compose::video_tile(i, entry(kind), cw & !1, ch & !1));
+        }
+        if self.pipeline.by_name("amix").is_some() && st.audio.is_some() {
+            let kind = st.audio.unwrap_or(StreamKind::RawAudio);
+            d.push(compose::audio_input(i, entry(kind)));
+        }
+        if self.streams.len() <= i {
+            self.streams.resize(i + 1, SourceStreams::default());
+        }
+        self.streams[i] = st;
+        let built = graph::instantiate(&d, &self.pipeline, self.fd)?;
+        let mut names: Vec<&str> = d.names();
+        names.reverse();
+        for n in names {
+            if let Some(e) = self.pipeline.by_name(n) {
+                e.sync_state_with_parent()?;
+            }
+        }
+        if let Some(entries) = &mut self.entries {
+            entries.extend(built.entries);
+        }
+        info!(self.log, "source joined the room"; "source" => i,
+              "video" => st.video.is_some(), "audio" => st.audio.is_some());
+        self.relayout();
+        let conn = Connection::new(self.video_gates(i), self.epoch);
+        conn.follow(&self.sources[k].conn);
+        self.sources[k].conn = conn;
+        self.sources[k].state = SrcState::Live;
+        self.link_source(k)
+    }
+
+    /// Source `id` leaves: its connection, tile and mixer input go.
+    fn remove_source(&mut self, id: usize) {
+        let Some(k) = self.sources.iter().position(|s| s.index == id) else {
+            // A test source of the request (its tile stays: it has no connection to drop).
+            return;
+        };
+        self.with_source(k, |r, src| super::disconnect(&r.pipeline, src));
+        self.sources.remove(k);
+        for chain in [compose::video_elements(id), compose::audio_elements(id)] {
+            self.take_out(&chain);
+        }
+        if let Some(entries) = &mut self.entries {
+            entries.retain(|(s, _), _| *s != id);
+        }
+        info!(self.log, "source left the room"; "source" => id);
+    }
+
+    /// Stops and removes the elements `chain` (in order) and releases the mixer pad its last
+    /// one fed.
+    fn take_out(&self, chain: &[String]) {
+        let elements: Vec<gst::Element> = chain
+            .iter()
+            .filter_map(|n| self.pipeline.by_name(n))
+            .collect();
+        let fed = elements
+            .last()
+            .and_then(|e| e.static_pad("src"))
+            .and_then(|p| p.peer());
+        for e in &elements {
+            let _ = e.set_state(gst::State::Null);
+            let _ = self.pipeline.remove(e);
+        }
+        if let Some(pad) = fed
+            && let Some(mixer) = pad.parent_element()
+        {
+            mixer.release_request_pad(&pad);
+        }
+    }
+
+    /// Places every video tile present on the grid for their count.
+    fn relayout(&self) {
+        let Some(comp) = self.pipeline.by_name("comp") else {
+            return;
+        };
+        let mut tiles: Vec<usize> = comp
+            .sink_pads()
+            .iter()
+            .filter_map(|p| p.name().strip_prefix("sink_")?.parse().ok())
+            .collect();
+        tiles.sort_unstable();
+        let v = &self.spec.video;
+        for (i, x, y, cw, ch) in compose::layout(&tiles, v.width, v.height) {
+            if let Some(pad) = comp.static_pad(&compose::tile_pad(i)) {
+                pad.set_property("xpos", x as i32);
+                pad.set_property("ypos", y as i32);
+            }
+            if let (Some(cell), Ok(caps)) = (
+                self.pipeline.by_name(&compose::video_elements(i)[3]),
+                compose::cell_caps(cw, ch).parse::<gst::Caps>(),
+            ) {
+                cell.set_property("caps", caps);
+            }
+        }
+    }
+
+    /// Whether the room records on without source `k` (another source is still in it).
+    pub(super) fn room_goes_on(&self, k: usize) -> bool {
+        let others = self
+            .sources
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != k && s.state != SrcState::Gone);
+        // Test sources of the request never leave.
+        let tests = self
+            .spec
+            .sources
+            .iter()
+            .any(|s| matches!(s, Source::Test { .. }));
+        self.spec.egress_type == EgressType::RoomComposite
+            && self.stopping.is_none()
+            && (others || tests)
+    }
+
+    /// Source `k` is given up: its tile keeps its last frame until it is removed.
+    pub(super) fn source_gone(&mut self, k: usize, why: &str) {
+        self.with_source(k, |r, src| {
+            warn!(r.log, "room source lost; the room goes on"; "source" => src.index, "why" => why);
+            super::disconnect(&r.pipeline, src);
+            src.state = SrcState::Gone;
+        });
+        emit(&HandlerEvent::SourceLeft {
+            source: self.sources[k].index,
+        });
+    }
+}
