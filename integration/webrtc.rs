@@ -171,6 +171,95 @@ fn a_browser_camera_is_recorded_as_participant() {
     decodes(&file);
 }
 
+/// `scripts/whep-serve` (aiortc) on a free port with `token`: the endpoint's URL and the process
+/// (its stdout lines: sessions, deletions).
+fn whep_endpoint(
+    token: &str,
+) -> (
+    String,
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut p = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whep-serve"))
+        .args(["--token", token])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("scripts/whep-serve (aiortc: scripts/setup installs it)");
+    let mut out = std::io::BufReader::new(p.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("whep-serve");
+    let v: Value = serde_json::from_str(&line).expect("listening line");
+    let url = v["listening"].as_str().expect("url").to_string();
+    (url, p, out)
+}
+
+/// A WHEP pull from an aiortc endpoint (as an SFU serves one) recorded as `track`: the token is
+/// sent (and redacted in the record), H.264 copied, both streams for the time recorded, the
+/// session DELETEd at the stop. A wrong token fails the egress, saying so.
+#[test]
+fn a_whep_stream_is_pulled_and_its_session_ended() {
+    use std::io::BufRead;
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    let (url, mut server, mut lines) = whep_endpoint("s3cret");
+    let (s, eg) = svc.post(
+        "/v1/egress",
+        &json!({"type": "track", "sources": [{"whep": {"url": url, "token": "s3cret"}}],
+                "outputs": [{"file": {"filename": "whep.mp4"}}]}),
+    );
+    assert_eq!(s, 201, "{eg}");
+    assert_eq!(
+        eg["request"]["sources"][0]["whep"]["token"], "[redacted]",
+        "{eg}"
+    );
+    let id = eg["egress_id"].as_str().expect("id").to_string();
+    svc.wait_active(&id);
+    std::thread::sleep(Duration::from_secs(8));
+    let file = stopped_file(&svc, &id);
+    let probe = ffprobe(&file);
+    for kind in ["video", "audio"] {
+        let secs = stream_secs(&probe, kind)
+            .unwrap_or_else(|| panic!("no {kind} in {}: {probe}", file.display()));
+        assert!(
+            (7.0..=9.5).contains(&secs),
+            "{kind} lasts {secs} s of 8: {probe}"
+        );
+    }
+    let codec = probe["streams"]
+        .as_array()
+        .and_then(|v| v.iter().find(|s| s["codec_type"] == "video"))
+        .map(|s| s["codec_name"].clone());
+    assert_eq!(codec, Some(json!("h264")), "{probe}");
+    decodes(&file);
+    // The endpoint saw one session, offered H.264 first, and its DELETE.
+    let mut said = Vec::new();
+    wait_for(Duration::from_secs(10), "the session's DELETE", || {
+        let mut line = String::new();
+        lines.read_line(&mut line).ok()?;
+        said.push(line.clone());
+        line.contains("deleted").then_some(())
+    });
+    assert!(said[0].contains("\"status\": 201"), "{said:?}");
+    assert!(said[0].contains("H264"), "{said:?}");
+
+    // A wrong token: the egress fails and says why.
+    let (s, eg) = svc.post(
+        "/v1/egress",
+        &json!({"type": "track", "sources": [{"uri": format!("whep+{url}")}],
+                "outputs": [{"file": {"filename": "refused.mp4"}}]}),
+    );
+    assert_eq!(s, 201, "{eg}");
+    let id = eg["egress_id"].as_str().expect("id").to_string();
+    let failed = svc.wait_status(&id, &["failed", "complete"], Duration::from_secs(30));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not authorized"), "{failed}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 /// Seconds of the first `kind` stream of a file, by ffprobe.
 fn stream_secs(probe: &Value, kind: &str) -> Option<f64> {
     probe["streams"]

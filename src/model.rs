@@ -192,6 +192,53 @@ pub fn is_valid_egress_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_whep_source_is_an_http_endpoint_on_the_allow_list() {
+        let allowed: Vec<String> = vec!["whep+https".into()];
+        let w = |url: &str, token: Option<&str>| SourceRequest {
+            uri: None,
+            whip: None,
+            whep: Some(WhepRequest {
+                url: url.into(),
+                token: token.map(str::to_string),
+            }),
+        };
+        assert_eq!(
+            w("https://sfu/whep/1", Some("t")).validate(&allowed, "sources[0]"),
+            Ok(Source::Whep {
+                url: "https://sfu/whep/1".into(),
+                token: Some("t".into())
+            })
+        );
+        assert_eq!(
+            SourceRequest::uri("whep+https://sfu/x").validate(&allowed, "sources[0]"),
+            Ok(Source::Whep {
+                url: "https://sfu/x".into(),
+                token: None
+            })
+        );
+        // http is not on this list; an rtsp URL is no WHEP endpoint; an empty token says so.
+        let e = w("http://sfu/x", None)
+            .validate(&allowed, "sources[0]")
+            .unwrap_err();
+        assert!(matches!(e, RequestError::SchemeNotAllowed(_)), "{e}");
+        let e = w("rtsp://sfu/x", None)
+            .validate(&allowed, "sources[0]")
+            .unwrap_err();
+        assert!(e.to_string().contains("sources[0].whep.url"), "{e}");
+        let e = w("https://sfu/x", Some(""))
+            .validate(&allowed, "sources[0]")
+            .unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        // The record shows neither the token nor URL credentials.
+        let shown = w("https://u:p@sfu/x", Some("t")).redacted();
+        assert_eq!(
+            shown.whep.as_ref().and_then(|w| w.token.as_deref()),
+            Some("[redacted]")
+        );
+        assert!(!shown.whep.unwrap().url.contains(":p@"));
+    }
+
     fn ctx_schemes() -> Vec<String> {
         ["test", "rtsp", "http"]
             .iter()

@@ -23,7 +23,7 @@ use crate::model::{
     ImagesInfo, ImagesRequest, LivePlaylistRequest, OutputRequest, SegmentsInfo, SegmentsRequest,
     SourceRequest, StreamInfo, StreamRequest, StreamStatus, StreamsUpdate, VideoRequest,
 };
-use crate::model::{SourceInfo, SourcesUpdate, WhipInfo, WhipRequest};
+use crate::model::{SourceInfo, SourcesUpdate, WhepRequest, WhipInfo, WhipRequest};
 use crate::rules::admission::{NodeState, TypeState};
 use crate::rules::capacity::{Capacity, DrainCandidate};
 use crate::rules::pricer::{ClassCost, CostsReport};
@@ -382,7 +382,7 @@ mod ops {
         Affinity, AffinityRequest, NodeStart, FleetNode, TypeReport, CostsReport, ClassCost,
         Capacity, DrainCandidate,
         UploadTarget, S3Target, GcsTarget, AzureTarget, UploadState, DiskState, WhipRequest,
-        WhipInfo, SourcesUpdate, SourceInfo
+        WhipInfo, SourcesUpdate, SourceInfo, WhepRequest
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

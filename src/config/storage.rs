@@ -111,8 +111,17 @@ fn default_disk_horizon() -> f64 {
 }
 
 fn default_schemes() -> Vec<String> {
-    ["test", "rtsp", "rtmp", "srt", "http", "https"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "test",
+        "rtsp",
+        "rtmp",
+        "srt",
+        "http",
+        "https",
+        "whep+http",
+        "whep+https",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }

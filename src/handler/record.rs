@@ -141,12 +141,9 @@ impl<'a> Recording<'a> {
                 .map(|l| super::web_filter::start(l, opts.allowed_web_hosts.clone(), log));
         }
         for (i, s) in spec.sources.iter().enumerate() {
-            let (uri, whip) = match s {
-                Source::Uri { uri } => (uri.clone(), false),
-                Source::Whip => (format!("whip (source {i})"), true),
-                _ => continue,
+            let Some(mut src) = UriSource::of(i, s, epoch) else {
+                continue;
             };
-            let mut src = UriSource::new(i, uri, whip, epoch);
             r.connect(&mut src)?;
             r.sources.push(src);
         }
@@ -169,6 +166,18 @@ impl<'a> Recording<'a> {
             return Ok(());
         }
         let caps = plan::copy_caps(self.spec);
+        if let Some(whep) = src.whep.clone() {
+            let (bin, held) = crate::pipeline::source_whip::connect(
+                src.index,
+                &src.name(),
+                caps.as_deref(),
+                &self.opts.webrtc,
+            )?;
+            self.adopt(src, bin.clone(), held)?;
+            let copy_h264 = caps.as_deref().is_some_and(|c| c.contains("video/x-h264"));
+            crate::pipeline::source_whep::play(bin, src.index, whep, copy_h264);
+            return Ok(());
+        }
         let (bin, held) = source_uri::connect(src.index, &src.name(), &src.uri, caps.as_deref())?;
         self.adopt(src, bin, held)
     }
@@ -650,6 +659,7 @@ impl<'a> Recording<'a> {
         let sources = self.spec.sources.iter().filter_map(|s| match s {
             Source::Uri { uri } => Some(uri.as_str()),
             Source::Web { url, .. } => Some(url.as_str()),
+            Source::Whep { url, .. } => Some(url.as_str()),
             Source::Test { .. } | Source::Whip => None,
         });
         sources.chain(self.spec.outputs.stream_urls.iter().map(String::as_str))
@@ -663,7 +673,7 @@ impl<'a> Recording<'a> {
                 Source::Web { audio, .. } => {
                     SourceStreams::of_web(*audio && self.spec.audio.enabled)
                 }
-                Source::Uri { .. } | Source::Whip => {
+                Source::Uri { .. } | Source::Whip | Source::Whep { .. } => {
                     let src = self.sources.iter().find(|s| s.index == i);
                     let uri = src.map(|s| s.uri.as_str()).unwrap_or_default();
                     let names: Vec<String> = src
@@ -888,7 +898,7 @@ impl<'a> Recording<'a> {
                         }
                     }
                 }
-                Source::Uri { .. } | Source::Whip => {}
+                Source::Uri { .. } | Source::Whip | Source::Whep { .. } => {}
             }
         }
     }

@@ -50,8 +50,8 @@ pub struct EgressRequest {
     pub upload: Option<upload::UploadTarget>,
 }
 
-/// One input: a URI the handler opens, or a WebRTC publisher that pushes to the egress over
-/// WHIP. Exactly one of the two.
+/// One input: a URI the handler opens, a WebRTC publisher that pushes to the egress over
+/// WHIP, or a WebRTC stream the egress pulls over WHEP. Exactly one of the three.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(min_properties = 1, max_properties = 1)]
@@ -69,6 +69,25 @@ pub struct SourceRequest {
     /// `whip[].url` with its `whip_token` (WHIP, RFC 9725).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub whip: Option<WhipRequest>,
+    /// A WebRTC stream to play (WHEP): an SFU's or a media server's endpoint; the egress
+    /// POSTs its offer there and DELETEs the session at the end (`whep+https://...` as a `uri`
+    /// is the same, without a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whep: Option<WhepRequest>,
+}
+
+/// Where a WHEP source plays from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhepRequest {
+    /// The WHEP endpoint, `http(s)://...` (its scheme, as `whep+https`, must be in
+    /// `sources.allowed_schemes`).
+    #[schema(max_length = 4096, example = "https://sfu.example.com/whep/room1")]
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`; `[redacted]` in records, events and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096)]
+    pub token: Option<String>,
 }
 
 /// Sources to add to a recording `room_composite` and ids of sources to remove
@@ -97,6 +116,10 @@ impl SourceRequest {
         SourceRequest {
             uri: self.uri.as_deref().map(redact::url),
             whip: self.whip.clone(),
+            whep: self.whep.as_ref().map(|w| WhepRequest {
+                url: redact::url(&w.url),
+                token: w.token.as_ref().map(|_| upload::REDACTED.to_string()),
+            }),
         }
     }
 
@@ -105,6 +128,7 @@ impl SourceRequest {
         SourceRequest {
             uri: Some(uri.to_string()),
             whip: None,
+            whep: None,
         }
     }
 }

@@ -28,6 +28,9 @@ pub enum Source {
     Web { url: String, audio: bool },
     /// A WebRTC publisher that sends its media over WHIP (`webrtcbin` in the handler).
     Whip,
+    /// A WebRTC stream the handler plays from a WHEP endpoint (`url`, `http(s)://`), showing
+    /// `token` as a bearer token.
+    Whep { url: String, token: Option<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,14 +46,14 @@ impl Source {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Audio),
             Source::Web { .. } => Some(true),
-            Source::Uri { .. } | Source::Whip => None,
+            Source::Uri { .. } | Source::Whip | Source::Whep { .. } => None,
         }
     }
     pub fn has_audio(&self) -> Option<bool> {
         match self {
             Source::Test { media, .. } => Some(*media != TestMedia::Video),
             Source::Web { audio, .. } => Some(*audio),
-            Source::Uri { .. } | Source::Whip => None,
+            Source::Uri { .. } | Source::Whip | Source::Whep { .. } => None,
         }
     }
 }

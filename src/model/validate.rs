@@ -242,12 +242,38 @@ impl SourceRequest {
         allowed_schemes: &[String],
         field: &str,
     ) -> Result<Source, RequestError> {
-        match (&self.uri, &self.whip) {
-            (Some(uri), None) => parse_source(uri, allowed_schemes, &format!("{field}.uri")),
-            (None, Some(_)) => Ok(Source::Whip),
+        match (&self.uri, &self.whip, &self.whep) {
+            (Some(uri), None, None) => parse_source(uri, allowed_schemes, &format!("{field}.uri")),
+            (None, Some(_), None) => Ok(Source::Whip),
+            (None, None, Some(w)) => {
+                let field = format!("{field}.whep.url");
+                let scheme = w.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+                if !matches!(scheme.as_deref(), Some("http" | "https")) {
+                    return Err(RequestError::invalid(
+                        &field,
+                        "a WHEP endpoint is an http:// or https:// URL",
+                    ));
+                }
+                if w.token
+                    .as_ref()
+                    .is_some_and(|t| t.is_empty() || t.len() > 4096)
+                {
+                    return Err(RequestError::invalid(
+                        &format!("{field}.token"),
+                        "a token is 1 to 4096 characters",
+                    ));
+                }
+                match parse_source(&format!("whep+{}", w.url), allowed_schemes, &field)? {
+                    Source::Whep { url, .. } => Ok(Source::Whep {
+                        url,
+                        token: w.token.clone(),
+                    }),
+                    other => Ok(other),
+                }
+            }
             _ => Err(RequestError::invalid(
                 field,
-                "give a source's uri or whip, one of them",
+                "give a source's uri, whip or whep, one of them",
             )),
         }
     }
@@ -385,6 +411,18 @@ pub fn parse_source(uri: &str, allowed: &[String], field: &str) -> Result<Source
                 field,
                 format!("'{}' has nothing after the scheme", redact::url(uri)),
             ));
+        }
+        if let Some(inner) = scheme_lc.strip_prefix("whep+") {
+            if inner != "http" && inner != "https" {
+                return Err(RequestError::invalid(
+                    field,
+                    "a WHEP endpoint is whep+http:// or whep+https://",
+                ));
+            }
+            return Ok(Source::Whep {
+                url: format!("{inner}://{rest}"),
+                token: None,
+            });
         }
         return Ok(Source::Uri {
             uri: uri.to_string(),

@@ -72,7 +72,7 @@ fn codec_present(bytes: &[u8], key: &str) -> bool {
 }
 
 /// Posts `ANNOUNCED_MESSAGE` for source `index` from its `uridecodebin3`.
-fn post(bin: &gst::Element, index: usize, a: Announced) {
+pub fn post(bin: &gst::Element, index: usize, a: Announced) {
     let s = gst::Structure::builder(ANNOUNCED_MESSAGE)
         .field("source", index as u32)
         .field("video", a.video)

@@ -29,6 +29,7 @@ pub mod plan;
 pub mod source_test;
 pub mod source_uri;
 pub mod source_web;
+pub mod source_whep;
 pub mod source_whip;
 
 use crate::model::{EgressSpec, PipelineOptions, Source};
@@ -44,7 +45,7 @@ pub fn launch_line(spec: &EgressSpec, opts: &PipelineOptions) -> String {
         .iter()
         .map(|s| match s {
             Source::Test { media, .. } => SourceStreams::of_test(*media),
-            Source::Uri { .. } | Source::Whip => SourceStreams::AV_RAW,
+            Source::Uri { .. } | Source::Whip | Source::Whep { .. } => SourceStreams::AV_RAW,
             Source::Web { audio, .. } => SourceStreams::of_web(*audio),
         })
         .collect();

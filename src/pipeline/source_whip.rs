@@ -115,7 +115,8 @@ pub fn connect(
                         .field("all-headers", true)
                         .build(),
                 );
-                ghost.push_event(ev);
+                // An upstream event: sent into the pad (from outside), not pushed out of it.
+                ghost.send_event(ev);
             }
         });
         if let Some(sink) = dec.static_pad("sink") {
@@ -126,7 +127,10 @@ pub fn connect(
 }
 
 /// Waits for a `webrtcbin` promise's reply.
-fn reply(f: impl FnOnce(gst::Promise), what: &str) -> Result<Option<gst::Structure>, String> {
+pub(super) fn reply(
+    f: impl FnOnce(gst::Promise),
+    what: &str,
+) -> Result<Option<gst::Structure>, String> {
     let (tx, rx) = mpsc::channel();
     let promise = gst::Promise::with_change_func(move |r| {
         let _ = tx.send(r.ok().flatten().map(|s| s.to_owned()));

@@ -183,6 +183,9 @@ impl Recording<'_> {
 /// Drops `src`'s current connection (its pads unlink as it leaves the pipeline).
 pub(super) fn disconnect(pipeline: &gst::Pipeline, src: &mut UriSource) {
     src.conn.close();
+    if let Some(whep) = &src.whep {
+        whep.end();
+    }
     if let Some(bin) = src.bin.take() {
         let _ = pipeline.remove(&bin);
         // Off this thread: a source going to Null may wait on its network I/O.

@@ -27,15 +27,13 @@ impl Recording<'_> {
             self.remove_source(id);
         }
         for (id, source) in add {
-            let (uri, whip) = match source {
-                Source::Uri { uri } => (uri, false),
-                Source::Whip => (format!("whip (source {id})"), true),
-                _ => continue,
-            };
             if self.sources.iter().any(|s| s.index == id) || id < self.spec.sources.len() {
                 continue;
             }
-            let mut src = UriSource::new(id, uri, whip, self.epoch);
+            let Some(mut src) = UriSource::of(id, &source, self.epoch) else {
+                continue;
+            };
+            let whip = src.whip;
             // It has until its streams show (or its publisher's offer) like a first start.
             src.started = std::time::Instant::now();
             info!(self.log, "source joins"; "source" => id, "whip" => whip);

@@ -30,6 +30,8 @@ pub(super) struct UriSource {
     pub(super) index: usize,
     /// A WHIP source: its connections are its publishers' sessions, made on their offers.
     pub(super) whip: bool,
+    /// A WHEP source: each connection is a session this side offers to the endpoint.
+    pub(super) whep: Option<crate::pipeline::source_whep::Whep>,
     pub(super) uri: String,
     pub(super) bin: Option<gst::Element>,
     pub(super) held: Arc<Held>,
@@ -59,6 +61,7 @@ impl UriSource {
         UriSource {
             index,
             whip,
+            whep: None,
             flv: !whip && crate::pipeline::announce::is_incremental(&uri),
             uri,
             bin: None,
@@ -74,6 +77,25 @@ impl UriSource {
             linked: 0,
             state: SrcState::Discovering,
         }
+    }
+
+    /// Source `index` of the spec, when the handler connects to it (URI, WHIP, WHEP).
+    pub(super) fn of(index: usize, s: &crate::model::Source, epoch: Instant) -> Option<UriSource> {
+        use crate::model::Source;
+        Some(match s {
+            Source::Uri { uri } => UriSource::new(index, uri.clone(), false, epoch),
+            Source::Whip => UriSource::new(index, format!("whip (source {index})"), true, epoch),
+            Source::Whep { url, token } => {
+                let mut src = UriSource::new(index, url.clone(), false, epoch);
+                src.flv = false;
+                src.whep = Some(crate::pipeline::source_whep::Whep::new(
+                    url.clone(),
+                    token.clone(),
+                ));
+                src
+            }
+            Source::Test { .. } | Source::Web { .. } => return None,
+        })
     }
 
     /// The name of the current connection's element: `src{i}`, then `src{i}_r{n}`.

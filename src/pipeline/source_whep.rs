@@ -1,0 +1,239 @@
+//! WHEP sources: the handler plays a WebRTC stream from an SFU or media server. Each
+//! connection is a `webrtcbin` bin like a WHIP publisher's (`source_whip::connect`), but this
+//! side offers: recvonly video and audio, POSTed to the endpoint (`Authorization: Bearer` when
+//! a token is given), the answer played; the session's `Location` is DELETEd when the
+//! connection is dropped (the end, a stall, a room's source leaving).
+//!
+//! The exchange blocks on `webrtcbin` and on HTTP, so it runs on a thread of its own
+//! (`play`); what goes wrong is posted on the bus as the bin's error, which the handler treats
+//! as any source's failure (a failed start before media, a stall after).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_sdp as gst_sdp;
+use gstreamer_webrtc as gst_webrtc;
+
+use super::announce::{self, Announced};
+use super::source_whip::{codecs, reply, webrtc_name};
+
+/// What the offer proposes, by payload type: H.264 first for a copy, else VP8 first (what
+/// every SFU forwards).
+const H264: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload=102,\
+     packetization-mode=(string)1,profile-level-id=(string)42e01f";
+const VP8: &str = "application/x-rtp,media=video,encoding-name=VP8,clock-rate=90000,payload=96";
+const VP9: &str = "application/x-rtp,media=video,encoding-name=VP9,clock-rate=90000,payload=98";
+const OPUS: &str = "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload=111,\
+     encoding-params=(string)2";
+
+/// How long the endpoint may take to answer, and ICE to gather.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const GATHERING: Duration = Duration::from_secs(3);
+
+/// One WHEP source: its endpoint, its token, and the session of its current connection.
+#[derive(Debug, Clone)]
+pub struct Whep {
+    pub url: String,
+    pub token: Option<String>,
+    /// The current session's URL once the endpoint answered; taken by `end`.
+    session: Arc<Mutex<Option<String>>>,
+}
+
+impl Whep {
+    pub fn new(url: String, token: Option<String>) -> Whep {
+        Whep {
+            url,
+            token,
+            session: Arc::default(),
+        }
+    }
+
+    /// Ends the current session, if any: DELETE its URL (on a thread: the endpoint may be slow).
+    pub fn end(&self) {
+        let Some(location) = self.session.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        let token = self.token.clone();
+        std::thread::spawn(move || {
+            let mut req = agent().delete(&location);
+            if let Some(t) = &token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            let _ = req.call();
+        });
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(HTTP_TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+/// Offers to play `whep`'s stream on the `webrtcbin` of `bin` (source `index`), from a thread:
+/// the endpoint's answer is played and its m-lines announced; a refusal is the bin's error.
+pub fn play(bin: gst::Element, index: usize, whep: Whep, copy_h264: bool) {
+    // Every connection is a new session: one left from the last connection ends first.
+    whep.end();
+    std::thread::spawn(move || match exchange(&bin, &whep, copy_h264) {
+        Ok(a) => announce::post(&bin, index, a),
+        Err((code, text)) => {
+            let msg = gst::message::Error::builder(code, &text).src(&bin).build();
+            let _ = bin.post_message(msg);
+        }
+    });
+}
+
+/// The offer, the POST and the answer; the streams the answer accepts.
+fn exchange(
+    bin: &gst::Element,
+    whep: &Whep,
+    copy_h264: bool,
+) -> Result<Announced, (gst::ResourceError, String)> {
+    let failed = |text: String| (gst::ResourceError::OpenRead, text);
+    let webrtc = bin
+        .downcast_ref::<gst::Bin>()
+        .and_then(|b| b.by_name(&webrtc_name(&bin.name())))
+        .ok_or_else(|| failed("no webrtcbin".into()))?;
+    // The first connection is made before the pipeline plays: webrtcbin takes no offer
+    // while it is still in Null.
+    let since = Instant::now();
+    while webrtc.current_state() == gst::State::Null {
+        if since.elapsed() > HTTP_TIMEOUT {
+            return Err(failed("the WebRTC connection did not start".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let video = if copy_h264 {
+        [H264, VP8, VP9].join(";")
+    } else {
+        [VP8, VP9, H264].join(";")
+    };
+    for caps in [video.as_str(), OPUS] {
+        let caps: gst::Caps = caps.parse().map_err(|_| failed("bad caps".into()))?;
+        webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+        );
+    }
+    let offer = reply(
+        |p| webrtc.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &p]),
+        "the offer",
+    )
+    .map_err(failed)?
+    .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("offer").ok())
+    .ok_or_else(|| failed("webrtcbin made no offer".into()))?;
+    // This side takes the DTLS client role (`active`): an endpoint that starts ICE as soon as
+    // it answered would otherwise send its DTLS hello before the answer is played here, which
+    // webrtcbin, not yet knowing its role, fails on ("Fatal SSL error").
+    let text = offer.sdp().as_text().map_err(|e| failed(e.to_string()))?;
+    let text = text.replace("a=setup:actpass", "a=setup:active");
+    let offer = gst_sdp::SDPMessage::parse_buffer(text.as_bytes())
+        .map(|m| gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, m))
+        .map_err(|_| failed("webrtcbin's offer is not SDP".into()))?;
+    reply(
+        |p| webrtc.emit_by_name::<()>("set-local-description", &[&offer, &p]),
+        "the offer",
+    )
+    .map_err(failed)?;
+    // No trickle: the offer goes out with every candidate.
+    let since = Instant::now();
+    while webrtc.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+        != gst_webrtc::WebRTCICEGatheringState::Complete
+        && since.elapsed() < GATHERING
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let local = webrtc
+        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
+        .ok_or_else(|| failed("no local description".into()))?;
+    let sdp = local.sdp().as_text().map_err(|e| failed(e.to_string()))?;
+
+    let mut req = agent()
+        .post(&whep.url)
+        .header("Content-Type", "application/sdp");
+    if let Some(t) = &whep.token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.send(sdp.as_bytes()).map_err(|e| {
+        let text = crate::model::redact::in_text(&e.to_string(), [whep.url.as_str()]);
+        failed(format!("the WHEP endpoint cannot be reached: {text}"))
+    })?;
+    let status = resp.status().as_u16();
+    if status != 201 && status != 200 {
+        let code = match status {
+            401 | 403 => gst::ResourceError::NotAuthorized,
+            404 => gst::ResourceError::NotFound,
+            _ => gst::ResourceError::OpenRead,
+        };
+        return Err((code, format!("the WHEP endpoint answered HTTP {status}")));
+    }
+    if let Some(location) = resp.headers().get("location").and_then(|v| v.to_str().ok()) {
+        let session = resolve(&whep.url, location);
+        if let Ok(mut s) = whep.session.lock() {
+            *s = Some(session);
+        }
+    }
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| failed(format!("the WHEP answer cannot be read: {e}")))?;
+    let answer = gst_sdp::SDPMessage::parse_buffer(text.as_bytes())
+        .map_err(|_| failed("the WHEP endpoint's answer is not SDP".into()))?;
+    let announced = Announced {
+        video: accepted(&answer, "video"),
+        audio: accepted(&answer, "audio"),
+    };
+    let answer =
+        gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, answer);
+    reply(
+        |p| webrtc.emit_by_name::<()>("set-remote-description", &[&answer, &p]),
+        "the answer",
+    )
+    .map_err(failed)?;
+    Ok(announced)
+}
+
+/// Whether the answer accepts a `kind` m-line (a port, a codec, and a direction that sends).
+fn accepted(sdp: &gst_sdp::SDPMessageRef, kind: &str) -> bool {
+    sdp.medias().any(|m| {
+        m.media() == Some(kind)
+            && m.port() != 0
+            && m.attribute_val("inactive").is_none()
+            && m.attribute_val("recvonly").is_none()
+    }) && !codecs(sdp, kind).is_empty()
+}
+
+/// `location` (absolute, or relative to the endpoint `url`) as an absolute URL.
+pub fn resolve(url: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let host = rest.split('/').next().unwrap_or(rest);
+    if location.starts_with('/') {
+        return format!("{scheme}://{host}{location}");
+    }
+    let dir = url.rsplit_once('/').map(|(d, _)| d).unwrap_or(url);
+    format!("{dir}/{location}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_location_is_resolved_against_the_endpoint() {
+        let url = "https://sfu.example.com:8443/whep/room1";
+        assert_eq!(
+            resolve(url, "/whep/room1/s1"),
+            "https://sfu.example.com:8443/whep/room1/s1"
+        );
+        assert_eq!(resolve(url, "s1"), "https://sfu.example.com:8443/whep/s1");
+        assert_eq!(resolve(url, "http://other/x"), "http://other/x");
+    }
+}
