@@ -164,11 +164,16 @@ pub fn video_copy(c: VideoCodec) -> Vec<Node> {
 }
 
 /// AAC kept as is (ADTS from MPEG-TS/HLS sources, raw from RTMP/MP4) -> `audio_aac_tee`.
-pub fn aac_copy() -> Vec<Node> {
+/// A source's encoded audio, copied: AAC, or Opus (from WebRTC) into a file that takes it.
+pub fn audio_copy(c: AudioCodecKind) -> Vec<Node> {
+    let parser = match c {
+        AudioCodecKind::Aac => "aacparse",
+        AudioCodecKind::Opus => "opusparse",
+    };
     vec![
         el("queue", "audio_queue"),
-        el("aacparse", "audio_parse"),
-        tee(&AudioCodecKind::Aac.tee()),
+        el(parser, "audio_parse"),
+        tee(&c.tee()),
     ]
 }
 

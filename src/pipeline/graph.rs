@@ -29,6 +29,8 @@ pub enum StreamKind {
     H265,
     /// AAC kept as is (copied).
     Aac,
+    /// Opus kept as is (a WebRTC source's, copied into an MP4 or Matroska file that takes Opus).
+    Opus,
     /// Anything this graph does not record (subtitles, a second video...): goes to a fakesink.
     Unused,
 }
@@ -42,6 +44,7 @@ impl StreamKind {
             StreamKind::H264 => "video/x-h264",
             StreamKind::H265 => "video/x-h265",
             StreamKind::Aac => "audio/mpeg",
+            StreamKind::Opus => "audio/x-opus",
             StreamKind::Unused => "ANY",
         }
     }

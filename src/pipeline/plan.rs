@@ -72,7 +72,7 @@ impl SourceStreams {
                 let k = kind_of(name);
                 let slot = match k {
                     k if k.is_video() => &mut s.video,
-                    StreamKind::RawAudio | StreamKind::Aac => &mut s.audio,
+                    StreamKind::RawAudio | StreamKind::Aac | StreamKind::Opus => &mut s.audio,
                     _ => return StreamKind::Unused,
                 };
                 if slot.is_some() {
@@ -99,6 +99,7 @@ pub fn kind_of(name: &str) -> StreamKind {
         "video/x-h264" => StreamKind::H264,
         "video/x-h265" => StreamKind::H265,
         "audio/mpeg" => StreamKind::Aac,
+        "audio/x-opus" => StreamKind::Opus,
         _ => StreamKind::Unused,
     }
 }
@@ -163,6 +164,10 @@ pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
     if audio_codecs(spec) == [AudioCodecKind::Aac] {
         // MPEG-4 AAC only: mp4mux takes nothing else, and MP3 is audio/mpeg too.
         caps.push("audio/mpeg,mpegversion=(int)4");
+    }
+    if audio_codecs(spec) == [AudioCodecKind::Opus] {
+        // A WebRTC source's Opus, kept when the file takes Opus (`audio.codec: opus`).
+        caps.push("audio/x-opus");
     }
     Some(caps.join(";"))
 }
@@ -251,11 +256,15 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
         }
         if let Some(&i) = audio_from.first() {
             let mut chain = audio_head(i);
-            audio_copied = streams[i].audio == Some(StreamKind::Aac);
-            chain.extend(if audio_copied {
-                encode::aac_copy()
-            } else {
-                encode::audio_raw()
+            let copy = match streams[i].audio {
+                Some(StreamKind::Aac) => Some(AudioCodecKind::Aac),
+                Some(StreamKind::Opus) => Some(AudioCodecKind::Opus),
+                _ => None,
+            };
+            audio_copied = copy.is_some();
+            chain.extend(match copy {
+                Some(c) => encode::audio_copy(c),
+                None => encode::audio_raw(),
             });
             d.push(chain);
         }
