@@ -13,54 +13,64 @@ use serde_json::{Value, json};
 use crate::common::*;
 use crate::producers::{av_offsets, ffprobe};
 
-/// An Opus publisher recorded as a `track` whose file takes Opus (`audio.codec: opus`): both
-/// streams copied as sent (H.264 and Opus, nothing encoded again).
+/// A publisher's streams copied as sent (nothing encoded again): H.264 and Opus into MP4 when
+/// the file takes Opus (`audio.codec: opus`), VP8 and Opus into WebM.
 #[test]
-fn a_whip_track_copies_opus_into_mp4() {
+fn a_whip_track_copies_what_the_publisher_sends() {
     let dirs = Dirs::new();
     let svc = Service::start(&dirs, "");
-    let (s, eg) = svc.post(
-        "/v1/egress",
-        &json!({"type": "track", "sources": [{"whip": {}}], "audio": {"codec": "opus"},
-                "outputs": [{"file": {"filename": "opus.mp4"}}]}),
-    );
-    assert_eq!(s, 201, "{eg}");
-    let id = eg["egress_id"].as_str().expect("id").to_string();
-    let url = eg["whip"][0]["url"].as_str().expect("url");
-    let token = eg["whip_token"].as_str().expect("token");
-    let p = publisher(url, token, 6);
-    svc.wait_active(&id);
-    finished(p);
-    let file = stopped_file(&svc, &id);
-    let probe = ffprobe(&file);
-    let codecs: Vec<String> = probe["streams"]
-        .as_array()
-        .expect("streams")
-        .iter()
-        .map(|s| {
-            format!(
-                "{}:{}",
-                s["codec_type"].as_str().unwrap_or(""),
-                s["codec_name"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    assert_eq!(codecs, ["video:h264", "audio:opus"], "{probe}");
-    for kind in ["video", "audio"] {
-        let secs = stream_secs(&probe, kind)
-            .unwrap_or_else(|| panic!("no {kind} in {}: {probe}", file.display()));
-        assert!(
-            (4.5..=7.5).contains(&secs),
-            "{kind} lasts {secs} s of 6: {probe}"
+    for (video, filename, want) in [
+        ("h264", "opus.mp4", ["video:h264", "audio:opus"]),
+        ("vp8", "vp8.webm", ["video:vp8", "audio:opus"]),
+    ] {
+        let (s, eg) = svc.post(
+            "/v1/egress",
+            &json!({"type": "track", "sources": [{"whip": {}}], "audio": {"codec": "opus"},
+                    "outputs": [{"file": {"filename": filename}}]}),
         );
+        assert_eq!(s, 201, "{eg}");
+        let id = eg["egress_id"].as_str().expect("id").to_string();
+        let url = eg["whip"][0]["url"].as_str().expect("url");
+        let token = eg["whip_token"].as_str().expect("token");
+        let p = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-publish"))
+            .args([url, token, "--seconds", "6", "--video", video])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("scripts/whip-publish");
+        svc.wait_active(&id);
+        finished(p);
+        let file = stopped_file(&svc, &id);
+        let probe = ffprobe(&file);
+        let codecs: Vec<String> = probe["streams"]
+            .as_array()
+            .expect("streams")
+            .iter()
+            .map(|s| {
+                let kind = s["codec_type"].as_str().unwrap_or("");
+                format!("{kind}:{}", s["codec_name"].as_str().unwrap_or(""))
+            })
+            .collect();
+        assert_eq!(codecs, want, "{probe}");
+        for kind in ["video", "audio"] {
+            let secs = stream_secs(&probe, kind)
+                .or_else(|| probe["format"]["duration"].as_str()?.parse().ok())
+                .unwrap_or_else(|| panic!("no {kind} in {}: {probe}", file.display()));
+            assert!(
+                (4.5..=7.5).contains(&secs),
+                "{kind} lasts {secs} s of 6: {probe}"
+            );
+        }
+        decodes(&file);
+        let log = std::fs::read_to_string(dirs.state().join("logs").join(format!("{id}.log")))
+            .unwrap_or_default();
+        for enc in ["opusenc", "x264enc", "vp8enc"] {
+            assert!(
+                !log.contains(enc),
+                "{filename}: encoded again ({enc}):\n{log}"
+            );
+        }
     }
-    decodes(&file);
-    let log = std::fs::read_to_string(dirs.state().join("logs").join(format!("{id}.log")))
-        .unwrap_or_default();
-    assert!(
-        !log.contains("opusenc") && !log.contains("x264enc"),
-        "encoded again:\n{log}"
-    );
 }
 
 fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {

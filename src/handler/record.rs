@@ -174,8 +174,8 @@ impl<'a> Recording<'a> {
                 &self.opts.webrtc,
             )?;
             self.adopt(src, bin.clone(), held)?;
-            let copy_h264 = caps.as_deref().is_some_and(|c| c.contains("video/x-h264"));
-            crate::pipeline::source_whep::play(bin, src.index, whep, copy_h264);
+            let copied = crate::pipeline::source_whip::copied_video(caps.as_deref());
+            crate::pipeline::source_whep::play(bin, src.index, whep, copied);
             return Ok(());
         }
         let (bin, held) = source_uri::connect(src.index, &src.name(), &src.uri, caps.as_deref())?;

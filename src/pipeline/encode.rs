@@ -26,6 +26,8 @@ pub enum VideoCodec {
     /// Only copied (a `track` of an HEVC source into MP4 or Matroska), never encoded.
     H265,
     Vp8,
+    /// Only copied (a WebRTC source's, into WebM), never encoded.
+    Vp9,
     Theora,
 }
 
@@ -35,6 +37,7 @@ impl VideoCodec {
             VideoCodec::H264 => "h264",
             VideoCodec::H265 => "h265",
             VideoCodec::Vp8 => "vp8",
+            VideoCodec::Vp9 => "vp9",
             VideoCodec::Theora => "theora",
         }
     }
@@ -123,7 +126,8 @@ pub fn video_encoder(c: VideoCodec, spec: &EgressSpec, opts: &PipelineOptions) -
             .p("tune", "zerolatency")
             .p("key-int-max", gop)
             .p("bitrate", v.bitrate_kbps),
-        VideoCodec::Vp8 => el("vp8enc", &name)
+        // Never asked for: VP9 is only copied (into WebM).
+        VideoCodec::Vp8 | VideoCodec::Vp9 => el("vp8enc", &name)
             .p("deadline", 1)
             .p("cpu-used", 8)
             .p("keyframe-max-dist", gop)
@@ -156,15 +160,17 @@ pub fn audio_encoder(c: AudioCodecKind, spec: &EgressSpec) -> Vec<Node> {
 
 /// H.264 or H.265 kept as is -> `video_h264_tee` / `video_h265_tee`.
 pub fn video_copy(c: VideoCodec) -> Vec<Node> {
-    vec![
-        el("queue", "video_queue"),
-        el(&format!("{}parse", c.as_str()), "video_parse"),
-        tee(&c.tee()),
-    ]
+    let mut chain = vec![el("queue", "video_queue")];
+    // No VP8 parser in GStreamer 1.22: the depayloader's frames go as they are.
+    if c != VideoCodec::Vp8 {
+        chain.push(el(&format!("{}parse", c.as_str()), "video_parse"));
+    }
+    chain.push(tee(&c.tee()));
+    chain
 }
 
-/// AAC kept as is (ADTS from MPEG-TS/HLS sources, raw from RTMP/MP4) -> `audio_aac_tee`.
-/// A source's encoded audio, copied: AAC, or Opus (from WebRTC) into a file that takes it.
+/// A source's encoded audio, copied: AAC (ADTS from MPEG-TS/HLS sources, raw from RTMP/MP4) ->
+/// `audio_aac_tee`, or Opus (from WebRTC, into a file that takes it) -> `audio_opus_tee`.
 pub fn audio_copy(c: AudioCodecKind) -> Vec<Node> {
     let parser = match c {
         AudioCodecKind::Aac => "aacparse",

@@ -27,6 +27,9 @@ pub enum StreamKind {
     H264,
     /// H.265 kept as is (copied into MP4 or Matroska).
     H265,
+    /// VP8 and VP9 kept as they are (a WebRTC source's, copied into WebM).
+    Vp8,
+    Vp9,
     /// AAC kept as is (copied).
     Aac,
     /// Opus kept as is (a WebRTC source's, copied into an MP4 or Matroska file that takes Opus).
@@ -43,6 +46,8 @@ impl StreamKind {
             StreamKind::RawAudio => "audio/x-raw",
             StreamKind::H264 => "video/x-h264",
             StreamKind::H265 => "video/x-h265",
+            StreamKind::Vp8 => "video/x-vp8",
+            StreamKind::Vp9 => "video/x-vp9",
             StreamKind::Aac => "audio/mpeg",
             StreamKind::Opus => "audio/x-opus",
             StreamKind::Unused => "ANY",
@@ -53,7 +58,11 @@ impl StreamKind {
     pub fn is_video(self) -> bool {
         matches!(
             self,
-            StreamKind::RawVideo | StreamKind::H264 | StreamKind::H265
+            StreamKind::RawVideo
+                | StreamKind::H264
+                | StreamKind::H265
+                | StreamKind::Vp8
+                | StreamKind::Vp9
         )
     }
 }

@@ -98,6 +98,8 @@ pub fn kind_of(name: &str) -> StreamKind {
         "audio/x-raw" => StreamKind::RawAudio,
         "video/x-h264" => StreamKind::H264,
         "video/x-h265" => StreamKind::H265,
+        "video/x-vp8" => StreamKind::Vp8,
+        "video/x-vp9" => StreamKind::Vp9,
         "audio/mpeg" => StreamKind::Aac,
         "audio/x-opus" => StreamKind::Opus,
         _ => StreamKind::Unused,
@@ -150,15 +152,18 @@ pub fn extra_encodes(o: &OutputsSpec) -> usize {
 /// frames). None: the default (decode everything).
 pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
     let o = &spec.outputs;
-    if spec.egress_type != EgressType::Track
-        || o.images.is_some()
-        || video_codecs(o) != [VideoCodec::H264]
-    {
+    if spec.egress_type != EgressType::Track || o.images.is_some() {
         return None;
     }
-    let mut caps = vec!["video/x-raw(ANY)", "audio/x-raw(ANY)", "video/x-h264"];
+    let mut caps = vec!["video/x-raw(ANY)", "audio/x-raw(ANY)"];
+    match video_codecs(o).as_slice() {
+        [VideoCodec::H264] => caps.push("video/x-h264"),
+        // A WebM file alone: a WebRTC source's VP8 or VP9 is kept.
+        [VideoCodec::Vp8] => caps.extend(["video/x-vp8", "video/x-vp9"]),
+        _ => return None,
+    }
     // HLS players (Safari, hls.js) take H.265 only in fMP4 segments, and RTMP not at all.
-    if o.file.is_some() && o.segments.is_none() && !o.stream {
+    if caps.contains(&"video/x-h264") && o.file.is_some() && o.segments.is_none() && !o.stream {
         caps.push("video/x-h265");
     }
     if audio_codecs(spec) == [AudioCodecKind::Aac] {
@@ -246,6 +251,8 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
             video_copied = match streams[i].video {
                 Some(StreamKind::H264) => Some(VideoCodec::H264),
                 Some(StreamKind::H265) => Some(VideoCodec::H265),
+                Some(StreamKind::Vp8) => Some(VideoCodec::Vp8),
+                Some(StreamKind::Vp9) => Some(VideoCodec::Vp9),
                 _ => None,
             };
             chain.extend(match video_copied {

@@ -19,7 +19,7 @@ use gstreamer_webrtc as gst_webrtc;
 use super::announce::{self, Announced};
 use super::source_whip::{codecs, reply, webrtc_name};
 
-/// What the offer proposes, by payload type: H.264 first for a copy, else VP8 first (what
+/// What the offer proposes, by payload type: H.264 first when copied, else VP8 first (what
 /// every SFU forwards).
 const H264: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000,payload=102,\
      packetization-mode=(string)1,profile-level-id=(string)42e01f";
@@ -76,10 +76,10 @@ fn agent() -> ureq::Agent {
 
 /// Offers to play `whep`'s stream on the `webrtcbin` of `bin` (source `index`), from a thread:
 /// the endpoint's answer is played and its m-lines announced; a refusal is the bin's error.
-pub fn play(bin: gst::Element, index: usize, whep: Whep, copy_h264: bool) {
+pub fn play(bin: gst::Element, index: usize, whep: Whep, copied: Vec<&'static str>) {
     // Every connection is a new session: one left from the last connection ends first.
     whep.end();
-    std::thread::spawn(move || match exchange(&bin, &whep, copy_h264) {
+    std::thread::spawn(move || match exchange(&bin, &whep, &copied) {
         Ok(a) => announce::post(&bin, index, a),
         Err((code, text)) => {
             let msg = gst::message::Error::builder(code, &text).src(&bin).build();
@@ -92,7 +92,7 @@ pub fn play(bin: gst::Element, index: usize, whep: Whep, copy_h264: bool) {
 fn exchange(
     bin: &gst::Element,
     whep: &Whep,
-    copy_h264: bool,
+    copied: &[&str],
 ) -> Result<Announced, (gst::ResourceError, String)> {
     let failed = |text: String| (gst::ResourceError::OpenRead, text);
     let webrtc = bin
@@ -108,11 +108,12 @@ fn exchange(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let video = if copy_h264 {
-        [H264, VP8, VP9].join(";")
-    } else {
-        [VP8, VP9, H264].join(";")
-    };
+    // What the graph copies first (H.264 for an MP4 track, VP8/VP9 for WebM), then the rest.
+    let mut video = vec![VP8, VP9, H264];
+    if copied.contains(&"H264") {
+        video = vec![H264, VP8, VP9];
+    }
+    let video = video.join(";");
     for caps in [video.as_str(), OPUS] {
         let caps: gst::Caps = caps.parse().map_err(|_| failed("bad caps".into()))?;
         webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(

@@ -28,8 +28,6 @@ const VIDEO_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock
      application/x-rtp,media=video,encoding-name=VP8,clock-rate=90000;\
      application/x-rtp,media=video,encoding-name=VP9,clock-rate=90000";
 const AUDIO_CAPS: &str = "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000";
-/// The video a `track` copies into its file: chosen whenever the publisher offers it.
-const H264_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,clock-rate=90000";
 
 /// How long each step of the exchange may take, and ICE gathering in all.
 const STEP: Duration = Duration::from_secs(5);
@@ -149,12 +147,13 @@ pub(super) fn reply(
 
 /// Plays `offer` (an SDP offer from a publisher) on the `webrtcbin` of `bin` and returns the
 /// SDP answer once ICE has gathered its candidates (no trickle: WHIP answers hold them all).
-/// `copy_h264`: the graph copies H.264, so it is the one video codec answered when offered
-/// (browsers list VP8 first). `Err` says why in words for the publisher (a bad offer above all).
+/// `copied`: the video codecs the graph copies (`copied_video`); when the publisher offers one,
+/// only those are answered (browsers list VP8 before H.264). `Err` says why in words for the
+/// publisher (a bad offer above all).
 pub fn negotiate(
     bin: &gst::Element,
     offer: &str,
-    copy_h264: bool,
+    copied: &[&str],
     public_ip: Option<&str>,
 ) -> Result<String, String> {
     let webrtc = bin
@@ -170,11 +169,23 @@ pub fn negotiate(
     if !kinds.iter().any(|k| k == "video" || k == "audio") {
         return Err("the offer has no audio or video".into());
     }
-    let h264 = copy_h264 && codecs(&sdp, "video").iter().any(|c| c == "H264");
+    let offered = codecs(&sdp, "video");
+    let video = if offered.iter().any(|c| copied.contains(&c.as_str())) {
+        VIDEO_CAPS
+            .split(';')
+            .filter(|c| {
+                copied
+                    .iter()
+                    .any(|n| c.contains(&format!("encoding-name={n},")))
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    } else {
+        VIDEO_CAPS.to_string()
+    };
     for k in &kinds {
         let caps: gst::Caps = match k.as_str() {
-            "video" if h264 => H264_CAPS.parse().map_err(|_| "caps")?,
-            "video" => VIDEO_CAPS.parse().map_err(|_| "caps")?,
+            "video" => video.parse().map_err(|_| "caps")?,
             "audio" => AUDIO_CAPS.parse().map_err(|_| "caps")?,
             _ => continue,
         };
@@ -213,6 +224,20 @@ pub fn negotiate(
         Some(ip) => with_public_ip(&text, ip),
         None => text,
     })
+}
+
+/// The RTP encoding names of the video codecs a graph with `caps` (`plan::copy_caps`) copies.
+pub fn copied_video(caps: Option<&str>) -> Vec<&'static str> {
+    let caps = caps.unwrap_or_default();
+    [
+        ("video/x-h264", "H264"),
+        ("video/x-vp8", "VP8"),
+        ("video/x-vp9", "VP9"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| caps.contains(c))
+    .map(|(_, n)| n)
+    .collect()
 }
 
 /// The encoding names (upper case) an SDP's `kind` m-lines list, in their order.

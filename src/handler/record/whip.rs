@@ -55,7 +55,7 @@ impl Recording<'_> {
             Ok(b) => b,
             Err(e) => return answer(None, Some(e.to_string())),
         };
-        let copy_h264 = caps.as_deref().is_some_and(|c| c.contains("video/x-h264"));
+        let copied = source_whip::copied_video(caps.as_deref());
         let listed = gstreamer_sdp::SDPMessage::parse_buffer(sdp.as_bytes())
             .map(|m| {
                 let (v, a) = (
@@ -72,7 +72,7 @@ impl Recording<'_> {
         let offer = sdp.to_string();
         std::thread::spawn(move || {
             let (sdp, error) =
-                match source_whip::negotiate(&bin, &offer, copy_h264, public_ip.as_deref()) {
+                match source_whip::negotiate(&bin, &offer, &copied, public_ip.as_deref()) {
                     Ok(a) => (Some(a), None),
                     Err(e) => {
                         warn!(log, "whip offer refused"; "source" => source, "why" => &e);
