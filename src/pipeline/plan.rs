@@ -369,14 +369,17 @@ mod tests {
     }
 
     #[test]
-    fn track_copies_h264_and_aac_into_mp4_and_mkv_only() {
+    fn track_copies_h264_and_aac_into_mp4_and_mkv_and_vp8_vp9_opus_into_webm() {
         let c = copy_caps(&track("t.mp4")).unwrap();
         assert!(
             c.contains("video/x-h264") && c.contains("mpegversion=(int)4"),
             "{c}"
         );
         assert!(copy_caps(&track("t.mkv")).is_some());
-        assert_eq!(copy_caps(&track("t.webm")), None);
+        // WebM: what a WebRTC source sends (VP8 or VP9, Opus), never H.264.
+        let webm = copy_caps(&track("t.webm")).unwrap();
+        assert!(webm.contains("video/x-vp8") && webm.contains("video/x-vp9"), "{webm}");
+        assert!(webm.contains("audio/x-opus") && !webm.contains("x-h264"), "{webm}");
         let p = spec(
             serde_json::json!({"type": "participant", "sources": [{"uri": "srt://h:1"}],
             "output": {"file": {"filename": "p.mp4"}}}),
