@@ -1,5 +1,6 @@
 //! A `room_composite` whose people come and go while it records (`POST /v1/egress/{id}/sources`):
-//! real SRT senders of one plain colour each (ffmpeg) join and leave, and a WHIP publisher
+//! it starts with a browser (headless Chromium publishing a red page through WHIP), real SRT
+//! senders of one plain colour each (ffmpeg) join, the browser leaves, and a WHIP publisher
 //! (aiortc) joins through the URL the answer gives it. The one file is decoded frame by frame
 //! to see the tiles at each moment (told apart by colour), and its audio second by second.
 
@@ -71,6 +72,16 @@ fn at(info: &Value, ms: u64) -> f64 {
     (ms as f64 - info["started_at"].as_f64().expect("started_at")) / 1000.0
 }
 
+/// Headless Chromium publishing a red page and a tone through WHIP until killed.
+fn browser(url: &str, token: &str) -> std::process::Child {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-browser"))
+        .args([url, token, "--seconds", "120", "--colour", "#ff0000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("scripts/whip-browser (chromium: scripts/setup installs it)")
+}
+
 fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-publish"))
         .args([url, token, "--seconds", &secs.to_string()])
@@ -80,7 +91,7 @@ fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
         .expect("scripts/whip-publish (aiortc: scripts/setup installs it)")
 }
 
-/// Red alone, then green joins (two tiles side by side), then blue (a 4-grid of three), then
+/// Red (the browser) alone, then green joins (two tiles side by side), then blue (a 4-grid of three), then
 /// red leaves (two again: green and blue), then a WHIP publisher joins (three): each layout
 /// is in the file from within 2.5 s of its change until the next, audio is there every
 /// second, and it is one continuous file.
@@ -88,18 +99,20 @@ fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
 fn people_join_and_leave_a_recorded_room() {
     let dirs = Dirs::new();
     let svc = Service::start(&dirs, "");
-    let (red, green, blue) = (srt_colour("red"), srt_colour("green"), srt_colour("blue"));
+    let (green, blue) = (srt_colour("green"), srt_colour("blue"));
     let (s, eg) = svc.post(
         "/v1/egress",
-        &json!({"type": "room_composite", "sources": [{"uri": red.url}],
+        &json!({"type": "room_composite", "sources": [{"whip": {}}],
                 "video": {"width": 640, "height": 360},
                 "outputs": [{"file": {"filename": "room.mp4"}}]}),
     );
     assert_eq!(s, 201, "{eg}");
     let id = eg["egress_id"].as_str().expect("id").to_string();
-    assert_eq!(
-        eg["sources"],
-        json!([{"id": 0, "source": {"uri": red.url}}])
+    assert_eq!(eg["sources"], json!([{"id": 0, "source": {"whip": {}}}]));
+    // The room starts with a browser: a red page and a tone, published through WHIP.
+    let mut red = browser(
+        eg["whip"][0]["url"].as_str().expect("url"),
+        eg["whip_token"].as_str().expect("token"),
     );
     svc.wait_active(&id);
 
@@ -127,11 +140,19 @@ fn people_join_and_leave_a_recorded_room() {
     std::thread::sleep(hold);
     let left_red = change(&svc, &id, json!({"remove": [0]}));
     assert!(left_red["sources"][0]["removed_at"].is_u64(), "{left_red}");
+    // Its URL takes no publisher any more.
+    assert!(left_red.get("whip").is_none(), "{left_red}");
+    let _ = red.kill();
+    let _ = red.wait();
     std::thread::sleep(hold);
     // A WHIP publisher joins through its own URL, with the egress's token.
     let joined_whip = change(&svc, &id, json!({"add": [{"whip": {}}]}));
     let whip = &joined_whip["whip"][0];
     assert_eq!(whip["source"], 3, "{joined_whip}");
+    assert_eq!(
+        joined_whip["whip_token"], eg["whip_token"],
+        "one token per egress"
+    );
     assert_eq!(whip["url"], format!("{}/v1/whip/{id}/3", svc.base));
     let token = joined_whip["whip_token"].as_str().expect("token");
     let mut p = publisher(whip["url"].as_str().expect("url"), token, 8);
@@ -180,12 +201,13 @@ fn people_join_and_leave_a_recorded_room() {
             "green and blue",
         ),
     ];
-    // Sampled at the tiles' centres and where a layout has only background.
-    let one = [(0.5, 0.5), (0.03, 0.5)];
+    // Sampled at the tiles' centres and where a layout has only background (the page is
+    // 16:9 like the frame, the SRT senders 4:3).
+    let one = [(0.5, 0.5), (0.97, 0.97)];
     let two = [(0.25, 0.5), (0.75, 0.5), (0.5, 0.05)];
     let four = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)];
     let layouts: [(&[(f64, f64)], &str); 4] =
-        [(&one, "R."), (&two, "RG."), (&four, "RGB."), (&two, "GB.")];
+        [(&one, "RR"), (&two, "RG."), (&four, "RGB."), (&two, "GB.")];
     for (k, ((t, what), (points, want))) in changes.iter().zip(layouts).enumerate() {
         let got = colours(&file, t - 0.5, points);
         assert_eq!(got, want, "{what} before {:.1} s", t - 0.5);
@@ -203,6 +225,14 @@ fn people_join_and_leave_a_recorded_room() {
         "at {t:.1} s: {got}"
     );
     assert_ne!(&got[2..3], ".", "no WHIP tile at {t:.1} s: {got}");
+
+    // No GStreamer critical in the handler's log (a dropped buffer once logged one each).
+    let log = std::fs::read_to_string(dirs.state().join("logs").join(format!("{id}.log")))
+        .expect("handler log");
+    assert!(
+        !log.contains("CRITICAL"),
+        "criticals in the handler's log:\n{log}"
+    );
 
     // One file with audio all along: every second holds the senders' tone.
     let rms = audio_rms_per_second(&file);

@@ -97,7 +97,12 @@ pub fn room(
     if !video.is_empty() {
         let tiles: Vec<usize> = video.iter().map(|(i, _)| *i).collect();
         let cells = layout(&tiles, v.width, v.height);
-        let mut comp = el("compositor", "comp").p("background", "black");
+        // Output starts with the first frame in: the graph of a room whose sources show late (a
+        // WHIP publisher) is built seconds after the pipeline started, and from zero the mixers
+        // would first fill those seconds with a burst of stale frames and silence.
+        let mut comp = el("compositor", "comp")
+            .p("background", "black")
+            .p("start-time-selection", "first");
         for &(i, x, y, _, _) in &cells {
             comp = comp
                 .p(&format!("{}::xpos", tile_pad(i)), x)
@@ -111,7 +116,7 @@ pub fn room(
         }
     }
     if !audio.is_empty() {
-        let mut chain = vec![el("audiomixer", "amix")];
+        let mut chain = vec![el("audiomixer", "amix").p("start-time-selection", "first")];
         chain.extend(encode::audio_raw());
         d.push(chain);
         for (i, head) in audio {

@@ -34,6 +34,13 @@ pub mod source_whip;
 
 use crate::model::{EgressSpec, PipelineOptions, Source};
 
+/// What a buffer probe returns to drop its buffer. Not `PadProbeReturn::Drop`: gstreamer-rs
+/// 0.25 moves the buffer out of the probe's info for the callback (and frees it itself), so
+/// GStreamer 1.22 then unrefs the emptied info and logs a critical for every buffer dropped
+/// (30 lines a second from the thumbnail's gate alone). `Handled` (the probe consumed the
+/// buffer) drops it the same way without that.
+pub const DROP_BUFFER: gstreamer::PadProbeReturn = gstreamer::PadProbeReturn::Handled;
+
 pub use graph::{Desc, StreamKind};
 pub use plan::{SourceStreams, describe};
 

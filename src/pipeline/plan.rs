@@ -378,8 +378,14 @@ mod tests {
         assert!(copy_caps(&track("t.mkv")).is_some());
         // WebM: what a WebRTC source sends (VP8 or VP9, Opus), never H.264.
         let webm = copy_caps(&track("t.webm")).unwrap();
-        assert!(webm.contains("video/x-vp8") && webm.contains("video/x-vp9"), "{webm}");
-        assert!(webm.contains("audio/x-opus") && !webm.contains("x-h264"), "{webm}");
+        assert!(
+            webm.contains("video/x-vp8") && webm.contains("video/x-vp9"),
+            "{webm}"
+        );
+        assert!(
+            webm.contains("audio/x-opus") && !webm.contains("x-h264"),
+            "{webm}"
+        );
         let p = spec(
             serde_json::json!({"type": "participant", "sources": [{"uri": "srt://h:1"}],
             "output": {"file": {"filename": "p.mp4"}}}),

@@ -179,7 +179,7 @@ pub fn hold(bin: &gst::Element, pad: &gst::Pad, index: usize, h: &Arc<Held>) {
         let h = h.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
             arrived(pad, info, &h);
-            gst::PadProbeReturn::Drop
+            crate::pipeline::DROP_BUFFER
         })
     };
     pads.push((pad.clone(), probe.into_iter().collect()));
@@ -332,7 +332,7 @@ pub fn gate(
             let mut kf = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
             if kf.is_none() {
                 if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                    return gst::PadProbeReturn::Drop;
+                    return crate::pipeline::DROP_BUFFER;
                 }
                 *kf = Some(rt.unwrap_or(0));
                 conn.keyframe_seen.notify_all();
@@ -359,8 +359,8 @@ pub fn gate(
                         .0;
                 }
                 match (*kf, rt) {
-                    (None, _) => return gst::PadProbeReturn::Drop,
-                    (Some(k), Some(t)) if t < k => return gst::PadProbeReturn::Drop,
+                    (None, _) => return crate::pipeline::DROP_BUFFER,
+                    (Some(k), Some(t)) if t < k => return crate::pipeline::DROP_BUFFER,
                     _ => {}
                 }
             }

@@ -274,8 +274,8 @@ fn monotonic(pad: &gst::Pad, video: bool) {
                 .and_then(|t| seg.to_running_time(t));
             if !video {
                 return match (*last, rt) {
-                    (_, None) => gst::PadProbeReturn::Drop,
-                    (Some(prev), Some(rt)) if rt <= prev => gst::PadProbeReturn::Drop,
+                    (_, None) => crate::pipeline::DROP_BUFFER,
+                    (Some(prev), Some(rt)) if rt <= prev => crate::pipeline::DROP_BUFFER,
                     (_, rt) => {
                         *last = rt;
                         gst::PadProbeReturn::Ok

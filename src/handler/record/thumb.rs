@@ -24,11 +24,11 @@ pub fn attach(pipeline: &gst::Pipeline, path: PathBuf, every: Duration) {
                 return gst::PadProbeReturn::Ok;
             };
             if keyframes_only && buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                return gst::PadProbeReturn::Drop;
+                return crate::pipeline::DROP_BUFFER;
             }
             let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < every) {
-                return gst::PadProbeReturn::Drop;
+                return crate::pipeline::DROP_BUFFER;
             }
             *last = Some(Instant::now());
             gst::PadProbeReturn::Ok

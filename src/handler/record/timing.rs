@@ -34,7 +34,7 @@ pub fn compensate_priming(pipeline: &gst::Pipeline) {
             match b.pts() {
                 // Only a source that starts at zero (a test source) has frames this early:
                 // they hold the priming itself.
-                Some(p) if p < by => return gst::PadProbeReturn::Drop,
+                Some(p) if p < by => return crate::pipeline::DROP_BUFFER,
                 Some(p) => {
                     let b = b.make_mut();
                     b.set_pts(p - by);

@@ -54,11 +54,11 @@ pub fn attach(
             if background.is_none() {
                 *background = hash();
             }
-            return gst::PadProbeReturn::Drop;
+            return crate::pipeline::DROP_BUFFER;
         }
         let first = *since.get_or_insert_with(std::time::Instant::now);
         if first.elapsed() < FIRST_PAINT && background.is_some() && hash() == *background {
-            return gst::PadProbeReturn::Drop;
+            return crate::pipeline::DROP_BUFFER;
         }
         p.store(true, Ordering::Relaxed);
         gst::PadProbeReturn::Remove
@@ -68,7 +68,7 @@ pub fn attach(
             if painted.load(Ordering::Relaxed) {
                 gst::PadProbeReturn::Remove
             } else {
-                gst::PadProbeReturn::Drop
+                crate::pipeline::DROP_BUFFER
             }
         });
     }
