@@ -249,3 +249,47 @@ fn people_join_and_leave_a_recorded_room() {
         );
     }
 }
+
+/// A test source of the request leaves a room too: its tile goes and the other one takes the
+/// whole frame, in the same file.
+#[test]
+fn a_test_source_leaves_a_room() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, "");
+    let (s, eg) = svc.post(
+        "/v1/egress",
+        &json!({"type": "room_composite",
+                "sources": [{"uri": "test://av?pattern=red&width=640&height=360"},
+                            {"uri": "test://av?pattern=blue&width=640&height=360"}],
+                "video": {"width": 640, "height": 360},
+                "outputs": [{"file": {"filename": "tests.mp4"}}]}),
+    );
+    assert_eq!(s, 201, "{eg}");
+    let id = eg["egress_id"].as_str().expect("id").to_string();
+    svc.wait_active(&id);
+    std::thread::sleep(Duration::from_secs(3));
+    let left = change(&svc, &id, json!({"remove": [0]}));
+    std::thread::sleep(Duration::from_secs(3));
+    let (s, _) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    assert_eq!(s, 200);
+    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
+    assert_eq!(done["status"], "complete", "{done}");
+    let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+    let removed = at(
+        &done,
+        left["sources"][0]["removed_at"]
+            .as_u64()
+            .expect("removed_at"),
+    );
+    let points = [(0.25, 0.5), (0.75, 0.5)];
+    assert_eq!(
+        colours(&file, removed - 0.5, &points),
+        "RB",
+        "before the removal"
+    );
+    assert_eq!(
+        colours(&file, removed + 2.0, &points),
+        "BB",
+        "after the removal"
+    );
+}

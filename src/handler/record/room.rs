@@ -116,17 +116,24 @@ impl Recording<'_> {
         self.link_source(k)
     }
 
-    /// Source `id` leaves: its connection, tile and mixer input go.
+    /// Source `id` leaves: its connection (or its test source's generators), tile and mixer
+    /// input go.
     fn remove_source(&mut self, id: usize) {
-        let Some(k) = self.sources.iter().position(|s| s.index == id) else {
-            // A test source of the request (its tile stays: it has no connection to drop).
+        let test = matches!(self.spec.sources.get(id), Some(Source::Test { .. }));
+        let (mut video, mut audio) = (Vec::new(), Vec::new());
+        if test {
+            video.extend([format!("src{id}_video"), format!("src{id}_video_caps")]);
+            audio.extend([format!("src{id}_audio"), format!("src{id}_audio_caps")]);
+        } else if let Some(k) = self.sources.iter().position(|s| s.index == id) {
+            self.with_source(k, |r, src| super::disconnect(&r.pipeline, src));
+            self.sources.remove(k);
+        } else {
             return;
-        };
-        self.with_source(k, |r, src| super::disconnect(&r.pipeline, src));
-        self.sources.remove(k);
-        for chain in [compose::video_elements(id), compose::audio_elements(id)] {
-            self.take_out(&chain);
         }
+        video.extend(compose::video_elements(id));
+        audio.extend(compose::audio_elements(id));
+        self.take_out(&video);
+        self.take_out(&audio);
         if let Some(entries) = &mut self.entries {
             entries.retain(|(s, _), _| *s != id);
         }
