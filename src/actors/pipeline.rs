@@ -375,6 +375,10 @@ impl Handler<HandlerLine> for Pipeline {
                     .inc();
             }
             HandlerEvent::SourceLeft { source } => self.on_source_left(source),
+            HandlerEvent::PublisherGone { source } => {
+                warn!(self.log, "whip publisher failed before its media"; "source" => source);
+                self.whip_gone(source);
+            }
             HandlerEvent::SourceLost { source } => {
                 warn!(self.log, "source lost"; "source" => source);
                 self.whip_gone(source);

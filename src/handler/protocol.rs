@@ -79,6 +79,9 @@ pub enum HandlerEvent {
     /// A room's source did not come back within `pipeline.source_reconnect_s`, while others
     /// still send: its tile keeps its last frame until it is removed; the recording goes on.
     SourceLeft { source: usize },
+    /// WHIP source `source`'s publisher failed before its media came (ICE, DTLS): its session
+    /// is over and the source takes another publisher.
+    PublisherGone { source: usize },
     /// A source ended on its own (e.g. the stream closed): the handler finalizes and exits.
     SourceEnded,
     /// EOS went through the whole pipeline; the output is finalized.

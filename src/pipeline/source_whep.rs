@@ -196,6 +196,7 @@ fn exchange(
         "the answer",
     )
     .map_err(failed)?;
+    super::source_whip::verify_peer(&webrtc, bin, &text);
     Ok(announced)
 }
 

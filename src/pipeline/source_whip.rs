@@ -160,6 +160,7 @@ pub fn negotiate(
         .downcast_ref::<gst::Bin>()
         .and_then(|b| b.by_name(&webrtc_name(&bin.name())))
         .ok_or("no webrtcbin")?;
+    let offer_text = offer;
     let sdp = gst_sdp::SDPMessage::parse_buffer(offer.as_bytes())
         .map_err(|_| "the body is not an SDP offer".to_string())?;
     let kinds: Vec<String> = sdp
@@ -209,6 +210,7 @@ pub fn negotiate(
         |p| webrtc.emit_by_name::<()>("set-local-description", &[&answer, &p]),
         "the answer",
     )?;
+    verify_peer(&webrtc, bin, offer_text);
     let since = Instant::now();
     while webrtc.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
         != gst_webrtc::WebRTCICEGatheringState::Complete
@@ -224,6 +226,76 @@ pub fn negotiate(
         Some(ip) => with_public_ip(&text, ip),
         None => text,
     })
+}
+
+/// Fails the session of `bin` (its error on the bus) when the peer's DTLS certificate is not
+/// the one whose fingerprint its SDP (`remote_sdp`) gave: GStreamer 1.22's webrtcbin does not
+/// check it, so anyone who could reach the session's port could have taken the publisher's place.
+/// Only SHA-256 fingerprints are checked (what browsers, OBS and SFUs send).
+pub fn verify_peer(webrtc: &gst::Element, bin: &gst::Element, remote_sdp: &str) {
+    let Some(want) = fingerprint(remote_sdp) else {
+        return;
+    };
+    // Bundled: every stream shares the first transceiver's transport.
+    let Some(transport) = webrtc
+        .emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&0i32])
+        .and_then(|t| t.receiver())
+        .and_then(|r| r.transport())
+    else {
+        return;
+    };
+    let bin = bin.downgrade();
+    // Checked once the handshake is done (webrtcbin does not notify the certificate itself).
+    transport.connect_state_notify(move |t| {
+        if t.state() != gst_webrtc::WebRTCDTLSTransportState::Connected {
+            return;
+        }
+        let Some(pem) = t.remote_certificate() else {
+            return;
+        };
+        if pem_fingerprint(&pem).is_some_and(|got| got.eq_ignore_ascii_case(&want)) {
+            return;
+        }
+        if let Some(bin) = bin.upgrade() {
+            let text = "the peer's DTLS certificate does not match the fingerprint in its SDP";
+            let msg = gst::message::Error::builder(gst::ResourceError::NotAuthorized, text)
+                .src(&bin)
+                .build();
+            let _ = bin.post_message(msg);
+        }
+    });
+}
+
+/// The SHA-256 fingerprint an SDP gives (`AB:CD:...`), from its session or its first m-line.
+pub fn fingerprint(sdp: &str) -> Option<String> {
+    sdp.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("a=fingerprint:")?;
+        let (alg, fp) = v.split_once(' ')?;
+        alg.eq_ignore_ascii_case("sha-256")
+            .then(|| fp.trim().to_string())
+    })
+}
+
+/// The SHA-256 fingerprint of a PEM certificate, as SDP writes it.
+fn pem_fingerprint(pem: &str) -> Option<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let digest = sha2::Sha256::digest(&der);
+    Some(
+        digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 /// The RTP encoding names of the video codecs a graph with `caps` (`plan::copy_caps`) copies.
@@ -285,6 +357,29 @@ pub fn with_public_ip(sdp: &str, ip: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_matches_the_fingerprint_its_sdp_gave() {
+        // A self-signed certificate, and its fingerprint as `openssl x509 -fingerprint -sha256`
+        // printed it.
+        let pem = "-----BEGIN CERTIFICATE-----\n\
+             MIIBfTCCASOgAwIBAgIUVDHtIVciN6+NAXDaq6wQqXBOLwIwCgYIKoZIzj0EAwIw\n\
+             FDESMBAGA1UEAwwJd2VicnRjLWl0MB4XDTI2MTIwNTA1MTIxNFoXDTM2MTIwMjA1\n\
+             MTIxNFowFDESMBAGA1UEAwwJd2VicnRjLWl0MFkwEwYHKoZIzj0CAQYIKoZIzj0D\n\
+             AQcDQgAE4r35lNCJw8RDB8QVBGmdDYnCyabSn+7y2LK+QOfAhMvle3gUQWILwCq5\n\
+             3FY/qYkbQ463nXyuztSYSnM3uQA1wKNTMFEwHQYDVR0OBBYEFJfHLn+0jMlNmS9w\n\
+             KlSRi8o4jFm6MB8GA1UdIwQYMBaAFJfHLn+0jMlNmS9wKlSRi8o4jFm6MA8GA1Ud\n\
+             EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgCvlqn3haQx5UByLtNgGcuCBd\n\
+             LqSXCqfU0rZ+bL+j/gYCIQC9h+Vt1hicRLvmbjHnk3ppwN0Ipy7TJu1KD8nXir0P\n\
+             gg==\n\
+             -----END CERTIFICATE-----\n";
+        let want = "F5:99:79:3D:F3:6F:78:91:C6:1E:D5:5F:7A:BF:6E:D9:A4:F8:34:91:51:22:6A:13:5A:5C:94:97:02:4C:A6:CE";
+        assert_eq!(pem_fingerprint(pem).as_deref(), Some(want));
+        let sdp =
+            format!("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=fingerprint:sha-256 {want}\r\n");
+        assert_eq!(fingerprint(&sdp).as_deref(), Some(want));
+        assert_eq!(fingerprint("v=0\r\na=fingerprint:sha-1 AB:CD\r\n"), None);
+    }
 
     #[test]
     fn codecs_are_read_per_kind_in_their_order() {

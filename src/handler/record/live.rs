@@ -155,6 +155,16 @@ impl Recording<'_> {
             return Ok(());
         }
         match self.sources[k].state {
+            // A WHIP publisher whose session failed before its media came (ICE, DTLS): the
+            // source waits for the next one, as after a DELETE.
+            SrcState::Discovering if self.sources[k].whip => {
+                let index = self.sources[k].index;
+                warn!(self.log, "whip publisher failed; waiting for another"; "source" => index,
+                      "why" => errors::user_text(&failure));
+                self.with_source(k, |r, src| disconnect(&r.pipeline, src));
+                emit(&HandlerEvent::PublisherGone { source: index });
+                Ok(())
+            }
             // A source joining a room that is already recording: it does not join.
             SrcState::Discovering if self.entries.is_some() => {
                 let why = errors::user_text(&failure);
