@@ -107,3 +107,53 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
         }
     }
 }
+
+impl PipelineConfig {
+    /// The `pipeline` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        positive("pipeline.eos_timeout_s", self.eos_timeout_s, 3600.0)?;
+        positive("pipeline.start_timeout_s", self.start_timeout_s, 3600.0)?;
+        positive("pipeline.mp4_fragment_s", self.mp4_fragment_s, 60.0)?;
+        positive("pipeline.stream_retry_s", self.stream_retry_s, 86400.0)?;
+        positive("pipeline.source_stall_s", self.source_stall_s, 3600.0)?;
+        // 0 is allowed: a stalled source then ends the egress at once.
+        if !(self.source_reconnect_s.is_finite()
+            && (0.0..=86400.0).contains(&self.source_reconnect_s))
+        {
+            return Err(invalid(
+                "pipeline.source_reconnect_s",
+                "must be a number of seconds in [0, 86400]",
+            ));
+        }
+        positive("pipeline.first_keyframe_s", self.first_keyframe_s, 600.0)?;
+        positive("pipeline.health_window_s", self.health_window_s, 3600.0)?;
+        let t = self.thumbnail_s;
+        if !(t == 0.0 || (0.5..=3600.0).contains(&t)) {
+            return Err(invalid(
+                "pipeline.thumbnail_s",
+                "must be 0 (off) or a number of seconds in [0.5, 3600]",
+            ));
+        }
+        if !(0..=19).contains(&self.handler_nice) {
+            return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
+        }
+        const PRESETS: &[&str] = &[
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        ];
+        if !PRESETS.contains(&self.x264_speed_preset.as_str()) {
+            return Err(invalid(
+                "pipeline.x264_speed_preset",
+                format!("must be one of {}", PRESETS.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
