@@ -259,6 +259,7 @@ const CHOICE_KEYS: &[(&str, Choices)] = &[
     ("affinity.load_distribution", choices::<AffinityMode>),
     ("log.format", choices::<crate::logging::LogFormat>),
     ("log.level", choices::<crate::logging::LogLevel>),
+    ("pipeline.x264_speed_preset", choices::<X264Preset>),
 ];
 
 /// "`static` or `learned`": the values enum `T` takes, from serde's own error for one it does
@@ -634,6 +635,37 @@ mod tests {
         assert_eq!(ok.webhooks.urls.len(), 2);
         assert_eq!(ok.webhooks.events, ["egress_ended", "node_updated"]);
         assert_eq!(Config::default().events.buffer, 1000);
+    }
+
+    #[test]
+    fn an_x264_preset_outside_the_presets_names_the_key_and_the_presets() {
+        for bad in ["turbo", "placebo", "Fast", "3"] {
+            let yaml = format!("pipeline: {{ x264_speed_preset: {bad} }}");
+            match load_yaml(&yaml, &[]).unwrap_err() {
+                ConfigError::Invalid { key, message } => {
+                    assert_eq!(key, "pipeline.x264_speed_preset", "{bad}");
+                    assert!(message.contains("`ultrafast`"), "{bad}: {message}");
+                    assert!(message.contains("`veryslow`"), "{bad}: {message}");
+                }
+                other => panic!("{bad}: {other}"),
+            }
+        }
+        let env = [("EGRESS__PIPELINE__X264_SPEED_PRESET", "bogus")];
+        assert_eq!(
+            key_of(load_yaml("", &env).unwrap_err()),
+            "pipeline.x264_speed_preset"
+        );
+        let c = load_yaml("pipeline: { x264_speed_preset: slower }", &[]).unwrap();
+        assert_eq!(c.pipeline.x264_speed_preset, X264Preset::Slower);
+        let o = crate::model::PipelineOptions::from(&c.pipeline);
+        assert_eq!(o.x264_speed_preset, "slower");
+        let env = [("EGRESS__PIPELINE__X264_SPEED_PRESET", "ultrafast")];
+        let c = load_yaml("", &env).unwrap();
+        assert_eq!(c.pipeline.x264_speed_preset, X264Preset::Ultrafast);
+        assert_eq!(
+            Config::default().pipeline.x264_speed_preset,
+            X264Preset::Veryfast
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub struct PipelineConfig {
     pub start_timeout_s: f64,
     /// x264 speed preset (ultrafast .. veryslow): the main CPU/quality dial.
     #[serde(default = "default_x264_preset")]
-    pub x264_speed_preset: String,
+    pub x264_speed_preset: X264Preset,
     /// Hybrid MP4 fragment length while recording: a kill loses about this much media (the
     /// file is fragmented until a graceful end rewrites it as a normal MP4).
     #[serde(default = "default_mp4_fragment")]
@@ -46,6 +46,39 @@ pub struct PipelineConfig {
     pub health_window_s: f64,
 }
 
+/// The x264 speed presets a handler may encode with (`pipeline.x264_speed_preset`), fastest
+/// first; x264's own `placebo` is not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum X264Preset {
+    Ultrafast,
+    Superfast,
+    Veryfast,
+    Faster,
+    Fast,
+    Medium,
+    Slow,
+    Slower,
+    Veryslow,
+}
+
+impl X264Preset {
+    /// The name `x264enc`'s `speed-preset` property takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            X264Preset::Ultrafast => "ultrafast",
+            X264Preset::Superfast => "superfast",
+            X264Preset::Veryfast => "veryfast",
+            X264Preset::Faster => "faster",
+            X264Preset::Fast => "fast",
+            X264Preset::Medium => "medium",
+            X264Preset::Slow => "slow",
+            X264Preset::Slower => "slower",
+            X264Preset::Veryslow => "veryslow",
+        }
+    }
+}
+
 fn default_eos_timeout() -> f64 {
     30.0
 }
@@ -54,8 +87,8 @@ fn default_start_timeout() -> f64 {
     20.0
 }
 
-fn default_x264_preset() -> String {
-    "veryfast".into()
+fn default_x264_preset() -> X264Preset {
+    X264Preset::Veryfast
 }
 
 fn default_mp4_fragment() -> f64 {
@@ -93,7 +126,7 @@ fn default_health_window() -> f64 {
 impl From<&PipelineConfig> for crate::model::PipelineOptions {
     fn from(p: &PipelineConfig) -> Self {
         crate::model::PipelineOptions {
-            x264_speed_preset: p.x264_speed_preset.clone(),
+            x264_speed_preset: p.x264_speed_preset.as_str().into(),
             mp4_fragment_s: p.mp4_fragment_s,
             stream_retry_s: p.stream_retry_s,
             start_timeout_s: p.start_timeout_s,
@@ -136,23 +169,6 @@ impl PipelineConfig {
         }
         if !(0..=19).contains(&self.handler_nice) {
             return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
-        }
-        const PRESETS: &[&str] = &[
-            "ultrafast",
-            "superfast",
-            "veryfast",
-            "faster",
-            "fast",
-            "medium",
-            "slow",
-            "slower",
-            "veryslow",
-        ];
-        if !PRESETS.contains(&self.x264_speed_preset.as_str()) {
-            return Err(invalid(
-                "pipeline.x264_speed_preset",
-                format!("must be one of {}", PRESETS.join(", ")),
-            ));
         }
         Ok(())
     }
