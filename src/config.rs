@@ -260,6 +260,7 @@ const CHOICE_KEYS: &[(&str, Choices)] = &[
     ("log.format", choices::<crate::logging::LogFormat>),
     ("log.level", choices::<crate::logging::LogLevel>),
     ("pipeline.x264_speed_preset", choices::<X264Preset>),
+    ("webhooks.events", choices::<crate::model::EventKind>),
 ];
 
 /// "`static` or `learned`": the values enum `T` takes, from serde's own error for one it does
@@ -275,10 +276,10 @@ fn choices<T: serde::de::DeserializeOwned>() -> String {
 fn describe_deser_error(e: &config::ConfigError) -> ConfigError {
     let msg = e.to_string();
     // A value that is not one of a key's choices (or not a word at all): say which they are.
-    if let Some((key, of)) = CHOICE_KEYS
-        .iter()
-        .find(|(k, _)| msg.contains(&format!("for key `{k}`")))
-    {
+    // A list's element is reported as `key[i]`: the key is the list's.
+    if let Some((key, of)) = CHOICE_KEYS.iter().find(|(k, _)| {
+        msg.contains(&format!("for key `{k}`")) || msg.contains(&format!("for key `{k}["))
+    }) {
         return match msg.split("does not have variant constructor ").nth(1) {
             Some(rest) => {
                 let got = rest.split(" for key `").next().unwrap_or("?");
@@ -633,7 +634,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.webhooks.urls.len(), 2);
-        assert_eq!(ok.webhooks.events, ["egress_ended", "node_updated"]);
+        let events: Vec<&str> = ok.webhooks.events.iter().map(|k| k.as_str()).collect();
+        assert_eq!(events, ["egress_ended", "node_updated"]);
         assert_eq!(Config::default().events.buffer, 1000);
     }
 
@@ -665,6 +667,46 @@ mod tests {
         assert_eq!(
             Config::default().pipeline.x264_speed_preset,
             X264Preset::Veryfast
+        );
+    }
+
+    #[test]
+    fn a_webhook_event_outside_the_kinds_names_the_key_and_the_kinds() {
+        for (yaml, got) in [
+            ("webhooks: { events: [egress_exploded] }", "egress_exploded"),
+            (
+                "webhooks: { events: [egress_ended, Node_Updated] }",
+                "Node_Updated",
+            ),
+        ] {
+            match load_yaml(yaml, &[]).unwrap_err() {
+                ConfigError::Invalid { key, message } => {
+                    assert_eq!(key, "webhooks.events", "{yaml}");
+                    assert!(message.contains("`node_updated`"), "{yaml}: {message}");
+                    assert!(message.contains(&format!("'{got}'")), "{yaml}: {message}");
+                }
+                other => panic!("{yaml}: {other}"),
+            }
+        }
+        for env in ["egress_ended,bogus", ""] {
+            let env = [("EGRESS__WEBHOOKS__EVENTS", env)];
+            assert_eq!(key_of(load_yaml("", &env).unwrap_err()), "webhooks.events");
+        }
+        let c = load_yaml("webhooks: { events: [node_updated, egress_ended] }", &[]).unwrap();
+        assert_eq!(
+            c.webhooks.events,
+            [
+                crate::model::EventKind::NodeUpdated,
+                crate::model::EventKind::EgressEnded
+            ]
+        );
+        assert_eq!(
+            Config::default().webhooks.events,
+            [
+                crate::model::EventKind::EgressStarted,
+                crate::model::EventKind::EgressUpdated,
+                crate::model::EventKind::EgressEnded
+            ]
         );
     }
 

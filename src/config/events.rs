@@ -1,6 +1,7 @@
 //! `events` and `webhooks`: the live event stream and the receivers events are POSTed to.
 
 use super::*;
+use crate::model::EventKind;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +39,7 @@ pub struct WebhooksConfig {
     pub ca_file: String,
     /// Which events are sent: egress_started, egress_updated, egress_ended, node_updated.
     #[serde(default = "default_webhook_events")]
-    pub events: Vec<String>,
+    pub events: Vec<EventKind>,
     /// One delivery attempt may take this long (connect and answer).
     #[serde(default = "default_webhook_timeout")]
     pub timeout_ms: u64,
@@ -69,11 +70,12 @@ fn default_node_interval() -> u64 {
     1000
 }
 
-fn default_webhook_events() -> Vec<String> {
-    ["egress_started", "egress_updated", "egress_ended"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+fn default_webhook_events() -> Vec<EventKind> {
+    vec![
+        EventKind::EgressStarted,
+        EventKind::EgressUpdated,
+        EventKind::EgressEnded,
+    ]
 }
 
 fn default_webhook_timeout() -> u64 {
@@ -144,16 +146,6 @@ impl WebhooksConfig {
                 "webhooks.signing_key",
                 "must be at least 16 bytes when webhooks.urls is set (receivers check each body's HMAC with it)",
             ));
-        }
-        for k in &self.events {
-            if crate::model::EventKind::parse(k).is_none() {
-                return Err(invalid(
-                    "webhooks.events",
-                    format!(
-                        "unknown event '{k}': expected egress_started, egress_updated, egress_ended or node_updated"
-                    ),
-                ));
-            }
         }
         if !(100..=120_000).contains(&self.timeout_ms) {
             return Err(invalid("webhooks.timeout_ms", "must be in [100, 120000]"));
