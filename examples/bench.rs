@@ -204,6 +204,7 @@ fn run_baseline(a: &Args, n: usize) -> Result<(f64, f64)> {
         state_dir: dir.path(),
         allowed_schemes: &schemes,
         allowed_web_hosts: &[],
+        allowed_endpoints: &[],
     };
     let opts = PipelineOptions {
         x264_speed_preset: "veryfast".into(),

@@ -36,10 +36,6 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-/// Shortest `fleet.reservation_ttl_ms`: a second longer than the placer waits for a start
-/// (`fleet::placement::START_TIMEOUT`), so a slow start keeps its reservation until it answers.
-pub const MIN_RESERVATION_TTL_MS: u64 = 6_000;
-
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -175,381 +171,21 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Every rule a running service relies on; the error names the key.
+    /// Every rule a running service relies on, section by section (each in its own file);
+    /// the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.webrtc.validate()?;
-        let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
-            invalid(
-                "server.listen",
-                format!("'{}' is not host:port", self.server.listen),
-            )
-        })?;
-        if !addr.ip().is_loopback() && self.server.api_token.is_empty() {
-            return Err(invalid(
-                "server.api_token",
-                format!("required when server.listen ({addr}) is not a loopback address"),
-            ));
-        }
-        let token = &self.server.api_token;
-        if !token.is_empty() && token.trim().is_empty() {
-            // A blank token looks set but protects nothing a client cannot guess.
-            return Err(invalid(
-                "server.api_token",
-                "is only whitespace: set a real token or leave it empty",
-            ));
-        }
-        if token.trim() != token || token.chars().any(|c| c.is_control()) {
-            // HTTP trims header values, so such a token could never be presented.
-            return Err(invalid(
-                "server.api_token",
-                "must not start or end with whitespace or contain control characters",
-            ));
-        }
-        for o in &self.server.allowed_origins {
-            if !is_origin(o) {
-                return Err(invalid(
-                    "server.allowed_origins",
-                    format!(
-                        "'{o}' is not an origin: scheme://host[:port] with no path, e.g. https://dash.example.com"
-                    ),
-                ));
-            }
-        }
-        if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 16 << 20 {
-            return Err(invalid(
-                "server.max_body_bytes",
-                "must be in [1024, 16777216]",
-            ));
-        }
-        if self.server.workers == 0 || self.server.workers > 64 {
-            return Err(invalid("server.workers", "must be in [1, 64]"));
-        }
-        if self.storage.output_dir.as_os_str().is_empty() {
-            return Err(invalid("storage.output_dir", "must not be empty"));
-        }
-        if self.storage.state_dir.as_os_str().is_empty() {
-            return Err(invalid("storage.state_dir", "must not be empty"));
-        }
-        self.validate_storage()?;
-        if self.sources.allowed_schemes.is_empty() {
-            return Err(invalid(
-                "sources.allowed_schemes",
-                "must list at least one scheme",
-            ));
-        }
-        for s in &self.sources.allowed_schemes {
-            if s.is_empty()
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-')
-            {
-                return Err(invalid(
-                    "sources.allowed_schemes",
-                    format!("'{s}' is not a lowercase URI scheme"),
-                ));
-            }
-        }
-        positive(
-            "pipeline.eos_timeout_s",
-            self.pipeline.eos_timeout_s,
-            3600.0,
-        )?;
-        positive(
-            "pipeline.start_timeout_s",
-            self.pipeline.start_timeout_s,
-            3600.0,
-        )?;
-        positive(
-            "pipeline.mp4_fragment_s",
-            self.pipeline.mp4_fragment_s,
-            60.0,
-        )?;
-        positive(
-            "pipeline.stream_retry_s",
-            self.pipeline.stream_retry_s,
-            86400.0,
-        )?;
-        positive(
-            "pipeline.source_stall_s",
-            self.pipeline.source_stall_s,
-            3600.0,
-        )?;
-        // 0 is allowed: a stalled source then ends the egress at once.
-        if !(self.pipeline.source_reconnect_s.is_finite()
-            && (0.0..=86400.0).contains(&self.pipeline.source_reconnect_s))
-        {
-            return Err(invalid(
-                "pipeline.source_reconnect_s",
-                "must be a number of seconds in [0, 86400]",
-            ));
-        }
-        positive(
-            "pipeline.first_keyframe_s",
-            self.pipeline.first_keyframe_s,
-            600.0,
-        )?;
-        positive(
-            "pipeline.health_window_s",
-            self.pipeline.health_window_s,
-            3600.0,
-        )?;
-        let t = self.pipeline.thumbnail_s;
-        if !(t == 0.0 || (0.5..=3600.0).contains(&t)) {
-            return Err(invalid(
-                "pipeline.thumbnail_s",
-                "must be 0 (off) or a number of seconds in [0.5, 3600]",
-            ));
-        }
-        if !(0..=19).contains(&self.pipeline.handler_nice) {
-            return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
-        }
-        const PRESETS: &[&str] = &[
-            "ultrafast",
-            "superfast",
-            "veryfast",
-            "faster",
-            "fast",
-            "medium",
-            "slow",
-            "slower",
-            "veryslow",
-        ];
-        if !PRESETS.contains(&self.pipeline.x264_speed_preset.as_str()) {
-            return Err(invalid(
-                "pipeline.x264_speed_preset",
-                format!("must be one of {}", PRESETS.join(", ")),
-            ));
-        }
-        if !(50..=60_000).contains(&self.cpu.sample_interval_ms) {
-            return Err(invalid("cpu.sample_interval_ms", "must be in [50, 60000]"));
-        }
-        if !(self.cpu.capacity.is_finite()
-            && self.cpu.capacity >= 0.0
-            && self.cpu.capacity <= 4096.0)
-        {
-            return Err(invalid(
-                "cpu.capacity",
-                "must be a number of cores in [0, 4096] (0 = detect)",
-            ));
-        }
-        if !(self.cpu.max_utilization > 0.0 && self.cpu.max_utilization <= 1.0) {
-            return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
-        }
-        if !(self.cpu.cost_margin.is_finite() && (1.0..=10.0).contains(&self.cpu.cost_margin)) {
-            return Err(invalid("cpu.cost_margin", "must be in [1, 10]"));
-        }
-        if !(self.cpu.learned_cost_floor.is_finite()
-            && (0.0..=256.0).contains(&self.cpu.learned_cost_floor))
-        {
-            return Err(invalid(
-                "cpu.learned_cost_floor",
-                "must be a number of cores in [0, 256]",
-            ));
-        }
-        if !(1..=1000).contains(&self.cpu.learn_min_jobs) {
-            return Err(invalid("cpu.learn_min_jobs", "must be in [1, 1000]"));
-        }
-        let extra = [
-            ("output", self.cpu_cost.output),
-            ("encode", self.cpu_cost.encode),
-        ];
-        let per_type = EgressType::ALL.map(|t| (t.as_str(), self.cpu_cost.cost(t)));
-        for (k, c) in per_type.into_iter().chain(extra) {
-            if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
-                return Err(invalid(
-                    &format!("cpu_cost.{k}"),
-                    "must be a number of cores in [0, 256]",
-                ));
-            }
-        }
-        if !(10..=600_000).contains(&self.affinity.pending_claim_ttl_ms) {
-            return Err(invalid(
-                "affinity.pending_claim_ttl_ms",
-                "must be in [10, 600000]",
-            ));
-        }
-        let p = &self.fleet.key_prefix;
-        if p.is_empty()
-            || p.len() > 64
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b":_-.{}".contains(&b))
-        {
-            return Err(invalid(
-                "fleet.key_prefix",
-                "must be 1 to 64 characters of letters, digits and : _ - . { } (e.g. \"egress:\")",
-            ));
-        }
-        if !self.fleet.redis_url.is_empty()
-            && let Err(e) = RedisTarget::parse(&self.fleet.redis_url)
-        {
-            return Err(invalid(
-                "fleet.redis_url",
-                format!(
-                    "{e}: use redis://host:port/db, redis+sentinel://host:port[,host:port...]/master_name[/db], \
-                     or leave it empty for one node"
-                ),
-            ));
-        }
-        if !self.fleet.advertise_url.is_empty() && !self.fleet.advertise_url.starts_with("http://")
-        {
-            return Err(invalid("fleet.advertise_url", "must start with http://"));
-        }
-        if !(50..=60_000).contains(&self.fleet.heartbeat_ms) {
-            return Err(invalid("fleet.heartbeat_ms", "must be in [50, 60000]"));
-        }
-        if self.fleet.node_ttl_ms <= self.fleet.heartbeat_ms {
-            return Err(invalid(
-                "fleet.node_ttl_ms",
-                "must be larger than fleet.heartbeat_ms",
-            ));
-        }
-        let f = self.fleet.target_free_fraction;
-        if !(f.is_finite() && (0.0..=0.9).contains(&f)) {
-            return Err(invalid("fleet.target_free_fraction", "must be in [0, 0.9]"));
-        }
-        if !(MIN_RESERVATION_TTL_MS..=600_000).contains(&self.fleet.reservation_ttl_ms) {
-            return Err(invalid(
-                "fleet.reservation_ttl_ms",
-                format!("must be in [{MIN_RESERVATION_TTL_MS}, 600000]"),
-            ));
-        }
-        let o = &self.overload;
-        if !(o.soft_threshold > 0.0 && o.soft_threshold <= 10.0) {
-            return Err(invalid("overload.soft_threshold", "must be in (0, 10]"));
-        }
-        if !(o.hard_threshold >= o.soft_threshold && o.hard_threshold <= 10.0) {
-            return Err(invalid(
-                "overload.hard_threshold",
-                "must be >= overload.soft_threshold",
-            ));
-        }
-        if o.sustain_samples == 0 {
-            return Err(invalid("overload.sustain_samples", "must be at least 1"));
-        }
-        positive("overload.kill_grace_s", o.kill_grace_s, 86400.0)?;
-        if !(o.drain_timeout_s.is_finite() && o.drain_timeout_s >= 0.0) {
-            return Err(invalid(
-                "overload.drain_timeout_s",
-                "must be >= 0 (0 = wait forever)",
-            ));
-        }
-        self.validate_events()
-    }
-
-    fn validate_events(&self) -> Result<(), ConfigError> {
-        let e = &self.events;
-        if !(1..=100_000).contains(&e.buffer) {
-            return Err(invalid("events.buffer", "must be in [1, 100000]"));
-        }
-        if !(100..=600_000).contains(&e.keepalive_ms) {
-            return Err(invalid("events.keepalive_ms", "must be in [100, 600000]"));
-        }
-        if !(1..=100_000).contains(&e.max_clients) {
-            return Err(invalid("events.max_clients", "must be in [1, 100000]"));
-        }
-        if !(100..=60_000).contains(&e.node_interval_ms) {
-            return Err(invalid(
-                "events.node_interval_ms",
-                "must be in [100, 60000]",
-            ));
-        }
-        let w = &self.webhooks;
-        for u in &w.urls {
-            if let Err(why) = check_webhook_url(u) {
-                let u = crate::model::redact::url(u);
-                return Err(invalid("webhooks.urls", format!("'{u}': {why}")));
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = w.urls.iter().find(|u| !seen.insert(u.as_str())) {
-            let dup = crate::model::redact::url(dup);
-            return Err(invalid("webhooks.urls", format!("'{dup}' is listed twice")));
-        }
-        if !w.ca_file.is_empty()
-            && let Err(e) = read_ca_file(Path::new(&w.ca_file))
-        {
-            return Err(invalid("webhooks.ca_file", e));
-        }
-        if w.signing_key.starts_with("whsec_") && key_bytes(&w.signing_key).len() < 16 {
-            return Err(invalid(
-                "webhooks.signing_key",
-                "a whsec_ key is base64 of 16+ bytes",
-            ));
-        }
-        if !w.urls.is_empty() && w.signing_key.len() < 16 {
-            return Err(invalid(
-                "webhooks.signing_key",
-                "must be at least 16 bytes when webhooks.urls is set (receivers check each body's HMAC with it)",
-            ));
-        }
-        for k in &w.events {
-            if crate::model::EventKind::parse(k).is_none() {
-                return Err(invalid(
-                    "webhooks.events",
-                    format!(
-                        "unknown event '{k}': expected egress_started, egress_updated, egress_ended or node_updated"
-                    ),
-                ));
-            }
-        }
-        if !(100..=120_000).contains(&w.timeout_ms) {
-            return Err(invalid("webhooks.timeout_ms", "must be in [100, 120000]"));
-        }
-        if !(10..=600_000).contains(&w.backoff_initial_ms) {
-            return Err(invalid(
-                "webhooks.backoff_initial_ms",
-                "must be in [10, 600000]",
-            ));
-        }
-        if !(w.backoff_initial_ms..=3_600_000).contains(&w.backoff_max_ms) {
-            return Err(invalid(
-                "webhooks.backoff_max_ms",
-                "must be in [webhooks.backoff_initial_ms, 3600000]",
-            ));
-        }
-        if !(1..=10_000_000).contains(&w.max_queue) {
-            return Err(invalid("webhooks.max_queue", "must be in [1, 10000000]"));
-        }
-        Ok(())
-    }
-
-    /// The delivery and disk keys of `storage`.
-    fn validate_storage(&self) -> Result<(), ConfigError> {
-        let s = &self.storage;
-        for (key, t) in [("storage.upload", &s.upload), ("storage.backup", &s.backup)] {
-            if let Some(t) = t {
-                t.validate()
-                    .map_err(|(field, m)| invalid(&format!("{key}.{field}"), m))?;
-            }
-        }
-        positive("storage.upload_retry_s", s.upload_retry_s, 7.0 * 86400.0)?;
-        if !(1..=64).contains(&s.upload_concurrency) {
-            return Err(invalid("storage.upload_concurrency", "must be in [1, 64]"));
-        }
-        let min_part = crate::model::upload::MIN_PART_BYTES;
-        if !(min_part..=(5u64 << 30)).contains(&s.upload_part_bytes) {
-            return Err(invalid(
-                "storage.upload_part_bytes",
-                format!("must be in [{min_part}, 5368709120] (S3 parts are at least 5 MiB)"),
-            ));
-        }
-        if s.stop_free_bytes > s.min_free_bytes {
-            return Err(invalid(
-                "storage.stop_free_bytes",
-                "must not be larger than storage.min_free_bytes (egresses would be stopped while new ones are admitted)",
-            ));
-        }
-        if !(s.disk_horizon_s.is_finite() && (0.0..=86400.0).contains(&s.disk_horizon_s)) {
-            return Err(invalid(
-                "storage.disk_horizon_s",
-                "must be a number of seconds in [0, 86400]",
-            ));
-        }
-        parse_duration(&s.delete_after).map_err(|m| invalid("storage.delete_after", m))?;
-        parse_duration(&s.records_retention)
-            .map_err(|m| invalid("storage.records_retention", m))?;
-        Ok(())
+        self.server.validate()?;
+        self.storage.validate()?;
+        self.sources.validate()?;
+        self.pipeline.validate()?;
+        self.cpu.validate()?;
+        self.cpu_cost.validate()?;
+        self.affinity.validate()?;
+        self.fleet.validate()?;
+        self.overload.validate()?;
+        self.events.validate()?;
+        self.webhooks.validate()
     }
 
     /// The config as `check-config` prints it: the API token, the webhook signing key, storage
@@ -603,52 +239,6 @@ impl Config {
     }
 }
 
-/// A receiver the webhook client can reach: `http://host[:port][/path]` (this build's HTTP
-/// client speaks no TLS: an https receiver goes behind a TLS-originating proxy).
-fn check_webhook_url(u: &str) -> Result<(), &'static str> {
-    let rest = u
-        .strip_prefix("https://")
-        .or_else(|| u.strip_prefix("http://"))
-        .ok_or("must start with https:// or http://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') {
-        return Err("must name a host (and no user:password@)");
-    }
-    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces or control characters");
-    }
-    u.parse::<actix_web::http::Uri>()
-        .map(|_| ())
-        .map_err(|_| "is not a valid URL")
-}
-
-/// `http(s)://host[:port]` exactly as a browser sends it in `Origin` (no path, no trailing `/`).
-fn is_origin(o: &str) -> bool {
-    let Some(rest) = o
-        .strip_prefix("http://")
-        .or_else(|| o.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    // An IPv6 literal is bracketed: `[::1]:8080`.
-    let (host, port) = match rest.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((addr, tail)) => (addr, tail),
-            None => return false,
-        },
-        None => rest.split_at(rest.find(':').unwrap_or(rest.len())),
-    };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
-    let port_ok = port.is_empty()
-        || port
-            .strip_prefix(':')
-            .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
-    host_ok && port_ok
-}
-
 fn positive(key: &str, v: f64, max: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v > 0.0 && v <= max {
         Ok(())
@@ -669,6 +259,8 @@ const CHOICE_KEYS: &[(&str, Choices)] = &[
     ("affinity.load_distribution", choices::<AffinityMode>),
     ("log.format", choices::<crate::logging::LogFormat>),
     ("log.level", choices::<crate::logging::LogLevel>),
+    ("pipeline.x264_speed_preset", choices::<X264Preset>),
+    ("webhooks.events", choices::<crate::model::EventKind>),
 ];
 
 /// "`static` or `learned`": the values enum `T` takes, from serde's own error for one it does
@@ -684,10 +276,10 @@ fn choices<T: serde::de::DeserializeOwned>() -> String {
 fn describe_deser_error(e: &config::ConfigError) -> ConfigError {
     let msg = e.to_string();
     // A value that is not one of a key's choices (or not a word at all): say which they are.
-    if let Some((key, of)) = CHOICE_KEYS
-        .iter()
-        .find(|(k, _)| msg.contains(&format!("for key `{k}`")))
-    {
+    // A list's element is reported as `key[i]`: the key is the list's.
+    if let Some((key, of)) = CHOICE_KEYS.iter().find(|(k, _)| {
+        msg.contains(&format!("for key `{k}`")) || msg.contains(&format!("for key `{k}["))
+    }) {
         return match msg.split("does not have variant constructor ").nth(1) {
             Some(rest) => {
                 let got = rest.split(" for key `").next().unwrap_or("?");
@@ -1042,8 +634,80 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.webhooks.urls.len(), 2);
-        assert_eq!(ok.webhooks.events, ["egress_ended", "node_updated"]);
+        let events: Vec<&str> = ok.webhooks.events.iter().map(|k| k.as_str()).collect();
+        assert_eq!(events, ["egress_ended", "node_updated"]);
         assert_eq!(Config::default().events.buffer, 1000);
+    }
+
+    #[test]
+    fn an_x264_preset_outside_the_presets_names_the_key_and_the_presets() {
+        for bad in ["turbo", "placebo", "Fast", "3"] {
+            let yaml = format!("pipeline: {{ x264_speed_preset: {bad} }}");
+            match load_yaml(&yaml, &[]).unwrap_err() {
+                ConfigError::Invalid { key, message } => {
+                    assert_eq!(key, "pipeline.x264_speed_preset", "{bad}");
+                    assert!(message.contains("`ultrafast`"), "{bad}: {message}");
+                    assert!(message.contains("`veryslow`"), "{bad}: {message}");
+                }
+                other => panic!("{bad}: {other}"),
+            }
+        }
+        let env = [("EGRESS__PIPELINE__X264_SPEED_PRESET", "bogus")];
+        assert_eq!(
+            key_of(load_yaml("", &env).unwrap_err()),
+            "pipeline.x264_speed_preset"
+        );
+        let c = load_yaml("pipeline: { x264_speed_preset: slower }", &[]).unwrap();
+        assert_eq!(c.pipeline.x264_speed_preset, X264Preset::Slower);
+        let o = crate::model::PipelineOptions::from(&c.pipeline);
+        assert_eq!(o.x264_speed_preset, "slower");
+        let env = [("EGRESS__PIPELINE__X264_SPEED_PRESET", "ultrafast")];
+        let c = load_yaml("", &env).unwrap();
+        assert_eq!(c.pipeline.x264_speed_preset, X264Preset::Ultrafast);
+        assert_eq!(
+            Config::default().pipeline.x264_speed_preset,
+            X264Preset::Veryfast
+        );
+    }
+
+    #[test]
+    fn a_webhook_event_outside_the_kinds_names_the_key_and_the_kinds() {
+        for (yaml, got) in [
+            ("webhooks: { events: [egress_exploded] }", "egress_exploded"),
+            (
+                "webhooks: { events: [egress_ended, Node_Updated] }",
+                "Node_Updated",
+            ),
+        ] {
+            match load_yaml(yaml, &[]).unwrap_err() {
+                ConfigError::Invalid { key, message } => {
+                    assert_eq!(key, "webhooks.events", "{yaml}");
+                    assert!(message.contains("`node_updated`"), "{yaml}: {message}");
+                    assert!(message.contains(&format!("'{got}'")), "{yaml}: {message}");
+                }
+                other => panic!("{yaml}: {other}"),
+            }
+        }
+        for env in ["egress_ended,bogus", ""] {
+            let env = [("EGRESS__WEBHOOKS__EVENTS", env)];
+            assert_eq!(key_of(load_yaml("", &env).unwrap_err()), "webhooks.events");
+        }
+        let c = load_yaml("webhooks: { events: [node_updated, egress_ended] }", &[]).unwrap();
+        assert_eq!(
+            c.webhooks.events,
+            [
+                crate::model::EventKind::NodeUpdated,
+                crate::model::EventKind::EgressEnded
+            ]
+        );
+        assert_eq!(
+            Config::default().webhooks.events,
+            [
+                crate::model::EventKind::EgressStarted,
+                crate::model::EventKind::EgressUpdated,
+                crate::model::EventKind::EgressEnded
+            ]
+        );
     }
 
     #[test]

@@ -5,33 +5,44 @@
 //! stop/kill, tells Admission and CpuMonitor when a job ends, and on start-up settles the records
 //! that a previous run of the service left unfinished. On CPU overload it escalates from a graceful
 //! stop to a kill (see `rules::overload`).
+//!
+//! Here: the actor, its records, `StartEgress`, `UpdateEgress`, `MarkDeleted`. Beside it:
+//! `control` (messages passed on to a running egress's Pipeline actor, `EndAll`), `queries`
+//! (get, list, ended before, count running), `overload` (each `CpuSample`), `recover` (a
+//! restart's settling).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
-use slog::{Logger, info, warn};
+use slog::{Logger, info};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
 use crate::actors::cost_learner::{CostLearner, JobEnded, TrackJob};
-use crate::actors::cpu_monitor::{CpuMonitor, CpuSample, UnwatchProcess, WatchProcess};
-use crate::actors::pipeline::{
-    KillPipeline, KillReason, Pipeline, PipelineSetup, StopPipeline, StopReason, spawn_handler,
-};
+use crate::actors::cpu_monitor::{CpuMonitor, UnwatchProcess, WatchProcess};
+use crate::actors::pipeline::{Pipeline, PipelineSetup, spawn_handler};
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms};
 use crate::rules::costs::CostClass;
-use crate::rules::overload::{JobLoad, Overload, OverloadAction};
+use crate::rules::overload::Overload;
 use crate::rules::pricer::Pricer;
 use crate::store::Store;
-use crate::store::index::{Cursor, Entry, RecordIndex};
+use crate::store::index::{Entry, RecordIndex};
 
+mod control;
+mod overload;
+mod queries;
 mod recover;
+
+pub use control::{
+    ChangeEgressSources, ChangeEgressStreams, EndAll, EndWhip, KillEgress, PublishWhip, StopEgress,
+};
+pub use queries::{CountRunning, EgressPage, EndedBefore, GetEgress, ListEgresses};
 
 pub struct Supervisor {
     /// The records of the egresses that run and of the last `RECENT_ENDED` that ended; the
@@ -136,19 +147,6 @@ impl Supervisor {
         self.costs = Some(costs);
         self.pricer = Some(pricer);
         self
-    }
-
-    /// The cost overload judges a running job by: its `estimated_cpu` when the request gave
-    /// one, else its class's learned price when learned mode uses it, else what it was admitted
-    /// at.
-    fn judged_cost(&self, info: &EgressInfo) -> f64 {
-        if let Some(c) = info.request.estimated_cpu {
-            return c;
-        }
-        match (&self.pricer, self.classes.get(&info.egress_id)) {
-            (Some(p), Some(class)) => p.price(class, info.cpu_cost),
-            _ => info.cpu_cost,
-        }
     }
 
     /// Tell `events` of every record change (see `events::Events::egress_changed`).
@@ -499,221 +497,6 @@ impl Handler<UpdateEgress> for Supervisor {
     }
 }
 
-impl Supervisor {
-    /// A running egress's record and Pipeline actor: `NotFound` when unknown, `Conflict` once it has ended
-    /// (or while its end is being settled).
-    /// Passes `msg` to the Pipeline actor of running egress `egress_id` and its answer back.
-    fn to_pipeline<M, R>(&self, egress_id: &str, msg: M) -> ResponseFuture<Result<R, NodeError>>
-    where
-        M: Message<Result = Result<R, NodeError>> + Send + 'static,
-        R: Send + 'static,
-        Pipeline: Handler<M>,
-    {
-        let p = match self.running(egress_id) {
-            Ok((_, p)) => p,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        Box::pin(async move { p.send(msg).await.map_err(NodeError::from_mailbox)? })
-    }
-
-    fn running(&self, egress_id: &str) -> Result<(EgressInfo, Addr<Pipeline>), NodeError> {
-        let info = self.lookup(egress_id)?;
-        if info.status.is_final() {
-            return Err(NodeError::Conflict(format!(
-                "egress {} has already ended ({})",
-                info.egress_id,
-                info.status.as_str()
-            )));
-        }
-        let Some(p) = self.pipelines.get(egress_id).cloned() else {
-            return Err(NodeError::Conflict(format!(
-                "egress {} is being settled",
-                info.egress_id
-            )));
-        };
-        Ok((info, p))
-    }
-}
-
-/// Stop an egress gracefully; returns its record (status `ending`). `Conflict` once it has ended.
-#[derive(Message)]
-#[rtype(result = "Result<EgressInfo, NodeError>")]
-pub struct StopEgress {
-    pub egress_id: String,
-    pub reason: StopReason,
-}
-
-impl Handler<StopEgress> for Supervisor {
-    type Result = Result<EgressInfo, NodeError>;
-    fn handle(&mut self, msg: StopEgress, _: &mut Context<Self>) -> Self::Result {
-        let (info, p) = self.running(&msg.egress_id)?;
-        p.do_send(StopPipeline(msg.reason));
-        let mut shown = info;
-        if shown.status != EgressStatus::Ending {
-            shown.status = EgressStatus::Ending;
-        }
-        Ok(shown)
-    }
-}
-
-/// Add or remove stream URLs of a running egress; returns its record.
-#[derive(Message)]
-#[rtype(result = "Result<EgressInfo, NodeError>")]
-pub struct ChangeEgressStreams {
-    pub egress_id: String,
-    pub update: crate::model::StreamsUpdate,
-}
-
-impl Handler<ChangeEgressStreams> for Supervisor {
-    type Result = ResponseFuture<Result<EgressInfo, NodeError>>;
-    fn handle(&mut self, msg: ChangeEgressStreams, _: &mut Context<Self>) -> Self::Result {
-        self.to_pipeline(
-            &msg.egress_id,
-            crate::actors::pipeline::ChangeStreams(msg.update),
-        )
-    }
-}
-
-/// Sources join or leave a running room; returns its record.
-#[derive(Message)]
-#[rtype(result = "Result<EgressInfo, NodeError>")]
-pub struct ChangeEgressSources {
-    pub egress_id: String,
-    pub change: crate::actors::pipeline::ChangeSources,
-}
-
-impl Handler<ChangeEgressSources> for Supervisor {
-    type Result = ResponseFuture<Result<EgressInfo, NodeError>>;
-    fn handle(&mut self, msg: ChangeEgressSources, _: &mut Context<Self>) -> Self::Result {
-        self.to_pipeline(&msg.egress_id, msg.change)
-    }
-}
-
-/// A WHIP publisher's offer for a running egress (its Pipeline actor answers).
-#[derive(Message)]
-#[rtype(result = "Result<crate::actors::pipeline::WhipSession, NodeError>")]
-pub struct PublishWhip {
-    pub egress_id: String,
-    pub offer: crate::actors::pipeline::WhipPublish,
-}
-
-impl Handler<PublishWhip> for Supervisor {
-    type Result = ResponseFuture<Result<crate::actors::pipeline::WhipSession, NodeError>>;
-    fn handle(&mut self, msg: PublishWhip, _: &mut Context<Self>) -> Self::Result {
-        self.to_pipeline(&msg.egress_id, msg.offer)
-    }
-}
-
-/// A WHIP publisher ends its session of a running egress.
-#[derive(Message)]
-#[rtype(result = "Result<(), NodeError>")]
-pub struct EndWhip {
-    pub egress_id: String,
-    pub end: crate::actors::pipeline::WhipEnd,
-}
-
-impl Handler<EndWhip> for Supervisor {
-    type Result = ResponseFuture<Result<(), NodeError>>;
-    fn handle(&mut self, msg: EndWhip, _: &mut Context<Self>) -> Self::Result {
-        self.to_pipeline(&msg.egress_id, msg.end)
-    }
-}
-
-/// Kill an egress's handler at once; returns its record. `Conflict` once it has ended.
-#[derive(Message)]
-#[rtype(result = "Result<EgressInfo, NodeError>")]
-pub struct KillEgress {
-    pub egress_id: String,
-    pub reason: KillReason,
-}
-
-impl Handler<KillEgress> for Supervisor {
-    type Result = ResponseFuture<Result<EgressInfo, NodeError>>;
-    fn handle(&mut self, msg: KillEgress, _: &mut Context<Self>) -> Self::Result {
-        let (info, p) = match self.running(&msg.egress_id) {
-            Ok(r) => r,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .entry(msg.egress_id.clone())
-            .or_default()
-            .push(tx);
-        p.do_send(KillPipeline(msg.reason));
-        // The answer shows the killed status once the handler is gone; a handler slow to be
-        // reaped answers with the record as it is.
-        Box::pin(async move {
-            Ok(tokio::time::timeout(KILL_ANSWER_TIMEOUT, rx)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or(info))
-        })
-    }
-}
-
-/// One egress's record, if this node has it.
-#[derive(Message)]
-#[rtype(result = "Option<EgressInfo>")]
-pub struct GetEgress(pub String);
-
-impl Handler<GetEgress> for Supervisor {
-    type Result = ResponseFuture<Option<EgressInfo>>;
-    fn handle(&mut self, msg: GetEgress, _: &mut Context<Self>) -> Self::Result {
-        let read = self.records(vec![msg.0]);
-        Box::pin(async move { read.await.pop() })
-    }
-}
-
-/// A page of this node's records, newest first, optionally only those in `statuses`: at most
-/// `limit`, after `after`; with the cursor of the next page when there is more.
-#[derive(Message)]
-#[rtype(result = "EgressPage")]
-pub struct ListEgresses {
-    pub statuses: Option<Vec<EgressStatus>>,
-    pub after: Option<Cursor>,
-    pub limit: usize,
-}
-
-/// One page of records, and where the next starts (None: this was the last).
-#[derive(Debug, Default, actix::MessageResponse)]
-pub struct EgressPage {
-    pub egresses: Vec<EgressInfo>,
-    pub next: Option<Cursor>,
-}
-
-impl Handler<ListEgresses> for Supervisor {
-    type Result = ResponseFuture<EgressPage>;
-    fn handle(&mut self, msg: ListEgresses, _: &mut Context<Self>) -> Self::Result {
-        let (ids, next) = self
-            .index
-            .page(msg.statuses.as_deref(), msg.after.as_ref(), msg.limit);
-        let read = self.records(ids);
-        Box::pin(async move {
-            EgressPage {
-                // A list shows no WHIP token: it is for whoever created the egress.
-                egresses: read.await.into_iter().map(EgressInfo::shared).collect(),
-                next,
-            }
-        })
-    }
-}
-
-/// Ended records whose end is before `before_ms` and whose outputs retention has not deleted
-/// yet (what `storage.delete_after` deletes), oldest first.
-#[derive(Message)]
-#[rtype(result = "Vec<EgressInfo>")]
-pub struct EndedBefore {
-    pub before_ms: u64,
-}
-
-impl Handler<EndedBefore> for Supervisor {
-    type Result = ResponseFuture<Vec<EgressInfo>>;
-    fn handle(&mut self, msg: EndedBefore, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.records(self.index.ended_before(msg.before_ms, true)))
-    }
-}
-
 /// Retention deleted an ended egress's local outputs: its record keeps `deleted_at` (the one
 /// change a final record takes).
 #[derive(Message)]
@@ -740,80 +523,6 @@ impl Handler<MarkDeleted> for Supervisor {
         }
         if self.egresses.contains_key(&info.egress_id) {
             self.egresses.insert(info.egress_id.clone(), info);
-        }
-    }
-}
-
-/// Stop (gracefully) or kill every running egress; returns how many were running.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub enum EndAll {
-    Stop(StopReason),
-    Kill(KillReason),
-}
-
-impl Handler<EndAll> for Supervisor {
-    type Result = usize;
-    fn handle(&mut self, msg: EndAll, _: &mut Context<Self>) -> usize {
-        for p in self.pipelines.values() {
-            match msg {
-                EndAll::Stop(r) => p.do_send(StopPipeline(r)),
-                EndAll::Kill(r) => p.do_send(KillPipeline(r)),
-            }
-        }
-        self.pipelines.len()
-    }
-}
-
-/// How many egresses still have a running Pipeline actor.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountRunning;
-
-impl Handler<CountRunning> for Supervisor {
-    type Result = usize;
-    fn handle(&mut self, _: CountRunning, _: &mut Context<Self>) -> usize {
-        self.pipelines.len()
-    }
-}
-
-/// Each sample feeds overload escalation over the egresses whose handlers still run.
-impl Handler<CpuSample> for Supervisor {
-    type Result = ();
-    fn handle(&mut self, sample: CpuSample, _: &mut Context<Self>) {
-        let jobs: Vec<JobLoad> = self
-            .pipelines
-            .keys()
-            .filter_map(|id| self.egresses.get(id))
-            .map(|i| JobLoad {
-                egress_id: i.egress_id.clone(),
-                cores_used: sample
-                    .jobs
-                    .get(&i.egress_id)
-                    .map(|u| u.cores)
-                    .unwrap_or(0.0),
-                admitted_cost: self.judged_cost(i),
-                launched_at_ms: i.created_at,
-                active_since_ms: i.started_at,
-            })
-            .collect();
-        for action in self.overload.on_sample(sample.at_ms, sample.load, &jobs) {
-            let id = action.egress_id().to_string();
-            let used = sample.jobs.get(&id).map(|u| u.cores).unwrap_or(0.0);
-            warn!(self.log, "CPU overload"; "action" => action.action(), "egress_id" => &id,
-                  "load" => sample.load, "host_busy" => sample.host_busy, "node_cores" => sample.node_cores,
-                  "capacity_cores" => sample.capacity_cores, "victim_cores" => used, "running" => jobs.len());
-            METRICS
-                .overload_actions_total
-                .with_label_values(&[action.action(), action.reason()])
-                .inc();
-            let Some(p) = self.pipelines.get(&id) else {
-                continue;
-            };
-            match action {
-                OverloadAction::Stop { .. } => p.do_send(StopPipeline(StopReason::CpuLimit)),
-                OverloadAction::Kill { .. } => p.do_send(KillPipeline(KillReason::CpuExhausted)),
-            }
         }
     }
 }

@@ -272,3 +272,92 @@ impl AffinityMode {
         }
     }
 }
+
+impl CpuConfig {
+    /// The `cpu` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(50..=60_000).contains(&self.sample_interval_ms) {
+            return Err(invalid("cpu.sample_interval_ms", "must be in [50, 60000]"));
+        }
+        if !(self.capacity.is_finite() && self.capacity >= 0.0 && self.capacity <= 4096.0) {
+            return Err(invalid(
+                "cpu.capacity",
+                "must be a number of cores in [0, 4096] (0 = detect)",
+            ));
+        }
+        if !(self.max_utilization > 0.0 && self.max_utilization <= 1.0) {
+            return Err(invalid("cpu.max_utilization", "must be in (0, 1]"));
+        }
+        if !(self.cost_margin.is_finite() && (1.0..=10.0).contains(&self.cost_margin)) {
+            return Err(invalid("cpu.cost_margin", "must be in [1, 10]"));
+        }
+        if !(self.learned_cost_floor.is_finite()
+            && (0.0..=256.0).contains(&self.learned_cost_floor))
+        {
+            return Err(invalid(
+                "cpu.learned_cost_floor",
+                "must be a number of cores in [0, 256]",
+            ));
+        }
+        if !(1..=1000).contains(&self.learn_min_jobs) {
+            return Err(invalid("cpu.learn_min_jobs", "must be in [1, 1000]"));
+        }
+        Ok(())
+    }
+}
+
+impl CpuCostConfig {
+    /// The `cpu_cost` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let extra = [("output", self.output), ("encode", self.encode)];
+        let per_type = EgressType::ALL.map(|t| (t.as_str(), self.cost(t)));
+        for (k, c) in per_type.into_iter().chain(extra) {
+            if !(c.is_finite() && (0.0..=256.0).contains(&c)) {
+                return Err(invalid(
+                    &format!("cpu_cost.{k}"),
+                    "must be a number of cores in [0, 256]",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AffinityConfig {
+    /// The `affinity` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(10..=600_000).contains(&self.pending_claim_ttl_ms) {
+            return Err(invalid(
+                "affinity.pending_claim_ttl_ms",
+                "must be in [10, 600000]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl OverloadConfig {
+    /// The `overload` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.soft_threshold > 0.0 && self.soft_threshold <= 10.0) {
+            return Err(invalid("overload.soft_threshold", "must be in (0, 10]"));
+        }
+        if !(self.hard_threshold >= self.soft_threshold && self.hard_threshold <= 10.0) {
+            return Err(invalid(
+                "overload.hard_threshold",
+                "must be >= overload.soft_threshold",
+            ));
+        }
+        if self.sustain_samples == 0 {
+            return Err(invalid("overload.sustain_samples", "must be at least 1"));
+        }
+        positive("overload.kill_grace_s", self.kill_grace_s, 86400.0)?;
+        if !(self.drain_timeout_s.is_finite() && self.drain_timeout_s >= 0.0) {
+            return Err(invalid(
+                "overload.drain_timeout_s",
+                "must be >= 0 (0 = wait forever)",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -13,7 +13,7 @@ pub struct PipelineConfig {
     pub start_timeout_s: f64,
     /// x264 speed preset (ultrafast .. veryslow): the main CPU/quality dial.
     #[serde(default = "default_x264_preset")]
-    pub x264_speed_preset: String,
+    pub x264_speed_preset: X264Preset,
     /// Hybrid MP4 fragment length while recording: a kill loses about this much media (the
     /// file is fragmented until a graceful end rewrites it as a normal MP4).
     #[serde(default = "default_mp4_fragment")]
@@ -46,6 +46,39 @@ pub struct PipelineConfig {
     pub health_window_s: f64,
 }
 
+/// The x264 speed presets a handler may encode with (`pipeline.x264_speed_preset`), fastest
+/// first; x264's own `placebo` is not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum X264Preset {
+    Ultrafast,
+    Superfast,
+    Veryfast,
+    Faster,
+    Fast,
+    Medium,
+    Slow,
+    Slower,
+    Veryslow,
+}
+
+impl X264Preset {
+    /// The name `x264enc`'s `speed-preset` property takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            X264Preset::Ultrafast => "ultrafast",
+            X264Preset::Superfast => "superfast",
+            X264Preset::Veryfast => "veryfast",
+            X264Preset::Faster => "faster",
+            X264Preset::Fast => "fast",
+            X264Preset::Medium => "medium",
+            X264Preset::Slow => "slow",
+            X264Preset::Slower => "slower",
+            X264Preset::Veryslow => "veryslow",
+        }
+    }
+}
+
 fn default_eos_timeout() -> f64 {
     30.0
 }
@@ -54,8 +87,8 @@ fn default_start_timeout() -> f64 {
     20.0
 }
 
-fn default_x264_preset() -> String {
-    "veryfast".into()
+fn default_x264_preset() -> X264Preset {
+    X264Preset::Veryfast
 }
 
 fn default_mp4_fragment() -> f64 {
@@ -93,7 +126,7 @@ fn default_health_window() -> f64 {
 impl From<&PipelineConfig> for crate::model::PipelineOptions {
     fn from(p: &PipelineConfig) -> Self {
         crate::model::PipelineOptions {
-            x264_speed_preset: p.x264_speed_preset.clone(),
+            x264_speed_preset: p.x264_speed_preset.as_str().into(),
             mp4_fragment_s: p.mp4_fragment_s,
             stream_retry_s: p.stream_retry_s,
             start_timeout_s: p.start_timeout_s,
@@ -105,5 +138,38 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             allowed_web_hosts: Vec::new(),
             webrtc: Default::default(),
         }
+    }
+}
+
+impl PipelineConfig {
+    /// The `pipeline` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        positive("pipeline.eos_timeout_s", self.eos_timeout_s, 3600.0)?;
+        positive("pipeline.start_timeout_s", self.start_timeout_s, 3600.0)?;
+        positive("pipeline.mp4_fragment_s", self.mp4_fragment_s, 60.0)?;
+        positive("pipeline.stream_retry_s", self.stream_retry_s, 86400.0)?;
+        positive("pipeline.source_stall_s", self.source_stall_s, 3600.0)?;
+        // 0 is allowed: a stalled source then ends the egress at once.
+        if !(self.source_reconnect_s.is_finite()
+            && (0.0..=86400.0).contains(&self.source_reconnect_s))
+        {
+            return Err(invalid(
+                "pipeline.source_reconnect_s",
+                "must be a number of seconds in [0, 86400]",
+            ));
+        }
+        positive("pipeline.first_keyframe_s", self.first_keyframe_s, 600.0)?;
+        positive("pipeline.health_window_s", self.health_window_s, 3600.0)?;
+        let t = self.thumbnail_s;
+        if !(t == 0.0 || (0.5..=3600.0).contains(&t)) {
+            return Err(invalid(
+                "pipeline.thumbnail_s",
+                "must be 0 (off) or a number of seconds in [0.5, 3600]",
+            ));
+        }
+        if !(0..=19).contains(&self.handler_nice) {
+            return Err(invalid("pipeline.handler_nice", "must be in [0, 19]"));
+        }
+        Ok(())
     }
 }

@@ -62,3 +62,83 @@ fn default_log_format() -> LogFormat {
 fn default_log_level() -> LogLevel {
     LogLevel::Info
 }
+
+impl ServerConfig {
+    /// The `server` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let addr: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("'{}' is not host:port", self.listen),
+            )
+        })?;
+        if !addr.ip().is_loopback() && self.api_token.is_empty() {
+            return Err(invalid(
+                "server.api_token",
+                format!("required when server.listen ({addr}) is not a loopback address"),
+            ));
+        }
+        let token = &self.api_token;
+        if !token.is_empty() && token.trim().is_empty() {
+            // A blank token looks set but protects nothing a client cannot guess.
+            return Err(invalid(
+                "server.api_token",
+                "is only whitespace: set a real token or leave it empty",
+            ));
+        }
+        if token.trim() != token || token.chars().any(|c| c.is_control()) {
+            // HTTP trims header values, so such a token could never be presented.
+            return Err(invalid(
+                "server.api_token",
+                "must not start or end with whitespace or contain control characters",
+            ));
+        }
+        for o in &self.allowed_origins {
+            if !is_origin(o) {
+                return Err(invalid(
+                    "server.allowed_origins",
+                    format!(
+                        "'{o}' is not an origin: scheme://host[:port] with no path, e.g. https://dash.example.com"
+                    ),
+                ));
+            }
+        }
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 16 << 20 {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be in [1024, 16777216]",
+            ));
+        }
+        if self.workers == 0 || self.workers > 64 {
+            return Err(invalid("server.workers", "must be in [1, 64]"));
+        }
+        Ok(())
+    }
+}
+
+/// `http(s)://host[:port]` exactly as a browser sends it in `Origin` (no path, no trailing `/`).
+fn is_origin(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    // An IPv6 literal is bracketed: `[::1]:8080`.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, tail)) => (addr, tail),
+            None => return false,
+        },
+        None => rest.split_at(rest.find(':').unwrap_or(rest.len())),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    host_ok && port_ok
+}

@@ -125,3 +125,76 @@ fn default_schemes() -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+impl StorageConfig {
+    /// The `storage` keys: directories, delivery and disk; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.output_dir", "must not be empty"));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.state_dir", "must not be empty"));
+        }
+        for (key, t) in [
+            ("storage.upload", &self.upload),
+            ("storage.backup", &self.backup),
+        ] {
+            if let Some(t) = t {
+                t.validate()
+                    .map_err(|(field, m)| invalid(&format!("{key}.{field}"), m))?;
+            }
+        }
+        positive("storage.upload_retry_s", self.upload_retry_s, 7.0 * 86400.0)?;
+        if !(1..=64).contains(&self.upload_concurrency) {
+            return Err(invalid("storage.upload_concurrency", "must be in [1, 64]"));
+        }
+        let min_part = crate::model::upload::MIN_PART_BYTES;
+        if !(min_part..=(5u64 << 30)).contains(&self.upload_part_bytes) {
+            return Err(invalid(
+                "storage.upload_part_bytes",
+                format!("must be in [{min_part}, 5368709120] (S3 parts are at least 5 MiB)"),
+            ));
+        }
+        if self.stop_free_bytes > self.min_free_bytes {
+            return Err(invalid(
+                "storage.stop_free_bytes",
+                "must not be larger than storage.min_free_bytes (egresses would be stopped while new ones are admitted)",
+            ));
+        }
+        if !(self.disk_horizon_s.is_finite() && (0.0..=86400.0).contains(&self.disk_horizon_s)) {
+            return Err(invalid(
+                "storage.disk_horizon_s",
+                "must be a number of seconds in [0, 86400]",
+            ));
+        }
+        parse_duration(&self.delete_after).map_err(|m| invalid("storage.delete_after", m))?;
+        parse_duration(&self.records_retention)
+            .map_err(|m| invalid("storage.records_retention", m))?;
+        Ok(())
+    }
+}
+
+impl SourcesConfig {
+    /// The `sources` keys; the error names the key.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.allowed_schemes.is_empty() {
+            return Err(invalid(
+                "sources.allowed_schemes",
+                "must list at least one scheme",
+            ));
+        }
+        for s in &self.allowed_schemes {
+            if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+' || b == b'-')
+            {
+                return Err(invalid(
+                    "sources.allowed_schemes",
+                    format!("'{s}' is not a lowercase URI scheme"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -113,11 +113,7 @@ pub fn start(
     events: &Events,
     log: &Logger,
 ) -> Result<(), String> {
-    let kinds: Vec<EventKind> = cfg
-        .events
-        .iter()
-        .filter_map(|k| EventKind::parse(k))
-        .collect();
+    let kinds: Vec<EventKind> = cfg.events.clone();
     warn_about_orphan_queues(cfg, state_dir, log);
     let tls = if cfg.urls.is_empty() {
         None

@@ -158,7 +158,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// What happened, as events (SSE, webhooks) and `webhooks.events` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A new egress record (status `starting`).
