@@ -97,8 +97,10 @@ fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
 /// second, and it is one continuous file.
 #[test]
 fn people_join_and_leave_a_recorded_room() {
+    // Alone: a browser encoding takes a core, which would slow other tests' recordings.
+    let _alone = cpu_exclusive();
     let dirs = Dirs::new();
-    let svc = Service::start(&dirs, "");
+    let svc = Service::start_alone(&dirs, "");
     let (green, blue) = (srt_colour("green"), srt_colour("blue"));
     let (s, eg) = svc.post(
         "/v1/egress",
@@ -292,4 +294,52 @@ fn a_test_source_leaves_a_room() {
         "BB",
         "after the removal"
     );
+}
+
+/// A room whose source is lost while the other still sends goes on, one file: the lost
+/// source's tile keeps its last frame (the default) or, with `pipeline.lost_tile: black`,
+/// shows the background; the record marks it `lost_at`.
+#[test]
+fn a_lost_source_keeps_its_tile_while_the_room_goes_on() {
+    for (mode, want) in [("last_frame", "RG"), ("black", "R.")] {
+        let dirs = Dirs::new();
+        let svc = Service::start(
+            &dirs,
+            &format!("pipeline: {{ source_stall_s: 1, source_reconnect_s: 2, lost_tile: {mode} }}"),
+        );
+        let (red, mut green) = (srt_colour("red"), srt_colour("green"));
+        let (s, eg) = svc.post(
+            "/v1/egress",
+            &json!({"type": "room_composite",
+                    "sources": [{"uri": red.url}, {"uri": green.url}],
+                    "video": {"width": 640, "height": 360},
+                    "outputs": [{"file": {"filename": "lost.mp4"}}]}),
+        );
+        assert_eq!(s, 201, "{eg}");
+        let id = eg["egress_id"].as_str().expect("id").to_string();
+        svc.wait_active(&id);
+        std::thread::sleep(Duration::from_secs(3));
+        // The green sender goes away for good.
+        let _ = green.child.kill();
+        let _ = green.child.wait();
+        let lost = wait_for(Duration::from_secs(20), "green to be lost", || {
+            let e = svc.egress(&id);
+            e["sources"][1]["lost_at"].as_u64().map(|t| (t, e))
+        });
+        assert_eq!(lost.1["status"], "active", "{}", lost.1);
+        std::thread::sleep(Duration::from_secs(3));
+        let (s, _) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+        assert_eq!(s, 200);
+        let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
+        assert_eq!(done["status"], "complete", "{done}");
+        let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+        let points = [(0.25, 0.5), (0.75, 0.5)];
+        let lost_at = at(&done, lost.0);
+        assert_eq!(colours(&file, 2.0, &points), "RG", "{mode}: both before");
+        assert_eq!(
+            colours(&file, lost_at + 2.0, &points),
+            want,
+            "{mode}: after the loss"
+        );
+    }
 }

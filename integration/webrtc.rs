@@ -259,8 +259,10 @@ fn a_browser_publishes_through_whip_and_is_recorded_in_sync() {
 /// again): video and audio for 19-21 s, every frame decodes.
 #[test]
 fn a_browser_camera_is_recorded_as_participant() {
+    // Alone: a browser encoding takes a core, which would slow other tests' recordings.
+    let _alone = cpu_exclusive();
     let dirs = Dirs::new();
-    let svc = Service::start(&dirs, "");
+    let svc = Service::start_alone(&dirs, "");
     let (id, url, token) = whip_egress(&svc, "participant", "camera.mp4");
     let page = browser(&url, &token, 20, &[]);
     let active = svc.wait_status(&id, &["active", "failed"], Duration::from_secs(40));

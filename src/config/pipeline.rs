@@ -44,6 +44,10 @@ pub struct PipelineConfig {
     /// frames, so `thumbnail_s` 0 turns black and frozen off.
     #[serde(default = "default_health_window")]
     pub health_window_s: f64,
+    /// What a `room_composite` shows in the tile of a source it lost while others still send,
+    /// until the source is removed: `last_frame` (frozen) or `black`.
+    #[serde(default)]
+    pub lost_tile: crate::model::LostTile,
 }
 
 /// The x264 speed presets a handler may encode with (`pipeline.x264_speed_preset`), fastest
@@ -137,6 +141,7 @@ impl From<&PipelineConfig> for crate::model::PipelineOptions {
             health_window_s: p.health_window_s,
             allowed_web_hosts: Vec::new(),
             webrtc: Default::default(),
+            lost_tile: p.lost_tile,
         }
     }
 }

@@ -169,6 +169,21 @@ pub struct PipelineOptions {
     /// `webrtc.*`: how WHIP sources are received.
     #[serde(default)]
     pub webrtc: WebrtcOptions,
+    /// What a room shows in the tile of a source it lost (until the source is removed).
+    #[serde(default)]
+    pub lost_tile: LostTile,
+}
+
+/// What a room shows in the tile of a source it lost while others still send
+/// (`pipeline.lost_tile`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostTile {
+    /// The last frame it sent, frozen.
+    #[default]
+    LastFrame,
+    /// The background (black): the tile stays in the grid, empty.
+    Black,
 }
 
 /// What a handler needs of `webrtc.*` (checked at the service's start).
@@ -232,6 +247,7 @@ impl Default for PipelineOptions {
             health_window_s: default_health_window_s(),
             allowed_web_hosts: Vec::new(),
             webrtc: WebrtcOptions::default(),
+            lost_tile: LostTile::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use super::{Recording, SrcState, UriSource};
 use crate::error::PipelineError;
 use crate::handler::emit;
 use crate::handler::protocol::HandlerEvent;
-use crate::model::{EgressType, Source};
+use crate::model::{EgressType, LostTile, Source};
 use crate::pipeline::graph::{self, Desc, Node, StreamKind};
 use crate::pipeline::source_uri::{self, Connection};
 use crate::pipeline::{SourceStreams, compose};
@@ -206,12 +206,21 @@ impl Recording<'_> {
             && (others || tests)
     }
 
-    /// Source `k` is given up: its tile keeps its last frame until it is removed.
+    /// Source `k` is given up: its tile keeps its last frame (or, `pipeline.lost_tile` black,
+    /// shows the background) until it is removed.
     pub(super) fn source_gone(&mut self, k: usize, why: &str) {
         self.with_source(k, |r, src| {
             warn!(r.log, "room source lost; the room goes on"; "source" => src.index, "why" => why);
             super::disconnect(&r.pipeline, src);
             src.state = SrcState::Gone;
+            if r.opts.lost_tile == LostTile::Black
+                && let Some(pad) = r
+                    .pipeline
+                    .by_name("comp")
+                    .and_then(|c| c.static_pad(&compose::tile_pad(src.index)))
+            {
+                pad.set_property("alpha", 0.0f64);
+            }
         });
         emit(&HandlerEvent::SourceLeft {
             source: self.sources[k].index,
