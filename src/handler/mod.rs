@@ -240,6 +240,7 @@ fn run_pipeline(
     log: &Logger,
 ) -> Result<Ended, PipelineError> {
     gst::init().map_err(|e| PipelineError::Build(e.to_string()))?;
+    pipeline::quiet_dropped_buffer_criticals();
     let file = match &spec.outputs.file {
         Some(f) => Some(pipeline::output_file::open(&f.path)?),
         None => None,

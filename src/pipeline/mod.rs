@@ -34,12 +34,32 @@ pub mod source_whip;
 
 use crate::model::{EgressSpec, PipelineOptions, Source};
 
-/// What a buffer probe returns to drop its buffer. Not `PadProbeReturn::Drop`: gstreamer-rs
-/// 0.25 moves the buffer out of the probe's info for the callback (and frees it itself), so
-/// GStreamer 1.22 then unrefs the emptied info and logs a critical for every buffer dropped
-/// (30 lines a second from the thumbnail's gate alone). `Handled` (the probe consumed the
-/// buffer) drops it the same way without that.
-pub const DROP_BUFFER: gstreamer::PadProbeReturn = gstreamer::PadProbeReturn::Handled;
+/// What a buffer probe returns to drop its buffer: `Drop`. (`Handled` would avoid the critical
+/// below but did not drop the same way: recordings then held media from before the first
+/// keyframe.)
+pub const DROP_BUFFER: gstreamer::PadProbeReturn = gstreamer::PadProbeReturn::Drop;
+
+/// The critical GStreamer 1.22 logs for every buffer a probe drops under gstreamer-rs 0.25
+/// (the binding moves the buffer out of the probe's info and frees it itself; the core then
+/// unrefs the emptied info). Harmless, but 30 lines a second from the thumbnail's gate alone.
+const DROPPED_BUFFER_CRITICAL: &str = "gst_mini_object_unref: assertion 'mini_object != NULL' failed";
+
+/// Keeps `DROPPED_BUFFER_CRITICAL` out of the log; every other GStreamer message goes to GLib's
+/// default handler as before. Called once, after `gst::init`.
+pub fn quiet_dropped_buffer_criticals() {
+    use gstreamer::glib;
+    glib::log_set_handler(
+        Some("GStreamer"),
+        glib::LogLevels::LEVEL_CRITICAL,
+        false,
+        false,
+        |domain, level, message| {
+            if message != DROPPED_BUFFER_CRITICAL {
+                glib::log_default_handler(domain, level, Some(message));
+            }
+        },
+    );
+}
 
 pub use graph::{Desc, StreamKind};
 pub use plan::{SourceStreams, describe};
