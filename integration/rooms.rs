@@ -111,6 +111,12 @@ fn people_join_and_leave_a_recorded_room() {
     assert_eq!(s, 201, "{eg}");
     let id = eg["egress_id"].as_str().expect("id").to_string();
     assert_eq!(eg["sources"], json!([{"id": 0, "source": {"whip": {}}}]));
+    // Before it records (its publisher has not come), a room takes no change: 409.
+    let (s, e) = svc.post(
+        &format!("/v1/egress/{id}/sources"),
+        &json!({"add": [{"uri": green.url}]}),
+    );
+    assert_eq!(s, 409, "{e}");
     // The room starts with a browser: a red page and a tone, published through WHIP.
     let mut red = browser(
         eg["whip"][0]["url"].as_str().expect("url"),

@@ -170,7 +170,10 @@ impl<'a> Recording<'a> {
             return Ok(());
         }
         let caps = plan::copy_caps(self.spec);
-        if let Some(whep) = src.whep.clone() {
+        if let Some(whep) = src.whep.as_mut() {
+            // A session of its own for this connection (the last one's is ended).
+            whep.begin();
+            let whep = whep.clone();
             let (bin, held) = crate::pipeline::source_whip::connect(
                 src.index,
                 &src.name(),
@@ -390,7 +393,9 @@ impl<'a> Recording<'a> {
     /// Whether `src`'s first connection gave the graph its video pad but no keyframe within
     /// `first_keyframe_s` (a sender whose keyframes never come, or come too seldom).
     fn keyframe_late(&self, src: &UriSource) -> bool {
-        src.attempt == 0
+        // A room's joiner that sends no keyframe is given up alone (`attach_joined`).
+        src.index < self.spec.sources.len()
+            && src.attempt == 0
             && src.state == SrcState::Live
             && src.has("video/")
             && self.records(src.index, true)
@@ -442,6 +447,12 @@ impl<'a> Recording<'a> {
     pub fn shutdown(&mut self) {
         if let Some(s) = &mut self.outs {
             s.end_all();
+        }
+        // Every WHEP session ends with a DELETE the endpoint has answered (or timed out on).
+        for src in &self.sources {
+            if let Some(w) = &src.whep {
+                w.end_and_wait();
+            }
         }
     }
 

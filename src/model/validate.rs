@@ -254,13 +254,12 @@ impl SourceRequest {
                         "a WHEP endpoint is an http:// or https:// URL",
                     ));
                 }
-                if w.token
-                    .as_ref()
-                    .is_some_and(|t| t.is_empty() || t.len() > 4096)
-                {
+                if w.token.as_ref().is_some_and(|t| {
+                    t.is_empty() || t.len() > 4096 || t.chars().any(|c| c.is_control())
+                }) {
                     return Err(RequestError::invalid(
                         &format!("{field}.token"),
-                        "a token is 1 to 4096 characters",
+                        "a token is 1 to 4096 characters, none of them control characters",
                     ));
                 }
                 match parse_source(&format!("whep+{}", w.url), allowed_schemes, &field)? {

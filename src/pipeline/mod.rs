@@ -42,7 +42,8 @@ pub const DROP_BUFFER: gstreamer::PadProbeReturn = gstreamer::PadProbeReturn::Dr
 /// The critical GStreamer 1.22 logs for every buffer a probe drops under gstreamer-rs 0.25
 /// (the binding moves the buffer out of the probe's info and frees it itself; the core then
 /// unrefs the emptied info). Harmless, but 30 lines a second from the thumbnail's gate alone.
-const DROPPED_BUFFER_CRITICAL: &str = "gst_mini_object_unref: assertion 'mini_object != NULL' failed";
+const DROPPED_BUFFER_CRITICAL: &str =
+    "gst_mini_object_unref: assertion 'mini_object != NULL' failed";
 
 /// Keeps `DROPPED_BUFFER_CRITICAL` out of the log; every other GStreamer message goes to GLib's
 /// default handler as before. Called once, after `gst::init`.

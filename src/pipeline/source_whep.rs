@@ -37,8 +37,18 @@ const GATHERING: Duration = Duration::from_secs(3);
 pub struct Whep {
     pub url: String,
     pub token: Option<String>,
-    /// The current session's URL once the endpoint answered; taken by `end`.
-    session: Arc<Mutex<Option<String>>>,
+    /// The current connection's session (each connection gets its own: `begin`).
+    session: Arc<Mutex<Session>>,
+}
+
+/// One connection's session: its URL once the endpoint answered, and whether the connection
+/// ended (an answer that comes after that is ended at once).
+#[derive(Debug, Default)]
+struct Session {
+    location: Option<String>,
+    ended: bool,
+    /// DELETEs sent and not yet answered (`wait_ended` waits for them).
+    deleting: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Whep {
@@ -50,20 +60,74 @@ impl Whep {
         }
     }
 
-    /// Ends the current session, if any: DELETE its URL (on a thread: the endpoint may be slow).
+    /// A new connection: the last one's session is ended, and this one gets its own.
+    pub fn begin(&mut self) {
+        self.end();
+        let deleting = self
+            .session
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.deleting))
+            .unwrap_or_default();
+        self.session = Arc::new(Mutex::new(Session {
+            deleting,
+            ..Session::default()
+        }));
+    }
+
+    /// Ends the current connection's session: DELETE its URL once known (on a thread: the
+    /// endpoint may be slow).
     pub fn end(&self) {
-        let Some(location) = self.session.lock().ok().and_then(|mut s| s.take()) else {
+        let Ok(mut s) = self.session.lock() else {
             return;
         };
-        let token = self.token.clone();
-        std::thread::spawn(move || {
-            let mut req = agent().delete(&location);
-            if let Some(t) = &token {
-                req = req.header("Authorization", &format!("Bearer {t}"));
-            }
-            let _ = req.call();
-        });
+        s.ended = true;
+        if let Some(location) = s.location.take() {
+            let token = self.token.clone();
+            s.deleting.push(std::thread::spawn(move || {
+                delete(&location, token.as_deref())
+            }));
+        }
     }
+
+    /// Ends the session and waits (at most `HTTP_TIMEOUT`) for its DELETEs to be answered:
+    /// the handler's last step, so the endpoint does not keep a session nobody plays.
+    pub fn end_and_wait(&self) {
+        self.end();
+        let deleting = self
+            .session
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.deleting))
+            .unwrap_or_default();
+        let since = Instant::now();
+        for d in deleting {
+            while !d.is_finished() && since.elapsed() < HTTP_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The endpoint answered this connection with session `location`.
+    fn answered(&self, location: String) {
+        let Ok(mut s) = self.session.lock() else {
+            return;
+        };
+        if s.ended {
+            let token = self.token.clone();
+            s.deleting.push(std::thread::spawn(move || {
+                delete(&location, token.as_deref())
+            }));
+        } else {
+            s.location = Some(location);
+        }
+    }
+}
+
+fn delete(location: &str, token: Option<&str>) {
+    let mut req = agent().delete(location);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let _ = req.call();
 }
 
 fn agent() -> ureq::Agent {
@@ -77,8 +141,6 @@ fn agent() -> ureq::Agent {
 /// Offers to play `whep`'s stream on the `webrtcbin` of `bin` (source `index`), from a thread:
 /// the endpoint's answer is played and its m-lines announced; a refusal is the bin's error.
 pub fn play(bin: gst::Element, index: usize, whep: Whep, copied: Vec<&'static str>) {
-    // Every connection is a new session: one left from the last connection ends first.
-    whep.end();
     std::thread::spawn(move || match exchange(&bin, &whep, &copied) {
         Ok(a) => announce::post(&bin, index, a),
         Err((code, text)) => {
@@ -174,10 +236,7 @@ fn exchange(
         return Err((code, format!("the WHEP endpoint answered HTTP {status}")));
     }
     if let Some(location) = resp.headers().get("location").and_then(|v| v.to_str().ok()) {
-        let session = resolve(&whep.url, location);
-        if let Ok(mut s) = whep.session.lock() {
-            *s = Some(session);
-        }
+        whep.answered(resolve(&whep.url, location));
     }
     let text = resp
         .body_mut()

@@ -25,13 +25,10 @@ impl Handler<ChangeSources> for Pipeline {
                 self.info.egress_type.as_str()
             )));
         }
-        if self.stop_reason.is_some()
-            || self.info.status == EgressStatus::Ending
-            || self.info.status.is_final()
-            || self.exited
-        {
+        // Until the room records, its graph is still being decided from the request's sources.
+        if self.stop_reason.is_some() || self.info.status != EgressStatus::Active || self.exited {
             return Err(NodeError::Conflict(format!(
-                "egress {} is {}",
+                "egress {} is {}: a room takes source changes while it records (active)",
                 self.info.egress_id,
                 self.info.status.as_str()
             )));
@@ -115,6 +112,10 @@ impl Pipeline {
     pub(super) fn on_source_left(&mut self, source: usize) {
         warn!(self.log, "room source lost; the room goes on"; "source" => source);
         self.whip_gone(source);
+        // It is lost until removed: its WHIP URL takes no publisher (404), and the recording
+        // is no longer judged up to its stall.
+        self.info.whip.retain(|w| w.source != source);
+        self.stalled_at = None;
         crate::metrics::METRICS
             .source_events_total
             .with_label_values(&["lost"])

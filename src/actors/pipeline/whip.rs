@@ -101,7 +101,9 @@ impl Pipeline {
 
     /// Source `source` stalled or was lost: its publisher is gone, a new one may come.
     pub(super) fn whip_gone(&mut self, source: usize) {
-        if self.whip.sessions.remove(&source).is_some() {
+        if let Some(session) = self.whip.sessions.remove(&source) {
+            // A publisher still waiting for its answer gets none (its POST fails).
+            self.whip.pending.remove(&session);
             self.set_publishing(source, false);
         }
     }

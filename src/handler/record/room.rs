@@ -62,7 +62,17 @@ impl Recording<'_> {
                 continue;
             }
             if src.complete(first_keyframe) {
-                self.attach(k)?;
+                // A joiner whose tile cannot be built does not join; the room goes on.
+                if let Err(e) = self.attach(k) {
+                    let i = self.sources[k].index;
+                    for chain in [compose::video_elements(i), compose::audio_elements(i)] {
+                        self.take_out(&chain);
+                    }
+                    if let Some(entries) = &mut self.entries {
+                        entries.retain(|(s, _), _| *s != i);
+                    }
+                    self.source_gone(k, &e.to_string());
+                }
             } else if src.started.elapsed() > start_timeout {
                 self.source_gone(k, "showed no stream in time");
             }
@@ -138,6 +148,7 @@ impl Recording<'_> {
             entries.retain(|(s, _), _| *s != id);
         }
         info!(self.log, "source left the room"; "source" => id);
+        self.end_if_nobody_sends();
     }
 
     /// Stops and removes the elements `chain` (in order) and releases the mixer pad its last
@@ -225,5 +236,22 @@ impl Recording<'_> {
         emit(&HandlerEvent::SourceLeft {
             source: self.sources[k].index,
         });
+        self.end_if_nobody_sends();
+    }
+
+    /// A room in which no source sends any more (all lost, or removed) ends "Source lost"
+    /// rather than record frozen tiles.
+    pub(super) fn end_if_nobody_sends(&mut self) {
+        if self.spec.egress_type != EgressType::RoomComposite
+            || self.stopping.is_some()
+            || self.room_goes_on(usize::MAX)
+        {
+            return;
+        }
+        warn!(self.log, "no source of the room sends any more");
+        if let Some(src) = self.sources.first() {
+            emit(&HandlerEvent::SourceLost { source: src.index });
+        }
+        self.end("source_lost");
     }
 }
