@@ -5,13 +5,14 @@
 //! to see the tiles at each moment (told apart by colour), and its audio second by second.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::common::*;
 use crate::producers::srt_colour;
+use crate::webrtc::{browser, publisher};
 
 /// The colour at each of `points` (fractions of the frame's width and height) of the frame
 /// at `t` s: R, G, B, `.` (black: the background or a tile's border) or `?` (anything else).
@@ -72,25 +73,6 @@ fn at(info: &Value, ms: u64) -> f64 {
     (ms as f64 - info["started_at"].as_f64().expect("started_at")) / 1000.0
 }
 
-/// Headless Chromium publishing a red page and a tone through WHIP until killed.
-fn browser(url: &str, token: &str) -> std::process::Child {
-    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-browser"))
-        .args([url, token, "--seconds", "120", "--colour", "#ff0000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("scripts/whip-browser (chromium: scripts/setup installs it)")
-}
-
-fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
-    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-publish"))
-        .args([url, token, "--seconds", &secs.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("scripts/whip-publish (aiortc: scripts/setup installs it)")
-}
-
 /// Red (the browser) alone, then green joins (two tiles side by side), then blue (a 4-grid of three), then
 /// red leaves (two again: green and blue), then a WHIP publisher joins (three): each layout
 /// is in the file from within 2.5 s of its change until the next, audio is there every
@@ -121,6 +103,8 @@ fn people_join_and_leave_a_recorded_room() {
     let mut red = browser(
         eg["whip"][0]["url"].as_str().expect("url"),
         eg["whip_token"].as_str().expect("token"),
+        120,
+        &["--colour", "#ff0000"],
     );
     svc.wait_active(&id);
 
@@ -150,7 +134,11 @@ fn people_join_and_leave_a_recorded_room() {
     assert!(left_red["sources"][0]["removed_at"].is_u64(), "{left_red}");
     // Its URL takes no publisher any more.
     assert!(left_red.get("whip").is_none(), "{left_red}");
-    let _ = red.kill();
+    // SIGTERM: the page ends its session and the script takes its browser down with it.
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(red.id() as i32, libc::SIGTERM);
+    }
     let _ = red.wait();
     std::thread::sleep(hold);
     // A WHIP publisher joins through its own URL, with the egress's token.
@@ -179,35 +167,14 @@ fn people_join_and_leave_a_recorded_room() {
     let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
 
     // Each layout, just before the next change. Tiles keep their 4:3 aspect (black borders).
+    let when = |v: &Value, id: usize, key: &str| {
+        at(&done, v["sources"][id][key].as_u64().expect("change time"))
+    };
     let changes = [
-        (
-            at(
-                &done,
-                joined_green["sources"][1]["added_at"].as_u64().unwrap(),
-            ),
-            "red alone",
-        ),
-        (
-            at(
-                &done,
-                joined_blue["sources"][2]["added_at"].as_u64().unwrap(),
-            ),
-            "red and green",
-        ),
-        (
-            at(
-                &done,
-                left_red["sources"][0]["removed_at"].as_u64().unwrap(),
-            ),
-            "red, green, blue",
-        ),
-        (
-            at(
-                &done,
-                joined_whip["sources"][3]["added_at"].as_u64().unwrap(),
-            ),
-            "green and blue",
-        ),
+        (when(&joined_green, 1, "added_at"), "red alone"),
+        (when(&joined_blue, 2, "added_at"), "red and green"),
+        (when(&left_red, 0, "removed_at"), "red, green, blue"),
+        (when(&joined_whip, 3, "added_at"), "green and blue"),
     ];
     // Sampled at the tiles' centres and where a layout has only background (the page is
     // 16:9 like the frame, the SRT senders 4:3).

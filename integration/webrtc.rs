@@ -115,7 +115,7 @@ fn a_whip_track_copies_what_the_publisher_sends() {
     }
 }
 
-fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
+pub fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-publish"))
         .args([url, token, "--seconds", &secs.to_string()])
         .stdout(Stdio::piped())
@@ -126,7 +126,7 @@ fn publisher(url: &str, token: &str, secs: u32) -> std::process::Child {
 
 /// A headless Chromium publishing a page through WHIP for `secs` s, then DELETE; `args` pick
 /// the page (`--sync`: flash and beep once a second; none: the fake camera and microphone).
-fn browser(url: &str, token: &str, secs: u32, args: &[&str]) -> std::process::Child {
+pub fn browser(url: &str, token: &str, secs: u32, args: &[&str]) -> std::process::Child {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip-browser"))
         .args([url, token, "--seconds", &secs.to_string()])
         .args(args)
@@ -134,6 +134,20 @@ fn browser(url: &str, token: &str, secs: u32, args: &[&str]) -> std::process::Ch
         .stderr(Stdio::null())
         .spawn()
         .expect("scripts/whip-browser (chromium: scripts/setup installs it)")
+}
+
+/// A publisher showing another token than the egress's is 401 at `path`.
+fn refused_without_its_token(svc: &Service, path: &str) {
+    let (s, body) = svc.raw(
+        "POST",
+        path,
+        Some(b"v=0\r\n"),
+        &[
+            ("content-type", "application/sdp"),
+            ("authorization", "Bearer wt_wrong"),
+        ],
+    );
+    assert_eq!(s, 401, "{body}");
 }
 
 /// What a publisher script printed, once it exited (successfully).
@@ -205,16 +219,7 @@ fn a_browser_publishes_through_whip_and_is_recorded_in_sync() {
     let svc = Service::start_alone(&dirs, "");
     let (id, url, token) = whip_egress(&svc, "track", "browser.mp4");
     let path = format!("/v1/whip/{id}/0");
-    let (s, body) = svc.raw(
-        "POST",
-        &path,
-        Some(b"v=0\r\n"),
-        &[
-            ("content-type", "application/sdp"),
-            ("authorization", "Bearer wt_wrong"),
-        ],
-    );
-    assert_eq!(s, 401, "{body}");
+    refused_without_its_token(&svc, &path);
     let page = browser(&url, &token, 20, &["--sync"]);
     let active = svc.wait_status(&id, &["active", "failed"], Duration::from_secs(40));
     assert_eq!(active["status"], "active", "{active}\n{}", svc.log());
@@ -404,16 +409,7 @@ fn a_whip_publisher_is_recorded_with_video_and_audio() {
     let path = format!("/v1/whip/{id}/0");
     let sdp = [("content-type", "application/sdp")];
     // A wrong token, a body that is not SDP, a JSON body: refused, with the API's errors.
-    let (s, body) = svc.raw(
-        "POST",
-        &path,
-        Some(b"v=0\r\n"),
-        &[
-            ("content-type", "application/sdp"),
-            ("authorization", "Bearer wt_wrong"),
-        ],
-    );
-    assert_eq!(s, 401, "{body}");
+    refused_without_its_token(&svc, &path);
     let bearer = format!("Bearer {token}");
     let (s, body) = svc.raw(
         "POST",

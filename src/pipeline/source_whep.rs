@@ -17,7 +17,7 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 
 use super::announce::{self, Announced};
-use super::source_whip::{codecs, reply, webrtc_name};
+use super::source_whip::{codecs, local_sdp_gathered, reply, webrtc_name};
 
 /// What the offer proposes, by payload type: H.264 first when copied, else VP8 first (what
 /// every SFU forwards).
@@ -28,9 +28,8 @@ const VP9: &str = "application/x-rtp,media=video,encoding-name=VP9,clock-rate=90
 const OPUS: &str = "application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload=111,\
      encoding-params=(string)2";
 
-/// How long the endpoint may take to answer, and ICE to gather.
+/// How long the endpoint may take to answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-const GATHERING: Duration = Duration::from_secs(3);
 
 /// One WHEP source: its endpoint, its token, and the session of its current connection.
 #[derive(Debug, Clone)]
@@ -82,10 +81,7 @@ impl Whep {
         };
         s.ended = true;
         if let Some(location) = s.location.take() {
-            let token = self.token.clone();
-            s.deleting.push(std::thread::spawn(move || {
-                delete(&location, token.as_deref())
-            }));
+            s.delete(location, self.token.clone());
         }
     }
 
@@ -112,22 +108,24 @@ impl Whep {
             return;
         };
         if s.ended {
-            let token = self.token.clone();
-            s.deleting.push(std::thread::spawn(move || {
-                delete(&location, token.as_deref())
-            }));
+            s.delete(location, self.token.clone());
         } else {
             s.location = Some(location);
         }
     }
 }
 
-fn delete(location: &str, token: Option<&str>) {
-    let mut req = agent().delete(location);
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {t}"));
+impl Session {
+    /// DELETEs session `location` on a thread of its own (kept, so the end can wait for it).
+    fn delete(&mut self, location: String, token: Option<String>) {
+        self.deleting.push(std::thread::spawn(move || {
+            let mut req = agent().delete(&location);
+            if let Some(t) = &token {
+                req = req.header("Authorization", &format!("Bearer {t}"));
+            }
+            let _ = req.call();
+        }));
     }
-    let _ = req.call();
 }
 
 fn agent() -> ureq::Agent {
@@ -204,17 +202,7 @@ fn exchange(
     )
     .map_err(failed)?;
     // No trickle: the offer goes out with every candidate.
-    let since = Instant::now();
-    while webrtc.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-        != gst_webrtc::WebRTCICEGatheringState::Complete
-        && since.elapsed() < GATHERING
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let local = webrtc
-        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
-        .ok_or_else(|| failed("no local description".into()))?;
-    let sdp = local.sdp().as_text().map_err(|e| failed(e.to_string()))?;
+    let sdp = local_sdp_gathered(&webrtc).map_err(failed)?;
 
     let mut req = agent()
         .post(&whep.url)

@@ -211,17 +211,7 @@ pub fn negotiate(
         "the answer",
     )?;
     verify_peer(&webrtc, bin, offer_text);
-    let since = Instant::now();
-    while webrtc.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-        != gst_webrtc::WebRTCICEGatheringState::Complete
-        && since.elapsed() < GATHERING
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let local = webrtc
-        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
-        .ok_or("no local description")?;
-    let text = local.sdp().as_text().map_err(|e| e.to_string())?;
+    let text = local_sdp_gathered(&webrtc)?;
     Ok(match public_ip {
         Some(ip) => with_public_ip(&text, ip),
         None => text,
@@ -330,6 +320,22 @@ pub fn codecs(sdp: &gst_sdp::SDPMessageRef, kind: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The local description once ICE has gathered its candidates (at most `GATHERING`): no
+/// trickle, the SDP holds them all.
+pub(super) fn local_sdp_gathered(webrtc: &gst::Element) -> Result<String, String> {
+    let since = Instant::now();
+    while webrtc.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+        != gst_webrtc::WebRTCICEGatheringState::Complete
+        && since.elapsed() < GATHERING
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let local = webrtc
+        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
+        .ok_or("no local description")?;
+    local.sdp().as_text().map_err(|e| e.to_string())
 }
 
 /// `sdp` with each IPv4 host candidate offered again at `ip` (a node behind 1:1 NAT).
