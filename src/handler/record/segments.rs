@@ -3,7 +3,7 @@
 //! playlist and rewrites the playlists atomically.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,14 @@ pub struct Segments {
     /// When EOS reached the input, and the newest fragment's size when last seen and since when.
     eos_at: Option<Instant>,
     seen: (u64, Instant),
+    /// The running time (ns) up to which media went into splitmuxsink (from its threads).
+    fed_until: Arc<AtomicU64>,
+    /// The running time (ns) up to which closed fragments hold media.
+    closed_until: u64,
 }
+
+/// Closed fragments that end this close to what went in hold all of it.
+const COVER_SLACK_NS: u64 = 500_000_000;
 
 /// After EOS, the last fragment is waited for at least this long, and while it grows.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -79,6 +86,8 @@ impl Segments {
             newest: Arc::default(),
             eos_at: None,
             seen: (0, Instant::now()),
+            fed_until: Arc::default(),
+            closed_until: 0,
         }
     }
 
@@ -88,6 +97,21 @@ impl Segments {
         let out = self.out.clone();
         let started = self.started.clone();
         let newest = self.newest.clone();
+        for pad in sink.sink_pads() {
+            let fed = self.fed_until.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                let end = info.buffer().and_then(|b| {
+                    let seg = pad.sticky_event::<gst::event::Segment>(0)?;
+                    let seg = seg.segment().downcast_ref::<gst::ClockTime>()?.clone();
+                    let t = b.pts().or(b.dts())? + b.duration().unwrap_or_default();
+                    seg.to_running_time(t)
+                });
+                if let Some(end) = end {
+                    fed.fetch_max(end.nseconds(), Ordering::Relaxed);
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         sink.connect("format-location", false, move |args| {
             started.fetch_add(1, Ordering::SeqCst);
             let id = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
@@ -115,6 +139,7 @@ impl Segments {
                 };
                 let secs = rt.saturating_sub(start) as f64 / 1e9;
                 self.closes += 1;
+                self.closed_until = self.closed_until.max(rt);
                 self.closed(Path::new(&location), secs, log);
                 self.closed_after_eos |= self.eos;
                 self.done = self.closed_after_eos && self.settled();
@@ -173,7 +198,18 @@ impl Segments {
             self.seen = (size, Instant::now());
         }
         let waited = eos_at.elapsed();
-        waited > CLOSE_WAIT_MAX || (waited > CLOSE_WAIT && self.seen.1.elapsed() > QUIET)
+        if waited > CLOSE_WAIT_MAX {
+            return true;
+        }
+        // Media went in after the last closed fragment and no fragment is open for it yet: a
+        // loaded splitmuxsink has not named the last GOP's fragment; ending now would lose it.
+        let fed = self.fed_until.load(Ordering::Relaxed);
+        let covered = self.closed_until + COVER_SLACK_NS >= fed;
+        let named = self.started.load(Ordering::SeqCst) > self.closes;
+        if !covered && !named {
+            return false;
+        }
+        waited > CLOSE_WAIT && self.seen.1.elapsed() > QUIET
     }
 
     /// Whether every fragment was closed: none open, and as many closed as were named (at EOS
