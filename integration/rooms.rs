@@ -62,6 +62,16 @@ fn audio_rms_per_second(file: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Stops egress `id`: its final record, `complete`, and its file.
+fn stopped(svc: &Service, id: &str) -> (Value, PathBuf) {
+    let (s, stopped) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    assert_eq!(s, 200, "{stopped}");
+    let done = svc.wait_status(id, &["complete", "failed"], Duration::from_secs(30));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+    (done, file)
+}
+
 fn change(svc: &Service, id: &str, body: Value) -> Value {
     let (s, info) = svc.post(&format!("/v1/egress/{id}/sources"), &body);
     assert_eq!(s, 200, "{body} -> {info}");
@@ -245,11 +255,7 @@ fn a_test_source_leaves_a_room() {
     std::thread::sleep(Duration::from_secs(3));
     let left = change(&svc, &id, json!({"remove": [0]}));
     std::thread::sleep(Duration::from_secs(3));
-    let (s, _) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
-    assert_eq!(s, 200);
-    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
-    assert_eq!(done["status"], "complete", "{done}");
-    let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+    let (done, file) = stopped(&svc, &id);
     let removed = at(
         &done,
         left["sources"][0]["removed_at"]
@@ -301,11 +307,7 @@ fn a_lost_source_keeps_its_tile_while_the_room_goes_on() {
         });
         assert_eq!(lost.1["status"], "active", "{}", lost.1);
         std::thread::sleep(Duration::from_secs(3));
-        let (s, _) = svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
-        assert_eq!(s, 200);
-        let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(30));
-        assert_eq!(done["status"], "complete", "{done}");
-        let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+        let (done, file) = stopped(&svc, &id);
         let points = [(0.25, 0.5), (0.75, 0.5)];
         let lost_at = at(&done, lost.0);
         assert_eq!(colours(&file, 2.0, &points), "RG", "{mode}: both before");

@@ -62,11 +62,7 @@ impl Whep {
     /// A new connection: the last one's session is ended, and this one gets its own.
     pub fn begin(&mut self) {
         self.end();
-        let deleting = self
-            .session
-            .lock()
-            .map(|mut s| std::mem::take(&mut s.deleting))
-            .unwrap_or_default();
+        let deleting = self.take_deleting();
         self.session = Arc::new(Mutex::new(Session {
             deleting,
             ..Session::default()
@@ -89,17 +85,21 @@ impl Whep {
     /// the handler's last step, so the endpoint does not keep a session nobody plays.
     pub fn end_and_wait(&self) {
         self.end();
-        let deleting = self
-            .session
-            .lock()
-            .map(|mut s| std::mem::take(&mut s.deleting))
-            .unwrap_or_default();
+        let deleting = self.take_deleting();
         let since = Instant::now();
         for d in deleting {
             while !d.is_finished() && since.elapsed() < HTTP_TIMEOUT {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The DELETEs sent and not yet known to be answered.
+    fn take_deleting(&self) -> Vec<std::thread::JoinHandle<()>> {
+        self.session
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.deleting))
+            .unwrap_or_default()
     }
 
     /// The endpoint answered this connection with session `location`.
