@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::producers::{av_offsets, codecs, ffmpeg_decodes, ffprobe};
+use crate::producers::{av_offsets, codecs, ffmpeg_decodes_burst, ffprobe};
 
 /// A publisher whose DTLS certificate is not the one its offer's fingerprint names is refused
 /// (webrtcbin does not check it; the handler does): its session fails, the egress keeps
@@ -80,7 +80,7 @@ fn a_whip_track_copies_what_the_publisher_sends() {
         let (v, a) = codecs(&probe);
         assert_eq!([v.as_deref(), a.as_deref()], want.map(Some), "{probe}");
         both_streams_last(&file, &probe, 4.5..=7.5);
-        ffmpeg_decodes(&file);
+        ffmpeg_decodes_burst(&file);
         let log = std::fs::read_to_string(dirs.state().join("logs").join(format!("{id}.log")))
             .unwrap_or_default();
         for enc in ["opusenc", "x264enc", "vp8enc"] {
@@ -205,7 +205,7 @@ fn a_browser_publishes_through_whip_and_is_recorded_in_sync() {
     let probe = ffprobe(&file);
     assert_eq!(codecs(&probe).0.as_deref(), Some("h264"), "{probe}");
     both_streams_last(&file, &probe, 19.0..=21.0);
-    ffmpeg_decodes(&file);
+    ffmpeg_decodes_burst(&file);
     let sync = av_offsets(&file);
     eprintln!("browser WHIP track: {sync}");
     assert!(sync["flashes"].as_u64() >= Some(18), "{sync}");
@@ -240,7 +240,7 @@ fn a_browser_camera_is_recorded_as_participant() {
     let file = stopped_file(&svc, &id);
     let probe = ffprobe(&file);
     both_streams_last(&file, &probe, 19.0..=21.0);
-    ffmpeg_decodes(&file);
+    ffmpeg_decodes_burst(&file);
 }
 
 /// `scripts/whep-serve` (aiortc) on a free port with `token`: the endpoint's URL and the process
@@ -293,7 +293,7 @@ fn a_whep_stream_is_pulled_and_its_session_ended() {
     let probe = ffprobe(&file);
     both_streams_last(&file, &probe, 7.0..=9.5);
     assert_eq!(codecs(&probe).0.as_deref(), Some("h264"), "{probe}");
-    ffmpeg_decodes(&file);
+    ffmpeg_decodes_burst(&file);
     // The endpoint saw one session, offered H.264 first, and its DELETE.
     let mut said = Vec::new();
     wait_for(Duration::from_secs(10), "the session's DELETE", || {
@@ -415,7 +415,7 @@ fn a_whip_publisher_is_recorded_with_video_and_audio() {
         stream_secs(&probe, "audio")
     );
     both_streams_last(&file, &probe, 6.5..=9.5);
-    ffmpeg_decodes(&file);
+    ffmpeg_decodes_burst(&file);
     // After the end, the URL takes no publisher.
     let (s, _) = svc.raw(
         "POST",
