@@ -189,7 +189,9 @@ impl Pipeline {
         self.stop_reason = Some(why);
         info!(self.log, "stopping gracefully"; "why" => format!("{why:?}"));
         if let Some(tx) = &self.commands {
-            let _ = tx.send(HandlerCommand::Stop);
+            let _ = tx.send(HandlerCommand::Stop {
+                at_ms: Some(now_ms()),
+            });
         }
         self.info.status = EgressStatus::Ending;
         self.report();

@@ -24,7 +24,8 @@ use protocol::{HandlerCommand, HandlerEvent};
 /// What the main thread is told: stop, or change the stream URLs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Control {
-    Stop(Cause),
+    /// Stop, and when it was asked (wall clock, ms) if the service said.
+    Stop(Cause, Option<u64>),
     Streams {
         add: Vec<(usize, String)>,
         remove: Vec<usize>,
@@ -41,9 +42,7 @@ pub(crate) enum Control {
         remove: Vec<usize>,
     },
     /// The publisher of source `source` ended its session (DELETE).
-    WhipEnd {
-        source: usize,
-    },
+    WhipEnd { source: usize },
 }
 
 /// Why the handler is stopping.
@@ -94,8 +93,8 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
                 .ok()
                 .and_then(|l| serde_json::from_str::<HandlerCommand>(&l).ok())
             {
-                Some(HandlerCommand::Stop) => {
-                    let _ = tx.send(Control::Stop(Cause::Stop));
+                Some(HandlerCommand::Stop { at_ms }) => {
+                    let _ = tx.send(Control::Stop(Cause::Stop, at_ms));
                 }
                 Some(HandlerCommand::Streams { add, remove }) => {
                     let _ = tx.send(Control::Streams { add, remove });
@@ -120,13 +119,13 @@ pub fn run(egress_id: &str, log: Logger) -> i32 {
                 Some(HandlerCommand::Start { .. }) | None => {}
             }
         }
-        let _ = tx.send(Control::Stop(Cause::ParentGone));
+        let _ = tx.send(Control::Stop(Cause::ParentGone, None));
     });
     match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 for _ in signals.forever() {
-                    let _ = ctl_tx.send(Control::Stop(Cause::Signal));
+                    let _ = ctl_tx.send(Control::Stop(Cause::Signal, None));
                 }
             });
         }

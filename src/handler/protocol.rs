@@ -24,8 +24,12 @@ pub enum HandlerCommand {
         options: PipelineOptions,
     },
     /// Stop gracefully: end the recording (EOS into the encoders and the muxer), finalize the
-    /// output, exit.
-    Stop,
+    /// output, exit. `at_ms`: when the stop was asked (wall clock, ms); what the sources sent
+    /// after it is not recorded, however late the handler reads this line.
+    Stop {
+        #[serde(default)]
+        at_ms: Option<u64>,
+    },
     /// Start streaming to `add` (index, URL) and stop streaming to the indices in `remove`.
     Streams {
         #[serde(default)]

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod bus;
+mod cut;
 mod graph;
 mod health;
 mod images;
@@ -93,6 +94,12 @@ pub struct Recording<'a> {
     entries: Option<HashMap<(usize, StreamKind), gst::Pad>>,
     media: Arc<AtomicBool>,
     stopping: Option<(String, Instant)>,
+    /// A stop waiting for the sources to deliver up to the instant it was asked (`cut`): why,
+    /// and since when.
+    cutting: Option<(super::Cause, Instant)>,
+    /// The running time of the stop's instant once cut (`i64::MAX` before): the outputs take
+    /// nothing after it.
+    cut_rt: Arc<std::sync::atomic::AtomicI64>,
     /// Sinks EOS has not reached yet (the end is when none is left and HLS is done).
     pending_sinks: Vec<String>,
     segments: Option<Segments>,
@@ -128,6 +135,8 @@ impl<'a> Recording<'a> {
             entries: None,
             media: Arc::new(AtomicBool::new(false)),
             stopping: None,
+            cutting: None,
+            cut_rt: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
             pending_sinks: Vec::new(),
             segments: None,
             outs: None,
@@ -299,13 +308,20 @@ impl<'a> Recording<'a> {
         let start_timeout = Duration::from_secs_f64(self.opts.start_timeout_s.max(0.1));
         loop {
             match ctl.try_recv() {
-                Ok(Control::Stop(cause)) if self.stopping.is_none() => {
-                    info!(self.log, "stopping"; "cause" => cause.as_str());
+                Ok(Control::Stop(cause, at_ms)) if self.stopping.is_none() => {
+                    info!(self.log, "stopping"; "cause" => cause.as_str(),
+                          "asked_ms_ago" => at_ms.map(|a| crate::model::now_ms().saturating_sub(a)));
                     if self.entries.is_none() {
                         // Nothing recorded yet: nothing to finalize.
                         return Ok(self.ended(cause.as_str()));
                     }
-                    self.end(cause.as_str());
+                    // A second stop (a signal) while the first waits for the cut ends at once.
+                    match at_ms {
+                        Some(at) if self.cutting.is_none() && self.cut(at) => {
+                            self.cutting = Some((cause, Instant::now()));
+                        }
+                        _ => self.end(cause.as_str()),
+                    }
                 }
                 Ok(Control::Streams { add, remove }) => {
                     self.stream_changes.push((add, remove));
@@ -318,6 +334,12 @@ impl<'a> Recording<'a> {
                 Ok(Control::WhipEnd { source }) => self.whip_end(source),
                 Ok(Control::Sources { add, remove }) => self.change_sources(add, remove),
                 _ => {}
+            }
+            if self.stopping.is_none()
+                && let Some((cause, since)) = self.cutting
+                && (self.past_cut() || since.elapsed() >= cut::CUT_WAIT)
+            {
+                self.end(cause.as_str());
             }
             self.poll_streams();
             // Every sink saw EOS but splitmuxsink has not reported its last fragment: it is
@@ -374,7 +396,7 @@ impl<'a> Recording<'a> {
                         debug: String::new(),
                     });
                 }
-            } else if self.stopping.is_none() {
+            } else if self.stopping.is_none() && self.cutting.is_none() {
                 if let Some(src) = self.sources.iter().find(|s| self.keyframe_late(s)) {
                     return Err(self.no_keyframe(src));
                 }

@@ -13,7 +13,7 @@
 //! entries: the outputs keep one timeline, and the pad offset makes the gap a gap (timestamps
 //! continue with the wall clock, not where the last connection stopped).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -235,6 +235,12 @@ pub struct Connection {
     /// whose stream ran ahead of the clock would otherwise come back earlier than it left,
     /// and a muxer refuses time going backwards).
     floor: AtomicI64,
+    /// Pipeline running time past which nothing of this connection is recorded (the instant a
+    /// stop was asked; `i64::MAX` until then).
+    cut: AtomicI64,
+    /// How many pads of this connection are gated, and how many of them reached `cut`.
+    gated: AtomicU32,
+    past_cut: AtomicU32,
     epoch: Instant,
 }
 
@@ -253,6 +259,9 @@ impl Connection {
             offset: Mutex::new(None),
             out_max: AtomicI64::new(i64::MIN),
             floor: AtomicI64::new(i64::MIN),
+            cut: AtomicI64::new(i64::MAX),
+            gated: AtomicU32::new(0),
+            past_cut: AtomicU32::new(0),
             epoch,
         })
     }
@@ -270,6 +279,18 @@ impl Connection {
     pub fn idle_ms(&self) -> u64 {
         (self.epoch.elapsed().as_millis() as u64)
             .saturating_sub(self.last_buffer_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records nothing this connection sends past running time `rt` (a stop asked then).
+    pub fn cut_at(&self, rt: i64) {
+        self.cut.store(rt, Ordering::Relaxed);
+    }
+
+    /// Whether every gated pad of this connection has sent media past the cut: all it sent
+    /// up to the cut is in the graph.
+    pub fn past_cut(&self) -> bool {
+        let gated = self.gated.load(Ordering::Relaxed);
+        gated > 0 && self.past_cut.load(Ordering::Relaxed) >= gated
     }
 
     /// The connection is being dropped: release any pad waiting for the keyframe.
@@ -298,6 +319,8 @@ pub fn gate(
     let weak = pipeline.downgrade();
     let offset_set = AtomicBool::new(false);
     let last_rt: Mutex<Option<i64>> = Mutex::new(None);
+    conn.gated.fetch_add(1, Ordering::Relaxed);
+    let past_cut = AtomicBool::new(false);
     if held.rejoins {
         // A sender that may come back: its EOS would end every output; the handler waits for
         // it as for a stall, and ends the recording itself if it does not come back.
@@ -408,13 +431,23 @@ pub fn gate(
             rt = Some(last + step);
         }
         if let Some(t) = rt {
-            *last_rt = rt;
             let o = conn
                 .offset
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .unwrap_or(0);
+            // Decode time against the cut: what goes is a tail in decode order, so every
+            // frame kept still has its references.
+            if t + o > conn.cut.load(Ordering::Relaxed) {
+                if !past_cut.swap(true, Ordering::Relaxed) {
+                    conn.past_cut.fetch_add(1, Ordering::Relaxed);
+                }
+                return crate::pipeline::DROP_BUFFER;
+            }
+            *last_rt = rt;
+            drop(last_rt);
             conn.out_max.fetch_max(t + o, Ordering::Relaxed);
+            pace(&conn, &weak, t + o);
         }
         conn.delivered.store(true, Ordering::Relaxed);
         if video {
@@ -423,6 +456,36 @@ pub fn gate(
         gst::PadProbeReturn::Ok
     });
 }
+
+/// The longest a buffer waits at the gate for its time (`pace`).
+const PACE_MAX: Duration = Duration::from_secs(2);
+
+/// Holds a buffer placed ahead of the pipeline's clock (at `out`) until its time comes. A
+/// connection whose first buffer came late (a burst as it connected, a loaded machine) places
+/// the rest ahead of the clock by that much, and a segmented source (HLS) hands over seconds
+/// at once: let through, they would reach the outputs before their time, and a stop could not
+/// end the recording where it was asked. The sender's backlog waits in its socket instead.
+fn pace(conn: &Connection, pipeline: &gst::glib::WeakRef<gst::Pipeline>, out: i64) {
+    let Some(p) = pipeline.upgrade() else {
+        return;
+    };
+    let since = Instant::now();
+    while !conn.closed.load(Ordering::Relaxed) && since.elapsed() < PACE_MAX {
+        let Some(now) = p.current_running_time() else {
+            return;
+        };
+        let ahead = out - now.nseconds() as i64;
+        if ahead <= PACE_SLACK_NS {
+            return;
+        }
+        let guard = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = Duration::from_nanos(ahead as u64).min(Duration::from_millis(50));
+        let _ = conn.keyframe_seen.wait_timeout(guard, wait);
+    }
+}
+
+/// How far ahead of the clock a buffer may go through (a frame's worth of jitter).
+const PACE_SLACK_NS: i64 = 20_000_000;
 
 /// The running time of `buf` in the segment of `pad` (without the pad's offset).
 fn running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<i64> {

@@ -232,6 +232,8 @@ impl Recording<'_> {
     /// which an HLS source does not honour, is not needed) and into test sources.
     pub(super) fn end(&mut self, cause: &str) {
         self.stopping = Some((cause.to_string(), Instant::now()));
+        info!(self.log, "ending: EOS into the graph"; "cause" => cause,
+              "running_time_ms" => self.pipeline.current_running_time().map(|t| t.mseconds()));
         for src in &mut self.sources {
             disconnect(&self.pipeline, src);
         }

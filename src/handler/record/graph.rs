@@ -12,7 +12,9 @@ use slog::info;
 use super::segments::Segments;
 use super::streams::Streams;
 use super::uri_source::SrcState;
-use super::{MEDIA_MESSAGE, OUT_EOS_MESSAGE, Recording, health, images, live, thumb, timing, web};
+use super::{
+    MEDIA_MESSAGE, OUT_EOS_MESSAGE, Recording, cut, health, images, live, thumb, timing, web,
+};
 use crate::error::PipelineError;
 use crate::handler::emit;
 use crate::handler::protocol::HandlerEvent;
@@ -151,6 +153,7 @@ impl Recording<'_> {
                 continue;
             };
             for pad in e.sink_pads() {
+                cut::at_output(&pad, &self.cut_rt);
                 let media = self.media.clone();
                 let m = e.downgrade();
                 pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {

@@ -1,0 +1,88 @@
+//! A stop ends the recording at the instant it was asked, not when the handler gets to it: a
+//! loaded machine may read the stop hundreds of milliseconds late, and a sender's audio may
+//! lag its video (MPEG-TS interleaving). The sources are cut at the stop's running time, and
+//! EOS goes in once every stream has sent up to it (or `CUT_WAIT` passed), so each stream of
+//! each output ends at the stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use slog::info;
+
+use super::{Recording, SrcState};
+use crate::model::{EgressType, now_ms};
+
+/// How long a stop waits for every stream to reach the stop's instant (a sender's audio
+/// lagging its video by a fraction of a second); a stream that does not is ended where it is.
+pub(super) const CUT_WAIT: Duration = Duration::from_millis(600);
+
+/// A stop asked longer ago than this is cut here: the clock does not say more.
+const MAX_AGO_MS: u64 = 3_000;
+
+impl Recording<'_> {
+    /// Cuts every live source at the running time of wall-clock `at_ms`. Whether a source is
+    /// cut, so the stop waits for it (`past_cut`).
+    pub(super) fn cut(&mut self, at_ms: u64) -> bool {
+        // A room's mixer and compositor make frames of their own while they wait for late
+        // inputs: waiting would add them past the stop.
+        if self.spec.egress_type == EgressType::RoomComposite {
+            return false;
+        }
+        let Some(now) = self.pipeline.current_running_time() else {
+            return false;
+        };
+        let ago = now_ms().saturating_sub(at_ms).min(MAX_AGO_MS) * 1_000_000;
+        let rt = now.nseconds().saturating_sub(ago) as i64;
+        info!(self.log, "cutting the sources at the stop"; "running_time_ms" => rt / 1_000_000,
+                    "asked_ms_ago" => ago / 1_000_000);
+        self.cut_rt.store(rt, Ordering::Relaxed);
+        let mut cut = false;
+        for src in self.sources.iter().filter(|s| s.state == SrcState::Live) {
+            src.conn.cut_at(rt);
+            cut = true;
+        }
+        cut
+    }
+
+    /// Whether every live source has sent up to the cut.
+    pub(super) fn past_cut(&self) -> bool {
+        self.sources
+            .iter()
+            .filter(|s| s.state == SrcState::Live)
+            .all(|s| s.conn.past_cut())
+    }
+}
+
+/// Drops what reaches output input `pad` past the cut `rt`: media that went through a source's
+/// gate after the stop's instant but before the handler read the stop. From the first buffer
+/// shown after the cut on, everything goes: a tail in decode order, so every frame kept still
+/// has its references, and none is shown after the cut.
+pub(super) fn at_output(pad: &gst::Pad, rt: &Arc<AtomicI64>) {
+    let rt = rt.clone();
+    let past = AtomicBool::new(false);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let cut = rt.load(Ordering::Relaxed);
+        if cut == i64::MAX {
+            return gst::PadProbeReturn::Ok;
+        }
+        if past.load(Ordering::Relaxed) {
+            return crate::pipeline::DROP_BUFFER;
+        }
+        let shown = info.buffer().and_then(|b| {
+            let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+            let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
+            seg.to_running_time(b.pts()?)
+        });
+        match shown {
+            Some(t) if t.nseconds() as i64 > cut => {
+                past.store(true, Ordering::Relaxed);
+                crate::pipeline::DROP_BUFFER
+            }
+            _ => gst::PadProbeReturn::Ok,
+        }
+    });
+}
