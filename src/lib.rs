@@ -12,7 +12,8 @@
 //! - `error`: typed errors per domain (`NodeError`: what the actors and the node answer) and
 //!   their single HTTP mapping.
 //! - `actors/`: one file per actor (Supervisor, Pipeline, CpuMonitor, Admission, AffinityScorer,
-//!   CostLearner, Delivery, DiskMonitor).
+//!   CostLearner, Delivery, DiskMonitor). The Supervisor writes every record in one place,
+//!   to a list of record sinks (`actors::supervisor::RecordSink`: store, fleet mirror, events).
 //!   `actors.md` at the top of the repository draws who sends what to whom.
 //! - `rules/`: the pure decision functions the actors wrap: admission, scoring, overload,
 //!   learned costs and prices, an egress's final status, fleet placement's refusals and

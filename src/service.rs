@@ -6,7 +6,8 @@
 //!  Supervisor ──> Pipeline (one per egress) ──> handler process
 //!  CpuMonitor ──CpuSample──> Admission, Supervisor, CostLearner
 //!  Supervisor ──TrackJob/JobEnded──> CostLearner ──costs.json, [egress:costs]──> Pricer (Node, affinity)
-//!  Supervisor (every record change), node watcher ──> Events hub ──> SSE, webhooks, fleet relay
+//!  Supervisor (every record change) ──record sinks──> store, [fleet mirror], Events hub
+//!  Events hub (record changes, node watcher) ──> SSE, webhooks, fleet relay
 //! ```
 
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use crate::actors::cpu_monitor::{CpuMonitor, Subscribe, SysinfoSource, detect_ca
 use crate::actors::delivery::{Delivery, DeliveryConfig};
 use crate::actors::disk_monitor::{ConnectDisk, DiskMonitor};
 use crate::actors::pipeline::{KillReason, StopReason};
-use crate::actors::supervisor::{EndAll, Supervisor};
+use crate::actors::supervisor::{EndAll, Mirror, RecordSink, Supervisor};
 use crate::api::AppState;
 use crate::config::Config;
 use crate::events::Events;
@@ -200,6 +201,13 @@ async fn serve(
         &log.new(slog::o!("task" => "webhooks")),
     )
     .map_err(ServiceError::Webhooks)?;
+    // Where every record the Supervisor writes goes, in this order: this node's store (the whole
+    // record), in a fleet the Redis mirror, the event hub (both of the shared form).
+    let mut sinks: Vec<Box<dyn RecordSink>> = vec![Box::new(store.clone())];
+    if let Some(tx) = mirror {
+        sinks.push(Box::new(Mirror(tx)));
+    }
+    sinks.push(Box::new(events.clone()));
     let supervisor = Supervisor::new(
         store,
         index,
@@ -208,12 +216,11 @@ async fn serve(
         cpu.clone(),
         &cfg,
         output_dir.clone(),
+        sinks,
         log.new(slog::o!("actor" => "supervisor")),
     )
-    .with_mirror(mirror)
     .with_delivery(Some(uploads.clone()))
     .with_costs(costs.clone(), pricer.clone())
-    .with_events(events.clone())
     .start();
     disk.do_send(ConnectDisk {
         supervisor: supervisor.clone(),

@@ -1,7 +1,8 @@
 //! The Supervisor actor: the node's registry of egresses and the parent of every Pipeline actor.
 //!
 //! It admits and launches egresses (`StartEgress`), keeps each egress's record current from the Pipeline
-//! actors' `UpdateEgress` reports, persists records in the store, answers list/get, routes
+//! actors' `UpdateEgress` reports, writes each new version to its record sinks (store, fleet
+//! mirror, events: `sinks`), answers list/get, routes
 //! stop/kill, tells Admission and CpuMonitor when a job ends, and on start-up settles the records
 //! that a previous run of the service left unfinished. On CPU overload it escalates from a graceful
 //! stop to a kill (see `rules::overload`).
@@ -9,7 +10,7 @@
 //! Here: the actor, its records, `StartEgress`, `UpdateEgress`, `MarkDeleted`. Beside it:
 //! `control` (messages passed on to a running egress's Pipeline actor, `EndAll`), `queries`
 //! (get, list, ended before, count running), `overload` (each `CpuSample`), `recover` (a
-//! restart's settling).
+//! restart's settling), `sinks` (where record writes go).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{Logger, info};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::actors::admission::{Admission, AdmitJob, EndJob};
 use crate::actors::cost_learner::{CostLearner, JobEnded, TrackJob};
@@ -25,7 +26,6 @@ use crate::actors::cpu_monitor::{CpuMonitor, UnwatchProcess, WatchProcess};
 use crate::actors::pipeline::{Pipeline, PipelineSetup, spawn_handler};
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::events::Events;
 use crate::metrics::METRICS;
 use crate::model::{EgressInfo, EgressStatus, EgressType, now_ms};
 use crate::rules::costs::CostClass;
@@ -38,11 +38,13 @@ mod control;
 mod overload;
 mod queries;
 mod recover;
+mod sinks;
 
 pub use control::{
     ChangeEgressSources, ChangeEgressStreams, EndAll, EndWhip, KillEgress, PublishWhip, StopEgress,
 };
 pub use queries::{CountRunning, EgressPage, EndedBefore, GetEgress, ListEgresses};
+pub use sinks::{Mirror, RecordSink};
 
 pub struct Supervisor {
     /// The records of the egresses that run and of the last `RECENT_ENDED` that ended; the
@@ -56,15 +58,18 @@ pub struct Supervisor {
     records_retention_ms: Option<u64>,
     /// The Pipeline actor of each egress that still runs.
     pipelines: HashMap<String, Addr<Pipeline>>,
+    /// Reads the records not in memory, prunes, and names each egress's log and result files.
+    /// Writes go through `sinks` (the store is one of them).
     store: Store,
+    /// Every record write goes to each of these, in order (`put`, `MarkDeleted`): the one place
+    /// records leave the actor.
+    sinks: Vec<Box<dyn RecordSink>>,
     admission: Addr<Admission>,
     cpu: Addr<CpuMonitor>,
     /// Escalation from graceful stop to kill on CPU overload.
     overload: Overload,
     /// `storage.output_dir`, canonical: no output may resolve outside it (symlinks included).
     output_root: std::path::PathBuf,
-    /// Fleet mode: every record change is also sent here, to be mirrored to Redis.
-    mirror: Option<mpsc::UnboundedSender<EgressInfo>>,
     /// Learns each job's real CPU per cost class: told of every launch and end.
     costs: Option<Addr<CostLearner>>,
     /// Prices each running job's class now, for overload's "CPU above its cost": a job admitted
@@ -72,8 +77,6 @@ pub struct Supervisor {
     pricer: Option<Pricer>,
     /// The cost class of each running egress.
     classes: HashMap<String, CostClass>,
-    /// Every record change becomes a live event (SSE, webhooks, the fleet's relay).
-    events: Option<Events>,
     /// Records a previous run left, settled once the actor starts (see `recover`).
     loaded: Vec<EgressInfo>,
     /// Callers waiting for an egress's final record (a kill answers with it).
@@ -94,7 +97,7 @@ const KILL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// `output_root` is `storage.output_dir`, canonical; `index` every record in the store,
-    /// `loaded` those not final (whole).
+    /// `loaded` those not final (whole); `sinks` where every record write goes.
     // Each argument is a distinct part the start function wires in once.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -105,6 +108,7 @@ impl Supervisor {
         cpu: Addr<CpuMonitor>,
         cfg: &Config,
         output_root: std::path::PathBuf,
+        sinks: Vec<Box<dyn RecordSink>>,
         log: Logger,
     ) -> Self {
         Supervisor {
@@ -114,15 +118,14 @@ impl Supervisor {
             records_retention_ms: cfg.records_retention_s().map(|s| (s * 1000.0) as u64),
             pipelines: HashMap::new(),
             store,
+            sinks,
             admission,
             cpu,
             overload: Overload::new(&cfg.overload, cfg.cpu.pending_hold_ms),
             output_root,
-            mirror: None,
             costs: None,
             pricer: None,
             classes: HashMap::new(),
-            events: None,
             loaded,
             waiters: HashMap::new(),
             delivery: None,
@@ -136,22 +139,10 @@ impl Supervisor {
         self
     }
 
-    /// Fleet mode: mirror every record change into `tx` (see `fleet::Fleet::connect`).
-    pub fn with_mirror(mut self, tx: Option<mpsc::UnboundedSender<EgressInfo>>) -> Self {
-        self.mirror = tx;
-        self
-    }
-
     /// Tell `costs` of every job's launch (with its class) and end; judge overload by `pricer`.
     pub fn with_costs(mut self, costs: Addr<CostLearner>, pricer: Pricer) -> Self {
         self.costs = Some(costs);
         self.pricer = Some(pricer);
-        self
-    }
-
-    /// Tell `events` of every record change (see `events::Events::egress_changed`).
-    pub fn with_events(mut self, events: Events) -> Self {
-        self.events = Some(events);
         self
     }
 
@@ -238,7 +229,8 @@ impl Supervisor {
         self.store.remove_later(due);
     }
 
-    /// Stores a new version of a record: metrics, disk, and the end-of-job bookkeeping.
+    /// Stores a new version of a record: metrics, the index, every sink, and the end-of-job
+    /// bookkeeping.
     fn put(&mut self, mut info: EgressInfo) {
         if self
             .index
@@ -270,7 +262,9 @@ impl Supervisor {
         let entry = Entry::of(&info);
         Self::count(&entry, 1);
         let changed = self.index.upsert(&info.egress_id, entry);
-        self.store.save_later(&info, changed);
+        for s in &self.sinks {
+            s.record_changed(old.as_ref(), &info, changed);
+        }
         let was_final = old.as_ref().map(|o| o.status.is_final()).unwrap_or(false);
         if info.status.is_final() && !was_final {
             self.pipelines.remove(&info.egress_id);
@@ -296,14 +290,6 @@ impl Supervisor {
             for w in self.waiters.remove(&info.egress_id).unwrap_or_default() {
                 let _ = w.send(info.clone());
             }
-        }
-        // Others see the record without its WHIP token (the fleet mirror, events, webhooks).
-        let shared = info.clone().shared();
-        if let Some(m) = &self.mirror {
-            let _ = m.send(shared.clone());
-        }
-        if let Some(ev) = &self.events {
-            ev.egress_changed(old.map(EgressInfo::shared).as_ref(), &shared);
         }
         self.hold(info);
     }
@@ -517,9 +503,9 @@ impl Handler<MarkDeleted> for Supervisor {
         }
         info.deleted_at = Some(msg.at_ms);
         let changed = self.index.upsert(&info.egress_id, Entry::of(&info));
-        self.store.save_later(&info, changed);
-        if let Some(m) = &self.mirror {
-            let _ = m.send(info.clone());
+        // The same sinks as `put`; the events sink makes no event of it (see `sinks`).
+        for s in &self.sinks {
+            s.outputs_deleted(&info, changed);
         }
         if self.egresses.contains_key(&info.egress_id) {
             self.egresses.insert(info.egress_id.clone(), info);
