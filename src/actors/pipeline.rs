@@ -398,10 +398,17 @@ impl Handler<HandlerLine> for Pipeline {
             HandlerEvent::Playing { since_ms } => {
                 // Media reached the outputs: a kill from now on leaves something to repair.
                 self.media = true;
-                if self.info.status == EgressStatus::Starting {
+                let began = now_ms().saturating_sub(since_ms.min(30_000));
+                if self.info.status == EgressStatus::Active
+                    && self.info.started_at.is_some_and(|s| began < s)
+                {
+                    // Another stream's first media, reaching the outputs later, is older.
+                    self.info.started_at = Some(began);
+                    self.report();
+                } else if self.info.status == EgressStatus::Starting {
                     self.info.status = EgressStatus::Active;
                     // When the first media the outputs hold arrived (not when it got through).
-                    self.info.started_at = Some(now_ms().saturating_sub(since_ms.min(30_000)));
+                    self.info.started_at = Some(began);
                     info!(self.log, "recording");
                     self.report();
                     if let Some(d) = self.max_duration {

@@ -65,7 +65,8 @@ pub enum HandlerEvent {
     Started,
     /// Media reached the output: the egress is recording. `since_ms`: how long ago (ms) the
     /// first media the output holds arrived from the source (it may have waited for the graph
-    /// to be built); the record's `started_at` is then.
+    /// to be built); the record's `started_at` is then. Sent again when another stream's first
+    /// media, older, reaches the outputs later: `started_at` moves back to it.
     Playing {
         #[serde(default)]
         since_ms: u64,

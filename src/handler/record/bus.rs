@@ -65,6 +65,7 @@ impl Recording<'_> {
                                 }
                                 _ => 0,
                             };
+                        // Again when another output input's first buffer is older.
                         info!(self.log, "recording"; "after_ms" => self.epoch.elapsed().as_millis() as u64,
                               "media_since_ms" => since_ms);
                         emit(&HandlerEvent::Playing { since_ms });

@@ -3,6 +3,7 @@
 //! each source's pads linked to its entries.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -72,6 +73,8 @@ impl Recording<'_> {
                 }
             }
         }
+        // First on the outputs' inputs, so no other probe there counts what a stop cuts off.
+        self.cut_outputs(&desc);
         self.attach_outputs();
         self.watch_output(&desc)?;
         timing::compensate_priming(&self.pipeline);
@@ -145,26 +148,45 @@ impl Recording<'_> {
         );
     }
 
+    /// The stop's cut on every output's inputs (`cut::at_output`).
+    fn cut_outputs(&self, desc: &Desc) {
+        for e in desc.media.iter().filter_map(|n| self.pipeline.by_name(n)) {
+            for pad in e.sink_pads() {
+                cut::at_output(&pad, &self.cut_rt);
+            }
+        }
+    }
+
     /// Probes on the outputs' inputs (the first buffer is "media") and on every output sink
     /// (EOS at all of them is the end).
     fn watch_output(&mut self, desc: &Desc) -> Result<(), PipelineError> {
+        let earliest: Arc<Mutex<Option<u64>>> = Arc::default();
         for name in &desc.media {
             let Some(e) = self.pipeline.by_name(name) else {
                 continue;
             };
             for pad in e.sink_pads() {
-                cut::at_output(&pad, &self.cut_rt);
                 let media = self.media.clone();
+                let earliest = earliest.clone();
                 let m = e.downgrade();
+                // Each input's first buffer: the recording starts at the earliest of them,
+                // which need not come first (a camera's audio stream shows before its video's
+                // keyframe reaches the muxer, though the keyframe is older).
                 pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-                    if !media.swap(true, Ordering::Relaxed)
-                        && let Some(m) = m.upgrade()
-                    {
-                        let rt = info.buffer().and_then(|b| {
-                            let ev = pad.sticky_event::<gst::event::Segment>(0)?;
-                            let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
-                            seg.to_running_time(b.dts_or_pts()?)
-                        });
+                    media.store(true, Ordering::Relaxed);
+                    let rt = info.buffer().and_then(|b| {
+                        let ev = pad.sticky_event::<gst::event::Segment>(0)?;
+                        let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
+                        seg.to_running_time(b.dts_or_pts()?)
+                    });
+                    let mut first = earliest.lock().unwrap_or_else(|p| p.into_inner());
+                    let news = match (*first, rt) {
+                        (None, _) => true,
+                        (Some(f), Some(rt)) => rt.nseconds() < f,
+                        (Some(_), None) => false,
+                    };
+                    if news && let Some(m) = m.upgrade() {
+                        *first = Some(rt.map_or(u64::MAX, |t| t.nseconds()));
                         let mut s = gst::Structure::new_empty(MEDIA_MESSAGE);
                         if let Some(rt) = rt {
                             s.set("rt", rt.nseconds());

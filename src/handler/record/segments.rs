@@ -201,12 +201,13 @@ impl Segments {
         if waited > CLOSE_WAIT_MAX {
             return true;
         }
-        // Media went in after the last closed fragment and no fragment is open for it yet: a
-        // loaded splitmuxsink has not named the last GOP's fragment; ending now would lose it.
+        // Media went in after the last closed fragment and no fragment holds it yet: a loaded
+        // splitmuxsink has not named the last GOP's fragment, or has named it and not written
+        // to it; ending now would lose it.
         let fed = self.fed_until.load(Ordering::Relaxed);
         let covered = self.closed_until + COVER_SLACK_NS >= fed;
         let named = self.started.load(Ordering::SeqCst) > self.closes;
-        if !covered && !named {
+        if !covered && (!named || size == 0) {
             return false;
         }
         waited > CLOSE_WAIT && self.seen.1.elapsed() > QUIET
