@@ -86,3 +86,77 @@ pub(super) fn at_output(pad: &gst::Pad, rt: &Arc<AtomicI64>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Frames (decode ms, presentation ms) pushed in decode order through `at_output`, the cut
+    /// at `cut_ms` (None: no stop); the presentation times that went through.
+    fn through(cut_ms: Option<i64>, frames: &[(u64, u64)]) -> Vec<u64> {
+        gst::init().unwrap();
+        crate::pipeline::quiet_dropped_buffer_criticals();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let sink = gst::Pad::builder(gst::PadDirection::Sink)
+            .chain_function(move |_, _, buf| {
+                g.lock().unwrap().push(buf.pts().unwrap().mseconds());
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build();
+        let src = gst::Pad::builder(gst::PadDirection::Src).build();
+        src.set_active(true).unwrap();
+        sink.set_active(true).unwrap();
+        src.link(&sink).unwrap();
+        let rt = Arc::new(AtomicI64::new(i64::MAX));
+        at_output(&sink, &rt);
+        src.push_event(gst::event::StreamStart::new("s"));
+        let seg = gst::FormattedSegment::<gst::ClockTime>::new();
+        src.push_event(gst::event::Segment::new(&seg));
+        if let Some(c) = cut_ms {
+            rt.store(c * 1_000_000, Ordering::Relaxed);
+        }
+        for &(dts, pts) in frames {
+            let mut b = gst::Buffer::new();
+            let m = b.get_mut().unwrap();
+            m.set_dts(gst::ClockTime::from_mseconds(dts));
+            m.set_pts(gst::ClockTime::from_mseconds(pts));
+            let _ = src.push(b);
+        }
+        got.lock().unwrap().clone()
+    }
+
+    /// H.264 with two B-frames, in decode order: I P B B P B B.
+    const GOP: [(u64, u64); 7] = [
+        (0, 67),
+        (33, 167),
+        (67, 100),
+        (100, 133),
+        (133, 267),
+        (167, 200),
+        (200, 233),
+    ];
+
+    #[test]
+    fn before_a_stop_everything_goes_through() {
+        assert_eq!(through(None, &GOP).len(), 7);
+    }
+
+    #[test]
+    fn a_cut_keeps_a_decodable_head_and_shows_nothing_after_it() {
+        // The P frame shown at 167 ms comes second: it and all after it go, so the B frames
+        // that need it go too.
+        assert_eq!(through(Some(150), &GOP), vec![67]);
+        // Cut after the second P frame's B frames: the head up to it stays whole.
+        assert_eq!(through(Some(250), &GOP), vec![67, 167, 100, 133]);
+        assert_eq!(through(Some(300), &GOP).len(), 7);
+    }
+
+    #[test]
+    fn audio_ends_at_the_cut() {
+        let frames: Vec<(u64, u64)> = (0..10).map(|i| (i * 21, i * 21)).collect();
+        assert_eq!(through(Some(50), &frames), vec![0, 21, 42]);
+    }
+}
