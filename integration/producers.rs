@@ -383,6 +383,17 @@ pub fn srt_receiver(path: &Path) -> Producer {
 }
 
 /// `ffprobe -show_streams -show_format` as JSON.
+/// The container of an HLS segment, told as a player knows it from the playlist: ffmpeg's
+/// probe takes a short segment (a few TS packets, the frame or two before a stop) for MPEG-PS
+/// and then fails to decode it.
+fn container(path: &Path) -> Vec<&'static str> {
+    if path.extension().is_some_and(|e| e == "ts") {
+        vec!["-f", "mpegts"]
+    } else {
+        Vec::new()
+    }
+}
+
 pub fn ffprobe(path: &Path) -> Value {
     let out = Command::new("ffprobe")
         .args([
@@ -393,6 +404,7 @@ pub fn ffprobe(path: &Path) -> Value {
             "-show_streams",
             "-show_format",
         ])
+        .args(container(path))
         .arg(path)
         .output()
         .expect("ffprobe must be installed (scripts/setup)");
@@ -419,7 +431,9 @@ pub fn ffmpeg_decodes_burst(path: &Path) {
 
 fn decodes_except(path: &Path, allowed: &[&str]) {
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
+        .args(["-v", "error"])
+        .args(container(path))
+        .arg("-i")
         .arg(path)
         .args(["-f", "null", "-"])
         .output()

@@ -44,8 +44,15 @@ pub struct Segments {
     closed_until: u64,
 }
 
-/// Closed fragments that end this close to what went in hold all of it.
+/// Closed fragments that end this close to what went in hold all of it (while waiting for a
+/// fragment to be named or written).
 const COVER_SLACK_NS: u64 = 500_000_000;
+
+/// ... and when the fragment closed after EOS is taken as the last: the last frame's length.
+/// EOS reaching splitmuxsink does not mean the last GOP is in a fragment: a close reported
+/// after EOS may be the one before it, and ending then cut the last fragment off (a 4-s GOP
+/// camera's last 0.3 s missing from the playlist, its file torn).
+const END_SLACK_NS: u64 = 100_000_000;
 
 /// After EOS, the last fragment is waited for at least this long, and while it grows.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -142,7 +149,7 @@ impl Segments {
                 self.closed_until = self.closed_until.max(rt);
                 self.closed(Path::new(&location), secs, log);
                 self.closed_after_eos |= self.eos;
-                self.done = self.closed_after_eos && self.settled();
+                self.done = self.closed_after_eos && self.settled() && self.covers(END_SLACK_NS);
             }
             _ => {}
         }
@@ -204,13 +211,17 @@ impl Segments {
         // Media went in after the last closed fragment and no fragment holds it yet: a loaded
         // splitmuxsink has not named the last GOP's fragment, or has named it and not written
         // to it; ending now would lose it.
-        let fed = self.fed_until.load(Ordering::Relaxed);
-        let covered = self.closed_until + COVER_SLACK_NS >= fed;
+        let covered = self.covers(COVER_SLACK_NS);
         let named = self.started.load(Ordering::SeqCst) > self.closes;
         if !covered && (!named || size == 0) {
             return false;
         }
         waited > CLOSE_WAIT && self.seen.1.elapsed() > QUIET
+    }
+
+    /// Whether the closed fragments hold all that went into splitmuxsink, but for `slack_ns`.
+    fn covers(&self, slack_ns: u64) -> bool {
+        self.closed_until + slack_ns >= self.fed_until.load(Ordering::Relaxed)
     }
 
     /// Whether every fragment was closed: none open, and as many closed as were named (at EOS
