@@ -47,6 +47,8 @@ pub struct Held {
     offset: Mutex<Option<i64>>,
     /// The sender may come back after its stream ends (`rejoins`): its EOS is not the end.
     rejoins: bool,
+    /// Its video carries presentation times only (`presentation_times_only`).
+    presentation_only: bool,
 }
 
 /// Whether a source's sender may end its stream and start it again on the same URI (OBS
@@ -57,6 +59,14 @@ pub fn rejoins(uri: &str) -> bool {
     ["rtmp://", "rtmps://", "rtsp://", "rtsps://", "srt://"]
         .iter()
         .any(|s| lower.starts_with(s))
+}
+
+/// Whether a source's video frames carry presentation times only: RTP, as an RTSP camera sends
+/// it (the depayloader stamps each frame's decode time with its presentation time, so a
+/// B-frame's goes back). Such a stream's decode times are derived in the graph
+/// (`encode::video_copy`), and its gate takes the times going back as its order.
+pub fn presentation_times_only(uri: &str) -> bool {
+    uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("rtsp"))
 }
 
 impl Held {
@@ -112,6 +122,7 @@ pub fn connect(
         .map_err(|_| PipelineError::MissingElement("uridecodebin3".into()))?;
     let held = Arc::new(Held {
         rejoins: rejoins(uri),
+        presentation_only: presentation_times_only(uri),
         ..Held::default()
     });
     let h = held.clone();
@@ -421,8 +432,12 @@ pub fn gate(
         // decreasing, while they catch up; such a buffer is placed one step (its duration)
         // after the last, which keeps the stream's own cadence.
         let mut last_rt = last_rt.lock().unwrap_or_else(|p| p.into_inner());
+        // Video with presentation times only (RTP) goes back with every B-frame: that is its
+        // order, not a burst.
+        let reordered = video && (held.presentation_only || buf.dts().is_none());
         if let (Some(t), Some(last)) = (rt, *last_rt)
             && t < last + step * 9 / 10
+            && !reordered
         {
             let shift = gst::ClockTime::from_nseconds((last + step - t) as u64);
             if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
@@ -436,15 +451,15 @@ pub fn gate(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .unwrap_or(0);
-            // Decode time against the cut: what goes is a tail in decode order, so every
-            // frame kept still has its references.
-            if t + o > conn.cut.load(Ordering::Relaxed) {
+            // Decode time against the cut (presentation time where that is all there is).
+            // From the first buffer past it on, everything goes: a tail in decode order.
+            if past_cut.load(Ordering::Relaxed) || t + o > conn.cut.load(Ordering::Relaxed) {
                 if !past_cut.swap(true, Ordering::Relaxed) {
                     conn.past_cut.fetch_add(1, Ordering::Relaxed);
                 }
                 return crate::pipeline::DROP_BUFFER;
             }
-            *last_rt = rt;
+            *last_rt = Some(last_rt.map_or(t, |l| l.max(t)));
             drop(last_rt);
             conn.out_max.fetch_max(t + o, Ordering::Relaxed);
             pace(&conn, &weak, t + o);
