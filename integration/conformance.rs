@@ -523,6 +523,16 @@ fn record_bodies(
     cases: &[(Value, (bool, bool))],
     secs: Duration,
 ) -> (Duration, Vec<Value>) {
+    record_bodies_with(svc, cases, secs, ffmpeg_decodes)
+}
+
+/// `record_bodies`, decoding each output with `decodes`.
+fn record_bodies_with(
+    svc: &Service,
+    cases: &[(Value, (bool, bool))],
+    secs: Duration,
+    decodes: fn(&Path),
+) -> (Duration, Vec<Value>) {
     let t0 = Instant::now();
     let ids: Vec<String> = cases.iter().map(|(b, _)| svc.start_egress(b)).collect();
     for id in &ids {
@@ -534,7 +544,7 @@ fn record_bodies(
     let done = runs
         .iter()
         .zip(cases)
-        .map(|(run, case)| check(svc, run, case.1, DURATION_SLACK).0)
+        .map(|(run, case)| check_with(svc, run, case.1, DURATION_SLACK, decodes).0)
         .collect();
     (to_active, done)
 }
@@ -844,7 +854,7 @@ fn a_15_fps_camera_is_recorded_at_real_speed() {
         30,
     ));
     somewhere_in_the_gop(4000);
-    let (_, done) = record_bodies(
+    let (_, done) = record_bodies_with(
         &svc,
         &[
             (body("track", &cam.url, "cam_track"), (true, true)),
@@ -854,6 +864,9 @@ fn a_15_fps_camera_is_recorded_at_real_speed() {
             ),
         ],
         Duration::from_secs(8),
+        // ffmpeg guesses the RTSP copy's frame rate from its smallest time step (B-frames), and
+        // its null muxer then puts some frames in one tick; each decodes.
+        ffmpeg_decodes_burst,
     );
     let (track, participant) = (
         decoded_fps(&output(&done[0])),
@@ -865,6 +878,82 @@ fn a_15_fps_camera_is_recorded_at_real_speed() {
         (participant - FPS as f64).abs() < 1.0,
         "participant at {participant} fps"
     );
+}
+
+/// An RTSP camera that sends B-frames (x264 `-bf 2`, 15 fps, a keyframe every 4 s; its
+/// picture flashes while its sound beeps): `track` copies it in display order (its decode
+/// times derived, as RTP carries none) and in sync. Before, every B-frame was shown after its
+/// P frame and the sound was off by -68 to -134 ms.
+#[test]
+fn an_rtsp_camera_with_b_frames_is_copied_in_display_order_and_in_sync() {
+    let dirs = Dirs::new();
+    let file = dirs.root.path().join("camera.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("color=c=black:s=320x240:r=15,drawbox=c=white:t=fill:enable='lt(mod(n,15),1)'")
+        .args(["-f", "lavfi", "-i"])
+        .arg("aevalsrc='if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)':s=48000")
+        .args(["-t", "30", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+        .args(["-g", "60", "-bf", "2", "-c:a", "aac"])
+        .arg(&file)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success());
+    let svc = Service::start(
+        &dirs,
+        "sources: { allowed_schemes: [test, rtsp] }\npipeline: { health_window_s: 3600 }",
+    );
+    let cam = rtsp_file(&file);
+    let id = svc.start_egress(&body("track", &cam.url, "rtsp_bframes"));
+    svc.wait_status(&id, &["active"], Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(8));
+    let run = stop(&svc, &id);
+    // ffmpeg guesses the file's frame rate from its smallest time step, and its null muxer
+    // then puts some frames in one tick; each decodes (`ffmpeg_decodes_burst`).
+    let (done, _) = check_with(
+        &svc,
+        &run,
+        (true, true),
+        DURATION_SLACK,
+        ffmpeg_decodes_burst,
+    );
+    let path = output(&done);
+    // Display order kept: a B-frame's presentation time comes before its P frame's.
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=pts_time",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe");
+    let pts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    let back = pts.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(
+        back > pts.len() / 4,
+        "{back} of {} frames reordered",
+        pts.len()
+    );
+    let v = av_offsets(&path);
+    eprintln!("{}: {v}", path.display());
+    let offsets: Vec<f64> = v["offsets_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    assert!(offsets.len() >= 6, "{v}");
+    // The file's own offset is 0; RTCP gives the two streams one clock within the first
+    // flashes, and each is then within a frame (67 ms).
+    let median = v["median_ms"].as_f64().expect("median");
+    assert!(median.abs() <= 20.0, "{v}");
+    assert!(offsets[2..].iter().all(|o| o.abs() <= 67.0), "{v}");
 }
 
 /// A room of two senders as they come (x264 with B-frames, keyframes every 2 s and every 4 s,
