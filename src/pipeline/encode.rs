@@ -158,22 +158,12 @@ pub fn audio_encoder(c: AudioCodecKind, spec: &EgressSpec) -> Vec<Node> {
     ]
 }
 
-/// H.264 or H.265 kept as is -> `video_h264_tee` / `video_h265_tee`. `no_dts`: the source's
-/// frames come with presentation times only (RTP: an RTSP camera's).
-pub fn video_copy(c: VideoCodec, no_dts: bool) -> Vec<Node> {
+/// H.264 or H.265 kept as is -> `video_h264_tee` / `video_h265_tee`.
+pub fn video_copy(c: VideoCodec) -> Vec<Node> {
     let mut chain = vec![el("queue", "video_queue")];
     // No VP8 parser in GStreamer 1.22: the depayloader's frames go as they are.
     if c != VideoCodec::Vp8 {
         chain.push(el(&format!("{}parse", c.as_str()), "video_parse"));
-    }
-    // A muxer given B-frames without decode times takes their presentation times for them,
-    // and a file's pictures come out of order (a camera's every B-frame shown late): the
-    // timestamper derives decode times from the stream's reordering.
-    if no_dts && matches!(c, VideoCodec::H264 | VideoCodec::H265) {
-        chain.push(el(
-            &format!("{}timestamper", c.as_str()),
-            "video_timestamper",
-        ));
     }
     chain.push(tee(&c.tee()));
     chain

@@ -256,7 +256,7 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
                 _ => None,
             };
             chain.extend(match video_copied {
-                Some(c) => encode::video_copy(c, presentation_times_only(&spec.sources[i])),
+                Some(c) => encode::video_copy(c),
                 None => encode::video_raw(spec),
             });
             d.push(chain);
@@ -313,12 +313,6 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
         output_thumb::add(&mut d, video_copied);
     }
     d
-}
-
-/// Whether a source's video frames come with presentation times only (an RTSP camera's).
-fn presentation_times_only(source: &crate::model::Source) -> bool {
-    matches!(source, crate::model::Source::Uri { uri }
-        if super::source_uri::presentation_times_only(uri))
 }
 
 #[cfg(test)]
@@ -409,14 +403,6 @@ mod tests {
         let f = d.factories();
         assert!(f.contains(&"h264parse".to_string()) && f.contains(&"aacparse".to_string()));
         assert!(!f.contains(&"x264enc".to_string()) && !f.contains(&"voaacenc".to_string()));
-        // Decode times are derived only for a source that has none of its own (RTSP).
-        assert!(!f.contains(&"h264timestamper".to_string()), "{f:?}");
-        let rtsp = spec(
-            serde_json::json!({"type": "track", "sources": [{"uri": "RTSP://cam/1"}],
-            "output": {"file": {"filename": "t.mp4"}}}),
-        );
-        let f = describe(&rtsp, &opts(), &[copied]).factories();
-        assert!(f.contains(&"h264timestamper".to_string()), "{f:?}");
         // Raw from the same source: both encoded.
         let d = describe(&track("t.mp4"), &opts(), &[SourceStreams::AV_RAW]);
         let f = d.factories();

@@ -47,8 +47,8 @@ pub struct Held {
     offset: Mutex<Option<i64>>,
     /// The sender may come back after its stream ends (`rejoins`): its EOS is not the end.
     rejoins: bool,
-    /// Its video carries presentation times only (`presentation_times_only`).
-    presentation_only: bool,
+    /// Its streams come each on its own (`separate_streams`).
+    separate: bool,
 }
 
 /// Whether a source's sender may end its stream and start it again on the same URI (OBS
@@ -61,11 +61,9 @@ pub fn rejoins(uri: &str) -> bool {
         .any(|s| lower.starts_with(s))
 }
 
-/// Whether a source's video frames carry presentation times only: RTP, as an RTSP camera sends
-/// it (the depayloader stamps each frame's decode time with its presentation time, so a
-/// B-frame's goes back). Such a stream's decode times are derived in the graph
-/// (`encode::video_copy`), and its gate takes the times going back as its order.
-pub fn presentation_times_only(uri: &str) -> bool {
+/// Whether a source's streams come each on its own (RTP: an RTSP camera's, one session per
+/// stream), so holding one never stops another.
+pub fn separate_streams(uri: &str) -> bool {
     uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("rtsp"))
 }
 
@@ -122,7 +120,7 @@ pub fn connect(
         .map_err(|_| PipelineError::MissingElement("uridecodebin3".into()))?;
     let held = Arc::new(Held {
         rejoins: rejoins(uri),
-        presentation_only: presentation_times_only(uri),
+        separate: separate_streams(uri),
         ..Held::default()
     });
     let h = held.clone();
@@ -184,7 +182,10 @@ pub fn hold(bin: &gst::Element, pad: &gst::Pad, index: usize, h: &Arc<Held>) {
             ids.extend(block(p));
         }
         block(pad)
-    } else if video_held {
+    } else if video_held || h.separate {
+        // An RTSP camera's streams each come on their own (one RTP session each), so holding
+        // its audio never stops its video; dropped instead, the audio after the keyframe went
+        // too while a decoded video pad waited for its first picture (2 s of it).
         block(pad)
     } else {
         let h = h.clone();
@@ -432,12 +433,8 @@ pub fn gate(
         // decreasing, while they catch up; such a buffer is placed one step (its duration)
         // after the last, which keeps the stream's own cadence.
         let mut last_rt = last_rt.lock().unwrap_or_else(|p| p.into_inner());
-        // Video with presentation times only (RTP) goes back with every B-frame: that is its
-        // order, not a burst.
-        let reordered = video && (held.presentation_only || buf.dts().is_none());
         if let (Some(t), Some(last)) = (rt, *last_rt)
             && t < last + step * 9 / 10
-            && !reordered
         {
             let shift = gst::ClockTime::from_nseconds((last + step - t) as u64);
             if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
@@ -451,7 +448,7 @@ pub fn gate(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .unwrap_or(0);
-            // Decode time against the cut (presentation time where that is all there is).
+            // Decode time against the cut.
             // From the first buffer past it on, everything goes: a tail in decode order.
             if past_cut.load(Ordering::Relaxed) || t + o > conn.cut.load(Ordering::Relaxed) {
                 if !past_cut.swap(true, Ordering::Relaxed) {

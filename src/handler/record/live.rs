@@ -254,12 +254,7 @@ pub(super) fn guard_muxer_inputs(pipeline: &gst::Pipeline) {
         ("seg_audio_parse", false),
     ];
     for (parser, video) in parsers {
-        // Where the copy chain derives decode times (an RTSP camera's), they are checked after
-        // that: before it, a B-frame's time going back is its order.
-        let end = (parser == "video_parse")
-            .then(|| src("video_timestamper"))
-            .flatten();
-        if let Some(pad) = end.or_else(|| src(parser)) {
+        if let Some(pad) = src(parser) {
             monotonic(&pad, video);
         }
     }
