@@ -466,11 +466,7 @@ impl Node {
                 .await
                 .map_err(NodeError::from_mailbox)?,
         };
-        match r {
-            Ok(info) => Ok(Some(info)),
-            Err(NodeError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        here(r)
     }
 
     /// Stops or kills every running egress (SIGINT, drain timeout); returns how many ran.
@@ -579,4 +575,14 @@ fn with_live_sizes(mut files: Vec<crate::model::FileInfo>) -> Vec<crate::model::
         }
     }
     files
+}
+
+/// An answer about an egress that may not run on this node: None when it is not here (a fleet
+/// then asks its owner).
+fn here(r: Result<EgressInfo, NodeError>) -> Result<Option<EgressInfo>, NodeError> {
+    match r {
+        Ok(info) => Ok(Some(info)),
+        Err(NodeError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

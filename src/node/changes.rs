@@ -19,11 +19,7 @@ impl Node {
             })
             .await
             .map_err(NodeError::from_mailbox)?;
-        match r {
-            Ok(info) => Ok(Some(info)),
-            Err(NodeError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        super::here(r)
     }
 
     /// Sources join or leave a room running here (validated here: schemes are configuration);
@@ -60,11 +56,7 @@ impl Node {
             })
             .await
             .map_err(NodeError::from_mailbox)?;
-        match r {
-            Ok(info) => Ok(Some(info)),
-            Err(NodeError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        super::here(r)
     }
 
     /// A WHIP publisher's offer for source `source` of egress `id` (running here).

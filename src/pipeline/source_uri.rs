@@ -490,6 +490,7 @@ fn pace(conn: &Connection, pipeline: &gst::glib::WeakRef<gst::Pipeline>, out: i6
         if ahead <= PACE_SLACK_NS {
             return;
         }
+        // The keyframe's condvar: `close` signals it, so a dropped connection stops waiting.
         let guard = conn.keyframe_rt.lock().unwrap_or_else(|p| p.into_inner());
         let wait = Duration::from_nanos(ahead as u64).min(Duration::from_millis(50));
         let _ = conn.keyframe_seen.wait_timeout(guard, wait);
