@@ -321,6 +321,48 @@ print('ready', flush=True)
 GLib.MainLoop().run()
 "#;
 
+/// A gst-rtsp-server that plays an MP4 file (H.264 + AAC) at `rtsp://127.0.0.1:P/cam`, paced
+/// to its clock, from its start for the first client.
+const RTSP_FILE_SERVER: &str = r#"
+import sys, gi
+gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
+from gi.repository import Gst, GstRtspServer, GLib
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address('127.0.0.1'); server.set_service(sys.argv[1])
+f = GstRtspServer.RTSPMediaFactory()
+f.set_launch('( filesrc location="' + sys.argv[2] + '" ! qtdemux name=d '
+             'd.video_0 ! queue ! h264parse ! rtph264pay name=pay0 pt=96 '
+             'd.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )')
+f.set_shared(True)
+server.get_mount_points().add_factory('/cam', f)
+server.attach(None)
+print('ready', flush=True)
+GLib.MainLoop().run()
+"#;
+
+/// An RTSP camera whose stream is the MP4 file at `path` (its B-frames included).
+pub fn rtsp_file(path: &Path) -> Producer {
+    let port = free_tcp_port();
+    let child = spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(RTSP_FILE_SERVER)
+            .arg(port.to_string())
+            .arg(path),
+        "python3-gi and gir1.2-gst-rtsp-server-1.0",
+    );
+    wait_for(Duration::from_secs(20), "the RTSP server to listen", || {
+        listening(port).then_some(())
+    });
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url: format!("rtsp://127.0.0.1:{port}/cam"),
+    }
+}
+
 /// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (H.264 + AAC).
 pub fn rtsp_server() -> Producer {
     rtsp_camera("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15")

@@ -49,6 +49,8 @@ pub struct Held {
     rejoins: bool,
     /// Its streams come each on its own (`separate_streams`).
     separate: bool,
+    /// Its video carries presentation times only (`presentation_times_only`).
+    presentation_only: bool,
 }
 
 /// Whether a source's sender may end its stream and start it again on the same URI (OBS
@@ -65,6 +67,14 @@ pub fn rejoins(uri: &str) -> bool {
 /// stream), so holding one never stops another.
 pub fn separate_streams(uri: &str) -> bool {
     uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("rtsp"))
+}
+
+/// Whether a source's video frames carry presentation times only: RTP, as an RTSP camera sends
+/// it (the depayloader stamps each frame's decode time with its presentation time, so a
+/// B-frame's goes back). Such a stream's decode times are derived as its pads come
+/// (`decode_times`).
+pub fn presentation_times_only(uri: &str) -> bool {
+    separate_streams(uri)
 }
 
 impl Held {
@@ -121,6 +131,7 @@ pub fn connect(
     let held = Arc::new(Held {
         rejoins: rejoins(uri),
         separate: separate_streams(uri),
+        presentation_only: presentation_times_only(uri),
         ..Held::default()
     });
     let h = held.clone();
@@ -132,6 +143,13 @@ pub fn connect(
                     super::announce::watch_flv(&e, &bin, index);
                 }
                 super::announce::watch_sdp(&e, &bin, index);
+                if e.factory().is_some_and(|f| f.name() == "rtspsrc") {
+                    // The camera's first RTCP report tells how its streams line up, seconds
+                    // in; taken at once, a stream's times jump back by up to a few frames, and
+                    // a GOP before the jump would show after the keyframe that follows it (its
+                    // HLS segment would start mid-GOP). Taken a little per frame, time goes on.
+                    e.set_property("max-ts-offset-adjustment", TS_OFFSET_STEP_NS);
+                }
             }
             *h.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
@@ -145,6 +163,9 @@ pub fn connect(
 /// Holds a new pad of a connection's element `bin` until the handler links it, and tells the
 /// handler of it (`PAD_MESSAGE`, from `bin`).
 pub fn hold(bin: &gst::Element, pad: &gst::Pad, index: usize, h: &Arc<Held>) {
+    if h.presentation_only {
+        super::decode_times::install(pad);
+    }
     // Held until linked: data must not reach an unlinked pad (not-linked would stop the
     // source) nor run ahead of the graph decision. Video is blocked, so its first keyframe
     // is kept; audio (and the rest) is dropped meanwhile: blocked, it would fill the
@@ -333,6 +354,13 @@ pub fn gate(
     let last_rt: Mutex<Option<i64>> = Mutex::new(None);
     conn.gated.fetch_add(1, Ordering::Relaxed);
     let past_cut = AtomicBool::new(false);
+    // Decode times derived from the stream (`decode_times`) go forward a frame at a time, a
+    // keyframe's jumping ahead; moved here as a burst, a GOP would be shown after the next.
+    let derived = video
+        && held.presentation_only
+        && pad
+            .current_caps()
+            .is_some_and(|c| super::decode_times::may_reorder(&c));
     if held.rejoins {
         // A sender that may come back: its EOS would end every output; the handler waits for
         // it as for a stall, and ends the recording itself if it does not come back.
@@ -435,6 +463,7 @@ pub fn gate(
         let mut last_rt = last_rt.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(t), Some(last)) = (rt, *last_rt)
             && t < last + step * 9 / 10
+            && !derived
         {
             let shift = gst::ClockTime::from_nseconds((last + step - t) as u64);
             if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
@@ -468,6 +497,10 @@ pub fn gate(
         gst::PadProbeReturn::Ok
     });
 }
+
+/// How far an RTSP source's streams may be moved per frame to line them up (`connect`): 10 ms,
+/// so a 250-ms correction takes 25 frames, and frames still go forward.
+const TS_OFFSET_STEP_NS: u64 = 10_000_000;
 
 /// The longest a buffer waits at the gate for its time (`pace`).
 const PACE_MAX: Duration = Duration::from_secs(2);
