@@ -178,7 +178,7 @@ impl<'a> Recording<'a> {
         if src.whip {
             return Ok(());
         }
-        let caps = plan::copy_caps(self.spec);
+        let caps = plan::source_caps(self.spec, &src.uri);
         if let Some(whep) = src.whep.as_mut() {
             // A session of its own for this connection (the last one's is ended).
             whep.begin();

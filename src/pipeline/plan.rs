@@ -17,7 +17,7 @@
 //! ```
 
 use super::encode::{AudioCodecKind, VideoCodec};
-use super::graph::{Desc, Node, StreamKind};
+use super::graph::{Desc, Node, StreamKind, el};
 use super::{
     compose, encode, output_file, output_images, output_segments, output_stream, output_thumb,
     source_test, source_web,
@@ -177,6 +177,30 @@ pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
     Some(caps.join(";"))
 }
 
+/// The caps at which a URI source at `uri` stops decoding: `copy_caps`, else, for an RTSP
+/// camera's video, where it is encoded (decoded in the graph, `decoded_here`).
+pub fn source_caps(spec: &EgressSpec, uri: &str) -> Option<String> {
+    copy_caps(spec).or_else(|| {
+        (spec.egress_type != EgressType::Track && super::source_uri::presentation_times_only(uri))
+            .then(|| "video/x-raw(ANY);audio/x-raw(ANY);video/x-h264;video/x-h265".to_string())
+    })
+}
+
+/// An encoded video entry decoded in the graph: an RTSP camera's, after its decode times are
+/// derived (`decode_times`). Decoded inside the source, its B-frames came without them, and
+/// the decoder placed its pictures 20-34 ms early against the sound.
+fn decoded_here(i: usize, kind: StreamKind) -> Vec<Node> {
+    let dec = match kind {
+        StreamKind::H264 => "avdec_h264",
+        StreamKind::H265 => "avdec_h265",
+        _ => return Vec::new(),
+    };
+    vec![
+        el("queue", format!("src{i}_decode_queue")),
+        el(dec, format!("src{i}_video_decode")),
+    ]
+}
+
 /// Which sources' video and audio the egress records.
 fn used(spec: &EgressSpec, streams: &[SourceStreams]) -> (Vec<usize>, Vec<usize>) {
     let n = spec.sources.len();
@@ -225,7 +249,14 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     let video_head = |i: usize| {
         source_test::video_head(&spec.sources[i], i)
             .or_else(|| source_web::video_head(spec, &spec.sources[i], i))
-            .unwrap_or_else(|| entry(i, streams[i].video.unwrap_or(StreamKind::RawVideo)))
+            .unwrap_or_else(|| {
+                let kind = streams[i].video.unwrap_or(StreamKind::RawVideo);
+                let mut chain = entry(i, kind);
+                if spec.egress_type != EgressType::Track {
+                    chain.extend(decoded_here(i, kind));
+                }
+                chain
+            })
     };
     let mut beds = Vec::new();
     let mut audio_head = |i: usize| {
@@ -249,6 +280,8 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
         if let Some(&i) = video_from.first() {
             let mut chain = video_head(i);
             video_copied = match streams[i].video {
+                // Encoded video is copied by `track` alone (others decode it, `decoded_here`).
+                _ if spec.egress_type != EgressType::Track => None,
                 Some(StreamKind::H264) => Some(VideoCodec::H264),
                 Some(StreamKind::H265) => Some(VideoCodec::H265),
                 Some(StreamKind::Vp8) => Some(VideoCodec::Vp8),
@@ -407,6 +440,37 @@ mod tests {
         let d = describe(&track("t.mp4"), &opts(), &[SourceStreams::AV_RAW]);
         let f = d.factories();
         assert!(f.contains(&"x264enc".to_string()) && f.contains(&"voaacenc".to_string()));
+    }
+
+    #[test]
+    fn an_rtsp_camera_is_decoded_in_the_graph_unless_copied() {
+        let participant = spec(serde_json::json!({"type": "participant",
+            "sources": [{"uri": "rtsp://cam/1"}], "output": {"file": {"filename": "p.mp4"}}}));
+        let caps = source_caps(&participant, "rtsp://cam/1").unwrap();
+        assert!(
+            caps.contains("video/x-h264") && caps.contains("audio/x-raw"),
+            "{caps}"
+        );
+        assert_eq!(source_caps(&participant, "srt://cam:9000"), None);
+        let h264 = SourceStreams {
+            video: Some(StreamKind::H264),
+            audio: Some(StreamKind::RawAudio),
+        };
+        let d = describe(&participant, &opts(), &[h264]);
+        assert!(
+            d.launch().contains("avdec_h264 name=src0_video_decode"),
+            "{}",
+            d.launch()
+        );
+        let f = d.factories();
+        assert!(f.contains(&"x264enc".to_string()), "{f:?}");
+        // `track` copies it as before (its thumbnail decodes keyframes of its own).
+        let launch = describe(&track("t.mp4"), &opts(), &[h264]).launch();
+        assert!(!launch.contains("src0_video_decode"), "{launch}");
+        assert_eq!(
+            source_caps(&track("t.mp4"), "rtsp://cam/1"),
+            copy_caps(&track("t.mp4"))
+        );
     }
 
     #[test]

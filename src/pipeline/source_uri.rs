@@ -144,10 +144,15 @@ pub fn connect(
                 }
                 super::announce::watch_sdp(&e, &bin, index);
                 if e.factory().is_some_and(|f| f.name() == "rtspsrc") {
-                    // The camera's first RTCP report tells how its streams line up, seconds
-                    // in; taken at once, a stream's times jump back by up to a few frames, and
-                    // a GOP before the jump would show after the keyframe that follows it (its
-                    // HLS segment would start mid-GOP). Taken a little per frame, time goes on.
+                    // The camera's own timestamps, from its first packet's arrival on: the
+                    // default ("slave") estimates the clock skew from arrival times, which a
+                    // camera's B-frames (RTP times going back) throw off by up to 270 ms of
+                    // A/V offset in the first seconds, until its first RTCP report.
+                    e.set_property_from_str("buffer-mode", "synced");
+                    // That report may still move a stream; taken at once, its times jump back
+                    // by up to a few frames, and a GOP before the jump would show after the
+                    // keyframe that follows it (its HLS segment would start mid-GOP). Taken a
+                    // little per frame, time goes on.
                     e.set_property("max-ts-offset-adjustment", TS_OFFSET_STEP_NS);
                 }
             }

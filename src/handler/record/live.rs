@@ -258,6 +258,31 @@ pub(super) fn guard_muxer_inputs(pipeline: &gst::Pipeline) {
             monotonic(&pad, video);
         }
     }
+    if let Some(pad) = pipeline
+        .by_name("video_rate")
+        .and_then(|e| e.static_pad("sink"))
+    {
+        shown_until_the_next(&pad);
+    }
+}
+
+/// Makes `videorate` show each frame until the next one's time, not from halfway before it.
+/// It picks, for every output slot, the frame nearest in time, and takes the later one on a
+/// tie. Its slots start at the first frame, so a source at half the output rate (a 15-fps
+/// camera recorded at 30) ties at every other slot: each picture was shown a slot early, and
+/// the sound came 33 ms after it. Frames after the first come 1 ms later, so a tie goes to the
+/// frame that is showing.
+fn shown_until_the_next(pad: &gst::Pad) {
+    let first = std::sync::atomic::AtomicBool::new(true);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return gst::PadProbeReturn::Ok;
+        }
+        if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+            crate::pipeline::delay(b.make_mut(), gst::ClockTime::from_mseconds(1));
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Keeps the decode times of a copied stream strictly increasing: a sender that resumes after a
