@@ -402,7 +402,15 @@ pub fn gate(
                 if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
                     return crate::pipeline::DROP_BUFFER;
                 }
-                *kf = Some(rt.unwrap_or(0));
+                // Audio starts with the keyframe's decode time, as its sender set it; a derived
+                // one is two frames early (133 ms of sound before a 15-fps camera's picture),
+                // so there the picture's time.
+                let shown = buf
+                    .pts()
+                    .filter(|_| derived)
+                    .and_then(|p| running_time_of(pad, p))
+                    .or(rt);
+                *kf = Some(shown.unwrap_or(0));
                 conn.keyframe_seen.notify_all();
             }
         } else if conn.video_gates {
@@ -540,9 +548,13 @@ const PACE_SLACK_NS: i64 = 20_000_000;
 
 /// The running time of `buf` in the segment of `pad` (without the pad's offset).
 fn running_time(pad: &gst::Pad, buf: &gst::BufferRef) -> Option<i64> {
+    running_time_of(pad, buf.dts_or_pts()?)
+}
+
+/// The running time of `ts` in the segment of `pad` (without the pad's offset).
+fn running_time_of(pad: &gst::Pad, ts: gst::ClockTime) -> Option<i64> {
     let ev = pad.sticky_event::<gst::event::Segment>(0)?;
     let seg = ev.segment().downcast_ref::<gst::ClockTime>()?;
-    let ts = buf.dts_or_pts()?;
     seg.to_running_time_full(ts).map(|s| match s {
         gst::Signed::Positive(t) => t.nseconds() as i64,
         gst::Signed::Negative(t) => -(t.nseconds() as i64),
