@@ -22,13 +22,16 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// How many frames a stream's decode times run ahead of its presentation.
-pub const DELAY_FRAMES: i64 = 2;
+const DELAY_FRAMES: i64 = 2;
 
 /// The frame step assumed until the stream shows its own (30 fps).
 const DEFAULT_STEP_NS: i64 = 33_333_333;
 
 /// How many recent presentation times the frame step is learned from.
 const RECENT: usize = 16;
+
+/// How many presentation times the frame step is learned from at least.
+const LEARNED_AFTER: usize = 8;
 
 /// Whether video with these caps may carry B-frames: H.264 or H.265 other than the H.264
 /// profiles without them (baseline, constrained-baseline).
@@ -46,18 +49,19 @@ pub fn may_reorder(caps: &gst::CapsRef) -> bool {
     }
 }
 
-/// How far an RTSP connection's media is moved forward in its own time: its timestamps start
-/// near zero, and a decode time `DELAY_FRAMES` frames before the first presentation must not
-/// be before zero. Every pad of the connection moves alike, so their sync, and the running
-/// time the gate maps to the pipeline's, keep their relation.
-pub const SHIFT_NS: u64 = 10_000_000_000;
+/// How far an RTSP connection's media is moved forward in its own time: a first connection's
+/// timestamps start near zero, and a decode time `DELAY_FRAMES` frames before the first
+/// presentation must not be before zero. Every pad of the connection moves alike, so their
+/// sync, and the running time the gate maps to the pipeline's, keep their relation.
+const SHIFT_NS: u64 = 10_000_000_000;
 
 /// Installed first on every pad of a source whose video carries presentation times only:
 /// moves its buffers by `SHIFT_NS` and, on encoded video that may reorder, derives decode
 /// times, before the pad is held and gated (which then see time go forward).
 pub fn install(pad: &gst::Pad) {
-    // On the element's own pad inside the ghost pad where there is one: its probes run before
-    // any on the ghost pad, whichever were added first (the hold's, which reads the times).
+    // On the pad inside the ghost pad where there is one (decodebin3's): installed on the
+    // ghost pad itself, the hold's probe still read the times unmoved (seen: the connection
+    // then placed 10 s ahead of the clock).
     let target = pad
         .downcast_ref::<gst::GhostPad>()
         .and_then(|g| g.target())
@@ -90,11 +94,11 @@ pub fn install(pad: &gst::Pad) {
 /// Moves `b` by `SHIFT_NS`, and gives it a decode time from `derive` where there is one.
 fn retime(b: &mut gst::BufferRef, derive: &mut Option<DecodeTimes>) {
     let shift = gst::ClockTime::from_nseconds(SHIFT_NS);
+    b.set_dts(b.dts().map(|d| d + shift));
     let Some(pts) = b.pts().map(|p| p + shift) else {
         return;
     };
     b.set_pts(pts);
-    b.set_dts(b.dts().map(|d| d + shift));
     let Some(d) = derive else {
         return;
     };
@@ -117,13 +121,18 @@ struct DecodeTimes {
 impl DecodeTimes {
     /// The presentation and decode times of the next frame in decode order, given its
     /// presentation time, its duration where the parser knows it, and whether it is a keyframe.
+    /// The step learned from the stream wins over the parser's duration, which comes from the
+    /// SPS timing a camera may state wrong (doubled, or its highest rate).
     fn next(&mut self, pts: i64, dur: Option<i64>, key: bool) -> (i64, i64) {
-        let step = dur.filter(|d| *d > 0).unwrap_or_else(|| self.step());
+        let step = self
+            .learned_step()
+            .or(dur.filter(|d| *d > 0))
+            .unwrap_or(DEFAULT_STEP_NS);
         self.recent.push_back(pts);
         if self.recent.len() > RECENT {
             self.recent.pop_front();
         }
-        let ahead = pts - DELAY_FRAMES * step;
+        let ahead = pts.saturating_sub(DELAY_FRAMES.saturating_mul(step));
         let Some(last) = self.last_dts else {
             // A buffer's time cannot be before zero: a stream that starts there starts its
             // decode times there, and its first B-frames are moved (the next keyframe catches up).
@@ -131,7 +140,7 @@ impl DecodeTimes {
             self.last_dts = Some(first);
             return (pts.max(first), first);
         };
-        let mut dts = (last + step).min(pts);
+        let mut dts = last.saturating_add(step).min(pts);
         if key {
             dts = dts.max(ahead);
         }
@@ -142,8 +151,12 @@ impl DecodeTimes {
         (pts.max(dts), dts)
     }
 
-    /// The frame step: the least gap between the recent presentation times.
-    fn step(&self) -> i64 {
+    /// The frame step: the least gap between the recent presentation times, once there are
+    /// enough of them (`LEARNED_AFTER`; an I and a P frame alone are several frames apart).
+    fn learned_step(&self) -> Option<i64> {
+        if self.recent.len() < LEARNED_AFTER {
+            return None;
+        }
         let mut sorted: Vec<i64> = self.recent.iter().copied().collect();
         sorted.sort_unstable();
         sorted
@@ -151,7 +164,6 @@ impl DecodeTimes {
             .map(|w| w[1] - w[0])
             .filter(|d| *d >= 1_000_000)
             .min()
-            .unwrap_or(DEFAULT_STEP_NS)
     }
 }
 
@@ -235,8 +247,9 @@ mod tests {
         let out = run(&frames, None);
         check_decodable(&out);
         assert!(out.iter().zip(&frames).all(|((p, _), (g, _))| *p == g * F));
-        // Two frames ahead, not more.
-        assert!(out.iter().all(|(p, d)| p - d <= 2 * F + 1));
+        // Two frames ahead, not more, once a keyframe came after the step was learned (before,
+        // the step assumed is 30 fps).
+        assert!(out[10..].iter().all(|(p, d)| p - d <= 2 * F + 1), "{out:?}");
     }
 
     #[test]
@@ -264,6 +277,32 @@ mod tests {
         ];
         let out = run(&gop, Some(F));
         check_decodable(&out);
+    }
+
+    #[test]
+    fn a_wrong_duration_from_the_parser_does_not_break_the_order() {
+        // I P B B P B B P B B, twice: the step is learned within the first GOP, and from the
+        // second keyframe on the order is the sender's.
+        let gop = |base: i64| {
+            let mut g = vec![(base, true)];
+            for p in [3, 6, 9] {
+                g.extend([
+                    (base + p, false),
+                    (base + p - 2, false),
+                    (base + p - 1, false),
+                ]);
+            }
+            g
+        };
+        let mut frames = gop(0);
+        frames.extend(gop(10));
+        for dur in [F / 2, 10 * F] {
+            let out = run(&frames, Some(dur));
+            check_decodable(&out);
+            let pts: Vec<i64> = out.iter().map(|(p, _)| p / F).collect();
+            let want: Vec<i64> = frames.iter().map(|f| f.0).collect();
+            assert_eq!(pts[10..], want[10..], "{dur}: {out:?}");
+        }
     }
 
     #[test]

@@ -181,9 +181,16 @@ pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
 /// camera's video, where it is encoded (decoded in the graph, `decoded_here`).
 pub fn source_caps(spec: &EgressSpec, uri: &str) -> Option<String> {
     copy_caps(spec).or_else(|| {
-        (spec.egress_type != EgressType::Track && super::source_uri::presentation_times_only(uri))
+        (decodes_here(spec.egress_type) && super::source_uri::presentation_times_only(uri))
             .then(|| "video/x-raw(ANY);audio/x-raw(ANY);video/x-h264;video/x-h265".to_string())
     })
+}
+
+/// Whether an egress of type `t` decodes an RTSP camera's video in the graph: one picture
+/// transcoded (a room's joiners take their tiles from raw pads, `room::attach`; `track`
+/// copies).
+fn decodes_here(t: EgressType) -> bool {
+    matches!(t, EgressType::Participant | EgressType::TrackComposite)
 }
 
 /// An encoded video entry decoded in the graph: an RTSP camera's, after its decode times are
@@ -252,7 +259,7 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
             .unwrap_or_else(|| {
                 let kind = streams[i].video.unwrap_or(StreamKind::RawVideo);
                 let mut chain = entry(i, kind);
-                if spec.egress_type != EgressType::Track {
+                if decodes_here(spec.egress_type) {
                     chain.extend(decoded_here(i, kind));
                 }
                 chain

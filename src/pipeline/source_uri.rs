@@ -144,11 +144,7 @@ pub fn connect(
                 }
                 super::announce::watch_sdp(&e, &bin, index);
                 if e.factory().is_some_and(|f| f.name() == "rtspsrc") {
-                    // The camera's own timestamps, from its first packet's arrival on: the
-                    // default ("slave") estimates the clock skew from arrival times, which a
-                    // camera's B-frames (RTP times going back) throw off by up to 270 ms of
-                    // A/V offset in the first seconds, until its first RTCP report.
-                    e.set_property_from_str("buffer-mode", "synced");
+                    keep_camera_time(&e);
                     // That report may still move a stream; taken at once, its times jump back
                     // by up to a few frames, and a GOP before the jump would show after the
                     // keyframe that follows it (its HLS segment would start mid-GOP). Taken a
@@ -508,6 +504,28 @@ pub fn gate(
             conn.video_started.store(true, Ordering::Relaxed);
         }
         gst::PadProbeReturn::Ok
+    });
+}
+
+/// Has `rtspsrc` keep the camera's own timestamps (from its first packet's arrival on) when
+/// its SDP offers video that may carry B-frames (H.265, H.264 above baseline). The default
+/// ("slave") estimates the camera's clock skew from arrival times, which B-frames (RTP times
+/// going back) throw off: up to 270 ms of A/V offset in the first seconds, until the camera's
+/// first RTCP report. Not for the rest: kept as sent, the camera's clock is not corrected
+/// for its drift against ours (20-100 ppm, up to 0.4 s an hour).
+fn keep_camera_time(rtspsrc: &gst::Element) {
+    rtspsrc.connect("select-stream", false, |args| {
+        let src = args.first().and_then(|v| v.get::<gst::Element>().ok())?;
+        let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok())?;
+        let s = caps.structure(0)?;
+        let encoding = s.get::<&str>("encoding-name").unwrap_or_default();
+        let profile = s.get::<&str>("profile-level-id").unwrap_or_default();
+        let reorders = encoding.eq_ignore_ascii_case("H265")
+            || encoding.eq_ignore_ascii_case("H264") && !profile.starts_with("42");
+        if reorders {
+            src.set_property_from_str("buffer-mode", "synced");
+        }
+        Some(true.to_value())
     });
 }
 

@@ -266,14 +266,27 @@ pub(super) fn guard_muxer_inputs(pipeline: &gst::Pipeline) {
     }
 }
 
-/// Makes `videorate` show each frame until the next one's time, not from halfway before it.
-/// It picks, for every output slot, the frame nearest in time, and takes the later one on a
-/// tie. Its slots start at the first frame, so a source at half the output rate (a 15-fps
-/// camera recorded at 30) ties at every other slot: each picture was shown a slot early, and
-/// the sound came 33 ms after it. Frames after the first come 1 ms later, so a tie goes to the
-/// frame that is showing.
+/// Makes `videorate` keep showing a frame when the next one is as near to an output slot.
+/// It picks, for every slot, the frame nearest in time; its slots start at the first frame, so
+/// a source at half the output rate (a 15-fps camera recorded at 30) has a frame exactly
+/// between two slots every other slot, and the nanoseconds its times are rounded to decided:
+/// each picture was shown a slot early, and the sound came 33 ms after it. Frames after the
+/// first come 1 ms later. The grid starts again at each segment (a reconnection), and so does
+/// this.
 fn shown_until_the_next(pad: &gst::Pad) {
-    let first = std::sync::atomic::AtomicBool::new(true);
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let again = first.clone();
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(ev) = info.event()
+            && matches!(
+                ev.type_(),
+                gst::EventType::Segment | gst::EventType::FlushStop
+            )
+        {
+            again.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        gst::PadProbeReturn::Ok
+    });
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
             return gst::PadProbeReturn::Ok;
