@@ -302,6 +302,8 @@ pub fn rtmp_publisher(rtmp_url: &str) -> Producer {
     }
 }
 
+/// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (P: the first argument) that plays the
+/// launch line given second, shared by its clients.
 const RTSP_SERVER: &str = r#"
 import sys, gi
 gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
@@ -310,10 +312,7 @@ Gst.init(None)
 server = GstRtspServer.RTSPServer()
 server.set_address('127.0.0.1'); server.set_service(sys.argv[1])
 f = GstRtspServer.RTSPMediaFactory()
-enc = sys.argv[2] if len(sys.argv) > 2 else 'x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15'
-f.set_launch('( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 '
-             '! ' + enc + ' ! rtph264pay name=pay0 pt=96 '
-             'audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! voaacenc ! rtpmp4gpay name=pay1 pt=97 )')
+f.set_launch(sys.argv[2])
 f.set_shared(True)
 server.get_mount_points().add_factory('/cam', f)
 server.attach(None)
@@ -321,46 +320,15 @@ print('ready', flush=True)
 GLib.MainLoop().run()
 "#;
 
-/// A gst-rtsp-server that plays an MP4 file (H.264 + AAC) at `rtsp://127.0.0.1:P/cam`, paced
-/// to its clock, from its start for the first client.
-const RTSP_FILE_SERVER: &str = r#"
-import sys, gi
-gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
-from gi.repository import Gst, GstRtspServer, GLib
-Gst.init(None)
-server = GstRtspServer.RTSPServer()
-server.set_address('127.0.0.1'); server.set_service(sys.argv[1])
-f = GstRtspServer.RTSPMediaFactory()
-f.set_launch('( filesrc location="' + sys.argv[2] + '" ! qtdemux name=d '
-             'd.video_0 ! queue ! h264parse ! rtph264pay name=pay0 pt=96 '
-             'd.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )')
-f.set_shared(True)
-server.get_mount_points().add_factory('/cam', f)
-server.attach(None)
-print('ready', flush=True)
-GLib.MainLoop().run()
-"#;
-
-/// An RTSP camera whose stream is the MP4 file at `path` (its B-frames included).
+/// An RTSP camera whose stream is the MP4 file at `path` (its B-frames included), paced to
+/// its clock, from its start for the first client.
 pub fn rtsp_file(path: &Path) -> Producer {
-    let port = free_tcp_port();
-    let child = spawn(
-        Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(RTSP_FILE_SERVER)
-            .arg(port.to_string())
-            .arg(path),
-        "python3-gi and gir1.2-gst-rtsp-server-1.0",
-    );
-    wait_for(Duration::from_secs(20), "the RTSP server to listen", || {
-        listening(port).then_some(())
-    });
-    Producer {
-        child,
-        _dir: None,
-        helpers: Vec::new(),
-        url: format!("rtsp://127.0.0.1:{port}/cam"),
-    }
+    gst_rtsp_server(&format!(
+        "( filesrc location=\"{}\" ! qtdemux name=d \
+         d.video_0 ! queue ! h264parse ! rtph264pay name=pay0 pt=96 \
+         d.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )",
+        path.display()
+    ))
 }
 
 /// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (H.264 + AAC).
@@ -371,13 +339,23 @@ pub fn rtsp_server() -> Producer {
 /// `rtsp_server` whose 320x240@15 video is encoded by `encoder` (a launch fragment ending in
 /// an H.264 encoder), as a camera is configured.
 pub fn rtsp_camera(encoder: &str) -> Producer {
+    gst_rtsp_server(&format!(
+        "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 \
+         ! {encoder} ! rtph264pay name=pay0 pt=96 \
+         audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! voaacenc \
+         ! rtpmp4gpay name=pay1 pt=97 )"
+    ))
+}
+
+/// `RTSP_SERVER` on a free port, playing `launch`; returns once it listens.
+fn gst_rtsp_server(launch: &str) -> Producer {
     let port = free_tcp_port();
     let child = spawn(
         Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(RTSP_SERVER)
             .arg(port.to_string())
-            .arg(encoder),
+            .arg(launch),
         "python3-gi and gir1.2-gst-rtsp-server-1.0",
     );
     wait_for(Duration::from_secs(20), "the RTSP server to listen", || {
