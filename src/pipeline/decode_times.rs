@@ -67,6 +67,40 @@ pub fn install(pad: &gst::Pad) {
         .and_then(|g| g.target())
         .unwrap_or_else(|| pad.clone());
     let pad = &target;
+    // Events that carry times move alike: a gap (a lost packet's), and the end of a segment
+    // with one (a server playing a file gives its length: the last 10 s would be clipped).
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |_, info| {
+        let moved = match info.event().map(|e| e.view()) {
+            Some(gst::EventView::Gap(gap)) => {
+                let (ts, duration) = gap.get();
+                Some(
+                    gst::event::Gap::builder(ts + gst::ClockTime::from_nseconds(SHIFT_NS))
+                        .duration(duration)
+                        .seqnum(gap.seqnum())
+                        .build(),
+                )
+            }
+            Some(gst::EventView::Segment(seg)) => seg
+                .segment()
+                .downcast_ref::<gst::ClockTime>()
+                .filter(|s| s.stop().is_some())
+                .map(|s| {
+                    let mut s = s.clone();
+                    s.set_stop(
+                        s.stop()
+                            .map(|t| t + gst::ClockTime::from_nseconds(SHIFT_NS)),
+                    );
+                    gst::event::Segment::builder(&s)
+                        .seqnum(seg.seqnum())
+                        .build()
+                }),
+            _ => None,
+        };
+        if let Some(ev) = moved {
+            info.data = Some(gst::PadProbeData::Event(ev));
+        }
+        gst::PadProbeReturn::Ok
+    });
     // Decided at the first buffer: the pad's caps are known by then.
     let state = Mutex::new(None::<Option<DecodeTimes>>);
     let t = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
@@ -310,6 +344,36 @@ mod tests {
         let out = run_from(0, &[(0, true), (3, false), (1, false), (2, false)], Some(F));
         check_decodable(&out);
         assert_eq!(out[0], (0, 0));
+    }
+
+    #[test]
+    fn retime_moves_every_time_a_buffer_has() {
+        gst::init().unwrap();
+        let s = |t: u64| gst::ClockTime::from_seconds(t);
+        let shift = gst::ClockTime::from_nseconds(SHIFT_NS);
+        // Audio (nothing derived): both times moved alike; a decode time alone moved too.
+        let mut b = gst::Buffer::new();
+        b.get_mut().unwrap().set_pts(s(1));
+        b.get_mut().unwrap().set_dts(s(1));
+        retime(b.get_mut().unwrap(), &mut None);
+        assert_eq!((b.pts(), b.dts()), (Some(s(1) + shift), Some(s(1) + shift)));
+        let mut b = gst::Buffer::new();
+        b.get_mut().unwrap().set_dts(s(2));
+        retime(b.get_mut().unwrap(), &mut None);
+        assert_eq!((b.pts(), b.dts()), (None, Some(s(2) + shift)));
+        // Video that may reorder: its decode time derived, two frames before its presentation.
+        let mut derive = Some(DecodeTimes::default());
+        let mut b = gst::Buffer::new();
+        b.get_mut().unwrap().set_pts(s(0));
+        b.get_mut()
+            .unwrap()
+            .set_duration(gst::ClockTime::from_nseconds(F as u64));
+        retime(b.get_mut().unwrap(), &mut derive);
+        assert_eq!(b.pts(), Some(shift));
+        assert_eq!(
+            b.dts(),
+            Some(shift - gst::ClockTime::from_nseconds(2 * F as u64))
+        );
     }
 
     #[test]
