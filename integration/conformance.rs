@@ -782,14 +782,8 @@ fn a_sender_restart_continues_the_recording_in_sync() {
         let file = output(&done);
         let v = av_offsets(&file);
         eprintln!("{}: {v}", file.display());
-        let offsets: Vec<f64> = v["offsets_ms"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        let at: Vec<f64> = v["offsets_at_s"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+        let offsets: Vec<f64> = numbers(&v["offsets_ms"]);
+        let at: Vec<f64> = numbers(&v["offsets_at_s"]);
         // Flashes from both senders: the last 4 s of the recording are the second's.
         let late = at.iter().filter(|t| **t > recorded - 4.0).count();
         assert!(late >= 3, "flashes after the restart: {v}");
@@ -835,6 +829,13 @@ fn assert_in_display_order(path: &Path) {
         path.display(),
         pts.len()
     );
+}
+
+/// The numbers of a JSON array (none if it is not one).
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
 }
 
 /// The frames per second a file's video decodes to.
@@ -962,10 +963,7 @@ fn an_rtsp_camera_with_b_frames_is_copied_in_display_order_and_in_sync() {
         let path = output(done);
         let v = av_offsets(&path);
         eprintln!("{}: {v}", path.display());
-        let offsets: Vec<f64> = v["offsets_ms"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+        let offsets: Vec<f64> = numbers(&v["offsets_ms"]);
         assert!(offsets.len() >= 6, "{v}");
         // The file's own offset is 0. The camera's own timestamps are kept (estimating its
         // clock from arrival times, thrown off by the B-frames, put the first seconds 0.25 s
@@ -975,10 +973,7 @@ fn an_rtsp_camera_with_b_frames_is_copied_in_display_order_and_in_sync() {
         let median = v["median_ms"].as_f64().expect("median");
         assert!(median.abs() <= 20.0, "{v}");
         assert!(offsets.iter().all(|o| o.abs() <= 67.0), "{v}");
-        let at: Vec<f64> = v["offsets_at_s"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+        let at: Vec<f64> = numbers(&v["offsets_at_s"]);
         let synced: Vec<f64> = offsets
             .iter()
             .zip(&at)

@@ -27,6 +27,7 @@ pub mod output_segments;
 pub mod output_stream;
 pub mod output_thumb;
 pub mod plan;
+pub mod source_rtsp;
 pub mod source_test;
 pub mod source_uri;
 pub mod source_web;

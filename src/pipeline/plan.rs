@@ -181,7 +181,7 @@ pub fn copy_caps(spec: &EgressSpec) -> Option<String> {
 /// camera's video, where it is encoded (decoded in the graph, `decoded_here`).
 pub fn source_caps(spec: &EgressSpec, uri: &str) -> Option<String> {
     copy_caps(spec).or_else(|| {
-        (decodes_here(spec.egress_type) && super::source_uri::presentation_times_only(uri))
+        (decodes_here(spec.egress_type) && super::source_rtsp::is_rtsp(uri))
             .then(|| "video/x-raw(ANY);audio/x-raw(ANY);video/x-h264;video/x-h265".to_string())
     })
 }

@@ -9,6 +9,9 @@
 //!     └─ text_0  ─► src0_discard_text_0 (fakesink)
 //! ```
 //!
+//! An RTSP camera's pads first pass `decode_times` (its times moved forward, its video's decode
+//! times derived), and its `rtspsrc` is set up by `source_rtsp`.
+//!
 //! A reconnection is a new `uridecodebin3` (`src0_r1`, `src0_r2`, ...) linked to the same
 //! entries: the outputs keep one timeline, and the pad offset makes the gap a gap (timestamps
 //! continue with the wall clock, not where the last connection stopped).
@@ -47,10 +50,9 @@ pub struct Held {
     offset: Mutex<Option<i64>>,
     /// The sender may come back after its stream ends (`rejoins`): its EOS is not the end.
     rejoins: bool,
-    /// Its streams come each on its own (`separate_streams`).
-    separate: bool,
-    /// Its video carries presentation times only (`presentation_times_only`).
-    presentation_only: bool,
+    /// An RTSP camera (`source_rtsp::is_rtsp`): its streams come each on its own, and its video
+    /// with presentation times only.
+    rtsp: bool,
 }
 
 /// Whether a source's sender may end its stream and start it again on the same URI (OBS
@@ -61,20 +63,6 @@ pub fn rejoins(uri: &str) -> bool {
     ["rtmp://", "rtmps://", "rtsp://", "rtsps://", "srt://"]
         .iter()
         .any(|s| lower.starts_with(s))
-}
-
-/// Whether a source's streams come each on its own (RTP: an RTSP camera's, one session per
-/// stream), so holding one never stops another.
-pub fn separate_streams(uri: &str) -> bool {
-    uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("rtsp"))
-}
-
-/// Whether a source's video frames carry presentation times only: RTP, as an RTSP camera sends
-/// it (the depayloader stamps each frame's decode time with its presentation time, so a
-/// B-frame's goes back). Such a stream's decode times are derived as its pads come
-/// (`decode_times`).
-pub fn presentation_times_only(uri: &str) -> bool {
-    separate_streams(uri)
 }
 
 impl Held {
@@ -130,8 +118,7 @@ pub fn connect(
         .map_err(|_| PipelineError::MissingElement("uridecodebin3".into()))?;
     let held = Arc::new(Held {
         rejoins: rejoins(uri),
-        separate: separate_streams(uri),
-        presentation_only: presentation_times_only(uri),
+        rtsp: super::source_rtsp::is_rtsp(uri),
         ..Held::default()
     });
     let h = held.clone();
@@ -143,14 +130,7 @@ pub fn connect(
                     super::announce::watch_flv(&e, &bin, index);
                 }
                 super::announce::watch_sdp(&e, &bin, index);
-                if e.factory().is_some_and(|f| f.name() == "rtspsrc") {
-                    keep_camera_time(&e);
-                    // That report may still move a stream; taken at once, its times jump back
-                    // by up to a few frames, and a GOP before the jump would show after the
-                    // keyframe that follows it (its HLS segment would start mid-GOP). Taken a
-                    // little per frame, time goes on.
-                    e.set_property("max-ts-offset-adjustment", TS_OFFSET_STEP_NS);
-                }
+                super::source_rtsp::setup(&e);
             }
             *h.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
@@ -164,7 +144,7 @@ pub fn connect(
 /// Holds a new pad of a connection's element `bin` until the handler links it, and tells the
 /// handler of it (`PAD_MESSAGE`, from `bin`).
 pub fn hold(bin: &gst::Element, pad: &gst::Pad, index: usize, h: &Arc<Held>) {
-    if h.presentation_only {
+    if h.rtsp {
         super::decode_times::install(pad);
     }
     // Held until linked: data must not reach an unlinked pad (not-linked would stop the
@@ -204,7 +184,7 @@ pub fn hold(bin: &gst::Element, pad: &gst::Pad, index: usize, h: &Arc<Held>) {
             ids.extend(block(p));
         }
         block(pad)
-    } else if video_held || h.separate {
+    } else if video_held || h.rtsp {
         // An RTSP camera's streams each come on their own (one RTP session each), so holding
         // its audio never stops its video; dropped instead, the audio after the keyframe went
         // too while a decoded video pad waited for its first picture (2 s of it).
@@ -358,7 +338,7 @@ pub fn gate(
     // Decode times derived from the stream (`decode_times`) go forward a frame at a time, a
     // keyframe's jumping ahead; moved here as a burst, a GOP would be shown after the next.
     let derived = video
-        && held.presentation_only
+        && held.rtsp
         && pad
             .current_caps()
             .is_some_and(|c| super::decode_times::may_reorder(&c));
@@ -506,32 +486,6 @@ pub fn gate(
         gst::PadProbeReturn::Ok
     });
 }
-
-/// Has `rtspsrc` keep the camera's own timestamps (from its first packet's arrival on) when
-/// its SDP offers video that may carry B-frames (H.265, H.264 above baseline). The default
-/// ("slave") estimates the camera's clock skew from arrival times, which B-frames (RTP times
-/// going back) throw off: up to 270 ms of A/V offset in the first seconds, until the camera's
-/// first RTCP report. Not for the rest: kept as sent, the camera's clock is not corrected
-/// for its drift against ours (20-100 ppm, up to 0.4 s an hour).
-fn keep_camera_time(rtspsrc: &gst::Element) {
-    rtspsrc.connect("select-stream", false, |args| {
-        let src = args.first().and_then(|v| v.get::<gst::Element>().ok())?;
-        let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok())?;
-        let s = caps.structure(0)?;
-        let encoding = s.get::<&str>("encoding-name").unwrap_or_default();
-        let profile = s.get::<&str>("profile-level-id").unwrap_or_default();
-        let reorders = encoding.eq_ignore_ascii_case("H265")
-            || encoding.eq_ignore_ascii_case("H264") && !profile.starts_with("42");
-        if reorders {
-            src.set_property_from_str("buffer-mode", "synced");
-        }
-        Some(true.to_value())
-    });
-}
-
-/// How far an RTSP source's streams may be moved per frame to line them up (`connect`): 10 ms,
-/// so a 250-ms correction takes 25 frames, and frames still go forward.
-const TS_OFFSET_STEP_NS: u64 = 10_000_000;
 
 /// The longest a buffer waits at the gate for its time (`pace`).
 const PACE_MAX: Duration = Duration::from_secs(2);
