@@ -331,6 +331,24 @@ pub fn rtsp_file(path: &Path) -> Producer {
     ))
 }
 
+/// Writes `seconds` of the sync picture and sound to MP4 `path` as a camera encodes them
+/// (x264 with 2 B-frames, 15 fps, a keyframe every 4 s, AAC): the picture flashes white while
+/// the sound beeps, once a second; its own A/V offset is 0.
+pub fn flash_beep_file(path: &Path, seconds: u32) {
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("color=c=black:s=320x240:r=15,drawbox=c=white:t=fill:enable='lt(mod(n,15),1)'")
+        .args(["-f", "lavfi", "-i"])
+        .arg("aevalsrc='if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)':s=48000")
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+        .args(["-g", "60", "-bf", "2", "-c:a", "aac"])
+        .arg(path)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success(), "ffmpeg could not write {}", path.display());
+}
+
 /// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (H.264 + AAC).
 pub fn rtsp_server() -> Producer {
     rtsp_camera("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15")

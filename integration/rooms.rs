@@ -318,3 +318,99 @@ fn a_lost_source_keeps_its_tile_while_the_room_goes_on() {
         );
     }
 }
+
+/// The mean luma of every frame of `file` in its `w`x`h` region at x `x` (y 0), in order.
+fn region_lumas(file: &Path, x: u32, w: u32, h: u32) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "movie={},crop={w}:{h}:{x}:0,signalstats",
+            file.display()
+        ))
+        .args(["-show_entries", "frame_tags=lavfi.signalstats.YAVG"])
+        .args(["-of", "csv=p=0"])
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+/// An RTSP camera with B-frames (15 fps, a keyframe every 4 s; its picture flashes white while
+/// its sound beeps), already streaming to a viewer, joins a room of a plain sender (dark blue,
+/// silent) somewhere in its GOP. Its tile shows from its first
+/// keyframe: it is decoded in the graph, after its decode times are derived (decoded inside
+/// its source, the tile showed the decoder's grey guesses until the next keyframe). Its
+/// picture is in sync with its sound: each frame goes to the output slot nearest its time
+/// (the compositor took the slot before, 0-33 ms off, a different figure each run).
+#[test]
+fn an_rtsp_camera_joins_a_room_from_its_keyframe_and_in_sync() {
+    let dirs = Dirs::new();
+    let file = dirs.root.path().join("camera.mp4");
+    crate::producers::flash_beep_file(&file, 40);
+    let svc = Service::start(
+        &dirs,
+        "sources: { allowed_schemes: [rtsp, srt] }\npipeline: { health_window_s: 3600 }",
+    );
+    let cam = crate::producers::rtsp_file(&file);
+    let plain = crate::conformance::srt_listener(crate::producers::ffmpeg_lavfi(
+        "color=c=blue:size=320x240:rate=30",
+        "anullsrc=r=48000:cl=stereo",
+        60,
+    ));
+    // Another viewer plays the camera first, so the room joins it mid-GOP, as one joins a
+    // camera that is already streaming.
+    let mut viewer = Command::new("ffmpeg")
+        .args([
+            "-v", "quiet", "-i", &cam.url, "-c", "copy", "-f", "null", "-",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    let id = svc.start_egress(&json!({
+        "type": "room_composite",
+        "sources": [{"uri": plain.url}],
+        "outputs": [{"file": {"filename": "room.mp4"}}],
+        "video": {"width": 640, "height": 240, "fps": 30, "bitrate_kbps": 800},
+        "estimated_cpu": 0.3,
+    }));
+    svc.wait_status(&id, &["active"], Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(crate::common::now_ms() % 3000));
+    change(&svc, &id, json!({"add": [{"uri": cam.url}]}));
+    // Its tile shows at a keyframe (every 4 s) after its streams are lined up: 4-12 s in.
+    std::thread::sleep(Duration::from_secs(20));
+    let run = crate::conformance::stop(&svc, &id);
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    let (done, _) =
+        crate::conformance::check(&svc, &run, (true, true), crate::conformance::DURATION_SLACK);
+    let file = PathBuf::from(done["files"][0]["location"].as_str().expect("file"));
+
+    // The right half: the blue tile's half and black until the camera's first keyframe, then
+    // its black picture and white flashes; nothing in between.
+    let tile = region_lumas(&file, 320, 320, 240);
+    assert!(tile.len() > 300, "{} frames", tile.len());
+    let grey: Vec<(usize, f64)> = tile
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, y)| (40.0..200.0).contains(y))
+        .collect();
+    assert!(grey.is_empty(), "frames neither black nor white: {grey:?}");
+    assert!(tile.iter().any(|y| *y >= 200.0), "the camera never showed");
+
+    // In sync from its first flash: within 20 ms (half an output frame of the slot's rounding,
+    // and the camera's own 1-2 ms). Its video waited for the camera's RTCP reports, which line
+    // its streams up (before them, the picture led by up to a frame: 69 ms). The first beep
+    // starts with the picture it starts in: where its sound reached the gate before that
+    // picture, up to an audio frame (21.3 ms) of its onset is not recorded.
+    let v = crate::producers::av_offsets(&file);
+    eprintln!("{}: {v}", file.display());
+    let offsets: Vec<f64> = v["offsets_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    assert!(offsets.iter().skip(1).all(|o| o.abs() <= 20.0), "{v}");
+    assert!(offsets[0].abs() <= 20.0 + 21.4, "{v}");
+}

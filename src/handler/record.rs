@@ -112,6 +112,8 @@ pub struct Recording<'a> {
     web_filter: Option<Arc<super::web_filter::Filter>>,
     /// What the file output received of each stream (written at the end for the record).
     mux_spans: timing::MuxSpans,
+    /// No frame has gone into a room's compositor yet (`room::nearest_slot`).
+    room_first: Arc<AtomicBool>,
 }
 
 impl<'a> Recording<'a> {
@@ -147,6 +149,7 @@ impl<'a> Recording<'a> {
                 .any(|s| matches!(s, Source::Web { .. }))
                 .then(Arc::default),
             mux_spans: timing::MuxSpans::default(),
+            room_first: Arc::new(AtomicBool::new(true)),
             web_filter: None,
         };
         if r.web_loaded.is_some() {
@@ -422,6 +425,7 @@ impl<'a> Recording<'a> {
             && src.has("video/")
             && self.records(src.index, true)
             && !src.conn.video_started.load(Ordering::Relaxed)
+            && !src.conn.keyframe_offered.load(Ordering::Relaxed)
             && src.started.elapsed().as_secs_f64() > self.opts.first_keyframe_s
     }
 

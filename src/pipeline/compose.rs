@@ -57,11 +57,21 @@ pub fn audio_elements(i: usize) -> [String; 4] {
     ["queue", "convert", "resample", "fmt"].map(|e| format!("src{i}_audio_{e}"))
 }
 
+/// The queue before a mixer's input: it may hold as long as the slowest source's latency (an
+/// RTSP camera's jitterbuffer, 2 s). With a queue's default second, the mixer could not
+/// configure its latency ("max < min") and timed its output as if none had been reported.
+fn mixer_queue(name: String) -> Node {
+    el("queue", name)
+        .p("max-size-time", 5_000_000_000u64)
+        .p("max-size-buffers", 0u32)
+        .p("max-size-bytes", 0u32)
+}
+
 /// Source `i`'s video from `head` into its `cw`x`ch` tile.
 pub fn video_tile(i: usize, mut head: Vec<Node>, cw: u32, ch: u32) -> Vec<Node> {
     let [q, convert, scale, cell] = video_elements(i);
     head.extend([
-        el("queue", q),
+        mixer_queue(q),
         el("videoconvert", convert),
         el("videoscale", scale),
         caps(cell, cell_caps(cw, ch)),
@@ -77,13 +87,18 @@ pub fn video_tile(i: usize, mut head: Vec<Node>, cw: u32, ch: u32) -> Vec<Node> 
 pub fn audio_input(i: usize, mut head: Vec<Node>) -> Vec<Node> {
     let [q, convert, resample, fmt] = audio_elements(i);
     head.extend([
-        el("queue", q),
+        mixer_queue(q),
         el("audioconvert", convert),
         el("audioresample", resample),
         caps(fmt, "audio/x-raw,rate=48000,channels=2"),
         link("amix"),
     ]);
     head
+}
+
+/// Half an output frame of `spec`'s video.
+pub fn half_frame(spec: &EgressSpec) -> gstreamer::ClockTime {
+    gstreamer::ClockTime::from_nseconds(500_000_000 / u64::from(spec.video.fps.max(1)))
 }
 
 /// Adds the mixers, feeding the raw tees; `video`/`audio` are (source index, head chain) pairs.
@@ -100,9 +115,11 @@ pub fn room(
         // Output starts with the first frame in: the graph of a room whose sources show late (a
         // WHIP publisher) is built seconds after the pipeline started, and from zero the mixers
         // would first fill those seconds with a burst of stale frames and silence.
+        // Tiles come half an output frame late (`room::nearest_slot`): waited for.
         let mut comp = el("compositor", "comp")
             .p("background", "black")
-            .p("start-time-selection", "first");
+            .p("start-time-selection", "first")
+            .p("latency", half_frame(spec).nseconds());
         for &(i, x, y, _, _) in &cells {
             comp = comp
                 .p(&format!("{}::xpos", tile_pad(i)), x)

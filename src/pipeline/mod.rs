@@ -92,6 +92,44 @@ pub fn delay(b: &mut gstreamer::BufferRef, by: gstreamer::ClockTime) {
     }
 }
 
+/// Raw audio buffer `buf` (of `caps`) without its first `ns`, timed from there: a sound that
+/// starts with the picture keeps its onset. None for anything else (an encoded frame cannot be
+/// cut) or when nothing would be left.
+pub fn clip_front(
+    caps: &gstreamer::CapsRef,
+    buf: &gstreamer::BufferRef,
+    ns: u64,
+) -> Option<gstreamer::Buffer> {
+    // AudioInfo takes encoded caps too (as "encoded", one byte a frame).
+    if caps.structure(0).map(|s| s.name().as_str()) != Some("audio/x-raw") {
+        return None;
+    }
+    let info = gstreamer_audio::AudioInfo::from_caps(caps).ok()?;
+    if info.layout() != gstreamer_audio::AudioLayout::Interleaved {
+        return None;
+    }
+    let rate = u64::from(info.rate());
+    let frames = ns * rate / 1_000_000_000;
+    let bytes = usize::try_from(frames).ok()? * info.bpf() as usize;
+    if bytes >= buf.size() {
+        return None;
+    }
+    let cut = gstreamer::ClockTime::from_nseconds(frames * 1_000_000_000 / rate);
+    let mut out = buf
+        .copy_region(
+            gstreamer::BufferCopyFlags::FLAGS
+                | gstreamer::BufferCopyFlags::META
+                | gstreamer::BufferCopyFlags::MEMORY,
+            bytes..,
+        )
+        .ok()?;
+    let o = out.make_mut();
+    o.set_pts(buf.pts().map(|p| p + cut));
+    o.set_dts(buf.dts().map(|d| d + cut));
+    o.set_duration(buf.duration().map(|d| d.saturating_sub(cut)));
+    Some(out)
+}
+
 /// Gives every later caps event of the same media type on `pad` as the first one: for muxers
 /// that cannot change caps mid-stream, when what changes (a resolution in an SPS repeated in
 /// the stream, a frame rate `qtdemux` recomputes) does not matter to them. Caps of another
@@ -129,4 +167,40 @@ pub fn keep_first_caps(pad: &gstreamer::Pad) {
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use gstreamer as gst;
+
+    #[test]
+    fn raw_sound_is_cut_at_an_instant_and_an_encoded_frame_is_not() {
+        gst::init().unwrap();
+        let raw: gst::Caps = "audio/x-raw,format=S16LE,rate=48000,channels=2,layout=interleaved"
+            .parse()
+            .unwrap();
+        // 1024 frames of 4 bytes (21.33 ms) at 1 s.
+        let mut buf = gst::Buffer::from_mut_slice(vec![0u8; 4096]);
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_seconds(1));
+            b.set_duration(gst::ClockTime::from_nseconds(21_333_333));
+        }
+        let cut = super::clip_front(&raw, &buf, 10_000_000).expect("cut");
+        assert_eq!(cut.size(), 4096 - 480 * 4);
+        assert_eq!(
+            cut.pts(),
+            Some(gst::ClockTime::from_nseconds(1_010_000_000))
+        );
+        assert_eq!(
+            cut.duration(),
+            Some(gst::ClockTime::from_nseconds(11_333_333))
+        );
+        // Nothing left, or not raw sound: no cut.
+        assert!(super::clip_front(&raw, &buf, 30_000_000).is_none());
+        let aac: gst::Caps = "audio/mpeg,mpegversion=4,rate=48000,channels=2"
+            .parse()
+            .unwrap();
+        assert!(super::clip_front(&aac, &buf, 10_000_000).is_none());
+    }
 }

@@ -186,26 +186,29 @@ pub fn source_caps(spec: &EgressSpec, uri: &str) -> Option<String> {
     })
 }
 
-/// Whether an egress of type `t` decodes an RTSP camera's video in the graph: one picture
-/// transcoded (a room's joiners take their tiles from raw pads, `room::attach`; `track`
-/// copies).
-fn decodes_here(t: EgressType) -> bool {
-    matches!(t, EgressType::Participant | EgressType::TrackComposite)
+/// Whether an egress of type `t` decodes an RTSP camera's video in the graph: every type that
+/// transcodes (`track` copies). A room's joiner gets the same (`room::attach`).
+pub fn decodes_here(t: EgressType) -> bool {
+    t != EgressType::Track
+}
+
+/// The elements that decode source `i`'s video in the graph (`decoded_here`), in order.
+pub fn decode_elements(i: usize) -> [String; 2] {
+    ["decode_queue", "decode"].map(|e| format!("src{i}_video_{e}"))
 }
 
 /// An encoded video entry decoded in the graph: an RTSP camera's, after its decode times are
-/// derived (`decode_times`). Decoded inside the source, its B-frames came without them, and
-/// the decoder placed its pictures 20-34 ms early against the sound.
-fn decoded_here(i: usize, kind: StreamKind) -> Vec<Node> {
+/// derived (`decode_times`) and from its first keyframe (`source_uri::gate`). Decoded inside
+/// the source, its B-frames came without them, the decoder placed its pictures 20-34 ms early
+/// against the sound, and a room showed its grey concealment frames until the next keyframe.
+pub fn decoded_here(i: usize, kind: StreamKind) -> Vec<Node> {
     let dec = match kind {
         StreamKind::H264 => "avdec_h264",
         StreamKind::H265 => "avdec_h265",
         _ => return Vec::new(),
     };
-    vec![
-        el("queue", format!("src{i}_decode_queue")),
-        el(dec, format!("src{i}_video_decode")),
-    ]
+    let [queue, decode] = decode_elements(i);
+    vec![el("queue", queue), el(dec, decode)]
 }
 
 /// Which sources' video and audio the egress records.

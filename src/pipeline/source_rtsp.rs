@@ -2,12 +2,73 @@
 //! its own RTP session, with presentation times only (`decode_times` derives the rest), and
 //! its `rtspsrc` is told how to keep the camera's time.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
 /// How far an RTSP source's streams may be moved per frame to line them up (`setup`): 10 ms,
 /// so a 250-ms correction takes 25 frames, and frames still go forward.
 const TS_OFFSET_STEP_NS: u64 = 10_000_000;
+
+/// How long a camera's video waits for the RTCP reports that line its streams up (`LineUp`)
+/// before it is recorded without them. A report comes 1.25-3.75 s after a session starts,
+/// then every ~5 s.
+const LINE_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after the reports the video waits on: `rtpbin` moves the streams to their place
+/// 10 ms a packet (`TS_OFFSET_STEP_NS`), and a keyframe taken at once was still a frame early.
+const LINE_UP_SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether the streams of a camera that keeps its own time (`keep_camera_time`) are lined up.
+/// Until the camera's RTCP reports say where its streams stand against each other, each is
+/// placed by when its first packet came, and a video stream sent in decode order (B-frames)
+/// came a frame or two before its pictures are shown: the picture led the sound by up to a
+/// frame (67 ms at 15 fps) until the report. Its video starts recording once every stream has
+/// had its report (or `LINE_UP_WAIT` passed).
+#[derive(Debug, Default)]
+pub struct LineUp {
+    /// A stream keeps the camera's time: recording waits for the reports.
+    waits: AtomicBool,
+    /// Streams the camera sends.
+    streams: AtomicU32,
+    /// RTP sessions whose RTCP sender report came (a bit per session).
+    reported: AtomicU32,
+    /// When every stream had its report.
+    lined_up: Mutex<Option<Instant>>,
+    /// When the video first asked whether it may start.
+    since: Mutex<Option<Instant>>,
+}
+
+impl LineUp {
+    /// Whether the camera's video may start recording.
+    pub fn ready(&self) -> bool {
+        if !self.waits.load(Ordering::Relaxed) {
+            return true;
+        }
+        let lined_up = *self.lined_up.lock().unwrap_or_else(|p| p.into_inner());
+        if lined_up.is_some_and(|t| t.elapsed() >= LINE_UP_SETTLE) {
+            return true;
+        }
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        since.get_or_insert_with(Instant::now).elapsed() >= LINE_UP_WAIT
+    }
+
+    fn reported(&self, session: u32) {
+        let all = self
+            .reported
+            .fetch_or(1 << (session % 32), Ordering::Relaxed)
+            | 1 << (session % 32);
+        if all.count_ones() >= self.streams.load(Ordering::Relaxed) {
+            self.lined_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(Instant::now);
+        }
+    }
+}
 
 /// Whether a source is an RTSP camera: its streams come each on its own (one RTP session per
 /// stream, so holding one never stops another), and its video frames carry presentation times
@@ -17,12 +78,14 @@ pub fn is_rtsp(uri: &str) -> bool {
     uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("rtsp"))
 }
 
-/// Configures the `rtspsrc` a source made (other elements are left alone).
-pub fn setup(element: &gst::Element) {
+/// Configures the `rtspsrc` a source made (other elements are left alone); `line_up` follows
+/// its streams' RTCP reports.
+pub fn setup(element: &gst::Element, line_up: &Arc<LineUp>) {
     if element.factory().map(|f| f.name()) != Some("rtspsrc".into()) {
         return;
     }
-    keep_camera_time(element);
+    keep_camera_time(element, line_up);
+    watch_reports(element, line_up);
     // The camera's RTCP report tells how its streams line up, seconds in; taken at once, a
     // stream's times jump back by up to a few frames, and a GOP before the jump would show
     // after the keyframe that follows it (its HLS segment would start mid-GOP). Taken a little
@@ -36,18 +99,42 @@ pub fn setup(element: &gst::Element) {
 /// throw off: up to 270 ms of A/V offset in the first seconds, until the camera's first RTCP
 /// report. Not for the rest: kept as sent, the camera's clock is not corrected for its drift
 /// against ours (20-100 ppm, up to 0.4 s an hour).
-fn keep_camera_time(rtspsrc: &gst::Element) {
-    rtspsrc.connect("select-stream", false, |args| {
+fn keep_camera_time(rtspsrc: &gst::Element, line_up: &Arc<LineUp>) {
+    let line_up = line_up.clone();
+    rtspsrc.connect("select-stream", false, move |args| {
         let src = args.first().and_then(|v| v.get::<gst::Element>().ok())?;
         let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok())?;
         let s = caps.structure(0)?;
+        line_up.streams.fetch_add(1, Ordering::Relaxed);
         if sdp_may_reorder(
             s.get::<&str>("encoding-name").unwrap_or_default(),
             s.get::<&str>("profile-level-id").unwrap_or_default(),
         ) {
             src.set_property_from_str("buffer-mode", "synced");
+            line_up.waits.store(true, Ordering::Relaxed);
         }
         Some(true.to_value())
+    });
+}
+
+/// Tells `line_up` of each RTCP sender report a session's jitterbuffer takes (the report
+/// `rtpbin` lines the streams up by).
+fn watch_reports(rtspsrc: &gst::Element, line_up: &Arc<LineUp>) {
+    let line_up = line_up.clone();
+    rtspsrc.connect("new-manager", false, move |args| {
+        let manager = args.get(1).and_then(|v| v.get::<gst::Element>().ok())?;
+        let line_up = line_up.clone();
+        manager.connect("new-jitterbuffer", false, move |args| {
+            let jb = args.get(1).and_then(|v| v.get::<gst::Element>().ok())?;
+            let session = args.get(2).and_then(|v| v.get::<u32>().ok())?;
+            let line_up = line_up.clone();
+            jb.connect("handle-sync", false, move |_| {
+                line_up.reported(session);
+                None
+            });
+            None
+        });
+        None
     });
 }
 

@@ -53,6 +53,9 @@ pub struct Held {
     /// An RTSP camera (`source_rtsp::is_rtsp`): its streams come each on its own, and its video
     /// with presentation times only.
     rtsp: bool,
+    /// Whether an RTSP camera's streams are lined up by its RTCP reports yet: its video
+    /// starts recording then (`gate`).
+    line_up: Arc<super::source_rtsp::LineUp>,
 }
 
 /// Whether a source's sender may end its stream and start it again on the same URI (OBS
@@ -130,7 +133,7 @@ pub fn connect(
                     super::announce::watch_flv(&e, &bin, index);
                 }
                 super::announce::watch_sdp(&e, &bin, index);
-                super::source_rtsp::setup(&e);
+                super::source_rtsp::setup(&e, &h.line_up);
             }
             *h.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
@@ -229,6 +232,9 @@ pub struct Connection {
     pub delivered: AtomicBool,
     /// Whether a video buffer went through the gate (the first keyframe came).
     pub video_started: AtomicBool,
+    /// A keyframe came but waited for an RTSP camera's streams to line up
+    /// (`source_rtsp::LineUp`): the source does send keyframes.
+    pub keyframe_offered: AtomicBool,
     /// When the first audio buffer waited for the keyframe: audio holds at most `AUDIO_HOLD`.
     audio_hold_since: Mutex<Option<Instant>>,
     /// Whether video gates audio (the source's video is recorded).
@@ -264,6 +270,7 @@ impl Connection {
             last_buffer_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
             delivered: AtomicBool::new(false),
             video_started: AtomicBool::new(false),
+            keyframe_offered: AtomicBool::new(false),
             audio_hold_since: Mutex::new(None),
             video_gates,
             keyframe_rt: Mutex::new(None),
@@ -378,6 +385,10 @@ pub fn gate(
                 if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
                     return crate::pipeline::DROP_BUFFER;
                 }
+                if !held.line_up.ready() {
+                    conn.keyframe_offered.store(true, Ordering::Relaxed);
+                    return crate::pipeline::DROP_BUFFER;
+                }
                 // Audio starts with the keyframe's decode time, as its sender set it; a derived
                 // one is two frames early (133 ms of sound before a 15-fps camera's picture),
                 // so there the picture's time.
@@ -412,7 +423,19 @@ pub fn gate(
                 }
                 match (*kf, rt) {
                     (None, _) => return crate::pipeline::DROP_BUFFER,
-                    (Some(k), Some(t)) if t < k => return crate::pipeline::DROP_BUFFER,
+                    (Some(k), Some(t)) if t < k => {
+                        // Raw sound the picture starts in is cut at its first instant: dropped
+                        // whole, a sound starting with the picture lost up to 21 ms of its
+                        // onset. An encoded frame cannot be cut, and goes.
+                        let clipped = pad
+                            .current_caps()
+                            .and_then(|c| crate::pipeline::clip_front(&c, buf, (k - t) as u64));
+                        let Some(clipped) = clipped else {
+                            return crate::pipeline::DROP_BUFFER;
+                        };
+                        info.data = Some(gst::PadProbeData::Buffer(clipped));
+                        rt = Some(k);
+                    }
                     _ => {}
                 }
             }

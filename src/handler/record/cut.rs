@@ -14,7 +14,7 @@ use gstreamer::prelude::*;
 use slog::info;
 
 use super::{Recording, SrcState};
-use crate::model::{EgressType, now_ms};
+use crate::model::now_ms;
 
 /// How long a stop waits for every stream to reach the stop's instant (a sender's audio
 /// lagging its video by a fraction of a second); a stream that does not is ended where it is.
@@ -27,11 +27,6 @@ impl Recording<'_> {
     /// Cuts every live source at the running time of wall-clock `at_ms`. Whether a source is
     /// cut, so the stop waits for it (`past_cut`).
     pub(super) fn cut(&mut self, at_ms: u64) -> bool {
-        // A room's mixer and compositor make frames of their own while they wait for late
-        // inputs: waiting would add them past the stop.
-        if self.spec.egress_type == EgressType::RoomComposite {
-            return false;
-        }
         let Some(now) = self.pipeline.current_running_time() else {
             return false;
         };

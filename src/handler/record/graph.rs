@@ -66,6 +66,9 @@ impl Recording<'_> {
         let launch = crate::model::redact::in_text(&desc.launch(), self.secret_urls());
         info!(self.log, "graph decided"; "launch" => launch);
         let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
+        for i in 0..self.spec.sources.len() {
+            self.tile_nearest(i);
+        }
         if let Some(loaded) = &self.web_loaded {
             for (i, s) in self.spec.sources.iter().enumerate() {
                 if matches!(s, Source::Web { .. }) {

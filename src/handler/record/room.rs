@@ -4,6 +4,9 @@
 //! grid is laid out again for the video sources present (1, 2, 4, 9, 16 tiles), in one file.
 //! A source lost while others still send keeps its tile (its last frame) until removed.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use slog::{info, warn};
@@ -15,7 +18,15 @@ use crate::handler::protocol::HandlerEvent;
 use crate::model::{EgressType, LostTile, Source};
 use crate::pipeline::graph::{self, Desc, Node, StreamKind};
 use crate::pipeline::source_uri::{self, Connection};
-use crate::pipeline::{SourceStreams, compose};
+use crate::pipeline::{SourceStreams, compose, plan};
+
+/// The elements from source `i`'s video to its tile, in order: its decoder where it is
+/// decoded in the graph (an RTSP camera's), then the tile's own.
+fn video_chain(i: usize) -> Vec<String> {
+    let mut chain = plan::decode_elements(i).to_vec();
+    chain.extend(compose::video_elements(i));
+    chain
+}
 
 impl Recording<'_> {
     /// Sources join (`add`: id and source) and leave (`remove`: ids).
@@ -65,9 +76,8 @@ impl Recording<'_> {
                 // A joiner whose tile cannot be built does not join; the room goes on.
                 if let Err(e) = self.attach(k) {
                     let i = self.sources[k].index;
-                    for chain in [compose::video_elements(i), compose::audio_elements(i)] {
-                        self.take_out(&chain);
-                    }
+                    self.take_out(&video_chain(i));
+                    self.take_out(&compose::audio_elements(i));
                     if let Some(entries) = &mut self.entries {
                         entries.retain(|(s, _), _| *s != i);
                     }
@@ -95,7 +105,9 @@ impl Recording<'_> {
         let entry = |kind| vec![Node::Entry { source: i, kind }];
         if self.pipeline.by_name("comp").is_some() && st.video.is_some() {
             let kind = st.video.unwrap_or(StreamKind::RawVideo);
-            d.push(compose::video_tile(i, entry(kind), cw & !1, ch & !1));
+            let mut head = entry(kind);
+            head.extend(plan::decoded_here(i, kind));
+            d.push(compose::video_tile(i, head, cw & !1, ch & !1));
         }
         if self.pipeline.by_name("amix").is_some() && st.audio.is_some() {
             let kind = st.audio.unwrap_or(StreamKind::RawAudio);
@@ -116,6 +128,7 @@ impl Recording<'_> {
         if let Some(entries) = &mut self.entries {
             entries.extend(built.entries);
         }
+        self.tile_nearest(i);
         info!(self.log, "source joined the room"; "source" => i,
               "video" => st.video.is_some(), "audio" => st.audio.is_some());
         self.relayout();
@@ -140,7 +153,7 @@ impl Recording<'_> {
         } else {
             return;
         }
-        video.extend(compose::video_elements(id));
+        video.extend(video_chain(id));
         audio.extend(compose::audio_elements(id));
         self.take_out(&video);
         self.take_out(&audio);
@@ -170,6 +183,21 @@ impl Recording<'_> {
             && let Some(mixer) = pad.parent_element()
         {
             mixer.release_request_pad(&pad);
+        }
+    }
+
+    /// Tile `i`'s frames go to the compositor's output slot nearest their time.
+    pub(super) fn tile_nearest(&self, i: usize) {
+        if let Some(pad) = self
+            .pipeline
+            .by_name(&compose::video_elements(i)[3])
+            .and_then(|e| e.static_pad("src"))
+        {
+            nearest_slot(
+                &pad,
+                self.room_first.clone(),
+                compose::half_frame(self.spec),
+            );
         }
     }
 
@@ -254,4 +282,22 @@ impl Recording<'_> {
         }
         self.end("source_lost");
     }
+}
+
+/// Moves a tile's frames half an output frame later, so the compositor shows each in the slot
+/// nearest its time. It takes, for a slot, the newest frame that starts before the slot ends:
+/// a frame was shown up to a whole output frame early against the sound (0-33 ms at 30 fps, a
+/// different figure each run, as a source's frames fall anywhere between the slots of a grid
+/// that starts at the room's first frame). The room's first frame (`first`) is not moved: the
+/// grid starts where it is, and a source whose frames fall on the grid keeps its times exactly.
+fn nearest_slot(pad: &gst::Pad, first: Arc<AtomicBool>, half: gst::ClockTime) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if first.swap(false, Ordering::Relaxed) {
+            return gst::PadProbeReturn::Ok;
+        }
+        if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
+            crate::pipeline::delay(b.make_mut(), half);
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
