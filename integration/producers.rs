@@ -349,6 +349,21 @@ pub fn flash_beep_file(path: &Path, seconds: u32) {
     assert!(made.success(), "ffmpeg could not write {}", path.display());
 }
 
+/// Another viewer of stream `url` (ffmpeg copying it to nowhere) until dropped: a camera one
+/// joins is already streaming, mid-GOP.
+pub fn viewer(url: &str) -> Producer {
+    let child = spawn(
+        Command::new("ffmpeg").args(["-v", "quiet", "-i", url, "-c", "copy", "-f", "null", "-"]),
+        "ffmpeg",
+    );
+    Producer {
+        child,
+        _dir: None,
+        helpers: Vec::new(),
+        url: url.to_string(),
+    }
+}
+
 /// A gst-rtsp-server at `rtsp://127.0.0.1:P/cam` (H.264 + AAC).
 pub fn rtsp_server() -> Producer {
     rtsp_camera("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15")

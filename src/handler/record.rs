@@ -425,8 +425,11 @@ impl<'a> Recording<'a> {
             && src.has("video/")
             && self.records(src.index, true)
             && !src.conn.video_started.load(Ordering::Relaxed)
-            && !src.conn.keyframe_offered.load(Ordering::Relaxed)
-            && src.started.elapsed().as_secs_f64() > self.opts.first_keyframe_s
+            // A keyframe that waited for an RTSP camera's streams to line up: the next one
+            // has as long again.
+            && src.started.elapsed().as_secs_f64()
+                > self.opts.first_keyframe_s
+                    * if src.conn.keyframe_offered.load(Ordering::Relaxed) { 2.0 } else { 1.0 }
     }
 
     fn no_keyframe(&self, src: &UriSource) -> PipelineError {

@@ -2,8 +2,9 @@
 //! source's audio into one `audiomixer`, then encoded once.
 //!
 //! ```text
-//!   src0 video ─► src0_video_queue ─► src0_video_convert ─► src0_video_scale ─► src0_video_caps ─┐
-//!   src1 video ─► ...                                                          comp.sink_N ◄───┤
+//!   src0 video ─► [src0_video_decode_queue ─► src0_video_decode] (an RTSP camera's, in the graph)
+//!              ─► src0_video_queue ─► _convert ─► _scale ─► _cell ─► _hold (up to 5 s) ─┐
+//!   src1 video ─► ...                                                     comp.sink_N ◄─┤
 //!                                                 comp (compositor) ─► raw video (encode.rs) ─► encoders ─► outputs
 //!   src0 audio ─► src0_audio_queue ─► src0_audio_convert ─► src0_audio_resample ─► src0_audio_caps ─┐
 //!                                                 amix (audiomixer) ─► raw audio (encode.rs) ─► encoders ─► outputs
@@ -49,8 +50,8 @@ pub fn cell_caps(cw: u32, ch: u32) -> String {
 
 /// The elements between source `i`'s video and its compositor pad, and its audio and the
 /// mixer, in order (a source leaving the room takes them out).
-pub fn video_elements(i: usize) -> [String; 4] {
-    ["queue", "convert", "scale", "cell"].map(|e| format!("src{i}_video_{e}"))
+pub fn video_elements(i: usize) -> [String; 5] {
+    ["queue", "convert", "scale", "cell", "hold"].map(|e| format!("src{i}_video_{e}"))
 }
 
 pub fn audio_elements(i: usize) -> [String; 4] {
@@ -59,7 +60,8 @@ pub fn audio_elements(i: usize) -> [String; 4] {
 
 /// The queue before a mixer's input: it may hold as long as the slowest source's latency (an
 /// RTSP camera's jitterbuffer, 2 s). With a queue's default second, the mixer could not
-/// configure its latency ("max < min") and timed its output as if none had been reported.
+/// configure its latency ("max < min") and timed its output as if none had been reported. A
+/// tile's holds frames of the tile's size (after scaling), not the source's.
 fn mixer_queue(name: String) -> Node {
     el("queue", name)
         .p("max-size-time", 5_000_000_000u64)
@@ -69,12 +71,13 @@ fn mixer_queue(name: String) -> Node {
 
 /// Source `i`'s video from `head` into its `cw`x`ch` tile.
 pub fn video_tile(i: usize, mut head: Vec<Node>, cw: u32, ch: u32) -> Vec<Node> {
-    let [q, convert, scale, cell] = video_elements(i);
+    let [q, convert, scale, cell, hold] = video_elements(i);
     head.extend([
-        mixer_queue(q),
+        el("queue", q),
         el("videoconvert", convert),
         el("videoscale", scale),
         caps(cell, cell_caps(cw, ch)),
+        mixer_queue(hold),
         Node::Link {
             target: "comp".into(),
             pad: Some(tile_pad(i)),

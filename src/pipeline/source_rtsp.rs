@@ -1,6 +1,7 @@
 //! What an RTSP camera needs beyond any URI source (`source_uri`): its streams come each on
-//! its own RTP session, with presentation times only (`decode_times` derives the rest), and
-//! its `rtspsrc` is told how to keep the camera's time.
+//! its own RTP session, with presentation times only (`decode_times` derives the rest), its
+//! `rtspsrc` is told how to keep the camera's time, and its video waits for the RTCP reports
+//! that line its streams up (`LineUp`).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,43 +10,47 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-/// How far an RTSP source's streams may be moved per frame to line them up (`setup`): 10 ms,
-/// so a 250-ms correction takes 25 frames, and frames still go forward.
+/// How far an RTSP source's streams may be moved per buffer (an RTP packet) to line them up
+/// (`setup`): 10 ms, so a 250-ms correction takes 25 packets, and frames still go forward.
 const TS_OFFSET_STEP_NS: u64 = 10_000_000;
 
-/// How long a camera's video waits for the RTCP reports that line its streams up (`LineUp`)
-/// before it is recorded without them. A report comes 1.25-3.75 s after a session starts,
-/// then every ~5 s.
+/// How long a camera's video waits for the RTCP reports that line its streams up (`LineUp`),
+/// from its media's first buffer, before it is recorded without them. A report came 1-5.5 s
+/// after a session started here, then every ~5 s.
 const LINE_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long after the reports the video waits on: `rtpbin` moves the streams to their place
 /// 10 ms a packet (`TS_OFFSET_STEP_NS`), and a keyframe taken at once was still a frame early.
+/// A keyframe waited for this long each time: `keyframe_offered` tells the handler.
 const LINE_UP_SETTLE: Duration = Duration::from_secs(1);
 
 /// Whether the streams of a camera that keeps its own time (`keep_camera_time`) are lined up.
 /// Until the camera's RTCP reports say where its streams stand against each other, each is
 /// placed by when its first packet came, and a video stream sent in decode order (B-frames)
 /// came a frame or two before its pictures are shown: the picture led the sound by up to a
-/// frame (67 ms at 15 fps) until the report. Its video starts recording once every stream has
-/// had its report (or `LINE_UP_WAIT` passed).
+/// frame (67 ms at 15 fps) until the report. Its video starts recording once every audio and
+/// video stream has had its report (or `LINE_UP_WAIT` passed); a lone stream has nothing to
+/// line up with.
 #[derive(Debug, Default)]
 pub struct LineUp {
     /// A stream keeps the camera's time: recording waits for the reports.
     waits: AtomicBool,
-    /// Streams the camera sends.
+    /// The audio and video streams selected (a bit per stream id, which is its RTP session's).
     streams: AtomicU32,
     /// RTP sessions whose RTCP sender report came (a bit per session).
     reported: AtomicU32,
     /// When every stream had its report.
     lined_up: Mutex<Option<Instant>>,
-    /// When the video first asked whether it may start.
+    /// When the media's first buffer asked whether the video may start.
     since: Mutex<Option<Instant>>,
 }
 
 impl LineUp {
     /// Whether the camera's video may start recording.
     pub fn ready(&self) -> bool {
-        if !self.waits.load(Ordering::Relaxed) {
+        if !self.waits.load(Ordering::Relaxed)
+            || self.streams.load(Ordering::Relaxed).count_ones() < 2
+        {
             return true;
         }
         let lined_up = *self.lined_up.lock().unwrap_or_else(|p| p.into_inner());
@@ -56,18 +61,25 @@ impl LineUp {
         since.get_or_insert_with(Instant::now).elapsed() >= LINE_UP_WAIT
     }
 
+    fn selected(&self, stream: u32) {
+        self.streams.fetch_or(bit(stream), Ordering::Relaxed);
+    }
+
     fn reported(&self, session: u32) {
-        let all = self
-            .reported
-            .fetch_or(1 << (session % 32), Ordering::Relaxed)
-            | 1 << (session % 32);
-        if all.count_ones() >= self.streams.load(Ordering::Relaxed) {
+        let reported = self.reported.fetch_or(bit(session), Ordering::Relaxed) | bit(session);
+        let streams = self.streams.load(Ordering::Relaxed);
+        if reported & streams == streams {
             self.lined_up
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert_with(Instant::now);
         }
     }
+}
+
+/// The bit of stream (or session) `id` in a `LineUp` set.
+fn bit(id: u32) -> u32 {
+    1 << (id % 32)
 }
 
 /// Whether a source is an RTSP camera: its streams come each on its own (one RTP session per
@@ -103,9 +115,13 @@ fn keep_camera_time(rtspsrc: &gst::Element, line_up: &Arc<LineUp>) {
     let line_up = line_up.clone();
     rtspsrc.connect("select-stream", false, move |args| {
         let src = args.first().and_then(|v| v.get::<gst::Element>().ok())?;
+        let id = args.get(1).and_then(|v| v.get::<u32>().ok())?;
         let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok())?;
         let s = caps.structure(0)?;
-        line_up.streams.fetch_add(1, Ordering::Relaxed);
+        // Audio and video are lined up; a metadata stream may send no report.
+        if matches!(s.get::<&str>("media"), Ok("audio" | "video")) {
+            line_up.selected(id);
+        }
         if sdp_may_reorder(
             s.get::<&str>("encoding-name").unwrap_or_default(),
             s.get::<&str>("profile-level-id").unwrap_or_default(),
@@ -154,6 +170,31 @@ mod tests {
     fn rtsp_is_told_by_its_scheme() {
         assert!(is_rtsp("rtsp://cam/1") && is_rtsp("RTSP://cam/1") && is_rtsp("rtsps://cam"));
         assert!(!is_rtsp("srt://cam:9000") && !is_rtsp("rtmp://cam/live") && !is_rtsp("rt"));
+    }
+
+    #[test]
+    fn streams_are_lined_up_once_each_audio_and_video_stream_reported() {
+        let l = LineUp::default();
+        assert!(
+            l.ready(),
+            "a camera keeping no time of its own does not wait"
+        );
+        l.waits.store(true, Ordering::Relaxed);
+        l.selected(0);
+        assert!(l.ready(), "a lone stream has nothing to line up with");
+        l.selected(1);
+        assert!(!l.ready());
+        l.reported(1);
+        assert!(l.lined_up.lock().unwrap().is_none());
+        l.reported(1);
+        assert!(
+            l.lined_up.lock().unwrap().is_none(),
+            "one stream's reports are not both"
+        );
+        l.reported(0);
+        assert!(l.lined_up.lock().unwrap().is_some());
+        // The correction is taken a packet at a time: not at once.
+        assert!(!l.ready());
     }
 
     #[test]

@@ -32,6 +32,10 @@ use crate::error::PipelineError;
 /// keyframe is seconds away.
 const AUDIO_HOLD: Duration = Duration::from_millis(500);
 
+/// How long an RTSP camera's first audio waits for its first video keyframe (its streams come
+/// each on their own, so waiting stops nothing else): the `LineUp` wait and a GOP.
+const RTSP_AUDIO_HOLD: Duration = Duration::from_secs(15);
+
 /// Application message a `uridecodebin3` posts (from its streaming thread) for each new pad.
 pub const PAD_MESSAGE: &str = "egress-pad-added";
 
@@ -372,6 +376,8 @@ pub fn gate(
             return gst::PadProbeReturn::Ok;
         };
         let mut rt = running_time(pad, buf);
+        // Where the buffer starts for the spacing of the next (`last_rt`), if not at `rt`.
+        let mut spaced_from = None;
         // The least step between two buffers of this pad: a frame, where known.
         let step = buf
             .duration()
@@ -385,7 +391,7 @@ pub fn gate(
                 if buf.flags().contains(gst::BufferFlags::DELTA_UNIT) {
                     return crate::pipeline::DROP_BUFFER;
                 }
-                if !held.line_up.ready() {
+                if conn.video_gates && !held.line_up.ready() {
                     conn.keyframe_offered.store(true, Ordering::Relaxed);
                     return crate::pipeline::DROP_BUFFER;
                 }
@@ -406,14 +412,24 @@ pub fn gate(
                 // Audio starts with the picture: nothing before the first keyframe. A sender
                 // may interleave audio ahead of the video of the same instant, so the first
                 // audio waits here (this pad's thread only) a moment for the keyframe's time.
+                // An RTSP camera's audio waits for it (its streams come each on their own):
+                // its video may wait seconds for the camera's reports (`LineUp`), and the sound
+                // of the keyframe's instant, there first, would have gone.
                 let since = *conn
                     .audio_hold_since
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get_or_insert_with(Instant::now);
+                let hold = if held.rtsp {
+                    RTSP_AUDIO_HOLD
+                } else {
+                    AUDIO_HOLD
+                };
+                // A stop (its cut) ends the wait: EOS must get by.
                 while kf.is_none()
                     && !conn.closed.load(Ordering::Relaxed)
-                    && since.elapsed() < AUDIO_HOLD
+                    && conn.cut.load(Ordering::Relaxed) == i64::MAX
+                    && since.elapsed() < hold
                 {
                     kf = conn
                         .keyframe_seen
@@ -435,6 +451,8 @@ pub fn gate(
                         };
                         info.data = Some(gst::PadProbeData::Buffer(clipped));
                         rt = Some(k);
+                        // The next buffer follows the uncut one (else it was moved by the cut).
+                        spaced_from = Some(t);
                     }
                     _ => {}
                 }
@@ -497,7 +515,8 @@ pub fn gate(
                 }
                 return crate::pipeline::DROP_BUFFER;
             }
-            *last_rt = Some(last_rt.map_or(t, |l| l.max(t)));
+            let from = spaced_from.unwrap_or(t);
+            *last_rt = Some(last_rt.map_or(from, |l| l.max(from)));
             drop(last_rt);
             conn.out_max.fetch_max(t + o, Ordering::Relaxed);
             pace(&conn, &weak, t + o);

@@ -28,7 +28,10 @@ impl Recording<'_> {
                 }
                 SrcState::Live if src.conn.idle_ms() > stall_ms => self.stall(k, "no media"),
                 SrcState::Reconnecting { since, ended } => {
-                    if src.conn.delivered.load(Ordering::Relaxed) {
+                    // A keyframe waiting for an RTSP camera's streams to line up: it is back.
+                    if src.conn.delivered.load(Ordering::Relaxed)
+                        || src.conn.keyframe_offered.load(Ordering::Relaxed)
+                    {
                         info!(self.log, "source back"; "source" => src.index,
                               "gap_ms" => since.elapsed().as_millis() as u64);
                         emit(&HandlerEvent::SourceRecovered { source: src.index });
