@@ -911,7 +911,9 @@ fn a_15_fps_camera_is_recorded_at_real_speed() {
 
 /// An RTSP camera that sends B-frames (x264 `-bf 2`, 15 fps, a keyframe every 4 s; its
 /// picture flashes while its sound beeps): `track` copies it in display order (its decode
-/// times derived, as RTP carries none) and in sync, and `participant` records it in sync.
+/// times derived, as RTP carries none) and in sync, and `participant` records it in sync; as
+/// does a `participant` of a camera encoding live (its keyframes sent after their sound),
+/// against that camera's own offset.
 /// Before, every B-frame was shown after its P frame and the sound was off by -68 to -134 ms;
 /// a `participant` was off by 20-91 ms for the whole file.
 #[test]
@@ -924,6 +926,7 @@ fn an_rtsp_camera_with_b_frames_is_copied_in_display_order_and_in_sync() {
         "sources: { allowed_schemes: [test, rtsp] }\npipeline: { health_window_s: 3600 }",
     );
     let cam = rtsp_file(&file);
+    let live = rtsp_live_file(&file);
     let (_, done) = record_bodies(
         &svc,
         &[
@@ -932,15 +935,22 @@ fn an_rtsp_camera_with_b_frames_is_copied_in_display_order_and_in_sync() {
                 body("participant", &cam.url, "rtsp_bframes_p"),
                 (true, true),
             ),
+            (body("participant", &live.url, "rtsp_live_p"), (true, true)),
         ],
         Duration::from_secs(10),
     );
     assert_in_display_order(&output(&done[0]));
-    for done in &done {
+    // The live camera's own offset: its encoders' output, muxed here.
+    let own = dirs.root.path().join("live_own.mp4");
+    live_encoded(&file, &own);
+    let live_own = av_offsets(&own)["median_ms"].as_f64().expect("median");
+    eprintln!("the live camera's own offset: {live_own} ms");
+    for (k, done) in done.iter().enumerate() {
         let path = output(done);
         let v = av_offsets(&path);
         eprintln!("{}: {v}", path.display());
-        let offsets: Vec<f64> = numbers(&v["offsets_ms"]);
+        let own = if k == 2 { live_own } else { 0.0 };
+        let offsets: Vec<f64> = numbers(&v["offsets_ms"]).iter().map(|o| o - own).collect();
         assert!(offsets.len() >= 6, "{v}");
         // The file's own offset is 0. The camera's own timestamps are kept (estimating its
         // clock from arrival times, thrown off by the B-frames, put the first seconds 0.25 s
@@ -948,8 +958,11 @@ fn an_rtsp_camera_with_b_frames_is_copied_in_display_order_and_in_sync() {
         // them, the picture led by up to a frame). Every flash within 20 ms; a copy's first
         // one, whose beep starts the file's sound, within an AAC frame (21.3 ms): a decoder
         // fades a stream's first frame in.
+        // The live camera's first picture was shown an output frame early once in five runs
+        // (with the suite beside it): within a camera frame (67 ms) there, the rest as above.
         assert!(offsets.iter().skip(1).all(|o| o.abs() <= 20.0), "{v}");
-        assert!(offsets[0].abs() <= 21.4, "{v}");
+        let first = if k == 2 { 67.0 } else { 21.4 };
+        assert!(offsets[0].abs() <= first, "{v}");
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod announce;
 pub mod compose;
+pub mod connection;
 pub mod decode_times;
 pub mod encode;
 pub mod errors;
