@@ -106,24 +106,20 @@ pub fn clip_front(
         return None;
     }
     let info = gstreamer_audio::AudioInfo::from_caps(caps).ok()?;
-    if info.layout() != gstreamer_audio::AudioLayout::Interleaved {
+    // Planar sound (a decoder's, avdec_aac's) says where its planes are in its audio meta:
+    // cut each there. Without one it cannot be cut.
+    if info.layout() != gstreamer_audio::AudioLayout::Interleaved
+        && buf.meta::<gstreamer_audio::AudioMeta>().is_none()
+    {
         return None;
     }
     let rate = u64::from(info.rate());
-    let frames = ns * rate / 1_000_000_000;
-    let bytes = usize::try_from(frames).ok()? * info.bpf() as usize;
-    if bytes >= buf.size() {
+    let frames = usize::try_from(ns * rate / 1_000_000_000).ok()?;
+    if frames >= buf.size() / info.bpf() as usize {
         return None;
     }
-    let cut = gstreamer::ClockTime::from_nseconds(frames * 1_000_000_000 / rate);
-    let mut out = buf
-        .copy_region(
-            gstreamer::BufferCopyFlags::FLAGS
-                | gstreamer::BufferCopyFlags::META
-                | gstreamer::BufferCopyFlags::MEMORY,
-            bytes..,
-        )
-        .ok()?;
+    let cut = gstreamer::ClockTime::from_nseconds(frames as u64 * 1_000_000_000 / rate);
+    let mut out = gstreamer_audio::audio_buffer_truncate(buf.to_owned(), info.bpf(), frames, None);
     let o = out.make_mut();
     o.set_pts(buf.pts().map(|p| p + cut));
     o.set_dts(buf.dts().map(|d| d + cut));
@@ -199,6 +195,37 @@ mod tests {
         );
         // Nothing left, or not raw sound: no cut.
         assert!(super::clip_front(&raw, &buf, 30_000_000).is_none());
+        // Planar (a decoder's): each plane cut. 1024 frames of 2 planes of S16.
+        let planar: gst::Caps =
+            "audio/x-raw,format=S16LE,rate=48000,channels=2,layout=non-interleaved"
+                .parse()
+                .unwrap();
+        let info = gstreamer_audio::AudioInfo::from_caps(&planar).unwrap();
+        let mut data = vec![0u8; 2048];
+        data.extend(vec![1u8; 2048]);
+        let mut buf = gst::Buffer::from_mut_slice(data);
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_seconds(1));
+            gstreamer_audio::AudioMeta::add(b, &info, 1024, &[]).unwrap();
+        }
+        let cut = super::clip_front(&planar, &buf, 10_000_000).expect("planar cut");
+        let meta = cut
+            .meta::<gstreamer_audio::AudioMeta>()
+            .expect("audio meta");
+        assert_eq!(meta.samples(), 1024 - 480);
+        let map = cut.map_readable().unwrap();
+        let planes: Vec<&[u8]> = meta
+            .offsets()
+            .iter()
+            .map(|o| &map[*o..*o + (1024 - 480) * 2])
+            .collect();
+        assert!(planes[0].iter().all(|b| *b == 0) && planes[1].iter().all(|b| *b == 1));
+        assert_eq!(
+            cut.pts(),
+            Some(gst::ClockTime::from_nseconds(1_010_000_000))
+        );
+        drop(map);
         let aac: gst::Caps = "audio/mpeg,mpegversion=4,rate=48000,channels=2"
             .parse()
             .unwrap();

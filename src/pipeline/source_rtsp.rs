@@ -19,10 +19,8 @@ const TS_OFFSET_STEP_NS: u64 = 10_000_000;
 /// after a session started here, then every ~5 s.
 const LINE_UP_WAIT: Duration = Duration::from_secs(5);
 
-/// How long after the reports the video waits on: `rtpbin` moves the streams to their place
-/// 10 ms a packet (`TS_OFFSET_STEP_NS`), and a keyframe taken at once was still a frame early.
-/// A keyframe waited for this long each time: `keyframe_offered` tells the handler.
-const LINE_UP_SETTLE: Duration = Duration::from_secs(1);
+/// How long after the reports the video waits on, for the jitterbuffers to take them.
+const LINE_UP_SETTLE: Duration = Duration::from_millis(500);
 
 /// Whether the streams of a camera that keeps its own time (`keep_camera_time`) are lined up.
 /// Until the camera's RTCP reports say where its streams stand against each other, each is
@@ -43,22 +41,39 @@ pub struct LineUp {
     lined_up: Mutex<Option<Instant>>,
     /// When the media's first buffer asked whether the video may start.
     since: Mutex<Option<Instant>>,
+    /// The camera's jitterbuffers: they take the reports' correction at once until recording
+    /// may start, then 10 ms a packet (`TS_OFFSET_STEP_NS`). Taken a little at a time from
+    /// the start, a correction of a few hundred ms (a live encoder's) was still under way a
+    /// second later, and the first picture came a frame early.
+    jitterbuffers: Mutex<Vec<gst::glib::WeakRef<gst::Element>>>,
+    /// The jitterbuffers take corrections a little at a time.
+    stepped: AtomicBool,
 }
 
 impl LineUp {
     /// Whether the camera's video may start recording.
     pub fn ready(&self) -> bool {
-        if !self.waits.load(Ordering::Relaxed)
+        if self.stepped.load(Ordering::Relaxed)
+            || !self.waits.load(Ordering::Relaxed)
             || self.streams.load(Ordering::Relaxed).count_ones() < 2
         {
             return true;
         }
         let lined_up = *self.lined_up.lock().unwrap_or_else(|p| p.into_inner());
-        if lined_up.is_some_and(|t| t.elapsed() >= LINE_UP_SETTLE) {
-            return true;
+        let waited = || {
+            let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+            since.get_or_insert_with(Instant::now).elapsed() >= LINE_UP_WAIT
+        };
+        if lined_up.is_none_or(|t| t.elapsed() < LINE_UP_SETTLE) && !waited() {
+            return false;
         }
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        since.get_or_insert_with(Instant::now).elapsed() >= LINE_UP_WAIT
+        if !self.stepped.swap(true, Ordering::Relaxed) {
+            let jbs = self.jitterbuffers.lock().unwrap_or_else(|p| p.into_inner());
+            for jb in jbs.iter().filter_map(|w| w.upgrade()) {
+                jb.set_property("max-ts-offset-adjustment", TS_OFFSET_STEP_NS);
+            }
+        }
+        true
     }
 
     fn selected(&self, stream: u32) {
@@ -143,6 +158,14 @@ fn watch_reports(rtspsrc: &gst::Element, line_up: &Arc<LineUp>) {
         manager.connect("new-jitterbuffer", false, move |args| {
             let jb = args.get(1).and_then(|v| v.get::<gst::Element>().ok())?;
             let session = args.get(2).and_then(|v| v.get::<u32>().ok())?;
+            if line_up.waits.load(Ordering::Relaxed) && !line_up.stepped.load(Ordering::Relaxed) {
+                jb.set_property("max-ts-offset-adjustment", 0u64);
+                let mut jbs = line_up
+                    .jitterbuffers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                jbs.push(jb.downgrade());
+            }
             let line_up = line_up.clone();
             jb.connect("handle-sync", false, move |_| {
                 line_up.reported(session);
@@ -193,7 +216,7 @@ mod tests {
         );
         l.reported(0);
         assert!(l.lined_up.lock().unwrap().is_some());
-        // The correction is taken a packet at a time: not at once.
+        // The jitterbuffers take the correction first.
         assert!(!l.ready());
     }
 

@@ -17,7 +17,10 @@ use crate::timeline::{Spans, Timeline};
 const VOAACENC_PRIMING: gst::ClockTime =
     gst::ClockTime::from_nseconds(1600 * 1_000_000_000 / 48_000);
 
-/// Takes the encoder's priming off the timestamps of `audio_aac_enc`'s output.
+/// Takes the encoder's priming off the timestamps of `audio_aac_enc`'s output, and drops the
+/// frames that hold nothing but it (they end before the first sound went in): kept, the
+/// sound track started 33 ms before the picture with silence, and ffmpeg's timing of a
+/// 15-fps file then put two frames in one tick.
 pub fn compensate_priming(pipeline: &gst::Pipeline) {
     let Some(enc) = pipeline.by_name("audio_aac_enc") else {
         return;
@@ -25,17 +28,39 @@ pub fn compensate_priming(pipeline: &gst::Pipeline) {
     if enc.factory().map(|f| f.name()) != Some("voaacenc".into()) {
         return;
     }
-    let Some(pad) = enc.static_pad("src") else {
+    let (Some(pad), Some(sink)) = (enc.static_pad("src"), enc.static_pad("sink")) else {
         return;
     };
+    let first_in = std::sync::Arc::new(std::sync::Mutex::new(None::<gst::ClockTime>));
+    let first = first_in.clone();
+    sink.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let mut first = first.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = info.buffer().and_then(|b| b.pts());
+        }
+        gst::PadProbeReturn::Ok
+    });
     let by = VOAACENC_PRIMING;
+    // Only the first frames can be priming alone: once one is kept, none is dropped (a
+    // reconnection's times start again from zero, below the first input's).
+    let kept = std::sync::atomic::AtomicBool::new(false);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let first_in = *first_in.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
             match b.pts() {
                 // Only a source that starts at zero (a test source) has frames this early:
                 // they hold the priming itself.
                 Some(p) if p < by => return crate::pipeline::DROP_BUFFER,
+                Some(p)
+                    if !kept.load(std::sync::atomic::Ordering::Relaxed)
+                        && first_in
+                            .zip(b.duration())
+                            .is_some_and(|(k, d)| p - by + d <= k) =>
+                {
+                    return crate::pipeline::DROP_BUFFER;
+                }
                 Some(p) => {
+                    kept.store(true, std::sync::atomic::Ordering::Relaxed);
                     let b = b.make_mut();
                     b.set_pts(p - by);
                     if let Some(d) = b.dts() {
