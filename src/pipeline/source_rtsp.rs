@@ -116,7 +116,8 @@ pub fn setup(element: &gst::Element, line_up: &Arc<LineUp>) {
     // The camera's RTCP report tells how its streams line up, seconds in; taken at once, a
     // stream's times jump back by up to a few frames, and a GOP before the jump would show
     // after the keyframe that follows it (its HLS segment would start mid-GOP). Taken a little
-    // per frame, time goes on.
+    // per packet, time goes on. (A camera whose video waits for its reports takes them at once
+    // until then: `LineUp`.)
     element.set_property("max-ts-offset-adjustment", TS_OFFSET_STEP_NS);
 }
 
