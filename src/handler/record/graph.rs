@@ -19,7 +19,7 @@ use super::{
 use crate::error::PipelineError;
 use crate::handler::emit;
 use crate::handler::protocol::HandlerEvent;
-use crate::model::Source;
+use crate::model::{EgressType, Source};
 use crate::pipeline::errors;
 use crate::pipeline::graph::{self, Desc, StreamKind};
 use crate::pipeline::source_uri::{self, Connection};
@@ -66,8 +66,10 @@ impl Recording<'_> {
         let launch = crate::model::redact::in_text(&desc.launch(), self.secret_urls());
         info!(self.log, "graph decided"; "launch" => launch);
         let built = graph::instantiate(&desc, &self.pipeline, self.fd)?;
-        for i in 0..self.spec.sources.len() {
-            self.tile_nearest(i);
+        if self.spec.egress_type == EgressType::RoomComposite {
+            for i in 0..self.spec.sources.len() {
+                self.tile_nearest(i);
+            }
         }
         if let Some(loaded) = &self.web_loaded {
             for (i, s) in self.spec.sources.iter().enumerate() {

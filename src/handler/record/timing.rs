@@ -45,17 +45,20 @@ pub fn compensate_priming(pipeline: &gst::Pipeline) {
     // reconnection's times start again from zero, below the first input's).
     let kept = std::sync::atomic::AtomicBool::new(false);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        let first_in = *first_in.lock().unwrap_or_else(|p| p.into_inner());
+        let first_in = if kept.load(std::sync::atomic::Ordering::Relaxed) {
+            None
+        } else {
+            *first_in.lock().unwrap_or_else(|p| p.into_inner())
+        };
         if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
             match b.pts() {
                 // Only a source that starts at zero (a test source) has frames this early:
                 // they hold the priming itself.
                 Some(p) if p < by => return crate::pipeline::DROP_BUFFER,
                 Some(p)
-                    if !kept.load(std::sync::atomic::Ordering::Relaxed)
-                        && first_in
-                            .zip(b.duration())
-                            .is_some_and(|(k, d)| p - by + d <= k) =>
+                    if first_in
+                        .zip(b.duration())
+                        .is_some_and(|(k, d)| p - by + d <= k) =>
                 {
                     return crate::pipeline::DROP_BUFFER;
                 }
