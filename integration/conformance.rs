@@ -116,11 +116,17 @@ fn publish(nginx: &Producer, key: &str, profile: Profile) -> Producer {
 
 /// `publish`, ending the stream after `secs` when given (as a sender that stops cleanly).
 fn publish_for(nginx: &Producer, key: &str, profile: Profile, secs: Option<u32>) -> Producer {
-    let url = format!("{}/{key}", nginx.url);
     let mut args = profile.args();
     if let Some(secs) = secs {
         args.extend(["-t".into(), secs.to_string()]);
     }
+    publish_args(nginx, key, args)
+}
+
+/// ffmpeg sending what `args` (its input and codec options) say to `nginx` as stream `key`;
+/// waits until the server relays it.
+fn publish_args(nginx: &Producer, key: &str, mut args: Vec<String>) -> Producer {
+    let url = format!("{}/{key}", nginx.url);
     args.extend(["-f".into(), "flv".into(), url.clone()]);
     let p = spawn_ffmpeg(&args, url.clone());
     wait_for(
@@ -368,36 +374,34 @@ fn rtmp_as_obs_sends_it_is_recorded_whole_and_in_sync() {
     let nginx = nginx_rtmp();
     let sender = publish(&nginx, "obs", OBS);
     somewhere_in_the_gop(2000);
+    recorded_in_sync(&svc, &dirs, &sender.url);
+}
+
+/// `track` and `participant` of RTMP stream `url`, recorded for 10 s beside `ffmpeg -c copy` of
+/// it: both whole (`check`), starting with a keyframe, their MP4 and HLS within 20 ms of the
+/// copy's A/V offset. Returns their ended records.
+fn recorded_in_sync(svc: &Service, dirs: &Dirs, url: &str) -> Vec<Value> {
     let reference = dirs.root.path().join("reference.mp4");
     let mut copy = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-i",
-            &sender.url,
-            "-c",
-            "copy",
-            "-t",
-            "16",
-            "-y",
-        ])
+        .args(["-v", "error", "-i", url, "-c", "copy", "-t", "16", "-y"])
         .arg(&reference)
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("ffmpeg");
     let ids: Vec<String> = ["track", "participant"]
         .iter()
-        .map(|t| svc.start_egress(&body(t, &sender.url, t)))
+        .map(|t| svc.start_egress(&body(t, url, t)))
         .collect();
     for id in &ids {
         svc.wait_status(id, &["active"], Duration::from_secs(15));
     }
     std::thread::sleep(Duration::from_secs(10));
-    let runs: Vec<Run> = ids.iter().map(|id| stop(&svc, id)).collect();
+    let runs: Vec<Run> = ids.iter().map(|id| stop(svc, id)).collect();
     let _ = copy.wait();
     let want = av_offset(&reference);
+    let mut records = Vec::new();
     for run in &runs {
-        let (done, _) = check(&svc, run, (true, true), DURATION_SLACK);
+        let (done, _) = check(svc, run, (true, true), DURATION_SLACK);
         let file = output(&done);
         let (first_pts, key) = first_frame(&file, "v");
         assert!(
@@ -405,28 +409,58 @@ fn rtmp_as_obs_sends_it_is_recorded_whole_and_in_sync() {
             "{} starts with a keyframe (pts {first_pts})",
             file.display()
         );
-        let got = av_offset(&file);
-        eprintln!(
-            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
-            file.display()
-        );
-        assert!(
-            (got - want).abs() <= 20.0,
-            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
-            file.display()
-        );
-        let seg = joined_segments(&done);
-        let got = av_offset(&seg);
-        eprintln!(
-            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
-            seg.display()
-        );
-        assert!(
-            (got - want).abs() <= 20.0,
-            "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
-            seg.display()
-        );
+        for path in [file, joined_segments(&done)] {
+            let got = av_offset(&path);
+            eprintln!(
+                "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
+                path.display()
+            );
+            assert!(
+                (got - want).abs() <= 20.0,
+                "{}: A/V offset {got} ms, ffmpeg -c copy {want} ms",
+                path.display()
+            );
+        }
+        records.push(done);
     }
+    records
+}
+
+/// A sender whose frame rate varies, as a phone's in low light or a screen capture sends
+/// (OBS's sync picture and sound, 30 fps one second and 5 the next, encoded as phones do:
+/// without B-frames or lookahead, which would hold a 5-fps picture back for seconds):
+/// `track` keeps the sender's frames, `participant` makes them 30 fps; both play at real speed
+/// and in sync, and an HLS stop ends as fast on 200-ms frames.
+#[test]
+fn a_variable_rate_sender_is_recorded_at_real_speed_and_in_sync() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let nginx = nginx_rtmp();
+    let phone = Profile {
+        video: Some(("libx264", 2, 0)),
+        ..OBS
+    };
+    let mut args = phone.args();
+    let picture = args
+        .iter_mut()
+        .find(|a| a.starts_with("color="))
+        .expect("the sync picture");
+    // Every frame in even seconds, every sixth (5 fps) in odd ones; the flashes are kept.
+    picture.push_str(",select='lt(mod(t,2),1)+not(mod(n,6))'");
+    args.extend(["-fps_mode", "vfr", "-tune", "zerolatency"].map(String::from));
+    let sender = publish_args(&nginx, "vfr", args);
+    somewhere_in_the_gop(2000);
+    let done = recorded_in_sync(&svc, &dirs, &sender.url);
+    let (track, participant) = (
+        decoded_fps(&output(&done[0])),
+        decoded_fps(&output(&done[1])),
+    );
+    eprintln!("variable-rate sender: track {track:.2} fps, participant {participant:.2} fps");
+    assert!((14.0..=21.0).contains(&track), "track at {track} fps");
+    assert!(
+        (participant - FPS as f64).abs() < 1.0,
+        "participant at {participant} fps"
+    );
 }
 
 /// Keyframes every 4 and every 8 s (hardware encoders, OBS set for bandwidth): the egress waits

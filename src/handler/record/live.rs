@@ -261,24 +261,26 @@ pub(super) fn guard_muxer_inputs(pipeline: &gst::Pipeline) {
             monotonic(&pad, video);
         }
     }
-    if let Some(pad) = pipeline
-        .by_name("video_rate")
-        .and_then(|e| e.static_pad("sink"))
+    if let Some(rate) = pipeline.by_name("video_rate")
+        && let (Some(sink), Some(src)) = (rate.static_pad("sink"), rate.static_pad("src"))
     {
-        shown_until_the_next(&pad);
+        shown_from_the_nearest_slot(&sink, src);
     }
 }
 
-/// Makes `videorate` keep showing a frame when the next one is as near to an output slot.
-/// It picks, for every slot, the frame nearest in time; its slots start at the first frame, so
-/// a source at half the output rate (a 15-fps camera recorded at 30) has a frame exactly
-/// between two slots every other slot, and the nanoseconds its times are rounded to decided:
-/// each picture was shown a slot early, and the sound came 33 ms after it. Frames after the
-/// first come 1 ms later. The grid starts again at each segment (a reconnection), and so does
-/// this.
-fn shown_until_the_next(pad: &gst::Pad) {
-    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let again = first.clone();
+/// Makes `videorate` show each frame from the output slot nearest its own time. It picks,
+/// for every slot, the frame nearest in time, so a frame was shown from halfway between it and
+/// the one before: a sender slower than the output had each picture shown early, by half the
+/// time between its frames (a 5-fps second of a variable-rate sender: flashes 66 ms before
+/// their beeps; a 15-fps camera at 30: every picture a slot early, where nanoseconds of
+/// rounding decided the tie). A frame that comes more than an output frame after the one
+/// before is therefore preceded by that one again, an output frame earlier: the change is
+/// then at half an output frame before the frame's time, as for a source at the output's rate.
+/// Starts again at each segment (a reconnection), as `videorate`'s slots do.
+fn shown_from_the_nearest_slot(pad: &gst::Pad, out: gst::Pad) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None::<gst::Buffer>));
+    let again = last.clone();
     pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         if let Some(ev) = info.event()
             && matches!(
@@ -286,17 +288,48 @@ fn shown_until_the_next(pad: &gst::Pad) {
                 gst::EventType::Segment | gst::EventType::FlushStop
             )
         {
-            again.store(true, std::sync::atomic::Ordering::Relaxed);
+            *again.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         gst::PadProbeReturn::Ok
     });
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+    // The repeated frame goes through this probe too, pushed from inside it.
+    let repeating = AtomicBool::new(false);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if repeating.load(Ordering::Relaxed) {
             return gst::PadProbeReturn::Ok;
         }
-        if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data {
-            crate::pipeline::delay(b.make_mut(), gst::ClockTime::from_mseconds(1));
+        let Some(buffer) = info.buffer().cloned() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let prev = last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(buffer.clone());
+        let frame = out
+            .current_caps()
+            .and_then(|c| c.structure(0)?.get::<gst::Fraction>("framerate").ok())
+            .filter(|f| f.numer() > 0 && f.denom() > 0)
+            .and_then(|f| gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64));
+        let (Some(prev), Some(frame)) = (prev, frame) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let (Some(t0), Some(t1)) = (prev.pts(), buffer.pts()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if t1 <= t0 + frame {
+            return gst::PadProbeReturn::Ok;
         }
+        let mut again = prev.copy();
+        {
+            let b = again.make_mut();
+            b.set_pts(t1 - frame);
+            b.set_dts(gst::ClockTime::NONE);
+            b.set_duration(frame);
+        }
+        repeating.store(true, Ordering::Relaxed);
+        // Flushing or ended: the frame itself meets the same and says so.
+        let _ = pad.chain(again);
+        repeating.store(false, Ordering::Relaxed);
         gst::PadProbeReturn::Ok
     });
 }
@@ -352,4 +385,82 @@ fn monotonic(pad: &gst::Pad, video: bool) {
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gstreamer_app as gst_app;
+
+    /// Frames at `times_ms` (each a 2x2 picture of its index) through `videorate` at 30 fps
+    /// with `shown_from_the_nearest_slot`: for each frame, the first output slot showing it.
+    fn first_slots(times_ms: &[u64]) -> Vec<Option<usize>> {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "appsrc name=src format=time \
+             caps=video/x-raw,format=GRAY8,width=2,height=2,framerate=0/1 \
+             ! videorate name=video_rate skip-to-first=true ! video/x-raw,framerate=30/1 \
+             ! appsink name=sink sync=false",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let rate = pipeline.by_name("video_rate").unwrap();
+        shown_from_the_nearest_slot(
+            &rate.static_pad("sink").unwrap(),
+            rate.static_pad("src").unwrap(),
+        );
+        let src = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        for (i, t) in times_ms.iter().enumerate() {
+            let mut b = gst::Buffer::from_mut_slice(vec![i as u8; 4]);
+            b.get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(*t));
+            src.push_buffer(b).unwrap();
+        }
+        src.end_of_stream().unwrap();
+        let mut shown = Vec::new();
+        while let Ok(s) = sink.pull_sample() {
+            let map = s.buffer().unwrap().map_readable().unwrap();
+            shown.push(map[0] as usize);
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        (0..times_ms.len())
+            .map(|i| shown.iter().position(|&f| f == i))
+            .collect()
+    }
+
+    #[test]
+    fn a_slower_senders_frames_show_from_the_slot_nearest_their_time() {
+        // 5 fps, then 30, then 5 again: the nearest slot of t is t / 33.3 ms rounded.
+        let times = [0, 200, 400, 433, 467, 500, 700, 900];
+        let want = [0, 6, 12, 13, 14, 15, 21, 27];
+        assert_eq!(first_slots(&times), want.map(Some).to_vec());
+    }
+
+    #[test]
+    fn a_camera_at_half_the_rate_shows_each_frame_on_its_own_slot() {
+        // 15 fps: every frame on a slot, the one between them tied.
+        let times: Vec<u64> = (0..8).map(|k| k * 200 / 3).collect();
+        let want: Vec<Option<usize>> = (0..8).map(|k| Some(2 * k)).collect();
+        assert_eq!(first_slots(&times), want);
+    }
+
+    #[test]
+    fn a_sender_at_the_output_rate_is_not_repeated() {
+        // Frames off the grid by 10 ms: each on its nearest slot, none shown twice.
+        let times: Vec<u64> = (0..8).map(|k| 10 + k * 100 / 3).collect();
+        let want: Vec<Option<usize>> = (0..8).map(Some).collect();
+        assert_eq!(first_slots(&times), want);
+    }
 }
