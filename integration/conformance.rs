@@ -430,7 +430,7 @@ fn recorded_in_sync(svc: &Service, dirs: &Dirs, url: &str) -> Vec<Value> {
 /// (OBS's sync picture and sound, 30 fps one second and 5 the next, encoded as phones do:
 /// without B-frames or lookahead, which would hold a 5-fps picture back for seconds):
 /// `track` keeps the sender's frames, `participant` makes them 30 fps; both play at real speed
-/// and in sync, and an HLS stop ends as fast on 200-ms frames.
+/// (every stream lasts the time recorded) and in sync in every second, at 30 fps or at 5.
 #[test]
 fn a_variable_rate_sender_is_recorded_at_real_speed_and_in_sync() {
     let dirs = Dirs::new();

@@ -319,16 +319,16 @@ fn shown_from_the_nearest_slot(pad: &gst::Pad, out: gst::Pad) {
         if t1 <= t0 + frame {
             return gst::PadProbeReturn::Ok;
         }
-        let mut again = prev.copy();
+        let mut repeat = prev.copy();
         {
-            let b = again.make_mut();
+            let b = repeat.make_mut();
             b.set_pts(t1 - frame);
             b.set_dts(gst::ClockTime::NONE);
             b.set_duration(frame);
         }
         repeating.store(true, Ordering::Relaxed);
         // Flushing or ended: the frame itself meets the same and says so.
-        let _ = pad.chain(again);
+        let _ = pad.chain(repeat);
         repeating.store(false, Ordering::Relaxed);
         gst::PadProbeReturn::Ok
     });
