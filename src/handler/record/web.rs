@@ -57,7 +57,15 @@ pub fn attach(
             return crate::pipeline::DROP_BUFFER;
         }
         let first = *since.get_or_insert_with(std::time::Instant::now);
-        if first.elapsed() < FIRST_PAINT && background.is_some() && hash() == *background {
+        // The view's own white counts as the background too: a page that loaded before wpesrc
+        // made its first frame (seen with a page starting WebAudio) left none to compare.
+        let unpainted = || {
+            buf.map_readable()
+                .is_ok_and(|m| m.as_slice().iter().all(|&b| b == 0xff))
+        };
+        if first.elapsed() < FIRST_PAINT
+            && ((background.is_some() && hash() == *background) || unpainted())
+        {
             return crate::pipeline::DROP_BUFFER;
         }
         p.store(true, Ordering::Relaxed);
@@ -88,8 +96,38 @@ fn watch_audio(pipeline: &gst::Pipeline, web: &gst::Element, i: usize) {
             return;
         }
         let Some(p) = weak.upgrade() else { return };
+        pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+            if let Some(gst::PadProbeData::Buffer(b)) = &mut info.data
+                && !mend_audio_meta(b)
+            {
+                return crate::pipeline::DROP_BUFFER;
+            }
+            gst::PadProbeReturn::Ok
+        });
         let _ = link_audio(&p, pad, &mixer);
     });
+}
+
+/// Mends the audio meta of a page's sound buffer where it claims more samples than the buffer
+/// holds; false when the buffer cannot be used. Why: WebAudio's buffers (a page's
+/// `AudioContext`) come from WPE 1.22 with a meta whose sample count is their size in bytes, and
+/// `audioconvert` maps them by it: a critical, then an allocation of petabytes, and the handler
+/// died (SIGTRAP) 0.3 s into the page. Interleaved sound needs no meta, so it goes; planar sound
+/// with a wrong one cannot be read, and is dropped.
+fn mend_audio_meta(buffer: &mut gst::Buffer) -> bool {
+    use gstreamer_audio::{AudioLayout, AudioMeta};
+    let bad = buffer.meta::<AudioMeta>().and_then(|m| {
+        let bpf = m.info().bpf() as usize;
+        (bpf == 0 || m.samples() > buffer.size() / bpf).then(|| m.info().layout())
+    });
+    match bad {
+        None => true,
+        Some(AudioLayout::Interleaved) => buffer
+            .make_mut()
+            .meta_mut::<AudioMeta>()
+            .is_some_and(|m| m.remove().is_ok()),
+        Some(_) => false,
+    }
 }
 
 /// Iterates GLib's global default main context on a thread of its own, for the life of the
@@ -208,5 +246,48 @@ pub fn is_loaded(msg: &gst::Message) -> bool {
                     .is_ok_and(|p| p >= 100.0)
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gstreamer_audio::{AudioFormat, AudioInfo, AudioLayout, AudioMeta};
+
+    /// A buffer of `frames` stereo F32 frames whose audio meta says `samples`, as WPE sends
+    /// WebAudio (its meta made for a larger buffer).
+    fn page_buffer(layout: AudioLayout, frames: usize, samples: usize) -> gst::Buffer {
+        gst::init().unwrap();
+        let info = AudioInfo::builder(AudioFormat::F32le, 44_100, 2)
+            .layout(layout)
+            .build()
+            .unwrap();
+        let mut b = gst::Buffer::with_size(samples * 8).unwrap();
+        let offsets = [0, samples * 4];
+        let planes: &[usize] = if layout == AudioLayout::Interleaved {
+            &[]
+        } else {
+            &offsets
+        };
+        AudioMeta::add(b.get_mut().unwrap(), &info, samples, planes).unwrap();
+        b.get_mut().unwrap().set_size(frames * 8);
+        b
+    }
+
+    #[test]
+    fn a_webaudio_buffer_loses_the_meta_that_counts_its_bytes() {
+        let mut b = page_buffer(AudioLayout::Interleaved, 441, 3528);
+        assert!(mend_audio_meta(&mut b));
+        assert!(b.meta::<AudioMeta>().is_none());
+        assert_eq!(b.size(), 3528);
+    }
+
+    #[test]
+    fn a_right_meta_is_kept_and_a_wrong_planar_one_dropped() {
+        let mut right = page_buffer(AudioLayout::Interleaved, 441, 441);
+        assert!(mend_audio_meta(&mut right));
+        assert_eq!(right.meta::<AudioMeta>().map(|m| m.samples()), Some(441));
+        let mut planar = page_buffer(AudioLayout::NonInterleaved, 441, 3528);
+        assert!(!mend_audio_meta(&mut planar));
     }
 }
