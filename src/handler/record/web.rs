@@ -57,8 +57,9 @@ pub fn attach(
             return crate::pipeline::DROP_BUFFER;
         }
         let first = *since.get_or_insert_with(std::time::Instant::now);
-        // The view's own white counts as the background too: a page that loaded before wpesrc
-        // made its first frame (seen with a page starting WebAudio) left none to compare.
+        // The view's own white counts as the background too: a page starting WebAudio opened
+        // its recording white in 1 of 2 runs, so the background compared (the first frame
+        // before the load) was not that white, or there was none.
         let unpainted = || {
             buf.map_readable()
                 .is_ok_and(|m| m.as_slice().iter().all(|&b| b == 0xff))
