@@ -611,6 +611,20 @@ pub fn output(v: &Value) -> PathBuf {
     )
 }
 
+/// The HLS segments of a record joined into one MPEG-TS file (as a player plays them).
+pub fn joined_segments(done: &Value) -> PathBuf {
+    let playlist = PathBuf::from(done["segments"]["location"].as_str().expect("playlist"));
+    let dir = playlist.parent().expect("dir");
+    let text = std::fs::read_to_string(&playlist).expect("playlist");
+    let mut all = Vec::new();
+    for s in text.lines().filter(|l| l.ends_with(".ts")) {
+        all.extend(std::fs::read(dir.join(s)).expect("segment"));
+    }
+    let out = playlist.with_extension("joined.ts");
+    std::fs::write(&out, all).expect("joined segments");
+    out
+}
+
 /// What `scripts/av-offset` measured in a file (at least 5 flashes found).
 pub fn av_offsets(path: &Path) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/av-offset");

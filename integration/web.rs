@@ -261,6 +261,100 @@ fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
     );
 }
 
+/// A page playing the sync video (`flash_beep_video`, 30 fps) in a `<video>` element, recorded
+/// at 60 fps into MP4 and HLS for 16 s: it completes (without WebKit's GL video sink the handler
+/// died 7-14 s into such a page), every stream lasts the time recorded, and the beeps are
+/// within 20 ms of their flashes (the median), as in the file the page plays (its own offset is
+/// 0). At 60 fps, because a recording of a page samples it: a change shows in the first frame
+/// drawn after it, which puts each flash up to a frame after its time (at 30 fps, 33 ms:
+/// measured -19 to +15 ms). Before the page's frames were stamped with their drawing, the sound
+/// was 29-71 ms early; before its sound was stamped by its samples, a busy node put it 61 ms
+/// late for seconds, which the bound on every flash after the first (player start) catches.
+#[test]
+fn a_page_playing_a_video_is_recorded_in_sync() {
+    let dirs = Dirs::new();
+    let page = page_server();
+    let dir = page._dir.as_ref().expect("the page's dir").path();
+    flash_beep_video(&dir.join("fb.mp4"), 40);
+    std::fs::write(
+        dir.join("video.html"),
+        r#"<!doctype html><html><body style="margin:0;background:#000">
+<video src="fb.mp4" autoplay style="width:100vw;height:100vh"></video></body></html>"#,
+    )
+    .expect("page");
+    let svc = Service::start(
+        &dirs,
+        "sources: { allowed_web_hosts: [\"127.0.0.1\"] }\npipeline: { start_timeout_s: 45 }",
+    );
+    let mut body = web(
+        &format!("{}/video.html", page.url),
+        json!([{"file": {"filename": "video.mp4"}}, {"segments": {}}]),
+    );
+    body["video"]["fps"] = json!(60);
+    let id = svc.start_egress(&body);
+    svc.wait_status(&id, &["active"], Duration::from_secs(60));
+    let active = Instant::now();
+    // The time recorded, not a synchronization: the handler died 7-14 s in.
+    std::thread::sleep(Duration::from_secs(16));
+    svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
+    let recorded = active.elapsed().as_secs_f64();
+    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    let mp4 = output(&done);
+    for path in [mp4.clone(), joined_segments(&done)] {
+        let probe = ffprobe(&path);
+        for s in probe["streams"].as_array().expect("streams") {
+            let d: f64 = s["duration"]
+                .as_str()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| duration(&probe));
+            assert!(
+                (d - recorded).abs() <= 1.0,
+                "{}: a stream of {d} s, {recorded} s recorded: {probe}",
+                path.display()
+            );
+        }
+        let v = av_offsets(&path);
+        eprintln!("{}: {v}", path.display());
+        assert!(v["flashes"].as_u64() >= Some(12), "{}: {v}", path.display());
+        // The median within 20 ms, each flash within a frame more: where a flash falls
+        // between two frames is the phase of the page's video against the recording's.
+        let median = v["median_ms"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            median.abs() <= 20.0,
+            "{}: the sound {median} ms from the picture: {v}",
+            path.display()
+        );
+        let offsets = v["offsets_ms"].as_array().expect("offsets");
+        for o in offsets.iter().skip(1).filter_map(Value::as_f64) {
+            assert!(
+                o.abs() <= 20.0 + 1000.0 / 60.0,
+                "{}: a beep {o} ms from its flash: {v}",
+                path.display()
+            );
+        }
+    }
+    ffmpeg_decodes(&mp4);
+}
+
+/// Writes `seconds` of the sync picture and sound at 30 fps (x264 with 2 B-frames, AAC) to MP4
+/// `path`, as a page would play it: the picture is white for 3 frames while the sound beeps,
+/// once a second.
+fn flash_beep_video(path: &std::path::Path, seconds: u32) {
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("color=c=black:s=320x240:r=30,drawbox=c=white:t=fill:enable='lt(mod(n,30),3)'")
+        .args(["-f", "lavfi", "-i"])
+        .arg("aevalsrc='if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)':s=48000")
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+        .args(["-g", "60", "-bf", "2", "-c:a", "aac"])
+        .arg(path)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success(), "ffmpeg could not write {}", path.display());
+}
+
 #[test]
 fn a_missing_page_fails_and_hosts_are_an_allow_list() {
     let dirs = Dirs::new();

@@ -165,6 +165,12 @@ fn main() -> ExitCode {
                 // handler at the service's priority, which is harmless.
                 unsafe { libc::nice(nice) };
             }
+            // The malloc tunables a web handler starts with are for wpesrc, in this process
+            // (`actors::pipeline::process::web_tunables`); glibc read them at exec. The page's
+            // WebKit processes, started from here, do not need them, and with freed memory
+            // overwritten any stale read of theirs would become a crash: they start without.
+            // SAFETY: still the only thread, so nothing reads the environment meanwhile.
+            unsafe { std::env::remove_var("GLIBC_TUNABLES") };
             let (log, guard) = egress_engine::logging::root_with_guard(
                 egress_engine::logging::LogFormat::Term,
                 egress_engine::logging::LogLevel::Info,

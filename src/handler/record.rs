@@ -28,6 +28,7 @@ mod graph;
 mod health;
 mod images;
 mod live;
+mod page_time;
 mod room;
 mod segments;
 mod streams;
@@ -292,6 +293,12 @@ impl<'a> Recording<'a> {
                         warn!(self.log, "no page audio: the wpe plugin cannot find its web extension"; "error" => e)
                     }
                     _ => {}
+                }
+                if !web::plays_video() {
+                    warn!(
+                        self.log,
+                        "a page playing video may end the recording: WebKit's GL video sink (gstreamer1.0-gl) is not installed"
+                    );
                 }
             }
         }

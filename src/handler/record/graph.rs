@@ -85,13 +85,13 @@ impl Recording<'_> {
         timing::compensate_priming(&self.pipeline);
         self.mux_spans = timing::MuxSpans::watch(&self.pipeline);
         // Live URI sources start their tracks where the keyframe and the audio after it came;
-        // test sources and pages start both together (a page's audio waits for its first frame).
-        if !self.sources.is_empty() {
-            timing::watch_mux_starts(
-                &self.pipeline,
-                crate::timeline::path_for(&self.spec.result_path),
-            );
-        }
+        // a page's audio starts with the mixer's buffer that follows its first frame, up to
+        // tens of ms from that frame's time (the page's sync was off by that, differently in
+        // each run); test sources start both at zero.
+        timing::watch_mux_starts(
+            &self.pipeline,
+            crate::timeline::path_for(&self.spec.result_path),
+        );
         live::guard_muxer_inputs(&self.pipeline);
         // Downstream first, so nothing pushes into an element that is not playing yet.
         let mut names: Vec<&str> = desc.names();

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use super::page_time;
 use crate::error::PipelineError;
 use crate::pipeline::source_web;
 
@@ -84,6 +85,7 @@ pub fn attach(
     let web = pipeline
         .by_name(&source_web::element_name(i))
         .ok_or_else(|| PipelineError::Build("no wpesrc".into()))?;
+    page_time::stamp_at_drawing(&web, &caps);
     watch_audio(pipeline, &web, i);
     Ok(())
 }
@@ -105,6 +107,7 @@ fn watch_audio(pipeline: &gst::Pipeline, web: &gst::Element, i: usize) {
             }
             gst::PadProbeReturn::Ok
         });
+        page_time::stamp_sound(pad);
         let _ = link_audio(&p, pad, &mixer);
     });
 }
@@ -236,6 +239,16 @@ fn link_audio(p: &gst::Pipeline, pad: &gst::Pad, mixer: &str) -> Option<()> {
         e.sync_state_with_parent().ok()?;
     }
     pad.link(&conv.static_pad("sink")?).ok().map(|_| ())
+}
+
+/// Whether WebKit finds the GL elements its video sink is made of. Why: without them (Debian's
+/// gstreamer1.0-gl), WebKit 2.38's fallback for a `<video>` element unrefs its frames once too
+/// often (a critical per frame), and the handler died (SIGSEGV, in wpesrc copying the page's
+/// frame) 7-14 s into such a page in 5 of 6 runs; with them, in none of over 50.
+pub fn plays_video() -> bool {
+    ["glupload", "glcolorconvert"]
+        .iter()
+        .all(|f| gst::ElementFactory::find(f).is_some())
 }
 
 /// Whether a bus message says the page finished loading.
