@@ -335,9 +335,17 @@ pub fn rtsp_file(path: &Path) -> Producer {
 /// (x264 with 2 B-frames, 15 fps, a keyframe every 4 s, AAC): the picture flashes white while
 /// the sound beeps, once a second; its own A/V offset is 0.
 pub fn flash_beep_file(path: &Path, seconds: u32) {
+    flash_beep_at(path, seconds, 15);
+}
+
+/// `flash_beep_file` at `fps` frames a second: the flash lasts `fps / 10` frames (at least one).
+pub fn flash_beep_at(path: &Path, seconds: u32, fps: u32) {
+    let flash = (fps / 10).max(1);
     let made = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("color=c=black:s=320x240:r=15,drawbox=c=white:t=fill:enable='lt(mod(n,15),1)'")
+        .arg(format!(
+            "color=c=black:s=320x240:r={fps},drawbox=c=white:t=fill:enable='lt(mod(n,{fps}),{flash})'"
+        ))
         .args(["-f", "lavfi", "-i"])
         .arg("aevalsrc='if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)':s=48000")
         .args(["-t", &seconds.to_string()])

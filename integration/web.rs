@@ -261,7 +261,7 @@ fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
     );
 }
 
-/// A page playing the sync video (`flash_beep_video`, 30 fps) in a `<video>` element, recorded
+/// A page playing the sync video (`flash_beep_at`, 30 fps) in a `<video>` element, recorded
 /// at 60 fps into MP4 and HLS for 16 s: it completes (without WebKit's GL video sink the handler
 /// died 7-14 s into such a page), every stream lasts the time recorded, and the beeps are
 /// within 20 ms of their flashes (the median), as in the file the page plays (its own offset is
@@ -275,7 +275,7 @@ fn a_page_playing_a_video_is_recorded_in_sync() {
     let dirs = Dirs::new();
     let page = page_server();
     let dir = page._dir.as_ref().expect("the page's dir").path();
-    flash_beep_video(&dir.join("fb.mp4"), 40);
+    flash_beep_at(&dir.join("fb.mp4"), 40, 30);
     std::fs::write(
         dir.join("video.html"),
         r#"<!doctype html><html><body style="margin:0;background:#000">
@@ -335,24 +335,6 @@ fn a_page_playing_a_video_is_recorded_in_sync() {
         }
     }
     ffmpeg_decodes(&mp4);
-}
-
-/// Writes `seconds` of the sync picture and sound at 30 fps (x264 with 2 B-frames, AAC) to MP4
-/// `path`, as a page would play it: the picture is white for 3 frames while the sound beeps,
-/// once a second.
-fn flash_beep_video(path: &std::path::Path, seconds: u32) {
-    let made = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("color=c=black:s=320x240:r=30,drawbox=c=white:t=fill:enable='lt(mod(n,30),3)'")
-        .args(["-f", "lavfi", "-i"])
-        .arg("aevalsrc='if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)|if(lt(mod(t,1),0.1),0.5*sin(2*PI*1000*t),0)':s=48000")
-        .args(["-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
-        .args(["-g", "60", "-bf", "2", "-c:a", "aac"])
-        .arg(path)
-        .status()
-        .expect("ffmpeg");
-    assert!(made.success(), "ffmpeg could not write {}", path.display());
 }
 
 #[test]
