@@ -268,8 +268,9 @@ fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
 /// 0). At 60 fps, because a recording of a page samples it: a change shows in the first frame
 /// drawn after it, which puts each flash up to a frame after its time (at 30 fps, 33 ms:
 /// measured -19 to +15 ms). Before the page's frames were stamped with their drawing, the sound
-/// was 29-71 ms early; before its sound was stamped by its samples, a busy node put it 61 ms
-/// late for seconds, which the bound on every flash after the first (player start) catches.
+/// was 29-71 ms early. The bound on every flash after the first (the player's start) catches a
+/// sound that slips for seconds (seen on a busy node before the sound was stamped by its
+/// samples: +61 ms from 10 s on); the test does not load the node itself.
 #[test]
 fn a_page_playing_a_video_is_recorded_in_sync() {
     let dirs = Dirs::new();
@@ -316,7 +317,13 @@ fn a_page_playing_a_video_is_recorded_in_sync() {
         }
         let v = av_offsets(&path);
         eprintln!("{}: {v}", path.display());
-        assert!(v["flashes"].as_u64() >= Some(12), "{}: {v}", path.display());
+        // A beep for every flash: the page's sound is all there.
+        let (flashes, beeps) = (v["flashes"].as_u64(), v["beeps"].as_u64());
+        assert!(
+            flashes >= Some(12) && beeps >= flashes.map(|f| f - 1),
+            "{}: {v}",
+            path.display()
+        );
         // The median within 20 ms, each flash within a frame more: where a flash falls
         // between two frames is the phase of the page's video against the recording's.
         let median = v["median_ms"].as_f64().unwrap_or(f64::NAN);

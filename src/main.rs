@@ -165,12 +165,18 @@ fn main() -> ExitCode {
                 // handler at the service's priority, which is harmless.
                 unsafe { libc::nice(nice) };
             }
-            // The malloc tunables a web handler starts with are for wpesrc, in this process
-            // (`actors::pipeline::process::web_tunables`); glibc read them at exec. The page's
-            // WebKit processes, started from here, do not need them, and with freed memory
-            // overwritten any stale read of theirs would become a crash: they start without.
-            // SAFETY: still the only thread, so nothing reads the environment meanwhile.
-            unsafe { std::env::remove_var("GLIBC_TUNABLES") };
+            // The malloc tunables the service adds for a web handler are for wpesrc, in this
+            // process (`actors::pipeline::process::web_tunables`); glibc read them at exec.
+            // The page's WebKit processes, started from here, do not need them, and with freed
+            // memory overwritten any stale read of theirs would become a crash: they get the
+            // operator's own only.
+            if let Ok(v) = std::env::var("GLIBC_TUNABLES") {
+                // SAFETY: still the only thread, so nothing reads the environment meanwhile.
+                match egress_engine::handler::without_web_tunables(&v) {
+                    Some(theirs) => unsafe { std::env::set_var("GLIBC_TUNABLES", theirs) },
+                    None => unsafe { std::env::remove_var("GLIBC_TUNABLES") },
+                }
+            }
             let (log, guard) = egress_engine::logging::root_with_guard(
                 egress_engine::logging::LogFormat::Term,
                 egress_engine::logging::LogLevel::Info,

@@ -21,6 +21,19 @@ use crate::model::{EgressSpec, HandlerResult, PipelineOptions, now_ms};
 use crate::pipeline;
 use protocol::{HandlerCommand, HandlerEvent};
 
+/// The glibc tunables the service adds for a handler that renders a page
+/// (`actors::pipeline::process::web_tunables` says why).
+pub const WEB_MALLOC_TUNABLES: &str = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255";
+
+/// `GLIBC_TUNABLES` as the operator set it, without `WEB_MALLOC_TUNABLES` (None when nothing
+/// is left): what a web handler passes on to the processes it starts.
+pub fn without_web_tunables(value: &str) -> Option<String> {
+    let theirs = value
+        .strip_suffix(WEB_MALLOC_TUNABLES)
+        .map_or(value, |v| v.trim_end_matches(':'));
+    (!theirs.is_empty()).then(|| theirs.to_string())
+}
+
 /// What the main thread is told: stop, or change the stream URLs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Control {
@@ -290,4 +303,21 @@ fn fail(e: &PipelineError) {
         message,
         debug,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_operators_tunables_are_kept_without_the_web_ones() {
+        use super::{WEB_MALLOC_TUNABLES as Z, without_web_tunables as without};
+        assert_eq!(without(Z), None);
+        assert_eq!(
+            without(&format!("glibc.malloc.arena_max=2:{Z}")),
+            Some("glibc.malloc.arena_max=2".into())
+        );
+        assert_eq!(
+            without("glibc.malloc.arena_max=2"),
+            Some("glibc.malloc.arena_max=2".into())
+        );
+    }
 }

@@ -294,7 +294,7 @@ impl<'a> Recording<'a> {
                     }
                     _ => {}
                 }
-                if !web::plays_video() {
+                if !web::has_gl_video_sink() {
                     warn!(
                         self.log,
                         "a page playing video may end the recording: WebKit's GL video sink (gstreamer1.0-gl) is not installed"

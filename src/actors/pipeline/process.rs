@@ -103,7 +103,7 @@ fn web_filter_env(cmd: &mut tokio::process::Command) -> std::io::Result<std::net
 /// on another thread, which froze or never loaded pages here (8 of 12 pages started three at
 /// a time; none of 12 with these). The cost is a memset per allocation (see the README).
 fn web_tunables(existing: Option<String>) -> String {
-    const ZEROED: &str = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=255";
+    const ZEROED: &str = crate::handler::WEB_MALLOC_TUNABLES;
     match existing.filter(|e| !e.is_empty()) {
         Some(e) => format!("{e}:{ZEROED}"),
         None => ZEROED.to_string(),

@@ -1,13 +1,13 @@
-//! When a page's picture and sound happened. wpesrc 1.22 stamps neither with it: a frame with
-//! a slot of its rate after its content was drawn, a sound buffer with the time it reached this
-//! process. Both are restamped here, so that a page's picture and sound keep the sync they had
-//! in the page.
+//! When a page's picture and sound happened. wpesrc 1.22 stamps neither with it: a frame two
+//! frames after its content was drawn, a sound buffer with the time it reached this process.
+//! Both are restamped here, so that a page's picture and sound keep the sync they had in the
+//! page.
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-/// Stamps each page frame with the time its content was drawn, less half a frame. Why: the
-/// page's sound is stamped as it arrives, but a frame's stamp was two frames after its content:
+/// Stamps each page frame with the time its content was drawn, less half a frame. Why: a
+/// frame's stamp was two frames after its content:
 /// - wpesrc takes the view's latest frame and then waits for that copy's timestamp, the next
 ///   slot of its rate (one frame);
 /// - taking a frame is what lets WebKit draw the next (`frame_complete`), so the frame taken
@@ -16,8 +16,9 @@ use gstreamer::prelude::*;
 /// A frame's content is therefore stamped with the time the frame two before was pushed, which
 /// is its slot, or later when wpesrc runs late. What it shows changed somewhere in the frame
 /// before (a `<video>` frame, a timer), so it is put half a frame earlier, the middle of where
-/// the change can be. Measured with a page playing a flash/beep video at 30 fps: the sound was
-/// 48-84 ms before its flash; with the two frames -8 to -14, with the half frame -10 to +7.
+/// the change can be. Measured with a page playing a flash/beep video at 30 fps, the MP4's
+/// tracks at their true distance, the sound stamped by its arrival: before, the sound 48-84 ms
+/// before its flash; with the two frames, 8-14 ms before; with the half frame, -10 to +7 ms.
 pub fn stamp_at_drawing(web: &gst::Element, caps: &gst::Pad) {
     let web = web.downgrade();
     // The running times at which the last two frames were pushed, the older first. Written
@@ -45,14 +46,19 @@ pub fn stamp_at_drawing(web: &gst::Element, caps: &gst::Pad) {
 }
 
 /// How late a page's sound may arrive before it is taken for a gap in the sound rather than a
-/// delay (a page that paused says so, and starts again from its arrival anyway).
+/// delay (a page that paused says so, and starts again from its arrival anyway). Below the page
+/// mixer's latency (`source_web::MIX_LATENCY`), which has to wait for sound this late.
 const GAP: gst::ClockTime = gst::ClockTime::from_mseconds(200);
 
-/// The times of one page sound stream: its samples counted from the earliest arrival, as the
-/// page plays them at the rate of the clock. Why: wpesrc stamps a buffer with the time it
-/// reached this process, and on a busy node the page's sound then came later than its
-/// picture by as long as the node stayed busy (seen: +61 ms from 10 s on, with one core kept
-/// busy); the mixer takes a shift over 40 ms that lasts a second as the new position.
+/// The times of one page sound stream: its samples counted from its first arrival, as the page
+/// plays them at the rate of the clock. Why: wpesrc stamps a buffer with the time it reached
+/// this process, and on a busy node the page's sound then came later than its picture by as
+/// long as the node stayed busy (seen: +61 ms from 10 s on, with one core kept busy): the
+/// mixer takes a shift over 40 ms that lasts a second as the new position. The mixer places
+/// sound by its own count of samples otherwise, so the count here starts again only where the
+/// mixer is to follow (the buffer is marked a discontinuity): after a pause, or a gap over
+/// `GAP`. Sound that WebKit lost without a pause (not seen: its sink plays late sound rather
+/// than drop it) would put the rest early by what was lost, up to `GAP`.
 #[derive(Default)]
 pub struct SoundClock {
     /// The running time of sample 0 of the current run of sound.
@@ -63,32 +69,30 @@ pub struct SoundClock {
 
 impl SoundClock {
     /// The time of a buffer of `frames` samples at `rate` that arrived at `arrival`; `discont`
-    /// when the page paused before it. The count starts again at a pause, from an earlier
-    /// arrival than the count says (the first ones came late), and after a gap of over `GAP`.
+    /// when the page paused before it. True with it when the count started again there.
     pub fn stamp(
         &mut self,
         arrival: gst::ClockTime,
         frames: u64,
         rate: u32,
         discont: bool,
-    ) -> gst::ClockTime {
+    ) -> (gst::ClockTime, bool) {
         let at = |samples: u64| {
             gst::ClockTime::from_nseconds(
                 samples.saturating_mul(1_000_000_000) / u64::from(rate.max(1)),
             )
         };
-        let counted = self.origin.map(|o| o + at(self.samples));
-        let start_again = match counted {
+        let again = match self.origin {
             None => true,
-            Some(c) => discont || arrival < c || arrival > c + GAP,
+            Some(o) => discont || arrival > o + at(self.samples) + GAP,
         };
-        if start_again {
+        if again {
             self.origin = Some(arrival);
             self.samples = 0;
         }
         let t = self.origin.unwrap_or(arrival) + at(self.samples);
         self.samples += frames;
-        t
+        (t, again)
     }
 }
 
@@ -112,13 +116,16 @@ pub fn stamp_sound(pad: &gst::Pad) {
         if let (Some(arrival), Some((rate, bpf))) = (buf.pts(), rate_bpf.filter(|r| r.1 > 0)) {
             let frames = (buf.size() / bpf) as u64;
             let discont = buf.flags().contains(gst::BufferFlags::DISCONT);
-            let t = clock
+            let (t, again) = clock
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .stamp(arrival, frames, rate, discont);
             let b = buf.make_mut();
             b.set_pts(t.saturating_sub(SOUND_TRIP));
             b.set_dts(t.saturating_sub(SOUND_TRIP));
+            if again {
+                b.set_flags(gst::BufferFlags::DISCONT);
+            }
         }
         gst::PadProbeReturn::Ok
     });
@@ -132,44 +139,58 @@ mod tests {
         gst::ClockTime::from_mseconds(v)
     }
 
-    /// 10-ms buffers at 48 kHz arriving at `arrivals` (ms); their stamps in ms.
-    fn stamps(arrivals: &[(u64, bool)]) -> Vec<u64> {
+    /// 10-ms buffers at 48 kHz arriving at `arrivals` (ms, paused before); their stamps in ms
+    /// and whether the count started again there.
+    fn stamps(arrivals: &[(u64, bool)]) -> Vec<(u64, bool)> {
         let mut c = SoundClock::default();
         arrivals
             .iter()
-            .map(|&(a, d)| c.stamp(ms(a), 480, 48_000, d).mseconds())
+            .map(|&(a, d)| {
+                let (t, again) = c.stamp(ms(a), 480, 48_000, d);
+                (t.mseconds(), again)
+            })
             .collect()
     }
 
     #[test]
     fn sound_that_arrives_late_keeps_the_time_it_was_played() {
-        // From the third buffer on, each arrives 50 ms late, then the backlog comes at once.
-        let got = stamps(&[
+        // From the third buffer on, each arrives 50 ms late (then 150), then the backlog comes
+        // at once; one came early.
+        let arrivals = [
             (100, false),
             (110, false),
             (170, false),
             (180, false),
-            (190, false),
-            (191, false),
-            (192, false),
-            (170, false),
-        ]);
-        assert_eq!(got, vec![100, 110, 120, 130, 140, 150, 160, 170]);
+            (290, false),
+            (291, false),
+            (292, false),
+            (165, false),
+        ];
+        let got = stamps(&arrivals);
+        let want: Vec<(u64, bool)> = (0..8).map(|k| (100 + 10 * k, k == 0)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
-    fn an_earlier_arrival_a_pause_or_a_gap_starts_the_count_again() {
-        // The first came 5 ms late: the second, on time, moves the count.
-        assert_eq!(stamps(&[(105, false), (110, false)]), vec![105, 110]);
-        // A pause: from its arrival.
+    fn a_pause_or_a_gap_starts_the_count_again() {
         assert_eq!(
             stamps(&[(100, false), (110, false), (400, true)]),
-            vec![100, 110, 400]
+            vec![(100, true), (110, false), (400, true)]
         );
         // Sound that stopped for longer than GAP without a pause.
         assert_eq!(
             stamps(&[(100, false), (110, false), (500, false), (510, false)]),
-            vec![100, 110, 500, 510]
+            vec![(100, true), (110, false), (500, true), (510, false)]
         );
+    }
+
+    #[test]
+    fn the_page_mixer_waits_for_sound_as_late_as_a_gap() {
+        // The mixer drops what comes after its latency: sound up to GAP late, less its trip,
+        // and a block of the mixer's, must still be in time.
+        let latency = gst::ClockTime::from_nseconds(
+            crate::pipeline::source_web::MIX_LATENCY.as_nanos() as u64,
+        );
+        assert!(GAP + gst::ClockTime::from_mseconds(10) < latency);
     }
 }

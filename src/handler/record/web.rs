@@ -3,7 +3,7 @@
 //! machine's wpesrc (GStreamer 1.22, Debian 12) needs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -11,6 +11,9 @@ use gstreamer::prelude::*;
 use super::page_time;
 use crate::error::PipelineError;
 use crate::pipeline::source_web;
+
+/// What the first frame's time is until it has passed.
+const NOT_PAINTED: u64 = u64::MAX;
 
 /// Longest the first paint is waited for after the load event.
 const FIRST_PAINT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -29,10 +32,16 @@ pub fn attach(
     let mixed = pipeline
         .by_name(&source_web::mixer_name(i))
         .and_then(|m| m.static_pad("src"));
+    let web = pipeline
+        .by_name(&source_web::element_name(i))
+        .ok_or_else(|| PipelineError::Build("no wpesrc".into()))?;
+    // First, so that it sees every frame wpesrc pushes, and the gate their new times.
+    page_time::stamp_at_drawing(&web, &caps);
     // The first paint follows the load event: frames identical to the background the view
     // showed before it loaded are held back too (for at most FIRST_PAINT), so the recording's
-    // first frame is the page. Audio is held back until the first frame passes.
-    let painted = Arc::new(AtomicBool::new(false));
+    // first frame is the page. Audio is held back until it reaches the first frame's time
+    // (`NOT_PAINTED` until it passes): the page mixer's output runs its latency behind.
+    let painted = Arc::new(AtomicU64::new(NOT_PAINTED));
     // The background's hash, and when the first frame after the load came.
     let seen: std::sync::Mutex<(Option<u64>, Option<std::time::Instant>)> = Default::default();
     let p = painted.clone();
@@ -70,22 +79,25 @@ pub fn attach(
         {
             return crate::pipeline::DROP_BUFFER;
         }
-        p.store(true, Ordering::Relaxed);
+        p.store(
+            buf.pts().map_or(0, gst::ClockTime::nseconds),
+            Ordering::Relaxed,
+        );
         gst::PadProbeReturn::Remove
     });
     if let Some(pad) = mixed {
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            if painted.load(Ordering::Relaxed) {
-                gst::PadProbeReturn::Remove
-            } else {
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let first = painted.load(Ordering::Relaxed);
+            let end = info
+                .buffer()
+                .and_then(|b| Some(b.pts()? + b.duration().unwrap_or_default()));
+            if first == NOT_PAINTED || end.is_some_and(|e| e.nseconds() <= first) {
                 crate::pipeline::DROP_BUFFER
+            } else {
+                gst::PadProbeReturn::Remove
             }
         });
     }
-    let web = pipeline
-        .by_name(&source_web::element_name(i))
-        .ok_or_else(|| PipelineError::Build("no wpesrc".into()))?;
-    page_time::stamp_at_drawing(&web, &caps);
     watch_audio(pipeline, &web, i);
     Ok(())
 }
@@ -245,7 +257,7 @@ fn link_audio(p: &gst::Pipeline, pad: &gst::Pad, mixer: &str) -> Option<()> {
 /// gstreamer1.0-gl), WebKit 2.38's fallback for a `<video>` element unrefs its frames once too
 /// often (a critical per frame), and the handler died (SIGSEGV, in wpesrc copying the page's
 /// frame) 7-14 s into such a page in 5 of 6 runs; with them, in none of over 50.
-pub fn plays_video() -> bool {
+pub fn has_gl_video_sink() -> bool {
     ["glupload", "glcolorconvert"]
         .iter()
         .all(|f| gst::ElementFactory::find(f).is_some())
