@@ -217,37 +217,6 @@ pub(crate) fn stop(svc: &Service, id: &str) -> Run {
     }
 }
 
-/// The durations (s) of each stream of a file: (video, audio).
-fn stream_durations(path: &Path) -> (Option<f64>, Option<f64>) {
-    let probe = ffprobe(path);
-    let of = |t: &str| {
-        probe["streams"].as_array().and_then(|s| {
-            s.iter().find(|s| s["codec_type"] == t).and_then(|s| {
-                s["duration"]
-                    .as_str()
-                    .and_then(|d| d.parse().ok())
-                    .or_else(|| s["tags"]["DURATION"].as_str().and_then(hms))
-                    // GStreamer's Matroska has no per-track duration: the file's.
-                    .or_else(|| {
-                        probe["format"]["duration"]
-                            .as_str()
-                            .and_then(|d| d.parse().ok())
-                    })
-            })
-        })
-    };
-    (of("video"), of("audio"))
-}
-
-/// Seconds of a Matroska `DURATION` tag ("00:00:07.833000000").
-fn hms(t: &str) -> Option<f64> {
-    let mut secs = 0.0;
-    for part in t.split(':') {
-        secs = secs * 60.0 + part.parse::<f64>().ok()?;
-    }
-    Some(secs)
-}
-
 /// How far each stream of an output may last from the time recorded (issue 21: +/- 0.2 s).
 pub(crate) const DURATION_SLACK: f64 = 0.2;
 

@@ -104,22 +104,26 @@ const SOUND_TRIP: gst::ClockTime = gst::ClockTime::from_mseconds(7);
 
 /// Stamps the buffers of page sound pad `pad` with a `SoundClock`, less `SOUND_TRIP`.
 pub fn stamp_sound(pad: &gst::Pad) {
-    let clock = std::sync::Mutex::new(SoundClock::default());
+    // The clock, and the pad's rate and bytes per sample, read from its caps once: wpesrc
+    // makes a pad of its own for each sound stream and never changes its caps.
+    let state = std::sync::Mutex::new((SoundClock::default(), None::<(u32, usize)>));
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let rate_bpf = pad
-            .current_caps()
-            .and_then(|c| gstreamer_audio::AudioInfo::from_caps(&c).ok())
-            .map(|i| (i.rate(), i.bpf() as usize));
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let (clock, format) = &mut *state;
+        if format.is_none() {
+            *format = pad
+                .current_caps()
+                .and_then(|c| gstreamer_audio::AudioInfo::from_caps(&c).ok())
+                .map(|i| (i.rate(), i.bpf() as usize))
+                .filter(|f| f.1 > 0);
+        }
         let Some(gst::PadProbeData::Buffer(buf)) = &mut info.data else {
             return gst::PadProbeReturn::Ok;
         };
-        if let (Some(arrival), Some((rate, bpf))) = (buf.pts(), rate_bpf.filter(|r| r.1 > 0)) {
+        if let (Some(arrival), Some((rate, bpf))) = (buf.pts(), *format) {
             let frames = (buf.size() / bpf) as u64;
             let discont = buf.flags().contains(gst::BufferFlags::DISCONT);
-            let (t, again) = clock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .stamp(arrival, frames, rate, discont);
+            let (t, again) = clock.stamp(arrival, frames, rate, discont);
             let b = buf.make_mut();
             b.set_pts(t.saturating_sub(SOUND_TRIP));
             b.set_dts(t.saturating_sub(SOUND_TRIP));
