@@ -18,12 +18,10 @@ use super::graph::{Node, caps, el, link};
 use crate::error::PipelineError;
 use crate::model::{EgressSpec, Source};
 
-/// How long the page mixer waits for the page's sound. Why: the handler stamps that sound with
-/// when it was played (`handler::record::page_time`), and on a busy node it reaches the mixer
-/// later; the mixer drops what comes after its latency, which was 31 ms (its block and the
-/// silent bed's), so a page whose sound ran 35 ms late went silent (seen in a simulation of
-/// the mixer with a steady lag: silent from the lag on, at 35 and 61 ms; whole with this).
-pub const MIX_LATENCY: Duration = Duration::from_millis(250);
+/// How long the page mixer waits for the page's sound (`compose::SOUND_WAIT`): the handler
+/// stamps it with when it was played (`handler::record::page_time`), and on a busy node it
+/// reaches the mixer later.
+pub const MIX_LATENCY: Duration = super::compose::SOUND_WAIT;
 
 /// The audio mixer page audio pads are linked into.
 pub fn mixer_name(i: usize) -> String {
