@@ -119,7 +119,7 @@ fn metric(svc: &Service, line: &str) -> Option<f64> {
 /// sounds: the egress carries "video black ..." and "audio silent ..." warnings (and the
 /// `egress_health_active` gauge counts them) once they held for `pipeline.health_window_s`,
 /// and both clear when the picture and the sound come; a still grey picture is "frozen", not
-/// black, and stays in the ended record.
+/// black, and stays in the ended record; a black picture that flashes once a second is neither.
 #[test]
 fn black_frozen_and_silent_are_warned_live_and_cleared() {
     let dirs = Dirs::new();
@@ -137,8 +137,16 @@ fn black_frozen_and_silent_are_warned_live_and_cleared() {
         "sine=frequency=440:sample_rate=48000",
         40,
     );
+    // Black but for a flash once a second (as the sync producer): neither black nor frozen.
+    // Judged on one frame a second, it was seen at the same phase each time.
+    let flashing = lavfi_sender(
+        "color=c=black:s=320x240:r=30,drawbox=c=white:t=fill:enable='lt(mod(t,1),0.1)'",
+        "sine=frequency=440:sample_rate=48000",
+        40,
+    );
     let participant = svc.start_egress(&body("participant", &dark.url, "dark"));
     let track = svc.start_egress(&body("participant", &still.url, "still"));
+    let flashes = svc.start_egress(&body("participant", &flashing.url, "flashing"));
     let black = "video black for more than 3 s".to_string();
     let silent = "audio silent for more than 3 s".to_string();
     wait_for(Duration::from_secs(9), "black and silent warnings", || {
@@ -155,10 +163,12 @@ fn black_frozen_and_silent_are_warned_live_and_cleared() {
             .then_some(w)
     });
     assert!(!w.contains(&black) && !w.contains(&silent), "{w:?}");
+    let w = warnings(&svc, &flashes);
+    assert!(w.is_empty(), "a flashing picture: {w:?}");
     // Counted: at least once (seen once in a full run, under load: 2, the warning cleared by
     // one sample and raised again; which sample was not kept).
     assert!(metric(&svc, "egress_health_warnings_total{condition=\"frozen\"}") >= Some(1.0));
-    for id in [&participant, &track] {
+    for id in [&participant, &track, &flashes] {
         stop(&svc, id);
     }
     let done = svc.wait_status(&track, &["complete", "failed"], Duration::from_secs(20));
@@ -167,4 +177,6 @@ fn black_frozen_and_silent_are_warned_live_and_cleared() {
         w.contains(&Value::String("video frozen for more than 3 s".into())),
         "{done}"
     );
+    let done = svc.wait_status(&flashes, &["complete", "failed"], Duration::from_secs(20));
+    assert!(done["warnings"].is_null(), "a flashing picture: {done}");
 }

@@ -169,24 +169,23 @@ fn a_web_page_is_recorded_from_its_first_loaded_frame() {
     wait_for(Duration::from_secs(20), "8 s recorded", || {
         (last.elapsed() >= Duration::from_secs(8)).then_some(())
     });
-    let stopped: Vec<Instant> = ids
+    let runs: Vec<_> = ids
         .iter()
-        .map(|id| {
-            svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
-            Instant::now()
-        })
+        .map(|id| crate::conformance::stop(&svc, id))
         .collect();
-    for ((id, t0), t1) in ids.iter().zip(&active).zip(&stopped) {
-        let recorded = (*t1 - *t0).as_secs_f64();
-        let done = svc.wait_status(id, &["complete", "failed"], Duration::from_secs(60));
-        assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    for run in &runs {
+        // Every stream lasts the time recorded (from the record's start to the stop) within
+        // the 0.2 s, the stop finishes within 2 s, the file decodes.
+        let (done, recorded) =
+            crate::conformance::check(&svc, run, (true, true), crate::conformance::DURATION_SLACK);
         let mp4 = std::path::PathBuf::from(done["files"][0]["location"].as_str().unwrap());
         check_page_recording(&mp4, recorded);
     }
 }
 
-/// A recording of `PAGE` that lasted `recorded` seconds: H.264 and AAC, as long, with the
-/// page's sound, not blank from its first frame, and moving.
+/// A recording of `PAGE` that lasted `recorded` seconds (its length checked by
+/// `conformance::check`): H.264 and AAC, with the page's sound, not blank from its first
+/// frame, and moving.
 fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
     let probe = ffprobe(mp4);
     assert_eq!(
@@ -194,12 +193,7 @@ fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
         (Some("h264".into()), Some("aac".into())),
         "{probe}"
     );
-    let d = duration(&probe);
-    assert!(
-        (d - recorded).abs() <= 1.0 && d >= 7.0,
-        "{d} s vs {recorded} s"
-    );
-    ffmpeg_decodes(mp4);
+    assert!(recorded >= 7.0, "{recorded} s recorded");
     // The page's sound: its 440 Hz tone (RMS 5657 at amplitude 8000, 880 zero crossings a
     // second), not the silence the track is mixed over.
     let samples = mono_samples(mp4);
@@ -263,7 +257,7 @@ fn check_page_recording(mp4: &std::path::Path, recorded: f64) {
 
 /// A page playing the sync video (`flash_beep_at`, 30 fps) in a `<video>` element, recorded
 /// at 60 fps into MP4 and HLS for 16 s: it completes (without WebKit's GL video sink the handler
-/// died 7-14 s into such a page), every stream lasts the time recorded, and the beeps are
+/// died 7-14 s into such a page), every stream lasts the time recorded within 0.2 s, and the beeps are
 /// within 20 ms of their flashes (the median), as in the file the page plays (its own offset is
 /// 0). At 60 fps, because a recording of a page samples it: a change shows in the first frame
 /// drawn after it, which puts each flash up to a frame after its time (at 30 fps, 33 ms:
@@ -294,23 +288,15 @@ fn a_page_playing_a_video_is_recorded_in_sync() {
     body["video"]["fps"] = json!(60);
     let id = svc.start_egress(&body);
     svc.wait_status(&id, &["active"], Duration::from_secs(60));
-    let active = Instant::now();
     // The time recorded, not a synchronization: the handler died 7-14 s in.
     std::thread::sleep(Duration::from_secs(16));
-    svc.post(&format!("/v1/egress/{id}/stop"), &Value::Null);
-    let recorded = active.elapsed().as_secs_f64();
-    let done = svc.wait_status(&id, &["complete", "failed"], Duration::from_secs(60));
-    assert_eq!(done["status"], "complete", "{done}\n{}", svc.log());
+    let run = crate::conformance::stop(&svc, &id);
+    // Complete with no warning; every stream of the file and of the segments lasts the time
+    // recorded within the 0.2 s; the stop finishes within 2 s; all of it decodes.
+    let (done, _) =
+        crate::conformance::check(&svc, &run, (true, true), crate::conformance::DURATION_SLACK);
     let mp4 = output(&done);
     for path in [mp4.clone(), joined_segments(&done)] {
-        let (video, audio) = stream_durations(&path);
-        for d in [video, audio] {
-            assert!(
-                d.is_some_and(|d| (d - recorded).abs() <= 1.0),
-                "{}: streams of {video:?} / {audio:?} s, {recorded} s recorded",
-                path.display()
-            );
-        }
         let v = av_offsets(&path);
         eprintln!("{}: {v}", path.display());
         // A beep for every flash: the page's sound is all there.
@@ -337,7 +323,6 @@ fn a_page_playing_a_video_is_recorded_in_sync() {
             );
         }
     }
-    ffmpeg_decodes(&mp4);
 }
 
 #[test]

@@ -26,8 +26,9 @@ pub struct Outputs {
     pub timeline: Option<PathBuf>,
     /// What the handler's graph records (its `recording` event): the file is judged against it.
     pub expected: Option<crate::rules::fidelity::Expected>,
-    /// When the source stopped sending (ms), if the recording ended because it never came
-    /// back: the file is judged up to then, not up to the end of the wait.
+    /// When the recording's media ended (ms): the stop asked for (the sources are cut there),
+    /// or when the source stopped sending, if it never came back. The file is judged up to
+    /// then, not up to the handler's exit or the end of the wait.
     pub media_until: Option<u64>,
 }
 

@@ -177,6 +177,10 @@ fn main() -> ExitCode {
                     None => unsafe { std::env::remove_var("GLIBC_TUNABLES") },
                 }
             }
+            // Before anything can start a child process: children never hold the event pipe.
+            if let Err(e) = egress_engine::handler::keep_events_private() {
+                eprintln!("handler: cannot keep its event pipe private: {e}");
+            }
             let (log, guard) = egress_engine::logging::root_with_guard(
                 egress_engine::logging::LogFormat::Term,
                 egress_engine::logging::LogLevel::Info,
@@ -184,7 +188,7 @@ fn main() -> ExitCode {
             let log = log.new(slog::o!("egress_id" => egress_id.clone()));
             let code = egress_engine::handler::run(&egress_id, log).clamp(0, 255);
             // Everything that matters is done: the output finalized, the result file written,
-            // the last event on stdout. Leave without running exit-time destructors, which
+            // the last event sent. Leave without running exit-time destructors, which
             // can abort (SIGABRT) while a source's teardown still runs on another thread (a
             // network source going to Null is never waited for), and turn a finished recording
             // into a "killed" one.

@@ -182,16 +182,27 @@ impl Pipeline {
         self.send_signal(libc::SIGKILL);
     }
 
+    /// The recording's media ended at `at` (ms), if it did not end before.
+    fn media_ends(&mut self, at: Option<u64>) {
+        let until = &mut self.outputs.media_until;
+        *until = match (*until, at) {
+            (Some(u), Some(a)) => Some(u.min(a)),
+            (u, a) => u.or(a),
+        };
+    }
+
     fn stop(&mut self, why: StopReason, ctx: &mut Context<Self>) {
         if self.stop_reason.is_some() || self.info.status.is_final() || self.exited {
             return;
         }
         self.stop_reason = Some(why);
         info!(self.log, "stopping gracefully"; "why" => format!("{why:?}"));
+        // The handler cuts the sources here: the file is judged up to the stop, not up to the
+        // handler's exit.
+        let at = now_ms();
+        self.media_ends(Some(at));
         if let Some(tx) = &self.commands {
-            let _ = tx.send(HandlerCommand::Stop {
-                at_ms: Some(now_ms()),
-            });
+            let _ = tx.send(HandlerCommand::Stop { at_ms: Some(at) });
         }
         self.info.status = EgressStatus::Ending;
         self.report();
@@ -389,7 +400,7 @@ impl Handler<HandlerLine> for Pipeline {
                     .with_label_values(&["lost"])
                     .inc();
                 self.source_lost = true;
-                self.outputs.media_until = self.stalled_at;
+                self.media_ends(self.stalled_at);
                 if !self.info.status.is_final() && self.info.status != EgressStatus::Ending {
                     self.info.status = EgressStatus::Ending;
                     self.report();
@@ -418,7 +429,7 @@ impl Handler<HandlerLine> for Pipeline {
             }
             HandlerEvent::SourceEnded => {
                 self.source_ended = true;
-                self.outputs.media_until = self.stalled_at;
+                self.media_ends(self.stalled_at);
                 if self.info.status.is_final() || self.info.status == EgressStatus::Ending {
                     return;
                 }

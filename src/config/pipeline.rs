@@ -40,8 +40,8 @@ pub struct PipelineConfig {
     #[serde(default = "default_thumbnail")]
     pub thumbnail_s: f64,
     /// A picture that stays black or frozen, or sound that stays silent, this long becomes a
-    /// warning on the egress (raised and cleared live); the picture is judged on the thumbnail
-    /// frames, so `thumbnail_s` 0 turns black and frozen off.
+    /// warning on the egress (raised and cleared live); the picture is judged on every encoded
+    /// frame, and copied video on the thumbnail's keyframes (`thumbnail_s` 0 turns that off).
     #[serde(default = "default_health_window")]
     pub health_window_s: f64,
     /// What a `room_composite` shows in the tile of a source it lost while others still send,

@@ -179,12 +179,49 @@ fn user_error(e: &PipelineError) -> String {
     }
 }
 
-/// One JSON line on stdout; a gone parent is not an error here (the stdin thread notices it).
+/// The service's event pipe once `keep_events_private` moved it off stdout.
+static EVENTS: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Moves the service's event pipe (stdout) to a descriptor that child processes do not
+/// inherit, and points stdout at stderr (the handler's log). Why: a page's WebKit processes,
+/// which wpesrc starts, inherited stdout, and the service reads events until the pipe closes:
+/// a handler that had exited was taken for running until they exited too (seen: 10 s after a
+/// stop, with three pages on a busy node), and the record's end, which bounds what its file
+/// is judged against, moved with it. Call while the process has one thread.
+pub fn keep_events_private() -> std::io::Result<()> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptor calls on this process's own stdout and stderr; the new descriptor is
+    // owned by the File made from it, and by nothing else.
+    unsafe {
+        let fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let events = std::fs::File::from_raw_fd(fd);
+        if libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let _ = EVENTS.set(std::sync::Mutex::new(events));
+    }
+    Ok(())
+}
+
+/// One JSON line to the service; a gone parent is not an error here (the stdin thread notices
+/// it).
 pub(crate) fn emit(ev: &HandlerEvent) {
-    if let Ok(line) = serde_json::to_string(ev) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+    let Ok(line) = serde_json::to_string(ev) else {
+        return;
+    };
+    match EVENTS.get() {
+        Some(events) => {
+            let mut out = events.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = out.write_all(format!("{line}\n").as_bytes());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Recording<'a> {
     stream_changes: Vec<StreamChange>,
     /// A web source's page has loaded (its frames flow from then on); None without one.
     web_loaded: Option<Arc<AtomicBool>>,
+    /// How far each page's picture and sound have gone, for a stop to wait on (`cut`).
+    web_reached: Vec<web::Reached>,
     /// The filter every request of the page goes through (`web_filter`); None without a page.
     web_filter: Option<Arc<super::web_filter::Filter>>,
     /// What the file output received of each stream (written at the end for the record).
@@ -152,6 +154,7 @@ impl<'a> Recording<'a> {
             mux_spans: timing::MuxSpans::default(),
             room_first: Arc::new(AtomicBool::new(true)),
             web_filter: None,
+            web_reached: Vec::new(),
         };
         if r.web_loaded.is_some() {
             r.web_filter = super::web_filter::inherited()

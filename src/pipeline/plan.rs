@@ -270,7 +270,7 @@ pub fn describe(spec: &EgressSpec, opts: &PipelineOptions, streams: &[SourceStre
     };
     let mut beds = Vec::new();
     let mut audio_head = |i: usize| {
-        if let Some((head, bed)) = source_web::audio_head(&spec.sources[i], i) {
+        if let Some((head, bed)) = source_web::audio_head(&spec.sources[i], i, spec.video.fps) {
             beds.push(bed);
             return head;
         }

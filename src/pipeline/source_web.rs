@@ -9,7 +9,8 @@
 //! ```text
 //!   src0_web (wpesrc) ─► src0_web_caps (BGRA WxH@fps) ─► [gate: drops until loaded] ─► video
 //!   src0_web_silence (audiotestsrc, silence) ─► src0_web_silence_caps ─┐
-//!   src0_web.audio_N ─► convert ─► resample ─► (handler links them) ──┴► src0_web_amix ─► audio
+//!   src0_web.audio_N ─► convert ─► resample ─► (handler links them) ──┴► src0_web_amix
+//!     ─► src0_web_hold (queue, holds `hold` of sound) ─► [gate: from the first frame] ─► audio
 //! ```
 
 use std::time::Duration;
@@ -31,6 +32,21 @@ pub fn mixer_name(i: usize) -> String {
 /// The wpesrc element of source `i`.
 pub fn element_name(i: usize) -> String {
     format!("src{i}_web")
+}
+
+/// The queue after the mixer: its src pad carries the sound's gate.
+pub fn hold_name(i: usize) -> String {
+    format!("src{i}_web_hold")
+}
+
+/// How much of the page's mixed sound is held back before its gate, at `fps`. Why: the gate
+/// lets the sound through from the first frame's time, which is known only when that frame is
+/// pushed, two and a half frames after it (its content was drawn then, `page_time`). Without
+/// it, the sound of those frames had gone by (dropped) when the gate learned where to open:
+/// the recording's sound began 0.10-0.15 s after its picture at 15 fps. Three frames and a
+/// margin for a late push. The queue reports it as latency.
+pub fn hold(fps: u32) -> Duration {
+    Duration::from_millis(100) + Duration::from_secs(3) / fps.max(1)
 }
 
 /// The capsfilter after wpesrc: its src pad carries the gate.
@@ -58,8 +74,9 @@ pub fn video_head(spec: &EgressSpec, source: &Source, i: usize) -> Option<Vec<No
     ])
 }
 
-/// The audio head of web source `i` (the mixer), plus the silent bed as a chain of its own.
-pub fn audio_head(source: &Source, i: usize) -> Option<(Vec<Node>, Vec<Node>)> {
+/// The audio head of web source `i` (the mixer and its hold, for a picture at `fps`), plus the
+/// silent bed as a chain of its own.
+pub fn audio_head(source: &Source, i: usize, fps: u32) -> Option<(Vec<Node>, Vec<Node>)> {
     let Source::Web { audio: true, .. } = source else {
         return None;
     };
@@ -74,8 +91,16 @@ pub fn audio_head(source: &Source, i: usize) -> Option<(Vec<Node>, Vec<Node>)> {
         ),
         link(&amix),
     ];
+    let hold = hold(fps).as_nanos() as u64;
     Some((
-        vec![el("audiomixer", amix).p("latency", MIX_LATENCY.as_nanos() as u64)],
+        vec![
+            el("audiomixer", amix).p("latency", MIX_LATENCY.as_nanos() as u64),
+            el("queue", hold_name(i))
+                .p("min-threshold-time", hold)
+                .p("max-size-time", hold + 1_000_000_000)
+                .p("max-size-buffers", 0)
+                .p("max-size-bytes", 0),
+        ],
         silence,
     ))
 }

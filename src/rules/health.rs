@@ -1,6 +1,6 @@
 //! Health of what is being recorded: a picture that stays black or frozen, sound that stays
 //! silent, for longer than `pipeline.health_window_s`. The handler measures samples (the mean
-//! luma of a thumbnail frame and its difference from the previous one; the RMS level of the
+//! luma of a frame and its difference from the last one that differed; the RMS level of the
 //! raw audio) and these rules say when a warning is raised and when it clears.
 
 use serde::{Deserialize, Serialize};
@@ -68,7 +68,7 @@ impl Watch {
     }
 
     /// A sample at `t` (s): `holds_since` is when the condition began (usually `t`; for a
-    /// frozen picture, the previous sample's time), or None when it does not hold. Returns
+    /// frozen picture, when it last changed), or None when it does not hold. Returns
     /// Some(true) when the warning is raised now, Some(false) when it clears now.
     pub fn observe(&mut self, t: f64, holds_since: Option<f64>) -> Option<bool> {
         match holds_since {

@@ -252,9 +252,16 @@ impl Recording<'_> {
                         }
                     }
                 }
-                // A page never ends: EOS goes in right after it, into the raw chains.
+                // A page never ends: EOS goes in right after it, into the raw chains; for the
+                // sound, into its hold, so what it holds is let out first.
                 Source::Web { .. } => {
-                    for head in ["video_queue", "audio_queue"] {
+                    let hold = crate::pipeline::source_web::hold_name(i);
+                    let audio = if self.pipeline.by_name(&hold).is_some() {
+                        hold.as_str()
+                    } else {
+                        "audio_queue"
+                    };
+                    for head in ["video_queue", audio] {
                         if let Some(p) = self
                             .pipeline
                             .by_name(head)

@@ -25,7 +25,7 @@ const MAX_AGO_MS: u64 = 3_000;
 
 impl Recording<'_> {
     /// Cuts every live source at the running time of wall-clock `at_ms`. Whether a source is
-    /// cut, so the stop waits for it (`past_cut`).
+    /// cut or a page recorded, so the stop waits for it (`past_cut`).
     pub(super) fn cut(&mut self, at_ms: u64) -> bool {
         let Some(now) = self.pipeline.current_running_time() else {
             return false;
@@ -40,15 +40,18 @@ impl Recording<'_> {
             src.conn.cut_at(rt);
             cut = true;
         }
-        cut
+        cut || !self.web_reached.is_empty()
     }
 
-    /// Whether every live source has sent up to the cut.
+    /// Whether every live source has sent up to the cut, and every page's picture and sound
+    /// reached it.
     pub(super) fn past_cut(&self) -> bool {
+        let rt = self.cut_rt.load(Ordering::Relaxed);
         self.sources
             .iter()
             .filter(|s| s.state == SrcState::Live)
             .all(|s| s.conn.past_cut())
+            && self.web_reached.iter().all(|r| r.past(rt))
     }
 }
 

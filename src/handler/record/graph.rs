@@ -74,7 +74,8 @@ impl Recording<'_> {
         if let Some(loaded) = &self.web_loaded {
             for (i, s) in self.spec.sources.iter().enumerate() {
                 if matches!(s, Source::Web { .. }) {
-                    web::attach(&self.pipeline, i, loaded.clone())?;
+                    let reached = web::attach(&self.pipeline, i, loaded.clone())?;
+                    self.web_reached.push(reached);
                 }
             }
         }

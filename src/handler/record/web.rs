@@ -18,19 +18,55 @@ const NOT_PAINTED: u64 = u64::MAX;
 /// Longest the first paint is waited for after the load event.
 const FIRST_PAINT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How far a page's picture and its mixed sound have gone: the running time (ns) where the
+/// last buffer of each ended. A stop waits until both pass its instant (`Recording::past_cut`):
+/// wpesrc pushes a frame two frames after its content was drawn (`page_time`), and the mixer
+/// puts sound out up to its latency late, so what the page showed and played before the stop
+/// would otherwise be cut off (the video 0.1 s short of the time recorded at 15 fps).
+#[derive(Clone, Default)]
+pub struct Reached {
+    video: Arc<AtomicU64>,
+    audio: Arc<AtomicU64>,
+}
+
+impl Reached {
+    /// Whether both have gone past running time `rt` (ns).
+    pub fn past(&self, rt: i64) -> bool {
+        let rt = u64::try_from(rt).unwrap_or(0);
+        self.video.load(Ordering::Relaxed) >= rt && self.audio.load(Ordering::Relaxed) >= rt
+    }
+
+    /// A probe on `pad` that keeps `to` at the end of the last buffer through it.
+    fn follow(pad: &gst::Pad, to: &Arc<AtomicU64>) {
+        let to = to.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(end) = info
+                .buffer()
+                .and_then(|b| Some(b.pts()? + b.duration().unwrap_or_default()))
+            {
+                to.fetch_max(end.nseconds(), Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+}
+
 /// Drops the page's frames until `loaded`; links page audio pads into the mixer (or discards
-/// them when the egress records no audio).
+/// them when the egress records no audio). Returns how far the page's media has gone.
 pub fn attach(
     pipeline: &gst::Pipeline,
     i: usize,
     loaded: Arc<AtomicBool>,
-) -> Result<(), PipelineError> {
+) -> Result<Reached, PipelineError> {
     let caps = pipeline
         .by_name(&source_web::caps_name(i))
         .and_then(|c| c.static_pad("src"))
         .ok_or_else(|| PipelineError::Build("no web caps".into()))?;
     let mixed = pipeline
         .by_name(&source_web::mixer_name(i))
+        .and_then(|m| m.static_pad("src"));
+    let held = pipeline
+        .by_name(&source_web::hold_name(i))
         .and_then(|m| m.static_pad("src"));
     let web = pipeline
         .by_name(&source_web::element_name(i))
@@ -39,8 +75,9 @@ pub fn attach(
     page_time::stamp_at_drawing(&web, &caps);
     // The first paint follows the load event: frames identical to the background the view
     // showed before it loaded are held back too (for at most FIRST_PAINT), so the recording's
-    // first frame is the page. Audio is held back until it reaches the first frame's time
-    // (`NOT_PAINTED` until it passes): the page mixer's output runs its latency behind.
+    // first frame is the page. The sound is dropped until it reaches the first frame's time
+    // (`NOT_PAINTED` until that frame passes); the hold before its gate keeps the sound of
+    // that time from going by meanwhile.
     let painted = Arc::new(AtomicU64::new(NOT_PAINTED));
     // The background's hash, and when the first frame after the load came.
     let seen: std::sync::Mutex<(Option<u64>, Option<std::time::Instant>)> = Default::default();
@@ -85,7 +122,15 @@ pub fn attach(
         );
         gst::PadProbeReturn::Remove
     });
-    if let Some(pad) = mixed {
+    let reached = Reached::default();
+    Reached::follow(&caps, &reached.video);
+    match &mixed {
+        Some(pad) => Reached::follow(pad, &reached.audio),
+        None => reached.audio.store(u64::MAX, Ordering::Relaxed),
+    }
+    // The gate after the hold, so that the first frame's time is known before the sound of
+    // that time comes (`source_web::hold`).
+    if let Some(pad) = held {
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             let first = painted.load(Ordering::Relaxed);
             let end = info
@@ -99,7 +144,7 @@ pub fn attach(
         });
     }
     watch_audio(pipeline, &web, i);
-    Ok(())
+    Ok(reached)
 }
 
 /// Links the page's audio pads, as they come, into the mixer.
