@@ -350,7 +350,7 @@ impl<'a> Recording<'a> {
             }
             if self.stopping.is_none()
                 && let Some((cause, since)) = self.cutting
-                && (self.past_cut() || since.elapsed() >= cut::CUT_WAIT)
+                && (self.past_cut() || since.elapsed() >= self.cut_wait())
             {
                 self.end(cause.as_str());
             }

@@ -44,10 +44,14 @@ pub fn hold_name(i: usize) -> String {
 /// pushed, two and a half frames after it (its content was drawn then, `page_time`). Without
 /// it, the sound of those frames had gone by (dropped) when the gate learned where to open:
 /// the recording's sound began 0.10-0.15 s after its picture at 15 fps. Three frames and a
-/// margin for a late push. The queue reports it as latency.
+/// margin for a late push, at most `MAX_HOLD`. The queue reports it as latency.
 pub fn hold(fps: u32) -> Duration {
-    Duration::from_millis(100) + Duration::from_secs(3) / fps.max(1)
+    (Duration::from_millis(100) + Duration::from_secs(3) / fps.max(1)).min(MAX_HOLD)
 }
+
+/// The longest hold: the muxer waits as long for the sound, while the picture waits in queues
+/// of about a second. Below 6 fps the sound of the first frames can still go by.
+const MAX_HOLD: Duration = Duration::from_millis(600);
 
 /// The capsfilter after wpesrc: its src pad carries the gate.
 pub fn caps_name(i: usize) -> String {

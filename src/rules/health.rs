@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// Mean luma (0-255) below this is black (video-range black is 16; a dark room is above 40).
 pub const BLACK_LUMA: f64 = 28.0;
-/// Two pictures whose most different 20x20-pixel block differs by less than this (mean luma,
-/// each picture's own mean taken off) are the same picture; a moving one differs by tens.
+/// Two pictures whose most different block (a sixteenth of the width square) differs by less
+/// than this (mean luma, each picture's own mean taken off) are the same picture; a moving one
+/// differs by tens.
 pub const FROZEN_DIFF: f64 = 0.5;
 /// RMS level (dBFS) below this is silence.
 pub const SILENT_DB: f64 = -60.0;

@@ -20,6 +20,10 @@ use crate::model::now_ms;
 /// lagging its video by a fraction of a second); a stream that does not is ended where it is.
 pub(super) const CUT_WAIT: Duration = Duration::from_millis(600);
 
+/// The longest a stop waits for a page to reach the cut (its frames come two and a half frames
+/// after their content: a page below 3 fps can end a frame short of it).
+const PAGE_CUT_WAIT: Duration = Duration::from_millis(1500);
+
 /// A stop asked longer ago than this is cut here: the clock does not say more.
 const MAX_AGO_MS: u64 = 3_000;
 
@@ -41,6 +45,16 @@ impl Recording<'_> {
             cut = true;
         }
         cut || !self.web_reached.is_empty()
+    }
+
+    /// How long this recording's stop waits for its streams to reach the cut: `CUT_WAIT`, or
+    /// for a page, three of its frames and 100 ms, up to `PAGE_CUT_WAIT`.
+    pub(super) fn cut_wait(&self) -> Duration {
+        if self.web_reached.is_empty() {
+            return CUT_WAIT;
+        }
+        let frames = Duration::from_secs(3) / self.spec.video.fps.max(1);
+        (frames + Duration::from_millis(100)).clamp(CUT_WAIT, PAGE_CUT_WAIT)
     }
 
     /// Whether every live source has sent up to the cut, and every page's picture and sound

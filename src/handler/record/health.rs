@@ -1,5 +1,5 @@
 //! The handler's measurements for `rules::health`: the mean luma of every encoded frame and its
-//! difference from the last one that differed (a few thousand samples on a grid, at any size),
+//! difference from the last one that differed (on a grid at most 160 samples wide, at any size),
 //! and the RMS level of the raw audio over half a second. Copied video (`track`) is judged
 //! black from the keyframes its thumbnail decodes, never frozen (see `attach`), and its audio,
 //! not decoded, not at all. A change is reported to the
@@ -19,8 +19,8 @@ use crate::handler::protocol::HandlerEvent;
 use crate::pipeline::encode::{AUDIO_RAW_TEE, VIDEO_RAW_TEE};
 use crate::rules::health::{self, Condition, Watch};
 
-/// Columns of the luma grid a picture is judged on: 160 whatever its size, so a picture costs
-/// the same few thousand samples at any resolution.
+/// Most columns of the luma grid a picture is judged on, whatever its size (rows in proportion:
+/// 14,400 samples at 16:9), so a large picture costs no more than a small one.
 const COLS: usize = 160;
 /// Audio is judged over this much sound at a time.
 const AUDIO_SPAN_S: f64 = 0.5;
@@ -169,8 +169,8 @@ impl Picture {
 }
 
 /// How much two pictures differ (grids of `cols` luma samples a row): the largest difference
-/// between the means of the same block (a sixteenth of the width square: 20x20 pixels of a
-/// 320-px picture), once each picture's own mean is taken off. Block means average out coding noise (a lossy encoder re-codes a still
+/// between the means of the same block (a sixteenth of the width square: 80x80 pixels of a
+/// 1280-px picture), once each picture's own mean is taken off. Block means average out coding noise (a lossy encoder re-codes a still
 /// picture a level or two differently at every keyframe) and brightness drift; the largest
 /// block keeps a small moving part (a clock, a speaker's face) from being averaged away.
 fn difference(a: &[u8], b: &[u8], cols: usize) -> f64 {
@@ -212,8 +212,10 @@ fn luma_grid(buf: &gst::BufferRef, info: &gst_video::VideoInfo) -> Option<(Vec<u
     if w == 0 || h == 0 || data.len() < stride * (h - 1) + w {
         return None;
     }
-    let step = (w / COLS).max(1);
-    let cols = w.div_ceil(step).min(COLS);
+    // Rounded up, so the columns span the whole width (rounded down, up to half of it was
+    // never looked at).
+    let step = w.div_ceil(COLS).max(1);
+    let cols = w.div_ceil(step);
     let grid = (0..h)
         .step_by(step)
         .flat_map(|y| (0..cols).map(move |x| data[y * stride + x * step]))
@@ -271,6 +273,22 @@ mod tests {
         let (buf, info) = frame(1280, 720, 200);
         let (g, cols) = luma_grid(&buf, &info).unwrap();
         assert_eq!((g.len(), cols), (160 * 90, 160));
+        // Widths that are not a multiple of 160: the last column is within a step of the right
+        // edge.
+        for w in [300u32, 854, 1000, 1366, 720] {
+            let (buf, info) = frame(w, 64, 16);
+            let (g, cols) = luma_grid(&buf, &info).unwrap();
+            let step = (w as usize).div_ceil(COLS);
+            assert!(
+                cols <= COLS && (cols - 1) * step < w as usize,
+                "{w}: {cols}"
+            );
+            assert!(
+                w as usize - (cols - 1) * step <= step,
+                "{w}: {cols} x {step}"
+            );
+            assert_eq!(g.len() % cols, 0);
+        }
     }
 
     /// A grid (160 x 90) that is `y` but for a square of `sq` in its top left corner.
@@ -322,11 +340,13 @@ mod tests {
             }
             assert_eq!(p.observe(f64::from(n) / 30.0, g, 160).1, None, "frame {n}");
         }
-        // Copied video is never judged frozen.
+        // Copied video is judged black, never frozen.
         let mut p = Picture::new(3.0, false);
-        for n in 0..150u32 {
-            assert_eq!(p.observe(f64::from(n) / 30.0, grid(128, 200), 160).1, None);
-        }
+        let changes: Vec<(u32, (Option<bool>, Option<bool>))> = (0..150u32)
+            .map(|n| (n, p.observe(f64::from(n) / 30.0, grid(16, 16), 160)))
+            .filter(|(_, c)| *c != (None, None))
+            .collect();
+        assert_eq!(changes, vec![(90, (Some(true), None))]);
     }
 
     #[test]

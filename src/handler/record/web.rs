@@ -19,10 +19,12 @@ const NOT_PAINTED: u64 = u64::MAX;
 const FIRST_PAINT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How far a page's picture and its mixed sound have gone: the running time (ns) where the
-/// last buffer of each ended. A stop waits until both pass its instant (`Recording::past_cut`):
-/// wpesrc pushes a frame two frames after its content was drawn (`page_time`), and the mixer
-/// puts sound out up to its latency late, so what the page showed and played before the stop
-/// would otherwise be cut off (the video 0.1 s short of the time recorded at 15 fps).
+/// last buffer of each ended, as it went into the next element. A stop waits until both pass
+/// its instant (`Recording::past_cut`): wpesrc pushes a frame two and a half frames after its
+/// content was drawn (`page_time`), and the mixer puts sound out up to its latency late, so
+/// what the page showed and played before the stop would otherwise be cut off (the video 0.1 s
+/// short of the time recorded at 15 fps). Followed on the next element's sink pad: there a
+/// buffer is past the EOS check, so one counted is in before the stop's EOS.
 #[derive(Clone, Default)]
 pub struct Reached {
     video: Arc<AtomicU64>,
@@ -123,9 +125,12 @@ pub fn attach(
         gst::PadProbeReturn::Remove
     });
     let reached = Reached::default();
-    Reached::follow(&caps, &reached.video);
-    match &mixed {
-        Some(pad) => Reached::follow(pad, &reached.audio),
+    match caps.peer() {
+        Some(pad) => Reached::follow(&pad, &reached.video),
+        None => reached.video.store(u64::MAX, Ordering::Relaxed),
+    }
+    match mixed.as_ref().and_then(|p| p.peer()) {
+        Some(pad) => Reached::follow(&pad, &reached.audio),
         None => reached.audio.store(u64::MAX, Ordering::Relaxed),
     }
     // The gate after the hold, so that the first frame's time is known before the sound of
