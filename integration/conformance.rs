@@ -418,6 +418,70 @@ fn a_variable_rate_sender_is_recorded_at_real_speed_and_in_sync() {
     );
 }
 
+/// A phone as camera apps stream: portrait 360x640, H.264 without B-frames and a keyframe every
+/// second, AAC at 44.1 kHz mono (every other sender here is 48 kHz stereo). `track` and
+/// `participant` record it whole and in sync (`recorded_in_sync`); `track` keeps the phone's
+/// picture and sound as sent, `participant` its own size and 48 kHz stereo.
+#[test]
+fn a_phone_in_portrait_with_44_khz_mono_sound_is_recorded_whole_and_in_sync() {
+    let dirs = Dirs::new();
+    let svc = Service::start(&dirs, CONFIG);
+    let nginx = nginx_rtmp();
+    let phone = Profile {
+        video: Some(("libx264", 1, 0)),
+        ..OBS
+    };
+    let mut args: Vec<String> = phone
+        .args()
+        .into_iter()
+        .map(|a| {
+            a.replace("s=320x240", "s=360x640")
+                .replace(":s=48000", ":s=44100")
+        })
+        .collect();
+    let rate = args.iter().position(|a| a == "-ar").expect("-ar") + 1;
+    args[rate] = "44100".into();
+    args.extend(["-ac", "1", "-profile:v", "main"].map(String::from));
+    let sender = publish_args(&nginx, "phone", args);
+    somewhere_in_the_gop(1000);
+    let done = recorded_in_sync(&svc, &dirs, &sender.url);
+    let streams = |d: &Value| {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=width,height,sample_rate,channels",
+            ])
+            .args(["-of", "csv=p=0"])
+            .arg(output(d))
+            .output()
+            .expect("ffprobe");
+        let mut s: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_matches(',').to_string())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(streams(&done[0]), ["360,640", "44100,1"], "{}", done[0]);
+    assert_eq!(streams(&done[1]), ["320,240", "48000,2"], "{}", done[1]);
+    // `participant` keeps the portrait's shape: at a flash, a white pillar 135 px of 320 wide
+    // (34 columns of 80), black beside it, not a picture stretched to the width.
+    let frames = crate::producers::gray_frames(&output(&done[1]));
+    let flash = frames
+        .iter()
+        .max_by_key(|f| f.iter().map(|&y| u32::from(y)).sum::<u32>())
+        .expect("frames");
+    let white = (0..80)
+        .filter(|&c| (0..60).all(|r| flash[r * 80 + c] > 128))
+        .count();
+    assert!(
+        (30..=38).contains(&white),
+        "a pillar {white} columns of 80 wide"
+    );
+}
+
 /// Keyframes every 4 and every 8 s (hardware encoders, OBS set for bandwidth): the egress waits
 /// for the first keyframe (video starts there, audio with it) and records both streams; before,
 /// it decided its graph 1 s after the audio and recorded audio only, reported `complete`.

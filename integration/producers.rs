@@ -681,3 +681,22 @@ pub fn av_offsets(path: &Path) -> Value {
     assert!(v["flashes"].as_u64() >= Some(5), "{v}");
     v
 }
+
+/// Gray 80x60 frames of a file, decoded by ffmpeg.
+pub fn gray_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-vf",
+            "scale=80:60",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg");
+    out.stdout.chunks(80 * 60).map(<[u8]>::to_vec).collect()
+}

@@ -80,25 +80,6 @@ fn page_server() -> Producer {
     }
 }
 
-/// Gray 80x60 frames of a file, decoded by ffmpeg.
-fn gray_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args([
-            "-vf",
-            "scale=80:60",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "gray",
-            "-",
-        ])
-        .output()
-        .expect("ffmpeg");
-    out.stdout.chunks(80 * 60).map(<[u8]>::to_vec).collect()
-}
-
 /// The audio of a file as mono 48 kHz samples, decoded by ffmpeg.
 fn mono_samples(path: &std::path::Path) -> Vec<i16> {
     let out = Command::new("ffmpeg")
