@@ -445,21 +445,21 @@ fn a_phone_in_portrait_with_44_khz_mono_sound_is_recorded_whole_and_in_sync() {
     let sender = publish_args(&nginx, "phone", args);
     somewhere_in_the_gop(1000);
     let done = recorded_in_sync(&svc, &dirs, &sender.url);
+    // Each stream's picture size or sample rate and channels, as ffprobe reads them.
     let streams = |d: &Value| {
-        let out = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "stream=width,height,sample_rate,channels",
-            ])
-            .args(["-of", "csv=p=0"])
-            .arg(output(d))
-            .output()
-            .expect("ffprobe");
-        let mut s: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.trim_matches(',').to_string())
+        let probe = ffprobe(&output(d));
+        let mut s: Vec<String> = probe["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|st| match st["codec_type"].as_str() {
+                Some("video") => format!("{},{}", st["width"], st["height"]),
+                _ => format!(
+                    "{},{}",
+                    st["sample_rate"].as_str().unwrap_or(""),
+                    st["channels"]
+                ),
+            })
             .collect();
         s.sort();
         s

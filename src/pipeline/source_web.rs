@@ -39,14 +39,19 @@ pub fn hold_name(i: usize) -> String {
     format!("src{i}_web_hold")
 }
 
+/// How long after its time a page's frame may be pushed, at `fps`: two and a half frames (its
+/// content was drawn then, `handler::record::page_time`), and a margin for a late push.
+pub fn frame_lag(fps: u32) -> Duration {
+    Duration::from_millis(100) + Duration::from_secs(3) / fps.max(1)
+}
+
 /// How much of the page's mixed sound is held back before its gate, at `fps`. Why: the gate
 /// lets the sound through from the first frame's time, which is known only when that frame is
-/// pushed, two and a half frames after it (its content was drawn then, `page_time`). Without
-/// it, the sound of those frames had gone by (dropped) when the gate learned where to open:
-/// the recording's sound began 0.10-0.15 s after its picture at 15 fps. Three frames and a
-/// margin for a late push, at most `MAX_HOLD`. The queue reports it as latency.
+/// pushed (`frame_lag`). Without it, the sound of those frames had gone by (dropped) when the
+/// gate learned where to open: the recording's sound began 0.10-0.15 s after its picture at
+/// 15 fps. At most `MAX_HOLD`. The queue reports it as latency.
 pub fn hold(fps: u32) -> Duration {
-    (Duration::from_millis(100) + Duration::from_secs(3) / fps.max(1)).min(MAX_HOLD)
+    frame_lag(fps).min(MAX_HOLD)
 }
 
 /// The longest hold: the muxer waits as long for the sound, while the picture waits in queues

@@ -48,13 +48,12 @@ impl Recording<'_> {
     }
 
     /// How long this recording's stop waits for its streams to reach the cut: `CUT_WAIT`, or
-    /// for a page, three of its frames and 100 ms, up to `PAGE_CUT_WAIT`.
+    /// for a page, as late as its frames come (`source_web::frame_lag`), up to `PAGE_CUT_WAIT`.
     pub(super) fn cut_wait(&self) -> Duration {
         if self.web_reached.is_empty() {
             return CUT_WAIT;
         }
-        let frames = Duration::from_secs(3) / self.spec.video.fps.max(1);
-        (frames + Duration::from_millis(100)).clamp(CUT_WAIT, PAGE_CUT_WAIT)
+        crate::pipeline::source_web::frame_lag(self.spec.video.fps).clamp(CUT_WAIT, PAGE_CUT_WAIT)
     }
 
     /// Whether every live source has sent up to the cut, and every page's picture and sound

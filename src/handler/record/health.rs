@@ -2,8 +2,8 @@
 //! difference from the last one that differed (on a grid at most 160 samples wide, at any size),
 //! and the RMS level of the raw audio over half a second. Copied video (`track`) is judged
 //! black from the keyframes its thumbnail decodes, never frozen (see `attach`), and its audio,
-//! not decoded, not at all. A change is reported to the
-//! service as it happens (`HandlerEvent::Health`).
+//! not decoded, not at all. A change is reported to the service as it happens
+//! (`HandlerEvent::Health`).
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -170,9 +170,10 @@ impl Picture {
 
 /// How much two pictures differ (grids of `cols` luma samples a row): the largest difference
 /// between the means of the same block (a sixteenth of the width square: 80x80 pixels of a
-/// 1280-px picture), once each picture's own mean is taken off. Block means average out coding noise (a lossy encoder re-codes a still
-/// picture a level or two differently at every keyframe) and brightness drift; the largest
-/// block keeps a small moving part (a clock, a speaker's face) from being averaged away.
+/// 1280-px picture), once each picture's own mean is taken off. Block means average out coding
+/// noise (a lossy encoder re-codes a still picture a level or two differently at every
+/// keyframe) and brightness drift; the largest block keeps a small moving part (a clock, a
+/// speaker's face) from being averaged away.
 fn difference(a: &[u8], b: &[u8], cols: usize) -> f64 {
     let n = a.len().min(b.len());
     let block = (cols / 16).max(1);

@@ -42,15 +42,17 @@ impl Reached {
     fn follow(pad: &gst::Pad, to: &Arc<AtomicU64>) {
         let to = to.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(end) = info
-                .buffer()
-                .and_then(|b| Some(b.pts()? + b.duration().unwrap_or_default()))
-            {
+            if let Some(end) = info.buffer().and_then(end_of) {
                 to.fetch_max(end.nseconds(), Ordering::Relaxed);
             }
             gst::PadProbeReturn::Ok
         });
     }
+}
+
+/// Where a buffer ends: its time and its length.
+fn end_of(b: &gst::Buffer) -> Option<gst::ClockTime> {
+    Some(b.pts()? + b.duration().unwrap_or_default())
 }
 
 /// Drops the page's frames until `loaded`; links page audio pads into the mixer (or discards
@@ -138,9 +140,7 @@ pub fn attach(
     if let Some(pad) = held {
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             let first = painted.load(Ordering::Relaxed);
-            let end = info
-                .buffer()
-                .and_then(|b| Some(b.pts()? + b.duration().unwrap_or_default()));
+            let end = info.buffer().and_then(end_of);
             if first == NOT_PAINTED || end.is_some_and(|e| e.nseconds() <= first) {
                 crate::pipeline::DROP_BUFFER
             } else {
